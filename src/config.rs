@@ -1,0 +1,452 @@
+//! Typed configuration, validated before anything connects.
+//!
+//! Three layers, later ones winning: the defaults compiled in from
+//! `config/aftercare.toml`, the file given with `--config`, and `AFTERCARE_*`
+//! environment variables (`__` separates sections:
+//! `AFTERCARE_MAILER__KIND=smtp`). Every struct denies unknown keys, so a
+//! typo fails at start with the key's name instead of being ignored.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The shipped configuration; also the embedded default.
+pub const DEFAULT_TOML: &str = include_str!("../config/aftercare.toml");
+
+/// A configuration that cannot be used. Always fatal (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Parse(String),
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite store, the `.eml` outbox and the dead-letter file live
+    /// unless configured one by one.
+    pub data_dir: PathBuf,
+    /// The template folder: `<locale>/<template>.{subject,html,txt}.hbs`.
+    pub templates_dir: PathBuf,
+    /// Locale for customers without one, or with one we have no templates for.
+    pub default_locale: String,
+    /// Time zone for customers without one; dates in emails are shown in it.
+    pub default_timezone: String,
+    pub source: SourceConfig,
+    pub store: StoreConfig,
+    pub mailer: MailerConfig,
+    pub sender: SenderConfig,
+    pub shop: ShopConfig,
+    /// The journey rules: which event sends which template, when.
+    #[serde(rename = "journey")]
+    pub journeys: Vec<JourneyRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// JSONL file to read, or `-` for standard input.
+    pub path: String,
+    /// Where invalid events are written (JSON lines). Default:
+    /// `<data_dir>/dead-letter.jsonl`.
+    pub dead_letter: Option<PathBuf>,
+    /// Events per store transaction.
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite:PATH`; default `sqlite:<data_dir>/aftercare.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailerKind {
+    Eml,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailerConfig {
+    pub kind: MailerKind,
+    /// `From:` of every email, e.g. `"Tea & Kettle <hello@shop.example.com>"`.
+    pub from: String,
+    /// Optional `Reply-To:`.
+    pub reply_to: Option<String>,
+    pub eml: EmlConfig,
+    pub smtp: SmtpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmlConfig {
+    /// Folder for `.eml` files. Default: `<data_dir>/outbox`.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    /// Connections kept open to the server.
+    pub pool_size: u32,
+    /// Limit on one whole SMTP transaction.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SenderConfig {
+    /// Emails claimed per round.
+    pub batch_size: usize,
+    /// How long a claimed email is ours before another sender may take it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Longest sleep between looks at the store when nothing is due.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+/// Brand settings, available to every template as `shop.*`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShopConfig {
+    pub name: String,
+    pub url: String,
+    pub support_email: String,
+    pub address: String,
+    pub logo_url: String,
+    pub review_url: String,
+    pub returns_url: String,
+    /// Base of the unsubscribe link on marketing emails.
+    pub unsubscribe_url: String,
+}
+
+/// What starts a journey rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+pub enum Trigger {
+    #[serde(rename = "order.placed")]
+    OrderPlaced,
+    #[serde(rename = "order.cancelled")]
+    OrderCancelled,
+    #[serde(rename = "shipment.dispatched")]
+    ShipmentDispatched,
+    #[serde(rename = "shipment.delayed")]
+    ShipmentDelayed,
+    #[serde(rename = "shipment.delivered")]
+    ShipmentDelivered,
+    #[serde(rename = "return.requested")]
+    ReturnRequested,
+    #[serde(rename = "return.received")]
+    ReturnReceived,
+    #[serde(rename = "refund.issued")]
+    RefundIssued,
+    /// No order for `delay` after the customer's last one.
+    #[serde(rename = "inactivity")]
+    Inactivity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailClass {
+    /// Always sent (unless the address hard-bounced).
+    Transactional,
+    /// Needs marketing consent and no unsubscribe.
+    Marketing,
+}
+
+impl EmailClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transactional => "transactional",
+            Self::Marketing => "marketing",
+        }
+    }
+}
+
+/// Narrows a trigger to the first time it happens for a customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Only {
+    FirstOrder,
+    FirstDelivery,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JourneyRule {
+    /// Template id: `templates/<locale>/<template>.*.hbs`.
+    pub template: String,
+    pub on: Trigger,
+    pub class: EmailClass,
+    /// Time after the trigger's `occurred_at` (for `inactivity`: after the
+    /// last order) at which the email is due.
+    #[serde(with = "humantime_serde", default)]
+    pub delay: Duration,
+    pub only: Option<Only>,
+    /// For `order.placed`: send only when the order is the customer's n-th
+    /// (cancelled orders do not count).
+    #[serde(default)]
+    pub milestones: Vec<u32>,
+    /// Events about the same order that cancel this email while it waits.
+    /// (`order.cancelled` always cancels every pending email of its order.)
+    #[serde(default)]
+    pub cancel_on: Vec<Trigger>,
+}
+
+impl Config {
+    /// Loads the layers and validates the result. `env` is passed in so that
+    /// tests do not have to touch the process environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Parse(format!(
+                    "{}: no such file",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        for (key, value) in env {
+            let Some(path) = key.strip_prefix("AFTERCARE_") else {
+                continue;
+            };
+            let path = path.to_lowercase().replace("__", ".");
+            let value: figment::value::Value = value.parse().expect("infallible");
+            figment = figment.merge((path, value));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded defaults alone.
+    pub fn embedded() -> Config {
+        Config::load(None, std::iter::empty()).expect("the shipped config is valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.source.batch_size == 0 {
+            return Err(invalid("source.batch_size", "must be at least 1"));
+        }
+        if self.sender.batch_size == 0 {
+            return Err(invalid("sender.batch_size", "must be at least 1"));
+        }
+        if jiff::tz::TimeZone::get(&self.default_timezone).is_err() {
+            return Err(invalid(
+                "default_timezone",
+                format!("unknown time zone `{}`", self.default_timezone),
+            ));
+        }
+        if let Some(url) = &self.store.url
+            && !url.starts_with("sqlite:")
+        {
+            return Err(invalid(
+                "store.url",
+                format!("`{url}`: only `sqlite:PATH` is supported"),
+            ));
+        }
+        for (key, addr) in [
+            ("mailer.from", Some(&self.mailer.from)),
+            ("mailer.reply_to", self.mailer.reply_to.as_ref()),
+        ] {
+            if let Some(addr) = addr
+                && addr.parse::<lettre::message::Mailbox>().is_err()
+            {
+                return Err(invalid(key, format!("`{addr}` is not a mailbox")));
+            }
+        }
+        if self.mailer.kind == MailerKind::Smtp && self.mailer.smtp.host.is_empty() {
+            return Err(invalid(
+                "mailer.smtp.host",
+                "must be set for kind = \"smtp\"",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, rule) in self.journeys.iter().enumerate() {
+            let key = |field: &str| format!("journey[{i}].{field}");
+            if !is_template_id(&rule.template) {
+                return Err(invalid(
+                    key("template"),
+                    format!("`{}` is not a template id (a-z, 0-9, _)", rule.template),
+                ));
+            }
+            if !seen.insert(rule.template.as_str()) {
+                return Err(invalid(
+                    key("template"),
+                    format!("`{}` is used by two journey rules", rule.template),
+                ));
+            }
+            if !rule.milestones.is_empty() && rule.on != Trigger::OrderPlaced {
+                return Err(invalid(key("milestones"), "only for on = \"order.placed\""));
+            }
+            if rule.milestones.contains(&0) {
+                return Err(invalid(key("milestones"), "counts start at 1"));
+            }
+            match (rule.only, rule.on) {
+                (None, _)
+                | (Some(Only::FirstOrder), Trigger::OrderPlaced)
+                | (Some(Only::FirstDelivery), Trigger::ShipmentDelivered) => {}
+                (Some(_), _) => {
+                    return Err(invalid(key("only"), "does not fit this rule's trigger"));
+                }
+            }
+            if rule.on == Trigger::Inactivity && rule.delay.is_zero() {
+                return Err(invalid(key("delay"), "inactivity needs a delay"));
+            }
+            if let Some(bad) = rule
+                .cancel_on
+                .iter()
+                .find(|t| matches!(t, Trigger::OrderPlaced | Trigger::Inactivity))
+            {
+                return Err(invalid(
+                    key("cancel_on"),
+                    format!("{bad:?} cannot cancel an email of an order"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        match &self.store.url {
+            Some(url) => PathBuf::from(url.trim_start_matches("sqlite:")),
+            None => self.data_dir.join("aftercare.db"),
+        }
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.mailer
+            .eml
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("outbox"))
+    }
+
+    pub fn dead_letter_path(&self) -> PathBuf {
+        self.source
+            .dead_letter
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("dead-letter.jsonl"))
+    }
+
+    /// The rule for a template id.
+    pub fn rule(&self, template: &str) -> Option<&JourneyRule> {
+        self.journeys.iter().find(|r| r.template == template)
+    }
+}
+
+fn is_template_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        Config::load(Some(f.path()), std::iter::empty())
+    }
+
+    #[test]
+    fn shipped_config_has_the_fourteen_journeys() {
+        let c = Config::embedded();
+        assert_eq!(c.journeys.len(), 14);
+        assert_eq!(
+            c.rule("welcome").unwrap().delay,
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(c.rule("loyalty_milestone").unwrap().milestones, [3, 5, 10]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_str("[mailer]\nfrm = \"x@y.z\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("frm"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = load_str("[source]\nbatch_size = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("source.batch_size"), "{err}");
+        let err = load_str("[mailer]\nfrom = \"not a mailbox\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mailer.from"), "{err}");
+        let err = load_str("default_timezone = \"Mars/Olympus\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_timezone"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let c = Config::load(
+            None,
+            [
+                ("AFTERCARE_MAILER__KIND".to_owned(), "smtp".to_owned()),
+                ("AFTERCARE_SOURCE__BATCH_SIZE".to_owned(), "7".to_owned()),
+                ("OTHER".to_owned(), "x".to_owned()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.mailer.kind, MailerKind::Smtp);
+        assert_eq!(c.source.batch_size, 7);
+    }
+
+    #[test]
+    fn duplicate_template_rule_is_refused() {
+        let toml = r#"
+[[journey]]
+template = "a"
+on = "order.placed"
+class = "transactional"
+[[journey]]
+template = "a"
+on = "order.cancelled"
+class = "transactional"
+"#;
+        let err = load_str(toml).unwrap_err().to_string();
+        assert!(err.contains("journey[1].template"), "{err}");
+    }
+}

@@ -1,0 +1,590 @@
+//! The pure core: one customer's journey as a state machine.
+//!
+//! [`Journeys::step`] takes the customer's state and one event and returns
+//! the new state and the commands that follow from it: emails to schedule,
+//! pending emails to cancel, and emails decided at once. No I/O, no clock:
+//! every due time is computed from the event's `occurred_at`, so replaying
+//! the same events gives the same plan.
+//!
+//! [`Journeys::recheck`] is the other half: whether an email that has waited
+//! may still go out, given the state at its due time.
+
+mod state;
+
+pub use state::{Journey, OrderState, Profile};
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+use crate::config::{EmailClass, JourneyRule, Only, Trigger};
+use crate::event::{Event, EventKind, Item, Order, Shipment};
+
+/// An email the journey wants sent at `due_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEmail {
+    /// `customer/template/scope`: unique, and the same on every replay, so
+    /// that scheduling is idempotent and the `Message-ID` can derive from it.
+    pub key: String,
+    pub customer_id: String,
+    pub template: String,
+    pub class: EmailClass,
+    pub order_id: Option<String>,
+    pub due_at: Timestamp,
+    /// The trigger's part of the template data (`order`, `shipment`, ...).
+    pub data: Value,
+}
+
+/// Which pending emails a [`Command::Cancel`] applies to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector {
+    pub customer_id: String,
+    pub order_id: String,
+    /// `None`: every template.
+    pub templates: Option<Vec<String>>,
+}
+
+/// A final decision on an email that was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The reason to send went away (order cancelled, return, new order).
+    Cancelled,
+    /// The customer may not get it (no consent, unsubscribed, bounced).
+    Suppressed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Schedule(NewEmail),
+    Cancel {
+        selector: Selector,
+        reason: String,
+    },
+    /// An email that is decided as it is created, kept for the record.
+    Decide {
+        email: NewEmail,
+        verdict: Verdict,
+        reason: String,
+    },
+}
+
+/// An event that is valid on its own but not for this customer's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("missing required field `customer.email` on the first event of customer `{0}`")]
+    FirstEventWithoutEmail(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub state: Journey,
+    pub commands: Vec<Command>,
+}
+
+/// The journey rules of the configuration, ready to step.
+#[derive(Debug, Clone)]
+pub struct Journeys {
+    rules: Vec<JourneyRule>,
+}
+
+impl Journeys {
+    pub fn new(rules: Vec<JourneyRule>) -> Journeys {
+        Journeys { rules }
+    }
+
+    pub fn rule(&self, template: &str) -> Option<&JourneyRule> {
+        self.rules.iter().find(|r| r.template == template)
+    }
+
+    fn rules_on(&self, trigger: Trigger) -> impl Iterator<Item = &JourneyRule> {
+        self.rules.iter().filter(move |r| r.on == trigger)
+    }
+
+    /// Applies one event to a customer's journey. `state` is `None` for a
+    /// customer never seen before.
+    pub fn step(&self, state: Option<Journey>, event: &Event) -> Result<Transition, Rejection> {
+        let is_new = state.is_none();
+        let mut j = state.unwrap_or_default();
+        if is_new && event.customer.email.is_none() {
+            return Err(Rejection::FirstEventWithoutEmail(event.customer.id.clone()));
+        }
+        j.profile.apply(&event.customer);
+        let mut out = Out {
+            customer_id: &event.customer.id,
+            commands: Vec::new(),
+        };
+        let at = event.occurred_at;
+        match &event.kind {
+            EventKind::OrderPlaced { order } => self.order_placed(&mut j, order, at, &mut out),
+            EventKind::OrderCancelled { order_id } => {
+                self.order_cancelled(&mut j, order_id, at, &mut out)
+            }
+            EventKind::ShipmentDispatched { order_id, shipment } => self.shipment_news(
+                &mut j,
+                Trigger::ShipmentDispatched,
+                order_id,
+                shipment,
+                at,
+                &mut out,
+            ),
+            EventKind::ShipmentDelayed { order_id, shipment } => self.shipment_news(
+                &mut j,
+                Trigger::ShipmentDelayed,
+                order_id,
+                shipment,
+                at,
+                &mut out,
+            ),
+            EventKind::ShipmentDelivered {
+                order_id,
+                shipment_id,
+            } => self.shipment_delivered(&mut j, order_id, shipment_id, at, &mut out),
+            EventKind::ReturnRequested { order_id, ret } => {
+                let o = j.orders.entry(order_id.clone()).or_default();
+                o.return_requested = true;
+                let cancelled: Vec<String> = self
+                    .rules
+                    .iter()
+                    .filter(|r| r.cancel_on.contains(&Trigger::ReturnRequested))
+                    .map(|r| r.template.clone())
+                    .collect();
+                if !cancelled.is_empty() {
+                    out.cancel(
+                        order_id,
+                        Some(cancelled),
+                        format!("return requested for order {order_id}"),
+                    );
+                }
+                let data = json!({
+                    "order": order_json(&j, order_id),
+                    "return": {"id": ret.id, "reason": ret.reason, "items": return_items_json(&ret.items)},
+                });
+                self.fire(
+                    &j,
+                    Trigger::ReturnRequested,
+                    order_id,
+                    &ret.id,
+                    at,
+                    data,
+                    &mut out,
+                );
+            }
+            EventKind::ReturnReceived {
+                order_id,
+                return_id,
+            } => {
+                let data = json!({
+                    "order": order_json(&j, order_id),
+                    "return": {"id": return_id, "reason": Value::Null, "items": []},
+                });
+                self.fire(
+                    &j,
+                    Trigger::ReturnReceived,
+                    order_id,
+                    return_id,
+                    at,
+                    data,
+                    &mut out,
+                );
+            }
+            EventKind::RefundIssued { order_id, refund } => {
+                let data = json!({
+                    "order": order_json(&j, order_id),
+                    "refund": {"id": refund.id, "amount": refund.amount.to_string(), "currency": refund.currency},
+                });
+                self.fire(
+                    &j,
+                    Trigger::RefundIssued,
+                    order_id,
+                    &refund.id,
+                    at,
+                    data,
+                    &mut out,
+                );
+            }
+        }
+        Ok(Transition {
+            state: j,
+            commands: out.commands,
+        })
+    }
+
+    fn order_placed(&self, j: &mut Journey, order: &Order, at: Timestamp, out: &mut Out) {
+        if j.orders
+            .get(&order.id)
+            .is_some_and(|o| o.placed_at.is_some())
+        {
+            // The same order placed twice (a replay under a new event id).
+            return;
+        }
+        let first_order = !j.ordered_before;
+        j.ordered_before = true;
+        let o = j.orders.entry(order.id.clone()).or_default();
+        o.placed_at = Some(at);
+        o.total = Some(order.total);
+        o.currency = Some(order.currency.clone());
+        o.items = order.items.clone();
+        let count = j.orders.values().filter(|o| o.counts()).count() as u32;
+        let data = json!({ "order": order_json(j, &order.id) });
+
+        for rule in self.rules_on(Trigger::OrderPlaced) {
+            if rule.only == Some(Only::FirstOrder) && !first_order {
+                continue;
+            }
+            let mut data = data.clone();
+            if !rule.milestones.is_empty() {
+                if !rule.milestones.contains(&count) || j.milestones.contains(&count) {
+                    continue;
+                }
+                j.milestones.insert(count);
+                if let Some(o) = j.orders.get_mut(&order.id) {
+                    o.milestone = Some(count);
+                }
+                data["milestone"] = json!({ "order_count": count });
+            }
+            out.schedule(rule, &order.id, &order.id, at, data);
+        }
+
+        let newer = j.last_order.as_ref().is_none_or(|(_, last)| at > *last);
+        if newer {
+            if let Some((anchor, _)) = j.last_order.take() {
+                out.cancel(
+                    &anchor,
+                    Some(self.inactivity_templates()),
+                    format!("new order {}", order.id),
+                );
+            }
+            j.last_order = Some((order.id.clone(), at));
+            self.schedule_inactivity(j, &order.id, out);
+        }
+    }
+
+    fn order_cancelled(&self, j: &mut Journey, order_id: &str, at: Timestamp, out: &mut Out) {
+        out.cancel(order_id, None, format!("order {order_id} cancelled"));
+        let o = j.orders.entry(order_id.to_owned()).or_default();
+        let already = o.cancelled;
+        o.cancelled = true;
+        if !already
+            && let Some(n) = o.milestone
+            && let Some(rule) = self.rules.iter().find(|r| r.milestones.contains(&n))
+            && o.placed_at.is_some_and(|p| at < p + signed(rule.delay))
+        {
+            // The congratulation had not gone out: the next order may earn it.
+            j.milestones.remove(&n);
+        }
+        let data = json!({ "order": order_json(j, order_id) });
+        self.fire(
+            j,
+            Trigger::OrderCancelled,
+            order_id,
+            order_id,
+            at,
+            data,
+            out,
+        );
+
+        if j.last_order
+            .as_ref()
+            .is_some_and(|(anchor, _)| anchor == order_id)
+        {
+            j.last_order = j
+                .orders
+                .iter()
+                .filter(|(_, o)| o.counts())
+                .filter_map(|(id, o)| Some((id.clone(), o.placed_at?)))
+                .max_by_key(|(_, placed)| *placed);
+            if let Some((anchor, _)) = j.last_order.clone() {
+                // A distinct scope: the first wait on this order was cancelled
+                // by the order that has now been cancelled itself.
+                self.schedule_inactivity(j, &format!("{anchor}~{order_id}"), out);
+            }
+        }
+    }
+
+    fn shipment_news(
+        &self,
+        j: &mut Journey,
+        trigger: Trigger,
+        order_id: &str,
+        shipment: &Shipment,
+        at: Timestamp,
+        out: &mut Out,
+    ) {
+        let delivered = j
+            .orders
+            .get(order_id)
+            .is_some_and(|o| o.delivered_shipments.contains(&shipment.id));
+        let scope = match (trigger, shipment.estimated_delivery) {
+            (Trigger::ShipmentDelayed, Some(eta)) => format!("{}@{eta}", shipment.id),
+            _ => shipment.id.clone(),
+        };
+        let data = json!({
+            "order": order_json(j, order_id),
+            "shipment": {
+                "id": shipment.id,
+                "carrier": shipment.carrier,
+                "tracking_number": shipment.tracking_number,
+                "tracking_url": shipment.tracking_url,
+                "estimated_delivery": shipment.estimated_delivery.map(|t| t.to_string()),
+            },
+        });
+        if delivered {
+            for rule in self.rules_on(trigger) {
+                out.decide(
+                    rule,
+                    order_id,
+                    &scope,
+                    at,
+                    data.clone(),
+                    Verdict::Cancelled,
+                    format!("shipment {} already delivered", shipment.id),
+                );
+            }
+            return;
+        }
+        self.fire(j, trigger, order_id, &scope, at, data, out);
+    }
+
+    fn shipment_delivered(
+        &self,
+        j: &mut Journey,
+        order_id: &str,
+        shipment_id: &str,
+        at: Timestamp,
+        out: &mut Out,
+    ) {
+        let first_delivery = !j.delivered_before;
+        j.delivered_before = true;
+        j.orders
+            .entry(order_id.to_owned())
+            .or_default()
+            .delivered_shipments
+            .insert(shipment_id.to_owned());
+        let data = json!({
+            "order": order_json(j, order_id),
+            "shipment": {
+                "id": shipment_id,
+                "carrier": Value::Null,
+                "tracking_number": Value::Null,
+                "tracking_url": Value::Null,
+                "estimated_delivery": Value::Null,
+            },
+        });
+        for rule in self.rules_on(Trigger::ShipmentDelivered) {
+            if rule.only == Some(Only::FirstDelivery) && !first_delivery {
+                continue;
+            }
+            self.fire_rule(j, rule, order_id, order_id, at, data.clone(), out);
+        }
+    }
+
+    /// Every rule on `trigger`, scheduled or, when the order already rules it
+    /// out, decided as cancelled.
+    #[allow(clippy::too_many_arguments)]
+    fn fire(
+        &self,
+        j: &Journey,
+        trigger: Trigger,
+        order_id: &str,
+        scope: &str,
+        at: Timestamp,
+        data: Value,
+        out: &mut Out,
+    ) {
+        for rule in self.rules_on(trigger) {
+            self.fire_rule(j, rule, order_id, scope, at, data.clone(), out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fire_rule(
+        &self,
+        j: &Journey,
+        rule: &JourneyRule,
+        order_id: &str,
+        scope: &str,
+        at: Timestamp,
+        data: Value,
+        out: &mut Out,
+    ) {
+        match self.cancel_reason(j, rule, order_id) {
+            Some(reason) => out.decide(rule, order_id, scope, at, data, Verdict::Cancelled, reason),
+            None => out.schedule(rule, order_id, scope, at, data),
+        }
+    }
+
+    /// Why an email of `rule` about `order_id` should no longer go out.
+    /// Transactional emails are about facts that stay true (an order was
+    /// cancelled, a refund issued), so only marketing ones are cancelled.
+    fn cancel_reason(&self, j: &Journey, rule: &JourneyRule, order_id: &str) -> Option<String> {
+        if rule.class != EmailClass::Marketing {
+            return None;
+        }
+        let order = j.orders.get(order_id)?;
+        if order.cancelled {
+            return Some(format!("order {order_id} cancelled"));
+        }
+        if order.return_requested && rule.cancel_on.contains(&Trigger::ReturnRequested) {
+            return Some(format!("return requested for order {order_id}"));
+        }
+        None
+    }
+
+    fn inactivity_templates(&self) -> Vec<String> {
+        self.rules_on(Trigger::Inactivity)
+            .map(|r| r.template.clone())
+            .collect()
+    }
+
+    fn schedule_inactivity(&self, j: &Journey, scope: &str, out: &mut Out) {
+        let Some((anchor, placed_at)) = &j.last_order else {
+            return;
+        };
+        let data = json!({ "order": order_json(j, anchor) });
+        for rule in self.rules_on(Trigger::Inactivity) {
+            out.schedule(rule, anchor, scope, *placed_at, data.clone());
+        }
+    }
+
+    /// Whether an email that has waited may go out now, given the journey as
+    /// it is at its due time. `None`: send it.
+    pub fn recheck(
+        &self,
+        j: &Journey,
+        template: &str,
+        order_id: Option<&str>,
+    ) -> Option<(Verdict, String)> {
+        let rule = self.rule(template)?;
+        if rule.class == EmailClass::Transactional {
+            return None;
+        }
+        if j.profile.unsubscribed {
+            return Some((Verdict::Suppressed, "unsubscribed".to_owned()));
+        }
+        if !j.profile.marketing_consent {
+            return Some((Verdict::Suppressed, "no marketing consent".to_owned()));
+        }
+        let order_id = order_id?;
+        if let Some(reason) = self.cancel_reason(j, rule, order_id) {
+            return Some((Verdict::Cancelled, reason));
+        }
+        if rule.on == Trigger::Inactivity
+            && let Some((anchor, _)) = &j.last_order
+            && anchor != order_id
+        {
+            return Some((Verdict::Cancelled, format!("new order {anchor}")));
+        }
+        None
+    }
+}
+
+/// Collects the commands of one step.
+struct Out<'a> {
+    customer_id: &'a str,
+    commands: Vec<Command>,
+}
+
+impl Out<'_> {
+    fn email(
+        &self,
+        rule: &JourneyRule,
+        order_id: &str,
+        scope: &str,
+        at: Timestamp,
+        data: Value,
+    ) -> NewEmail {
+        NewEmail {
+            key: format!("{}/{}/{}", self.customer_id, rule.template, scope),
+            customer_id: self.customer_id.to_owned(),
+            template: rule.template.clone(),
+            class: rule.class,
+            order_id: Some(order_id.to_owned()),
+            due_at: at + signed(rule.delay),
+            data,
+        }
+    }
+
+    fn schedule(
+        &mut self,
+        rule: &JourneyRule,
+        order_id: &str,
+        scope: &str,
+        at: Timestamp,
+        data: Value,
+    ) {
+        let email = self.email(rule, order_id, scope, at, data);
+        self.commands.push(Command::Schedule(email));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        rule: &JourneyRule,
+        order_id: &str,
+        scope: &str,
+        at: Timestamp,
+        data: Value,
+        verdict: Verdict,
+        reason: String,
+    ) {
+        let email = self.email(rule, order_id, scope, at, data);
+        self.commands.push(Command::Decide {
+            email,
+            verdict,
+            reason,
+        });
+    }
+
+    fn cancel(&mut self, order_id: &str, templates: Option<Vec<String>>, reason: String) {
+        self.commands.push(Command::Cancel {
+            selector: Selector {
+                customer_id: self.customer_id.to_owned(),
+                order_id: order_id.to_owned(),
+                templates,
+            },
+            reason,
+        });
+    }
+}
+
+fn signed(d: std::time::Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// The `order` object of the template data: what we know of the order.
+fn order_json(j: &Journey, order_id: &str) -> Value {
+    let Some(o) = j.orders.get(order_id).filter(|o| o.placed_at.is_some()) else {
+        return json!({
+            "id": order_id, "total": Value::Null, "currency": Value::Null,
+            "placed_at": Value::Null, "items": [],
+        });
+    };
+    let items: Vec<Value> = o
+        .items
+        .iter()
+        .map(|i| {
+            let price = i.unit_price.unwrap_or_default();
+            json!({
+                "sku": i.sku, "name": i.name, "quantity": i.quantity,
+                "unit_price": price.to_string(),
+                "line_total": (price * rust_decimal::Decimal::from(i.quantity)).to_string(),
+            })
+        })
+        .collect();
+    json!({
+        "id": order_id,
+        "total": o.total.map(|t| t.to_string()),
+        "currency": o.currency,
+        "placed_at": o.placed_at.map(|t| t.to_string()),
+        "items": items,
+    })
+}
+
+fn return_items_json(items: &[Item]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|i| json!({"sku": i.sku, "name": i.name, "quantity": i.quantity}))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,30 @@
+//! aftercare: post-purchase emails from a shop's order events.
+//!
+//! # Layout
+//! - [`config`]: typed configuration, validated before anything connects.
+//! - [`event`]: the event contract: decode and validate.
+//! - [`journey`]: the pure core, `step(state, event) -> (state, commands)`.
+//! - [`store`]: persistence (SQLite), one transaction per batch.
+//! - [`source`]: event sources (JSONL file, stdin) and the dead-letter file.
+//! - [`pipeline`]: ingest batches, fire due emails, check them again.
+//! - [`render`]: the handlebars template set, helpers, locales.
+//! - [`mailer`]: MIME building; `.eml` files and SMTP.
+//! - [`sender`]: render, send, record the outcome.
+//! - [`daemon`]: `run`, the ingest thread and delivery workers wired.
+//! - [`simulate`]: the email plan of an event log, no side effects.
+//! - [`check`]: every template in every locale against sample data.
+
+#![forbid(unsafe_code)]
+
+pub mod check;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod journey;
+pub mod mailer;
+pub mod pipeline;
+pub mod render;
+pub mod sender;
+pub mod simulate;
+pub mod source;
+pub mod store;

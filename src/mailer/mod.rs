@@ -1,0 +1,177 @@
+//! Mailers: where a built message goes.
+//!
+//! [`Mailer`] is small on purpose, as lettre's `Transport` is: one call per
+//! message, and errors that say whether trying again can help. The daemon
+//! picks one at start ([`AnyMailer`]); the message itself is built here once,
+//! the same for every mailer.
+
+mod eml;
+mod smtp;
+
+pub use eml::EmlMailer;
+pub use smtp::SmtpMailer;
+
+use jiff::Timestamp;
+use lettre::Message;
+use lettre::message::header::{self, ContentType};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use sha2::{Digest, Sha256};
+
+use crate::render::Rendered;
+
+/// A send that did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MailError {
+    /// May succeed later: a 4xx reply, a refused connection, a timeout.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will not succeed: a 5xx reply, an address the server refuses.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl MailError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
+/// One message ready to hand over.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The email's store key; the `.eml` file name and the `Message-ID`
+    /// derive from it.
+    pub key: String,
+    pub message_id: String,
+    pub recipient: String,
+    pub message: Message,
+}
+
+pub trait Mailer: Send + Sync + 'static {
+    /// Hands the message over; returns the server's reply (or a note).
+    fn send(&self, email: &Outgoing) -> impl Future<Output = Result<String, MailError>> + Send;
+}
+
+/// The mailer chosen by the configuration.
+pub enum AnyMailer {
+    Eml(EmlMailer),
+    Smtp(SmtpMailer),
+    /// Accepts everything, sends nothing: `simulate`.
+    Null,
+}
+
+impl Mailer for AnyMailer {
+    async fn send(&self, email: &Outgoing) -> Result<String, MailError> {
+        match self {
+            Self::Eml(m) => m.send(email).await,
+            Self::Smtp(m) => m.send(email).await,
+            Self::Null => Ok("simulated".to_owned()),
+        }
+    }
+}
+
+/// `<hash-of-key@domain>`: the same for every attempt at one email, so a
+/// resend after a crash can be recognised as the same message downstream.
+pub fn message_id(key: &str, from: &Mailbox) -> String {
+    let hash = Sha256::digest(key.as_bytes());
+    format!("<{}@{}>", hex::encode(&hash[..16]), from.email.domain())
+}
+
+/// Builds the MIME message: multipart/alternative, text first.
+///
+/// The recipient's name is customer data: lettre encodes it (RFC 2047) and
+/// never lets it break a header line, and the address was validated when the
+/// event was decoded.
+pub fn build(
+    from: &Mailbox,
+    reply_to: Option<&Mailbox>,
+    to: &str,
+    to_name: Option<&str>,
+    rendered: &Rendered,
+    message_id: &str,
+    date: Timestamp,
+) -> Result<Message, MailError> {
+    let address = to
+        .parse::<lettre::Address>()
+        .map_err(|e| MailError::Permanent(format!("bad recipient address: {e}")))?;
+    let name = to_name.map(|n| n.replace(|c: char| c.is_control(), " "));
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(name, address))
+        .subject(rendered.subject.replace(|c: char| c.is_control(), " "))
+        .message_id(Some(message_id.to_owned()))
+        .date(std::time::SystemTime::from(date));
+    if let Some(reply_to) = reply_to {
+        builder = builder.reply_to(reply_to.clone());
+    }
+    builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .header(header::ContentTransferEncoding::QuotedPrintable)
+                        .body(rendered.text.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .header(header::ContentTransferEncoding::QuotedPrintable)
+                        .body(rendered.html.clone()),
+                ),
+        )
+        .map_err(|e| MailError::Permanent(format!("cannot build message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(subject: &str) -> Rendered {
+        Rendered {
+            subject: subject.to_owned(),
+            html: "<p>Բարեւ</p>".to_owned(),
+            text: "Բարեւ & <hi>".to_owned(),
+        }
+    }
+
+    fn from() -> Mailbox {
+        "Tea & Kettle <hello@shop.example.com>".parse().unwrap()
+    }
+
+    #[test]
+    fn message_id_is_stable_per_key() {
+        assert_eq!(
+            message_id("c-1/welcome/o-1", &from()),
+            message_id("c-1/welcome/o-1", &from())
+        );
+        assert_ne!(
+            message_id("c-1/welcome/o-1", &from()),
+            message_id("c-1/welcome/o-2", &from())
+        );
+        assert!(message_id("k", &from()).ends_with("@shop.example.com>"));
+    }
+
+    #[test]
+    fn hostile_name_cannot_add_a_header() {
+        let msg = build(
+            &from(),
+            None,
+            "anna@example.com",
+            Some("Anna\r\nBcc: victim@example.com"),
+            &rendered("Ձեր պատվերը\r\nBcc: x@example.com"),
+            "<id@shop.example.com>",
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        let raw = String::from_utf8(msg.formatted()).unwrap();
+        let headers = raw.split("\r\n\r\n").next().unwrap();
+        assert!(!headers.lines().any(|l| l.starts_with("Bcc:")), "{headers}");
+        let parsed = mail_parser::MessageParser::default()
+            .parse(raw.as_bytes())
+            .unwrap();
+        assert_eq!(parsed.subject(), Some("Ձեր պատվերը Bcc: x@example.com"));
+        assert_eq!(parsed.body_text(0).unwrap(), "Բարեւ & <hi>");
+        assert_eq!(parsed.body_html(0).unwrap(), "<p>Բարեւ</p>");
+    }
+}

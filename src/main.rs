@@ -1,0 +1,293 @@
+//! The `aftercare` binary: parse arguments, load config, wire, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use jiff::Timestamp;
+
+use aftercare::config::{Config, MailerKind};
+use aftercare::daemon::{self, Settings, Summary};
+use aftercare::journey::Journeys;
+use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
+use aftercare::pipeline::{Context, Pipeline};
+use aftercare::render::Templates;
+use aftercare::sender::Sender;
+use aftercare::source::{DeadLetters, FileSource};
+use aftercare::store::SqliteStore;
+use aftercare::{check, simulate};
+
+/// Exit codes, as DESIGN.md gives them (sysexits.h).
+const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
+
+#[derive(Parser)]
+#[command(
+    name = "aftercare",
+    version,
+    about = "Post-purchase emails from a shop's order events."
+)]
+struct Cli {
+    /// TOML file layered over the embedded defaults (config/aftercare.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker: read events, keep journeys, send due emails.
+    ///
+    /// With a file or standard input as the source, it stops once the input
+    /// is read and every email due by now is sent; emails due later wait in
+    /// the store for the next run.
+    Run {
+        /// JSONL events to read (`-` for standard input); overrides
+        /// `source.path`.
+        #[arg(long, value_name = "PATH")]
+        input: Option<String>,
+    },
+    /// Print the email plan of an event log as JSON lines; sends nothing.
+    Simulate {
+        /// JSONL event log.
+        events: PathBuf,
+        /// Run the virtual clock to this time (default: last event + 180 days).
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<Timestamp>,
+    },
+    /// Validate the config and render every template in every locale.
+    Check,
+}
+
+/// An error with the exit code it deserves.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+fn fail(code: u8, error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code,
+        error: error.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn")),
+        )
+        .init();
+    match run_command(cli) {
+        Ok(code) => code,
+        Err(Failure { code, error }) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
+    let config =
+        Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| fail(EX_USAGE, e))?;
+    match cli.command {
+        Command::Check => {
+            let checked = check::check(&config).map_err(|e| fail(EX_DATAERR, e))?;
+            println!(
+                "ok: {} templates x {} locales rendered ({} renders)",
+                checked.templates, checked.locales, checked.renders
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { events, until } => simulate_command(&config, &events, until),
+        Command::Run { input } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run(config, input))
+        }
+    }
+}
+
+/// Loads the templates and checks the journeys' templates exist in every
+/// locale: a missing one is a configuration error.
+fn templates(config: &Config) -> Result<Templates, Failure> {
+    let templates = Templates::load(&config.templates_dir, &config.default_locale)
+        .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("templates:\n{e}")))?;
+    let ids: Vec<&str> = config
+        .journeys
+        .iter()
+        .map(|r| r.template.as_str())
+        .collect();
+    templates
+        .require(&ids)
+        .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("templates:\n{e}")))?;
+    Ok(templates)
+}
+
+fn pipeline_context(config: &Config, templates: &Templates) -> Context {
+    Context {
+        locales: templates.locales().clone(),
+        default_timezone: config.default_timezone.clone(),
+        unsubscribe_url: config.shop.unsubscribe_url.clone(),
+    }
+}
+
+fn simulate_command(
+    config: &Config,
+    events: &std::path::Path,
+    until: Option<Timestamp>,
+) -> Result<ExitCode, Failure> {
+    let templates = templates(config)?;
+    let path = events.to_str().context("event log path is not UTF-8")?;
+    let mut source = FileSource::open(path)
+        .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("{}: {e}", events.display())))?;
+    let pipeline = Pipeline::new(
+        SqliteStore::in_memory()?,
+        Journeys::new(config.journeys.clone()),
+        pipeline_context(config, &templates),
+        config.sender.batch_size,
+    )?;
+    let plan = simulate::simulate(pipeline, &mut source, until)?;
+    let mut out = std::io::stdout().lock();
+    for line in &plan.lines {
+        use std::io::Write;
+        serde_json::to_writer(&mut out, line)?;
+        writeln!(out)?;
+    }
+    if plan.stats.invalid > 0 {
+        return Err(fail(
+            EX_DATAERR,
+            anyhow::anyhow!(
+                "{} invalid events (see the warnings above)",
+                plan.stats.invalid
+            ),
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(config: Config, input: Option<String>) -> Result<ExitCode, Failure> {
+    let templates = Arc::new(templates(&config)?);
+    let path = input.unwrap_or_else(|| config.source.path.clone());
+    let source = FileSource::open(&path).map_err(|e| {
+        fail(
+            EX_USAGE,
+            anyhow::anyhow!("config key `source.path` (or --input): {path}: {e}"),
+        )
+    })?;
+    let store = SqliteStore::open(&config.store_path())?;
+    let pipeline = Pipeline::new(
+        store,
+        Journeys::new(config.journeys.clone()),
+        pipeline_context(&config, &templates),
+        config.sender.batch_size,
+    )?;
+    let outbox = config.outbox_dir();
+    let mailer = match config.mailer.kind {
+        MailerKind::Eml => AnyMailer::Eml(
+            EmlMailer::new(&outbox).with_context(|| format!("creating {}", outbox.display()))?,
+        ),
+        MailerKind::Smtp => AnyMailer::Smtp(SmtpMailer::new(&config.mailer.smtp)),
+    };
+    let concurrency = match config.mailer.kind {
+        MailerKind::Eml => 4,
+        MailerKind::Smtp => config.mailer.smtp.pool_size as usize,
+    };
+    let sender = Arc::new(Sender::new(&config, templates, mailer));
+    let settings = Settings {
+        batch_size: config.source.batch_size,
+        poll_interval: config.sender.poll_interval,
+        concurrency,
+        grace: Duration::from_secs(30),
+    };
+    let dead = DeadLetters::new(&config.dead_letter_path());
+    let summary = daemon::run(
+        pipeline,
+        Box::new(source),
+        dead,
+        sender,
+        settings,
+        shutdown(),
+    )
+    .await?;
+    print_summary(&config, &path, &summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn print_summary(config: &Config, input: &str, s: &Summary) {
+    let i = &s.ingest;
+    println!(
+        "Read {} events from {input} ({} duplicates, {} invalid{}).",
+        i.events + i.duplicates + i.invalid,
+        i.duplicates,
+        i.invalid,
+        if i.invalid > 0 {
+            format!(": see {}", config.dead_letter_path().display())
+        } else {
+            String::new()
+        }
+    );
+    let total: u64 = s.sent.values().sum();
+    let place = match config.mailer.kind {
+        MailerKind::Eml => config.outbox_dir().display().to_string(),
+        MailerKind::Smtp => format!("{}:{}", config.mailer.smtp.host, config.mailer.smtp.port),
+    };
+    println!("Sent {total} emails to {place}:");
+    for (template, n) in &s.sent {
+        println!("  {template:<22} {n}");
+    }
+    println!(
+        "Not sent: {} cancelled, {} suppressed; {} to retry, {} failed.",
+        i.cancelled, i.suppressed, s.retried, s.failed
+    );
+}

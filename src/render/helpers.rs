@@ -1,0 +1,231 @@
+//! Template helpers: money, dates and plurals in the customer's locale.
+//!
+//! The locale and time zone come from the data (`customer.locale`,
+//! `customer.timezone`), so a template never passes them by hand.
+
+use handlebars::{
+    Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+};
+use intl_pluralrules::{PluralCategory, PluralRuleType, PluralRules};
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+pub fn register(hb: &mut Handlebars<'_>) {
+    hb.register_helper("money", Box::new(money));
+    hb.register_helper("date", Box::new(date));
+    hb.register_helper("plural", Box::new(plural));
+}
+
+fn root_str<'a>(ctx: &'a Context, pointer: &str) -> Option<&'a str> {
+    ctx.data().pointer(pointer).and_then(Value::as_str)
+}
+
+fn locale(ctx: &Context) -> &str {
+    root_str(ctx, "/customer/locale").unwrap_or("en")
+}
+
+fn param<'a>(
+    h: &'a Helper<'_>,
+    name: &'static str,
+    i: usize,
+) -> Result<&'a Value, RenderErrorReason> {
+    h.param(i)
+        .map(|p| p.value())
+        .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, i))
+}
+
+/// `{{money amount currency}}`: `€59.90` in English, `59,90 €` in Armenian.
+fn money(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    ctx: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let amount = match param(h, "money", 0)? {
+        Value::String(s) => s.parse::<Decimal>().ok(),
+        Value::Number(n) => n.to_string().parse::<Decimal>().ok(),
+        _ => None,
+    }
+    .ok_or(RenderErrorReason::InvalidParamType("decimal amount"))?;
+    let currency = param(h, "money", 1)?
+        .as_str()
+        .ok_or(RenderErrorReason::InvalidParamType("currency code"))?;
+    out.write(&format_money(amount, currency, locale(ctx)))?;
+    Ok(())
+}
+
+pub fn format_money(amount: Decimal, currency: &str, locale: &str) -> String {
+    let symbol = match (currency, locale) {
+        ("EUR", _) => "€",
+        ("USD", _) => "$",
+        ("GBP", _) => "£",
+        ("AMD", _) => "֏",
+        ("ETB", "am") => "ብር",
+        ("ETB", _) => "Br",
+        (code, _) => code,
+    };
+    let digits = if currency == "AMD" { 0 } else { 2 };
+    let amount = amount.round_dp(digits);
+    let negative = amount.is_sign_negative() && !amount.is_zero();
+    let plain = format!("{:.*}", digits as usize, amount.abs());
+    let (int, frac) = plain.split_once('.').unwrap_or((&plain, ""));
+    let (group, decimal) = match locale {
+        // CLDR: Armenian groups with a no-break space and uses a comma.
+        "hy" => ('\u{a0}', ','),
+        _ => (',', '.'),
+    };
+    let mut grouped = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            grouped.push(group);
+        }
+        grouped.push(c);
+    }
+    if !frac.is_empty() {
+        grouped.push(decimal);
+        grouped.push_str(frac);
+    }
+    let sign = if negative { "-" } else { "" };
+    match locale {
+        "hy" => format!("{sign}{grouped}\u{a0}{symbol}"),
+        _ if symbol.chars().count() == 1 => format!("{sign}{symbol}{grouped}"),
+        _ => format!("{sign}{symbol}\u{a0}{grouped}"),
+    }
+}
+
+/// `{{date timestamp}}`: the day in the customer's time zone and locale.
+fn date(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    ctx: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let ts: Timestamp = param(h, "date", 0)?
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or(RenderErrorReason::InvalidParamType("RFC 3339 timestamp"))?;
+    let tz = root_str(ctx, "/customer/timezone")
+        .and_then(|name| TimeZone::get(name).ok())
+        .unwrap_or(TimeZone::UTC);
+    out.write(&format_date(ts, &tz, locale(ctx)))?;
+    Ok(())
+}
+
+const MONTHS_EN: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+/// Genitive month names, as Armenian dates use them.
+const MONTHS_HY: [&str; 12] = [
+    "հունվարի",
+    "փետրվարի",
+    "մարտի",
+    "ապրիլի",
+    "մայիսի",
+    "հունիսի",
+    "հուլիսի",
+    "օգոստոսի",
+    "սեպտեմբերի",
+    "հոկտեմբերի",
+    "նոյեմբերի",
+    "դեկտեմբերի",
+];
+const MONTHS_AM: [&str; 12] = [
+    "ጃንዋሪ",
+    "ፌብሩዋሪ",
+    "ማርች",
+    "ኤፕሪል",
+    "ሜይ",
+    "ጁን",
+    "ጁላይ",
+    "ኦገስት",
+    "ሴፕቴምበር",
+    "ኦክቶበር",
+    "ኖቬምበር",
+    "ዲሴምበር",
+];
+
+pub fn format_date(ts: Timestamp, tz: &TimeZone, locale: &str) -> String {
+    let d = ts.to_zoned(tz.clone()).date();
+    let m = (d.month() - 1) as usize;
+    match locale {
+        "hy" => format!("{} {} {} թ.", d.day(), MONTHS_HY[m], d.year()),
+        "am" => format!("{} {} {}", MONTHS_AM[m], d.day(), d.year()),
+        _ => format!("{} {} {}", d.day(), MONTHS_EN[m], d.year()),
+    }
+}
+
+/// `{{plural count "item" "items"}}`: the word for the count, by the
+/// locale's CLDR rules (in Armenian and Amharic 0 and 1 are both "one").
+fn plural(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    ctx: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let n = param(h, "plural", 0)?
+        .as_u64()
+        .ok_or(RenderErrorReason::InvalidParamType("count"))?;
+    let one = param(h, "plural", 1)?.as_str().unwrap_or_default();
+    let other = param(h, "plural", 2)?.as_str().unwrap_or_default();
+    let word = if is_one(n, locale(ctx)) { one } else { other };
+    out.write(word)?;
+    Ok(())
+}
+
+fn is_one(n: u64, locale: &str) -> bool {
+    let lang: unic_langid::LanguageIdentifier = locale.parse().unwrap_or_default();
+    match PluralRules::create(lang, PluralRuleType::CARDINAL) {
+        Ok(rules) => rules.select(n) == Ok(PluralCategory::ONE),
+        Err(_) => n == 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_by_locale() {
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(format_money(d("59.90"), "EUR", "en"), "€59.90");
+        assert_eq!(format_money(d("1234.5"), "USD", "en"), "$1,234.50");
+        assert_eq!(format_money(d("59.90"), "EUR", "hy"), "59,90\u{a0}€");
+        assert_eq!(format_money(d("25000"), "AMD", "hy"), "25\u{a0}000\u{a0}֏");
+        assert_eq!(format_money(d("59.9"), "ETB", "am"), "ብር\u{a0}59.90");
+        assert_eq!(format_money(d("-5"), "EUR", "en"), "-€5.00");
+    }
+
+    #[test]
+    fn dates_in_the_customers_zone() {
+        let ts: Timestamp = "2026-11-24T22:30:00Z".parse().unwrap();
+        let yerevan = TimeZone::get("Asia/Yerevan").unwrap();
+        assert_eq!(format_date(ts, &TimeZone::UTC, "en"), "24 November 2026");
+        assert_eq!(format_date(ts, &yerevan, "hy"), "25 նոյեմբերի 2026 թ.");
+        assert_eq!(format_date(ts, &yerevan, "am"), "ኖቬምበር 25 2026");
+    }
+
+    #[test]
+    fn plural_rules_differ_by_locale() {
+        assert!(is_one(1, "en"));
+        assert!(!is_one(0, "en"));
+        assert!(is_one(0, "am"));
+        assert!(is_one(1, "hy"));
+        assert!(!is_one(2, "hy"));
+    }
+}

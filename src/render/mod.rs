@@ -1,0 +1,368 @@
+//! Rendering: the template set, loaded once and checked as a whole.
+//!
+//! Each locale gets two handlebars registries in strict mode: one for HTML
+//! (escaping on) and one for subjects and text parts (escaping off, since a
+//! text part is not HTML). Shared partials from `templates/partials/` are
+//! registered in every locale; a locale's own `partials/` folder wins.
+//!
+//! Errors are reported as `file:line:column: what`, naming the missing
+//! variable or partial, so `aftercare check` points a marketer at the spot.
+
+mod helpers;
+
+pub use helpers::{format_date, format_money};
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use handlebars::{Handlebars, RenderError, RenderErrorReason, TemplateError};
+use serde_json::Value;
+
+/// The three parts of every email template.
+pub const PARTS: [&str; 3] = ["subject", "html", "txt"];
+
+/// Folders of the template directory that are not locales.
+const NOT_LOCALES: [&str; 2] = ["partials", "samples"];
+
+/// One thing wrong with the template set, where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn problem(file: impl Into<PathBuf>, message: impl Into<String>) -> Problem {
+    Problem {
+        file: file.into(),
+        line: None,
+        column: None,
+        message: message.into(),
+    }
+}
+
+/// A template set that could not be loaded or rendered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct Problems(pub Vec<Problem>);
+
+/// A rendered email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// One line: newlines and runs of spaces folded.
+    pub subject: String,
+    pub html: String,
+    pub text: String,
+}
+
+/// The locales templates exist for, and how a customer's locale maps to one.
+#[derive(Debug, Clone)]
+pub struct Locales {
+    available: Vec<String>,
+    default: String,
+}
+
+impl Locales {
+    pub fn new(mut available: Vec<String>, default: &str) -> Locales {
+        available.sort();
+        Locales {
+            available,
+            default: default.to_owned(),
+        }
+    }
+
+    pub fn available(&self) -> &[String] {
+        &self.available
+    }
+
+    /// `hy-AM` -> `hy` -> the default, as DESIGN.md says.
+    pub fn resolve(&self, wanted: Option<&str>) -> &str {
+        let Some(wanted) = wanted else {
+            return &self.default;
+        };
+        let wanted = wanted.replace('_', "-").to_lowercase();
+        let language = wanted.split('-').next().unwrap_or_default();
+        self.available
+            .iter()
+            .find(|l| l.to_lowercase() == wanted)
+            .or_else(|| self.available.iter().find(|l| l.to_lowercase() == language))
+            .map_or(&self.default, |l| l)
+    }
+}
+
+struct LocaleSet {
+    html: Handlebars<'static>,
+    text: Handlebars<'static>,
+    /// Registered name (`welcome.html`, or a partial's name) to its file.
+    files: HashMap<String, PathBuf>,
+}
+
+/// The loaded template set.
+pub struct Templates {
+    dir: PathBuf,
+    locales: Locales,
+    sets: BTreeMap<String, LocaleSet>,
+}
+
+fn registry(escape: bool) -> Handlebars<'static> {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(true);
+    if !escape {
+        hb.register_escape_fn(handlebars::no_escape);
+    }
+    helpers::register(&mut hb);
+    hb
+}
+
+/// `welcome.html.hbs` -> (`welcome`, `html`).
+fn split_name(file: &Path) -> Option<(String, String)> {
+    let name = file.file_name()?.to_str()?.strip_suffix(".hbs")?;
+    let (stem, part) = name.rsplit_once('.')?;
+    Some((stem.to_owned(), part.to_owned()))
+}
+
+fn hbs_files(dir: &Path) -> Result<Vec<PathBuf>, Problem> {
+    let mut files = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => return Err(problem(dir, e.to_string())),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| problem(dir, e.to_string()))?.path();
+        if path.is_file() && path.extension().is_some_and(|e| e == "hbs") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn template_error(file: &Path, e: &TemplateError) -> Problem {
+    let (line, column) = e.pos().map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    Problem {
+        file: file.to_owned(),
+        line,
+        column,
+        message: e.reason().to_string(),
+    }
+}
+
+impl Templates {
+    /// Loads every locale folder of `dir`. Fails with every syntax error
+    /// found, not just the first.
+    pub fn load(dir: &Path, default_locale: &str) -> Result<Templates, Problems> {
+        let mut problems = Vec::new();
+        let mut locale_names = Vec::new();
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if entry.path().is_dir() && !NOT_LOCALES.contains(&name.as_str()) {
+                        locale_names.push(name);
+                    }
+                }
+            }
+            Err(e) => return Err(Problems(vec![problem(dir, e.to_string())])),
+        }
+        if !locale_names.iter().any(|l| l == default_locale) {
+            problems.push(problem(
+                dir.join(default_locale),
+                format!("no templates for the default locale `{default_locale}`"),
+            ));
+        }
+        let shared = match hbs_files(&dir.join("partials")) {
+            Ok(files) => files,
+            Err(p) => {
+                problems.push(p);
+                Vec::new()
+            }
+        };
+        let mut sets = BTreeMap::new();
+        for locale in &locale_names {
+            let mut set = LocaleSet {
+                html: registry(true),
+                text: registry(false),
+                files: HashMap::new(),
+            };
+            let own_partials = hbs_files(&dir.join(locale).join("partials"));
+            let templates = hbs_files(&dir.join(locale));
+            let (own_partials, templates) = match (own_partials, templates) {
+                (Ok(p), Ok(t)) => (p, t),
+                (Err(p), _) | (_, Err(p)) => {
+                    problems.push(p);
+                    continue;
+                }
+            };
+            // Shared first, so that the locale's own partials replace them.
+            for file in shared.iter().chain(&own_partials) {
+                if let Err(p) = set.add(file, true) {
+                    problems.push(p);
+                }
+            }
+            for file in &templates {
+                if let Err(p) = set.add(file, false) {
+                    problems.push(p);
+                }
+            }
+            sets.insert(locale.clone(), set);
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        Ok(Templates {
+            dir: dir.to_owned(),
+            locales: Locales::new(locale_names, default_locale),
+            sets,
+        })
+    }
+
+    pub fn locales(&self) -> &Locales {
+        &self.locales
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file a template part would be read from.
+    pub fn file(&self, locale: &str, template: &str, part: &str) -> PathBuf {
+        self.dir.join(locale).join(format!("{template}.{part}.hbs"))
+    }
+
+    /// Every part of `template` exists in every locale.
+    pub fn require(&self, templates: &[&str]) -> Result<(), Problems> {
+        let mut problems = Vec::new();
+        for (locale, set) in &self.sets {
+            for template in templates {
+                for part in PARTS {
+                    if !set.files.contains_key(&format!("{template}.{part}")) {
+                        problems.push(problem(
+                            self.file(locale, template, part),
+                            format!("missing: template `{template}` has no {part} part in locale `{locale}`"),
+                        ));
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    /// Renders one email. `locale` must be one of [`Locales::available`].
+    pub fn render(&self, template: &str, locale: &str, data: &Value) -> Result<Rendered, Problems> {
+        let set = self.sets.get(locale).ok_or_else(|| {
+            Problems(vec![problem(
+                self.dir.join(locale),
+                format!("no locale `{locale}`"),
+            )])
+        })?;
+        let part = |hb: &Handlebars<'_>, part: &str| {
+            hb.render(&format!("{template}.{part}"), data)
+                .map_err(|e| set.render_problem(&self.file(locale, template, part), &e))
+        };
+        let (subject, html, text) = (
+            part(&set.text, "subject"),
+            part(&set.html, "html"),
+            part(&set.text, "txt"),
+        );
+        match (subject, html, text) {
+            (Ok(subject), Ok(html), Ok(text)) => Ok(Rendered {
+                subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
+                html,
+                text,
+            }),
+            (s, h, t) => Err(Problems(
+                [s.err(), h.err(), t.err()].into_iter().flatten().collect(),
+            )),
+        }
+    }
+}
+
+impl LocaleSet {
+    fn add(&mut self, file: &Path, partial: bool) -> Result<(), Problem> {
+        let Some((stem, part)) = split_name(file) else {
+            return Err(problem(file, "not named <template>.<subject|html|txt>.hbs"));
+        };
+        let source = std::fs::read_to_string(file).map_err(|e| problem(file, e.to_string()))?;
+        let hb = match part.as_str() {
+            "html" => &mut self.html,
+            "txt" | "subject" if !(partial && part == "subject") => &mut self.text,
+            _ => {
+                return Err(problem(
+                    file,
+                    format!("unknown part `{part}`: use subject, html or txt"),
+                ));
+            }
+        };
+        let name = if partial {
+            stem
+        } else {
+            format!("{stem}.{part}")
+        };
+        if partial {
+            hb.register_partial(&name, source)
+        } else {
+            hb.register_template_string(&name, source)
+        }
+        .map_err(|e| template_error(file, &e))?;
+        self.files.insert(
+            if partial {
+                format!("partial:{name}.{part}")
+            } else {
+                name
+            },
+            file.to_owned(),
+        );
+        Ok(())
+    }
+
+    /// Maps a handlebars error to the file it happened in.
+    fn render_problem(&self, file: &Path, e: &RenderError) -> Problem {
+        let file = e
+            .template_name
+            .as_ref()
+            .and_then(|name| {
+                self.files.get(name).or_else(|| {
+                    let ext = file.to_str()?.rsplit('.').nth(1)?;
+                    self.files.get(&format!("partial:{name}.{ext}"))
+                })
+            })
+            .cloned()
+            .unwrap_or_else(|| file.to_owned());
+        let message = match e.reason() {
+            RenderErrorReason::MissingVariable(Some(var)) => format!("missing variable `{var}`"),
+            RenderErrorReason::MissingVariable(None) => "missing variable".to_owned(),
+            RenderErrorReason::PartialNotFound(name) => format!("missing partial `{name}`"),
+            RenderErrorReason::HelperNotFound(name) => format!("unknown helper `{name}`"),
+            other => other.to_string(),
+        };
+        Problem {
+            file,
+            line: e.line_no,
+            column: e.column_no,
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

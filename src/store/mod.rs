@@ -1,0 +1,173 @@
+//! Persistence: everything that must survive a restart.
+//!
+//! One [`Transaction`] per batch of events holds the dedup of event ids, the
+//! journeys, the emails they schedule or cancel, and the source position, so
+//! a crash either keeps all of a batch or none of it. Timers are email rows
+//! with a `fire_at` time and an index on it, never only in memory.
+//!
+//! An email moves `pending -> sending -> sent`, or ends `cancelled`,
+//! `suppressed` or `failed` with a reason. `sending` means approved at its
+//! due time (consent and cancellations checked) and handed to the mailer; a
+//! crash there re-delivers it with the same key, hence the same Message-ID.
+
+pub mod sqlite;
+
+use jiff::Timestamp;
+use serde_json::Value;
+
+use crate::config::EmailClass;
+use crate::journey::{Journey, NewEmail, Selector, Verdict};
+
+pub use sqlite::SqliteStore;
+
+/// A store failure. Always the "fatal" class for the caller: the batch was
+/// not committed, so nothing is lost by stopping.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("migrating the store schema: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("journey of customer `{customer}` cannot be read: {error}")]
+    Corrupt {
+        customer: String,
+        error: serde_json::Error,
+    },
+    #[error("the store at {path} is in use by another process")]
+    Locked { path: String },
+    #[error("opening the store at {path}: {error}")]
+    Open { path: String, error: std::io::Error },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Sending,
+    Sent,
+    Cancelled,
+    Suppressed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sending => "sending",
+            Self::Sent => "sent",
+            Self::Cancelled => "cancelled",
+            Self::Suppressed => "suppressed",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        [
+            Self::Pending,
+            Self::Sending,
+            Self::Sent,
+            Self::Cancelled,
+            Self::Suppressed,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+}
+
+impl From<Verdict> for Status {
+    fn from(v: Verdict) -> Status {
+        match v {
+            Verdict::Cancelled => Status::Cancelled,
+            Verdict::Suppressed => Status::Suppressed,
+        }
+    }
+}
+
+/// One email as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmailRow {
+    /// Creation order; ties in due time keep it.
+    pub id: i64,
+    pub key: String,
+    pub customer_id: String,
+    pub template: String,
+    pub class: EmailClass,
+    pub order_id: Option<String>,
+    pub due_at: Timestamp,
+    pub status: Status,
+    pub reason: Option<String>,
+    /// Template data: the trigger's part while pending; the whole of it
+    /// (customer included) once approved.
+    pub data: Value,
+    /// Address and locale as decided: set when the email leaves `pending`.
+    pub recipient: Option<String>,
+    pub locale: Option<String>,
+    pub attempts: u32,
+}
+
+/// Who an email goes to, fixed when it is approved or decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Addressee {
+    pub recipient: Option<String>,
+    pub locale: String,
+}
+
+/// The writes of one batch, all or nothing.
+pub trait Transaction {
+    /// Whether an event with this id was applied before.
+    fn seen(&mut self, event_id: &str) -> Result<bool>;
+    /// Records that the event was applied.
+    fn mark_seen(&mut self, event_id: &str) -> Result<()>;
+    fn journey(&mut self, customer_id: &str) -> Result<Option<Journey>>;
+    fn save_journey(&mut self, customer_id: &str, journey: &Journey) -> Result<()>;
+    /// Inserts a pending email; `false` if its key exists (nothing changes).
+    fn schedule(&mut self, email: &NewEmail) -> Result<bool>;
+    /// Inserts an email already decided; `false` if its key exists.
+    fn record(
+        &mut self,
+        email: &NewEmail,
+        verdict: Verdict,
+        reason: &str,
+        to: &Addressee,
+    ) -> Result<bool>;
+    /// Cancels the pending emails `selector` names; returns how many.
+    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize>;
+    /// Pending emails whose fire time is at or before `until`, oldest first.
+    fn due(&mut self, until: Timestamp, limit: usize) -> Result<Vec<EmailRow>>;
+    /// Moves a pending email to `sending` with its final data.
+    fn approve(&mut self, id: i64, to: &Addressee, data: &Value) -> Result<()>;
+    /// Ends a pending email as cancelled or suppressed.
+    fn decide(&mut self, id: i64, verdict: Verdict, reason: &str, to: &Addressee) -> Result<()>;
+    fn is_suppressed(&mut self, address: &str) -> Result<bool>;
+    fn set_position(&mut self, source: &str, position: &str) -> Result<()>;
+    fn commit(self) -> Result<()>;
+}
+
+/// A store. Synchronous on purpose: the ingest loop runs on its own thread
+/// and each call is a short local transaction.
+pub trait Store: Send + 'static {
+    type Tx<'a>: Transaction
+    where
+        Self: 'a;
+
+    fn begin(&mut self) -> Result<Self::Tx<'_>>;
+    fn position(&mut self, source: &str) -> Result<Option<String>>;
+    /// The earliest fire time of a pending email.
+    fn next_fire(&mut self) -> Result<Option<Timestamp>>;
+    /// Emails approved but not known to be sent: after a crash they are
+    /// delivered again (same key, same Message-ID).
+    fn in_flight(&mut self) -> Result<Vec<EmailRow>>;
+    fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()>;
+    /// Puts an email back to wait until `fire_at` after a transient failure.
+    fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
+    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()>;
+    /// Every decided email, by due time then creation.
+    fn decisions(&mut self) -> Result<Vec<EmailRow>>;
+    /// A second handle on the same store, for the delivery workers.
+    fn reopen(&self) -> Result<Self>
+    where
+        Self: Sized;
+}

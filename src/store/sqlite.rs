@@ -1,0 +1,413 @@
+//! The embedded store: one SQLite file under the data directory.
+//!
+//! WAL mode, so the delivery workers' connection can write while the ingest
+//! loop holds its own. One process at a time: a lock file next to the
+//! database refuses a second `run` on the same store, which would otherwise
+//! deliver the same emails twice.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite_migration::{M, Migrations};
+use serde_json::Value;
+
+use super::{Addressee, EmailRow, Result, Status, Store, StoreError, Transaction};
+use crate::config::EmailClass;
+use crate::journey::{Journey, NewEmail, Selector, Verdict};
+
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "CREATE TABLE processed_events (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
+     CREATE TABLE journeys (customer_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
+     CREATE TABLE emails (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         key TEXT NOT NULL UNIQUE,
+         customer_id TEXT NOT NULL,
+         template TEXT NOT NULL,
+         class TEXT NOT NULL,
+         order_id TEXT,
+         due_at INTEGER NOT NULL,
+         fire_at INTEGER NOT NULL,
+         status TEXT NOT NULL,
+         reason TEXT,
+         data TEXT NOT NULL,
+         recipient TEXT,
+         locale TEXT,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         last_reply TEXT,
+         decided_at INTEGER
+     );
+     CREATE INDEX emails_pending_fire ON emails (fire_at) WHERE status = 'pending';
+     CREATE INDEX emails_pending_order ON emails (customer_id, order_id) WHERE status = 'pending';
+     CREATE INDEX emails_sending ON emails (id) WHERE status = 'sending';
+     CREATE TABLE positions (source TEXT PRIMARY KEY, position TEXT NOT NULL) WITHOUT ROWID;
+     CREATE TABLE suppressed_addresses (
+         address TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL
+     ) WITHOUT ROWID;",
+)];
+
+const EMAIL_COLUMNS: &str = "id, key, customer_id, template, class, order_id, due_at, status, \
+                             reason, data, recipient, locale, attempts";
+
+pub struct SqliteStore {
+    conn: Connection,
+    /// `None` for an in-memory store.
+    path: Option<PathBuf>,
+    /// Held for as long as any handle on the store lives.
+    _lock: Option<Arc<File>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`, migrated to the
+    /// current schema, and takes the process lock.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|error| StoreError::Open {
+                path: dir.display().to_string(),
+                error,
+            })?;
+        }
+        let lock_path = path.with_extension("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| StoreError::Open {
+                path: lock_path.display().to_string(),
+                error,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(StoreError::Locked {
+                path: path.display().to_string(),
+            });
+        }
+        let mut store = SqliteStore {
+            conn: Self::connect(path)?,
+            path: Some(path.to_owned()),
+            _lock: Some(Arc::new(lock)),
+        };
+        Migrations::from_slice(MIGRATIONS).to_latest(&mut store.conn)?;
+        Ok(store)
+    }
+
+    /// A private store that lives as long as the value: for `simulate` and
+    /// tests.
+    pub fn in_memory() -> Result<SqliteStore> {
+        let mut conn = Connection::open_in_memory()?;
+        Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
+        Ok(SqliteStore {
+            conn,
+            path: None,
+            _lock: None,
+        })
+    }
+
+    fn connect(path: &Path) -> Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        // Durable at commit without an fsync per transaction of the WAL.
+        conn.pragma_update(None, "synchronous", "normal")?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        Ok(conn)
+    }
+
+    fn emails_where(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<EmailRow>> {
+        let sql = format!("SELECT {EMAIL_COLUMNS} FROM emails WHERE {filter}");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(args, email_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn from_ms(ms: i64) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(Timestamp::MAX)
+}
+
+fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
+    let class: String = r.get(4)?;
+    let status: String = r.get(7)?;
+    let data: String = r.get(9)?;
+    Ok(EmailRow {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        customer_id: r.get(2)?,
+        template: r.get(3)?,
+        class: if class == "marketing" {
+            EmailClass::Marketing
+        } else {
+            EmailClass::Transactional
+        },
+        order_id: r.get(5)?,
+        due_at: from_ms(r.get(6)?),
+        status: Status::parse(&status).unwrap_or(Status::Failed),
+        reason: r.get(8)?,
+        data: serde_json::from_str(&data).unwrap_or(Value::Null),
+        recipient: r.get(10)?,
+        locale: r.get(11)?,
+        attempts: r.get(12)?,
+    })
+}
+
+impl Store for SqliteStore {
+    type Tx<'a> = SqliteTx<'a>;
+
+    fn begin(&mut self) -> Result<SqliteTx<'_>> {
+        Ok(SqliteTx {
+            tx: self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
+        })
+    }
+
+    fn position(&mut self, source: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT position FROM positions WHERE source = ?1",
+                [source],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn next_fire(&mut self) -> Result<Option<Timestamp>> {
+        let next: Option<i64> = self.conn.query_row(
+            "SELECT min(fire_at) FROM emails WHERE status = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(next.map(from_ms))
+    }
+
+    fn in_flight(&mut self) -> Result<Vec<EmailRow>> {
+        self.emails_where("status = 'sending' ORDER BY id", [])
+    }
+
+    fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE emails SET status = 'sent', decided_at = ?2, last_reply = ?3,
+                 attempts = attempts + 1 WHERE id = ?1",
+            params![id, ms(at), reply],
+        )?;
+        Ok(())
+    }
+
+    fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
+                 attempts = attempts + 1 WHERE id = ?1",
+            params![id, ms(fire_at), reply],
+        )?;
+        Ok(())
+    }
+
+    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE emails SET status = 'failed', reason = ?2, attempts = attempts + 1
+                 WHERE id = ?1",
+            params![id, reason],
+        )?;
+        Ok(())
+    }
+
+    fn decisions(&mut self) -> Result<Vec<EmailRow>> {
+        self.emails_where(
+            "status IN ('sent', 'cancelled', 'suppressed') ORDER BY due_at, id",
+            [],
+        )
+    }
+
+    fn reopen(&self) -> Result<SqliteStore> {
+        let Some(path) = &self.path else {
+            // An in-memory database is private to its connection.
+            return Err(StoreError::Open {
+                path: ":memory:".into(),
+                error: std::io::Error::other("an in-memory store cannot be reopened"),
+            });
+        };
+        Ok(SqliteStore {
+            conn: Self::connect(path)?,
+            path: Some(path.clone()),
+            _lock: self._lock.clone(),
+        })
+    }
+}
+
+pub struct SqliteTx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl SqliteTx<'_> {
+    fn insert(
+        &mut self,
+        e: &NewEmail,
+        status: Status,
+        reason: Option<&str>,
+        to: Option<&Addressee>,
+    ) -> Result<bool> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO emails (key, customer_id, template, class, order_id, due_at, fire_at,
+                 status, reason, data, recipient, locale, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11,
+                 CASE WHEN ?7 = 'pending' THEN NULL
+                      ELSE CAST(unixepoch('subsec') * 1000 AS INTEGER) END)
+             ON CONFLICT (key) DO NOTHING",
+        )?;
+        let n = stmt.execute(params![
+            e.key,
+            e.customer_id,
+            e.template,
+            e.class.as_str(),
+            e.order_id,
+            ms(e.due_at),
+            status.as_str(),
+            reason,
+            e.data.to_string(),
+            to.and_then(|t| t.recipient.as_deref()),
+            to.map(|t| t.locale.as_str()),
+        ])?;
+        Ok(n == 1)
+    }
+}
+
+impl Transaction for SqliteTx<'_> {
+    fn seen(&mut self, event_id: &str) -> Result<bool> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT 1 FROM processed_events WHERE event_id = ?1")?;
+        Ok(stmt.exists([event_id])?)
+    }
+
+    fn mark_seen(&mut self, event_id: &str) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO processed_events (event_id) VALUES (?1) ON CONFLICT DO NOTHING",
+        )?;
+        stmt.execute([event_id])?;
+        Ok(())
+    }
+
+    fn journey(&mut self, customer_id: &str) -> Result<Option<Journey>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT state FROM journeys WHERE customer_id = ?1")?;
+        let state: Option<String> = stmt.query_row([customer_id], |r| r.get(0)).optional()?;
+        state
+            .map(|s| {
+                serde_json::from_str(&s).map_err(|error| StoreError::Corrupt {
+                    customer: customer_id.to_owned(),
+                    error,
+                })
+            })
+            .transpose()
+    }
+
+    fn save_journey(&mut self, customer_id: &str, journey: &Journey) -> Result<()> {
+        let state = serde_json::to_string(journey).map_err(|error| StoreError::Corrupt {
+            customer: customer_id.to_owned(),
+            error,
+        })?;
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO journeys (customer_id, state) VALUES (?1, ?2)
+             ON CONFLICT (customer_id) DO UPDATE SET state = excluded.state",
+        )?;
+        stmt.execute(params![customer_id, state])?;
+        Ok(())
+    }
+
+    fn schedule(&mut self, email: &NewEmail) -> Result<bool> {
+        self.insert(email, Status::Pending, None, None)
+    }
+
+    fn record(
+        &mut self,
+        email: &NewEmail,
+        verdict: Verdict,
+        reason: &str,
+        to: &Addressee,
+    ) -> Result<bool> {
+        self.insert(email, verdict.into(), Some(reason), Some(to))
+    }
+
+    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize> {
+        let templates = selector
+            .templates
+            .as_ref()
+            .map(|t| serde_json::to_string(t).unwrap_or_default());
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE emails SET status = 'cancelled', reason = ?3, recipient = ?4, locale = ?5,
+                 decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+             WHERE status = 'pending' AND customer_id = ?1 AND order_id = ?2
+               AND (?6 IS NULL OR template IN (SELECT value FROM json_each(?6)))",
+        )?;
+        Ok(stmt.execute(params![
+            selector.customer_id,
+            selector.order_id,
+            reason,
+            to.recipient,
+            to.locale,
+            templates,
+        ])?)
+    }
+
+    fn due(&mut self, until: Timestamp, limit: usize) -> Result<Vec<EmailRow>> {
+        let sql = format!(
+            "SELECT {EMAIL_COLUMNS} FROM emails WHERE status = 'pending' AND fire_at <= ?1
+             ORDER BY fire_at, id LIMIT ?2"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![ms(until), limit as i64], email_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn approve(&mut self, id: i64, to: &Addressee, data: &Value) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE emails SET status = 'sending', recipient = ?2, locale = ?3, data = ?4
+             WHERE id = ?1",
+        )?;
+        stmt.execute(params![id, to.recipient, to.locale, data.to_string()])?;
+        Ok(())
+    }
+
+    fn decide(&mut self, id: i64, verdict: Verdict, reason: &str, to: &Addressee) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE emails SET status = ?2, reason = ?3, recipient = ?4, locale = ?5,
+                 decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+             WHERE id = ?1",
+        )?;
+        stmt.execute(params![
+            id,
+            Status::from(verdict).as_str(),
+            reason,
+            to.recipient,
+            to.locale
+        ])?;
+        Ok(())
+    }
+
+    fn is_suppressed(&mut self, address: &str) -> Result<bool> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT 1 FROM suppressed_addresses WHERE address = ?1")?;
+        Ok(stmt.exists([address.to_lowercase()])?)
+    }
+
+    fn set_position(&mut self, source: &str, position: &str) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO positions (source, position) VALUES (?1, ?2)
+             ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+        )?;
+        stmt.execute(params![source, position])?;
+        Ok(())
+    }
+
+    fn commit(self) -> Result<()> {
+        Ok(self.tx.commit()?)
+    }
+}
