@@ -1,1 +1,720 @@
+//! Table tests of `step` and `recheck`: every row of the default journeys
+//! table, every cancellation, consent, duplicates and out-of-order events.
 
+use super::*;
+use crate::config::Config;
+use crate::event::{CustomerPatch, Refund, Return};
+
+fn journeys() -> Journeys {
+    Journeys::new(Config::embedded().journeys)
+}
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn customer(consent: Option<bool>) -> CustomerPatch {
+    CustomerPatch {
+        id: "c-1".into(),
+        email: Some("anna@example.com".into()),
+        name: Some("Anna".into()),
+        locale: Some("hy".into()),
+        timezone: None,
+        marketing_consent: consent,
+    }
+}
+
+fn ev(id: &str, at: &str, kind: EventKind) -> Event {
+    Event {
+        id: id.into(),
+        occurred_at: t(at),
+        customer: customer(Some(true)),
+        kind,
+    }
+}
+
+fn placed(order: &str) -> EventKind {
+    EventKind::OrderPlaced {
+        order: Order {
+            id: order.into(),
+            total: "19.90".parse().unwrap(),
+            currency: "EUR".into(),
+            items: vec![Item {
+                sku: "TEA-01".into(),
+                name: "Green tea".into(),
+                quantity: 2,
+                unit_price: Some("9.95".parse().unwrap()),
+            }],
+        },
+    }
+}
+
+fn shipment(id: &str) -> Shipment {
+    Shipment {
+        id: id.into(),
+        carrier: Some("DHL".into()),
+        tracking_number: Some("123".into()),
+        tracking_url: Some("https://track.example.com/123".into()),
+        estimated_delivery: Some(t("2026-03-05T00:00:00Z")),
+    }
+}
+
+fn delivered(order: &str, shipment: &str) -> EventKind {
+    EventKind::ShipmentDelivered {
+        order_id: order.into(),
+        shipment_id: shipment.into(),
+    }
+}
+
+/// Steps through `events`, returning the state and each step's commands.
+fn run(events: &[Event]) -> (Journey, Vec<Vec<Command>>) {
+    let j = journeys();
+    let mut state = None;
+    let mut all = Vec::new();
+    for e in events {
+        let tr = j.step(state.take(), e).unwrap();
+        state = Some(tr.state);
+        all.push(tr.commands);
+    }
+    (state.unwrap(), all)
+}
+
+/// `(template, key, due_at)` of the scheduled emails.
+fn scheduled(commands: &[Command]) -> Vec<(String, String, String)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Schedule(e) => Some((e.template.clone(), e.key.clone(), e.due_at.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancels(commands: &[Command]) -> Vec<(String, Option<Vec<String>>, String)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::Cancel { selector, reason } => Some((
+                selector.order_id.clone(),
+                selector.templates.clone(),
+                reason.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn s(template: &str, key: &str, due: &str) -> (String, String, String) {
+    (template.into(), key.into(), due.into())
+}
+
+#[test]
+fn first_order_confirms_welcomes_and_starts_win_back() {
+    let (_, steps) = run(&[ev("e1", "2026-03-01T10:00:00Z", placed("o-1"))]);
+    assert_eq!(
+        scheduled(&steps[0]),
+        [
+            s(
+                "order_confirmation",
+                "c-1/order_confirmation/o-1",
+                "2026-03-01T10:00:00Z"
+            ),
+            s("welcome", "c-1/welcome/o-1", "2026-03-02T10:00:00Z"),
+            s("win_back", "c-1/win_back/o-1", "2026-04-30T10:00:00Z"),
+            s(
+                "win_back_final",
+                "c-1/win_back_final/o-1",
+                "2026-06-29T10:00:00Z"
+            ),
+        ]
+    );
+    assert!(cancels(&steps[0]).is_empty());
+}
+
+#[test]
+fn second_order_has_no_welcome_and_resets_win_back() {
+    let (state, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e2", "2026-03-20T10:00:00Z", placed("o-2")),
+    ]);
+    assert_eq!(
+        scheduled(&steps[1]),
+        [
+            s(
+                "order_confirmation",
+                "c-1/order_confirmation/o-2",
+                "2026-03-20T10:00:00Z"
+            ),
+            s("win_back", "c-1/win_back/o-2", "2026-05-19T10:00:00Z"),
+            s(
+                "win_back_final",
+                "c-1/win_back_final/o-2",
+                "2026-07-18T10:00:00Z"
+            ),
+        ]
+    );
+    assert_eq!(
+        cancels(&steps[1]),
+        [(
+            "o-1".into(),
+            Some(vec!["win_back".into(), "win_back_final".into()]),
+            "new order o-2".into()
+        )]
+    );
+    assert_eq!(
+        state.last_order,
+        Some(("o-2".into(), t("2026-03-20T10:00:00Z")))
+    );
+}
+
+#[test]
+fn an_older_order_arriving_late_does_not_reset_win_back() {
+    let (_, steps) = run(&[
+        ev("e2", "2026-03-20T10:00:00Z", placed("o-2")),
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+    ]);
+    assert!(cancels(&steps[1]).is_empty());
+    let templates: Vec<_> = scheduled(&steps[1]).into_iter().map(|(t, ..)| t).collect();
+    assert_eq!(templates, ["order_confirmation"]);
+}
+
+#[test]
+fn milestones_at_the_third_fifth_and_tenth_order() {
+    let events: Vec<Event> = (1..=11)
+        .map(|n| {
+            ev(
+                &format!("e{n}"),
+                &format!("2026-01-{n:02}T10:00:00Z"),
+                placed(&format!("o-{n}")),
+            )
+        })
+        .collect();
+    let (state, steps) = run(&events);
+    let milestone_at: Vec<usize> = steps
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| scheduled(c).iter().any(|(t, ..)| t == "loyalty_milestone"))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(milestone_at, [3, 5, 10]);
+    let Command::Schedule(email) = steps[2]
+        .iter()
+        .find(|c| matches!(c, Command::Schedule(e) if e.template == "loyalty_milestone"))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(email.due_at, t("2026-01-03T11:00:00Z"));
+    assert_eq!(email.data["milestone"]["order_count"], 3);
+    assert_eq!(
+        state.milestones.iter().copied().collect::<Vec<_>>(),
+        [3, 5, 10]
+    );
+}
+
+#[test]
+fn a_cancelled_order_does_not_count_toward_milestones() {
+    let (_, steps) = run(&[
+        ev("e1", "2026-01-01T10:00:00Z", placed("o-1")),
+        ev("e2", "2026-01-02T10:00:00Z", placed("o-2")),
+        ev(
+            "e3",
+            "2026-01-02T12:00:00Z",
+            EventKind::OrderCancelled {
+                order_id: "o-2".into(),
+            },
+        ),
+        ev("e4", "2026-01-03T10:00:00Z", placed("o-3")),
+        ev("e5", "2026-01-04T10:00:00Z", placed("o-4")),
+    ]);
+    let has_milestone =
+        |c: &Vec<Command>| scheduled(c).iter().any(|(t, ..)| t == "loyalty_milestone");
+    assert!(
+        !has_milestone(&steps[3]),
+        "o-3 is only the 2nd order that counts"
+    );
+    assert!(has_milestone(&steps[4]), "o-4 is the 3rd");
+}
+
+#[test]
+fn a_milestone_cancelled_before_it_went_out_can_be_earned_again() {
+    let (state, steps) = run(&[
+        ev("e1", "2026-01-01T10:00:00Z", placed("o-1")),
+        ev("e2", "2026-01-02T10:00:00Z", placed("o-2")),
+        ev("e3", "2026-01-03T10:00:00Z", placed("o-3")),
+        ev(
+            "e4",
+            "2026-01-03T10:30:00Z",
+            EventKind::OrderCancelled {
+                order_id: "o-3".into(),
+            },
+        ),
+        ev("e5", "2026-01-04T10:00:00Z", placed("o-4")),
+    ]);
+    assert!(
+        scheduled(&steps[4])
+            .iter()
+            .any(|(t, k, _)| t == "loyalty_milestone" && k.ends_with("o-4"))
+    );
+    assert_eq!(state.milestones.iter().copied().collect::<Vec<_>>(), [3]);
+}
+
+#[test]
+fn order_cancelled_cancels_every_pending_email_of_the_order_and_confirms() {
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev(
+            "e2",
+            "2026-03-01T12:00:00Z",
+            EventKind::OrderCancelled {
+                order_id: "o-1".into(),
+            },
+        ),
+    ]);
+    assert_eq!(
+        cancels(&steps[1]),
+        [("o-1".into(), None, "order o-1 cancelled".into())]
+    );
+    assert_eq!(
+        scheduled(&steps[1]),
+        [s(
+            "order_cancelled",
+            "c-1/order_cancelled/o-1",
+            "2026-03-01T12:00:00Z"
+        )]
+    );
+}
+
+#[test]
+fn cancelling_the_win_back_anchor_falls_back_to_the_previous_order() {
+    let (state, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e2", "2026-03-10T10:00:00Z", placed("o-2")),
+        ev(
+            "e3",
+            "2026-03-10T11:00:00Z",
+            EventKind::OrderCancelled {
+                order_id: "o-2".into(),
+            },
+        ),
+    ]);
+    assert_eq!(
+        scheduled(&steps[2]),
+        [
+            s(
+                "order_cancelled",
+                "c-1/order_cancelled/o-2",
+                "2026-03-10T11:00:00Z"
+            ),
+            s("win_back", "c-1/win_back/o-1~o-2", "2026-04-30T10:00:00Z"),
+            s(
+                "win_back_final",
+                "c-1/win_back_final/o-1~o-2",
+                "2026-06-29T10:00:00Z"
+            ),
+        ]
+    );
+    assert_eq!(
+        state.last_order,
+        Some(("o-1".into(), t("2026-03-01T10:00:00Z")))
+    );
+}
+
+#[test]
+fn dispatch_and_delay_are_sent_at_once() {
+    let mut delayed = shipment("s-1");
+    delayed.estimated_delivery = Some(t("2026-03-09T00:00:00Z"));
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev(
+            "e2",
+            "2026-03-02T10:00:00Z",
+            EventKind::ShipmentDispatched {
+                order_id: "o-1".into(),
+                shipment: shipment("s-1"),
+            },
+        ),
+        ev(
+            "e3",
+            "2026-03-04T10:00:00Z",
+            EventKind::ShipmentDelayed {
+                order_id: "o-1".into(),
+                shipment: delayed,
+            },
+        ),
+    ]);
+    assert_eq!(
+        scheduled(&steps[1]),
+        [s(
+            "shipping_update",
+            "c-1/shipping_update/s-1",
+            "2026-03-02T10:00:00Z"
+        )]
+    );
+    assert_eq!(
+        scheduled(&steps[2]),
+        [s(
+            "shipping_delay",
+            "c-1/shipping_delay/s-1@2026-03-09T00:00:00Z",
+            "2026-03-04T10:00:00Z"
+        )]
+    );
+    let Command::Schedule(update) = &steps[1][0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        update.data["shipment"]["tracking_url"],
+        "https://track.example.com/123"
+    );
+    assert_eq!(update.data["order"]["total"], "19.90");
+    assert_eq!(update.data["order"]["items"][0]["line_total"], "19.90");
+}
+
+#[test]
+fn first_delivery_thanks_follows_up_and_asks_for_a_review() {
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e2", "2026-03-03T10:00:00Z", delivered("o-1", "s-1")),
+        ev("e3", "2026-03-10T10:00:00Z", placed("o-2")),
+        ev("e4", "2026-03-12T10:00:00Z", delivered("o-2", "s-2")),
+    ]);
+    assert_eq!(
+        scheduled(&steps[1]),
+        [
+            s("thank_you", "c-1/thank_you/o-1", "2026-03-04T10:00:00Z"),
+            s(
+                "delivery_followup",
+                "c-1/delivery_followup/o-1",
+                "2026-03-05T10:00:00Z"
+            ),
+            s(
+                "review_request",
+                "c-1/review_request/o-1",
+                "2026-03-10T10:00:00Z"
+            ),
+        ]
+    );
+    let second: Vec<_> = scheduled(&steps[3]).into_iter().map(|(t, ..)| t).collect();
+    assert_eq!(
+        second,
+        ["delivery_followup", "review_request"],
+        "thank_you is for the first delivery only"
+    );
+}
+
+#[test]
+fn return_requested_cancels_review_followup_and_thank_you_and_instructs() {
+    let ret = Return {
+        id: "r-1".into(),
+        reason: Some("too small".into()),
+        items: vec![],
+    };
+    let (state, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e2", "2026-03-03T10:00:00Z", delivered("o-1", "s-1")),
+        ev(
+            "e3",
+            "2026-03-03T18:00:00Z",
+            EventKind::ReturnRequested {
+                order_id: "o-1".into(),
+                ret,
+            },
+        ),
+    ]);
+    assert_eq!(
+        cancels(&steps[2]),
+        [(
+            "o-1".into(),
+            Some(vec![
+                "thank_you".into(),
+                "delivery_followup".into(),
+                "review_request".into()
+            ]),
+            "return requested for order o-1".into()
+        )]
+    );
+    assert_eq!(
+        scheduled(&steps[2]),
+        [s(
+            "return_instructions",
+            "c-1/return_instructions/r-1",
+            "2026-03-03T18:00:00Z"
+        )]
+    );
+    assert_eq!(steps[2].len(), 2);
+    assert!(state.orders["o-1"].return_requested);
+}
+
+#[test]
+fn return_received_and_refund_are_sent_at_once() {
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev(
+            "e2",
+            "2026-03-08T10:00:00Z",
+            EventKind::ReturnReceived {
+                order_id: "o-1".into(),
+                return_id: "r-1".into(),
+            },
+        ),
+        ev(
+            "e3",
+            "2026-03-09T10:00:00Z",
+            EventKind::RefundIssued {
+                order_id: "o-1".into(),
+                refund: Refund {
+                    id: "f-1".into(),
+                    amount: "9.95".parse().unwrap(),
+                    currency: "EUR".into(),
+                },
+            },
+        ),
+    ]);
+    assert_eq!(
+        scheduled(&steps[1]),
+        [s(
+            "return_received",
+            "c-1/return_received/r-1",
+            "2026-03-08T10:00:00Z"
+        )]
+    );
+    assert_eq!(
+        scheduled(&steps[2]),
+        [s(
+            "refund_issued",
+            "c-1/refund_issued/f-1",
+            "2026-03-09T10:00:00Z"
+        )]
+    );
+    let Command::Schedule(refund) = &steps[2][0] else {
+        unreachable!()
+    };
+    assert_eq!(refund.data["refund"]["amount"], "9.95");
+}
+
+#[test]
+fn delivery_before_dispatch_cancels_the_stale_shipping_update() {
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e3", "2026-03-04T10:00:00Z", delivered("o-1", "s-1")),
+        ev(
+            "e2",
+            "2026-03-02T10:00:00Z",
+            EventKind::ShipmentDispatched {
+                order_id: "o-1".into(),
+                shipment: shipment("s-1"),
+            },
+        ),
+    ]);
+    assert!(scheduled(&steps[2]).is_empty());
+    let [
+        Command::Decide {
+            email,
+            verdict,
+            reason,
+        },
+    ] = steps[2].as_slice()
+    else {
+        panic!("{:?}", steps[2])
+    };
+    assert_eq!(email.template, "shipping_update");
+    assert_eq!(email.due_at, t("2026-03-02T10:00:00Z"));
+    assert_eq!(*verdict, Verdict::Cancelled);
+    assert_eq!(reason, "shipment s-1 already delivered");
+    // The delivery itself was handled as usual.
+    assert_eq!(scheduled(&steps[1]).len(), 3);
+}
+
+#[test]
+fn delivery_of_an_unknown_order_still_follows_up() {
+    let (_, steps) = run(&[ev("e1", "2026-03-03T10:00:00Z", delivered("o-9", "s-9"))]);
+    assert_eq!(scheduled(&steps[0]).len(), 3);
+    let Command::Schedule(e) = &steps[0][0] else {
+        unreachable!()
+    };
+    assert_eq!(e.data["order"]["total"], Value::Null);
+}
+
+#[test]
+fn marketing_for_an_already_cancelled_order_is_decided_cancelled() {
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev(
+            "e2",
+            "2026-03-01T11:00:00Z",
+            EventKind::OrderCancelled {
+                order_id: "o-1".into(),
+            },
+        ),
+        ev("e3", "2026-03-03T10:00:00Z", delivered("o-1", "s-1")),
+    ]);
+    assert!(scheduled(&steps[2]).is_empty());
+    assert!(steps[2].iter().all(|c| matches!(
+        c,
+        Command::Decide { verdict: Verdict::Cancelled, reason, .. } if reason == "order o-1 cancelled"
+    )));
+    assert_eq!(steps[2].len(), 3);
+}
+
+#[test]
+fn the_same_order_placed_twice_has_effect_once() {
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e1-again-new-id", "2026-03-01T10:00:00Z", placed("o-1")),
+    ]);
+    assert!(steps[1].is_empty());
+}
+
+#[test]
+fn the_first_event_of_a_customer_needs_an_email() {
+    let mut e = ev("e1", "2026-03-01T10:00:00Z", placed("o-1"));
+    e.customer.email = None;
+    assert_eq!(
+        journeys().step(None, &e).unwrap_err(),
+        Rejection::FirstEventWithoutEmail("c-1".into())
+    );
+    // Later events may leave it out; the known address stays.
+    let (state, _) = run(&[ev("e1", "2026-03-01T10:00:00Z", placed("o-1"))]);
+    let tr = journeys().step(Some(state), &e).unwrap();
+    assert_eq!(tr.state.profile.email.as_deref(), Some("anna@example.com"));
+}
+
+#[test]
+fn profile_fields_update_only_when_present() {
+    let (state, _) = run(&[ev("e1", "2026-03-01T10:00:00Z", placed("o-1"))]);
+    let mut e = ev("e2", "2026-03-02T10:00:00Z", placed("o-2"));
+    e.customer = CustomerPatch {
+        id: "c-1".into(),
+        email: Some("new@example.com".into()),
+        ..CustomerPatch::default()
+    };
+    let tr = journeys().step(Some(state), &e).unwrap();
+    let p = &tr.state.profile;
+    assert_eq!(p.email.as_deref(), Some("new@example.com"));
+    assert_eq!(p.name.as_deref(), Some("Anna"));
+    assert_eq!(p.locale.as_deref(), Some("hy"));
+    assert!(p.marketing_consent);
+}
+
+#[test]
+fn recheck_consent_rules() {
+    let j = journeys();
+    let (mut state, _) = run(&[ev("e1", "2026-03-01T10:00:00Z", placed("o-1"))]);
+    let cases = [
+        // (consent, unsubscribed, template, expected)
+        (true, false, "welcome", None),
+        (
+            false,
+            false,
+            "welcome",
+            Some((Verdict::Suppressed, "no marketing consent")),
+        ),
+        (
+            true,
+            true,
+            "welcome",
+            Some((Verdict::Suppressed, "unsubscribed")),
+        ),
+        (false, false, "order_confirmation", None),
+        (false, true, "order_confirmation", None),
+    ];
+    for (consent, unsubscribed, template, want) in cases {
+        state.profile.marketing_consent = consent;
+        state.profile.unsubscribed = unsubscribed;
+        let got = j.recheck(&state, template, Some("o-1"));
+        assert_eq!(
+            got,
+            want.map(|(v, r)| (v, r.to_owned())),
+            "consent={consent} unsubscribed={unsubscribed} {template}"
+        );
+    }
+}
+
+#[test]
+fn recheck_cancel_conditions_for_waiting_marketing_emails() {
+    let j = journeys();
+    let ret = Return {
+        id: "r-1".into(),
+        reason: None,
+        items: vec![],
+    };
+    let (state, _) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e2", "2026-03-03T10:00:00Z", delivered("o-1", "s-1")),
+        ev(
+            "e3",
+            "2026-03-04T10:00:00Z",
+            EventKind::ReturnRequested {
+                order_id: "o-1".into(),
+                ret,
+            },
+        ),
+        ev("e4", "2026-03-05T10:00:00Z", placed("o-2")),
+    ]);
+    let cancelled = |r: &str| Some((Verdict::Cancelled, r.to_owned()));
+    assert_eq!(
+        j.recheck(&state, "review_request", Some("o-1")),
+        cancelled("return requested for order o-1")
+    );
+    assert_eq!(
+        j.recheck(&state, "loyalty_milestone", Some("o-1")),
+        None,
+        "a return does not cancel a milestone"
+    );
+    assert_eq!(
+        j.recheck(&state, "win_back", Some("o-1")),
+        cancelled("new order o-2")
+    );
+    assert_eq!(j.recheck(&state, "win_back", Some("o-2")), None);
+    assert_eq!(j.recheck(&state, "return_instructions", Some("o-1")), None);
+}
+
+#[test]
+fn consent_given_later_applies_to_waiting_emails() {
+    let j = journeys();
+    let mut first = ev("e1", "2026-03-01T10:00:00Z", placed("o-1"));
+    first.customer.marketing_consent = None;
+    let state = j.step(None, &first).unwrap().state;
+    assert_eq!(
+        j.recheck(&state, "welcome", Some("o-1")).map(|(v, _)| v),
+        Some(Verdict::Suppressed)
+    );
+    let mut later = ev(
+        "e2",
+        "2026-03-01T12:00:00Z",
+        EventKind::OrderCancelled {
+            order_id: "o-x".into(),
+        },
+    );
+    later.customer = CustomerPatch {
+        id: "c-1".into(),
+        marketing_consent: Some(true),
+        ..CustomerPatch::default()
+    };
+    let state = j.step(Some(state), &later).unwrap().state;
+    assert_eq!(j.recheck(&state, "welcome", Some("o-1")), None);
+}
+
+#[test]
+fn delays_and_templates_come_from_config() {
+    let mut rules = Config::embedded().journeys;
+    let review = rules
+        .iter_mut()
+        .find(|r| r.template == "review_request")
+        .unwrap();
+    review.delay = std::time::Duration::from_secs(3 * 86_400);
+    review.template = "review_request_short".into();
+    let j = Journeys::new(rules);
+    let commands = j
+        .step(
+            None,
+            &ev("e2", "2026-03-03T10:00:00Z", delivered("o-1", "s-1")),
+        )
+        .unwrap()
+        .commands;
+    assert!(scheduled(&commands).contains(&s(
+        "review_request_short",
+        "c-1/review_request_short/o-1",
+        "2026-03-06T10:00:00Z"
+    )));
+}

@@ -1,1 +1,199 @@
+//! The template set: loading, strict rendering, escaping, locales, and
+//! errors that point at file, line and column.
 
+use std::path::Path;
+
+use serde_json::json;
+
+use super::*;
+
+/// A template folder with `files` (path relative to the folder, content).
+fn fixture(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+const GOOD: &[(&str, &str)] = &[
+    (
+        "partials/layout.html.hbs",
+        "<html>{{> @partial-block}}{{> footer}}</html>",
+    ),
+    (
+        "partials/layout.txt.hbs",
+        "{{> @partial-block}} -- {{> footer}}",
+    ),
+    ("en/partials/footer.html.hbs", "<p>{{shop.name}}</p>"),
+    ("en/partials/footer.txt.hbs", "{{shop.name}}"),
+    ("en/hello.subject.hbs", "Hello\n  {{customer.name}}"),
+    (
+        "en/hello.html.hbs",
+        "{{#> layout}}<b>{{customer.name}}</b> {{money total \"EUR\"}}{{/layout}}",
+    ),
+    (
+        "en/hello.txt.hbs",
+        "{{#> layout}}Hi {{customer.name}}, {{plural n \"item\" \"items\"}}{{/layout}}",
+    ),
+    ("hy/partials/footer.html.hbs", "<p>{{shop.name}}</p>"),
+    ("hy/partials/footer.txt.hbs", "{{shop.name}}"),
+    ("hy/hello.subject.hbs", "Բարեւ {{customer.name}}"),
+    (
+        "hy/hello.html.hbs",
+        "{{#> layout}}{{money total \"EUR\"}}{{/layout}}",
+    ),
+    (
+        "hy/hello.txt.hbs",
+        "{{#> layout}}{{plural n \"հատ\" \"հատ\"}}{{/layout}}",
+    ),
+];
+
+fn data(locale: &str) -> Value {
+    json!({
+        "customer": {"name": "<Anna & \"Co\">", "locale": locale},
+        "shop": {"name": "Tea & Kettle"},
+        "total": "1234.5",
+        "n": 2,
+    })
+}
+
+fn load(dir: &Path) -> Templates {
+    Templates::load(dir, "en").unwrap()
+}
+
+#[test]
+fn renders_html_escaped_and_text_verbatim() {
+    let dir = fixture(GOOD);
+    let r = load(dir.path()).render("hello", "en", &data("en")).unwrap();
+    assert_eq!(r.subject, "Hello <Anna & \"Co\">");
+    assert_eq!(
+        r.html,
+        "<html><b>&lt;Anna &amp; &quot;Co&quot;&gt;</b> €1,234.50<p>Tea &amp; Kettle</p></html>"
+    );
+    assert_eq!(r.text, "Hi <Anna & \"Co\">, items -- Tea & Kettle");
+}
+
+#[test]
+fn locale_helpers_follow_the_data() {
+    let dir = fixture(GOOD);
+    let r = load(dir.path()).render("hello", "hy", &data("hy")).unwrap();
+    assert_eq!(
+        r.html,
+        "<html>1\u{a0}234,50\u{a0}€<p>Tea &amp; Kettle</p></html>"
+    );
+}
+
+#[test]
+fn locales_fall_back_by_language_then_default() {
+    let dir = fixture(GOOD);
+    let t = load(dir.path());
+    let l = t.locales();
+    assert_eq!(l.available(), ["en", "hy"]);
+    assert_eq!(l.resolve(Some("hy-AM")), "hy");
+    assert_eq!(l.resolve(Some("hy_AM")), "hy");
+    assert_eq!(l.resolve(Some("HY")), "hy");
+    assert_eq!(l.resolve(Some("de-DE")), "en");
+    assert_eq!(l.resolve(None), "en");
+}
+
+#[test]
+fn missing_variable_names_file_line_column_and_variable() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "en/hello.html.hbs");
+    files.push((
+        "en/hello.html.hbs",
+        "{{#> layout}}\n<p>\n  {{customer.nmae}}</p>{{/layout}}",
+    ));
+    let dir = fixture(&files);
+    let Problems(problems) = load(dir.path())
+        .render("hello", "en", &data("en"))
+        .unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    let p = &problems[0];
+    assert_eq!(p.file, dir.path().join("en/hello.html.hbs"));
+    assert_eq!((p.line, p.column), (Some(3), Some(3)));
+    assert_eq!(p.message, "missing variable `customer.nmae`");
+    assert!(
+        p.to_string()
+            .ends_with("en/hello.html.hbs:3:3: missing variable `customer.nmae`"),
+        "{p}"
+    );
+}
+
+#[test]
+fn missing_variable_inside_a_partial_points_at_the_partial() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "en/partials/footer.txt.hbs");
+    files.push((
+        "en/partials/footer.txt.hbs",
+        "{{shop.name}}\n{{shop.adress}}",
+    ));
+    let dir = fixture(&files);
+    let Problems(problems) = load(dir.path())
+        .render("hello", "en", &data("en"))
+        .unwrap_err();
+    let p = &problems[0];
+    assert_eq!(p.file, dir.path().join("en/partials/footer.txt.hbs"), "{p}");
+    assert_eq!(p.line, Some(2));
+    assert_eq!(p.message, "missing variable `shop.adress`");
+}
+
+#[test]
+fn missing_partial_is_named() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "en/hello.txt.hbs");
+    files.push(("en/hello.txt.hbs", "Hi\n{{> signature}}"));
+    let dir = fixture(&files);
+    let Problems(problems) = load(dir.path())
+        .render("hello", "en", &data("en"))
+        .unwrap_err();
+    let p = &problems[0];
+    assert_eq!(p.file, dir.path().join("en/hello.txt.hbs"));
+    assert_eq!(p.line, Some(2));
+    assert_eq!(p.message, "missing partial `signature`");
+}
+
+#[test]
+fn syntax_errors_are_all_reported_with_their_position() {
+    let mut files = GOOD.to_vec();
+    files.push(("en/broken.html.hbs", "ok\n{{#if x}}never closed"));
+    files.push(("hy/broken.html.hbs", "{{/if}}"));
+    let dir = fixture(&files);
+    let Problems(problems) = Templates::load(dir.path(), "en").err().unwrap();
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(problems.iter().all(|p| p.line.is_some()), "{problems:?}");
+    assert_eq!(problems[0].file, dir.path().join("en/broken.html.hbs"));
+}
+
+#[test]
+fn a_template_missing_in_one_locale_is_named() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "hy/hello.txt.hbs");
+    let dir = fixture(&files);
+    let Problems(problems) = load(dir.path()).require(&["hello"]).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].file, dir.path().join("hy/hello.txt.hbs"));
+    assert!(problems[0].message.contains("no txt part in locale `hy`"));
+}
+
+#[test]
+fn the_default_locale_must_exist() {
+    let dir = fixture(GOOD);
+    let Problems(problems) = Templates::load(dir.path(), "fr").err().unwrap();
+    assert!(problems[0].message.contains("default locale `fr`"));
+}
+
+#[test]
+fn unknown_helper_is_named() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "en/hello.subject.hbs");
+    files.push(("en/hello.subject.hbs", "{{shout customer.name}}"));
+    let dir = fixture(&files);
+    let Problems(problems) = load(dir.path())
+        .render("hello", "en", &data("en"))
+        .unwrap_err();
+    assert!(problems[0].message.contains("shout"), "{:?}", problems[0]);
+}
