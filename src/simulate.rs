@@ -3,8 +3,9 @@
 //!
 //! The same pipeline as the daemon, on a private in-memory store, with a
 //! virtual clock that follows the events: before each event every email due
-//! by its `occurred_at` is decided, then the clock runs on to `until`. What
-//! the daemon would send, in the order it would send it.
+//! by its `occurred_at` is decided, then the clock runs on to `until`
+//! (events after `until` are not applied). What the daemon would send, in
+//! the order it would send it.
 
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
@@ -76,6 +77,10 @@ pub fn simulate(
         let batch = source.next_batch(1)?;
         for entry in &batch.entries {
             if let Ok(event) = crate::event::Event::decode(&entry.raw) {
+                if until.is_some_and(|u| event.occurred_at > u) {
+                    // The clock stops at `until`: later events never happen.
+                    return finish(pipeline, until, &mut approved);
+                }
                 last = Some(last.map_or(event.occurred_at, |l| l.max(event.occurred_at)));
             }
         }
@@ -91,10 +96,22 @@ pub fn simulate(
             break;
         }
     }
-    let until = until.or_else(|| last.map(|l| l + DEFAULT_HORIZON));
+    finish(
+        pipeline,
+        until.or_else(|| last.map(|l| l + DEFAULT_HORIZON)),
+        &mut approved,
+    )
+}
+
+/// Runs the clock to `until` and collects the decisions.
+fn finish(
+    mut pipeline: Pipeline<SqliteStore>,
+    until: Option<Timestamp>,
+    approved: &mut Vec<EmailRow>,
+) -> Result<Plan, SimulateError> {
     if let Some(until) = until {
-        pipeline.fire(until, &mut approved)?;
-        deliver(&mut pipeline, &mut approved)?;
+        pipeline.fire(until, approved)?;
+        deliver(&mut pipeline, approved)?;
     }
     let lines = pipeline
         .store()

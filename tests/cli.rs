@@ -1,0 +1,424 @@
+//! The CLI as DESIGN.md specifies it: `simulate`'s plan, `check`, `run` on
+//! embedded defaults, dead letters, config errors and exit codes.
+
+mod common;
+
+use common::{Work, repo, stderr, stdout};
+
+const EXPECTED_PLAN: &str = include_str!("expected/simulate_examples.jsonl");
+
+#[test]
+fn simulate_prints_the_expected_plan_of_the_examples_line_by_line() {
+    let work = Work::new("");
+    let examples = repo().join("examples/events.jsonl");
+    let out = work.run(&["simulate", examples.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got = stdout(&out);
+    let got: Vec<&str> = got.lines().collect();
+    let want: Vec<&str> = EXPECTED_PLAN.lines().collect();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "plan line {}", i + 1);
+    }
+    assert_eq!(got.len(), want.len(), "number of plan lines");
+    // Every template of the journeys table is sent at least once.
+    for template in [
+        "order_confirmation",
+        "welcome",
+        "order_cancelled",
+        "shipping_update",
+        "shipping_delay",
+        "thank_you",
+        "delivery_followup",
+        "review_request",
+        "loyalty_milestone",
+        "return_instructions",
+        "return_received",
+        "refund_issued",
+        "win_back",
+        "win_back_final",
+    ] {
+        let sent = format!("\"template\":\"{template}\"");
+        assert!(
+            want.iter()
+                .any(|l| l.contains(&sent) && l.contains("\"status\":\"sent\"")),
+            "{template} is never sent in the examples"
+        );
+    }
+}
+
+#[test]
+fn simulate_has_no_side_effects() {
+    let work = Work::new("");
+    let examples = repo().join("examples/events.jsonl");
+    let out = work.run(&["simulate", examples.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !work.path("data").exists(),
+        "simulate created the data directory"
+    );
+}
+
+#[test]
+fn simulate_until_stops_the_clock() {
+    let work = Work::new("");
+    let examples = repo().join("examples/events.jsonl");
+    let out = work.run(&[
+        "simulate",
+        examples.to_str().unwrap(),
+        "--until",
+        "2026-03-03T00:00:00Z",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = stdout(&out);
+    assert!(!plan.is_empty());
+    for line in plan.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let due: jiff::Timestamp = v["due_at"].as_str().unwrap().parse().unwrap();
+        let status = v["status"].as_str().unwrap();
+        // Anything sent or suppressed was due by the end; a cancellation is
+        // decided when the cancelling event (before the end) arrives.
+        if status != "cancelled" {
+            assert!(due <= "2026-03-03T00:00:00Z".parse().unwrap(), "{line}");
+        }
+        assert_ne!(
+            v["template"], "shipping_update",
+            "dispatched after the end: {line}"
+        );
+    }
+}
+
+#[test]
+fn simulate_with_invalid_events_prints_the_plan_and_exits_65() {
+    let work = Work::new("");
+    let log = work.path("events.jsonl");
+    let examples = std::fs::read_to_string(repo().join("examples/events.jsonl")).unwrap();
+    common::write(&log, &format!("{{\"event_id\": 1\n{examples}"));
+    let out = work.run(&["simulate", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert_eq!(stdout(&out), EXPECTED_PLAN);
+    assert!(
+        stderr(&out).contains("1 invalid events"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn check_passes_on_the_shipped_templates() {
+    let work = Work::new("");
+    let out = work.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("14 templates x 3 locales"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+/// A copy of the shipped templates with `edit` applied to one file.
+fn broken_templates(file: &str, edit: impl FnOnce(String) -> String) -> Work {
+    let work = Work::new("");
+    let templates = work.path("templates");
+    copy_dir(&repo().join("templates"), &templates);
+    let path = templates.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+    let config = format!(
+        "data_dir = {:?}\ntemplates_dir = {:?}\n",
+        work.path("data"),
+        templates
+    );
+    std::fs::write(work.config(), config).unwrap();
+    work
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn check_names_file_line_and_the_missing_variable() {
+    let work = broken_templates("hy/welcome.html.hbs", |t| {
+        format!("{{{{!-- line 1 --}}}}\n<p>  {{{{customer.nmae}}}}</p>\n{t}")
+    });
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains("templates/hy/welcome.html.hbs:2:6: missing variable `customer.nmae`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_a_missing_partial() {
+    let work = broken_templates("am/order_confirmation.txt.hbs", |t| {
+        format!("{{{{> signature}}}}\n{t}")
+    });
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains("templates/am/order_confirmation.txt.hbs:1:1: missing partial `signature`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_a_template_missing_in_one_locale() {
+    let work = broken_templates("en/review_request.txt.hbs", |t| t);
+    std::fs::remove_file(work.path("templates/am/review_request.subject.hbs")).unwrap();
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stderr(&out).contains("templates/am/review_request.subject.hbs: missing"),
+        "{}",
+        stderr(&out)
+    );
+    // `run` refuses to start on it: a configuration error.
+    let out = work.run(&[
+        "run",
+        "--input",
+        repo().join("examples/events.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("templates/am/review_request.subject.hbs"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_config_exits_64_naming_the_key() {
+    let cases = [
+        ("[mailer]\nfrm = \"x@example.com\"\n", "frm"),
+        ("[source]\nbatch_size = 0\n", "source.batch_size"),
+        ("default_timezone = \"Mars/Olympus\"\n", "default_timezone"),
+        (
+            "[[journey]]\ntemplate = \"welcome\"\non = \"order.shipped\"\nclass = \"marketing\"\n",
+            "on",
+        ),
+        (
+            "[[journey]]\ntemplate = \"nope\"\non = \"order.placed\"\nclass = \"marketing\"\n",
+            "nope",
+        ),
+    ];
+    for (toml, key) in cases {
+        let work = Work::new(toml);
+        for args in [&["check"][..], &["run"][..]] {
+            let out = work.run(args);
+            assert_eq!(
+                out.status.code(),
+                Some(if key == "nope" && args[0] == "check" {
+                    65
+                } else {
+                    64
+                }),
+                "{toml} {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(stderr(&out).contains(key), "{toml}: {}", stderr(&out));
+        }
+    }
+}
+
+#[test]
+fn environment_overrides_are_validated_too() {
+    let work = Work::new("");
+    let out = work
+        .command(&["check"])
+        .env("AFTERCARE_SENDER__BATCH_SIZE", "0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("sender.batch_size"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_usage_exits_64() {
+    let work = Work::new("");
+    assert_eq!(work.run(&["simulate"]).status.code(), Some(64));
+    assert_eq!(work.run(&["frobnicate"]).status.code(), Some(64));
+    assert_eq!(
+        work.run(&["simulate", "no-such-file.jsonl"]).status.code(),
+        Some(64)
+    );
+    assert_eq!(work.run(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn run_sends_the_plan_as_eml_files_and_a_second_run_sends_nothing_new() {
+    let work = Work::new("");
+    let examples = repo().join("examples/events.jsonl");
+    let out = work.run(&["run", "--input", examples.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let now = jiff::Timestamp::now();
+    let due_sent = EXPECTED_PLAN
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["status"] == "sent")
+        .filter(|v| {
+            v["due_at"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                <= now
+        })
+        .count();
+    let files = work.outbox();
+    assert_eq!(files.len(), due_sent);
+    assert!(
+        stdout(&out).contains(&format!("Sent {due_sent} emails")),
+        "{}",
+        stdout(&out)
+    );
+
+    let again = work.run(&["run", "--input", examples.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(work.outbox(), files);
+    assert!(
+        stdout(&again).contains("Read 0 events"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[test]
+fn run_reads_standard_input_and_dedups_a_replay() {
+    let work = Work::new("");
+    let examples = std::fs::read(repo().join("examples/events.jsonl")).unwrap();
+    for _ in 0..2 {
+        let mut child = work
+            .command(&["run"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&examples).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let statuses = work.emails();
+    let sent = statuses.iter().filter(|(_, s)| s == "sent").count();
+    assert_eq!(sent, work.outbox().len());
+    assert!(sent > 50);
+}
+
+#[test]
+fn invalid_events_go_to_the_dead_letter_file_and_neighbours_are_processed() {
+    let work = Work::new("");
+    let good = |n: u32, order: &str| {
+        format!(
+            r#"{{"event_id":"e-{n}","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-{n}","email":"c{n}@example.com"}},"order":{{"id":"{order}","total":"1.00","currency":"EUR","items":[]}}}}"#
+        )
+    };
+    let lines = [
+        good(1, "o-1"),
+        "{not json".to_owned(),
+        r#"{"event_id":"e-x","type":"order.exploded","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-9"}}"#.to_owned(),
+        r#"{"event_id":"e-y","type":"order.placed","occurred_at":"yesterday","customer":{"id":"c-9"}}"#.to_owned(),
+        r#"{"event_id":"e-z","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-9"},"order":{"id":"o-9","currency":"EUR","total":"1.00"}}"#.to_owned(),
+        r#"{"event_id":"e-w","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-8","email":"c8@example.com"},"order":{"id":"o-8","total":9.5,"currency":"EUR"}}"#.to_owned(),
+        good(2, "o-2"),
+    ];
+    let log = work.path("events.jsonl");
+    common::write(&log, &(lines.join("\n") + "\n"));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dead = std::fs::read_to_string(work.path("data/dead-letter.jsonl")).unwrap();
+    let dead: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reasons: Vec<(u64, &str)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["coordinates"]["line"].as_u64().unwrap(),
+                d["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 5, "{reasons:?}");
+    assert_eq!(reasons[0].0, 2);
+    assert!(reasons[0].1.starts_with("not valid JSON"));
+    assert_eq!(reasons[1], (3, "unknown event type `order.exploded`"));
+    assert!(
+        reasons[2].1.starts_with("field `occurred_at`"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        reasons[3],
+        (
+            5,
+            "missing required field `customer.email` on the first event of customer `c-9`"
+        )
+    );
+    assert!(
+        reasons[4].1.starts_with("field `order.total`"),
+        "{reasons:?}"
+    );
+    assert_eq!(dead[0]["raw"], "{not json");
+    let third_line_starts_at = lines[0].len() + 1 + lines[1].len() + 1;
+    assert_eq!(
+        dead[1]["coordinates"]["offset"].as_u64().unwrap(),
+        third_line_starts_at as u64
+    );
+    // Both neighbours got their confirmation.
+    let confirmations: Vec<String> = work
+        .emails()
+        .into_iter()
+        .filter(|(k, s)| k.contains("order_confirmation") && s == "sent")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        confirmations,
+        ["c-1/order_confirmation/o-1", "c-2/order_confirmation/o-2"]
+    );
+    assert!(stdout(&out).contains("5 invalid"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_second_run_on_the_same_store_is_refused() {
+    let work = Work::new("");
+    let mut first = work
+        .command(&["run"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || work.path("data/aftercare.db").exists()
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let second = work
+        .command(&["run"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains("in use by another process"),
+        "{}",
+        stderr(&second)
+    );
+    drop(first.stdin.take());
+    assert!(first.wait().unwrap().success());
+}

@@ -1,0 +1,250 @@
+//! Shared by the integration tests: a scratch work directory with its own
+//! config, the binary, generated event logs, and a real SMTP sink.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aftercare");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory with `aftercare.toml` pointing the data directory
+/// into it and the templates at the repository's.
+pub struct Work {
+    pub dir: tempfile::TempDir,
+}
+
+impl Work {
+    pub fn new(extra_config: &str) -> Work {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "data_dir = {:?}\ntemplates_dir = {:?}\n{extra_config}",
+            dir.path().join("data"),
+            repo().join("templates"),
+        );
+        std::fs::write(dir.path().join("aftercare.toml"), config).unwrap();
+        Work { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.path("aftercare.toml")
+    }
+
+    /// `aftercare --config <work>/aftercare.toml ARGS`, run in the work dir.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(self.config()).args(args);
+        cmd.current_dir(self.dir.path());
+        cmd.env("RUST_LOG", "warn");
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn outbox(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(self.path("data/outbox")) {
+            Ok(entries) => entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        files
+    }
+
+    /// `(key, status)` of every email in the SQLite store.
+    pub fn emails(&self) -> Vec<(String, String)> {
+        let conn = rusqlite::Connection::open(self.path("data/aftercare.db")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT key, status FROM emails ORDER BY key")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A log of `customers` customers with orders, shipments, deliveries, a
+/// cancellation and a return, all in 2024 so that every email is due.
+pub fn generated_events(customers: usize) -> String {
+    let locales = ["en", "hy", "am", "hy-AM"];
+    let mut lines = Vec::new();
+    let mut n = 0;
+    let mut id = || {
+        n += 1;
+        format!("gen-{n:07}")
+    };
+    for c in 0..customers {
+        let day = 1 + (c % 28);
+        let cust = format!(
+            r#"{{"id":"c-{c}","email":"customer{c}@example.com","name":"Customer {c}","locale":"{}","marketing_consent":{}}}"#,
+            locales[c % locales.len()],
+            c % 5 != 0
+        );
+        let bare = format!(r#"{{"id":"c-{c}"}}"#);
+        let order = |o: usize| {
+            format!(
+                r#"{{"id":"o-{c}-{o}","total":"19.90","currency":"EUR","items":[{{"sku":"TEA-01","name":"Green tea","quantity":2,"unit_price":"9.95"}}]}}"#
+            )
+        };
+        lines.push(format!(
+            r#"{{"event_id":"{}","type":"order.placed","occurred_at":"2024-01-{day:02}T10:00:00Z","customer":{cust},"order":{}}}"#,
+            id(),
+            order(1)
+        ));
+        lines.push(format!(
+            r#"{{"event_id":"{}","type":"shipment.dispatched","occurred_at":"2024-01-{day:02}T16:00:00Z","customer":{bare},"order":{{"id":"o-{c}-1"}},"shipment":{{"id":"s-{c}-1","carrier":"DHL","tracking_number":"T{c}","tracking_url":"https://track.example.com/T{c}","estimated_delivery":"2024-02-{day:02}T12:00:00Z"}}}}"#,
+            id()
+        ));
+        lines.push(format!(
+            r#"{{"event_id":"{}","type":"shipment.delivered","occurred_at":"2024-02-{day:02}T12:00:00Z","customer":{bare},"order":{{"id":"o-{c}-1"}},"shipment":{{"id":"s-{c}-1"}}}}"#,
+            id()
+        ));
+        if c % 3 == 0 {
+            lines.push(format!(
+                r#"{{"event_id":"{}","type":"return.requested","occurred_at":"2024-02-{day:02}T18:00:00Z","customer":{bare},"order":{{"id":"o-{c}-1"}},"return":{{"id":"r-{c}","reason":"too small","items":[{{"sku":"TEA-01","name":"Green tea","quantity":1}}]}}}}"#,
+                id()
+            ));
+        }
+        lines.push(format!(
+            r#"{{"event_id":"{}","type":"order.placed","occurred_at":"2024-03-{day:02}T10:00:00Z","customer":{bare},"order":{}}}"#,
+            id(),
+            order(2)
+        ));
+        if c % 4 == 0 {
+            lines.push(format!(
+                r#"{{"event_id":"{}","type":"order.cancelled","occurred_at":"2024-03-{day:02}T11:00:00Z","customer":{bare},"order":{{"id":"o-{c}-2"}}}}"#,
+                id()
+            ));
+        }
+    }
+    // Sorted by time, as a shop's log would be.
+    lines.sort_by_key(|l| {
+        let at = l.find("\"occurred_at\":\"").unwrap() + 15;
+        l[at..at + 20].to_owned()
+    });
+    lines.join("\n") + "\n"
+}
+
+/// A free loopback port (the listener is closed before the server binds).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, within: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < within, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn smtp_sink_binary() -> PathBuf {
+    ["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("smtp-sink not found: install Debian's postfix package (scripts/test.sh does)")
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Postfix's `smtp-sink` on a loopback port, dumping every message it
+/// accepts into `dir`. Killed on drop.
+pub struct SmtpSink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl SmtpSink {
+    pub fn start(extra_args: &[&str]) -> SmtpSink {
+        let dir = tempfile::tempdir().unwrap();
+        // smtp-sink drops to `nobody` when started as root.
+        Command::new("chmod")
+            .arg("777")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(smtp_sink_binary());
+        if is_root() {
+            cmd.args(["-u", "nobody"]);
+        }
+        cmd.arg("-d")
+            .arg(format!("{}/%Y%m%d%H%M%S.", dir.path().display()))
+            .args(extra_args)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("64")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn().expect("start smtp-sink");
+        wait_for_port(port, Duration::from_secs(10));
+        SmtpSink { port, dir, child }
+    }
+
+    /// The raw messages received so far.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        files.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    done()
+}
+
+pub fn write(path: &Path, content: &str) {
+    std::fs::write(path, content).unwrap();
+}
