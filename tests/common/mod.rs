@@ -67,15 +67,39 @@ impl Work {
 
     /// `(key, status)` of every email in the SQLite store.
     pub fn emails(&self) -> Vec<(String, String)> {
-        let conn = rusqlite::Connection::open(self.path("data/aftercare.db")).unwrap();
-        let mut stmt = conn
-            .prepare("SELECT key, status FROM emails ORDER BY key")
-            .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
+        self.stored()
+            .into_iter()
+            .map(|e| (e.key, e.status))
             .collect()
     }
+
+    /// Every email in the SQLite store, by key.
+    pub fn stored(&self) -> Vec<Stored> {
+        let conn = rusqlite::Connection::open(self.path("data/aftercare.db")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT key, customer_id, template, order_id, status FROM emails ORDER BY key")
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok(Stored {
+                key: r.get(0)?,
+                customer_id: r.get(1)?,
+                template: r.get(2)?,
+                order_id: r.get(3)?,
+                status: r.get(4)?,
+            })
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+}
+
+pub struct Stored {
+    pub key: String,
+    pub customer_id: String,
+    pub template: String,
+    pub order_id: Option<String>,
+    pub status: String,
 }
 
 pub fn stdout(o: &Output) -> String {

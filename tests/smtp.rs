@@ -1,0 +1,166 @@
+//! End to end through a real SMTP server: Postfix's `smtp-sink`, started on
+//! loopback, dumping what it receives. The messages are parsed as MIME and
+//! compared with the `.eml` files of the same run on the embedded mailer.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{SmtpSink, Work, repo, stderr};
+use mail_parser::{MessageParser, MimeHeaders};
+
+/// What a recipient sees of one message.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    to: String,
+    subject: String,
+    text: String,
+    html: String,
+    text_charset: String,
+}
+
+fn seen(raw: &[u8]) -> (String, Seen) {
+    let m = MessageParser::default().parse(raw).expect("a MIME message");
+    let id = m.message_id().expect("a Message-ID").to_owned();
+    let to = m
+        .to()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap()
+        .to_owned();
+    let text_part = m.text_part(0).expect("a text part");
+    let seen = Seen {
+        to,
+        subject: m.subject().unwrap_or_default().to_owned(),
+        // The sink stores lines with LF, the .eml files keep the wire's CRLF.
+        text: m.body_text(0).expect("a text body").replace("\r\n", "\n"),
+        html: m.body_html(0).expect("an HTML body").replace("\r\n", "\n"),
+        text_charset: text_part
+            .content_type()
+            .and_then(|c| c.attribute("charset"))
+            .unwrap_or_default()
+            .to_lowercase(),
+    };
+    (id, seen)
+}
+
+fn in_script(s: &str, range: std::ops::RangeInclusive<char>) -> bool {
+    s.chars().any(|c| range.contains(&c))
+}
+
+#[test]
+fn emails_reach_a_real_smtp_server_intact_in_three_languages() {
+    let sink = SmtpSink::start(&[]);
+    let examples = repo().join("examples/events.jsonl");
+
+    let smtp = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 2\n",
+        sink.port
+    ));
+    let out = smtp.run(&["run", "--input", examples.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let eml = Work::new("");
+    let out = eml.run(&["run", "--input", examples.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let received: Vec<Vec<u8>> = sink.messages();
+    let expected: BTreeMap<String, Seen> = eml
+        .outbox()
+        .iter()
+        .map(|p| seen(&std::fs::read(p).unwrap()))
+        .collect();
+    assert!(expected.len() > 50, "{}", expected.len());
+    assert_eq!(
+        received.len(),
+        expected.len(),
+        "messages received by the sink"
+    );
+
+    let mut scripts = BTreeMap::new();
+    for raw in &received {
+        // smtp-sink puts the envelope first: the RCPT TO must be the To.
+        let head = String::from_utf8_lossy(raw);
+        let rcpt = head
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Rcpt-Args: "))
+            .expect("smtp-sink records RCPT TO");
+        let (id, got) = seen(raw);
+        assert_eq!(rcpt.trim_matches(['<', '>']), got.to, "envelope recipient");
+        assert_eq!(got.text_charset, "utf-8");
+        let want = expected
+            .get(&id)
+            .unwrap_or_else(|| panic!("unexpected message {id}"));
+        // The Date header differs between the runs; what a reader sees does not.
+        assert_eq!(&got, want, "message {id}");
+        if in_script(&got.subject, '\u{0531}'..='\u{058F}') {
+            *scripts.entry("armenian").or_insert(0) += 1;
+            assert!(
+                in_script(&got.text, '\u{0531}'..='\u{058F}'),
+                "{}",
+                got.text
+            );
+        }
+        if in_script(&got.subject, '\u{1200}'..='\u{137F}') {
+            *scripts.entry("ethiopic").or_insert(0) += 1;
+            assert!(
+                in_script(&got.html, '\u{1200}'..='\u{137F}'),
+                "{}",
+                got.html
+            );
+        }
+    }
+    assert!(
+        scripts.get("armenian").copied().unwrap_or(0) > 5,
+        "{scripts:?}"
+    );
+    assert!(
+        scripts.get("ethiopic").copied().unwrap_or(0) > 5,
+        "{scripts:?}"
+    );
+}
+
+#[test]
+fn a_refusing_server_leaves_emails_to_retry_not_lost() {
+    // A 4xx reply to every RCPT TO: a transient failure.
+    let sink = SmtpSink::start(&["-r", "RCPT"]);
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        sink.port
+    ));
+    let log = work.path("events.jsonl");
+    common::write(&log, &common::generated_events(3));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sink.messages().is_empty());
+    let emails = work.emails();
+    assert!(!emails.is_empty());
+    let pending = emails.iter().filter(|(_, s)| s == "pending").count();
+    let sent = emails.iter().filter(|(_, s)| s == "sent").count();
+    assert_eq!(sent, 0);
+    assert!(pending > 0, "{emails:?}");
+}
+
+#[test]
+fn a_permanent_refusal_fails_the_email_with_the_reply() {
+    let sink = SmtpSink::start(&["-f", "RCPT"]);
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        sink.port
+    ));
+    let log = work.path("events.jsonl");
+    common::write(&log, &common::generated_events(3));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sink.messages().is_empty());
+    let emails = work.emails();
+    let failed = emails.iter().filter(|(_, s)| s == "failed").count();
+    let sent = emails.iter().filter(|(_, s)| s == "sent").count();
+    assert_eq!(sent, 0);
+    assert!(failed > 0, "{emails:?}");
+    assert!(
+        common::stdout(&out).contains(&format!("{failed} failed")),
+        "{}",
+        common::stdout(&out)
+    );
+}
