@@ -350,3 +350,223 @@ pub fn backoff(attempts: u32, jitter: f64) -> SignedDuration {
     let secs = base.min(3600.0) * (1.0 + 0.2 * jitter.clamp(0.0, 1.0));
     SignedDuration::from_secs_f64(secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::SqliteStore;
+
+    fn pipeline() -> Pipeline<SqliteStore> {
+        let context = Context {
+            locales: Locales::new(vec!["en".into(), "hy".into()], "en"),
+            default_timezone: "UTC".into(),
+            unsubscribe_url: "https://shop.example.com/unsubscribe".into(),
+        };
+        Pipeline::new(
+            SqliteStore::in_memory().unwrap(),
+            Journeys::new(Config::embedded().journeys),
+            context,
+            10,
+        )
+        .unwrap()
+    }
+
+    fn placed(id: &str, at: &str, order: &str, email: Option<&str>) -> Entry {
+        let email = email.map_or(String::new(), |e| format!(r#","email":"{e}""#));
+        let raw = format!(
+            r#"{{"event_id":"{id}","type":"order.placed","occurred_at":"{at}","customer":{{"id":"c-1"{email},"locale":"hy-AM","marketing_consent":true}},"order":{{"id":"{order}","total":"5.00","currency":"EUR","items":[]}}}}"#
+        );
+        Entry {
+            raw: raw.into_bytes(),
+            coordinates: json!({"line": id}),
+            position_after: id.to_owned(),
+        }
+    }
+
+    fn status_of(p: &mut Pipeline<SqliteStore>, key: &str) -> Option<(Status, Option<String>)> {
+        let store = p.store();
+        let mut tx = store.begin().unwrap();
+        let rows = tx.due(Timestamp::MAX, 1000).unwrap();
+        drop(tx);
+        let pending = rows
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| (e.status, e.reason.clone()));
+        pending.or_else(|| {
+            store
+                .decisions()
+                .unwrap()
+                .into_iter()
+                .chain(store.in_flight().unwrap())
+                .find(|e| e.key == key)
+                .map(|e| (e.status, e.reason))
+        })
+    }
+
+    #[test]
+    fn timers_due_between_events_fire_before_the_later_event_is_applied() {
+        // One batch spanning a long gap, as after an outage: the win-back of
+        // o-1 fell due before o-2 was placed, so it goes out; o-2's own
+        // win-back is cancelled by o-3, which came before it fell due.
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let batch = [
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+            placed("e2", "2026-03-15T10:00:00Z", "o-2", None),
+            placed("e3", "2026-04-01T10:00:00Z", "o-3", None),
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            Some(t("2026-11-01T00:00:00Z")),
+            &mut DeadLetters::discard(),
+            &mut approved,
+        )
+        .unwrap();
+        let approved: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            approved,
+            [
+                "c-1/order_confirmation/o-1",
+                "c-1/welcome/o-1",
+                "c-1/win_back/o-1",
+                "c-1/order_confirmation/o-2",
+            ]
+        );
+        assert_eq!(
+            status_of(&mut p, "c-1/win_back/o-2"),
+            Some((Status::Cancelled, Some("new order o-3".into())))
+        );
+        assert_eq!(
+            status_of(&mut p, "c-1/win_back/o-3").map(|s| s.0),
+            Some(Status::Pending)
+        );
+        assert_eq!(p.store().position("test").unwrap().as_deref(), Some("e3"));
+    }
+
+    #[test]
+    fn nothing_fires_after_now() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let batch = [
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+            placed("e2", "2026-03-15T10:00:00Z", "o-2", None),
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            Some(t("2026-01-01T12:00:00Z")),
+            &mut DeadLetters::discard(),
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T12:00:00Z"), &mut approved).unwrap();
+        // o-2 is stamped after "now" (a skewed clock): even its
+        // confirmation waits until its own time.
+        let keys: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["c-1/order_confirmation/o-1"]);
+        assert_eq!(
+            status_of(&mut p, "c-1/welcome/o-1").map(|s| s.0),
+            Some(Status::Pending)
+        );
+    }
+
+    #[test]
+    fn approved_emails_carry_the_whole_template_data() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let batch = [placed(
+            "e1",
+            "2026-01-01T10:00:00Z",
+            "o-1",
+            Some("anna@example.com"),
+        )];
+        p.ingest(
+            "test",
+            &batch,
+            None,
+            &mut DeadLetters::discard(),
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-03-05T10:00:00Z"), &mut approved).unwrap();
+        let welcome = approved.iter().find(|e| e.template == "welcome").unwrap();
+        assert_eq!(welcome.locale.as_deref(), Some("hy"));
+        assert_eq!(welcome.recipient.as_deref(), Some("anna@example.com"));
+        assert_eq!(welcome.data["customer"]["timezone"], "UTC");
+        assert_eq!(welcome.data["email"]["class"], "marketing");
+        assert_eq!(
+            welcome.data["unsubscribe_url"],
+            "https://shop.example.com/unsubscribe?customer=c-1"
+        );
+        let confirmation = approved
+            .iter()
+            .find(|e| e.template == "order_confirmation")
+            .unwrap();
+        assert_eq!(confirmation.data["unsubscribe_url"], Value::Null);
+        let win_back = approved.iter().find(|e| e.template == "win_back").unwrap();
+        assert_eq!(win_back.data["days_since_last_order"], 63);
+    }
+
+    #[test]
+    fn duplicates_have_effect_once_and_rejected_events_can_be_sent_again() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        let batch = [
+            placed("e0", "2026-01-01T09:00:00Z", "o-0", None),
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+        ];
+        p.ingest("test", &batch, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(
+            (p.stats.events, p.stats.duplicates, p.stats.invalid),
+            (1, 1, 1)
+        );
+        assert_eq!(dead.written, 1);
+        // The shop fixes e0 and sends it again under the same id.
+        let fixed = [placed(
+            "e0",
+            "2026-01-01T09:00:00Z",
+            "o-0",
+            Some("anna@example.com"),
+        )];
+        p.ingest("test", &fixed, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(p.stats.events, 2);
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0, 0.0), SignedDuration::from_secs(30));
+        assert_eq!(backoff(1, 0.0), SignedDuration::from_secs(60));
+        assert_eq!(backoff(20, 0.0), SignedDuration::from_secs(3600));
+        assert_eq!(backoff(0, 1.0), SignedDuration::from_secs(36));
+    }
+}

@@ -411,3 +411,251 @@ impl Transaction for SqliteTx<'_> {
         Ok(self.tx.commit()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn email(key: &str, order: &str, template: &str, due: &str) -> NewEmail {
+        NewEmail {
+            key: key.into(),
+            customer_id: "c-1".into(),
+            template: template.into(),
+            class: EmailClass::Marketing,
+            order_id: Some(order.into()),
+            due_at: t(due),
+            data: json!({"order": {"id": order}}),
+        }
+    }
+
+    fn to() -> Addressee {
+        Addressee {
+            recipient: Some("anna@example.com".into()),
+            locale: "en".into(),
+        }
+    }
+
+    #[test]
+    fn scheduling_is_idempotent_by_key() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut tx = s.begin().unwrap();
+        assert!(
+            tx.schedule(&email("k1", "o-1", "welcome", "2026-01-02T00:00:00Z"))
+                .unwrap()
+        );
+        assert!(
+            !tx.schedule(&email("k1", "o-1", "welcome", "2026-01-09T00:00:00Z"))
+                .unwrap()
+        );
+        tx.commit().unwrap();
+        assert_eq!(s.next_fire().unwrap(), Some(t("2026-01-02T00:00:00Z")));
+    }
+
+    #[test]
+    fn cancel_touches_only_pending_emails_of_the_selected_order_and_templates() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut tx = s.begin().unwrap();
+        for (key, order, template) in [
+            ("a", "o-1", "welcome"),
+            ("b", "o-1", "review_request"),
+            ("c", "o-2", "review_request"),
+            ("d", "o-1", "thank_you"),
+        ] {
+            tx.schedule(&email(key, order, template, "2026-01-02T00:00:00Z"))
+                .unwrap();
+        }
+        // "d" is already on its way: a cancel must not touch it.
+        let due = tx.due(t("2026-01-03T00:00:00Z"), 10).unwrap();
+        let d = due.iter().find(|e| e.key == "d").unwrap().id;
+        tx.approve(d, &to(), &json!({})).unwrap();
+        let selector = Selector {
+            customer_id: "c-1".into(),
+            order_id: "o-1".into(),
+            templates: Some(vec!["review_request".into(), "thank_you".into()]),
+        };
+        assert_eq!(tx.cancel(&selector, "return requested", &to()).unwrap(), 1);
+        let all = Selector {
+            templates: None,
+            ..selector
+        };
+        assert_eq!(tx.cancel(&all, "order o-1 cancelled", &to()).unwrap(), 1);
+        tx.commit().unwrap();
+        let status: Vec<(String, String, Option<String>)> = s
+            .conn
+            .prepare("SELECT key, status, reason FROM emails ORDER BY key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            status,
+            [
+                (
+                    "a".into(),
+                    "cancelled".into(),
+                    Some("order o-1 cancelled".into())
+                ),
+                (
+                    "b".into(),
+                    "cancelled".into(),
+                    Some("return requested".into())
+                ),
+                ("c".into(), "pending".into(), None),
+                ("d".into(), "sending".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn due_emails_come_by_fire_time_then_creation_and_retries_wait() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut tx = s.begin().unwrap();
+        tx.schedule(&email("late", "o-1", "a", "2026-01-03T00:00:00Z"))
+            .unwrap();
+        tx.schedule(&email("first", "o-1", "b", "2026-01-02T00:00:00Z"))
+            .unwrap();
+        tx.schedule(&email("second", "o-1", "c", "2026-01-02T00:00:00Z"))
+            .unwrap();
+        tx.schedule(&email("future", "o-1", "d", "2026-02-01T00:00:00Z"))
+            .unwrap();
+        let due = tx.due(t("2026-01-31T00:00:00Z"), 10).unwrap();
+        let keys: Vec<&str> = due.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["first", "second", "late"]);
+        tx.approve(due[0].id, &to(), &json!({"x": 1})).unwrap();
+        tx.commit().unwrap();
+
+        let in_flight = s.in_flight().unwrap();
+        assert_eq!(in_flight.len(), 1);
+        assert_eq!(in_flight[0].data, json!({"x": 1}));
+        assert_eq!(in_flight[0].recipient.as_deref(), Some("anna@example.com"));
+
+        s.mark_retry(in_flight[0].id, t("2026-01-20T00:00:00Z"), "451 try later")
+            .unwrap();
+        let mut tx = s.begin().unwrap();
+        let due = tx.due(t("2026-01-10T00:00:00Z"), 10).unwrap();
+        assert_eq!(
+            due.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["second", "late"]
+        );
+        let due = tx.due(t("2026-01-20T00:00:00Z"), 10).unwrap();
+        assert!(due.iter().any(|e| e.key == "first" && e.attempts == 1));
+        // The plan keeps the original due time.
+        assert_eq!(
+            due.iter().find(|e| e.key == "first").unwrap().due_at,
+            t("2026-01-02T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn decisions_are_the_final_ones_by_due_time() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut tx = s.begin().unwrap();
+        tx.schedule(&email("b", "o-1", "b", "2026-01-05T00:00:00Z"))
+            .unwrap();
+        tx.record(
+            &email("a", "o-1", "a", "2026-01-01T00:00:00Z"),
+            Verdict::Cancelled,
+            "shipment s-1 already delivered",
+            &to(),
+        )
+        .unwrap();
+        tx.schedule(&email("c", "o-1", "c", "2026-01-02T00:00:00Z"))
+            .unwrap();
+        let due = tx.due(t("2026-01-06T00:00:00Z"), 10).unwrap();
+        tx.decide(
+            due[0].id,
+            Verdict::Suppressed,
+            "no marketing consent",
+            &to(),
+        )
+        .unwrap();
+        tx.approve(due[1].id, &to(), &json!({})).unwrap();
+        tx.commit().unwrap();
+        let decided: Vec<(String, Status)> = s
+            .decisions()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.key, e.status))
+            .collect();
+        // "b" is approved but not yet sent: no decision to show.
+        assert_eq!(
+            decided,
+            [
+                ("a".into(), Status::Cancelled),
+                ("c".into(), Status::Suppressed)
+            ]
+        );
+        let b = s.in_flight().unwrap()[0].id;
+        s.mark_sent(b, t("2026-01-05T00:00:01Z"), "250 ok").unwrap();
+        assert_eq!(s.decisions().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn dedup_journeys_and_positions_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data/aftercare.db");
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            let mut tx = s.begin().unwrap();
+            assert!(!tx.seen("e-1").unwrap());
+            tx.mark_seen("e-1").unwrap();
+            let mut j = Journey::default();
+            j.profile.email = Some("anna@example.com".into());
+            tx.save_journey("c-1", &j).unwrap();
+            tx.set_position("file:x", "120:3").unwrap();
+            tx.commit().unwrap();
+            // An uncommitted batch leaves nothing behind.
+            let mut tx = s.begin().unwrap();
+            tx.mark_seen("e-2").unwrap();
+            tx.set_position("file:x", "999:9").unwrap();
+            drop(tx);
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.position("file:x").unwrap().as_deref(), Some("120:3"));
+        let mut tx = s.begin().unwrap();
+        assert!(tx.seen("e-1").unwrap());
+        assert!(!tx.seen("e-2").unwrap());
+        let j = tx.journey("c-1").unwrap().unwrap();
+        assert_eq!(j.profile.email.as_deref(), Some("anna@example.com"));
+    }
+
+    #[test]
+    fn one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aftercare.db");
+        let first = SqliteStore::open(&path).unwrap();
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Locked { .. })
+        ));
+        // The delivery workers' handle shares the lock.
+        let second = first.reopen().unwrap();
+        drop(first);
+        assert!(matches!(
+            SqliteStore::open(&path),
+            Err(StoreError::Locked { .. })
+        ));
+        drop(second);
+        assert!(SqliteStore::open(&path).is_ok());
+    }
+
+    #[test]
+    fn suppressed_addresses_match_case_insensitively() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        s.conn
+            .execute(
+                "INSERT INTO suppressed_addresses VALUES ('anna@example.com', '550 5.1.1', 0)",
+                [],
+            )
+            .unwrap();
+        let mut tx = s.begin().unwrap();
+        assert!(tx.is_suppressed("Anna@Example.com").unwrap());
+        assert!(!tx.is_suppressed("ben@example.com").unwrap());
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of aftercare. Installs what the tests need first (Postfix,
+# for its smtp-sink SMTP server), then checks formatting and lints, then runs
+# the unit and integration tests. The servers are started by the tests
+# themselves, on loopback, and stopped when each test ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v smtp-sink >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-sink ]; then
+  echo "==> Installing Postfix (smtp-sink, a real SMTP server for the tests)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "==> cargo test"
+cargo test --all-targets
