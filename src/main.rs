@@ -268,9 +268,10 @@ async fn shutdown() {
 fn print_summary(config: &Config, input: &str, s: &Summary) {
     let i = &s.ingest;
     println!(
-        "Read {} events from {input} ({} duplicates, {} invalid{}).",
+        "Read {} events from {input} ({} duplicate{}, {} invalid{}).",
         i.events + i.duplicates + i.invalid,
         i.duplicates,
+        if i.duplicates == 1 { "" } else { "s" },
         i.invalid,
         if i.invalid > 0 {
             format!(": see {}", config.dead_letter_path().display())
