@@ -124,9 +124,6 @@ pub struct SmtpConfig {
 pub struct SenderConfig {
     /// Emails claimed per round.
     pub batch_size: usize,
-    /// How long a claimed email is ours before another sender may take it.
-    #[serde(with = "humantime_serde")]
-    pub lease: Duration,
     /// Longest sleep between looks at the store when nothing is due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,

@@ -120,10 +120,10 @@ fn emails_reach_a_real_smtp_server_intact_in_three_languages() {
     );
 }
 
-#[test]
-fn a_refusing_server_leaves_emails_to_retry_not_lost() {
-    // A 4xx reply to every RCPT TO: a transient failure.
-    let sink = SmtpSink::start(&["-r", "RCPT"]);
+/// Runs a few generated customers against a sink started with `sink_args`;
+/// returns the status of every stored email and the run's summary.
+fn run_against_refusing_sink(sink_args: &[&str]) -> (Vec<String>, String) {
+    let sink = SmtpSink::start(sink_args);
     let work = Work::new(&format!(
         "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
         sink.port
@@ -132,35 +132,35 @@ fn a_refusing_server_leaves_emails_to_retry_not_lost() {
     common::write(&log, &common::generated_events(3));
     let out = work.run(&["run", "--input", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(sink.messages().is_empty());
-    let emails = work.emails();
-    assert!(!emails.is_empty());
-    let pending = emails.iter().filter(|(_, s)| s == "pending").count();
-    let sent = emails.iter().filter(|(_, s)| s == "sent").count();
-    assert_eq!(sent, 0);
-    assert!(pending > 0, "{emails:?}");
+    assert!(sink.messages().is_empty(), "the sink accepted a message");
+    let stored = work.stored();
+    let statuses: Vec<String> = stored.iter().map(|e| e.status.clone()).collect();
+    // A failed email keeps the server's reply as its reason.
+    for e in stored.iter().filter(|e| e.status == "failed") {
+        let reason = e.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("permanent") && reason.contains("5"),
+            "{reason}"
+        );
+    }
+    assert!(!statuses.is_empty());
+    assert!(!statuses.iter().any(|s| s == "sent"), "{statuses:?}");
+    (statuses, common::stdout(&out))
+}
+
+#[test]
+fn a_refusing_server_leaves_emails_to_retry_not_lost() {
+    // A 4xx reply to every RCPT TO: a transient failure.
+    let (statuses, _) = run_against_refusing_sink(&["-r", "RCPT"]);
+    assert!(statuses.iter().any(|s| s == "pending"), "{statuses:?}");
+    assert!(!statuses.iter().any(|s| s == "failed"), "{statuses:?}");
 }
 
 #[test]
 fn a_permanent_refusal_fails_the_email_with_the_reply() {
-    let sink = SmtpSink::start(&["-f", "RCPT"]);
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
-        sink.port
-    ));
-    let log = work.path("events.jsonl");
-    common::write(&log, &common::generated_events(3));
-    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(sink.messages().is_empty());
-    let emails = work.emails();
-    let failed = emails.iter().filter(|(_, s)| s == "failed").count();
-    let sent = emails.iter().filter(|(_, s)| s == "sent").count();
-    assert_eq!(sent, 0);
-    assert!(failed > 0, "{emails:?}");
-    assert!(
-        common::stdout(&out).contains(&format!("{failed} failed")),
-        "{}",
-        common::stdout(&out)
-    );
+    // A 5xx reply to every RCPT TO.
+    let (statuses, summary) = run_against_refusing_sink(&["-f", "RCPT"]);
+    let failed = statuses.iter().filter(|s| *s == "failed").count();
+    assert!(failed > 0, "{statuses:?}");
+    assert!(summary.contains(&format!("{failed} failed")), "{summary}");
 }

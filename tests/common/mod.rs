@@ -77,7 +77,7 @@ impl Work {
     pub fn stored(&self) -> Vec<Stored> {
         let conn = rusqlite::Connection::open(self.path("data/aftercare.db")).unwrap();
         let mut stmt = conn
-            .prepare("SELECT key, customer_id, template, order_id, status FROM emails ORDER BY key")
+            .prepare("SELECT key, customer_id, template, order_id, status, reason FROM emails ORDER BY key")
             .unwrap();
         stmt.query_map([], |r| {
             Ok(Stored {
@@ -86,6 +86,7 @@ impl Work {
                 template: r.get(2)?,
                 order_id: r.get(3)?,
                 status: r.get(4)?,
+                reason: r.get(5)?,
             })
         })
         .unwrap()
@@ -100,6 +101,7 @@ pub struct Stored {
     pub template: String,
     pub order_id: Option<String>,
     pub status: String,
+    pub reason: Option<String>,
 }
 
 pub fn stdout(o: &Output) -> String {
