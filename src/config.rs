@@ -45,6 +45,13 @@ pub struct Config {
     pub default_locale: String,
     /// Time zone for customers without one; dates in emails are shown in it.
     pub default_timezone: String,
+    /// This worker's id, for its claims on emails it delivers: stable across
+    /// restarts, distinct between workers sharing a store. Default: the
+    /// host name.
+    pub worker_id: Option<String>,
+    /// How long in-flight work may take to finish after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     pub source: SourceConfig,
     pub store: StoreConfig,
     pub mailer: MailerConfig,
@@ -59,6 +66,7 @@ pub struct Config {
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     File,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -70,8 +78,46 @@ pub struct SourceConfig {
     /// Where invalid events are written (JSON lines). Default:
     /// `<data_dir>/dead-letter.jsonl`.
     pub dead_letter: Option<PathBuf>,
-    /// Events per store transaction.
+    /// Events per store transaction, at most.
     pub batch_size: usize,
+    /// How long a batch may wait to fill up (Kafka).
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
+    pub kafka: KafkaConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port,host:port`.
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: KafkaTopics,
+    /// Where invalid events go, with their coordinates in headers.
+    pub dead_letter_topic: String,
+    /// A consumer that gets no message for this long while its partitions
+    /// have unread messages is considered stalled and is recreated.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// Passed to librdkafka as they are, for the consumer and the
+    /// dead-letter producer: `security.protocol`, `sasl.mechanism`,
+    /// `sasl.username`, `ssl.ca.location`, `auto.offset.reset`...
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaTopics {
+    pub orders: String,
+    pub shipments: String,
+    pub returns: String,
+}
+
+impl KafkaTopics {
+    pub fn all(&self) -> [&str; 3] {
+        [&self.orders, &self.shipments, &self.returns]
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -122,8 +168,13 @@ pub struct SmtpConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SenderConfig {
-    /// Emails claimed per round.
+    /// Emails decided per store transaction.
     pub batch_size: usize,
+    /// How long an approved email is this worker's to deliver; after that
+    /// (a crash) another worker takes it over. Must exceed the longest
+    /// delivery, queue wait included.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// Longest sleep between looks at the store when nothing is due.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
@@ -257,6 +308,38 @@ impl Config {
         if self.source.batch_size == 0 {
             return Err(invalid("source.batch_size", "must be at least 1"));
         }
+        if self.source.kind == SourceKind::Kafka {
+            let k = &self.source.kafka;
+            for (key, value) in [
+                ("source.kafka.brokers", &k.brokers),
+                ("source.kafka.group_id", &k.group_id),
+                ("source.kafka.topics.orders", &k.topics.orders),
+                ("source.kafka.topics.shipments", &k.topics.shipments),
+                ("source.kafka.topics.returns", &k.topics.returns),
+                ("source.kafka.dead_letter_topic", &k.dead_letter_topic),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(invalid(key, "must be set for kind = \"kafka\""));
+                }
+            }
+            if k.topics.all().contains(&k.dead_letter_topic.as_str()) {
+                return Err(invalid(
+                    "source.kafka.dead_letter_topic",
+                    "must not be one of the topics read",
+                ));
+            }
+            for key in ["bootstrap.servers", "group.id", "enable.auto.commit"] {
+                if k.options.contains_key(key) {
+                    return Err(invalid(
+                        format!("source.kafka.options.\"{key}\""),
+                        "is set by aftercare itself",
+                    ));
+                }
+            }
+        }
+        if self.sender.lease < Duration::from_secs(1) {
+            return Err(invalid("sender.lease", "must be at least 1s"));
+        }
         if self.sender.batch_size == 0 {
             return Err(invalid("sender.batch_size", "must be at least 1"));
         }
@@ -334,6 +417,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The worker id: configured, or the host name.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            gethostname::gethostname()
+                .into_string()
+                .unwrap_or_else(|_| "aftercare".to_owned())
+        })
     }
 
     pub fn store_path(&self) -> PathBuf {

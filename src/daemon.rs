@@ -1,20 +1,21 @@
 //! `aftercare run`: the ingest loop and the delivery workers, wired.
 //!
-//! The ingest loop runs on its own thread (the store and the file source are
-//! synchronous): it applies batches, fires due emails, and hands approved
-//! ones over a bounded channel to the delivery workers, which send them
-//! concurrently and record each outcome. Emails approved before a crash but
-//! not recorded as sent are delivered again first.
+//! The ingest loop runs on its own thread (the store, the file source and
+//! librdkafka's consumer are synchronous): it applies batches, fires due
+//! emails, and hands approved ones over a bounded channel to the delivery
+//! workers, which send them concurrently and record each outcome. Emails
+//! approved by this worker before a crash, or by another whose lease
+//! expired, are delivered again.
 //!
 //! Shutdown: the `shutdown` future stops intake after the batch in hand
 //! (its transaction commits), the workers finish what they hold, and
-//! whatever is still running when the grace period ends is dropped; those
-//! emails stay `sending` and go out on the next start.
+//! whatever still runs when the grace period ends is left: those emails
+//! stay `sending` and go out on the next start.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use tokio::sync::{Semaphore, mpsc};
@@ -23,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::mailer::Mailer;
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::sender::{Outcome, Sender};
-use crate::source::{DeadLetters, Source};
+use crate::source::{DeadLetters, Source, SourceError};
 use crate::store::{EmailRow, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,11 +33,8 @@ pub enum DaemonError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("reading events from {source_name}: {error}")]
-    Source {
-        source_name: String,
-        error: std::io::Error,
-    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
     #[error("the ingest thread stopped unexpectedly")]
     Panicked,
 }
@@ -51,6 +49,8 @@ pub struct Summary {
     pub failed: u64,
     /// Emails handed to the mailer again after an earlier run stopped.
     pub resumed: u64,
+    /// The grace period ended with work still running.
+    pub cut_short: bool,
 }
 
 /// Settings of one run.
@@ -59,9 +59,15 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Concurrent deliveries.
     pub concurrency: usize,
-    /// How long in-flight deliveries may take after shutdown is asked.
+    /// How long in-flight work may take after shutdown is asked.
     pub grace: Duration,
+    /// Stop once the source is drained and what is due is sent (always so
+    /// for a file; for Kafka, once every partition is read to its end).
+    pub once: bool,
 }
+
+/// How often the loop looks for expired leases of other workers.
+const RECLAIM_INTERVAL: Duration = Duration::from_secs(5);
 
 pub async fn run<S, M>(
     mut pipeline: Pipeline<S>,
@@ -76,17 +82,7 @@ where
     M: Mailer,
 {
     let delivery_store = Arc::new(Mutex::new(pipeline.store().reopen()?));
-    let resumed = pipeline.store().in_flight()?;
-    if let Some(position) = pipeline.store().position(source.name())? {
-        source
-            .seek(&position)
-            .map_err(|error| DaemonError::Source {
-                source_name: source.name().to_owned(),
-                error,
-            })?;
-        tracing::info!(source = source.name(), %position, "Resuming from the stored position.");
-    }
-
+    let resumed = pipeline.reclaim(true)?;
     let (tx, rx) = mpsc::channel::<EmailRow>(settings.batch_size.max(64));
     let stop = Arc::new(AtomicBool::new(false));
     let mut summary = Summary {
@@ -96,7 +92,7 @@ where
     if !resumed.is_empty() {
         tracing::info!(
             count = resumed.len(),
-            "Delivering emails left in flight by the last run."
+            "Delivering emails left in flight by an earlier run."
         );
     }
 
@@ -113,37 +109,46 @@ where
     }
 
     let ingest_stop = Arc::clone(&stop);
-    let batch_size = settings.batch_size;
-    let poll = settings.poll_interval;
+    let (batch_size, poll, once) = (settings.batch_size, settings.poll_interval, settings.once);
     let mut ingest = tokio::task::spawn_blocking(move || -> Result<Stats, DaemonError> {
-        loop {
-            if ingest_stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let name = source.name().to_owned();
-            let batch = source
-                .next_batch(batch_size)
-                .map_err(|error| DaemonError::Source {
-                    source_name: name.clone(),
-                    error,
-                })?;
+        let mut last_reclaim = Instant::now();
+        while !ingest_stop.load(Ordering::Relaxed) {
+            let batch = source.next_batch(batch_size)?;
+            let now = Timestamp::now();
+            let limit = batch.watermark.map_or(now, |w| w.min(now));
             let mut approved = Vec::new();
-            pipeline.ingest(
-                &name,
+            ingest_batch(
+                &mut pipeline,
+                source.name(),
                 &batch.entries,
-                Some(Timestamp::now()),
+                limit,
                 &mut dead,
                 &mut approved,
+                &ingest_stop,
             )?;
+            source.committed();
             if batch.caught_up {
-                pipeline.fire(Timestamp::now(), &mut approved)?;
+                pipeline.fire(now, &mut approved)?;
+            } else if batch.watermark.is_some() {
+                pipeline.fire(limit, &mut approved)?;
+            }
+            if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
+                last_reclaim = Instant::now();
+                let taken = pipeline.reclaim(false)?;
+                if !taken.is_empty() {
+                    tracing::warn!(
+                        count = taken.len(),
+                        "Took over emails whose worker's lease expired."
+                    );
+                }
+                approved.extend(taken);
             }
             for email in approved {
                 if tx.blocking_send(email).is_err() {
                     return Ok(pipeline.stats);
                 }
             }
-            if batch.finished {
+            if batch.finished || (once && batch.caught_up) {
                 break;
             }
             if batch.caught_up && batch.entries.is_empty() {
@@ -154,29 +159,75 @@ where
     });
 
     tokio::pin!(shutdown);
+    let deadline;
     let stats = tokio::select! {
-        result = &mut ingest => result,
+        result = &mut ingest => {
+            deadline = None;
+            result
+        }
         () = &mut shutdown => {
-            tracing::info!("Stopping intake.");
+            tracing::info!(grace = ?settings.grace, "Stopping intake.");
             stop.store(true, Ordering::Relaxed);
-            ingest.await
+            let until = tokio::time::Instant::now() + settings.grace;
+            deadline = Some(until);
+            match tokio::time::timeout_at(until, &mut ingest).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("The ingest loop did not stop within the grace period.");
+                    summary.cut_short = true;
+                    return Ok(summary);
+                }
+            }
         }
     };
     summary.ingest = stats.map_err(|_| DaemonError::Panicked)??;
 
-    match tokio::time::timeout(settings.grace, workers).await {
-        Ok(Ok(done)) => {
+    // Without a shutdown request, the workers finish what was approved.
+    let finished = match deadline {
+        Some(until) => tokio::time::timeout_at(until, workers).await.ok(),
+        None => Some(workers.await),
+    };
+    match finished {
+        Some(Ok(done)) => {
             let done = done?;
             summary.sent = done.sent;
             summary.retried = done.retried;
             summary.failed = done.failed;
         }
-        Ok(Err(_)) => return Err(DaemonError::Panicked),
-        Err(_) => {
-            tracing::warn!(grace = ?settings.grace, "Deliveries still running at the end of the grace period; they resume on the next start.");
+        Some(Err(_)) => return Err(DaemonError::Panicked),
+        None => {
+            summary.cut_short = true;
+            tracing::warn!(
+                "Deliveries still running at the end of the grace period; they resume on the next start."
+            );
         }
     }
     Ok(summary)
+}
+
+/// Applies a batch; when dead letters cannot be written (a dead-letter
+/// topic unreachable), nothing of the batch is committed and it is tried
+/// again after a pause, rather than losing the bad event or stopping.
+fn ingest_batch<S: Store>(
+    pipeline: &mut Pipeline<S>,
+    source: &str,
+    entries: &[crate::source::Entry],
+    limit: Timestamp,
+    dead: &mut DeadLetters,
+    approved: &mut Vec<EmailRow>,
+    stop: &AtomicBool,
+) -> Result<(), DaemonError> {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match pipeline.ingest(source, entries, Some(limit), dead, approved) {
+            Err(PipelineError::DeadLetter { place, error }) if !stop.load(Ordering::Relaxed) => {
+                tracing::error!(%place, %error, retry_in = ?pause, "Dead letters not written; trying the batch again.");
+                sleep_unless_stopped(pause, stop);
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Sleeps until the next email is due or `poll` passes, whichever is first,
@@ -187,7 +238,10 @@ fn idle<S: Store>(pipeline: &Pipeline<S>, poll: Duration, stop: &AtomicBool) {
         .map(|t| t.duration_since(Timestamp::now()))
         .and_then(|d| Duration::try_from(d).ok())
         .unwrap_or(poll);
-    let mut left = until_due.min(poll);
+    sleep_unless_stopped(until_due.min(poll), stop);
+}
+
+fn sleep_unless_stopped(mut left: Duration, stop: &AtomicBool) {
     let step = Duration::from_millis(50);
     while !left.is_zero() && !stop.load(Ordering::Relaxed) {
         std::thread::sleep(left.min(step));
@@ -202,6 +256,33 @@ struct Delivered {
     failed: u64,
 }
 
+impl Delivered {
+    fn record(
+        &mut self,
+        email: EmailRow,
+        outcome: Result<Outcome, StoreError>,
+    ) -> Result<(), StoreError> {
+        match outcome? {
+            Outcome::Sent { reply } => {
+                tracing::info!(template = %email.template, customer_id = %email.customer_id, key = %email.key, "Sent email.");
+                tracing::debug!(to = ?email.recipient, %reply, "Sent email.");
+                *self.sent.entry(email.template).or_default() += 1;
+            }
+            Outcome::Retry { at, reply } => {
+                tracing::warn!(key = %email.key, retry_at = %at, %reply, "Delivery failed; will retry.");
+                self.retried += 1;
+            }
+            Outcome::Failed { reason } => {
+                tracing::error!(key = %email.key, %reason, "Delivery failed for good.");
+                self.failed += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+type Delivery = (EmailRow, Result<Outcome, StoreError>);
+
 async fn deliver_all<S: Store, M: Mailer>(
     mut rx: mpsc::Receiver<EmailRow>,
     sender: Arc<Sender<M>>,
@@ -209,31 +290,10 @@ async fn deliver_all<S: Store, M: Mailer>(
     concurrency: usize,
 ) -> Result<Delivered, StoreError> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut running = JoinSet::new();
+    let mut running: JoinSet<Delivery> = JoinSet::new();
     let mut done = Delivered::default();
-    let record = |result: Result<
-        (EmailRow, Result<Outcome, StoreError>),
-        tokio::task::JoinError,
-    >,
-                  done: &mut Delivered|
-     -> Result<(), StoreError> {
-        let (email, outcome) = result.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-        match outcome? {
-            Outcome::Sent { reply } => {
-                tracing::info!(template = %email.template, customer_id = %email.customer_id, key = %email.key, "Sent email.");
-                tracing::debug!(to = ?email.recipient, %reply, "Sent email.");
-                *done.sent.entry(email.template).or_default() += 1;
-            }
-            Outcome::Retry { at, reply } => {
-                tracing::warn!(key = %email.key, retry_at = %at, %reply, "Delivery failed; will retry.");
-                done.retried += 1;
-            }
-            Outcome::Failed { reason } => {
-                tracing::error!(key = %email.key, %reason, "Delivery failed for good.");
-                done.failed += 1;
-            }
-        }
-        Ok(())
+    let unwrap = |r: Result<Delivery, tokio::task::JoinError>| {
+        r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     };
     while let Some(email) = rx.recv().await {
         let permit = Arc::clone(&permits)
@@ -247,11 +307,13 @@ async fn deliver_all<S: Store, M: Mailer>(
             (email, outcome)
         });
         while let Some(result) = running.try_join_next() {
-            record(result, &mut done)?;
+            let (email, outcome) = unwrap(result);
+            done.record(email, outcome)?;
         }
     }
     while let Some(result) = running.join_next().await {
-        record(result, &mut done)?;
+        let (email, outcome) = unwrap(result);
+        done.record(email, outcome)?;
     }
     Ok(done)
 }

@@ -2,22 +2,22 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 
-use aftercare::config::{Config, MailerKind};
+use aftercare::config::{Config, MailerKind, SourceKind};
 use aftercare::daemon::{self, Settings, Summary};
 use aftercare::journey::Journeys;
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
-use aftercare::pipeline::{Context, Pipeline};
+use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Templates;
 use aftercare::sender::Sender;
-use aftercare::source::{DeadLetters, FileSource};
-use aftercare::store::SqliteStore;
+use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
+use aftercare::store::{SqliteStore, Store};
 use aftercare::{check, simulate};
 
 /// Exit codes, as DESIGN.md gives them (sysexits.h).
@@ -44,12 +44,16 @@ enum Command {
     ///
     /// With a file or standard input as the source, it stops once the input
     /// is read and every email due by now is sent; emails due later wait in
-    /// the store for the next run.
+    /// the store for the next run. With Kafka it runs until SIGTERM/SIGINT.
     Run {
         /// JSONL events to read (`-` for standard input); overrides
-        /// `source.path`.
+        /// `source.path` and `source.kind`.
         #[arg(long, value_name = "PATH")]
         input: Option<String>,
+        /// Stop once every partition is read to its end and what is due is
+        /// sent (Kafka; a file source always does).
+        #[arg(long)]
+        once: bool,
     },
     /// Print the email plan of an event log as JSON lines; sends nothing.
     Simulate {
@@ -127,9 +131,13 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate { events, until } => simulate_command(&config, &events, until),
-        Command::Run { input } => {
+        Command::Run { input, once } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(run(config, input))
+            let result = runtime.block_on(run(config, input, once));
+            // The ingest thread may still be blocked on a broker that is
+            // gone: do not wait for it past the grace period.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            result
         }
     }
 }
@@ -150,12 +158,27 @@ fn templates(config: &Config) -> Result<Templates, Failure> {
     Ok(templates)
 }
 
-fn pipeline_context(config: &Config, templates: &Templates) -> Context {
-    Context {
+fn pipeline<S: Store>(
+    config: &Config,
+    templates: &Templates,
+    store: S,
+) -> Result<Pipeline<S>, Failure> {
+    let context = Context {
         locales: templates.locales().clone(),
         default_timezone: config.default_timezone.clone(),
         unsubscribe_url: config.shop.unsubscribe_url.clone(),
-    }
+    };
+    let lease = LeasePolicy {
+        owner: config.worker_id(),
+        duration: jiff::SignedDuration::try_from(config.sender.lease)?,
+    };
+    Ok(Pipeline::new(
+        store,
+        Journeys::new(config.journeys.clone()),
+        context,
+        config.sender.batch_size,
+        lease,
+    )?)
 }
 
 fn simulate_command(
@@ -167,12 +190,7 @@ fn simulate_command(
     let path = events.to_str().context("event log path is not UTF-8")?;
     let mut source = FileSource::open(path)
         .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("{}: {e}", events.display())))?;
-    let pipeline = Pipeline::new(
-        SqliteStore::in_memory()?,
-        Journeys::new(config.journeys.clone()),
-        pipeline_context(config, &templates),
-        config.sender.batch_size,
-    )?;
+    let pipeline = pipeline(config, &templates, SqliteStore::in_memory()?)?;
     let plan = simulate::simulate(pipeline, &mut source, until)?;
     let mut out = std::io::stdout().lock();
     for line in &plan.lines {
@@ -192,22 +210,49 @@ fn simulate_command(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(config: Config, input: Option<String>) -> Result<ExitCode, Failure> {
+async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCode, Failure> {
     let templates = Arc::new(templates(&config)?);
-    let path = input.unwrap_or_else(|| config.source.path.clone());
-    let source = FileSource::open(&path).map_err(|e| {
-        fail(
-            EX_USAGE,
-            anyhow::anyhow!("config key `source.path` (or --input): {path}: {e}"),
-        )
-    })?;
-    let store = SqliteStore::open(&config.store_path())?;
-    let pipeline = Pipeline::new(
-        store,
-        Journeys::new(config.journeys.clone()),
-        pipeline_context(&config, &templates),
-        config.sender.batch_size,
-    )?;
+    let mut store = SqliteStore::open(&config.store_path())?;
+    let kind = if input.is_some() {
+        SourceKind::File
+    } else {
+        config.source.kind
+    };
+    let (source, dead, place): (Box<dyn Source>, DeadLetters, String) = match kind {
+        SourceKind::File => {
+            let path = input.unwrap_or_else(|| config.source.path.clone());
+            let mut source = FileSource::open(&path).map_err(|e| {
+                fail(
+                    EX_USAGE,
+                    anyhow::anyhow!("config key `source.path` (or --input): {path}: {e}"),
+                )
+            })?;
+            if let Some(position) = store.position(source.position_key())? {
+                source.seek(&position)?;
+                tracing::info!(source = source.name(), %position, "Resuming from the stored position.");
+            }
+            let dead = DeadLetters::new(&config.dead_letter_path());
+            (Box::new(source), dead, path)
+        }
+        SourceKind::Kafka => {
+            let k = &config.source.kafka;
+            let positions = Mutex::new(store.reopen()?);
+            let lookup: kafka::PositionLookup = Box::new(move |key| {
+                let mut store = positions.lock().unwrap_or_else(|p| p.into_inner());
+                store.position(key).unwrap_or_else(|e| {
+                    tracing::error!(key, error = %e, "Cannot read the stored position.");
+                    None
+                })
+            });
+            let source = KafkaSource::new(k, config.source.batch_wait, lookup)
+                .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?;
+            let dead = DeadLetters::kafka(&kafka::client_config(k), &k.dead_letter_topic)
+                .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?;
+            let place = format!("{} ({})", k.brokers, k.topics.all().join(", "));
+            (Box::new(source), dead, place)
+        }
+    };
+    let pipeline = pipeline(&config, &templates, store)?;
     let outbox = config.outbox_dir();
     let mailer = match config.mailer.kind {
         MailerKind::Eml => AnyMailer::Eml(
@@ -224,19 +269,12 @@ async fn run(config: Config, input: Option<String>) -> Result<ExitCode, Failure>
         batch_size: config.source.batch_size,
         poll_interval: config.sender.poll_interval,
         concurrency,
-        grace: Duration::from_secs(30),
+        grace: config.shutdown_grace,
+        once,
     };
-    let dead = DeadLetters::new(&config.dead_letter_path());
-    let summary = daemon::run(
-        pipeline,
-        Box::new(source),
-        dead,
-        sender,
-        settings,
-        shutdown(),
-    )
-    .await?;
-    print_summary(&config, &path, &summary);
+    let dead_place = dead.place();
+    let summary = daemon::run(pipeline, source, dead, sender, settings, shutdown()).await?;
+    print_summary(&config, &place, &dead_place, &summary);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -265,7 +303,7 @@ async fn shutdown() {
     }
 }
 
-fn print_summary(config: &Config, input: &str, s: &Summary) {
+fn print_summary(config: &Config, input: &str, dead: &str, s: &Summary) {
     let i = &s.ingest;
     println!(
         "Read {} events from {input} ({} duplicate{}, {} invalid{}).",
@@ -274,7 +312,7 @@ fn print_summary(config: &Config, input: &str, s: &Summary) {
         if i.duplicates == 1 { "" } else { "s" },
         i.invalid,
         if i.invalid > 0 {
-            format!(": see {}", config.dead_letter_path().display())
+            format!(": see {dead}")
         } else {
             String::new()
         }

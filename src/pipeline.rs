@@ -19,15 +19,20 @@ use crate::config::{EmailClass, Trigger};
 use crate::event::Event;
 use crate::journey::{Command, Journey, Journeys, Verdict};
 use crate::render::Locales;
-use crate::source::{DeadLetters, Entry};
-use crate::store::{Addressee, EmailRow, Status, Store, StoreError, Transaction};
+use crate::source::{DeadLetters, Entry, Position};
+use crate::store::{Addressee, EmailRow, Lease, Status, Store, StoreError, Transaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("writing the dead-letter file {path}: {error}")]
-    DeadLetter { path: String, error: std::io::Error },
+    /// Dead letters could not be made durable: the batch is not committed
+    /// and can be tried again.
+    #[error("writing dead letters to {place}: {error}")]
+    DeadLetter {
+        place: String,
+        error: std::io::Error,
+    },
 }
 
 /// Counters for the summary and the logs.
@@ -51,11 +56,23 @@ pub struct Context {
     pub unsubscribe_url: String,
 }
 
+/// How this worker claims the emails it approves.
+#[derive(Debug, Clone)]
+pub struct LeasePolicy {
+    /// The worker's id: the same after a restart, distinct between workers
+    /// that share a store.
+    pub owner: String,
+    /// Long enough for the longest delivery, including its wait in the
+    /// delivery queue.
+    pub duration: SignedDuration,
+}
+
 pub struct Pipeline<S: Store> {
     store: S,
     journeys: Journeys,
     context: Context,
     fire_batch: usize,
+    lease: LeasePolicy,
     /// Earliest fire time of a pending email, kept so that the ingest loop
     /// need not ask the store before every event.
     next_fire: Option<Timestamp>,
@@ -74,6 +91,7 @@ impl<S: Store> Pipeline<S> {
         journeys: Journeys,
         context: Context,
         fire_batch: usize,
+        lease: LeasePolicy,
     ) -> Result<Pipeline<S>, StoreError> {
         let next_fire = store.next_fire()?;
         Ok(Pipeline {
@@ -81,6 +99,7 @@ impl<S: Store> Pipeline<S> {
             journeys,
             context,
             fire_batch,
+            lease,
             next_fire,
             stats: Stats::default(),
         })
@@ -108,7 +127,7 @@ impl<S: Store> Pipeline<S> {
         let mut i = 0;
         while i < entries.len() {
             let mut fire_until = None;
-            let mut position = None;
+            let mut positions: Vec<&Position> = Vec::new();
             let mut tx = self.store.begin()?;
             while let Some(entry) = entries.get(i) {
                 match Event::decode(&entry.raw) {
@@ -145,14 +164,17 @@ impl<S: Store> Pipeline<S> {
                         }
                     }
                 }
-                position = Some(&entry.position_after);
+                match positions.iter_mut().find(|p| p.key == entry.position.key) {
+                    Some(p) => *p = &entry.position,
+                    None => positions.push(&entry.position),
+                }
                 i += 1;
             }
-            if let Some(position) = position {
-                tx.set_position(source, position)?;
+            for position in positions {
+                tx.set_position(&position.key, &position.value)?;
             }
             dead.sync().map_err(|error| PipelineError::DeadLetter {
-                path: dead_path(dead),
+                place: dead.place(),
                 error,
             })?;
             tx.commit()?;
@@ -163,6 +185,18 @@ impl<S: Store> Pipeline<S> {
         Ok(())
     }
 
+    /// Claims emails approved but never recorded as sent: with `own`, this
+    /// worker's from before a restart (and any whose lease expired); without,
+    /// only expired ones of other workers.
+    pub fn reclaim(&mut self, own: bool) -> Result<Vec<EmailRow>, StoreError> {
+        let now = Timestamp::now();
+        let lease = Lease {
+            owner: self.lease.owner.clone(),
+            until: now + self.lease.duration,
+        };
+        self.store.reclaim(&lease, now, own)
+    }
+
     /// Decides every email due by `until`: approved ones are appended to
     /// `approved`, the others end cancelled or suppressed with a reason.
     pub fn fire(
@@ -171,6 +205,11 @@ impl<S: Store> Pipeline<S> {
         approved: &mut Vec<EmailRow>,
     ) -> Result<(), StoreError> {
         loop {
+            // Leases run on the wall clock, whatever time the events are at.
+            let lease = Lease {
+                owner: self.lease.owner.clone(),
+                until: Timestamp::now() + self.lease.duration,
+            };
             let mut tx = self.store.begin()?;
             let due = tx.due(until, self.fire_batch)?;
             if due.is_empty() {
@@ -201,7 +240,7 @@ impl<S: Store> Pipeline<S> {
                 }
                 email.data =
                     template_data(&self.journeys, &self.context, &email, &journey, &to, until);
-                tx.approve(email.id, &to, &email.data)?;
+                tx.approve(email.id, &to, &email.data, &lease)?;
                 email.status = Status::Sending;
                 email.recipient = to.recipient;
                 email.locale = Some(to.locale);
@@ -276,16 +315,17 @@ fn write_dead(
     entry: &Entry,
     reason: &str,
 ) -> Result<(), PipelineError> {
-    dead.write(source, &entry.coordinates, &entry.raw, reason)
-        .map_err(|error| PipelineError::DeadLetter {
-            path: dead_path(dead),
-            error,
-        })
-}
-
-fn dead_path(dead: &DeadLetters) -> String {
-    dead.path()
-        .map_or_else(String::new, |p| p.display().to_string())
+    dead.write(
+        source,
+        &entry.coordinates,
+        entry.key.as_deref(),
+        &entry.raw,
+        reason,
+    )
+    .map_err(|error| PipelineError::DeadLetter {
+        place: dead.place(),
+        error,
+    })
 }
 
 fn addressee(locales: &Locales, journey: &Journey) -> Addressee {
@@ -368,6 +408,10 @@ mod tests {
             Journeys::new(Config::embedded().journeys),
             context,
             10,
+            LeasePolicy {
+                owner: "test".into(),
+                duration: SignedDuration::from_mins(5),
+            },
         )
         .unwrap()
     }
@@ -379,8 +423,12 @@ mod tests {
         );
         Entry {
             raw: raw.into_bytes(),
+            key: None,
             coordinates: json!({"line": id}),
-            position_after: id.to_owned(),
+            position: Position {
+                key: "test".into(),
+                value: id.to_owned(),
+            },
         }
     }
 
@@ -398,7 +446,18 @@ mod tests {
                 .decisions()
                 .unwrap()
                 .into_iter()
-                .chain(store.in_flight().unwrap())
+                .chain(
+                    store
+                        .reclaim(
+                            &Lease {
+                                owner: "test".into(),
+                                until: Timestamp::MAX,
+                            },
+                            Timestamp::MAX,
+                            true,
+                        )
+                        .unwrap(),
+                )
                 .find(|e| e.key == key)
                 .map(|e| (e.status, e.reason))
         })

@@ -60,8 +60,8 @@ pub enum SimulateError {
     Pipeline(#[from] PipelineError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("reading events: {0}")]
-    Read(#[from] std::io::Error),
+    #[error(transparent)]
+    Read(#[from] crate::source::SourceError),
 }
 
 /// Plans `source` through `pipeline` (which must be on a fresh store).

@@ -394,31 +394,3 @@ fn invalid_events_go_to_the_dead_letter_file_and_neighbours_are_processed() {
     );
     assert!(stdout(&out).contains("5 invalid"), "{}", stdout(&out));
 }
-
-#[test]
-fn a_second_run_on_the_same_store_is_refused() {
-    let work = Work::new("");
-    let mut first = work
-        .command(&["run"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(common::wait_until(
-        std::time::Duration::from_secs(10),
-        || work.path("data/aftercare.db").exists()
-    ));
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let second = work
-        .command(&["run"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(second.status.code(), Some(1));
-    assert!(
-        stderr(&second).contains("in use by another process"),
-        "{}",
-        stderr(&second)
-    );
-    drop(first.stdin.take());
-    assert!(first.wait().unwrap().success());
-}

@@ -111,3 +111,38 @@ fn sigkill_mid_way_and_restart_sends_every_email_exactly_once() {
         .count();
     assert_eq!(leftovers, 0, "half-written files in the outbox");
 }
+
+#[test]
+fn two_workers_on_one_store_send_each_email_once() {
+    let sink = common::SmtpSink::start(&[]);
+    let work = Work::new(&format!(
+        "[source]\nbatch_size = 20\n[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        sink.port
+    ));
+    let log = work.path("events.jsonl");
+    common::write(&log, &common::generated_events(300));
+    let expected = planned(&work, &log);
+    let workers: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|id| {
+            work.command(&["run", "--input", log.to_str().unwrap()])
+                .env("AFTERCARE_WORKER_ID", id)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut worker in workers {
+        assert!(worker.wait().unwrap().success());
+    }
+    let ids: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|raw| {
+            let m = mail_parser::MessageParser::default().parse(raw).unwrap();
+            m.message_id().unwrap().to_owned()
+        })
+        .collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a message was delivered twice");
+    assert_eq!(ids.len(), expected.len(), "messages received vs plan");
+}

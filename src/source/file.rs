@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::{Batch, Entry, Source};
+use super::{Batch, Entry, Position, Source, SourceError};
 
 pub struct FileSource {
     name: String,
@@ -22,6 +22,35 @@ pub struct FileSource {
 }
 
 impl FileSource {
+    /// The store key of a file's position.
+    pub fn position_key(&self) -> &str {
+        &self.name
+    }
+
+    /// Resumes after a committed position (`offset:line`). Standard input
+    /// cannot seek; a file shorter than the position was replaced and is
+    /// read from the start (the dedup of event ids sorts that out).
+    pub fn seek(&mut self, position: &str) -> std::io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let Some((offset, line)) = position
+            .split_once(':')
+            .and_then(|(o, l)| Some((o.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
+        else {
+            return Ok(());
+        };
+        let mut file = File::open(path)?;
+        if file.metadata()?.len() < offset {
+            return Ok(());
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        self.reader = Box::new(BufReader::new(file));
+        self.offset = offset;
+        self.line = line;
+        Ok(())
+    }
+
     /// `-` reads standard input.
     pub fn open(path: &str) -> std::io::Result<FileSource> {
         if path == "-" {
@@ -50,34 +79,17 @@ impl Source for FileSource {
         &self.name
     }
 
-    fn seek(&mut self, position: &str) -> std::io::Result<()> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let Some((offset, line)) = position
-            .split_once(':')
-            .and_then(|(o, l)| Some((o.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
-        else {
-            return Ok(());
-        };
-        let mut file = File::open(path)?;
-        if file.metadata()?.len() < offset {
-            // The file was replaced by a shorter one: read it all again and
-            // let the dedup of event ids sort it out.
-            return Ok(());
-        }
-        file.seek(SeekFrom::Start(offset))?;
-        self.reader = Box::new(BufReader::new(file));
-        self.offset = offset;
-        self.line = line;
-        Ok(())
-    }
-
-    fn next_batch(&mut self, max: usize) -> std::io::Result<Batch> {
+    fn next_batch(&mut self, max: usize) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
         while batch.entries.len() < max {
             let mut raw = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut raw)?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut raw)
+                .map_err(|error| SourceError::Io {
+                    name: self.name.clone(),
+                    error,
+                })?;
             if n == 0 {
                 batch.caught_up = true;
                 batch.finished = true;
@@ -98,8 +110,12 @@ impl Source for FileSource {
             };
             batch.entries.push(Entry {
                 raw,
+                key: None,
                 coordinates,
-                position_after: format!("{}:{}", self.offset, self.line),
+                position: Position {
+                    key: self.name.clone(),
+                    value: format!("{}:{}", self.offset, self.line),
+                },
             });
         }
         Ok(batch)
@@ -124,7 +140,7 @@ mod tests {
         assert!(!first.finished);
 
         let mut again = FileSource::open(path).unwrap();
-        again.seek(&first.entries[1].position_after).unwrap();
+        again.seek(&first.entries[1].position.value).unwrap();
         let rest = again.next_batch(10).unwrap();
         assert_eq!(rest.entries.len(), 1);
         assert_eq!(rest.entries[0].raw, b"{\"a\":3}");

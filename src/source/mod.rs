@@ -7,22 +7,37 @@
 
 mod dead_letter;
 mod file;
+pub mod kafka;
 
 pub use dead_letter::DeadLetters;
 pub use file::FileSource;
+pub use kafka::KafkaSource;
 
+use jiff::Timestamp;
 use serde_json::Value;
 
 /// One raw event and where it came from.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub raw: Vec<u8>,
+    /// The message key, if the source has one (Kafka: the customer id).
+    pub key: Option<Vec<u8>>,
     /// Where the event is, for the dead-letter record and logs:
-    /// `{"path": ..., "line": 12, "offset": 3456}`.
+    /// `{"path": ..., "line": 12, "offset": 3456}` or
+    /// `{"topic": ..., "partition": 0, "offset": 42}`.
     pub coordinates: Value,
-    /// The position to commit once this event is applied (the next one's
-    /// start), as the store keeps it.
-    pub position_after: String,
+    /// Which position this event advances (a file; a topic partition) and
+    /// to what, once applied: the store commits it with the batch.
+    pub position: Position,
+}
+
+/// A source position as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// `file:/path/events.jsonl`, `kafka:group:topic:partition`.
+    pub key: String,
+    /// Where to resume: the next byte offset and line, the next offset.
+    pub value: String,
 }
 
 /// A batch of raw events.
@@ -33,13 +48,29 @@ pub struct Batch {
     pub caught_up: bool,
     /// The source will never have more (end of a file that is not followed).
     pub finished: bool,
+    /// Timers may fire up to this event time and no further: an event not
+    /// yet read (a lagging partition) could still cancel them. `None`: the
+    /// source reads in time order, each event's own time is the limit.
+    pub watermark: Option<Timestamp>,
+}
+
+/// A source failure that stops the worker (the batch in hand is not
+/// committed, so nothing is lost).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading {name}: {error}")]
+    Io { name: String, error: std::io::Error },
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
 }
 
 pub trait Source: Send {
-    /// The key under which the store keeps this source's position.
+    /// For logs and the summary.
     fn name(&self) -> &str;
-    /// Resumes after a committed position.
-    fn seek(&mut self, position: &str) -> std::io::Result<()>;
     /// Up to `max` events.
-    fn next_batch(&mut self, max: usize) -> std::io::Result<Batch>;
+    fn next_batch(&mut self, max: usize) -> Result<Batch, SourceError>;
+    /// Called once the positions of the last batch are committed to the
+    /// store: a source with its own bookkeeping (Kafka group offsets) may
+    /// record them too.
+    fn committed(&mut self) {}
 }

@@ -33,8 +33,6 @@ pub enum StoreError {
         customer: String,
         error: serde_json::Error,
     },
-    #[error("the store at {path} is in use by another process")]
-    Locked { path: String },
     #[error("opening the store at {path}: {error}")]
     Open { path: String, error: std::io::Error },
 }
@@ -108,6 +106,15 @@ pub struct EmailRow {
     pub attempts: u32,
 }
 
+/// A claim on approved emails: whoever holds it delivers them. A worker
+/// that dies leaves its claims to expire; the same worker (same id) started
+/// again takes its own back at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: Timestamp,
+}
+
 /// Who an email goes to, fixed when it is approved or decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Addressee {
@@ -137,8 +144,9 @@ pub trait Transaction {
     fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize>;
     /// Pending emails whose fire time is at or before `until`, oldest first.
     fn due(&mut self, until: Timestamp, limit: usize) -> Result<Vec<EmailRow>>;
-    /// Moves a pending email to `sending` with its final data.
-    fn approve(&mut self, id: i64, to: &Addressee, data: &Value) -> Result<()>;
+    /// Moves a pending email to `sending` with its final data, claimed by
+    /// `lease`.
+    fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()>;
     /// Ends a pending email as cancelled or suppressed.
     fn decide(&mut self, id: i64, verdict: Verdict, reason: &str, to: &Addressee) -> Result<()>;
     fn is_suppressed(&mut self, address: &str) -> Result<bool>;
@@ -157,9 +165,11 @@ pub trait Store: Send + 'static {
     fn position(&mut self, source: &str) -> Result<Option<String>>;
     /// The earliest fire time of a pending email.
     fn next_fire(&mut self) -> Result<Option<Timestamp>>;
-    /// Emails approved but not known to be sent: after a crash they are
-    /// delivered again (same key, same Message-ID).
-    fn in_flight(&mut self) -> Result<Vec<EmailRow>>;
+    /// Claims emails approved but not known to be sent, whose lease has
+    /// expired (and, with `own`, those of `lease.owner` whatever their
+    /// lease: a restarted worker's). They are delivered again with the same
+    /// key, hence the same Message-ID.
+    fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>>;
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()>;
     /// Puts an email back to wait until `fire_at` after a transient failure.
     fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;

@@ -1,20 +1,18 @@
 //! The embedded store: one SQLite file under the data directory.
 //!
 //! WAL mode, so the delivery workers' connection can write while the ingest
-//! loop holds its own. One process at a time: a lock file next to the
-//! database refuses a second `run` on the same store, which would otherwise
-//! deliver the same emails twice.
+//! loop holds its own, and several workers on one host may share the file:
+//! every write transaction starts `IMMEDIATE`, so SQLite serializes them and
+//! an email is claimed by exactly one of them.
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
-use super::{Addressee, EmailRow, Result, Status, Store, StoreError, Transaction};
+use super::{Addressee, EmailRow, Lease, Result, Status, Store, StoreError, Transaction};
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, Verdict};
 
@@ -37,11 +35,13 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
          locale TEXT,
          attempts INTEGER NOT NULL DEFAULT 0,
          last_reply TEXT,
-         decided_at INTEGER
+         decided_at INTEGER,
+         lease_owner TEXT,
+         lease_until INTEGER
      );
      CREATE INDEX emails_pending_fire ON emails (fire_at) WHERE status = 'pending';
      CREATE INDEX emails_pending_order ON emails (customer_id, order_id) WHERE status = 'pending';
-     CREATE INDEX emails_sending ON emails (id) WHERE status = 'sending';
+     CREATE INDEX emails_sending ON emails (lease_until) WHERE status = 'sending';
      CREATE TABLE positions (source TEXT PRIMARY KEY, position TEXT NOT NULL) WITHOUT ROWID;
      CREATE TABLE suppressed_addresses (
          address TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL
@@ -55,13 +55,11 @@ pub struct SqliteStore {
     conn: Connection,
     /// `None` for an in-memory store.
     path: Option<PathBuf>,
-    /// Held for as long as any handle on the store lives.
-    _lock: Option<Arc<File>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`, migrated to the
-    /// current schema, and takes the process lock.
+    /// current schema.
     pub fn open(path: &Path) -> Result<SqliteStore> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|error| StoreError::Open {
@@ -69,25 +67,9 @@ impl SqliteStore {
                 error,
             })?;
         }
-        let lock_path = path.with_extension("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|error| StoreError::Open {
-                path: lock_path.display().to_string(),
-                error,
-            })?;
-        if lock.try_lock().is_err() {
-            return Err(StoreError::Locked {
-                path: path.display().to_string(),
-            });
-        }
         let mut store = SqliteStore {
             conn: Self::connect(path)?,
             path: Some(path.to_owned()),
-            _lock: Some(Arc::new(lock)),
         };
         Migrations::from_slice(MIGRATIONS).to_latest(&mut store.conn)?;
         Ok(store)
@@ -98,11 +80,7 @@ impl SqliteStore {
     pub fn in_memory() -> Result<SqliteStore> {
         let mut conn = Connection::open_in_memory()?;
         Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
-        Ok(SqliteStore {
-            conn,
-            path: None,
-            _lock: None,
-        })
+        Ok(SqliteStore { conn, path: None })
     }
 
     fn connect(path: &Path) -> Result<Connection> {
@@ -186,8 +164,28 @@ impl Store for SqliteStore {
         Ok(next.map(from_ms))
     }
 
-    fn in_flight(&mut self) -> Result<Vec<EmailRow>> {
-        self.emails_where("status = 'sending' ORDER BY id", [])
+    fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let sql = format!(
+            "UPDATE emails SET lease_owner = ?1, lease_until = ?2
+             WHERE status = 'sending'
+               AND ((?4 AND lease_owner = ?1)
+                    OR (lease_until <= ?3 AND lease_owner IS NOT ?1))
+             RETURNING {EMAIL_COLUMNS}"
+        );
+        let mut rows: Vec<EmailRow> = {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![lease.owner, ms(lease.until), ms(now), own],
+                email_row,
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        tx.commit()?;
+        rows.sort_by_key(|e| e.id);
+        Ok(rows)
     }
 
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()> {
@@ -235,7 +233,6 @@ impl Store for SqliteStore {
         Ok(SqliteStore {
             conn: Self::connect(path)?,
             path: Some(path.clone()),
-            _lock: self._lock.clone(),
         })
     }
 }
@@ -366,12 +363,20 @@ impl Transaction for SqliteTx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn approve(&mut self, id: i64, to: &Addressee, data: &Value) -> Result<()> {
+    fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(
-            "UPDATE emails SET status = 'sending', recipient = ?2, locale = ?3, data = ?4
+            "UPDATE emails SET status = 'sending', recipient = ?2, locale = ?3, data = ?4,
+                 lease_owner = ?5, lease_until = ?6
              WHERE id = ?1",
         )?;
-        stmt.execute(params![id, to.recipient, to.locale, data.to_string()])?;
+        stmt.execute(params![
+            id,
+            to.recipient,
+            to.locale,
+            data.to_string(),
+            lease.owner,
+            ms(lease.until)
+        ])?;
         Ok(())
     }
 
@@ -433,6 +438,13 @@ mod tests {
         }
     }
 
+    fn lease(owner: &str) -> Lease {
+        Lease {
+            owner: owner.into(),
+            until: t("2026-06-01T00:00:00Z"),
+        }
+    }
+
     fn to() -> Addressee {
         Addressee {
             recipient: Some("anna@example.com".into()),
@@ -472,7 +484,7 @@ mod tests {
         // "d" is already on its way: a cancel must not touch it.
         let due = tx.due(t("2026-01-03T00:00:00Z"), 10).unwrap();
         let d = due.iter().find(|e| e.key == "d").unwrap().id;
-        tx.approve(d, &to(), &json!({})).unwrap();
+        tx.approve(d, &to(), &json!({}), &lease("w1")).unwrap();
         let selector = Selector {
             customer_id: "c-1".into(),
             order_id: "o-1".into(),
@@ -527,10 +539,13 @@ mod tests {
         let due = tx.due(t("2026-01-31T00:00:00Z"), 10).unwrap();
         let keys: Vec<&str> = due.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["first", "second", "late"]);
-        tx.approve(due[0].id, &to(), &json!({"x": 1})).unwrap();
+        tx.approve(due[0].id, &to(), &json!({"x": 1}), &lease("w1"))
+            .unwrap();
         tx.commit().unwrap();
 
-        let in_flight = s.in_flight().unwrap();
+        let in_flight = s
+            .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
+            .unwrap();
         assert_eq!(in_flight.len(), 1);
         assert_eq!(in_flight[0].data, json!({"x": 1}));
         assert_eq!(in_flight[0].recipient.as_deref(), Some("anna@example.com"));
@@ -575,7 +590,8 @@ mod tests {
             &to(),
         )
         .unwrap();
-        tx.approve(due[1].id, &to(), &json!({})).unwrap();
+        tx.approve(due[1].id, &to(), &json!({}), &lease("w1"))
+            .unwrap();
         tx.commit().unwrap();
         let decided: Vec<(String, Status)> = s
             .decisions()
@@ -591,7 +607,10 @@ mod tests {
                 ("c".into(), Status::Suppressed)
             ]
         );
-        let b = s.in_flight().unwrap()[0].id;
+        let b = s
+            .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
+            .unwrap()[0]
+            .id;
         s.mark_sent(b, t("2026-01-05T00:00:01Z"), "250 ok").unwrap();
         assert_eq!(s.decisions().unwrap().len(), 3);
     }
@@ -626,23 +645,50 @@ mod tests {
     }
 
     #[test]
-    fn one_process_at_a_time() {
+    fn a_lease_is_reclaimed_by_its_owner_at_once_and_by_others_when_it_expires() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("aftercare.db");
-        let first = SqliteStore::open(&path).unwrap();
-        assert!(matches!(
-            SqliteStore::open(&path),
-            Err(StoreError::Locked { .. })
-        ));
-        // The delivery workers' handle shares the lock.
-        let second = first.reopen().unwrap();
-        drop(first);
-        assert!(matches!(
-            SqliteStore::open(&path),
-            Err(StoreError::Locked { .. })
-        ));
-        drop(second);
-        assert!(SqliteStore::open(&path).is_ok());
+        let mut s = SqliteStore::open(&path).unwrap();
+        let mut tx = s.begin().unwrap();
+        tx.schedule(&email("k", "o-1", "welcome", "2026-01-02T00:00:00Z"))
+            .unwrap();
+        let id = tx.due(t("2026-01-03T00:00:00Z"), 1).unwrap()[0].id;
+        tx.approve(id, &to(), &json!({}), &lease("w1")).unwrap();
+        tx.commit().unwrap();
+
+        let before_expiry = t("2026-05-01T00:00:00Z");
+        let mut other = s.reopen().unwrap();
+        // Another worker waits for the lease; a periodic look by the owner
+        // leaves its own deliveries alone.
+        assert!(
+            other
+                .reclaim(&lease("w2"), before_expiry, true)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            s.reclaim(&lease("w1"), before_expiry, false)
+                .unwrap()
+                .is_empty()
+        );
+        // The owner started again takes it back at once...
+        assert_eq!(
+            s.reclaim(&lease("w1"), before_expiry, true).unwrap().len(),
+            1
+        );
+        // ...and once the lease has expired, anyone else may.
+        let after_expiry = t("2026-07-01T00:00:00Z");
+        let taken = other.reclaim(&lease("w2"), after_expiry, false).unwrap();
+        assert_eq!(
+            taken.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["k"]
+        );
+        assert!(
+            other
+                .reclaim(&lease("w3"), before_expiry, false)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
