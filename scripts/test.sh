@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of aftercare. Installs what the tests need first (Postfix,
-# for its smtp-sink SMTP server), then checks formatting and lints, then runs
-# the unit and integration tests. The servers are started by the tests
-# themselves, on loopback, and stopped when each test ends.
+# for its smtp-sink SMTP server; tansu, a Kafka-protocol broker, from
+# crates.io: about ten minutes to build, once), then checks formatting and
+# lints, then runs the unit and integration tests. The servers are started by
+# the tests themselves, on loopback ports, and stopped when each test ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,12 @@ if ! command -v smtp-sink >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-sink ]; then
   echo "==> Installing Postfix (smtp-sink, a real SMTP server for the tests)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$cargo_bin/tansu" ]; then
+  echo "==> Installing tansu (a Kafka-protocol broker for the tests; builds once)"
+  cargo install tansu --version 0.6.0 --features dynostore,libsql --locked
 fi
 
 echo "==> cargo fmt --check"

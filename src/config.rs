@@ -485,6 +485,32 @@ mod tests {
     }
 
     #[test]
+    fn the_kafka_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kafka.toml");
+        let c = Config::load(Some(&path), std::iter::empty()).unwrap();
+        assert_eq!(c.source.kind, SourceKind::Kafka);
+        assert_eq!(
+            c.source.kafka.topics.all(),
+            ["orders", "shipments", "returns"]
+        );
+    }
+
+    #[test]
+    fn kafka_settings_aftercare_owns_are_refused() {
+        let err =
+            load_str("[source]\nkind = \"kafka\"\n[source.kafka.options]\n\"group.id\" = \"x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("source.kafka.options.\"group.id\""), "{err}");
+        let err = load_str(
+            "[source]\nkind = \"kafka\"\n[source.kafka]\ndead_letter_topic = \"orders\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("source.kafka.dead_letter_topic"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = load_str("[mailer]\nfrm = \"x@y.z\"\n")
             .unwrap_err()

@@ -101,6 +101,7 @@ where
         Arc::clone(&sender),
         Arc::clone(&delivery_store),
         settings.concurrency,
+        Arc::clone(&stop),
     ));
     for email in resumed {
         if tx.send(email).await.is_err() {
@@ -115,6 +116,9 @@ where
         while !ingest_stop.load(Ordering::Relaxed) {
             let batch = source.next_batch(batch_size)?;
             let now = Timestamp::now();
+            // This worker fires the timers of the streams it reads, up to
+            // the earliest event of theirs not yet applied.
+            pipeline.set_streams(source.streams())?;
             let limit = batch.watermark.map_or(now, |w| w.min(now));
             let mut approved = Vec::new();
             ingest_batch(
@@ -283,11 +287,15 @@ impl Delivered {
 
 type Delivery = (EmailRow, Result<Outcome, StoreError>);
 
+/// Delivers what comes down the channel, `concurrency` at a time. Once
+/// `stop` is set, what has not started is released for other workers (or
+/// the next start) instead.
 async fn deliver_all<S: Store, M: Mailer>(
     mut rx: mpsc::Receiver<EmailRow>,
     sender: Arc<Sender<M>>,
     store: Arc<Mutex<S>>,
     concurrency: usize,
+    stop: Arc<AtomicBool>,
 ) -> Result<Delivered, StoreError> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running: JoinSet<Delivery> = JoinSet::new();
@@ -295,7 +303,12 @@ async fn deliver_all<S: Store, M: Mailer>(
     let unwrap = |r: Result<Delivery, tokio::task::JoinError>| {
         r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     };
+    let mut released = Vec::new();
     while let Some(email) = rx.recv().await {
+        if stop.load(Ordering::Relaxed) {
+            released.push(email.id);
+            continue;
+        }
         let permit = Arc::clone(&permits)
             .acquire_owned()
             .await
@@ -310,6 +323,19 @@ async fn deliver_all<S: Store, M: Mailer>(
             let (email, outcome) = unwrap(result);
             done.record(email, outcome)?;
         }
+    }
+    if !released.is_empty() {
+        tracing::info!(
+            count = released.len(),
+            "Released undelivered emails to other workers."
+        );
+        let store = Arc::clone(&store);
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+            store.release(&released)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     }
     while let Some(result) = running.join_next().await {
         let (email, outcome) = unwrap(result);

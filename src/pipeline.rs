@@ -73,6 +73,10 @@ pub struct Pipeline<S: Store> {
     context: Context,
     fire_batch: usize,
     lease: LeasePolicy,
+    /// The streams whose emails this worker fires (`None`: all). A timer
+    /// belongs to the stream of the event that set it: its reader knows how
+    /// far that stream's events are applied, so when it may fire.
+    streams: Option<Vec<String>>,
     /// Earliest fire time of a pending email, kept so that the ingest loop
     /// need not ask the store before every event.
     next_fire: Option<Timestamp>,
@@ -93,13 +97,14 @@ impl<S: Store> Pipeline<S> {
         fire_batch: usize,
         lease: LeasePolicy,
     ) -> Result<Pipeline<S>, StoreError> {
-        let next_fire = store.next_fire()?;
+        let next_fire = store.next_fire(None)?;
         Ok(Pipeline {
             store,
             journeys,
             context,
             fire_batch,
             lease,
+            streams: None,
             next_fire,
             stats: Stats::default(),
         })
@@ -111,6 +116,15 @@ impl<S: Store> Pipeline<S> {
 
     pub fn next_fire(&self) -> Option<Timestamp> {
         self.next_fire
+    }
+
+    /// Sets the streams this worker reads (after a rebalance, say).
+    pub fn set_streams(&mut self, streams: Option<Vec<String>>) -> Result<(), StoreError> {
+        if streams != self.streams {
+            self.streams = streams;
+            self.next_fire = self.store.next_fire(self.streams.as_deref())?;
+        }
+        Ok(())
     }
 
     /// Applies `entries` from `source`. `now` bounds how far timers may fire
@@ -147,6 +161,7 @@ impl<S: Store> Pipeline<S> {
                             &self.journeys,
                             &self.context.locales,
                             &event,
+                            &entry.position.key,
                             &mut self.next_fire,
                             &mut self.stats,
                         )?;
@@ -211,7 +226,7 @@ impl<S: Store> Pipeline<S> {
                 until: Timestamp::now() + self.lease.duration,
             };
             let mut tx = self.store.begin()?;
-            let due = tx.due(until, self.fire_batch)?;
+            let due = tx.due(until, self.streams.as_deref(), self.fire_batch)?;
             if due.is_empty() {
                 break;
             }
@@ -250,7 +265,7 @@ impl<S: Store> Pipeline<S> {
             tx.commit()?;
             approved.append(&mut batch);
         }
-        self.next_fire = self.store.next_fire()?;
+        self.next_fire = self.store.next_fire(self.streams.as_deref())?;
         Ok(())
     }
 }
@@ -342,6 +357,7 @@ fn apply<T: Transaction>(
     journeys: &Journeys,
     locales: &Locales,
     event: &Event,
+    stream: &str,
     next_fire: &mut Option<Timestamp>,
     stats: &mut Stats,
 ) -> Result<Applied, StoreError> {
@@ -361,7 +377,7 @@ fn apply<T: Transaction>(
     for command in &transition.commands {
         match command {
             Command::Schedule(email) => {
-                if tx.schedule(email)? {
+                if tx.schedule(email, stream)? {
                     stats.scheduled += 1;
                     *next_fire = Some(next_fire.map_or(email.due_at, |t| t.min(email.due_at)));
                 }
@@ -435,7 +451,7 @@ mod tests {
     fn status_of(p: &mut Pipeline<SqliteStore>, key: &str) -> Option<(Status, Option<String>)> {
         let store = p.store();
         let mut tx = store.begin().unwrap();
-        let rows = tx.due(Timestamp::MAX, 1000).unwrap();
+        let rows = tx.due(Timestamp::MAX, None, 1000).unwrap();
         drop(tx);
         let pending = rows
             .iter()

@@ -368,7 +368,7 @@ fn invalid_events_go_to_the_dead_letter_file_and_neighbours_are_processed() {
         reasons[3],
         (
             5,
-            "missing required field `customer.email` on the first event of customer `c-9`"
+            "missing required field `customer.email` on the first order of customer `c-9`"
         )
     );
     assert!(

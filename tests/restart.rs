@@ -6,26 +6,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Work, stderr, stdout};
+use common::{Work, stderr};
 
-/// The emails `simulate` plans to send, as sorted
-/// `customer template order` lines (a multiset: one line per email).
+/// The planned emails, sorted: a multiset to compare with what was sent.
 fn planned(work: &Work, log: &std::path::Path) -> Vec<String> {
-    let out = work.run(&["simulate", log.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let mut plan: Vec<String> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["status"] == "sent")
-        .map(|v| {
-            format!(
-                "{} {} {}",
-                v["customer_id"].as_str().unwrap(),
-                v["template"].as_str().unwrap(),
-                v["order_id"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let mut plan = common::planned(work, log);
     plan.sort();
     plan
 }

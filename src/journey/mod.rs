@@ -70,7 +70,7 @@ pub enum Command {
 /// An event that is valid on its own but not for this customer's state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    #[error("missing required field `customer.email` on the first event of customer `{0}`")]
+    #[error("missing required field `customer.email` on the first order of customer `{0}`")]
     FirstEventWithoutEmail(String),
 }
 
@@ -102,9 +102,13 @@ impl Journeys {
     /// Applies one event to a customer's journey. `state` is `None` for a
     /// customer never seen before.
     pub fn step(&self, state: Option<Journey>, event: &Event) -> Result<Transition, Rejection> {
-        let is_new = state.is_none();
         let mut j = state.unwrap_or_default();
-        if is_new && event.customer.email.is_none() {
+        // An order is where a shop first meets a customer: without an
+        // address it cannot be followed up. Other events of a customer we
+        // have not seen yet are kept: from another topic they can arrive
+        // before the order that introduces the customer.
+        let placing = matches!(event.kind, EventKind::OrderPlaced { .. });
+        if placing && j.profile.email.is_none() && event.customer.email.is_none() {
             return Err(Rejection::FirstEventWithoutEmail(event.customer.id.clone()));
         }
         j.profile.apply(&event.customer);

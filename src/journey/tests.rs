@@ -566,7 +566,27 @@ fn the_same_order_placed_twice_has_effect_once() {
 }
 
 #[test]
-fn the_first_event_of_a_customer_needs_an_email() {
+fn a_shipment_event_may_arrive_before_the_order_that_introduces_the_customer() {
+    // Another topic: no address yet, but the event is kept.
+    let mut e = ev("e2", "2026-03-03T10:00:00Z", delivered("o-1", "s-1"));
+    e.customer = CustomerPatch {
+        id: "c-1".into(),
+        ..CustomerPatch::default()
+    };
+    let tr = journeys().step(None, &e).unwrap();
+    assert_eq!(tr.state.profile.email, None);
+    assert_eq!(scheduled(&tr.commands).len(), 3);
+    let tr = journeys()
+        .step(
+            Some(tr.state),
+            &ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        )
+        .unwrap();
+    assert_eq!(tr.state.profile.email.as_deref(), Some("anna@example.com"));
+}
+
+#[test]
+fn the_first_order_of_a_customer_needs_an_email() {
     let mut e = ev("e1", "2026-03-01T10:00:00Z", placed("o-1"));
     e.customer.email = None;
     assert_eq!(

@@ -15,16 +15,22 @@
 //! committed position), so a batch never carries a partition we no longer
 //! own.
 //!
-//! Timers across partitions: the source tracks, per partition, the time of
-//! the last event read and whether the partition is read to its end. Timers
-//! may fire up to the earliest time of a partition that still has unread
-//! events ([`Batch::watermark`]): an unread event there might cancel them.
+//! Event time across partitions: the three topics are read at different
+//! speeds, but a customer's events must be applied in the order they
+//! happened, and a timer must not fire before an earlier event that might
+//! cancel it. So the source keeps a queue per partition and hands events out
+//! merged by `occurred_at`: the earliest head first, and only while every
+//! partition that still has unread messages has something queued (else it
+//! might hold an earlier event). Within a partition the offset order is
+//! kept. A partition whose queue grows long is paused until it drains.
+//! Timers may fire up to the earliest event not yet handed out
+//! ([`Batch::watermark`]).
 //!
-//! A watchdog recreates the consumer when it gets nothing for
-//! `stall_timeout` while its partitions have unread messages (librdkafka can
-//! stall silently).
+//! A watchdog recreates the consumer when a partition with unread messages
+//! sends nothing for `stall_timeout` (librdkafka can stall silently).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,8 +55,12 @@ pub fn position_key(group: &str, topic: &str, partition: i32) -> String {
     format!("kafka:{group}:{topic}:{partition}")
 }
 
-/// How long the lag behind each partition's end may be left unchecked.
-const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often librdkafka reports where each partition ends (its statistics,
+/// from the fetch responses: no extra requests). The merge may wait this
+/// long on a partition before it knows it has read everything.
+const STATS_INTERVAL_MS: &str = "250";
+/// Events queued per partition before it is paused.
+const QUEUE_HIGH: usize = 5_000;
 
 type Partition = (String, i32);
 
@@ -59,6 +69,21 @@ type Partition = (String, i32);
 struct Shared {
     revoked: Mutex<Vec<Partition>>,
     assigned: Mutex<Vec<Partition>>,
+    /// An assignment (perhaps empty) has been received.
+    joined: AtomicBool,
+    /// From librdkafka's statistics: where each partition ends.
+    ends: Mutex<BTreeMap<Partition, Ends>>,
+}
+
+/// librdkafka's view of a partition.
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    /// The high watermark (the offset the next produced message gets).
+    high: i64,
+    /// The next offset to fetch, and how many fetched messages wait in
+    /// librdkafka's queue.
+    next_fetch: i64,
+    fetched: i64,
 }
 
 struct GroupContext {
@@ -67,7 +92,26 @@ struct GroupContext {
     shared: Arc<Shared>,
 }
 
-impl rdkafka::ClientContext for GroupContext {}
+impl rdkafka::ClientContext for GroupContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut ends = lock(&self.shared.ends);
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 {
+                    continue;
+                }
+                ends.insert(
+                    (topic.clone(), *partition),
+                    Ends {
+                        high: p.hi_offset,
+                        next_fetch: p.next_offset,
+                        fetched: p.fetchq_cnt,
+                    },
+                );
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(
@@ -98,6 +142,7 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 lock(&self.shared.assigned).extend(partitions);
+                self.shared.joined.store(true, Ordering::SeqCst);
                 if cooperative {
                     consumer.incremental_assign(&assignment)
                 } else {
@@ -130,23 +175,96 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What we know of one assigned partition.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct PartitionState {
     /// The next offset to read, once we know it.
     next: Option<i64>,
     /// The partition's end (high watermark) at the last check.
     high: Option<i64>,
-    /// Time of the last event read.
-    last_time: Option<Timestamp>,
+    /// Read, not yet handed out: `(event time, entry)`. An event without a
+    /// readable time (an invalid one) sorts first: it only goes to the
+    /// dead letters.
+    queue: VecDeque<(Option<Timestamp>, Entry)>,
+    /// The last time anything arrived from this partition (or since it
+    /// was assigned).
+    last_message: Option<Instant>,
+    paused: bool,
 }
 
 impl PartitionState {
+    /// Read to the end, as far as we know.
     fn at_end(&self) -> bool {
         matches!((self.next, self.high), (Some(n), Some(h)) if n >= h)
     }
+
+    /// Takes in librdkafka's latest statistics for the partition.
+    fn update(&mut self, ends: &Ends) {
+        if ends.high >= 0 {
+            self.high = Some(ends.high);
+        }
+        // Nothing handed to us yet: where the fetcher stands counts, once
+        // nothing it fetched is waiting for us.
+        if self.next.is_none() && ends.next_fetch >= 0 && ends.fetched == 0 {
+            self.next = Some(ends.next_fetch);
+        }
+    }
+
+    /// Nothing more to hand out until something new is produced.
+    fn drained(&self) -> bool {
+        self.at_end() && self.queue.is_empty()
+    }
 }
 
-/// Only the event time, to move the partition's clock.
+/// Hands out up to `max` queued events in event-time order, as long as no
+/// partition that may still hold an earlier event is empty. Records the
+/// offsets handed out in `uncommitted`. Also returns the time of the last
+/// event handed out: every timer up to it may fire before it is applied.
+fn merge(
+    partitions: &mut BTreeMap<Partition, PartitionState>,
+    uncommitted: &mut BTreeMap<Partition, i64>,
+    max: usize,
+) -> (Vec<Entry>, Option<Timestamp>) {
+    let mut out = Vec::new();
+    let mut last = None;
+    while out.len() < max {
+        let blocked = partitions
+            .values()
+            .any(|s| s.queue.is_empty() && !s.at_end());
+        if blocked {
+            break;
+        }
+        let earliest = partitions
+            .iter()
+            .filter_map(|(key, s)| s.queue.front().map(|(time, _)| (*time, key)))
+            .min()
+            .map(|(_, key)| key.clone());
+        let Some(key) = earliest else { break };
+        let state = partitions.get_mut(&key).expect("found above");
+        let (time, entry) = state.queue.pop_front().expect("found above");
+        if let Ok(next) = entry.position.value.parse::<i64>() {
+            uncommitted.insert(key, next);
+        }
+        last = time.max(last);
+        out.push(entry);
+    }
+    (out, last)
+}
+
+/// The earliest event time not handed out yet: timers may fire up to it.
+fn watermark(partitions: &BTreeMap<Partition, PartitionState>) -> Timestamp {
+    partitions
+        .values()
+        .filter(|s| !s.drained())
+        .map(|s| match s.queue.front() {
+            Some((time, _)) => time.unwrap_or(Timestamp::MIN),
+            // It may hold anything: nothing fires until it reports.
+            None => Timestamp::MIN,
+        })
+        .min()
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// Only the event time, to merge partitions by it.
 #[derive(Deserialize)]
 struct EventTime {
     occurred_at: Option<String>,
@@ -164,14 +282,15 @@ pub struct KafkaSource {
     /// Offsets handed out in the last batch: committed to Kafka once the
     /// store has them.
     uncommitted: BTreeMap<Partition, i64>,
-    last_check: Instant,
-    last_activity: Instant,
+    /// When the consumer was created: a partition that never sent anything
+    /// counts as silent since then.
+    created: Instant,
     /// Times the watchdog recreated the consumer.
     pub recoveries: u64,
 }
 
-/// The librdkafka settings of the consumer (and, minus the group, of the
-/// dead-letter producer).
+/// The librdkafka settings shared by the consumer and the dead-letter
+/// producer.
 pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
@@ -194,6 +313,9 @@ impl KafkaSource {
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
+        if !config.options.contains_key("statistics.interval.ms") {
+            client.set("statistics.interval.ms", STATS_INTERVAL_MS);
+        }
         let positions = Arc::new(positions);
         let shared = Arc::new(Shared::default());
         let consumer = Self::consumer(&client, config, &positions, &shared)?;
@@ -208,8 +330,7 @@ impl KafkaSource {
             positions,
             partitions: BTreeMap::new(),
             uncommitted: BTreeMap::new(),
-            last_check: now,
-            last_activity: now,
+            created: now,
             recoveries: 0,
         })
     }
@@ -231,58 +352,38 @@ impl KafkaSource {
         Ok(consumer)
     }
 
-    /// Takes in what the rebalance callback saw; drops what was revoked.
-    fn apply_rebalances(&mut self, entries: &mut Vec<Entry>) {
+    /// Takes in what the rebalance callback saw; drops what was revoked
+    /// (queued events included: the next owner reads them from the
+    /// committed position).
+    fn apply_rebalances(&mut self) {
         for partition in lock(&self.shared.assigned).drain(..) {
-            self.partitions.insert(partition, PartitionState::default());
+            let state = PartitionState {
+                last_message: Some(Instant::now()),
+                ..PartitionState::default()
+            };
+            self.partitions.insert(partition, state);
         }
-        let revoked: Vec<Partition> = lock(&self.shared.revoked).drain(..).collect();
-        if revoked.is_empty() {
-            return;
-        }
-        for partition in &revoked {
-            self.partitions.remove(partition);
-            self.uncommitted.remove(partition);
-        }
-        let before = entries.len();
-        entries.retain(|e| {
-            let topic = e.coordinates["topic"].as_str().unwrap_or_default();
-            let partition = e.coordinates["partition"].as_i64().unwrap_or(-1) as i32;
-            !revoked.iter().any(|(t, p)| t == topic && *p == partition)
-        });
-        if entries.len() < before {
-            tracing::info!(
-                dropped = before - entries.len(),
-                "Left the events of revoked partitions to their next owner."
-            );
+        for partition in lock(&self.shared.revoked).drain(..) {
+            if let Some(state) = self.partitions.remove(&partition)
+                && !state.queue.is_empty()
+            {
+                tracing::info!(
+                    topic = partition.0,
+                    partition = partition.1,
+                    dropped = state.queue.len(),
+                    "Left the events of a revoked partition to its next owner."
+                );
+            }
+            self.uncommitted.remove(&partition);
         }
     }
 
-    /// Asks the brokers where each partition ends.
-    fn check_ends(&mut self) {
-        self.last_check = Instant::now();
-        let positions = self.consumer.position().ok();
-        for ((topic, partition), state) in self.partitions.iter_mut() {
-            if state.next.is_none()
-                && let Some(Offset::Offset(n)) = positions
-                    .as_ref()
-                    .and_then(|p| p.find_partition(topic, *partition))
-                    .map(|e| e.offset())
-            {
-                state.next = Some(n);
-            }
-            match self
-                .consumer
-                .fetch_watermarks(topic, *partition, Duration::from_millis(500))
-            {
-                Ok((low, high)) => {
-                    state.high = Some(high);
-                    if state.next.is_none() && low == high {
-                        // Empty: nothing to wait for.
-                        state.next = Some(high);
-                    }
-                }
-                Err(e) => tracing::debug!(topic, partition, error = %e, "No watermarks."),
+    /// Takes in where librdkafka last saw each partition end.
+    fn update_ends(&mut self) {
+        let ends = lock(&self.shared.ends);
+        for (key, state) in self.partitions.iter_mut() {
+            if let Some(e) = ends.get(key) {
+                state.update(e);
             }
         }
     }
@@ -299,60 +400,94 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Recreates the consumer when it gets nothing while there is lag.
+    /// Recreates the consumer when a partition with unread messages has
+    /// sent nothing for `stall_timeout`.
     fn watchdog(&mut self) -> Result<(), KafkaError> {
-        let stalled = self.last_activity.elapsed() >= self.config.stall_timeout
-            && self.partitions.values().any(|s| !s.at_end());
+        let timeout = self.config.stall_timeout;
+        let created = self.created;
+        let stalled = self.partitions.values().any(|s| {
+            !s.at_end()
+                && s.queue.is_empty()
+                && !s.paused
+                && s.last_message.unwrap_or(created).elapsed() >= timeout
+        });
         if !stalled {
             return Ok(());
         }
         self.recoveries += 1;
         tracing::warn!(
             lag = ?self.lag(),
-            idle = ?self.last_activity.elapsed(),
             recoveries = self.recoveries,
             "Consumer stalled with unread messages; recreating it."
         );
         lock(&self.shared.assigned).clear();
         lock(&self.shared.revoked).clear();
+        lock(&self.shared.ends).clear();
+        self.shared.joined.store(false, Ordering::SeqCst);
         self.partitions.clear();
         self.uncommitted.clear();
         self.consumer = Self::consumer(&self.client, &self.config, &self.positions, &self.shared)?;
-        self.last_activity = Instant::now();
+        self.created = Instant::now();
         Ok(())
     }
 
-    fn entry(
+    /// Pauses partitions with long queues, resumes drained ones, so that
+    /// one partition racing ahead cannot fill the memory.
+    fn flow_control(&mut self) {
+        for ((topic, partition), state) in self.partitions.iter_mut() {
+            let want_paused = if state.paused {
+                state.queue.len() > QUEUE_HIGH / 2
+            } else {
+                state.queue.len() >= QUEUE_HIGH
+            };
+            if want_paused == state.paused {
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(topic, *partition);
+            let result = if want_paused {
+                self.consumer.pause(&tpl)
+            } else {
+                self.consumer.resume(&tpl)
+            };
+            match result {
+                Ok(()) => state.paused = want_paused,
+                Err(e) => tracing::warn!(topic, partition, error = %e, "Pause/resume failed."),
+            }
+        }
+    }
+
+    /// Queues a message read from a partition we own.
+    fn enqueue(
         &mut self,
         topic: &str,
         partition: i32,
         offset: i64,
         key: Option<&[u8]>,
         payload: &[u8],
-    ) -> Entry {
-        let state = self
-            .partitions
-            .entry((topic.to_owned(), partition))
-            .or_default();
+    ) {
+        let position = Position {
+            key: position_key(&self.config.group_id, topic, partition),
+            value: (offset + 1).to_string(),
+        };
+        let Some(state) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
+            return;
+        };
         state.next = Some(offset + 1);
-        if let Ok(EventTime {
-            occurred_at: Some(at),
-        }) = serde_json::from_slice(payload)
-            && let Ok(at) = at.parse::<Timestamp>()
-        {
-            state.last_time = Some(state.last_time.map_or(at, |t| t.max(at)));
-        }
-        self.uncommitted
-            .insert((topic.to_owned(), partition), offset + 1);
-        Entry {
-            raw: payload.to_vec(),
-            key: key.map(<[u8]>::to_vec),
-            coordinates: json!({"topic": topic, "partition": partition, "offset": offset}),
-            position: Position {
-                key: position_key(&self.config.group_id, topic, partition),
-                value: (offset + 1).to_string(),
+        state.last_message = Some(Instant::now());
+        let time = serde_json::from_slice::<EventTime>(payload)
+            .ok()
+            .and_then(|e| e.occurred_at)
+            .and_then(|at| at.parse::<Timestamp>().ok());
+        state.queue.push_back((
+            time,
+            Entry {
+                raw: payload.to_vec(),
+                key: key.map(<[u8]>::to_vec),
+                coordinates: json!({"topic": topic, "partition": partition, "offset": offset}),
+                position,
             },
-        }
+        ));
     }
 }
 
@@ -363,11 +498,9 @@ impl Source for KafkaSource {
 
     fn next_batch(&mut self, max: usize) -> Result<Batch, SourceError> {
         let deadline = Instant::now() + self.batch_wait;
-        let mut entries = Vec::new();
-        while entries.len() < max {
+        loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            let polled = self.consumer.poll(wait);
-            let message = match polled {
+            let polled = match self.consumer.poll(wait) {
                 None => None,
                 Some(Ok(m)) => Some((
                     m.topic().to_owned(),
@@ -382,39 +515,56 @@ impl Source for KafkaSource {
                     None
                 }
             };
-            self.apply_rebalances(&mut entries);
-            if let Some((topic, partition, offset, key, payload)) = message {
-                self.last_activity = Instant::now();
-                if self.partitions.contains_key(&(topic.clone(), partition)) {
-                    let entry = self.entry(&topic, partition, offset, key.as_deref(), &payload);
-                    entries.push(entry);
-                }
+            self.apply_rebalances();
+            if let Some((topic, partition, offset, key, payload)) = polled {
+                self.enqueue(&topic, partition, offset, key.as_deref(), &payload);
             }
-            if Instant::now() >= deadline {
+            let queued: usize = self.partitions.values().map(|s| s.queue.len()).sum();
+            if Instant::now() >= deadline || queued >= max.saturating_mul(2) {
                 break;
             }
         }
-        if entries.is_empty() || self.last_check.elapsed() >= WATERMARK_INTERVAL {
-            self.check_ends();
-        }
+        self.update_ends();
+        let (entries, handed_out) = merge(&mut self.partitions, &mut self.uncommitted, max);
+        tracing::trace!(
+            handed_out = entries.len(),
+            partitions = ?self
+                .partitions
+                .iter()
+                .map(|((t, p), s)| format!("{t}:{p} next={:?} high={:?} queued={}", s.next, s.high, s.queue.len()))
+                .collect::<Vec<_>>(),
+            "Merged partitions."
+        );
+        self.flow_control();
         if entries.is_empty() {
             self.watchdog()?;
         }
-        let caught_up = self.partitions.values().all(PartitionState::at_end);
-        // Timers wait for the slowest partition that still has unread
-        // events; one not read at all yet holds them entirely.
-        let watermark = self
-            .partitions
-            .values()
-            .filter(|s| !s.at_end())
-            .map(|s| s.last_time.unwrap_or(Timestamp::MIN))
-            .min();
+        // Until the group gives us partitions we know nothing of the
+        // topics: timers wait.
+        let joined = self.shared.joined.load(Ordering::SeqCst);
+        let caught_up = joined && self.partitions.values().all(PartitionState::drained);
+        // What was handed out was safe to apply when it was handed out: the
+        // timers up to it may fire, whatever is left queued.
+        let watermark = if joined {
+            watermark(&self.partitions).max(handed_out.unwrap_or(Timestamp::MIN))
+        } else {
+            Timestamp::MIN
+        };
         Ok(Batch {
             entries,
             caught_up,
             finished: false,
-            watermark: Some(watermark.unwrap_or(Timestamp::MAX)),
+            watermark: Some(watermark),
         })
+    }
+
+    fn streams(&self) -> Option<Vec<String>> {
+        Some(
+            self.partitions
+                .keys()
+                .map(|(topic, partition)| position_key(&self.config.group_id, topic, *partition))
+                .collect(),
+        )
     }
 
     fn committed(&mut self) {
@@ -428,7 +578,7 @@ impl Source for KafkaSource {
             }
         }
         // Async: the store already has these positions; the group offsets
-        // are for lag tools and for a store that is lost.
+        // are for lag tools, and for a store that is lost.
         if let Err(e) = self.consumer.commit(&offsets, CommitMode::Async) {
             tracing::warn!(error = %e, "Committing group offsets failed; the store has the positions.");
         }
@@ -439,18 +589,37 @@ impl Source for KafkaSource {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_partition_is_at_its_end_only_when_both_ends_are_known() {
-        let state = |next, high| PartitionState {
+    fn entry(partition: i32, offset: i64) -> Entry {
+        Entry {
+            raw: Vec::new(),
+            key: None,
+            coordinates: json!({"topic": "t", "partition": partition, "offset": offset}),
+            position: Position {
+                key: position_key("g", "t", partition),
+                value: (offset + 1).to_string(),
+            },
+        }
+    }
+
+    fn state(next: Option<i64>, high: Option<i64>, queue: &[(&str, i64)]) -> PartitionState {
+        PartitionState {
             next,
             high,
-            last_time: None,
-        };
-        assert!(state(Some(5), Some(5)).at_end());
-        assert!(state(Some(6), Some(5)).at_end());
-        assert!(!state(Some(4), Some(5)).at_end());
-        assert!(!state(None, Some(5)).at_end());
-        assert!(!state(Some(5), None).at_end());
+            queue: queue
+                .iter()
+                .map(|(t, o)| (Some(t.parse().unwrap()), entry(0, *o)))
+                .collect(),
+            ..PartitionState::default()
+        }
+    }
+
+    #[test]
+    fn a_partition_is_at_its_end_only_when_both_ends_are_known() {
+        assert!(state(Some(5), Some(5), &[]).at_end());
+        assert!(state(Some(6), Some(5), &[]).at_end());
+        assert!(!state(Some(4), Some(5), &[]).at_end());
+        assert!(!state(None, Some(5), &[]).at_end());
+        assert!(!state(Some(5), None, &[]).at_end());
     }
 
     #[test]
@@ -459,6 +628,53 @@ mod tests {
         assert_ne!(
             position_key("g1", "orders", 3),
             position_key("g2", "orders", 3)
+        );
+    }
+
+    /// The merge and the watermark on hand-built partitions.
+    fn merged(partitions: Vec<(i32, PartitionState)>, max: usize) -> (Vec<i64>, Timestamp) {
+        let mut p: BTreeMap<Partition, PartitionState> = partitions
+            .into_iter()
+            .map(|(n, s)| (("t".to_owned(), n), s))
+            .collect();
+        let mut uncommitted = BTreeMap::new();
+        let out = merge(&mut p, &mut uncommitted, max)
+            .0
+            .iter()
+            .map(|e| e.coordinates["offset"].as_i64().unwrap())
+            .collect();
+        (out, watermark(&p))
+    }
+
+    #[test]
+    fn events_come_out_in_time_order_across_partitions() {
+        let a = state(
+            Some(3),
+            Some(3),
+            &[("2024-01-01T10:00:00Z", 0), ("2024-01-03T10:00:00Z", 1)],
+        );
+        let b = state(Some(9), Some(9), &[("2024-01-02T10:00:00Z", 7)]);
+        let (order, watermark) = merged(vec![(0, a), (1, b)], 10);
+        assert_eq!(order, [0, 7, 1]);
+        assert_eq!(watermark, Timestamp::MAX, "everything read and handed out");
+    }
+
+    #[test]
+    fn a_partition_that_may_hold_an_earlier_event_holds_the_merge() {
+        let a = state(Some(1), Some(5), &[("2024-01-03T10:00:00Z", 0)]);
+        let behind = state(Some(2), Some(8), &[]);
+        let (order, watermark) = merged(vec![(0, a), (1, behind)], 10);
+        assert!(order.is_empty());
+        assert_eq!(watermark, Timestamp::MIN);
+        // Once it is known to be at its end, the merge goes on.
+        let a = state(Some(1), Some(5), &[("2024-01-03T10:00:00Z", 0)]);
+        let done = state(Some(8), Some(8), &[]);
+        let (order, watermark) = merged(vec![(0, a), (1, done)], 10);
+        assert_eq!(order, [0]);
+        assert_eq!(
+            watermark,
+            Timestamp::MIN,
+            "partition 0 is not read to its end"
         );
     }
 }

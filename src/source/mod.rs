@@ -73,4 +73,10 @@ pub trait Source: Send {
     /// store: a source with its own bookkeeping (Kafka group offsets) may
     /// record them too.
     fn committed(&mut self) {}
+    /// For a source read by several workers sharing a store: the streams
+    /// (position keys) this worker reads now, whose timers it fires. `None`:
+    /// it reads everything, and fires every timer.
+    fn streams(&self) -> Option<Vec<String>> {
+        None
+    }
 }

@@ -130,8 +130,10 @@ pub trait Transaction {
     fn mark_seen(&mut self, event_id: &str) -> Result<()>;
     fn journey(&mut self, customer_id: &str) -> Result<Option<Journey>>;
     fn save_journey(&mut self, customer_id: &str, journey: &Journey) -> Result<()>;
-    /// Inserts a pending email; `false` if its key exists (nothing changes).
-    fn schedule(&mut self, email: &NewEmail) -> Result<bool>;
+    /// Inserts a pending email, fired by whoever reads `stream` (the
+    /// position key of the event that scheduled it); `false` if its key
+    /// exists (nothing changes).
+    fn schedule(&mut self, email: &NewEmail, stream: &str) -> Result<bool>;
     /// Inserts an email already decided; `false` if its key exists.
     fn record(
         &mut self,
@@ -142,8 +144,14 @@ pub trait Transaction {
     ) -> Result<bool>;
     /// Cancels the pending emails `selector` names; returns how many.
     fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize>;
-    /// Pending emails whose fire time is at or before `until`, oldest first.
-    fn due(&mut self, until: Timestamp, limit: usize) -> Result<Vec<EmailRow>>;
+    /// Pending emails whose fire time is at or before `until`, oldest
+    /// first; of `streams` only, when given.
+    fn due(
+        &mut self,
+        until: Timestamp,
+        streams: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<EmailRow>>;
     /// Moves a pending email to `sending` with its final data, claimed by
     /// `lease`.
     fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()>;
@@ -163,13 +171,16 @@ pub trait Store: Send + 'static {
 
     fn begin(&mut self) -> Result<Self::Tx<'_>>;
     fn position(&mut self, source: &str) -> Result<Option<String>>;
-    /// The earliest fire time of a pending email.
-    fn next_fire(&mut self) -> Result<Option<Timestamp>>;
+    /// The earliest fire time of a pending email (of `streams`, if given).
+    fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>>;
     /// Claims emails approved but not known to be sent, whose lease has
     /// expired (and, with `own`, those of `lease.owner` whatever their
     /// lease: a restarted worker's). They are delivered again with the same
     /// key, hence the same Message-ID.
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>>;
+    /// Gives up this worker's claim on approved emails it will not deliver
+    /// (shutting down): any worker may take them at once.
+    fn release(&mut self, ids: &[i64]) -> Result<()>;
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()>;
     /// Puts an email back to wait until `fire_at` after a transient failure.
     fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;

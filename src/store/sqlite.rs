@@ -37,12 +37,33 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
          last_reply TEXT,
          decided_at INTEGER,
          lease_owner TEXT,
-         lease_until INTEGER
+         lease_until INTEGER,
+         -- The stream (file, topic partition) whose reader fires it.
+         stream TEXT NOT NULL DEFAULT ''
      );
      CREATE INDEX emails_pending_fire ON emails (fire_at) WHERE status = 'pending';
+     CREATE INDEX emails_pending_stream ON emails (stream, fire_at) WHERE status = 'pending';
      CREATE INDEX emails_pending_order ON emails (customer_id, order_id) WHERE status = 'pending';
      CREATE INDEX emails_sending ON emails (lease_until) WHERE status = 'sending';
      CREATE TABLE positions (source TEXT PRIMARY KEY, position TEXT NOT NULL) WITHOUT ROWID;
+     -- Every status an email takes, in order: an audit trail of what was
+     -- decided when (approved, cancelled, sent...).
+     CREATE TABLE email_log (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         email_id INTEGER NOT NULL,
+         status TEXT NOT NULL,
+         at INTEGER NOT NULL
+     );
+     CREATE INDEX email_log_email ON email_log (email_id);
+     CREATE TRIGGER email_log_insert AFTER INSERT ON emails BEGIN
+         INSERT INTO email_log (email_id, status, at)
+         VALUES (NEW.id, NEW.status, CAST(unixepoch('subsec') * 1000 AS INTEGER));
+     END;
+     CREATE TRIGGER email_log_update AFTER UPDATE OF status ON emails
+     WHEN NEW.status IS NOT OLD.status BEGIN
+         INSERT INTO email_log (email_id, status, at)
+         VALUES (NEW.id, NEW.status, CAST(unixepoch('subsec') * 1000 AS INTEGER));
+     END;
      CREATE TABLE suppressed_addresses (
          address TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL
      ) WITHOUT ROWID;",
@@ -100,6 +121,10 @@ impl SqliteStore {
     }
 }
 
+fn json_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_default()
+}
+
 fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
@@ -155,12 +180,20 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn next_fire(&mut self) -> Result<Option<Timestamp>> {
-        let next: Option<i64> = self.conn.query_row(
-            "SELECT min(fire_at) FROM emails WHERE status = 'pending'",
-            [],
-            |r| r.get(0),
-        )?;
+    fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
+        let next: Option<i64> = match streams {
+            None => self.conn.query_row(
+                "SELECT min(fire_at) FROM emails WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )?,
+            Some(streams) => self.conn.query_row(
+                "SELECT min(fire_at) FROM emails
+                 WHERE status = 'pending' AND stream IN (SELECT value FROM json_each(?1))",
+                [json_list(streams)],
+                |r| r.get(0),
+            )?,
+        };
         Ok(next.map(from_ms))
     }
 
@@ -186,6 +219,16 @@ impl Store for SqliteStore {
         tx.commit()?;
         rows.sort_by_key(|e| e.id);
         Ok(rows)
+    }
+
+    fn release(&mut self, ids: &[i64]) -> Result<()> {
+        let ids = serde_json::to_string(ids).unwrap_or_default();
+        self.conn.execute(
+            "UPDATE emails SET lease_until = 0
+             WHERE status = 'sending' AND id IN (SELECT value FROM json_each(?1))",
+            [ids],
+        )?;
+        Ok(())
     }
 
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()> {
@@ -245,14 +288,15 @@ impl SqliteTx<'_> {
     fn insert(
         &mut self,
         e: &NewEmail,
+        stream: &str,
         status: Status,
         reason: Option<&str>,
         to: Option<&Addressee>,
     ) -> Result<bool> {
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO emails (key, customer_id, template, class, order_id, due_at, fire_at,
-                 status, reason, data, recipient, locale, decided_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11,
+                 status, reason, data, recipient, locale, stream, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
                  CASE WHEN ?7 = 'pending' THEN NULL
                       ELSE CAST(unixepoch('subsec') * 1000 AS INTEGER) END)
              ON CONFLICT (key) DO NOTHING",
@@ -269,6 +313,7 @@ impl SqliteTx<'_> {
             e.data.to_string(),
             to.and_then(|t| t.recipient.as_deref()),
             to.map(|t| t.locale.as_str()),
+            stream,
         ])?;
         Ok(n == 1)
     }
@@ -318,8 +363,8 @@ impl Transaction for SqliteTx<'_> {
         Ok(())
     }
 
-    fn schedule(&mut self, email: &NewEmail) -> Result<bool> {
-        self.insert(email, Status::Pending, None, None)
+    fn schedule(&mut self, email: &NewEmail, stream: &str) -> Result<bool> {
+        self.insert(email, stream, Status::Pending, None, None)
     }
 
     fn record(
@@ -329,7 +374,7 @@ impl Transaction for SqliteTx<'_> {
         reason: &str,
         to: &Addressee,
     ) -> Result<bool> {
-        self.insert(email, verdict.into(), Some(reason), Some(to))
+        self.insert(email, "", verdict.into(), Some(reason), Some(to))
     }
 
     fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize> {
@@ -353,14 +398,38 @@ impl Transaction for SqliteTx<'_> {
         ])?)
     }
 
-    fn due(&mut self, until: Timestamp, limit: usize) -> Result<Vec<EmailRow>> {
-        let sql = format!(
-            "SELECT {EMAIL_COLUMNS} FROM emails WHERE status = 'pending' AND fire_at <= ?1
-             ORDER BY fire_at, id LIMIT ?2"
-        );
-        let mut stmt = self.tx.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![ms(until), limit as i64], email_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn due(
+        &mut self,
+        until: Timestamp,
+        streams: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<EmailRow>> {
+        let rows = match streams {
+            None => {
+                let sql = format!(
+                    "SELECT {EMAIL_COLUMNS} FROM emails WHERE status = 'pending' AND fire_at <= ?1
+                     ORDER BY fire_at, id LIMIT ?2"
+                );
+                let mut stmt = self.tx.prepare_cached(&sql)?;
+                stmt.query_map(params![ms(until), limit as i64], email_row)?
+                    .collect::<Result<_, _>>()?
+            }
+            Some(streams) => {
+                let sql = format!(
+                    "SELECT {EMAIL_COLUMNS} FROM emails
+                     WHERE status = 'pending' AND fire_at <= ?1
+                       AND stream IN (SELECT value FROM json_each(?3))
+                     ORDER BY fire_at, id LIMIT ?2"
+                );
+                let mut stmt = self.tx.prepare_cached(&sql)?;
+                stmt.query_map(
+                    params![ms(until), limit as i64, json_list(streams)],
+                    email_row,
+                )?
+                .collect::<Result<_, _>>()?
+            }
+        };
+        Ok(rows)
     }
 
     fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()> {
@@ -457,15 +526,15 @@ mod tests {
         let mut s = SqliteStore::in_memory().unwrap();
         let mut tx = s.begin().unwrap();
         assert!(
-            tx.schedule(&email("k1", "o-1", "welcome", "2026-01-02T00:00:00Z"))
+            tx.schedule(&email("k1", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
                 .unwrap()
         );
         assert!(
-            !tx.schedule(&email("k1", "o-1", "welcome", "2026-01-09T00:00:00Z"))
+            !tx.schedule(&email("k1", "o-1", "welcome", "2026-01-09T00:00:00Z"), "s")
                 .unwrap()
         );
         tx.commit().unwrap();
-        assert_eq!(s.next_fire().unwrap(), Some(t("2026-01-02T00:00:00Z")));
+        assert_eq!(s.next_fire(None).unwrap(), Some(t("2026-01-02T00:00:00Z")));
     }
 
     #[test]
@@ -478,11 +547,11 @@ mod tests {
             ("c", "o-2", "review_request"),
             ("d", "o-1", "thank_you"),
         ] {
-            tx.schedule(&email(key, order, template, "2026-01-02T00:00:00Z"))
+            tx.schedule(&email(key, order, template, "2026-01-02T00:00:00Z"), "s")
                 .unwrap();
         }
         // "d" is already on its way: a cancel must not touch it.
-        let due = tx.due(t("2026-01-03T00:00:00Z"), 10).unwrap();
+        let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
         let d = due.iter().find(|e| e.key == "d").unwrap().id;
         tx.approve(d, &to(), &json!({}), &lease("w1")).unwrap();
         let selector = Selector {
@@ -528,15 +597,15 @@ mod tests {
     fn due_emails_come_by_fire_time_then_creation_and_retries_wait() {
         let mut s = SqliteStore::in_memory().unwrap();
         let mut tx = s.begin().unwrap();
-        tx.schedule(&email("late", "o-1", "a", "2026-01-03T00:00:00Z"))
+        tx.schedule(&email("late", "o-1", "a", "2026-01-03T00:00:00Z"), "s")
             .unwrap();
-        tx.schedule(&email("first", "o-1", "b", "2026-01-02T00:00:00Z"))
+        tx.schedule(&email("first", "o-1", "b", "2026-01-02T00:00:00Z"), "s")
             .unwrap();
-        tx.schedule(&email("second", "o-1", "c", "2026-01-02T00:00:00Z"))
+        tx.schedule(&email("second", "o-1", "c", "2026-01-02T00:00:00Z"), "s")
             .unwrap();
-        tx.schedule(&email("future", "o-1", "d", "2026-02-01T00:00:00Z"))
+        tx.schedule(&email("future", "o-1", "d", "2026-02-01T00:00:00Z"), "s")
             .unwrap();
-        let due = tx.due(t("2026-01-31T00:00:00Z"), 10).unwrap();
+        let due = tx.due(t("2026-01-31T00:00:00Z"), None, 10).unwrap();
         let keys: Vec<&str> = due.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["first", "second", "late"]);
         tx.approve(due[0].id, &to(), &json!({"x": 1}), &lease("w1"))
@@ -553,12 +622,12 @@ mod tests {
         s.mark_retry(in_flight[0].id, t("2026-01-20T00:00:00Z"), "451 try later")
             .unwrap();
         let mut tx = s.begin().unwrap();
-        let due = tx.due(t("2026-01-10T00:00:00Z"), 10).unwrap();
+        let due = tx.due(t("2026-01-10T00:00:00Z"), None, 10).unwrap();
         assert_eq!(
             due.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
             ["second", "late"]
         );
-        let due = tx.due(t("2026-01-20T00:00:00Z"), 10).unwrap();
+        let due = tx.due(t("2026-01-20T00:00:00Z"), None, 10).unwrap();
         assert!(due.iter().any(|e| e.key == "first" && e.attempts == 1));
         // The plan keeps the original due time.
         assert_eq!(
@@ -571,7 +640,7 @@ mod tests {
     fn decisions_are_the_final_ones_by_due_time() {
         let mut s = SqliteStore::in_memory().unwrap();
         let mut tx = s.begin().unwrap();
-        tx.schedule(&email("b", "o-1", "b", "2026-01-05T00:00:00Z"))
+        tx.schedule(&email("b", "o-1", "b", "2026-01-05T00:00:00Z"), "s")
             .unwrap();
         tx.record(
             &email("a", "o-1", "a", "2026-01-01T00:00:00Z"),
@@ -580,9 +649,9 @@ mod tests {
             &to(),
         )
         .unwrap();
-        tx.schedule(&email("c", "o-1", "c", "2026-01-02T00:00:00Z"))
+        tx.schedule(&email("c", "o-1", "c", "2026-01-02T00:00:00Z"), "s")
             .unwrap();
-        let due = tx.due(t("2026-01-06T00:00:00Z"), 10).unwrap();
+        let due = tx.due(t("2026-01-06T00:00:00Z"), None, 10).unwrap();
         tx.decide(
             due[0].id,
             Verdict::Suppressed,
@@ -650,9 +719,9 @@ mod tests {
         let path = dir.path().join("aftercare.db");
         let mut s = SqliteStore::open(&path).unwrap();
         let mut tx = s.begin().unwrap();
-        tx.schedule(&email("k", "o-1", "welcome", "2026-01-02T00:00:00Z"))
+        tx.schedule(&email("k", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
             .unwrap();
-        let id = tx.due(t("2026-01-03T00:00:00Z"), 1).unwrap()[0].id;
+        let id = tx.due(t("2026-01-03T00:00:00Z"), None, 1).unwrap()[0].id;
         tx.approve(id, &to(), &json!({}), &lease("w1")).unwrap();
         tx.commit().unwrap();
 
@@ -677,6 +746,16 @@ mod tests {
             1
         );
         // ...and once the lease has expired, anyone else may.
+        // A worker shutting down releases what it will not deliver.
+        s.release(&[id]).unwrap();
+        let mut third = s.reopen().unwrap();
+        assert_eq!(
+            third
+                .reclaim(&lease("w3"), before_expiry, false)
+                .unwrap()
+                .len(),
+            1
+        );
         let after_expiry = t("2026-07-01T00:00:00Z");
         let taken = other.reclaim(&lease("w2"), after_expiry, false).unwrap();
         assert_eq!(
@@ -688,6 +767,48 @@ mod tests {
                 .reclaim(&lease("w3"), before_expiry, false)
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn every_status_change_is_logged_in_order() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut tx = s.begin().unwrap();
+        tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
+            .unwrap();
+        tx.schedule(&email("b", "o-1", "thank_you", "2026-01-02T00:00:00Z"), "s")
+            .unwrap();
+        let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+        tx.approve(due[1].id, &to(), &json!({}), &lease("w1"))
+            .unwrap();
+        tx.decide(
+            due[0].id,
+            Verdict::Suppressed,
+            "no marketing consent",
+            &to(),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        s.mark_sent(due[1].id, t("2026-01-03T00:00:00Z"), "250")
+            .unwrap();
+        let log: Vec<(i64, String)> = s
+            .conn
+            .prepare("SELECT email_id, status FROM email_log ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let (a, b) = (due[0].id, due[1].id);
+        assert_eq!(
+            log,
+            [
+                (a, "pending".into()),
+                (b, "pending".into()),
+                (b, "sending".into()),
+                (a, "suppressed".into()),
+                (b, "sent".into()),
+            ]
         );
     }
 

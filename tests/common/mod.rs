@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tansu;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -93,6 +95,52 @@ impl Work {
         .map(Result::unwrap)
         .collect()
     }
+}
+
+impl Work {
+    /// `customer template order` of every approved email, in the order the
+    /// worker(s) approved them.
+    pub fn approvals(&self) -> Vec<String> {
+        let conn = rusqlite::Connection::open(self.path("data/aftercare.db")).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT e.customer_id, e.template, coalesce(e.order_id, '')
+                 FROM email_log l JOIN emails e ON e.id = l.email_id
+                 WHERE l.status = 'sending' ORDER BY l.seq",
+            )
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok(format!(
+                "{} {} {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    }
+}
+
+/// The emails `simulate` plans to send, as `customer template order`, in
+/// plan order.
+pub fn planned(work: &Work, log: &Path) -> Vec<String> {
+    let out = work.run(&["simulate", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["status"] == "sent")
+        .map(|v| {
+            format!(
+                "{} {} {}",
+                v["customer_id"].as_str().unwrap(),
+                v["template"].as_str().unwrap(),
+                v["order_id"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 pub struct Stored {

@@ -1,0 +1,178 @@
+//! A real Kafka-protocol broker for the tests: tansu, in memory, on a
+//! loopback port. Topics are created and events produced with rdkafka.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+use super::{free_port, wait_for_port};
+
+fn binary() -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let installed = home.join("bin/tansu");
+    if installed.exists() {
+        return installed;
+    }
+    PathBuf::from("tansu")
+}
+
+pub struct Tansu {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let port = free_port();
+        let mut tansu = Tansu { port, child: None };
+        tansu.spawn();
+        tansu
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let child = Command::new(binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (scripts/test.sh installs it with cargo install)");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(20));
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker (SIGKILL: as a crash or a network outage looks).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers());
+        c
+    }
+
+    pub fn create_topics(&self, topics: &[&str], partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
+        let new: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let results = runtime
+            .block_on(admin.create_topics(&new, &AdminOptions::new()))
+            .expect("create topics");
+        for r in results {
+            r.expect("topic created");
+        }
+    }
+
+    /// Produces `(topic, key, payload)` in order and waits for every ack.
+    pub fn produce(&self, records: &[(String, String, String)]) {
+        let producer: FutureProducer = self
+            .client()
+            .set("message.timeout.ms", "20000")
+            .create()
+            .unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            for (topic, key, payload) in records {
+                producer
+                    .send(
+                        FutureRecord::to(topic).key(key).payload(payload),
+                        Duration::from_secs(20),
+                    )
+                    .await
+                    .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+            }
+        });
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// Every message of `topic`: payload and headers.
+    pub fn read_all(&self, topic: &str, expected: usize) -> Vec<(String, Vec<(String, String)>)> {
+        let consumer: BaseConsumer = self
+            .client()
+            .set("group.id", format!("reader-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        let start = std::time::Instant::now();
+        while out.len() < expected && start.elapsed() < Duration::from_secs(30) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                out.push((payload, headers));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The topic an event belongs on, by its type.
+pub fn topic_of(event: &str) -> &'static str {
+    let v: serde_json::Value = serde_json::from_str(event).unwrap_or_default();
+    match v["type"].as_str().unwrap_or_default() {
+        t if t.starts_with("order.") => "orders",
+        t if t.starts_with("shipment.") => "shipments",
+        _ => "returns",
+    }
+}
+
+/// `(topic, customer key, event)` for every line of a JSONL log.
+pub fn records(log: &str) -> Vec<(String, String, String)> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            let key = v["customer"]["id"].as_str().unwrap_or("unknown").to_owned();
+            (topic_of(l).to_owned(), key, l.to_owned())
+        })
+        .collect()
+}

@@ -1,0 +1,413 @@
+//! The Kafka source against a real Kafka-protocol broker (tansu, started on
+//! a loopback port): topics and partitions, the dead-letter topic, crashes,
+//! rebalances, replays and shutdown with the broker gone.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::tansu::{Tansu, records};
+use common::{SmtpSink, Work, planned, stderr, stdout};
+
+const TOPICS: [&str; 3] = ["orders", "shipments", "returns"];
+const DEAD: &str = "aftercare.dead-letter";
+
+/// A broker with the three topics (3 partitions each) and the dead-letter
+/// topic, and `log` produced onto them keyed by customer.
+fn broker_with(log: &str) -> Tansu {
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    tansu.create_topics(&[DEAD], 1);
+    tansu.produce(&records(log));
+    tansu
+}
+
+fn kafka_config(tansu: &Tansu, group: &str, extra: &str) -> String {
+    format!(
+        "shutdown_grace = \"5s\"\n\
+         [source]\nkind = \"kafka\"\nbatch_size = 50\nbatch_wait = \"50ms\"\n\
+         [source.kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\nstall_timeout = \"20s\"\n\
+         [source.kafka.options]\n\
+         \"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         {extra}",
+        tansu.brokers()
+    )
+}
+
+/// A worker process, killed if a test fails while it runs.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Running {
+    // TEST_LOG=<filter> keeps each worker's log in /tmp for a failure's
+    // post-mortem.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let log = tempfile::Builder::new()
+            .prefix("aftercare-worker-")
+            .suffix(".log")
+            .tempfile()
+            .unwrap()
+            .keep()
+            .unwrap()
+            .0;
+        cmd.env("RUST_LOG", filter).stderr(log);
+    }
+    Running(cmd.spawn().unwrap())
+}
+
+fn sigterm(child: &Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Waits for `child` to exit; `None` if it is still running after `within`.
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The same emails (as a multiset), or a short diff.
+fn assert_same(got: &[String], want: &[String]) {
+    let count = |v: &[String]| {
+        let mut m: BTreeMap<String, i32> = BTreeMap::new();
+        for x in v {
+            *m.entry(x.clone()).or_default() += 1;
+        }
+        m
+    };
+    let (g, w) = (count(got), count(want));
+    let missing: Vec<_> = w
+        .iter()
+        .filter(|(k, n)| g.get(*k) < Some(n))
+        .map(|(k, _)| k)
+        .take(10)
+        .collect();
+    let extra: Vec<_> = g
+        .iter()
+        .filter(|(k, n)| w.get(*k) < Some(n))
+        .map(|(k, _)| k)
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} sent, {} planned; missing (first 10): {missing:?}; unexpected or twice: {extra:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// Per customer, the order of their emails.
+fn by_customer(lines: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in lines {
+        let (customer, rest) = line.split_once(' ').unwrap();
+        map.entry(customer.to_owned())
+            .or_default()
+            .push(rest.to_owned());
+    }
+    map
+}
+
+#[test]
+fn events_over_three_topics_give_the_planned_emails_in_order_per_customer() {
+    let log = common::generated_events(60);
+    let tansu = broker_with(&log);
+    let work = Work::new(&kafka_config(&tansu, "g1", ""));
+    let log_path = work.path("events.jsonl");
+    common::write(&log_path, &log);
+    let plan = planned(&work, &log_path);
+
+    let out = work
+        .command(&["run", "--once"])
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").unwrap_or("warn".into()),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    if std::env::var("TEST_LOG").is_ok() {
+        eprintln!("{}", stderr(&out));
+    }
+    let read = format!("Read {} events", log.lines().count());
+    assert!(stdout(&out).contains(&read), "{}", stdout(&out));
+
+    let approvals = work.approvals();
+    assert_same(&approvals, &plan);
+    assert_eq!(work.outbox().len(), plan.len());
+    // The order matters per customer only: customers are independent.
+    let (got, want) = (by_customer(&approvals), by_customer(&plan));
+    for (customer, emails) in &want {
+        assert_eq!(
+            got.get(customer),
+            Some(emails),
+            "order of {customer}'s emails"
+        );
+    }
+}
+
+#[test]
+fn invalid_events_go_to_the_dead_letter_topic_and_neighbours_are_processed() {
+    let mut log = common::generated_events(5);
+    let bad = [
+        "{not json",
+        r#"{"event_id":"bad-1","type":"order.exploded","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-1"}}"#,
+        r#"{"event_id":"bad-2","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-new"},"order":{"id":"o-x","total":"1.00","currency":"EUR","items":[]}}"#,
+    ];
+    for b in bad {
+        log.push_str(b);
+        log.push('\n');
+    }
+    let tansu = broker_with(&log);
+    let work = Work::new(&kafka_config(&tansu, "g1", ""));
+    let good_log = work.path("good.jsonl");
+    common::write(&good_log, &common::generated_events(5));
+    let plan = planned(&work, &good_log);
+
+    let out = work.run(&["run", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("3 invalid"), "{}", stdout(&out));
+    assert_eq!(
+        work.outbox().len(),
+        plan.len(),
+        "the valid neighbours were all processed"
+    );
+
+    let dead = tansu.read_all(DEAD, 3);
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    let mut reasons = BTreeSet::new();
+    for (payload, headers) in &dead {
+        let h: BTreeMap<&str, &str> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert!(bad.contains(&payload.as_str()), "{payload}");
+        assert!(TOPICS.contains(&h["aftercare-source-topic"]), "{h:?}");
+        assert!(h["aftercare-source-partition"].parse::<i32>().unwrap() < 3);
+        h["aftercare-source-offset"].parse::<i64>().unwrap();
+        reasons.insert(h["aftercare-reason"].split(':').next().unwrap().to_owned());
+    }
+    assert_eq!(
+        reasons,
+        BTreeSet::from([
+            "not valid JSON".to_owned(),
+            "unknown event type `order.exploded`".to_owned(),
+            "missing required field `customer.email` on the first order of customer `c-new`"
+                .to_owned(),
+        ])
+    );
+}
+
+#[test]
+fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
+    let log = common::generated_events(600);
+    let tansu = broker_with(&log);
+    let work = Work::new(&kafka_config(&tansu, "g1", "[sender]\nlease = \"2s\"\n"));
+    let log_path = work.path("events.jsonl");
+    common::write(&log_path, &log);
+    let plan = planned(&work, &log_path);
+
+    let mut kills = 0;
+    for fraction in [4, 2] {
+        let mut child = spawn(&mut work.command(&["run"]));
+        let target = plan.len() / fraction;
+        assert!(
+            common::wait_until(Duration::from_secs(120), || work.outbox().len() >= target),
+            "the worker did not get to {target} emails"
+        );
+        child.0.kill().unwrap();
+        if child.0.wait().unwrap().code().is_none() {
+            kills += 1;
+        }
+    }
+    assert_eq!(kills, 2);
+    assert!(
+        work.outbox().len() < plan.len(),
+        "nothing left to do after the kills"
+    );
+
+    // Started again, it finishes the work (the dead members leave the group
+    // when their sessions time out).
+    let mut last = spawn(&mut work.command(&["run"]));
+    let done = common::wait_until(Duration::from_secs(120), || {
+        work.outbox().len() >= plan.len()
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    sigterm(&last.0);
+    assert!(
+        wait_exit(&mut last.0, Duration::from_secs(20))
+            .expect("the worker stopped")
+            .success()
+    );
+    assert!(done, "{} of {} emails", work.outbox().len(), plan.len());
+    assert_same(&work.approvals(), &plan);
+    assert_eq!(work.outbox().len(), plan.len());
+    assert!(work.emails().iter().all(|(_, s)| s != "sending"));
+}
+
+#[test]
+fn a_second_worker_joining_and_leaving_loses_and_duplicates_nothing() {
+    let log = common::generated_events(600);
+    let tansu = broker_with(&log);
+    let sink = SmtpSink::start(&[]);
+    let smtp = format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        sink.port
+    );
+    let work = Work::new(&kafka_config(&tansu, "g1", &smtp));
+    let log_path = work.path("events.jsonl");
+    common::write(&log_path, &log);
+    let plan = planned(&work, &log_path);
+
+    let mut first = spawn(work.command(&["run"]).env("AFTERCARE_WORKER_ID", "w1"));
+    assert!(common::wait_until(Duration::from_secs(60), || sink
+        .messages()
+        .len()
+        >= plan.len() / 5));
+    let mut second = spawn(work.command(&["run"]).env("AFTERCARE_WORKER_ID", "w2"));
+    assert!(common::wait_until(Duration::from_secs(60), || sink
+        .messages()
+        .len()
+        >= plan.len() / 2));
+    sigterm(&second.0);
+    let status = wait_exit(&mut second.0, Duration::from_secs(20)).expect("the second worker left");
+    assert!(status.success());
+    let all_received = common::wait_until(Duration::from_secs(120), || {
+        sink.messages().len() >= plan.len()
+    });
+    if !all_received {
+        let mut statuses: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, status) in work.emails() {
+            *statuses.entry(status).or_default() += 1;
+        }
+        let mut approvals = work.approvals();
+        approvals.sort();
+        let mut sorted_plan = plan.clone();
+        sorted_plan.sort();
+        let reasons: Vec<String> = work
+            .stored()
+            .into_iter()
+            .filter(|e| e.status != "sent")
+            .map(|e| format!("{} {:?} {}", e.key, e.reason, e.status))
+            .collect();
+        let planned: BTreeSet<String> = plan.iter().cloned().collect();
+        let wrong: Vec<&String> = reasons
+            .iter()
+            .filter(|r| {
+                let mut k = r.split(' ').next().unwrap().split('/');
+                let (c, t, o) = (k.next().unwrap(), k.next().unwrap(), k.next().unwrap());
+                planned.contains(&format!("{c} {t} {}", o.split('~').next().unwrap()))
+            })
+            .take(15)
+            .collect();
+        panic!(
+            "{} of {} received; store: {statuses:?}; not sent but planned: {wrong:#?}",
+            sink.messages().len(),
+            plan.len(),
+        );
+    }
+    // A little longer, for any duplicate to arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    sigterm(&first.0);
+    assert!(
+        wait_exit(&mut first.0, Duration::from_secs(20))
+            .expect("the first worker stopped")
+            .success()
+    );
+
+    let ids: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|raw| {
+            let m = mail_parser::MessageParser::default().parse(raw).unwrap();
+            m.message_id().unwrap().to_owned()
+        })
+        .collect();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a message was delivered twice");
+    assert_eq!(ids.len(), plan.len());
+    // Both workers did a share.
+    let log_by_owner: Vec<(String, i64)> = {
+        let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT lease_owner, count(*) FROM emails WHERE status = 'sent' GROUP BY lease_owner")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(log_by_owner.len(), 2, "{log_by_owner:?}");
+}
+
+#[test]
+fn a_fresh_group_replaying_from_offset_zero_sends_nothing_new() {
+    let log = common::generated_events(40);
+    let tansu = broker_with(&log);
+    let first = Work::new(&kafka_config(&tansu, "g1", ""));
+    let out = first.run(&["run", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent = first.outbox();
+    assert!(!sent.is_empty());
+    let emails = first.emails();
+
+    // Same store, a new group: it has no positions, so it reads every
+    // partition from offset 0.
+    let config = kafka_config(&tansu, "g2", "");
+    common::write(
+        &first.config(),
+        &format!(
+            "data_dir = {:?}\ntemplates_dir = {:?}\n{config}",
+            first.path("data"),
+            common::repo().join("templates")
+        ),
+    );
+    let out = first.run(&["run", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(
+        summary.contains(&format!("({} duplicates", log.lines().count())),
+        "{summary}"
+    );
+    assert!(summary.contains("Sent 0 emails"), "{summary}");
+    assert_eq!(first.outbox(), sent);
+    assert_eq!(first.emails(), emails);
+}
+
+#[test]
+fn sigterm_with_the_broker_down_exits_within_the_grace_period() {
+    let log = common::generated_events(20);
+    let mut tansu = broker_with(&log);
+    let work = Work::new(&kafka_config(&tansu, "g1", ""));
+    let mut child = spawn(&mut work.command(&["run"]));
+    assert!(common::wait_until(Duration::from_secs(60), || !work
+        .outbox()
+        .is_empty()));
+    std::thread::sleep(Duration::from_secs(1));
+    tansu.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    let asked = Instant::now();
+    sigterm(&child.0);
+    let status = wait_exit(&mut child.0, Duration::from_secs(15));
+    let took = asked.elapsed();
+    let status = status.unwrap_or_else(|| panic!("still running {took:?} after SIGTERM"));
+    assert!(status.success(), "{status:?}");
+    // shutdown_grace is 5 s in this config, plus the runtime's last second.
+    assert!(took < Duration::from_secs(7), "took {took:?}");
+}
