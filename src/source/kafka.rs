@@ -250,6 +250,21 @@ fn merge(
     (out, last)
 }
 
+/// A partition that has unread messages (as far as we know), nothing
+/// queued, is not paused by us, and has sent nothing for `timeout`.
+fn stalled(
+    partitions: &BTreeMap<Partition, PartitionState>,
+    created: Instant,
+    timeout: Duration,
+) -> bool {
+    partitions.values().any(|s| {
+        !s.at_end()
+            && s.queue.is_empty()
+            && !s.paused
+            && s.last_message.unwrap_or(created).elapsed() >= timeout
+    })
+}
+
 /// The earliest event time not handed out yet: timers may fire up to it.
 fn watermark(partitions: &BTreeMap<Partition, PartitionState>) -> Timestamp {
     partitions
@@ -403,15 +418,7 @@ impl KafkaSource {
     /// Recreates the consumer when a partition with unread messages has
     /// sent nothing for `stall_timeout`.
     fn watchdog(&mut self) -> Result<(), KafkaError> {
-        let timeout = self.config.stall_timeout;
-        let created = self.created;
-        let stalled = self.partitions.values().any(|s| {
-            !s.at_end()
-                && s.queue.is_empty()
-                && !s.paused
-                && s.last_message.unwrap_or(created).elapsed() >= timeout
-        });
-        if !stalled {
+        if !stalled(&self.partitions, self.created, self.config.stall_timeout) {
             return Ok(());
         }
         self.recoveries += 1;
@@ -644,6 +651,37 @@ mod tests {
             .map(|e| e.coordinates["offset"].as_i64().unwrap())
             .collect();
         (out, watermark(&p))
+    }
+
+    #[test]
+    fn a_silent_partition_with_unread_messages_is_a_stall() {
+        let long_ago = Instant::now() - Duration::from_secs(120);
+        let silent_behind = PartitionState {
+            last_message: Some(long_ago),
+            ..state(Some(3), Some(9), &[])
+        };
+        let silent_at_end = PartitionState {
+            last_message: Some(long_ago),
+            ..state(Some(9), Some(9), &[])
+        };
+        let recent_behind = PartitionState {
+            last_message: Some(Instant::now()),
+            ..state(Some(3), Some(9), &[])
+        };
+        let paused_behind = PartitionState {
+            paused: true,
+            last_message: Some(long_ago),
+            ..state(Some(3), Some(9), &[])
+        };
+        let timeout = Duration::from_secs(60);
+        let one = |s: PartitionState| BTreeMap::from([(("t".to_owned(), 0), s)]);
+        assert!(stalled(&one(silent_behind), Instant::now(), timeout));
+        assert!(!stalled(&one(silent_at_end), Instant::now(), timeout));
+        assert!(!stalled(&one(recent_behind), Instant::now(), timeout));
+        assert!(!stalled(&one(paused_behind), Instant::now(), timeout));
+        // Never heard from since the consumer was made.
+        let never = state(None, None, &[]);
+        assert!(stalled(&one(never), long_ago, timeout));
     }
 
     #[test]
