@@ -175,9 +175,6 @@ pub struct SenderConfig {
     /// delivery, queue wait included.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-    /// Longest sleep between looks at the store when nothing is due.
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
 }
 
 /// Brand settings, available to every template as `shop.*`.

@@ -56,7 +56,6 @@ pub struct Summary {
 /// Settings of one run.
 pub struct Settings {
     pub batch_size: usize,
-    pub poll_interval: Duration,
     /// Concurrent deliveries.
     pub concurrency: usize,
     /// How long in-flight work may take after shutdown is asked.
@@ -110,7 +109,7 @@ where
     }
 
     let ingest_stop = Arc::clone(&stop);
-    let (batch_size, poll, once) = (settings.batch_size, settings.poll_interval, settings.once);
+    let (batch_size, once) = (settings.batch_size, settings.once);
     let mut ingest = tokio::task::spawn_blocking(move || -> Result<Stats, DaemonError> {
         let mut last_reclaim = Instant::now();
         while !ingest_stop.load(Ordering::Relaxed) {
@@ -152,11 +151,9 @@ where
                     return Ok(pipeline.stats);
                 }
             }
+            // A source that waits for events (Kafka) waits in next_batch.
             if batch.finished || (once && batch.caught_up) {
                 break;
-            }
-            if batch.caught_up && batch.entries.is_empty() {
-                idle(&pipeline, poll, &ingest_stop);
             }
         }
         Ok(pipeline.stats)
@@ -232,17 +229,6 @@ fn ingest_batch<S: Store>(
             other => return Ok(other?),
         }
     }
-}
-
-/// Sleeps until the next email is due or `poll` passes, whichever is first,
-/// waking early when asked to stop.
-fn idle<S: Store>(pipeline: &Pipeline<S>, poll: Duration, stop: &AtomicBool) {
-    let until_due = pipeline
-        .next_fire()
-        .map(|t| t.duration_since(Timestamp::now()))
-        .and_then(|d| Duration::try_from(d).ok())
-        .unwrap_or(poll);
-    sleep_unless_stopped(until_due.min(poll), stop);
 }
 
 fn sleep_unless_stopped(mut left: Duration, stop: &AtomicBool) {

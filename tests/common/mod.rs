@@ -301,6 +301,23 @@ impl SmtpSink {
     }
 }
 
+impl SmtpSink {
+    /// The Message-ID of every message received, asserting none came twice.
+    pub fn message_ids_once(&self) -> Vec<String> {
+        let ids: Vec<String> = self
+            .messages()
+            .iter()
+            .map(|raw| {
+                let m = mail_parser::MessageParser::default().parse(raw).unwrap();
+                m.message_id().unwrap().to_owned()
+            })
+            .collect();
+        let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "a message was delivered twice");
+        ids
+    }
+}
+
 impl Drop for SmtpSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
