@@ -57,6 +57,8 @@ pub struct Config {
     pub mailer: MailerConfig,
     pub sender: SenderConfig,
     pub shop: ShopConfig,
+    pub unsubscribe: UnsubscribeConfig,
+    pub http: HttpConfig,
     /// The journey rules: which event sends which template, when.
     #[serde(rename = "journey")]
     pub journeys: Vec<JourneyRule>,
@@ -177,6 +179,24 @@ pub struct SenderConfig {
     pub lease: Duration,
 }
 
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeConfig {
+    /// Key of the HMAC that signs unsubscribe links. Unset: a random one is
+    /// made once and kept in the store (shared by the workers using it).
+    /// Set it when links must stay valid across stores.
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP server (`POST`/`GET /unsubscribe/{token}`), e.g.
+    /// `127.0.0.1:8080`. Unset: no server. Put it behind the shop's
+    /// reverse proxy at `shop.unsubscribe_url`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// Brand settings, available to every template as `shop.*`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -188,7 +208,8 @@ pub struct ShopConfig {
     pub logo_url: String,
     pub review_url: String,
     pub returns_url: String,
-    /// Base of the unsubscribe link on marketing emails.
+    /// Public base of the unsubscribe link on marketing emails: the signed
+    /// token is appended (`<unsubscribe_url>/<token>`).
     pub unsubscribe_url: String,
 }
 
@@ -333,6 +354,22 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self
+            .unsubscribe
+            .secret
+            .as_ref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return Err(invalid(
+                "unsubscribe.secret",
+                "must be at least 16 characters",
+            ));
+        }
+        if !self.shop.unsubscribe_url.starts_with("https://")
+            && !self.shop.unsubscribe_url.starts_with("http://")
+        {
+            return Err(invalid("shop.unsubscribe_url", "must be an http(s) URL"));
         }
         if self.sender.lease < Duration::from_secs(1) {
             return Err(invalid("sender.lease", "must be at least 1s"));

@@ -13,6 +13,8 @@
 //! - [`daemon`]: `run`, the ingest thread and delivery workers wired.
 //! - [`simulate`]: the email plan of an event log, no side effects.
 //! - [`check`]: every template in every locale against sample data.
+//! - [`unsubscribe`]: signed one-click unsubscribe links.
+//! - [`http`]: the HTTP server: the unsubscribe endpoint.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +22,7 @@ pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod event;
+pub mod http;
 pub mod journey;
 pub mod mailer;
 pub mod pipeline;
@@ -28,3 +31,4 @@ pub mod sender;
 pub mod simulate;
 pub mod source;
 pub mod store;
+pub mod unsubscribe;

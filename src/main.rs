@@ -18,7 +18,8 @@ use aftercare::render::Templates;
 use aftercare::sender::Sender;
 use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
 use aftercare::store::{SqliteStore, Store};
-use aftercare::{check, simulate};
+use aftercare::unsubscribe::Signer;
+use aftercare::{check, http, simulate};
 
 /// Exit codes, as DESIGN.md gives them (sysexits.h).
 const EX_USAGE: u8 = 64;
@@ -158,15 +159,24 @@ fn templates(config: &Config) -> Result<Templates, Failure> {
     Ok(templates)
 }
 
+/// What signs unsubscribe links: the configured secret, or the store's.
+fn signer<S: Store>(config: &Config, store: &mut S) -> Result<Signer, Failure> {
+    Ok(match &config.unsubscribe.secret {
+        Some(secret) => Signer::new(secret.as_bytes()),
+        None => Signer::new(&store.secret("unsubscribe")?),
+    })
+}
+
 fn pipeline<S: Store>(
     config: &Config,
     templates: &Templates,
-    store: S,
+    mut store: S,
 ) -> Result<Pipeline<S>, Failure> {
     let context = Context {
         locales: templates.locales().clone(),
         default_timezone: config.default_timezone.clone(),
         unsubscribe_url: config.shop.unsubscribe_url.clone(),
+        signer: signer(config, &mut store)?,
     };
     let lease = LeasePolicy {
         owner: config.worker_id(),
@@ -188,7 +198,7 @@ fn simulate_command(
 ) -> Result<ExitCode, Failure> {
     let templates = templates(config)?;
     let path = events.to_str().context("event log path is not UTF-8")?;
-    let mut source = FileSource::open(path)
+    let mut source = FileSource::open(path, Duration::ZERO)
         .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("{}: {e}", events.display())))?;
     let pipeline = pipeline(config, &templates, SqliteStore::in_memory()?)?;
     let plan = simulate::simulate(pipeline, &mut source, until)?;
@@ -221,7 +231,7 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
     let (source, dead, place): (Box<dyn Source>, DeadLetters, String) = match kind {
         SourceKind::File => {
             let path = input.unwrap_or_else(|| config.source.path.clone());
-            let mut source = FileSource::open(&path).map_err(|e| {
+            let mut source = FileSource::open(&path, config.source.batch_wait).map_err(|e| {
                 fail(
                     EX_USAGE,
                     anyhow::anyhow!("config key `source.path` (or --input): {path}: {e}"),
@@ -272,7 +282,32 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
         once,
     };
     let dead_place = dead.place();
-    let summary = daemon::run(pipeline, source, dead, sender, settings, shutdown()).await?;
+    let (http_stop, http) = match config.http.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("config key `http.listen`: binding {addr}"))?;
+            let mut store = SqliteStore::open(&config.store_path())?;
+            let state = Arc::new(http::HttpState {
+                signer: signer(&config, &mut store)?,
+                store: Arc::new(Mutex::new(store)),
+                shop_name: config.shop.name.clone(),
+            });
+            tracing::info!(%addr, "HTTP server listening.");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(http::serve(listener, state, async {
+                let _ = stopped.await;
+            }));
+            (Some(stop), Some(server))
+        }
+        None => (None, None),
+    };
+    let summary = daemon::run(pipeline, source, dead, sender, settings, shutdown()).await;
+    if let (Some(stop), Some(server)) = (http_stop, http) {
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
+    let summary = summary?;
     print_summary(&config, &place, &dead_place, &summary);
     Ok(ExitCode::SUCCESS)
 }

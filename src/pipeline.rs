@@ -21,6 +21,7 @@ use crate::journey::{Command, Journey, Journeys, Verdict};
 use crate::render::Locales;
 use crate::source::{DeadLetters, Entry, Position};
 use crate::store::{Addressee, EmailRow, Lease, Status, Store, StoreError, Transaction};
+use crate::unsubscribe::Signer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -52,8 +53,10 @@ pub struct Stats {
 pub struct Context {
     pub locales: Locales,
     pub default_timezone: String,
-    /// Base of the unsubscribe link on marketing emails.
+    /// Base of the unsubscribe link on marketing emails...
     pub unsubscribe_url: String,
+    /// ...and what signs the token appended to it.
+    pub signer: Signer,
 }
 
 /// How this worker claims the emails it approves.
@@ -300,10 +303,11 @@ fn template_data(
         });
         data["email"] = json!({"template": email.template, "class": email.class.as_str()});
         data["unsubscribe_url"] = match email.class {
-            EmailClass::Marketing => json!(format!(
-                "{}?customer={}",
-                context.unsubscribe_url, email.customer_id
-            )),
+            EmailClass::Marketing => json!(
+                context
+                    .signer
+                    .url(&context.unsubscribe_url, &email.customer_id)
+            ),
             EmailClass::Transactional => Value::Null,
         };
         if journeys
@@ -418,6 +422,7 @@ mod tests {
             locales: Locales::new(vec!["en".into(), "hy".into()], "en"),
             default_timezone: "UTC".into(),
             unsubscribe_url: "https://shop.example.com/unsubscribe".into(),
+            signer: Signer::new(b"test secret"),
         };
         Pipeline::new(
             SqliteStore::in_memory().unwrap(),
@@ -581,9 +586,10 @@ mod tests {
         assert_eq!(welcome.recipient.as_deref(), Some("anna@example.com"));
         assert_eq!(welcome.data["customer"]["timezone"], "UTC");
         assert_eq!(welcome.data["email"]["class"], "marketing");
+        let signer = Signer::new(b"test secret");
         assert_eq!(
             welcome.data["unsubscribe_url"],
-            "https://shop.example.com/unsubscribe?customer=c-1"
+            signer.url("https://shop.example.com/unsubscribe", "c-1")
         );
         let confirmation = approved
             .iter()

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use lettre::message::Mailbox;
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, EmailClass};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::backoff;
 use crate::render::Templates;
@@ -68,6 +68,10 @@ impl<M: Mailer> Sender<M> {
         };
         let message_id = mailer::message_id(&email.key, &self.from);
         let name = data["customer"]["name"].as_str();
+        let unsubscribe = match email.class {
+            EmailClass::Marketing => data["unsubscribe_url"].as_str(),
+            EmailClass::Transactional => None,
+        };
         let message = match mailer::build(
             &self.from,
             self.reply_to.as_ref(),
@@ -76,6 +80,7 @@ impl<M: Mailer> Sender<M> {
             &rendered,
             &message_id,
             now,
+            unsubscribe,
         ) {
             Ok(m) => m,
             Err(e) => {

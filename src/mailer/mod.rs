@@ -13,7 +13,7 @@ pub use smtp::SmtpMailer;
 
 use jiff::Timestamp;
 use lettre::Message;
-use lettre::message::header::{self, ContentType};
+use lettre::message::header::{self, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use sha2::{Digest, Sha256};
 
@@ -81,7 +81,10 @@ pub fn message_id(key: &str, from: &Mailbox) -> String {
 ///
 /// The recipient's name is customer data: lettre encodes it (RFC 2047) and
 /// never lets it break a header line, and the address was validated when the
-/// event was decoded.
+/// event was decoded. With an `unsubscribe` URL (marketing emails), the
+/// message carries `List-Unsubscribe` and `List-Unsubscribe-Post:
+/// List-Unsubscribe=One-Click` (RFC 8058).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
     from: &Mailbox,
     reply_to: Option<&Mailbox>,
@@ -90,6 +93,7 @@ pub fn build(
     rendered: &Rendered,
     message_id: &str,
     date: Timestamp,
+    unsubscribe: Option<&str>,
 ) -> Result<Message, MailError> {
     let address = to
         .parse::<lettre::Address>()
@@ -103,6 +107,20 @@ pub fn build(
         .date(std::time::SystemTime::from(date));
     if let Some(reply_to) = reply_to {
         builder = builder.reply_to(reply_to.clone());
+    }
+    if let Some(url) = unsubscribe {
+        if !url.is_ascii() || url.contains(['<', '>', '\r', '\n', ' ']) {
+            return Err(MailError::Permanent(format!("bad unsubscribe URL `{url}`")));
+        }
+        builder = builder
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                format!("<{url}>"),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".to_owned(),
+            ));
     }
     builder
         .multipart(
@@ -140,6 +158,47 @@ mod tests {
     }
 
     #[test]
+    fn marketing_emails_carry_one_click_unsubscribe() {
+        let url = "https://shop.example.com/unsubscribe/YzE.c2ln";
+        let msg = build(
+            &from(),
+            None,
+            "anna@example.com",
+            None,
+            &rendered("Hi"),
+            "<id@shop.example.com>",
+            Timestamp::UNIX_EPOCH,
+            Some(url),
+        )
+        .unwrap();
+        let raw = msg.formatted();
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let header = |name: &str| {
+            parsed
+                .header_raw(name)
+                .map(|v| v.split_whitespace().collect::<String>())
+        };
+        assert_eq!(header("List-Unsubscribe"), Some(format!("<{url}>")));
+        assert_eq!(
+            header("List-Unsubscribe-Post"),
+            Some("List-Unsubscribe=One-Click".to_owned())
+        );
+        for bad in ["https://x/\r\nBcc: y", "https://x/<a>", "https://ünï/"] {
+            let built = build(
+                &from(),
+                None,
+                "a@b.c",
+                None,
+                &rendered("Hi"),
+                "<i@d>",
+                Timestamp::UNIX_EPOCH,
+                Some(bad),
+            );
+            assert!(built.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn message_id_is_stable_per_key() {
         assert_eq!(
             message_id("c-1/welcome/o-1", &from()),
@@ -162,11 +221,13 @@ mod tests {
             &rendered("Ձեր պատվերը\r\nBcc: x@example.com"),
             "<id@shop.example.com>",
             Timestamp::UNIX_EPOCH,
+            None,
         )
         .unwrap();
         let raw = String::from_utf8(msg.formatted()).unwrap();
         let headers = raw.split("\r\n\r\n").next().unwrap();
         assert!(!headers.lines().any(|l| l.starts_with("Bcc:")), "{headers}");
+        assert!(!headers.contains("List-Unsubscribe"), "{headers}");
         let parsed = mail_parser::MessageParser::default()
             .parse(raw.as_bytes())
             .unwrap();

@@ -178,6 +178,22 @@ pub trait Store: Send + 'static {
     /// lease: a restarted worker's). They are delivered again with the same
     /// key, hence the same Message-ID.
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>>;
+    /// A random secret by name, made on first use and the same for every
+    /// worker sharing the store.
+    fn secret(&mut self, name: &str) -> Result<Vec<u8>>;
+    /// Records that the customer unsubscribed from marketing emails; from
+    /// the commit on, none is sent to them, queued ones included (they are
+    /// checked again when due). `false`: no such customer.
+    fn unsubscribe(&mut self, customer_id: &str) -> Result<bool> {
+        let mut tx = self.begin()?;
+        let Some(mut journey) = tx.journey(customer_id)? else {
+            return Ok(false);
+        };
+        journey.profile.unsubscribed = true;
+        tx.save_journey(customer_id, &journey)?;
+        tx.commit()?;
+        Ok(true)
+    }
     /// Gives up this worker's claim on approved emails it will not deliver
     /// (shutting down): any worker may take them at once.
     fn release(&mut self, ids: &[i64]) -> Result<()>;

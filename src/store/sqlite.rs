@@ -64,6 +64,8 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
          INSERT INTO email_log (email_id, status, at)
          VALUES (NEW.id, NEW.status, CAST(unixepoch('subsec') * 1000 AS INTEGER));
      END;
+     -- Small settings the workers sharing a store must agree on.
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
      CREATE TABLE suppressed_addresses (
          address TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL
      ) WITHOUT ROWID;",
@@ -219,6 +221,24 @@ impl Store for SqliteStore {
         tx.commit()?;
         rows.sort_by_key(|e| e.id);
         Ok(rows)
+    }
+
+    fn secret(&mut self, name: &str) -> Result<Vec<u8>> {
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::Open {
+            path: "getrandom".into(),
+            error: std::io::Error::other(e.to_string()),
+        })?;
+        // The first worker to ask makes it; everyone reads the same.
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![format!("secret:{name}"), fresh.to_vec()],
+        )?;
+        Ok(self.conn.query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [format!("secret:{name}")],
+            |r| r.get(0),
+        )?)
     }
 
     fn release(&mut self, ids: &[i64]) -> Result<()> {
@@ -810,6 +830,30 @@ mod tests {
                 (b, "sent".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_secret_is_made_once_and_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+        let first = a.secret("unsubscribe").unwrap();
+        assert_eq!(first.len(), 32);
+        let mut b = a.reopen().unwrap();
+        assert_eq!(b.secret("unsubscribe").unwrap(), first);
+        assert_ne!(b.secret("other").unwrap(), first);
+    }
+
+    #[test]
+    fn unsubscribing_marks_a_known_customer_only() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut tx = s.begin().unwrap();
+        tx.save_journey("c-1", &Journey::default()).unwrap();
+        tx.commit().unwrap();
+        assert!(s.unsubscribe("c-1").unwrap());
+        assert!(!s.unsubscribe("c-404").unwrap());
+        let mut tx = s.begin().unwrap();
+        assert!(tx.journey("c-1").unwrap().unwrap().profile.unsubscribed);
+        assert!(tx.journey("c-404").unwrap().is_none());
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! One-click unsubscribe end to end: the signed link in a marketing email,
+//! the endpoint's POST, GET and forged tokens, and the race with a marketing
+//! email already queued for the customer.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use aftercare::unsubscribe::Signer;
+use common::Work;
+use mail_parser::MessageParser;
+
+const SECRET: &str = "a test secret of some length";
+
+/// `(status, body)` of one HTTP/1.1 request to the worker.
+fn request(port: u16, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let body = if method == "POST" {
+        "List-Unsubscribe=One-Click"
+    } else {
+        ""
+    };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+fn placed(event: &str, customer: &str, order: &str, at: &str, email: bool) -> String {
+    let email = if email {
+        format!(r#","email":"{customer}@example.com","marketing_consent":true"#)
+    } else {
+        String::new()
+    };
+    format!(
+        r#"{{"event_id":"{event}","type":"order.placed","occurred_at":"{at}","customer":{{"id":"{customer}"{email}}},"order":{{"id":"{order}","total":"5.00","currency":"EUR","items":[]}}}}"#
+    )
+}
+
+fn unsubscribed(work: &Work, customer: &str) -> bool {
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let state: String = conn
+        .query_row(
+            "SELECT state FROM journeys WHERE customer_id = ?1",
+            [customer],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str::<serde_json::Value>(&state).unwrap()["profile"]["unsubscribed"] == true
+}
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn one_click_unsubscribe_from_a_signed_link() {
+    let port = common::free_port();
+    let work = Work::new(&format!(
+        "[source]\nbatch_wait = \"50ms\"\n[unsubscribe]\nsecret = \"{SECRET}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    let mut worker = Worker(
+        work.command(&["run"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = worker.0.stdin.take().unwrap();
+    common::wait_for_port(port, Duration::from_secs(20));
+
+    // A customer whose welcome goes out at once (an old order).
+    writeln!(
+        stdin,
+        "{}",
+        placed("e1", "c-2", "o-2", "2024-01-01T10:00:00Z", true)
+    )
+    .unwrap();
+    let welcome = |work: &Work| {
+        work.outbox().into_iter().find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("c-2_welcome")
+        })
+    };
+    assert!(common::wait_until(Duration::from_secs(20), || welcome(
+        &work
+    )
+    .is_some()));
+    let raw = std::fs::read(welcome(&work).unwrap()).unwrap();
+    let message = MessageParser::default().parse(&raw).unwrap();
+    let header = |name: &str| {
+        message
+            .header_raw(name)
+            .map(|v| v.split_whitespace().collect::<String>())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        header("List-Unsubscribe-Post"),
+        "List-Unsubscribe=One-Click"
+    );
+    let link = header("List-Unsubscribe");
+    let url = link.trim_start_matches('<').trim_end_matches('>');
+    let token = url
+        .strip_prefix("https://shop.example.com/unsubscribe/")
+        .unwrap_or_else(|| panic!("{link}"));
+    assert_eq!(
+        Signer::new(SECRET.as_bytes()).verify(token),
+        Ok("c-2".to_owned())
+    );
+    // The link is in the body too (the footer).
+    assert!(message.body_html(0).unwrap().contains(token));
+    // A transactional email has none.
+    let confirmation = work
+        .outbox()
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("c-2_order_confirmation")
+        })
+        .unwrap();
+    let raw = std::fs::read(confirmation).unwrap();
+    assert!(
+        MessageParser::default()
+            .parse(&raw)
+            .unwrap()
+            .header_raw("List-Unsubscribe")
+            .is_none()
+    );
+
+    // GET shows a confirm button and changes nothing.
+    let path = format!("/unsubscribe/{token}");
+    let (status, page) = request(port, "GET", &path);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<form method=\"post\">"), "{page}");
+    assert!(!unsubscribed(&work, "c-2"));
+
+    // Forged and malformed tokens: 4xx, nothing changes.
+    let other = Signer::new(b"another secret entirely").token("c-2");
+    assert_eq!(
+        request(port, "POST", &format!("/unsubscribe/{other}")).0,
+        403
+    );
+    let (_, signature) = token.split_once('.').unwrap();
+    let swapped = format!(
+        "{}.{signature}",
+        Signer::new(SECRET.as_bytes())
+            .token("c-3")
+            .split_once('.')
+            .unwrap()
+            .0
+    );
+    assert_eq!(
+        request(port, "POST", &format!("/unsubscribe/{swapped}")).0,
+        403
+    );
+    assert_eq!(request(port, "POST", "/unsubscribe/not-a-token").0, 400);
+    assert_eq!(request(port, "GET", "/unsubscribe/not-a-token").0, 400);
+    assert!(!unsubscribed(&work, "c-2"));
+
+    // POST unsubscribes.
+    let (status, page) = request(port, "POST", &path);
+    assert_eq!(status, 200, "{page}");
+    assert!(unsubscribed(&work, "c-2"));
+
+    // The race: a welcome queued for the next seconds, and the customer
+    // unsubscribes before it is due. Marketing is suppressed, the
+    // transactional confirmation is not.
+    let soon = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24)
+        + jiff::SignedDuration::from_secs(3);
+    let soon = soon.round(jiff::Unit::Second).unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        placed("e2", "c-1", "o-1", &soon.to_string(), true)
+    )
+    .unwrap();
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        work.emails().iter().any(|(k, _)| k == "c-1/welcome/o-1")
+    }));
+    let token = Signer::new(SECRET.as_bytes()).token("c-1");
+    assert_eq!(
+        request(port, "POST", &format!("/unsubscribe/{token}")).0,
+        200
+    );
+    let decided = || {
+        work.stored()
+            .into_iter()
+            .find(|e| e.key == "c-1/welcome/o-1" && e.status != "pending")
+    };
+    assert!(common::wait_until(Duration::from_secs(20), || decided().is_some()));
+    let welcome = decided().unwrap();
+    assert_eq!(welcome.status, "suppressed");
+    assert_eq!(welcome.reason.as_deref(), Some("unsubscribed"));
+    assert!(
+        work.emails()
+            .contains(&("c-1/order_confirmation/o-1".to_owned(), "sent".to_owned()))
+    );
+
+    drop(stdin);
+    assert!(worker.0.wait().unwrap().success());
+}
