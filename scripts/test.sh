@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of aftercare. Installs what the tests need first (Postfix,
-# for its smtp-sink SMTP server; tansu, a Kafka-protocol broker, from
+# for its smtp-sink SMTP server; aiosmtpd from PyPI, for an SMTP server that
+# bounces; tansu, a Kafka-protocol broker, from
 # crates.io: about ten minutes to build, once), then checks formatting and
 # lints, then runs the unit and integration tests. The servers are started by
 # the tests themselves, on loopback ports, and stopped when each test ends.
@@ -15,6 +16,11 @@ if ! command -v smtp-sink >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-sink ]; then
   echo "==> Installing Postfix (smtp-sink, a real SMTP server for the tests)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+
+if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
+  echo "==> Installing aiosmtpd (a scriptable SMTP server for the bounce tests)"
+  python3 -m pip install --quiet aiosmtpd
 fi
 
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"

@@ -177,6 +177,24 @@ pub struct SenderConfig {
     /// delivery, queue wait included.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
+    pub retry: RetryConfig,
+}
+
+/// How transient failures (4xx, a server down) are retried.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts before the email is `failed` with its last reply.
+    pub max_attempts: u32,
+    /// Past this age (from the email's due time) it is not retried again.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The first wait; each next one doubles, up to `max_wait`, plus up to
+    /// a fifth of jitter.
+    #[serde(with = "humantime_serde")]
+    pub first_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -370,6 +388,17 @@ impl Config {
             && !self.shop.unsubscribe_url.starts_with("http://")
         {
             return Err(invalid("shop.unsubscribe_url", "must be an http(s) URL"));
+        }
+        if self.sender.retry.max_attempts == 0 {
+            return Err(invalid("sender.retry.max_attempts", "must be at least 1"));
+        }
+        if self.sender.retry.first_wait.is_zero()
+            || self.sender.retry.max_wait < self.sender.retry.first_wait
+        {
+            return Err(invalid(
+                "sender.retry.first_wait",
+                "must be more than zero and at most sender.retry.max_wait",
+            ));
         }
         if self.sender.lease < Duration::from_secs(1) {
             return Err(invalid("sender.lease", "must be at least 1s"));

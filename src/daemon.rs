@@ -266,6 +266,10 @@ impl Delivered {
                 tracing::error!(key = %email.key, %reason, "Delivery failed for good.");
                 self.failed += 1;
             }
+            Outcome::Bounced { reason, .. } => {
+                tracing::warn!(key = %email.key, customer_id = %email.customer_id, %reason, "Mailbox does not exist; address suppressed.");
+                self.failed += 1;
+            }
         }
         Ok(())
     }

@@ -403,11 +403,17 @@ fn apply<T: Transaction>(
     Ok(Applied::New)
 }
 
-/// A retry delay: exponential from 30 s, capped at an hour, with up to a
-/// fifth of jitter so that a recovering server is not hit all at once.
-pub fn backoff(attempts: u32, jitter: f64) -> SignedDuration {
-    let base = 30.0 * 2f64.powi(attempts.min(16) as i32);
-    let secs = base.min(3600.0) * (1.0 + 0.2 * jitter.clamp(0.0, 1.0));
+/// A retry delay: doubling from `first` after each attempt, capped at
+/// `max`, with up to a fifth of jitter (`jitter` in 0..=1) so that a
+/// recovering server is not hit by every email at once.
+pub fn backoff(
+    attempts: u32,
+    first: std::time::Duration,
+    max: std::time::Duration,
+    jitter: f64,
+) -> SignedDuration {
+    let base = first.as_secs_f64() * 2f64.powi(attempts.min(30) as i32);
+    let secs = base.min(max.as_secs_f64()) * (1.0 + 0.2 * jitter.clamp(0.0, 1.0));
     SignedDuration::from_secs_f64(secs)
 }
 
@@ -645,9 +651,16 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0, 0.0), SignedDuration::from_secs(30));
-        assert_eq!(backoff(1, 0.0), SignedDuration::from_secs(60));
-        assert_eq!(backoff(20, 0.0), SignedDuration::from_secs(3600));
-        assert_eq!(backoff(0, 1.0), SignedDuration::from_secs(36));
+        let (first, max) = (
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(3600),
+        );
+        assert_eq!(backoff(0, first, max, 0.0), SignedDuration::from_secs(30));
+        assert_eq!(backoff(1, first, max, 0.0), SignedDuration::from_secs(60));
+        assert_eq!(
+            backoff(20, first, max, 0.0),
+            SignedDuration::from_secs(3600)
+        );
+        assert_eq!(backoff(0, first, max, 1.0), SignedDuration::from_secs(36));
     }
 }

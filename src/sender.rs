@@ -3,25 +3,49 @@
 
 use std::sync::{Arc, Mutex};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use lettre::message::Mailbox;
 use serde_json::Value;
 
-use crate::config::{Config, EmailClass};
+use crate::config::{Config, EmailClass, RetryConfig};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::backoff;
 use crate::render::Templates;
 use crate::store::{EmailRow, Store, StoreError};
 
-/// Attempts before a transiently failing email is given up as `failed`.
-pub const MAX_ATTEMPTS: u32 = 8;
-
 /// What became of one delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Sent { reply: String },
-    Retry { at: Timestamp, reply: String },
-    Failed { reason: String },
+    Sent {
+        reply: String,
+    },
+    Retry {
+        at: Timestamp,
+        reply: String,
+    },
+    Failed {
+        reason: String,
+    },
+    /// The mailbox does not exist (5.1.x): failed, and the address is
+    /// suppressed for every later email.
+    Bounced {
+        address: String,
+        reason: String,
+    },
+}
+
+/// Whether a permanent reply says the mailbox does not exist: an enhanced
+/// status code 5.1.x (RFC 3463: bad destination mailbox address).
+pub fn is_bounce(reply: &str) -> bool {
+    reply
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|word| {
+            let mut parts = word.split('.');
+            matches!(
+                (parts.next(), parts.next(), parts.next(), parts.next()),
+                (Some("5"), Some("1"), Some(d), None) if !d.is_empty()
+            )
+        })
 }
 
 pub struct Sender<M: Mailer> {
@@ -31,6 +55,7 @@ pub struct Sender<M: Mailer> {
     reply_to: Option<Mailbox>,
     /// Brand settings, `shop.*` in every template.
     shop: Value,
+    retry: RetryConfig,
 }
 
 impl<M: Mailer> Sender<M> {
@@ -44,6 +69,7 @@ impl<M: Mailer> Sender<M> {
             from,
             reply_to,
             shop: serde_json::to_value(&config.shop).unwrap_or(Value::Null),
+            retry: config.sender.retry.clone(),
         }
     }
 
@@ -95,15 +121,33 @@ impl<M: Mailer> Sender<M> {
             recipient,
             message,
         };
+        let recipient = outgoing.recipient.clone();
         match self.mailer.send(&outgoing).await {
             Ok(reply) => Outcome::Sent { reply },
-            Err(MailError::Transient(reply)) if email.attempts + 1 < MAX_ATTEMPTS => {
+            Err(MailError::Transient(reply)) => {
                 let jitter = f64::from(jitter_of(&email.key, email.attempts)) / f64::from(u16::MAX);
-                Outcome::Retry {
-                    at: now + backoff(email.attempts, jitter),
-                    reply,
+                let at = now
+                    + backoff(
+                        email.attempts,
+                        self.retry.first_wait,
+                        self.retry.max_wait,
+                        jitter,
+                    );
+                let first = email.first_attempt_at.unwrap_or(now);
+                let too_old = SignedDuration::try_from(self.retry.max_age)
+                    .is_ok_and(|max_age| at > first + max_age);
+                if email.attempts + 1 >= self.retry.max_attempts || too_old {
+                    Outcome::Failed {
+                        reason: format!("gave up after {} attempts: {reply}", email.attempts + 1),
+                    }
+                } else {
+                    Outcome::Retry { at, reply }
                 }
             }
+            Err(MailError::Permanent(reply)) if is_bounce(&reply) => Outcome::Bounced {
+                address: recipient,
+                reason: format!("permanent: {reply}"),
+            },
             Err(e) => Outcome::Failed {
                 reason: e.to_string(),
             },
@@ -127,6 +171,10 @@ impl<M: Mailer> Sender<M> {
                 Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
                 Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
                 Outcome::Failed { reason } => store.mark_failed(id, &reason),
+                Outcome::Bounced { address, reason } => {
+                    store.mark_failed(id, &reason)?;
+                    store.suppress(&address, &reason)
+                }
             }
         })
         .await
@@ -140,4 +188,21 @@ fn jitter_of(key: &str, attempt: u32) -> u16 {
     use sha2::{Digest, Sha256};
     let hash = Sha256::digest(format!("{key}#{attempt}").as_bytes());
     u16::from_be_bytes([hash[0], hash[1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bounce_is_an_enhanced_code_5_1_x() {
+        assert!(is_bounce("550 5.1.1 <gone@example.com>: no such mailbox"));
+        assert!(is_bounce(
+            "permanent: 550 5.1.10 Recipient address rejected"
+        ));
+        assert!(!is_bounce("550 5.7.1 Message rejected as spam"));
+        assert!(!is_bounce("500 5.3.0 Error: command failed"));
+        assert!(!is_bounce("550 5.1 half a code"));
+        assert!(!is_bounce("550 15.1.1 not one"));
+    }
 }

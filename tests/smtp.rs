@@ -53,14 +53,16 @@ fn emails_reach_a_real_smtp_server_intact_in_three_languages() {
     let sink = SmtpSink::start(&[]);
     let examples = repo().join("examples/events.jsonl");
 
+    // One secret, so that both runs sign the same unsubscribe links.
+    let secret = "[unsubscribe]\nsecret = \"the same secret for both\"\n";
     let smtp = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 2\n",
+        "{secret}[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 2\n",
         sink.port
     ));
     let out = smtp.run(&["run", "--input", examples.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let eml = Work::new("");
+    let eml = Work::new(secret);
     let out = eml.run(&["run", "--input", examples.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -163,4 +165,129 @@ fn a_permanent_refusal_fails_the_email_with_the_reply() {
     let failed = statuses.iter().filter(|s| *s == "failed").count();
     assert!(failed > 0, "{statuses:?}");
     assert!(summary.contains(&format!("{failed} failed")), "{summary}");
+}
+
+/// The test SMTP server that bounces `gone*@` addresses with 550 5.1.1.
+struct BouncingServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl BouncingServer {
+    fn start() -> BouncingServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let child = std::process::Command::new("python3")
+            .arg(repo().join("tests/servers/bouncing_smtp.py"))
+            .arg(port.to_string())
+            .arg(dir.path())
+            .spawn()
+            .expect("python3 with aiosmtpd (scripts/test.sh installs it)");
+        common::wait_for_port(port, std::time::Duration::from_secs(20));
+        BouncingServer { port, dir, child }
+    }
+
+    fn received(&self) -> usize {
+        std::fs::read_dir(self.dir.path()).unwrap().count()
+    }
+}
+
+impl Drop for BouncingServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_mailbox_that_does_not_exist_stops_every_later_email_to_it() {
+    let server = BouncingServer::start();
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        server.port
+    ));
+    let order = |event: &str, customer: &str, email: &str, order: &str| {
+        format!(
+            r#"{{"event_id":"{event}","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"{customer}","email":"{email}"}},"order":{{"id":"{order}","total":"5.00","currency":"EUR","items":[]}}}}"#
+        )
+    };
+    let first = work.path("first.jsonl");
+    common::write(
+        &first,
+        &format!(
+            "{}\n{}\n",
+            order("e1", "c-gone", "gone@example.com", "o-1"),
+            order("e2", "c-here", "here@example.com", "o-2")
+        ),
+    );
+    let out = work.run(&["run", "--input", first.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = work.stored();
+    let status = |key: &str| {
+        stored
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| (e.status.clone(), e.reason.clone().unwrap_or_default()))
+            .unwrap()
+    };
+    let (bounced, reason) = status("c-gone/order_confirmation/o-1");
+    assert_eq!(bounced, "failed");
+    assert!(reason.contains("5.1.1"), "{reason}");
+    assert_eq!(status("c-here/order_confirmation/o-2").0, "sent");
+    let received = server.received();
+    assert!(received >= 1);
+
+    // A later email to the same address, transactional too, is suppressed.
+    let second = work.path("second.jsonl");
+    common::write(
+        &second,
+        &format!("{}\n", order("e3", "c-gone", "gone@example.com", "o-3")),
+    );
+    let out = work.run(&["run", "--input", second.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let later = work
+        .stored()
+        .into_iter()
+        .find(|e| e.key == "c-gone/order_confirmation/o-3")
+        .unwrap();
+    assert_eq!(
+        (later.status.as_str(), later.reason.as_deref()),
+        ("suppressed", Some("address bounced"))
+    );
+    assert_eq!(server.received(), received, "nothing more was sent");
+}
+
+#[test]
+fn a_server_refusing_for_good_ends_in_failed_after_the_configured_attempts() {
+    // Every RCPT gets a 4xx: retried with the configured waits, then failed.
+    let sink = SmtpSink::start(&["-r", "RCPT"]);
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+         [sender.retry]\nmax_attempts = 3\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n",
+        sink.port
+    ));
+    let log = work.path("events.jsonl");
+    common::write(
+        &log,
+        r#"{"event_id":"e1","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-1","email":"a@example.com"},"order":{"id":"o-1","total":"5.00","currency":"EUR","items":[]}}
+"#,
+    );
+    // Each run makes the attempts that are due by then.
+    for _ in 0..10 {
+        let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let e = work
+            .stored()
+            .into_iter()
+            .find(|e| e.key == "c-1/order_confirmation/o-1")
+            .unwrap();
+        if e.status == "failed" {
+            assert!(e.reason.unwrap().starts_with("gave up after 3 attempts"));
+            return;
+        }
+        assert_eq!(e.status, "pending");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    panic!("still not failed after 10 runs");
 }

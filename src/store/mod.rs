@@ -104,6 +104,8 @@ pub struct EmailRow {
     pub recipient: Option<String>,
     pub locale: Option<String>,
     pub attempts: u32,
+    /// When it was first approved for delivery.
+    pub first_attempt_at: Option<Timestamp>,
 }
 
 /// A claim on approved emails: whoever holds it delivers them. A worker
@@ -201,6 +203,9 @@ pub trait Store: Send + 'static {
     /// Puts an email back to wait until `fire_at` after a transient failure.
     fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
     fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()>;
+    /// No email goes to `address` any more, transactional ones included
+    /// (a hard bounce: the mailbox does not exist).
+    fn suppress(&mut self, address: &str, reason: &str) -> Result<()>;
     /// Every decided email, by due time then creation.
     fn decisions(&mut self) -> Result<Vec<EmailRow>>;
     /// A second handle on the same store, for the delivery workers.

@@ -38,6 +38,8 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
          decided_at INTEGER,
          lease_owner TEXT,
          lease_until INTEGER,
+         -- When it was first handed to the mailer: retries stop max_age after.
+         first_attempt_at INTEGER,
          -- The stream (file, topic partition) whose reader fires it.
          stream TEXT NOT NULL DEFAULT ''
      );
@@ -72,7 +74,7 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
 )];
 
 const EMAIL_COLUMNS: &str = "id, key, customer_id, template, class, order_id, due_at, status, \
-                             reason, data, recipient, locale, attempts";
+                             reason, data, recipient, locale, attempts, first_attempt_at";
 
 pub struct SqliteStore {
     conn: Connection,
@@ -157,6 +159,7 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
         recipient: r.get(10)?,
         locale: r.get(11)?,
         attempts: r.get(12)?,
+        first_attempt_at: r.get::<_, Option<i64>>(13)?.map(from_ms),
     })
 }
 
@@ -274,6 +277,16 @@ impl Store for SqliteStore {
             "UPDATE emails SET status = 'failed', reason = ?2, attempts = attempts + 1
                  WHERE id = ?1",
             params![id, reason],
+        )?;
+        Ok(())
+    }
+
+    fn suppress(&mut self, address: &str, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO suppressed_addresses (address, reason, at)
+             VALUES (?1, ?2, CAST(unixepoch('subsec') * 1000 AS INTEGER))
+             ON CONFLICT (address) DO NOTHING",
+            params![address.to_lowercase(), reason],
         )?;
         Ok(())
     }
@@ -455,7 +468,9 @@ impl Transaction for SqliteTx<'_> {
     fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(
             "UPDATE emails SET status = 'sending', recipient = ?2, locale = ?3, data = ?4,
-                 lease_owner = ?5, lease_until = ?6
+                 lease_owner = ?5, lease_until = ?6,
+                 first_attempt_at = coalesce(first_attempt_at,
+                     CAST(unixepoch('subsec') * 1000 AS INTEGER))
              WHERE id = ?1",
         )?;
         stmt.execute(params![
@@ -859,12 +874,7 @@ mod tests {
     #[test]
     fn suppressed_addresses_match_case_insensitively() {
         let mut s = SqliteStore::in_memory().unwrap();
-        s.conn
-            .execute(
-                "INSERT INTO suppressed_addresses VALUES ('anna@example.com', '550 5.1.1', 0)",
-                [],
-            )
-            .unwrap();
+        s.suppress("Anna@example.COM", "550 5.1.1").unwrap();
         let mut tx = s.begin().unwrap();
         assert!(tx.is_suppressed("Anna@Example.com").unwrap());
         assert!(!tx.is_suppressed("ben@example.com").unwrap());
