@@ -155,11 +155,31 @@ pub struct EmlConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext: only to a server on this machine (loopback).
+    None,
+    /// STARTTLS, and refuse to go on without it.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     pub host: String,
     pub port: u16,
+    pub tls: TlsMode,
+    /// Extra root certificate (PEM) to trust, for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// AUTH (PLAIN or LOGIN) user; the password comes from the environment
+    /// variable named by `password_env`, or the file `password_file`.
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
     /// Connections kept open to the server.
     pub pool_size: u32,
     /// Limit on one whole SMTP transaction.
@@ -430,11 +450,8 @@ impl Config {
                 return Err(invalid(key, format!("`{addr}` is not a mailbox")));
             }
         }
-        if self.mailer.kind == MailerKind::Smtp && self.mailer.smtp.host.is_empty() {
-            return Err(invalid(
-                "mailer.smtp.host",
-                "must be set for kind = \"smtp\"",
-            ));
+        if self.mailer.kind == MailerKind::Smtp {
+            self.mailer.smtp.validate()?;
         }
         let mut seen = BTreeSet::new();
         for (i, rule) in self.journeys.iter().enumerate() {
@@ -519,6 +536,70 @@ impl Config {
     }
 }
 
+impl SmtpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.host.is_empty() {
+            return Err(invalid(
+                "mailer.smtp.host",
+                "must be set for kind = \"smtp\"",
+            ));
+        }
+        let loopback = self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if self.tls == TlsMode::None && !loopback {
+            return Err(invalid(
+                "mailer.smtp.tls",
+                format!(
+                    "\"none\" sends in plaintext: only to a loopback host, not `{}`",
+                    self.host
+                ),
+            ));
+        }
+        if let Some(ca) = &self.ca_file
+            && !ca.is_file()
+        {
+            return Err(invalid(
+                "mailer.smtp.ca_file",
+                format!("{}: no such file", ca.display()),
+            ));
+        }
+        if self.username.is_some() {
+            if self.tls == TlsMode::None && !loopback {
+                return Err(invalid("mailer.smtp.username", "AUTH needs TLS"));
+            }
+            self.password()?;
+        }
+        Ok(())
+    }
+
+    /// The AUTH password, read from where the config says. Never logged.
+    pub fn password(&self) -> Result<String, ConfigError> {
+        match (&self.password_env, &self.password_file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                invalid(
+                    "mailer.smtp.password_env",
+                    format!("environment variable `{var}` is not set"),
+                )
+            }),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map(|p| p.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|e| {
+                    invalid(
+                        "mailer.smtp.password_file",
+                        format!("{}: {e}", file.display()),
+                    )
+                }),
+            _ => Err(invalid(
+                "mailer.smtp.password_env",
+                "with a username, set exactly one of password_env and password_file",
+            )),
+        }
+    }
+}
+
 fn is_template_id(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -595,6 +676,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("default_timezone"), "{err}");
+    }
+
+    #[test]
+    fn smtp_security_settings_are_checked() {
+        let smtp = |extra: &str| {
+            load_str(&format!(
+                "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\n{extra}\n"
+            ))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let err = smtp("host = \"mail.example.com\"\ntls = \"none\"").unwrap_err();
+        assert!(err.contains("mailer.smtp.tls"), "{err}");
+        assert!(smtp("host = \"127.0.0.1\"\ntls = \"none\"").is_ok());
+        assert!(smtp("host = \"mail.example.com\"\ntls = \"starttls\"").is_ok());
+        let err = smtp("host = \"mail.example.com\"\nusername = \"u\"").unwrap_err();
+        assert!(err.contains("password_env"), "{err}");
+        let err =
+            smtp("username = \"u\"\npassword_env = \"AFTERCARE_TEST_NO_SUCH_VAR\"").unwrap_err();
+        assert!(err.contains("AFTERCARE_TEST_NO_SUCH_VAR"), "{err}");
+        let err = smtp("ca_file = \"/no/such/ca.pem\"").unwrap_err();
+        assert!(err.contains("mailer.smtp.ca_file"), "{err}");
     }
 
     #[test]

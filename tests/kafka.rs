@@ -267,7 +267,7 @@ fn a_second_worker_joining_and_leaving_loses_and_duplicates_nothing() {
     let tansu = broker_with(&log);
     let sink = SmtpSink::start(&[]);
     let smtp = format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
         sink.port
     );
     let work = Work::new(&kafka_config(&tansu, "g1", &smtp));

@@ -101,7 +101,7 @@ fn sigkill_mid_way_and_restart_sends_every_email_exactly_once() {
 fn two_workers_on_one_store_send_each_email_once() {
     let sink = common::SmtpSink::start(&[]);
     let work = Work::new(&format!(
-        "[source]\nbatch_size = 20\n[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        "[source]\nbatch_size = 20\n[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
         sink.port
     ));
     let log = work.path("events.jsonl");

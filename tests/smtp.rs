@@ -56,7 +56,7 @@ fn emails_reach_a_real_smtp_server_intact_in_three_languages() {
     // One secret, so that both runs sign the same unsubscribe links.
     let secret = "[unsubscribe]\nsecret = \"the same secret for both\"\n";
     let smtp = Work::new(&format!(
-        "{secret}[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\npool_size = 2\n",
+        "{secret}[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\npool_size = 2\n",
         sink.port
     ));
     let out = smtp.run(&["run", "--input", examples.to_str().unwrap()]);
@@ -127,7 +127,7 @@ fn emails_reach_a_real_smtp_server_intact_in_three_languages() {
 fn run_against_refusing_sink(sink_args: &[&str]) -> (Vec<String>, String) {
     let sink = SmtpSink::start(sink_args);
     let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
         sink.port
     ));
     let log = work.path("events.jsonl");
@@ -204,7 +204,7 @@ impl Drop for BouncingServer {
 fn a_mailbox_that_does_not_exist_stops_every_later_email_to_it() {
     let server = BouncingServer::start();
     let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n",
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
         server.port
     ));
     let order = |event: &str, customer: &str, email: &str, order: &str| {
@@ -263,7 +263,7 @@ fn a_server_refusing_for_good_ends_in_failed_after_the_configured_attempts() {
     // Every RCPT gets a 4xx: retried with the configured waits, then failed.
     let sink = SmtpSink::start(&["-r", "RCPT"]);
     let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\n\
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n\
          [sender.retry]\nmax_attempts = 3\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n",
         sink.port
     ));
@@ -290,4 +290,198 @@ fn a_server_refusing_for_good_ends_in_failed_after_the_configured_attempts() {
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
     panic!("still not failed after 10 runs");
+}
+
+/// An aiosmtpd server requiring STARTTLS and AUTH, with a certificate for
+/// `localhost` made for the test.
+struct TlsAuthServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl TlsAuthServer {
+    const USER: &str = "aftercare";
+    const PASSWORD: &str = "s3cret-pass";
+
+    fn start() -> TlsAuthServer {
+        let dir = tempfile::tempdir().unwrap();
+        // A CA of our own, and a certificate for localhost it signs.
+        let file = |name: &str| dir.path().join(name);
+        let (ca, ca_key, cert, key) = (
+            file("ca.pem"),
+            file("ca.key"),
+            file("cert.pem"),
+            file("key.pem"),
+        );
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let status = std::process::Command::new("openssl")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        common::write(
+            &file("leaf.ext"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        );
+        openssl(&[
+            &os("req"),
+            &os("-x509"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-days"),
+            &os("2"),
+            &os("-subj"),
+            &os("/CN=aftercare test CA"),
+            &os("-keyout"),
+            ca_key.as_os_str(),
+            &os("-out"),
+            ca.as_os_str(),
+        ]);
+        openssl(&[
+            &os("req"),
+            &os("-newkey"),
+            &os("rsa:2048"),
+            &os("-nodes"),
+            &os("-subj"),
+            &os("/CN=localhost"),
+            &os("-keyout"),
+            key.as_os_str(),
+            &os("-out"),
+            file("leaf.csr").as_os_str(),
+        ]);
+        openssl(&[
+            &os("x509"),
+            &os("-req"),
+            &os("-in"),
+            file("leaf.csr").as_os_str(),
+            &os("-CA"),
+            ca.as_os_str(),
+            &os("-CAkey"),
+            ca_key.as_os_str(),
+            &os("-CAcreateserial"),
+            &os("-days"),
+            &os("2"),
+            &os("-extfile"),
+            file("leaf.ext").as_os_str(),
+            &os("-out"),
+            cert.as_os_str(),
+        ]);
+        let mail = dir.path().join("mail");
+        std::fs::create_dir(&mail).unwrap();
+        let port = common::free_port();
+        let child = std::process::Command::new("python3")
+            .arg(repo().join("tests/servers/tls_auth_smtp.py"))
+            .arg(port.to_string())
+            .arg(&mail)
+            .arg(&cert)
+            .arg(&key)
+            .args([Self::USER, Self::PASSWORD])
+            .spawn()
+            .expect("python3 with aiosmtpd (scripts/test.sh installs it)");
+        common::wait_for_port(port, std::time::Duration::from_secs(20));
+        TlsAuthServer {
+            port,
+            dir,
+            ca,
+            child,
+        }
+    }
+
+    fn received(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("mail"))
+            .unwrap()
+            .count()
+    }
+
+    fn config(&self, password: &str) -> Work {
+        let work = Work::new(&format!(
+            "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"localhost\"\nport = {}\n\
+             tls = \"starttls\"\nca_file = {:?}\nusername = \"{}\"\npassword_file = \"smtp-password\"\n",
+            self.port,
+            self.ca,
+            Self::USER
+        ));
+        common::write(&work.path("smtp-password"), &format!("{password}\n"));
+        work
+    }
+}
+
+impl Drop for TlsAuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of the order confirmation of `one_order`.
+fn confirmation(work: &Work) -> String {
+    work.emails()
+        .into_iter()
+        .find(|(k, _)| k == "c-1/order_confirmation/o-1")
+        .unwrap()
+        .1
+}
+
+fn one_order(work: &Work) -> std::path::PathBuf {
+    let log = work.path("events.jsonl");
+    common::write(
+        &log,
+        r#"{"event_id":"e1","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-1","email":"a@example.com"},"order":{"id":"o-1","total":"5.00","currency":"EUR","items":[]}}
+"#,
+    );
+    log
+}
+
+#[test]
+fn starttls_and_login_deliver() {
+    let server = TlsAuthServer::start();
+    let work = server.config(TlsAuthServer::PASSWORD);
+    let log = one_order(&work);
+    // The password file is read relative to the working directory.
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.received(), 1);
+    assert_eq!(confirmation(&work), "sent");
+    // The password is never in the output.
+    assert!(!stderr(&out).contains(TlsAuthServer::PASSWORD));
+}
+
+#[test]
+fn a_wrong_password_fails_permanently() {
+    let server = TlsAuthServer::start();
+    let work = server.config("not-the-password");
+    let log = one_order(&work);
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.received(), 0);
+    let e = work
+        .stored()
+        .into_iter()
+        .find(|e| e.key == "c-1/order_confirmation/o-1")
+        .unwrap();
+    assert_eq!(e.status, "failed", "{:?}", e.reason);
+    assert!(e.reason.unwrap().contains("535"));
+    assert!(!stderr(&out).contains("not-the-password"));
+}
+
+#[test]
+fn plaintext_is_refused_when_starttls_is_required() {
+    // smtp-sink offers no STARTTLS: nothing may go out in the clear.
+    let sink = SmtpSink::start(&[]);
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\n",
+        sink.port
+    ));
+    let log = one_order(&work);
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sink.messages().is_empty());
+    assert_eq!(confirmation(&work), "pending", "kept to retry");
 }

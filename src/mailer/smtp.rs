@@ -1,26 +1,57 @@
-//! SMTP through lettre's pooled async transport.
-//!
-//! Plain SMTP for now; TLS, AUTH, retries by reply class and per-domain
-//! limits build on this.
+//! SMTP through lettre's pooled async transport, with TLS (STARTTLS
+//! required, or implicit) and AUTH (PLAIN, LOGIN).
 
 use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::{MailError, Mailer, Outgoing};
-use crate::config::SmtpConfig;
+use crate::config::{ConfigError, SmtpConfig, TlsMode};
 
 pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
 }
 
 impl SmtpMailer {
-    pub fn new(config: &SmtpConfig) -> SmtpMailer {
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
+    /// Builds the transport; reads the CA file and the password. Fails on a
+    /// setting that cannot work (exit 64).
+    pub fn new(config: &SmtpConfig) -> Result<SmtpMailer, ConfigError> {
+        let bad = |key: &str, reason: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            reason,
+        };
+        let tls_parameters = || {
+            let mut params = TlsParameters::builder(config.host.clone());
+            if let Some(ca) = &config.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| bad("mailer.smtp.ca_file", format!("{}: {e}", ca.display())))?;
+                let cert = Certificate::from_pem(&pem)
+                    .map_err(|e| bad("mailer.smtp.ca_file", e.to_string()))?;
+                params = params.add_root_certificate(cert);
+            }
+            params
+                .build_rustls()
+                .map_err(|e| bad("mailer.smtp.tls", e.to_string()))
+        };
+        let tls = match config.tls {
+            TlsMode::None => Tls::None,
+            TlsMode::Starttls => Tls::Required(tls_parameters()?),
+            TlsMode::Tls => Tls::Wrapper(tls_parameters()?),
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
             .port(config.port)
+            .tls(tls)
             .timeout(Some(config.timeout))
-            .pool_config(PoolConfig::new().max_size(config.pool_size))
-            .build();
-        SmtpMailer { transport }
+            .pool_config(PoolConfig::new().max_size(config.pool_size));
+        if let Some(user) = &config.username {
+            builder = builder
+                .credentials(Credentials::new(user.clone(), config.password()?))
+                .authentication(vec![Mechanism::Plain, Mechanism::Login]);
+        }
+        Ok(SmtpMailer {
+            transport: builder.build(),
+        })
     }
 }
 
@@ -33,7 +64,12 @@ impl Mailer for SmtpMailer {
                 response.message().collect::<Vec<_>>().join(" ")
             )),
             Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
-            Err(e) => Err(MailError::Transient(e.to_string())),
+            Err(e) => {
+                if e.is_tls() || e.is_client() {
+                    tracing::error!(error = %e, "SMTP connection refused by the client side (TLS or a required extension missing).");
+                }
+                Err(MailError::Transient(e.to_string()))
+            }
         }
     }
 }
