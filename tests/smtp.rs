@@ -485,3 +485,54 @@ fn plaintext_is_refused_when_starttls_is_required() {
     assert!(sink.messages().is_empty());
     assert_eq!(confirmation(&work), "pending", "kept to retry");
 }
+
+#[test]
+fn emails_queued_while_the_server_is_down_go_out_once_when_it_is_back() {
+    let port = common::free_port();
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {port}\n\
+         [sender.retry]\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n"
+    ));
+    let log = work.path("events.jsonl");
+    common::write(&log, &common::generated_events(5));
+    // Nothing listens: every delivery is refused, and kept.
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let waiting = work.emails().iter().filter(|(_, s)| s == "pending").count();
+    assert!(waiting > 5, "{:?}", work.emails());
+    assert!(!work.emails().iter().any(|(_, s)| s == "sent"));
+
+    // The server is back: the next run sends each of them, once.
+    let sink = SmtpSink::start_on(port, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids = sink.message_ids_once();
+    let sent = work.emails().iter().filter(|(_, s)| s == "sent").count();
+    assert_eq!(ids.len(), sent);
+    // Every transactional email of the plan went out. (A marketing one is
+    // checked again when it is retried: the events that came meanwhile, a
+    // new order, may have cancelled it.)
+    let transactional = [
+        "order_confirmation",
+        "order_cancelled",
+        "shipping_update",
+        "return_instructions",
+    ];
+    let planned = common::planned(&work, &log)
+        .into_iter()
+        .filter(|p| transactional.iter().any(|t| p.contains(&format!(" {t} "))))
+        .count();
+    let sent_transactional = work
+        .emails()
+        .into_iter()
+        .filter(|(k, s)| s == "sent" && transactional.iter().any(|t| k.contains(&format!("/{t}/"))))
+        .count();
+    assert_eq!(sent_transactional, planned);
+    assert!(
+        !work
+            .emails()
+            .iter()
+            .any(|(_, s)| s == "pending" || s == "sending")
+    );
+}

@@ -265,6 +265,10 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start(extra_args: &[&str]) -> SmtpSink {
+        Self::start_on(free_port(), extra_args)
+    }
+
+    pub fn start_on(port: u16, extra_args: &[&str]) -> SmtpSink {
         let dir = tempfile::tempdir().unwrap();
         // smtp-sink drops to `nobody` when started as root.
         Command::new("chmod")
@@ -272,7 +276,6 @@ impl SmtpSink {
             .arg(dir.path())
             .status()
             .unwrap();
-        let port = free_port();
         let mut cmd = Command::new(smtp_sink_binary());
         if is_root() {
             cmd.args(["-u", "nobody"]);
