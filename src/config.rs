@@ -198,8 +198,45 @@ pub struct SenderConfig {
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     pub retry: RetryConfig,
+    pub domains: DomainsConfig,
 }
 
+/// Limits per recipient domain, so that one slow or throttling provider
+/// does not hold the others back.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsConfig {
+    /// Deliveries in flight at once to one domain.
+    pub concurrency: usize,
+    /// Deliveries per second to one domain; 0: no limit.
+    pub rate: f64,
+    /// After a 421 or a 4.7.x deferral, the domain gets nothing for this
+    /// long (its emails wait, without spending an attempt).
+    #[serde(with = "humantime_serde")]
+    pub defer: Duration,
+    /// Per-domain limits replacing the default: `[sender.domains.overrides."gmail.com"]`.
+    #[serde(default)]
+    pub overrides: std::collections::BTreeMap<String, DomainLimit>,
+}
+
+impl DomainsConfig {
+    /// The limits for `domain`: its override, or the default.
+    pub fn limit(&self, domain: &str) -> DomainLimit {
+        self.overrides.get(domain).copied().unwrap_or(DomainLimit {
+            concurrency: self.concurrency,
+            rate: self.rate,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainLimit {
+    /// Deliveries in flight at once to the domain.
+    pub concurrency: usize,
+    /// Deliveries per second to the domain; 0: no limit.
+    pub rate: f64,
+}
 /// How transient failures (4xx, a server down) are retried.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -408,6 +445,24 @@ impl Config {
             && !self.shop.unsubscribe_url.starts_with("http://")
         {
             return Err(invalid("shop.unsubscribe_url", "must be an http(s) URL"));
+        }
+        let default = self.sender.domains.limit("");
+        for (key, limit) in std::iter::once(("sender.domains".to_owned(), &default)).chain(
+            self.sender
+                .domains
+                .overrides
+                .iter()
+                .map(|(d, l)| (format!("sender.domains.overrides.\"{d}\""), l)),
+        ) {
+            if limit.concurrency == 0 {
+                return Err(invalid(format!("{key}.concurrency"), "must be at least 1"));
+            }
+            if !limit.rate.is_finite() || limit.rate < 0.0 {
+                return Err(invalid(
+                    format!("{key}.rate"),
+                    "must be 0 (no limit) or more",
+                ));
+            }
         }
         if self.sender.retry.max_attempts == 0 {
             return Err(invalid("sender.retry.max_attempts", "must be at least 1"));

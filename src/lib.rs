@@ -10,6 +10,7 @@
 //! - [`render`]: the handlebars template set, helpers, locales.
 //! - [`mailer`]: MIME building; `.eml` files and SMTP.
 //! - [`sender`]: render, send, record the outcome.
+//! - [`domains`]: limits and deferrals per recipient domain.
 //! - [`daemon`]: `run`, the ingest thread and delivery workers wired.
 //! - [`simulate`]: the email plan of an event log, no side effects.
 //! - [`check`]: every template in every locale against sample data.
@@ -21,6 +22,7 @@
 pub mod check;
 pub mod config;
 pub mod daemon;
+pub mod domains;
 pub mod event;
 pub mod http;
 pub mod journey;

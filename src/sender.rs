@@ -8,6 +8,7 @@ use lettre::message::Mailbox;
 use serde_json::Value;
 
 use crate::config::{Config, EmailClass, RetryConfig};
+use crate::domains::{Domains, domain_of, is_deferral};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::backoff;
 use crate::render::Templates;
@@ -31,6 +32,12 @@ pub enum Outcome {
     Bounced {
         address: String,
         reason: String,
+    },
+    /// The recipient's domain asked us to slow down (421, 4.7.x), now or
+    /// before: the email waits, without spending an attempt.
+    Deferred {
+        at: Timestamp,
+        reply: String,
     },
 }
 
@@ -56,6 +63,7 @@ pub struct Sender<M: Mailer> {
     /// Brand settings, `shop.*` in every template.
     shop: Value,
     retry: RetryConfig,
+    domains: Domains,
 }
 
 impl<M: Mailer> Sender<M> {
@@ -70,6 +78,7 @@ impl<M: Mailer> Sender<M> {
             reply_to,
             shop: serde_json::to_value(&config.shop).unwrap_or(Value::Null),
             retry: config.sender.retry.clone(),
+            domains: Domains::new(config.sender.domains.clone()),
         }
     }
 
@@ -122,8 +131,33 @@ impl<M: Mailer> Sender<M> {
             message,
         };
         let recipient = outgoing.recipient.clone();
-        match self.mailer.send(&outgoing).await {
+        let domain = domain_of(&recipient);
+        let first = email.first_attempt_at.unwrap_or(now);
+        let max_age = SignedDuration::try_from(self.retry.max_age).unwrap_or(SignedDuration::MAX);
+        let wait = |at: Timestamp, reply: String| {
+            if at > first + max_age {
+                Outcome::Failed {
+                    reason: format!("still deferred after {:?}: {reply}", self.retry.max_age),
+                }
+            } else {
+                Outcome::Deferred { at, reply }
+            }
+        };
+        let slot = self.domains.slot(&domain).await;
+        // Checked with the slot in hand: a delivery queued behind the one
+        // that was deferred must not go out.
+        if let Some(until) = self.domains.deferred(&domain, Timestamp::now()) {
+            return wait(until, format!("{domain} deferred delivery"));
+        }
+        let sent = self.mailer.send(&outgoing).await;
+        drop(slot);
+        match sent {
             Ok(reply) => Outcome::Sent { reply },
+            Err(MailError::Transient(reply)) if is_deferral(&reply) => {
+                let until = self.domains.defer(&domain, now);
+                tracing::warn!(%domain, %until, %reply, "Domain deferred delivery; pausing it.");
+                wait(until, reply)
+            }
             Err(MailError::Transient(reply)) => {
                 let jitter = f64::from(jitter_of(&email.key, email.attempts)) / f64::from(u16::MAX);
                 let at = now
@@ -133,9 +167,7 @@ impl<M: Mailer> Sender<M> {
                         self.retry.max_wait,
                         jitter,
                     );
-                let first = email.first_attempt_at.unwrap_or(now);
-                let too_old = SignedDuration::try_from(self.retry.max_age)
-                    .is_ok_and(|max_age| at > first + max_age);
+                let too_old = at > first + max_age;
                 if email.attempts + 1 >= self.retry.max_attempts || too_old {
                     Outcome::Failed {
                         reason: format!("gave up after {} attempts: {reply}", email.attempts + 1),
@@ -170,6 +202,7 @@ impl<M: Mailer> Sender<M> {
             match recorded {
                 Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
                 Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
+                Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
                 Outcome::Failed { reason } => store.mark_failed(id, &reason),
                 Outcome::Bounced { address, reason } => {
                     store.mark_failed(id, &reason)?;

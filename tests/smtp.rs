@@ -191,6 +191,12 @@ impl BouncingServer {
     fn received(&self) -> usize {
         std::fs::read_dir(self.dir.path()).unwrap().count()
     }
+
+    /// RCPT TO attempts at the deferring domain.
+    fn deferred_attempts(&self) -> usize {
+        let counter = format!("{}.slow", self.dir.path().display());
+        std::fs::read_to_string(counter).map_or(0, |s| s.lines().count())
+    }
 }
 
 impl Drop for BouncingServer {
@@ -535,4 +541,48 @@ fn emails_queued_while_the_server_is_down_go_out_once_when_it_is_back() {
             .iter()
             .any(|(_, s)| s == "pending" || s == "sending")
     );
+}
+
+#[test]
+fn a_deferring_domain_is_paused_and_the_others_go_on() {
+    let server = BouncingServer::start();
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n\
+         [sender.domains]\nconcurrency = 1\ndefer = \"10m\"\n",
+        server.port
+    ));
+    let log = work.path("events.jsonl");
+    let orders: String = (0..6)
+        .map(|i| {
+            let domain = if i % 2 == 0 { "slow.example" } else { "fast.example" };
+            format!(
+                r#"{{"event_id":"e{i}","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-{i}","email":"c{i}@{domain}"}},"order":{{"id":"o-{i}","total":"5.00","currency":"EUR","items":[]}}}}"#
+            ) + "\n"
+        })
+        .collect();
+    common::write(&log, &orders);
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // One try at the slow domain; it said slow down, so no more.
+    assert_eq!(server.deferred_attempts(), 1);
+    assert_eq!(server.received(), 3, "the fast domain's confirmations");
+    let confirmations: Vec<(String, String)> = work
+        .emails()
+        .into_iter()
+        .filter(|(k, _)| k.contains("/order_confirmation/"))
+        .collect();
+    for (key, status) in &confirmations {
+        let slow = ["c-0/", "c-2/", "c-4/"].iter().any(|c| key.starts_with(c));
+        assert_eq!(status, if slow { "pending" } else { "sent" }, "{key}");
+    }
+    // Waiting on a domain spends no attempt.
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let attempts: i64 = conn
+        .query_row(
+            "SELECT max(attempts) FROM emails WHERE key LIKE 'c-0/order_confirmation/%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(attempts, 0);
 }

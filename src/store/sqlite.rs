@@ -272,6 +272,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn mark_deferred(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3 WHERE id = ?1",
+            params![id, ms(fire_at), reply],
+        )?;
+        Ok(())
+    }
+
     fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE emails SET status = 'failed', reason = ?2, attempts = attempts + 1

@@ -1,7 +1,9 @@
 """An SMTP server for the tests (aiosmtpd): accepts mail, except to
 addresses whose local part starts with "gone", which it refuses as a
-mailbox that does not exist (550 5.1.1). Each accepted message is written
-to DIR as a file. Usage: bouncing_smtp.py PORT DIR"""
+mailbox that does not exist (550 5.1.1), and to the domain slow.example,
+which it defers (450 4.7.1), counting those attempts as lines of DIR.slow.
+Each accepted message is written to DIR as a file.
+Usage: bouncing_smtp.py PORT DIR"""
 
 import asyncio
 import pathlib
@@ -16,6 +18,10 @@ class Handler:
         self.out = out
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower().endswith("@slow.example"):
+            with open(str(self.out) + ".slow", "a") as counter:
+                counter.write(address + "\n")
+            return "450 4.7.1 <%s>: too many messages, slow down" % address
         if address.split("@")[0].startswith("gone"):
             return "550 5.1.1 <%s>: Recipient address rejected: no such mailbox" % address
         envelope.rcpt_tos.append(address)
