@@ -182,9 +182,12 @@ pub struct SmtpConfig {
     pub password_file: Option<PathBuf>,
     /// Connections kept open to the server.
     pub pool_size: u32,
-    /// Limit on one whole SMTP transaction.
+    /// Limit on connecting and on each command.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Limit on one whole transaction; past it, the outcome is ambiguous.
+    #[serde(with = "humantime_serde")]
+    pub transaction_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -258,7 +258,9 @@ impl Delivered {
                 tracing::debug!(to = ?email.recipient, %reply, "Sent email.");
                 *self.sent.entry(email.template).or_default() += 1;
             }
-            Outcome::Retry { at, reply } | Outcome::Deferred { at, reply } => {
+            Outcome::Retry { at, reply }
+            | Outcome::Deferred { at, reply }
+            | Outcome::Ambiguous { at, reply } => {
                 tracing::warn!(key = %email.key, retry_at = %at, %reply, "Delivery failed; will retry.");
                 self.retried += 1;
             }

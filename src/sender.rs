@@ -39,6 +39,12 @@ pub enum Outcome {
         at: Timestamp,
         reply: String,
     },
+    /// May have been delivered: retried (same Message-ID), and counted
+    /// apart from the other attempts.
+    Ambiguous {
+        at: Timestamp,
+        reply: String,
+    },
 }
 
 /// Whether a permanent reply says the mailbox does not exist: an enhanced
@@ -154,11 +160,14 @@ impl<M: Mailer> Sender<M> {
         match sent {
             Ok(reply) => Outcome::Sent { reply },
             Err(MailError::Transient(reply)) if is_deferral(&reply) => {
+                let reply = format!("transient: {reply}");
                 let until = self.domains.defer(&domain, now);
                 tracing::warn!(%domain, %until, %reply, "Domain deferred delivery; pausing it.");
                 wait(until, reply)
             }
-            Err(MailError::Transient(reply)) => {
+            Err(e @ (MailError::Transient(_) | MailError::Ambiguous(_))) => {
+                let ambiguous = matches!(e, MailError::Ambiguous(_));
+                let reply = e.to_string();
                 let jitter = f64::from(jitter_of(&email.key, email.attempts)) / f64::from(u16::MAX);
                 let at = now
                     + backoff(
@@ -172,6 +181,8 @@ impl<M: Mailer> Sender<M> {
                     Outcome::Failed {
                         reason: format!("gave up after {} attempts: {reply}", email.attempts + 1),
                     }
+                } else if ambiguous {
+                    Outcome::Ambiguous { at, reply }
                 } else {
                     Outcome::Retry { at, reply }
                 }
@@ -180,7 +191,7 @@ impl<M: Mailer> Sender<M> {
                 address: recipient,
                 reason: format!("permanent: {reply}"),
             },
-            Err(e) => Outcome::Failed {
+            Err(e @ MailError::Permanent(_)) => Outcome::Failed {
                 reason: e.to_string(),
             },
         }
@@ -203,6 +214,7 @@ impl<M: Mailer> Sender<M> {
                 Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
                 Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
                 Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
+                Outcome::Ambiguous { at, reply } => store.mark_ambiguous(id, at, &reply),
                 Outcome::Failed { reason } => store.mark_failed(id, &reason),
                 Outcome::Bounced { address, reason } => {
                     store.mark_failed(id, &reason)?;

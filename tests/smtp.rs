@@ -586,3 +586,85 @@ fn a_deferring_domain_is_paused_and_the_others_go_on() {
         .unwrap();
     assert_eq!(attempts, 0);
 }
+
+#[test]
+fn a_disconnect_after_the_final_dot_is_ambiguous_and_resent_with_the_same_message_id() {
+    let port = common::free_port();
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {port}\n\
+         [sender.retry]\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n"
+    ));
+    let log = one_order(&work);
+    // The server takes the message, then hangs up without a reply.
+    let hangs_up = SmtpSink::start_on(port, &["-q", "."]);
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(confirmation(&work), "pending", "kept to send again");
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let (attempts, ambiguous): (i64, i64) = conn
+        .query_row(
+            "SELECT attempts, ambiguous_attempts FROM emails WHERE key = 'c-1/order_confirmation/o-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((attempts, ambiguous), (1, 1));
+    let maybe_delivered = hangs_up.message_ids_once();
+    drop(hangs_up);
+
+    // A server that answers: the email goes out again, as the same message.
+    let answers = SmtpSink::start_on(port, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(confirmation(&work), "sent");
+    let delivered = answers.message_ids_once();
+    assert_eq!(delivered.len(), 1);
+    for id in &maybe_delivered {
+        assert_eq!(id, &delivered[0], "a duplicate carries the same Message-ID");
+    }
+}
+
+#[test]
+fn a_server_closing_idle_pooled_connections_loses_nothing() {
+    use std::io::Write;
+    // smtp-sink drops a connection idle for a second.
+    let sink = SmtpSink::start(&["-t", "1"]);
+    let work = Work::new(&format!(
+        "[source]\nbatch_wait = \"50ms\"\n[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
+        sink.port
+    ));
+    let mut worker = work
+        .command(&["run"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = worker.stdin.take().unwrap();
+    let order = |n: u32| {
+        format!(
+            r#"{{"event_id":"e{n}","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-{n}","email":"c{n}@example.com"}},"order":{{"id":"o-{n}","total":"5.00","currency":"EUR","items":[]}}}}"#
+        )
+    };
+    writeln!(stdin, "{}", order(1)).unwrap();
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(20),
+        || sink.messages().len() == 1
+    ));
+    // Long enough for the server to close the pooled connection.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    writeln!(stdin, "{}", order(2)).unwrap();
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(20),
+        || sink.messages().len() == 2
+    ));
+    drop(stdin);
+    assert!(worker.wait().unwrap().success());
+    let statuses: Vec<String> = work
+        .emails()
+        .into_iter()
+        .filter(|(k, _)| k.contains("order_confirmation"))
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(statuses, ["sent", "sent"]);
+    assert_eq!(sink.message_ids_once().len(), 2);
+}

@@ -28,12 +28,11 @@ pub enum MailError {
     /// Will not succeed: a 5xx reply, an address the server refuses.
     #[error("permanent: {0}")]
     Permanent(String),
-}
-
-impl MailError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Transient(_))
-    }
+    /// May have been delivered: the connection broke or timed out while the
+    /// server may already have had the message. Retried with the same
+    /// Message-ID, so that a duplicate can be recognised downstream.
+    #[error("ambiguous: {0}")]
+    Ambiguous(String),
 }
 
 /// One message ready to hand over.

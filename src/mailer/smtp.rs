@@ -11,6 +11,8 @@ use crate::config::{ConfigError, SmtpConfig, TlsMode};
 
 pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// Limit on one whole transaction, connection included.
+    transaction_timeout: std::time::Duration,
 }
 
 impl SmtpMailer {
@@ -51,25 +53,54 @@ impl SmtpMailer {
         }
         Ok(SmtpMailer {
             transport: builder.build(),
+            transaction_timeout: config.transaction_timeout,
         })
+    }
+}
+
+/// The outcome class of a failed transaction.
+///
+/// A reply code says it all: 4xx transient, 5xx permanent. Without one:
+/// failing to connect (or to set up TLS) is transient, since the server
+/// never saw the message; a connection that broke or a reply that never
+/// came once the session was up is ambiguous, since lettre's pooled
+/// transport does not say whether that was before or after the message
+/// was sent. That counts some failures before DATA as ambiguous, never the
+/// other way round.
+fn classify(e: &lettre::transport::smtp::Error) -> MailError {
+    let text = e.to_string();
+    if e.is_permanent() {
+        MailError::Permanent(text)
+    } else if e.is_transient() {
+        MailError::Transient(text)
+    } else if e.is_tls() || e.is_client() || text.starts_with("Connection error") {
+        if e.is_tls() || e.is_client() {
+            tracing::error!(error = %e, "SMTP session refused on our side (TLS, or a required extension missing).");
+        }
+        MailError::Transient(text)
+    } else {
+        MailError::Ambiguous(text)
     }
 }
 
 impl Mailer for SmtpMailer {
     async fn send(&self, email: &Outgoing) -> Result<String, MailError> {
-        match self.transport.send(email.message.clone()).await {
-            Ok(response) => Ok(format!(
+        let sent = tokio::time::timeout(
+            self.transaction_timeout,
+            self.transport.send(email.message.clone()),
+        )
+        .await;
+        match sent {
+            Ok(Ok(response)) => Ok(format!(
                 "{} {}",
                 response.code(),
                 response.message().collect::<Vec<_>>().join(" ")
             )),
-            Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
-            Err(e) => {
-                if e.is_tls() || e.is_client() {
-                    tracing::error!(error = %e, "SMTP connection refused by the client side (TLS or a required extension missing).");
-                }
-                Err(MailError::Transient(e.to_string()))
-            }
+            Ok(Err(e)) => Err(classify(&e)),
+            Err(_) => Err(MailError::Ambiguous(format!(
+                "no reply within {:?}",
+                self.transaction_timeout
+            ))),
         }
     }
 }

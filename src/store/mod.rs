@@ -202,6 +202,9 @@ pub trait Store: Send + 'static {
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()>;
     /// Puts an email back to wait until `fire_at` after a transient failure.
     fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
+    /// Like `mark_retry`, after an attempt that may have been delivered:
+    /// counted apart too (`ambiguous_attempts`).
+    fn mark_ambiguous(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
     /// Like `mark_retry`, but the wait is the domain's, not the email's
     /// fault: no attempt is counted.
     fn mark_deferred(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;

@@ -34,6 +34,10 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
          recipient TEXT,
          locale TEXT,
          attempts INTEGER NOT NULL DEFAULT 0,
+         -- Attempts that may have been delivered (the connection broke after
+         -- the message was sent): a duplicate downstream can only come from
+         -- these, and carries the same Message-ID.
+         ambiguous_attempts INTEGER NOT NULL DEFAULT 0,
          last_reply TEXT,
          decided_at INTEGER,
          lease_owner TEXT,
@@ -267,6 +271,16 @@ impl Store for SqliteStore {
         self.conn.execute(
             "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
                  attempts = attempts + 1 WHERE id = ?1",
+            params![id, ms(fire_at), reply],
+        )?;
+        Ok(())
+    }
+
+    fn mark_ambiguous(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
+                 attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
+             WHERE id = ?1",
             params![id, ms(fire_at), reply],
         )?;
         Ok(())
