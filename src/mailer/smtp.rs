@@ -1,104 +1,271 @@
-//! SMTP through lettre's pooled async transport, with TLS (STARTTLS
-//! required, or implicit) and AUTH (PLAIN, LOGIN).
+//! SMTP with a pool of lettre connections, TLS (STARTTLS required, or
+//! implicit) and AUTH (PLAIN, LOGIN).
+//!
+//! The transaction is driven command by command with lettre's
+//! `AsyncSmtpConnection`, so that the outcome class is exact:
+//! - *transient*: a 4xx reply, or a failure before the message was sent
+//!   (connecting, TLS, a connection that broke at MAIL, RCPT or DATA);
+//! - *permanent*: a 5xx reply;
+//! - *ambiguous*: the connection broke or timed out while the message was
+//!   being sent or its reply awaited: the server may have it.
+//!
+//! Sockets are opened with `TCP_NODELAY`: lettre writes the final `.` of a
+//! message on its own, which Nagle's algorithm would otherwise hold back for
+//! a delayed ACK (some 40 ms per message).
 
-use lettre::transport::smtp::PoolConfig;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::ClientId;
+use tokio::sync::Semaphore;
 
 use super::{MailError, Mailer, Outgoing};
 use crate::config::{ConfigError, SmtpConfig, TlsMode};
 
+/// A pooled connection unused for longer is checked with NOOP first.
+const CHECK_IDLE_AFTER: Duration = Duration::from_secs(10);
+
 pub struct SmtpMailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    /// Limit on one whole transaction, connection included.
-    transaction_timeout: std::time::Duration,
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    tls_parameters: Option<TlsParameters>,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+    /// Limit on connecting and on each command.
+    timeout: Duration,
+    /// Limit on one whole transaction.
+    transaction_timeout: Duration,
+    /// Connections in use at once.
+    slots: Semaphore,
+    idle: Mutex<Vec<(AsyncSmtpConnection, Instant)>>,
 }
 
 impl SmtpMailer {
-    /// Builds the transport; reads the CA file and the password. Fails on a
-    /// setting that cannot work (exit 64).
+    /// Reads the CA file and the password. Fails on a setting that cannot
+    /// work (exit 64).
     pub fn new(config: &SmtpConfig) -> Result<SmtpMailer, ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::Invalid {
             key: key.to_owned(),
             reason,
         };
-        let tls_parameters = || {
-            let mut params = TlsParameters::builder(config.host.clone());
-            if let Some(ca) = &config.ca_file {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| bad("mailer.smtp.ca_file", format!("{}: {e}", ca.display())))?;
-                let cert = Certificate::from_pem(&pem)
-                    .map_err(|e| bad("mailer.smtp.ca_file", e.to_string()))?;
-                params = params.add_root_certificate(cert);
+        let tls_parameters = match config.tls {
+            TlsMode::None => None,
+            TlsMode::Starttls | TlsMode::Tls => {
+                let mut params = TlsParameters::builder(config.host.clone());
+                if let Some(ca) = &config.ca_file {
+                    let pem = std::fs::read(ca).map_err(|e| {
+                        bad("mailer.smtp.ca_file", format!("{}: {e}", ca.display()))
+                    })?;
+                    let cert = Certificate::from_pem(&pem)
+                        .map_err(|e| bad("mailer.smtp.ca_file", e.to_string()))?;
+                    params = params.add_root_certificate(cert);
+                }
+                Some(
+                    params
+                        .build_rustls()
+                        .map_err(|e| bad("mailer.smtp.tls", e.to_string()))?,
+                )
             }
-            params
-                .build_rustls()
-                .map_err(|e| bad("mailer.smtp.tls", e.to_string()))
         };
-        let tls = match config.tls {
-            TlsMode::None => Tls::None,
-            TlsMode::Starttls => Tls::Required(tls_parameters()?),
-            TlsMode::Tls => Tls::Wrapper(tls_parameters()?),
+        let credentials = match &config.username {
+            Some(user) => Some(Credentials::new(user.clone(), config.password()?)),
+            None => None,
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
-            .port(config.port)
-            .tls(tls)
-            .timeout(Some(config.timeout))
-            .pool_config(PoolConfig::new().max_size(config.pool_size));
-        if let Some(user) = &config.username {
-            builder = builder
-                .credentials(Credentials::new(user.clone(), config.password()?))
-                .authentication(vec![Mechanism::Plain, Mechanism::Login]);
-        }
+        let hello = gethostname::gethostname()
+            .into_string()
+            .map(ClientId::Domain)
+            .unwrap_or_default();
         Ok(SmtpMailer {
-            transport: builder.build(),
+            host: config.host.clone(),
+            port: config.port,
+            tls: config.tls,
+            tls_parameters,
+            credentials,
+            hello,
+            timeout: config.timeout,
             transaction_timeout: config.transaction_timeout,
+            slots: Semaphore::new(config.pool_size.max(1) as usize),
+            idle: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A new session: connected, TLS as configured, authenticated.
+    async fn connect(&self) -> Result<AsyncSmtpConnection, MailError> {
+        let transient = |what: &str, e: &dyn std::fmt::Display| {
+            MailError::Transient(format!("{what} {}:{}: {e}", self.host, self.port))
+        };
+        let mut conn = if self.tls == TlsMode::Tls {
+            AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(self.timeout),
+                &self.hello,
+                self.tls_parameters.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| transient("connecting to", &e))?
+        } else {
+            let tcp = tokio::time::timeout(
+                self.timeout,
+                tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+            )
+            .await
+            .map_err(|_| transient("timed out connecting to", &"no answer"))?
+            .map_err(|e| transient("connecting to", &e))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| transient("connecting to", &e))?;
+            let stream: Box<dyn AsyncTokioStream> = Box::new(tcp);
+            tokio::time::timeout(
+                self.timeout,
+                AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
+            )
+            .await
+            .map_err(|_| transient("no greeting from", &"timeout"))?
+            .map_err(|e| by_code(&e).unwrap_or_else(|| transient("greeting from", &e)))?
+        };
+        if self.tls == TlsMode::Starttls {
+            let params = self.tls_parameters.clone().expect("made for STARTTLS");
+            // Required: a server that does not offer it gets nothing.
+            if let Err(e) = conn.starttls(params, &self.hello).await {
+                tracing::error!(host = %self.host, error = %e, "STARTTLS failed; nothing is sent in plaintext.");
+                return Err(by_code(&e).unwrap_or_else(|| transient("STARTTLS with", &e)));
+            }
+        }
+        if let Some(credentials) = &self.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)
+                .await
+                .map_err(|e| by_code(&e).unwrap_or_else(|| transient("AUTH with", &e)))?;
+        }
+        Ok(conn)
+    }
+
+    /// A pooled session if one is fit, else a new one. `true`: pooled.
+    async fn session(&self) -> Result<(AsyncSmtpConnection, bool), MailError> {
+        loop {
+            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some((mut conn, since)) = pooled else {
+                return Ok((self.connect().await?, false));
+            };
+            if conn.has_broken() {
+                continue;
+            }
+            if since.elapsed() < CHECK_IDLE_AFTER || conn.test_connected().await {
+                return Ok((conn, true));
+            }
+        }
+    }
+
+    /// One transaction on `conn`; `sent` is set once the message itself
+    /// starts to go out.
+    async fn transact(
+        conn: &mut AsyncSmtpConnection,
+        envelope: &Envelope,
+        body: &[u8],
+        sent: &AtomicBool,
+    ) -> Result<String, Failure> {
+        let before = |e: lettre::transport::smtp::Error| match by_code(&e) {
+            Some(m) => Failure::Replied(m),
+            None => Failure::Broken(MailError::Transient(e.to_string())),
+        };
+        conn.command(Mail::new(envelope.from().cloned(), vec![]))
+            .await
+            .map_err(before)?;
+        for to in envelope.to() {
+            conn.command(Rcpt::new(to.clone(), vec![]))
+                .await
+                .map_err(before)?;
+        }
+        conn.command(Data).await.map_err(before)?;
+        sent.store(true, Ordering::SeqCst);
+        match conn.message(body).await {
+            Ok(reply) => Ok(format!(
+                "{} {}",
+                reply.code(),
+                reply.message().collect::<Vec<_>>().join(" ")
+            )),
+            Err(e) => Err(match by_code(&e) {
+                // The server answered the final dot: that answer stands.
+                Some(m) => Failure::Replied(m),
+                None => Failure::Broken(MailError::Ambiguous(e.to_string())),
+            }),
+        }
     }
 }
 
-/// The outcome class of a failed transaction.
-///
-/// A reply code says it all: 4xx transient, 5xx permanent. Without one:
-/// failing to connect (or to set up TLS) is transient, since the server
-/// never saw the message; a connection that broke or a reply that never
-/// came once the session was up is ambiguous, since lettre's pooled
-/// transport does not say whether that was before or after the message
-/// was sent. That counts some failures before DATA as ambiguous, never the
-/// other way round.
-fn classify(e: &lettre::transport::smtp::Error) -> MailError {
-    let text = e.to_string();
+/// How a transaction failed.
+enum Failure {
+    /// The server answered with a code; the session may go on.
+    Replied(MailError),
+    /// The session broke.
+    Broken(MailError),
+}
+
+/// A 4xx or 5xx reply, as our class.
+fn by_code(e: &lettre::transport::smtp::Error) -> Option<MailError> {
     if e.is_permanent() {
-        MailError::Permanent(text)
+        Some(MailError::Permanent(e.to_string()))
     } else if e.is_transient() {
-        MailError::Transient(text)
-    } else if e.is_tls() || e.is_client() || text.starts_with("Connection error") {
-        if e.is_tls() || e.is_client() {
-            tracing::error!(error = %e, "SMTP session refused on our side (TLS, or a required extension missing).");
-        }
-        MailError::Transient(text)
+        Some(MailError::Transient(e.to_string()))
     } else {
-        MailError::Ambiguous(text)
+        None
     }
 }
 
 impl Mailer for SmtpMailer {
     async fn send(&self, email: &Outgoing) -> Result<String, MailError> {
-        let sent = tokio::time::timeout(
-            self.transaction_timeout,
-            self.transport.send(email.message.clone()),
-        )
-        .await;
-        match sent {
-            Ok(Ok(response)) => Ok(format!(
-                "{} {}",
-                response.code(),
-                response.message().collect::<Vec<_>>().join(" ")
-            )),
-            Ok(Err(e)) => Err(classify(&e)),
-            Err(_) => Err(MailError::Ambiguous(format!(
-                "no reply within {:?}",
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let envelope = email.message.envelope().clone();
+        let body = email.message.formatted();
+        let sent = AtomicBool::new(false);
+        let attempt = async {
+            // A pooled session the server dropped fails before the message
+            // goes out: then one fresh session is tried at once.
+            let (mut conn, pooled) = self.session().await?;
+            let mut result = Self::transact(&mut conn, &envelope, &body, &sent).await;
+            if pooled && matches!(result, Err(Failure::Broken(_))) && !sent.load(Ordering::SeqCst) {
+                conn = self.connect().await?;
+                result = Self::transact(&mut conn, &envelope, &body, &sent).await;
+            }
+            match result {
+                Ok(reply) => {
+                    self.idle
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((conn, Instant::now()));
+                    Ok(reply)
+                }
+                Err(Failure::Replied(e)) => {
+                    // Refused, but the session is fine: reset it for the next.
+                    if conn.command(Rset).await.is_ok() {
+                        self.idle
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((conn, Instant::now()));
+                    }
+                    Err(e)
+                }
+                Err(Failure::Broken(e)) => {
+                    conn.abort().await;
+                    Err(e)
+                }
+            }
+        };
+        match tokio::time::timeout(self.transaction_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) if sent.load(Ordering::SeqCst) => Err(MailError::Ambiguous(format!(
+                "no reply within {:?} after the message was sent",
+                self.transaction_timeout
+            ))),
+            Err(_) => Err(MailError::Transient(format!(
+                "no progress within {:?}",
                 self.transaction_timeout
             ))),
         }
