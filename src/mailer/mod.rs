@@ -54,7 +54,7 @@ pub trait Mailer: Send + Sync + 'static {
 /// The mailer chosen by the configuration.
 pub enum AnyMailer {
     Eml(EmlMailer),
-    Smtp(SmtpMailer),
+    Smtp(Box<SmtpMailer>),
     /// Accepts everything, sends nothing: `simulate`.
     Null,
 }
