@@ -268,9 +268,9 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
         MailerKind::Eml => AnyMailer::Eml(
             EmlMailer::new(&outbox).with_context(|| format!("creating {}", outbox.display()))?,
         ),
-        MailerKind::Smtp => {
-            AnyMailer::Smtp(SmtpMailer::new(&config.mailer.smtp).map_err(|e| fail(EX_USAGE, e))?)
-        }
+        MailerKind::Smtp => AnyMailer::Smtp(Box::new(
+            SmtpMailer::new(&config.mailer.smtp).map_err(|e| fail(EX_USAGE, e))?,
+        )),
     };
     let concurrency = match config.mailer.kind {
         MailerKind::Eml => 4,
