@@ -668,3 +668,50 @@ fn a_server_closing_idle_pooled_connections_loses_nothing() {
     assert_eq!(statuses, ["sent", "sent"]);
     assert_eq!(sink.message_ids_once().len(), 2);
 }
+
+#[test]
+fn a_disconnect_before_the_message_went_out_is_transient_not_ambiguous() {
+    // smtp-sink hangs up, without a reply, on RCPT TO.
+    let sink = SmtpSink::start(&["-q", "RCPT"]);
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
+        sink.port
+    ));
+    let log = one_order(&work);
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(confirmation(&work), "pending");
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let (attempts, ambiguous): (i64, i64) = conn
+        .query_row(
+            "SELECT attempts, ambiguous_attempts FROM emails WHERE key = 'c-1/order_confirmation/o-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((attempts, ambiguous), (1, 0));
+}
+
+#[test]
+fn a_421_defers_the_domain_without_spending_an_attempt() {
+    // smtp-sink answers MAIL FROM with 421 and hangs up.
+    let sink = SmtpSink::start(&["-Q", "MAIL"]);
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
+        sink.port
+    ));
+    let log = one_order(&work);
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(confirmation(&work), "pending");
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let (attempts, reply): (i64, String) = conn
+        .query_row(
+            "SELECT attempts, last_reply FROM emails WHERE key = 'c-1/order_confirmation/o-1'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(attempts, 0, "a deferral spends no attempt");
+    assert!(reply.contains("421"), "{reply}");
+}
