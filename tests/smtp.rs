@@ -48,6 +48,24 @@ fn in_script(s: &str, range: std::ops::RangeInclusive<char>) -> bool {
     s.chars().any(|c| range.contains(&c))
 }
 
+/// A work directory whose worker sends to the plain SMTP server on `port`.
+fn smtp_work(port: u16, extra: &str) -> Work {
+    Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {port}\n{extra}"
+    ))
+}
+
+/// `(attempts, ambiguous attempts, last reply)` of the email `key`.
+fn attempts(work: &Work, key: &str) -> (i64, i64, Option<String>) {
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    conn.query_row(
+        "SELECT attempts, ambiguous_attempts, last_reply FROM emails WHERE key = ?1",
+        [key],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .unwrap()
+}
+
 #[test]
 fn emails_reach_a_real_smtp_server_intact_in_three_languages() {
     let sink = SmtpSink::start(&[]);
@@ -126,10 +144,7 @@ fn emails_reach_a_real_smtp_server_intact_in_three_languages() {
 /// returns the status of every stored email and the run's summary.
 fn run_against_refusing_sink(sink_args: &[&str]) -> (Vec<String>, String) {
     let sink = SmtpSink::start(sink_args);
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
-        sink.port
-    ));
+    let work = smtp_work(sink.port, "");
     let log = work.path("events.jsonl");
     common::write(&log, &common::generated_events(3));
     let out = work.run(&["run", "--input", log.to_str().unwrap()]);
@@ -209,10 +224,7 @@ impl Drop for BouncingServer {
 #[test]
 fn a_mailbox_that_does_not_exist_stops_every_later_email_to_it() {
     let server = BouncingServer::start();
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
-        server.port
-    ));
+    let work = smtp_work(server.port, "");
     let order = |event: &str, customer: &str, email: &str, order: &str| {
         format!(
             r#"{{"event_id":"{event}","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"{customer}","email":"{email}"}},"order":{{"id":"{order}","total":"5.00","currency":"EUR","items":[]}}}}"#
@@ -268,11 +280,10 @@ fn a_mailbox_that_does_not_exist_stops_every_later_email_to_it() {
 fn a_server_refusing_for_good_ends_in_failed_after_the_configured_attempts() {
     // Every RCPT gets a 4xx: retried with the configured waits, then failed.
     let sink = SmtpSink::start(&["-r", "RCPT"]);
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n\
-         [sender.retry]\nmax_attempts = 3\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n",
-        sink.port
-    ));
+    let work = smtp_work(
+        sink.port,
+        "[sender.retry]\nmax_attempts = 3\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n",
+    );
     let log = work.path("events.jsonl");
     common::write(
         &log,
@@ -495,10 +506,10 @@ fn plaintext_is_refused_when_starttls_is_required() {
 #[test]
 fn emails_queued_while_the_server_is_down_go_out_once_when_it_is_back() {
     let port = common::free_port();
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {port}\n\
-         [sender.retry]\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n"
-    ));
+    let work = smtp_work(
+        port,
+        "[sender.retry]\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n",
+    );
     let log = work.path("events.jsonl");
     common::write(&log, &common::generated_events(5));
     // Nothing listens: every delivery is refused, and kept.
@@ -546,11 +557,10 @@ fn emails_queued_while_the_server_is_down_go_out_once_when_it_is_back() {
 #[test]
 fn a_deferring_domain_is_paused_and_the_others_go_on() {
     let server = BouncingServer::start();
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n\
-         [sender.domains]\nconcurrency = 1\ndefer = \"10m\"\n",
-        server.port
-    ));
+    let work = smtp_work(
+        server.port,
+        "[sender.domains]\nconcurrency = 1\ndefer = \"10m\"\n",
+    );
     let log = work.path("events.jsonl");
     let orders: String = (0..6)
         .map(|i| {
@@ -576,39 +586,24 @@ fn a_deferring_domain_is_paused_and_the_others_go_on() {
         assert_eq!(status, if slow { "pending" } else { "sent" }, "{key}");
     }
     // Waiting on a domain spends no attempt.
-    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
-    let attempts: i64 = conn
-        .query_row(
-            "SELECT max(attempts) FROM emails WHERE key LIKE 'c-0/order_confirmation/%'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(attempts, 0);
+    assert_eq!(attempts(&work, "c-0/order_confirmation/o-0").0, 0);
 }
 
 #[test]
 fn a_disconnect_after_the_final_dot_is_ambiguous_and_resent_with_the_same_message_id() {
     let port = common::free_port();
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {port}\n\
-         [sender.retry]\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n"
-    ));
+    let work = smtp_work(
+        port,
+        "[sender.retry]\nfirst_wait = \"100ms\"\nmax_wait = \"200ms\"\n",
+    );
     let log = one_order(&work);
     // The server takes the message, then hangs up without a reply.
     let hangs_up = SmtpSink::start_on(port, &["-q", "."]);
     let out = work.run(&["run", "--input", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(confirmation(&work), "pending", "kept to send again");
-    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
-    let (attempts, ambiguous): (i64, i64) = conn
-        .query_row(
-            "SELECT attempts, ambiguous_attempts FROM emails WHERE key = 'c-1/order_confirmation/o-1'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((attempts, ambiguous), (1, 1));
+    let (tries, ambiguous, _) = attempts(&work, "c-1/order_confirmation/o-1");
+    assert_eq!((tries, ambiguous), (1, 1));
     let maybe_delivered = hangs_up.message_ids_once();
     drop(hangs_up);
 
@@ -630,10 +625,7 @@ fn a_server_closing_idle_pooled_connections_loses_nothing() {
     use std::io::Write;
     // smtp-sink drops a connection idle for a second.
     let sink = SmtpSink::start(&["-t", "1"]);
-    let work = Work::new(&format!(
-        "[source]\nbatch_wait = \"50ms\"\n[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
-        sink.port
-    ));
+    let work = smtp_work(sink.port, "[source]\nbatch_wait = \"50ms\"\n");
     let mut worker = work
         .command(&["run"])
         .stdin(std::process::Stdio::piped())
@@ -673,45 +665,26 @@ fn a_server_closing_idle_pooled_connections_loses_nothing() {
 fn a_disconnect_before_the_message_went_out_is_transient_not_ambiguous() {
     // smtp-sink hangs up, without a reply, on RCPT TO.
     let sink = SmtpSink::start(&["-q", "RCPT"]);
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
-        sink.port
-    ));
+    let work = smtp_work(sink.port, "");
     let log = one_order(&work);
     let out = work.run(&["run", "--input", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(confirmation(&work), "pending");
-    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
-    let (attempts, ambiguous): (i64, i64) = conn
-        .query_row(
-            "SELECT attempts, ambiguous_attempts FROM emails WHERE key = 'c-1/order_confirmation/o-1'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((attempts, ambiguous), (1, 0));
+    let (tries, ambiguous, _) = attempts(&work, "c-1/order_confirmation/o-1");
+    assert_eq!((tries, ambiguous), (1, 0));
 }
 
 #[test]
 fn a_421_defers_the_domain_without_spending_an_attempt() {
     // smtp-sink answers MAIL FROM with 421 and hangs up.
     let sink = SmtpSink::start(&["-Q", "MAIL"]);
-    let work = Work::new(&format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
-        sink.port
-    ));
+    let work = smtp_work(sink.port, "");
     let log = one_order(&work);
     let out = work.run(&["run", "--input", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(confirmation(&work), "pending");
-    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
-    let (attempts, reply): (i64, String) = conn
-        .query_row(
-            "SELECT attempts, last_reply FROM emails WHERE key = 'c-1/order_confirmation/o-1'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(attempts, 0, "a deferral spends no attempt");
+    let (tries, _, reply) = attempts(&work, "c-1/order_confirmation/o-1");
+    assert_eq!(tries, 0, "a deferral spends no attempt");
+    let reply = reply.unwrap_or_default();
     assert!(reply.contains("421"), "{reply}");
 }
