@@ -587,11 +587,6 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("dead-letter.jsonl"))
     }
-
-    /// The rule for a template id.
-    pub fn rule(&self, template: &str) -> Option<&JourneyRule> {
-        self.journeys.iter().find(|r| r.template == template)
-    }
 }
 
 impl SmtpConfig {
@@ -679,11 +674,9 @@ mod tests {
     fn shipped_config_has_the_fourteen_journeys() {
         let c = Config::embedded();
         assert_eq!(c.journeys.len(), 14);
-        assert_eq!(
-            c.rule("welcome").unwrap().delay,
-            Duration::from_secs(86_400)
-        );
-        assert_eq!(c.rule("loyalty_milestone").unwrap().milestones, [3, 5, 10]);
+        let rule = |t: &str| c.journeys.iter().find(|r| r.template == t).unwrap();
+        assert_eq!(rule("welcome").delay, Duration::from_secs(86_400));
+        assert_eq!(rule("loyalty_milestone").milestones, [3, 5, 10]);
     }
 
     #[test]

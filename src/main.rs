@@ -366,4 +366,10 @@ fn print_summary(config: &Config, input: &str, dead: &str, s: &Summary) {
         "Not sent: {} cancelled, {} suppressed; {} to retry, {} failed.",
         i.cancelled, i.suppressed, s.retried, s.failed
     );
+    if s.resumed > 0 {
+        println!("Delivered again after an earlier stop: {}.", s.resumed);
+    }
+    if s.cut_short {
+        println!("Stopped before every delivery finished: the rest goes out on the next start.");
+    }
 }
