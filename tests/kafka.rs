@@ -266,8 +266,11 @@ fn a_second_worker_joining_and_leaving_loses_and_duplicates_nothing() {
     let log = common::generated_events(600);
     let tansu = broker_with(&log);
     let sink = SmtpSink::start(&[]);
+    // Each worker sends at most 250 emails a second (all recipients share
+    // one domain), so that the work lasts long enough for both to share it.
     let smtp = format!(
-        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n\
+         [sender.domains]\nrate = 250.0\n",
         sink.port
     );
     let work = Work::new(&kafka_config(&tansu, "g1", &smtp));
@@ -281,10 +284,13 @@ fn a_second_worker_joining_and_leaving_loses_and_duplicates_nothing() {
         .len()
         >= plan.len() / 5));
     let mut second = spawn(work.command(&["run"]).env("AFTERCARE_WORKER_ID", "w2"));
+    let joined = Instant::now();
     assert!(common::wait_until(Duration::from_secs(60), || sink
         .messages()
         .len()
         >= plan.len() / 2));
+    // Long enough after joining (a rebalance takes seconds) to do a share.
+    std::thread::sleep(Duration::from_secs(8).saturating_sub(joined.elapsed()));
     sigterm(&second.0);
     let status = wait_exit(&mut second.0, Duration::from_secs(20)).expect("the second worker left");
     assert!(status.success());
