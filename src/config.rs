@@ -59,6 +59,7 @@ pub struct Config {
     pub shop: ShopConfig,
     pub unsubscribe: UnsubscribeConfig,
     pub http: HttpConfig,
+    pub check: CheckConfig,
     /// The journey rules: which event sends which template, when.
     #[serde(rename = "journey")]
     pub journeys: Vec<JourneyRule>,
@@ -264,6 +265,15 @@ pub struct UnsubscribeConfig {
     /// made once and kept in the store (shared by the workers using it).
     /// Set it when links must stay valid across stores.
     pub secret: Option<String>,
+}
+
+/// Rules `aftercare check` holds the templates to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// Longest subject, in characters, with the sample data: mail clients
+    /// cut long ones.
+    pub max_subject_chars: usize,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -66,6 +66,12 @@ enum Command {
     },
     /// Validate the config and render every template in every locale.
     Check,
+    /// Render every template in every locale to a static HTML gallery.
+    Preview {
+        /// Folder for the gallery (`index.html` and a page per template).
+        #[arg(long, value_name = "DIR", default_value = "preview")]
+        out: PathBuf,
+    },
 }
 
 /// An error with the exit code it deserves.
@@ -131,6 +137,14 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Preview { out } => match check::preview(&config, &out) {
+            Ok(index) => {
+                println!("Preview: {}", index.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(check::PreviewError::Templates(problems)) => Err(fail(EX_DATAERR, problems)),
+            Err(e) => Err(fail(1, e)),
+        },
         Command::Simulate { events, until } => simulate_command(&config, &events, until),
         Command::Run { input, once } => {
             let runtime = tokio::runtime::Runtime::new()?;

@@ -394,3 +394,65 @@ fn invalid_events_go_to_the_dead_letter_file_and_neighbours_are_processed() {
     );
     assert!(stdout(&out).contains("5 invalid"), "{}", stdout(&out));
 }
+
+#[test]
+fn check_refuses_a_subject_longer_than_the_limit() {
+    let work = Work::new("[check]\nmax_subject_chars = 12\n");
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains("templates/en/order_confirmation.subject.hbs: subject is"),
+        "{err}"
+    );
+    assert!(err.contains("check.max_subject_chars (12)"), "{err}");
+}
+
+#[test]
+fn check_refuses_customer_data_in_triple_braces() {
+    let work = broken_templates("en/welcome.html.hbs", |t| {
+        format!("{t}\n<p>Hello {{{{{{customer.name}}}}}}</p>\n")
+    });
+    let line = std::fs::read_to_string(work.path("templates/en/welcome.html.hbs"))
+        .unwrap()
+        .lines()
+        .count();
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "templates/en/welcome.html.hbs:{line}:10: customer data in triple braces"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn preview_writes_a_gallery_of_every_template_and_locale() {
+    let work = Work::new("");
+    let out_dir = work.path("gallery");
+    let out = work.run(&["preview", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let index = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
+    let links: Vec<&str> = index
+        .split("href=\"")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    assert_eq!(links.len(), 14 * 3, "{index}");
+    for link in links {
+        let page =
+            std::fs::read_to_string(out_dir.join(link)).unwrap_or_else(|e| panic!("{link}: {e}"));
+        assert!(page.contains("class=\"subject\">"), "{link}");
+        let iframe = page.split("<iframe src=\"").nth(1).unwrap();
+        let src = &iframe[..iframe.find('"').unwrap()];
+        let html = std::fs::read_to_string(out_dir.join(link).parent().unwrap().join(src)).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>"), "{link}");
+        assert!(page.contains("<pre class=\"text\">"), "{link}");
+    }
+    // The text part is shown as text: its ampersands escaped in the page.
+    let page = std::fs::read_to_string(out_dir.join("hy/order_confirmation.page.html")).unwrap();
+    assert!(page.contains("Tea &amp; Kettle"));
+    assert!(page.contains("Շնորհակալություն"), "Armenian intact");
+}
