@@ -8,6 +8,7 @@
 //! - [`source`]: event sources (JSONL file, stdin) and the dead-letter file.
 //! - [`pipeline`]: ingest batches, fire due emails, check them again.
 //! - [`render`]: the handlebars template set, helpers, locales.
+//! - [`reload`]: hot reload of the templates (file watch, SIGHUP).
 //! - [`mailer`]: MIME building; `.eml` files and SMTP.
 //! - [`sender`]: render, send, record the outcome.
 //! - [`domains`]: limits and deferrals per recipient domain.
@@ -28,6 +29,7 @@ pub mod http;
 pub mod journey;
 pub mod mailer;
 pub mod pipeline;
+pub mod reload;
 pub mod render;
 pub mod sender;
 pub mod simulate;

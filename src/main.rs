@@ -19,7 +19,8 @@ use aftercare::sender::Sender;
 use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
 use aftercare::store::{SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
-use aftercare::{check, http, simulate};
+use aftercare::{check, http, reload, simulate};
+use arc_swap::ArcSwap;
 
 /// Exit codes, as DESIGN.md gives them (sysexits.h).
 const EX_USAGE: u8 = 64;
@@ -290,7 +291,12 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
         MailerKind::Eml => 4,
         MailerKind::Smtp => config.mailer.smtp.pool_size as usize,
     };
-    let sender = Arc::new(Sender::new(&config, templates, mailer));
+    let templates = Arc::new(ArcSwap::from(templates));
+    let sender = Arc::new(Sender::new(&config, Arc::clone(&templates), mailer));
+    let (reload_stop, reload_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reloader = tokio::spawn(reload::watch(config.clone(), templates, async {
+        let _ = reload_stopped.await;
+    }));
     let settings = Settings {
         batch_size: config.source.batch_size,
         concurrency,
@@ -319,6 +325,8 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
         None => (None, None),
     };
     let summary = daemon::run(pipeline, source, dead, sender, settings, shutdown()).await;
+    let _ = reload_stop.send(());
+    let _ = reloader.await;
     if let (Some(stop), Some(server)) = (http_stop, http) {
         let _ = stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+
 use jiff::{SignedDuration, Timestamp};
 use lettre::message::Mailbox;
 use serde_json::Value;
@@ -62,7 +64,8 @@ pub fn is_bounce(reply: &str) -> bool {
 }
 
 pub struct Sender<M: Mailer> {
-    templates: Arc<Templates>,
+    /// Swapped whole by a reload: a render sees one set, old or new.
+    templates: Arc<ArcSwap<Templates>>,
     mailer: M,
     from: Mailbox,
     reply_to: Option<Mailbox>,
@@ -73,7 +76,7 @@ pub struct Sender<M: Mailer> {
 }
 
 impl<M: Mailer> Sender<M> {
-    pub fn new(config: &Config, templates: Arc<Templates>, mailer: M) -> Sender<M> {
+    pub fn new(config: &Config, templates: Arc<ArcSwap<Templates>>, mailer: M) -> Sender<M> {
         // Both were validated with the config.
         let from = config.mailer.from.parse().expect("validated mailer.from");
         let reply_to = config.mailer.reply_to.as_ref().and_then(|r| r.parse().ok());
@@ -99,7 +102,7 @@ impl<M: Mailer> Sender<M> {
         let locale = email.locale.as_deref().unwrap_or("en");
         let mut data = email.data.clone();
         data["shop"] = self.shop.clone();
-        let rendered = match self.templates.render(&email.template, locale, &data) {
+        let rendered = match self.templates.load().render(&email.template, locale, &data) {
             Ok(r) => r,
             Err(problems) => {
                 return Outcome::Failed {
