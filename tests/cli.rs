@@ -119,7 +119,7 @@ fn check_passes_on_the_shipped_templates() {
 fn broken_templates(file: &str, edit: impl FnOnce(String) -> String) -> Work {
     let work = Work::new("");
     let templates = work.path("templates");
-    copy_dir(&repo().join("templates"), &templates);
+    common::copy_dir(&repo().join("templates"), &templates);
     let path = templates.join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, edit(text)).unwrap();
@@ -130,19 +130,6 @@ fn broken_templates(file: &str, edit: impl FnOnce(String) -> String) -> Work {
     );
     std::fs::write(work.config(), config).unwrap();
     work
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

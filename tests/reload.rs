@@ -5,25 +5,11 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::Work;
 use mail_parser::MessageParser;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 fn order(n: u32) -> String {
     format!(
@@ -51,7 +37,7 @@ fn subject(work: &Work, n: u32) -> Option<String> {
 fn an_edit_is_picked_up_and_a_broken_one_is_refused_without_a_restart() {
     let work = Work::new("[source]\nbatch_wait = \"50ms\"\n");
     let templates = work.path("templates");
-    copy_dir(&common::repo().join("templates"), &templates);
+    common::copy_dir(&common::repo().join("templates"), &templates);
     std::fs::write(
         work.config(),
         format!(

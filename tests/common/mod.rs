@@ -342,3 +342,17 @@ pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
 pub fn write(path: &Path, content: &str) {
     std::fs::write(path, content).unwrap();
 }
+
+/// Copies a folder tree (the templates, for tests that edit them).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
