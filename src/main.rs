@@ -185,13 +185,14 @@ fn signer<S: Store>(config: &Config, store: &mut S) -> Result<Signer, Failure> {
 fn pipeline<S: Store>(
     config: &Config,
     templates: &Templates,
-    mut store: S,
+    store: S,
+    signer: Signer,
 ) -> Result<Pipeline<S>, Failure> {
     let context = Context {
         locales: templates.locales().clone(),
         default_timezone: config.default_timezone.clone(),
         unsubscribe_url: config.shop.unsubscribe_url.clone(),
-        signer: signer(config, &mut store)?,
+        signer,
     };
     let lease = LeasePolicy {
         owner: config.worker_id(),
@@ -215,7 +216,9 @@ fn simulate_command(
     let path = events.to_str().context("event log path is not UTF-8")?;
     let mut source = FileSource::open(path, Duration::ZERO)
         .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("{}: {e}", events.display())))?;
-    let pipeline = pipeline(config, &templates, SqliteStore::in_memory()?)?;
+    let mut store = SqliteStore::in_memory()?;
+    let signer = signer(config, &mut store)?;
+    let pipeline = pipeline(config, &templates, store, signer)?;
     let plan = simulate::simulate(pipeline, &mut source, until)?;
     let mut out = std::io::stdout().lock();
     for line in &plan.lines {
@@ -277,7 +280,14 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
             (Box::new(source), dead, place)
         }
     };
-    let pipeline = pipeline(&config, &templates, store)?;
+    // One signing key and one more handle on the store for the HTTP server,
+    // taken before the store moves into the pipeline.
+    let signer = signer(&config, &mut store)?;
+    let http_store = match config.http.listen {
+        Some(_) => Some(store.reopen()?),
+        None => None,
+    };
+    let pipeline = pipeline(&config, &templates, store, signer.clone())?;
     let outbox = config.outbox_dir();
     let mailer = match config.mailer.kind {
         MailerKind::Eml => AnyMailer::Eml(
@@ -304,14 +314,13 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
         once,
     };
     let dead_place = dead.place();
-    let (http_stop, http) = match config.http.listen {
-        Some(addr) => {
+    let (http_stop, http) = match (config.http.listen, http_store) {
+        (Some(addr), Some(store)) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("config key `http.listen`: binding {addr}"))?;
-            let mut store = SqliteStore::open(&config.store_path())?;
             let state = Arc::new(http::HttpState {
-                signer: signer(&config, &mut store)?,
+                signer,
                 store: Arc::new(Mutex::new(store)),
                 shop_name: config.shop.name.clone(),
             });
@@ -322,7 +331,7 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
             }));
             (Some(stop), Some(server))
         }
-        None => (None, None),
+        _ => (None, None),
     };
     let summary = daemon::run(pipeline, source, dead, sender, settings, shutdown()).await;
     let _ = reload_stop.send(());
