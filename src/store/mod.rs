@@ -33,6 +33,8 @@ pub enum StoreError {
         customer: String,
         error: serde_json::Error,
     },
+    #[error("no random bytes for a secret: {0}")]
+    Random(String),
     #[error("opening the store at {path}: {error}")]
     Open { path: String, error: std::io::Error },
 }

@@ -232,10 +232,7 @@ impl Store for SqliteStore {
 
     fn secret(&mut self, name: &str) -> Result<Vec<u8>> {
         let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| StoreError::Open {
-            path: "getrandom".into(),
-            error: std::io::Error::other(e.to_string()),
-        })?;
+        getrandom::fill(&mut fresh).map_err(|e| StoreError::Random(e.to_string()))?;
         // The first worker to ask makes it; everyone reads the same.
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
