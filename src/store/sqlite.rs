@@ -100,7 +100,7 @@ impl SqliteStore {
             conn: Self::connect(path)?,
             path: Some(path.to_owned()),
         };
-        Migrations::from_slice(MIGRATIONS).to_latest(&mut store.conn)?;
+        migrate(&mut store.conn)?;
         Ok(store)
     }
 
@@ -127,6 +127,33 @@ impl SqliteStore {
         let rows = stmt.query_map(args, email_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+}
+
+/// Brings the schema to the latest version, safely when several workers
+/// open the same new file at once.
+///
+/// The migration library reads the schema version before it takes the write
+/// lock, so two workers can both see version 0 and the second then fails on
+/// `CREATE TABLE`. Its transactions start `IMMEDIATE` here, so the second
+/// waits for the first to commit; an attempt that fails after the version
+/// moved under it is read again, and finds nothing left to do.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let migrations = Migrations::from_slice(MIGRATIONS);
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+    let outcome = loop {
+        let before = schema_version(conn)?;
+        match migrations.to_latest(conn) {
+            Ok(()) => break Ok(()),
+            Err(_) if schema_version(conn)? != before => continue,
+            Err(error) => break Err(error.into()),
+        }
+    };
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Deferred);
+    outcome
+}
+
+fn schema_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
 
 fn json_list(items: &[String]) -> String {
@@ -765,6 +792,32 @@ mod tests {
         assert!(!tx.seen("e-2").unwrap());
         let j = tx.journey("c-1").unwrap().unwrap();
         assert_eq!(j.profile.email.as_deref(), Some("anna@example.com"));
+    }
+
+    #[test]
+    fn workers_opening_a_new_store_at_once_all_get_the_schema() {
+        // Regression: two workers started together on a fresh file both read
+        // schema version 0, and the second failed on `CREATE TABLE`.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("aftercare.db");
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|scope| {
+                let opened: Vec<_> = (0..4)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            SqliteStore::open(&path).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for worker in opened {
+                    worker.join().unwrap().unwrap();
+                }
+            });
+            let s = SqliteStore::open(&path).unwrap();
+            assert_eq!(schema_version(&s.conn).unwrap(), MIGRATIONS.len() as i64);
+        }
     }
 
     #[test]
