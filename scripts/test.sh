@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of aftercare. Installs what the tests need first (Postfix,
 # for its smtp-sink SMTP server; aiosmtpd from PyPI, for an SMTP server that
-# bounces; tansu, a Kafka-protocol broker, from
+# bounces; Chromium from Debian and playwright-core from npm, for the
+# browser test of the preview gallery; tansu, a Kafka-protocol broker, from
 # crates.io: about ten minutes to build, once), then checks formatting and
 # lints, then runs the unit and integration tests. The servers are started by
 # the tests themselves, on loopback ports, and stopped when each test ends.
@@ -21,6 +22,17 @@ fi
 if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then
   echo "==> Installing aiosmtpd (a scriptable SMTP server for the bounce tests)"
   python3 -m pip install --quiet aiosmtpd
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> Installing Chromium (headless, for the preview gallery's browser test)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "==> Installing playwright-core (drives Chromium; no browser download)"
+  (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"

@@ -1,5 +1,4 @@
-//! `aftercare check` and `aftercare preview`: the whole template set against
-//! its sample data.
+//! `aftercare check`: the whole template set against its sample data.
 //!
 //! Every template of the journeys, in every locale, rendered with
 //! `templates/samples/<template>.json` (the customer's locale set to the
@@ -10,13 +9,12 @@
 //! longer than `check.max_subject_chars` and customer data in triple
 //! braces, which would reach the HTML unescaped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use handlebars::html_escape;
 use serde_json::Value;
 
-use crate::config::Config;
-use crate::render::{PARTS, Problem, Problems, Rendered, Templates};
+use crate::config::{Config, JourneyRule};
+use crate::render::{LoadOptions, PARTS, Problem, Problems, Rendered, Templates};
 
 /// What a passing check covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +24,64 @@ pub struct Checked {
     pub renders: usize,
 }
 
-/// One template in one locale, rendered with its sample data.
+/// One template in one locale (and variant), rendered with its sample data.
 pub struct Sample {
+    /// The journey's template id.
     pub template: String,
+    /// The A/B variant, for templates that have variants.
+    pub variant: Option<String>,
     pub locale: String,
     pub rendered: Rendered,
+    /// The locale whose files rendered it, when the template falls back.
+    pub fallback: Option<String>,
+}
+
+impl Sample {
+    /// `review_request`, or `review_request.b` for a variant.
+    pub fn name(&self) -> String {
+        JourneyRule::variant_template(&self.template, self.variant.as_deref())
+    }
+}
+
+/// Every template the journeys send, each A/B variant apart:
+/// `(template id, variant)`.
+pub fn renderable(config: &Config) -> Vec<(String, Option<String>)> {
+    config
+        .journeys
+        .iter()
+        .flat_map(|rule| {
+            let variants: Vec<Option<String>> = if rule.variants.is_empty() {
+                vec![None]
+            } else {
+                rule.variants.keys().cloned().map(Some).collect()
+            };
+            variants
+                .into_iter()
+                .map(|v| (rule.template.clone(), v))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// How the configuration loads the template set.
+pub fn load_options(config: &Config) -> LoadOptions {
+    LoadOptions {
+        default_locale: config.default_locale.clone(),
+        fallbacks: config.locale_fallback.clone(),
+        shop: serde_json::to_value(&config.shop).unwrap_or(Value::Null),
+    }
+}
+
+/// Loads the template set and requires every template (and variant) of the
+/// journeys in every locale.
+pub fn load(config: &Config) -> Result<Templates, Problems> {
+    let templates = Templates::load(&config.templates_dir, &load_options(config))?;
+    let names: Vec<String> = renderable(config)
+        .iter()
+        .map(|(t, v)| JourneyRule::variant_template(t, v.as_deref()))
+        .collect();
+    templates.require(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    Ok(templates)
 }
 
 fn problem(file: &Path, line: Option<usize>, column: Option<usize>, message: String) -> Problem {
@@ -45,17 +96,19 @@ fn problem(file: &Path, line: Option<usize>, column: Option<usize>, message: Str
 /// Renders every template in every locale with its sample data; fails with
 /// every problem found.
 pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Problems> {
-    let templates = Templates::load(&config.templates_dir, &config.default_locale)?;
-    let ids: Vec<&str> = config
-        .journeys
-        .iter()
-        .map(|r| r.template.as_str())
-        .collect();
-    templates.require(&ids)?;
+    let templates = load(config)?;
     let shop = serde_json::to_value(&config.shop).unwrap_or(Value::Null);
-    let mut problems = unescaped_customer_data(&templates, &ids);
+    let renderable = renderable(config);
+    let names: Vec<String> = renderable
+        .iter()
+        .map(|(t, v)| JourneyRule::variant_template(t, v.as_deref()))
+        .collect();
+    let mut problems = unescaped_customer_data(
+        &templates,
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let mut samples = Vec::new();
-    for id in &ids {
+    for ((id, variant), name) in renderable.iter().zip(&names) {
         let sample_path = config
             .templates_dir
             .join("samples")
@@ -63,7 +116,10 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
         let sample = match read_sample(&sample_path) {
             Ok(sample) => sample,
             Err(p) => {
-                problems.push(p);
+                // Once per template, not once per variant.
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
                 continue;
             }
         };
@@ -73,12 +129,12 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
             if data["customer"].is_object() {
                 data["customer"]["locale"] = Value::String(locale.clone());
             }
-            match templates.render(id, locale, &data) {
+            match templates.render(name, locale, &data) {
                 Ok(rendered) => {
                     let chars = rendered.subject.chars().count();
                     if chars > config.check.max_subject_chars {
                         problems.push(problem(
-                            &templates.file(locale, id, "subject"),
+                            &templates.file(locale, name, "subject"),
                             None,
                             None,
                             format!(
@@ -88,9 +144,11 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
                         ));
                     }
                     samples.push(Sample {
-                        template: (*id).to_owned(),
+                        template: id.clone(),
+                        variant: variant.clone(),
                         locale: locale.clone(),
                         rendered,
+                        fallback: templates.fallback_for(locale, name).map(str::to_owned),
                     });
                 }
                 Err(Problems(found)) => problems.extend(found),
@@ -108,7 +166,7 @@ pub fn check(config: &Config) -> Result<Checked, Problems> {
     let (templates, samples) = render_samples(config)?;
     Ok(Checked {
         locales: templates.locales().available().len(),
-        templates: config.journeys.len(),
+        templates: renderable(config).len(),
         renders: samples.len(),
     })
 }
@@ -167,80 +225,4 @@ fn read_sample(path: &Path) -> Result<Value, Problem> {
         ));
     }
     Ok(value)
-}
-
-/// `aftercare preview`: a static gallery of every template in every locale.
-///
-/// `DIR/index.html` links a page per template and locale, which shows the
-/// subject, the HTML part in an iframe (`DIR/<locale>/<template>.html`, the
-/// email as sent) and the text part.
-pub fn preview(config: &Config, out: &Path) -> Result<PathBuf, PreviewError> {
-    let (templates, samples) = render_samples(config).map_err(PreviewError::Templates)?;
-    let write = |path: &Path, text: &str| {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, text)
-    };
-    let locales = templates.locales().available().to_vec();
-    for s in &samples {
-        let dir = out.join(&s.locale);
-        write(&dir.join(format!("{}.html", s.template)), &s.rendered.html)?;
-        let page = format!(
-            "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{template} ({locale})</title>\
-             <style>body{{font-family:sans-serif;margin:1.5em}}iframe{{width:100%;height:70vh;\
-             border:1px solid #ccc}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:1em}}\
-             </style></head><body><p><a href=\"../index.html\">All templates</a></p>\
-             <h1>{template} <small>({locale})</small></h1>\
-             <p><strong>Subject:</strong> <span class=\"subject\">{subject}</span></p>\
-             <h2>HTML</h2><iframe src=\"{template}.html\" title=\"HTML part\"></iframe>\
-             <h2>Text</h2><pre class=\"text\">{text}</pre></body></html>",
-            template = html_escape(&s.template),
-            locale = html_escape(&s.locale),
-            subject = html_escape(&s.rendered.subject),
-            text = html_escape(&s.rendered.text),
-        );
-        write(&dir.join(format!("{}.page.html", s.template)), &page)?;
-    }
-    let mut rows = String::new();
-    for rule in &config.journeys {
-        rows.push_str(&format!("<tr><th>{}</th>", html_escape(&rule.template)));
-        for locale in &locales {
-            let subject = samples
-                .iter()
-                .find(|s| s.template == rule.template && &s.locale == locale)
-                .map_or(String::new(), |s| html_escape(&s.rendered.subject));
-            rows.push_str(&format!(
-                "<td><a href=\"{locale}/{template}.page.html\">{subject}</a></td>",
-                locale = html_escape(locale),
-                template = html_escape(&rule.template),
-            ));
-        }
-        rows.push_str("</tr>");
-    }
-    let header: String = locales
-        .iter()
-        .map(|l| format!("<th>{}</th>", html_escape(l)))
-        .collect();
-    let index = format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Email previews</title>\
-         <style>body{{font-family:sans-serif;margin:1.5em}}td,th{{padding:.4em .8em;\
-         text-align:left;border-bottom:1px solid #ddd}}</style></head><body>\
-         <h1>Email previews</h1><p>{n} templates in {l} locales, rendered with the sample \
-         data in <code>templates/samples/</code>.</p>\
-         <table><tr><th>template</th>{header}</tr>{rows}</table></body></html>",
-        n = config.journeys.len(),
-        l = locales.len(),
-    );
-    let index_path = out.join("index.html");
-    write(&index_path, &index)?;
-    Ok(index_path)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PreviewError {
-    #[error("{0}")]
-    Templates(Problems),
-    #[error("writing the preview: {0}")]
-    Write(#[from] std::io::Error),
 }

@@ -6,7 +6,7 @@
 //! `AFTERCARE_MAILER__KIND=smtp`). Every struct denies unknown keys, so a
 //! typo fails at start with the key's name instead of being ignored.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,6 +45,11 @@ pub struct Config {
     pub default_locale: String,
     /// Time zone for customers without one; dates in emails are shown in it.
     pub default_timezone: String,
+    /// Where a locale's missing templates come from: `am = "en"` sends the
+    /// English email to Amharic customers for a template with no Amharic
+    /// files. Without it, `check` refuses a template missing in a locale.
+    #[serde(default)]
+    pub locale_fallback: BTreeMap<String, String>,
     /// This worker's id, for its claims on emails it delivers: stable across
     /// restarts, distinct between workers sharing a store. Default: the
     /// host name.
@@ -296,9 +301,50 @@ pub struct ShopConfig {
     pub logo_url: String,
     pub review_url: String,
     pub returns_url: String,
+    /// Brand colours, used by the stylesheet `templates/style.css.hbs`.
+    pub colors: BrandColors,
     /// Public base of the unsubscribe link on marketing emails: the signed
     /// token is appended (`<unsubscribe_url>/<token>`).
     pub unsubscribe_url: String,
+}
+
+/// Brand colours, each `#rgb` or `#rrggbb`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrandColors {
+    /// Headings, links, buttons.
+    pub primary: String,
+    /// Text on a button.
+    pub on_primary: String,
+    /// Body text.
+    pub text: String,
+    /// Footer and secondary text.
+    pub muted: String,
+    /// Around the email.
+    pub background: String,
+    /// Behind the email's content.
+    pub surface: String,
+    /// Lines between sections.
+    pub border: String,
+}
+
+impl BrandColors {
+    fn each(&self) -> [(&'static str, &str); 7] {
+        [
+            ("primary", &self.primary),
+            ("on_primary", &self.on_primary),
+            ("text", &self.text),
+            ("muted", &self.muted),
+            ("background", &self.background),
+            ("surface", &self.surface),
+            ("border", &self.border),
+        ]
+    }
+}
+
+fn is_hex_color(s: &str) -> bool {
+    s.strip_prefix('#')
+        .is_some_and(|hex| matches!(hex.len(), 3 | 6) && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// What starts a journey rule.
@@ -371,7 +417,27 @@ pub struct JourneyRule {
     /// (`order.cancelled` always cancels every pending email of its order.)
     #[serde(default)]
     pub cancel_on: Vec<Trigger>,
+    /// A/B test: variant name to weight. Variant `a` is the template's own
+    /// files; any other, say `b`, is `<template>.b.{subject,html,txt}.hbs`.
+    /// Each customer gets one variant per template, always the same (a hash
+    /// of customer and template), so a resend or a replay never switches.
+    #[serde(default)]
+    pub variants: BTreeMap<String, u32>,
 }
+
+impl JourneyRule {
+    /// The template to render for `variant`: `review_request` for `a` (or
+    /// none), `review_request.b` for `b`.
+    pub fn variant_template(template: &str, variant: Option<&str>) -> String {
+        match variant {
+            None | Some(BASE_VARIANT) => template.to_owned(),
+            Some(v) => format!("{template}.{v}"),
+        }
+    }
+}
+
+/// The variant whose files are the template's own.
+pub const BASE_VARIANT: &str = "a";
 
 impl Config {
     /// Loads the layers and validates the result. `env` is passed in so that
@@ -458,6 +524,22 @@ impl Config {
             && !self.shop.unsubscribe_url.starts_with("http://")
         {
             return Err(invalid("shop.unsubscribe_url", "must be an http(s) URL"));
+        }
+        for (name, color) in self.shop.colors.each() {
+            if !is_hex_color(color) {
+                return Err(invalid(
+                    format!("shop.colors.{name}"),
+                    format!("`{color}` is not a colour like #2f4a3a"),
+                ));
+            }
+        }
+        for (from, to) in &self.locale_fallback {
+            if from == to {
+                return Err(invalid(
+                    format!("locale_fallback.{from}"),
+                    "a locale cannot fall back to itself",
+                ));
+            }
         }
         let default = self.sender.domains.limit("");
         for (key, limit) in std::iter::once(("sender.domains".to_owned(), &default)).chain(
@@ -552,6 +634,20 @@ impl Config {
             }
             if rule.on == Trigger::Inactivity && rule.delay.is_zero() {
                 return Err(invalid(key("delay"), "inactivity needs a delay"));
+            }
+            for name in rule.variants.keys() {
+                if !is_template_id(name) || ["subject", "html", "txt"].contains(&name.as_str()) {
+                    return Err(invalid(
+                        key(&format!("variants.{name}")),
+                        "a variant name is a-z, 0-9, _ (and not subject, html or txt)",
+                    ));
+                }
+            }
+            if !rule.variants.is_empty() && rule.variants.values().all(|w| *w == 0) {
+                return Err(invalid(
+                    key("variants"),
+                    "at least one variant needs a weight above 0",
+                ));
             }
             if let Some(bad) = rule
                 .cancel_on
@@ -737,6 +833,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("default_timezone"), "{err}");
+    }
+
+    #[test]
+    fn brand_colours_variants_and_fallbacks_are_checked() {
+        let err = |toml: &str| load_str(toml).unwrap_err().to_string();
+        let e = err("[shop.colors]\nprimary = \"red; background: url(x)\"\n");
+        assert!(e.contains("shop.colors.primary"), "{e}");
+        assert!(load_str("[shop.colors]\nprimary = \"#a0b\"\n").is_ok());
+        let e = err("locale_fallback = { am = \"am\" }\n");
+        assert!(e.contains("locale_fallback.am"), "{e}");
+        let rule = |variants: &str| {
+            format!(
+                "[[journey]]\ntemplate = \"review_request\"\non = \"shipment.delivered\"\n\
+                 class = \"marketing\"\nvariants = {variants}\n"
+            )
+        };
+        let e = err(&rule("{ a = 1, \"B-2\" = 1 }"));
+        assert!(e.contains("journey[0].variants.B-2"), "{e}");
+        let e = err(&rule("{ a = 0, b = 0 }"));
+        assert!(e.contains("journey[0].variants"), "{e}");
+        let config = load_str(&rule("{ a = 3, b = 1 }")).unwrap();
+        assert_eq!(config.journeys[0].variants["a"], 3);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`daemon`]: `run`, the ingest thread and delivery workers wired.
 //! - [`simulate`]: the email plan of an event log, no side effects.
 //! - [`check`]: every template in every locale against sample data.
+//! - [`preview`]: the gallery of every email, static or served with reload.
 //! - [`unsubscribe`]: signed one-click unsubscribe links.
 //! - [`http`]: the HTTP server: the unsubscribe endpoint.
 
@@ -29,6 +30,7 @@ pub mod http;
 pub mod journey;
 pub mod mailer;
 pub mod pipeline;
+pub mod preview;
 pub mod reload;
 pub mod render;
 pub mod sender;

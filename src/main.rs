@@ -19,7 +19,7 @@ use aftercare::sender::Sender;
 use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
 use aftercare::store::{SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
-use aftercare::{check, http, reload, simulate};
+use aftercare::{check, http, preview, reload, simulate};
 use arc_swap::ArcSwap;
 
 /// Exit codes, as DESIGN.md gives them (sysexits.h).
@@ -67,11 +67,18 @@ enum Command {
     },
     /// Validate the config and render every template in every locale.
     Check,
-    /// Render every template in every locale to a static HTML gallery.
+    /// Render every template, locale and A/B variant to an HTML gallery.
     Preview {
         /// Folder for the gallery (`index.html` and a page per template).
         #[arg(long, value_name = "DIR", default_value = "preview")]
         out: PathBuf,
+        /// Serve the gallery on a local port and write it again on every
+        /// template change; open pages reload by themselves.
+        #[arg(long)]
+        serve: bool,
+        /// Address for `--serve`.
+        #[arg(long, value_name = "ADDR", default_value_t = preview::default_listen(), requires = "serve")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -138,14 +145,35 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Preview { out } => match check::preview(&config, &out) {
+        Command::Preview {
+            out, serve: false, ..
+        } => match preview::write_gallery(&config, &out) {
             Ok(index) => {
                 println!("Preview: {}", index.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Err(check::PreviewError::Templates(problems)) => Err(fail(EX_DATAERR, problems)),
+            Err(preview::PreviewError::Templates(problems)) => Err(fail(EX_DATAERR, problems)),
             Err(e) => Err(fail(1, e)),
         },
+        Command::Preview {
+            out,
+            serve: true,
+            listen,
+        } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                let addr = listener.local_addr()?;
+                println!(
+                    "Preview: http://{addr}/ (written to {}; Ctrl-C stops)",
+                    out.display()
+                );
+                preview::serve(config, out, listener, shutdown()).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
         Command::Simulate { events, until } => simulate_command(&config, &events, until),
         Command::Run { input, once } => {
             let runtime = tokio::runtime::Runtime::new()?;
@@ -158,20 +186,10 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-/// Loads the templates and checks the journeys' templates exist in every
-/// locale: a missing one is a configuration error.
+/// Loads the templates and checks the journeys' templates (and variants)
+/// exist in every locale: a missing one is a configuration error.
 fn templates(config: &Config) -> Result<Templates, Failure> {
-    let templates = Templates::load(&config.templates_dir, &config.default_locale)
-        .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("templates:\n{e}")))?;
-    let ids: Vec<&str> = config
-        .journeys
-        .iter()
-        .map(|r| r.template.as_str())
-        .collect();
-    templates
-        .require(&ids)
-        .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("templates:\n{e}")))?;
-    Ok(templates)
+    check::load(config).map_err(|e| fail(EX_USAGE, anyhow::anyhow!("templates:\n{e}")))
 }
 
 /// What signs unsubscribe links: the configured secret, or the store's.

@@ -6,6 +6,7 @@
 //!
 //! Locales are fixed at start: a new locale folder needs a restart.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,51 @@ pub fn reload(config: &Config, current: &ArcSwap<Templates>) -> bool {
     }
 }
 
+/// Changes under a folder, as a stream of "something changed" with bursts
+/// (an editor's save is several events) taken as one.
+pub struct FolderWatch {
+    /// Kept alive for as long as the watch; `None` when the platform
+    /// refused (then nothing ever changes).
+    watcher: Option<notify::RecommendedWatcher>,
+    changes: mpsc::UnboundedReceiver<()>,
+}
+
+impl FolderWatch {
+    pub fn new(dir: &Path) -> Result<FolderWatch, notify::Error> {
+        let (tx, changes) = mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })?;
+        watcher.watch(dir, RecursiveMode::Recursive)?;
+        Ok(FolderWatch {
+            watcher: Some(watcher),
+            changes,
+        })
+    }
+
+    /// A watch that never fires.
+    pub fn none() -> FolderWatch {
+        let (_, changes) = mpsc::unbounded_channel();
+        FolderWatch {
+            watcher: None,
+            changes,
+        }
+    }
+
+    /// Waits for a change, then for the burst to settle.
+    pub async fn changed(&mut self) {
+        if self.watcher.is_none() || self.changes.recv().await.is_none() {
+            return std::future::pending().await;
+        }
+        // Let an editor finish writing; take the burst as one.
+        tokio::time::sleep(SETTLE).await;
+        while self.changes.try_recv().is_ok() {}
+    }
+}
+
 /// Reloads on every change in the template folder and on SIGHUP, until
 /// `shutdown` completes.
 pub async fn watch(
@@ -42,23 +88,10 @@ pub async fn watch(
     current: Arc<ArcSwap<Templates>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let (tx, mut changes) = mpsc::unbounded_channel::<()>();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.send(());
-        }
-    })
-    .and_then(|mut w| {
-        w.watch(&config.templates_dir, RecursiveMode::Recursive)
-            .map(|()| w)
+    let mut folder = FolderWatch::new(&config.templates_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, dir = %config.templates_dir.display(), "Cannot watch the templates; reload with SIGHUP.");
+        FolderWatch::none()
     });
-    let _watcher = match watcher {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, dir = %config.templates_dir.display(), "Cannot watch the templates; reload with SIGHUP.");
-            None
-        }
-    };
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::pin!(shutdown);
@@ -74,11 +107,7 @@ pub async fn watch(
         tokio::select! {
             () = &mut shutdown => return,
             () = hup => tracing::info!("SIGHUP: reloading the templates."),
-            Some(()) = changes.recv() => {
-                // Let an editor finish writing; take the burst as one.
-                tokio::time::sleep(SETTLE).await;
-                while changes.try_recv().is_ok() {}
-            }
+            () = folder.changed() => {}
         }
         let (config, current) = (config.clone(), Arc::clone(&current));
         let _ = tokio::task::spawn_blocking(move || reload(&config, &current)).await;

@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use lettre::message::Mailbox;
 use serde_json::Value;
 
-use crate::config::{Config, EmailClass, RetryConfig};
+use crate::config::{Config, EmailClass, JourneyRule, RetryConfig};
 use crate::domains::{Domains, domain_of, is_deferral};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::backoff;
@@ -102,7 +102,8 @@ impl<M: Mailer> Sender<M> {
         let locale = email.locale.as_deref().unwrap_or("en");
         let mut data = email.data.clone();
         data["shop"] = self.shop.clone();
-        let rendered = match self.templates.load().render(&email.template, locale, &data) {
+        let template = JourneyRule::variant_template(&email.template, email.variant.as_deref());
+        let rendered = match self.templates.load().render(&template, locale, &data) {
             Ok(r) => r,
             Err(problems) => {
                 return Outcome::Failed {

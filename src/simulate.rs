@@ -30,6 +30,9 @@ pub struct PlanLine {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The A/B variant, for templates that have variants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl From<EmailRow> for PlanLine {
@@ -44,6 +47,7 @@ impl From<EmailRow> for PlanLine {
             class: e.class.as_str(),
             status: e.status.as_str(),
             reason: e.reason,
+            variant: e.variant,
         }
     }
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Work, repo, stderr, stdout};
+use mail_parser::MessageParser;
 
 const EXPECTED_PLAN: &str = include_str!("expected/simulate_examples.jsonl");
 
@@ -109,7 +110,7 @@ fn check_passes_on_the_shipped_templates() {
     let out = work.run(&["check"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("14 templates x 3 locales"),
+        stdout(&out).contains("15 templates x 3 locales"),
         "{}",
         stdout(&out)
     );
@@ -183,6 +184,67 @@ fn check_names_a_template_missing_in_one_locale() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn check_names_an_unknown_helper() {
+    let work = broken_templates("hy/thank_you.txt.hbs", |t| {
+        format!("{{{{shout customer.name}}}}\n{t}")
+    });
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains("templates/hy/thank_you.txt.hbs:1:1: unknown helper `shout`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_names_a_missing_variant_file() {
+    let work = broken_templates("en/review_request.b.html.hbs", |t| t);
+    std::fs::remove_file(work.path("templates/hy/review_request.b.html.hbs")).unwrap();
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains("templates/hy/review_request.b.html.hbs: missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_locale_fallback_lets_a_template_be_missing_in_one_locale() {
+    let work = broken_templates("en/review_request.txt.hbs", |t| t);
+    for file in std::fs::read_dir(work.path("templates/am")).unwrap() {
+        let path = file.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("review_request.") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65), "no fallback: refused");
+    assert!(
+        stderr(&out).contains("locale_fallback.am"),
+        "{}",
+        stderr(&out)
+    );
+
+    let config = std::fs::read_to_string(work.config()).unwrap();
+    std::fs::write(
+        work.config(),
+        format!("locale_fallback = {{ am = \"en\" }}\n{config}"),
+    )
+    .unwrap();
+    let out = work.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gallery = work.path("gallery");
+    let out = work.run(&["preview", "--out", gallery.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(gallery.join("am/review_request.page.html")).unwrap();
+    assert!(page.contains("(am, from en)"), "{page}");
+    assert!(page.contains("How are you enjoying your order"), "{page}");
 }
 
 #[test]
@@ -283,6 +345,62 @@ fn run_sends_the_plan_as_eml_files_and_a_second_run_sends_nothing_new() {
         "{}",
         stdout(&again)
     );
+}
+
+#[test]
+fn each_customer_gets_the_review_request_variant_that_simulate_plans() {
+    let work = Work::new("");
+    let log = work.path("events.jsonl");
+    common::write(&log, &common::generated_events(40));
+    let plan = work.run(&["simulate", log.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let planned: std::collections::BTreeMap<String, String> = stdout(&plan)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["template"] == "review_request" && v["status"] == "sent")
+        .map(|v| {
+            (
+                format!(
+                    "{}/{}",
+                    v["customer_id"].as_str().unwrap(),
+                    v["order_id"].as_str().unwrap()
+                ),
+                v["variant"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT customer_id || '/' || order_id, variant, key FROM emails
+             WHERE template = 'review_request' AND status = 'sent'",
+        )
+        .unwrap();
+    let sent: Vec<(String, Option<String>, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sent.len(), planned.len());
+    let mut variants = std::collections::BTreeSet::new();
+    for (order, variant, key) in &sent {
+        let variant = variant.as_deref().unwrap();
+        assert_eq!(variant, planned[order], "{key}");
+        // The email sent is the variant's own: b asks for stars.
+        let raw = std::fs::read(
+            work.path("data/outbox")
+                .join(aftercare::mailer::EmlMailer::file_name(key)),
+        )
+        .unwrap();
+        let message = MessageParser::default().parse(&raw).unwrap();
+        let html = message.body_html(0).unwrap();
+        assert_eq!(html.contains("rating=5"), variant == "b", "{key}");
+        variants.insert(variant.to_owned());
+    }
+    assert_eq!(variants.len(), 2, "both variants were sent: {variants:?}");
 }
 
 #[test]
@@ -427,7 +545,8 @@ fn preview_writes_a_gallery_of_every_template_and_locale() {
         .skip(1)
         .map(|rest| &rest[..rest.find('"').unwrap()])
         .collect();
-    assert_eq!(links.len(), 14 * 3, "{index}");
+    // 14 templates, review_request in two A/B variants.
+    assert_eq!(links.len(), 15 * 3, "{index}");
     for link in links {
         let page =
             std::fs::read_to_string(out_dir.join(link)).unwrap_or_else(|e| panic!("{link}: {e}"));

@@ -4,41 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use aftercare::unsubscribe::Signer;
-use common::Work;
+use common::{Work, http_request as request};
 use mail_parser::MessageParser;
 
 const SECRET: &str = "a test secret of some length";
-
-/// `(status, body)` of one HTTP/1.1 request to the worker.
-fn request(port: u16, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let body = if method == "POST" {
-        "List-Unsubscribe=One-Click"
-    } else {
-        ""
-    };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
 
 fn placed(event: &str, customer: &str, order: &str, at: &str, email: bool) -> String {
     let email = if email {

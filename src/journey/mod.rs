@@ -15,6 +15,7 @@ pub use state::{Journey, OrderState, Profile};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use crate::config::{EmailClass, JourneyRule, Only, Trigger};
 use crate::event::{Event, EventKind, Item, Order, Shipment};
@@ -32,6 +33,8 @@ pub struct NewEmail {
     pub due_at: Timestamp,
     /// The trigger's part of the template data (`order`, `shipment`, ...).
     pub data: Value,
+    /// The A/B variant this customer gets, when the rule has variants.
+    pub variant: Option<String>,
 }
 
 /// Which pending emails a [`Command::Cancel`] applies to.
@@ -481,6 +484,30 @@ impl Journeys {
     }
 }
 
+/// The rule's A/B variant for a customer: weighted, and sticky, since it
+/// hashes the customer id and the template (so separate tests split the
+/// customers independently). `None` when the rule has no variants.
+pub fn assign_variant(customer_id: &str, rule: &JourneyRule) -> Option<String> {
+    let total: u64 = rule.variants.values().map(|w| u64::from(*w)).sum();
+    if total == 0 {
+        return None;
+    }
+    let digest = Sha256::new()
+        .chain_update(customer_id)
+        .chain_update([0])
+        .chain_update(&rule.template)
+        .finalize();
+    let mut point = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) % total;
+    rule.variants.iter().find_map(|(name, weight)| {
+        let weight = u64::from(*weight);
+        if point < weight {
+            return Some(name.clone());
+        }
+        point -= weight;
+        None
+    })
+}
+
 /// Collects the commands of one step.
 struct Out<'a> {
     customer_id: &'a str,
@@ -504,6 +531,7 @@ impl Out<'_> {
             order_id: Some(order_id.to_owned()),
             due_at: at + signed(rule.delay),
             data,
+            variant: assign_variant(self.customer_id, rule),
         }
     }
 

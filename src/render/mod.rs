@@ -9,8 +9,10 @@
 //! variable or partial, so `aftercare check` points a marketer at the spot.
 
 mod helpers;
+mod inline;
 
 pub use helpers::{format_date, format_money};
+pub use inline::{InlineError, inline_template};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -21,6 +23,38 @@ use serde_json::Value;
 
 /// The three parts of every email template.
 pub const PARTS: [&str; 3] = ["subject", "html", "txt"];
+
+/// The parts a template must have; the text part, when missing, is derived
+/// from the HTML.
+const REQUIRED_PARTS: [&str; 2] = ["subject", "html"];
+
+/// The brand stylesheet, inlined into every HTML template at load time.
+pub const STYLESHEET: &str = "style.css.hbs";
+
+/// Width of a text part derived from HTML.
+const TEXT_WIDTH: usize = 78;
+
+/// What the configuration says about loading a template set.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Customers without a locale we have templates for get this one.
+    pub default_locale: String,
+    /// Where a locale's missing templates come from (`am = "en"`). Without
+    /// one, a template missing in a locale is a problem.
+    pub fallbacks: BTreeMap<String, String>,
+    /// The brand settings the stylesheet is rendered with (`shop.*`).
+    pub shop: Value,
+}
+
+impl LoadOptions {
+    pub fn new(default_locale: &str) -> LoadOptions {
+        LoadOptions {
+            default_locale: default_locale.to_owned(),
+            fallbacks: BTreeMap::new(),
+            shop: Value::Null,
+        }
+    }
+}
 
 /// Folders of the template directory that are not locales.
 const NOT_LOCALES: [&str; 2] = ["partials", "samples"];
@@ -106,7 +140,11 @@ impl Locales {
 }
 
 struct LocaleSet {
+    /// HTML with the stylesheet inlined: what is sent.
     html: Handlebars<'static>,
+    /// HTML as written: rendered again only when the inlined one fails, so
+    /// that the error's line and column point into the file as written.
+    html_as_written: Handlebars<'static>,
     text: Handlebars<'static>,
     /// Registered name (`welcome.html`, or a partial's name) to its file.
     files: HashMap<String, PathBuf>,
@@ -117,6 +155,7 @@ pub struct Templates {
     dir: PathBuf,
     locales: Locales,
     sets: BTreeMap<String, LocaleSet>,
+    fallbacks: BTreeMap<String, String>,
 }
 
 fn registry(escape: bool) -> Handlebars<'static> {
@@ -166,7 +205,8 @@ fn template_error(file: &Path, e: &TemplateError) -> Problem {
 impl Templates {
     /// Loads every locale folder of `dir`. Fails with every syntax error
     /// found, not just the first.
-    pub fn load(dir: &Path, default_locale: &str) -> Result<Templates, Problems> {
+    pub fn load(dir: &Path, options: &LoadOptions) -> Result<Templates, Problems> {
+        let default_locale = options.default_locale.as_str();
         let mut problems = Vec::new();
         let mut locale_names = Vec::new();
         match std::fs::read_dir(dir) {
@@ -186,6 +226,25 @@ impl Templates {
                 format!("no templates for the default locale `{default_locale}`"),
             ));
         }
+        for (from, to) in &options.fallbacks {
+            for locale in [from, to] {
+                if !locale_names.contains(locale) {
+                    problems.push(problem(
+                        dir.join(locale),
+                        format!(
+                            "locale_fallback.{from} = \"{to}\": no templates for locale `{locale}`"
+                        ),
+                    ));
+                }
+            }
+        }
+        let css = match stylesheet(dir, &options.shop) {
+            Ok(css) => css,
+            Err(p) => {
+                problems.push(p);
+                String::new()
+            }
+        };
         let shared = match hbs_files(&dir.join("partials")) {
             Ok(files) => files,
             Err(p) => {
@@ -197,6 +256,7 @@ impl Templates {
         for locale in &locale_names {
             let mut set = LocaleSet {
                 html: registry(true),
+                html_as_written: registry(true),
                 text: registry(false),
                 files: HashMap::new(),
             };
@@ -211,12 +271,12 @@ impl Templates {
             };
             // Shared first, so that the locale's own partials replace them.
             for file in shared.iter().chain(&own_partials) {
-                if let Err(p) = set.add(file, true) {
+                if let Err(p) = set.add(file, true, &css) {
                     problems.push(p);
                 }
             }
             for file in &templates {
-                if let Err(p) = set.add(file, false) {
+                if let Err(p) = set.add(file, false, &css) {
                     problems.push(p);
                 }
             }
@@ -229,6 +289,7 @@ impl Templates {
             dir: dir.to_owned(),
             locales: Locales::new(locale_names, default_locale),
             sets,
+            fallbacks: options.fallbacks.clone(),
         })
     }
 
@@ -245,16 +306,47 @@ impl Templates {
         self.dir.join(locale).join(format!("{template}.{part}.hbs"))
     }
 
-    /// Every part of `template` exists in every locale.
+    /// The locale whose files render `template` for `locale`: the locale
+    /// itself, or where its fallbacks lead.
+    fn source_locale<'a>(&'a self, locale: &'a str, template: &str) -> Option<&'a str> {
+        let mut current = locale;
+        for _ in 0..=self.fallbacks.len() {
+            let set = self.sets.get(current)?;
+            if set.files.contains_key(&format!("{template}.html")) {
+                return Some(current);
+            }
+            current = self.fallbacks.get(current)?;
+        }
+        None
+    }
+
+    /// Whether `template` renders in `locale` from another locale's files.
+    pub fn fallback_for<'a>(&'a self, locale: &'a str, template: &str) -> Option<&'a str> {
+        self.source_locale(locale, template)
+            .filter(|source| *source != locale)
+    }
+
+    /// Every template renders in every locale: its subject and HTML parts
+    /// are there, in the locale or by its fallback.
     pub fn require(&self, templates: &[&str]) -> Result<(), Problems> {
         let mut problems = Vec::new();
-        for (locale, set) in &self.sets {
+        for locale in self.sets.keys() {
             for template in templates {
-                for part in PARTS {
+                let source = self.source_locale(locale, template).unwrap_or(locale);
+                let set = &self.sets[source];
+                for part in REQUIRED_PARTS {
                     if !set.files.contains_key(&format!("{template}.{part}")) {
+                        let hint = match self.fallbacks.get(locale.as_str()) {
+                            Some(to) => format!(" (nor in its fallback `{to}`)"),
+                            None => {
+                                format!(" (to send another locale's, set locale_fallback.{locale})")
+                            }
+                        };
                         problems.push(problem(
                             self.file(locale, template, part),
-                            format!("missing: template `{template}` has no {part} part in locale `{locale}`"),
+                            format!(
+                                "missing: template `{template}` has no {part} part in locale `{locale}`{hint}"
+                            ),
                         ));
                     }
                 }
@@ -267,9 +359,11 @@ impl Templates {
         }
     }
 
-    /// Renders one email. `locale` must be one of [`Locales::available`].
+    /// Renders one email. `locale` must be one of [`Locales::available`];
+    /// a template it lacks comes from its fallback locale.
     pub fn render(&self, template: &str, locale: &str, data: &Value) -> Result<Rendered, Problems> {
-        let set = self.sets.get(locale).ok_or_else(|| {
+        let source = self.source_locale(locale, template).unwrap_or(locale);
+        let set = self.sets.get(source).ok_or_else(|| {
             Problems(vec![problem(
                 self.dir.join(locale),
                 format!("no locale `{locale}`"),
@@ -277,13 +371,28 @@ impl Templates {
         })?;
         let part = |hb: &Handlebars<'_>, part: &str| {
             hb.render(&format!("{template}.{part}"), data)
-                .map_err(|e| set.render_problem(&self.file(locale, template, part), &e))
+                .map_err(|e| set.render_problem(&self.file(source, template, part), &e))
         };
-        let (subject, html, text) = (
-            part(&set.text, "subject"),
-            part(&set.html, "html"),
-            part(&set.text, "txt"),
-        );
+        let subject = part(&set.text, "subject");
+        let html = part(&set.html, "html").map_err(|inlined| {
+            // Same data, same failure: take its position in the file as
+            // written.
+            part(&set.html_as_written, "html").err().unwrap_or(inlined)
+        });
+        let text = if set.files.contains_key(&format!("{template}.txt")) {
+            part(&set.text, "txt")
+        } else {
+            // No text part written: derive it from the HTML.
+            match &html {
+                Ok(html) => html2text::from_read(html.as_bytes(), TEXT_WIDTH).map_err(|e| {
+                    problem(
+                        self.file(source, template, "html"),
+                        format!("deriving the text part: {e}"),
+                    )
+                }),
+                Err(_) => Ok(String::new()),
+            }
+        };
         match (subject, html, text) {
             (Ok(subject), Ok(html), Ok(text)) => Ok(Rendered {
                 subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
@@ -297,12 +406,61 @@ impl Templates {
     }
 }
 
+/// The brand stylesheet, rendered with the shop settings; empty when the
+/// folder has none.
+fn stylesheet(dir: &Path, shop: &Value) -> Result<String, Problem> {
+    let file = dir.join(STYLESHEET);
+    let source = match std::fs::read_to_string(&file) {
+        Ok(source) => source,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(problem(&file, e.to_string())),
+    };
+    let mut hb = registry(false);
+    hb.register_template_string(STYLESHEET, source)
+        .map_err(|e| template_error(&file, &e))?;
+    hb.render(STYLESHEET, &serde_json::json!({ "shop": shop }))
+        .map_err(|e| {
+            let mut p = problem(&file, e.reason().to_string());
+            p.line = e.line_no;
+            p.column = e.column_no;
+            if let RenderErrorReason::MissingVariable(Some(var)) = e.reason() {
+                p.message = format!("missing variable `{var}`");
+            }
+            p
+        })
+}
+
+fn register(
+    hb: &mut Handlebars<'static>,
+    name: &str,
+    partial: bool,
+    source: String,
+) -> Result<(), TemplateError> {
+    if partial {
+        hb.register_partial(name, source)
+    } else {
+        hb.register_template_string(name, source)
+    }
+}
+
 impl LocaleSet {
-    fn add(&mut self, file: &Path, partial: bool) -> Result<(), Problem> {
+    fn add(&mut self, file: &Path, partial: bool, css: &str) -> Result<(), Problem> {
         let Some((stem, part)) = split_name(file) else {
             return Err(problem(file, "not named <template>.<subject|html|txt>.hbs"));
         };
-        let source = std::fs::read_to_string(file).map_err(|e| problem(file, e.to_string()))?;
+        let mut source = std::fs::read_to_string(file).map_err(|e| problem(file, e.to_string()))?;
+        let name = if partial {
+            stem.clone()
+        } else {
+            format!("{stem}.{part}")
+        };
+        if part == "html" {
+            // As written first: syntax errors point into the file.
+            register(&mut self.html_as_written, &name, partial, source.clone())
+                .map_err(|e| template_error(file, &e))?;
+            source = inline_template(&source, css)
+                .map_err(|e| problem(file, format!("inlining the stylesheet: {e}")))?;
+        }
         let hb = match part.as_str() {
             "html" => &mut self.html,
             "txt" | "subject" if !(partial && part == "subject") => &mut self.text,
@@ -313,17 +471,7 @@ impl LocaleSet {
                 ));
             }
         };
-        let name = if partial {
-            stem
-        } else {
-            format!("{stem}.{part}")
-        };
-        if partial {
-            hb.register_partial(&name, source)
-        } else {
-            hb.register_template_string(&name, source)
-        }
-        .map_err(|e| template_error(file, &e))?;
+        register(hb, &name, partial, source).map_err(|e| template_error(file, &e))?;
         self.files.insert(
             if partial {
                 format!("partial:{name}.{part}")

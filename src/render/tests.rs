@@ -61,7 +61,7 @@ fn data(locale: &str) -> Value {
 }
 
 fn load(dir: &Path) -> Templates {
-    Templates::load(dir, "en").unwrap()
+    Templates::load(dir, &LoadOptions::new("en")).unwrap()
 }
 
 #[test]
@@ -162,7 +162,9 @@ fn syntax_errors_are_all_reported_with_their_position() {
     files.push(("en/broken.html.hbs", "ok\n{{#if x}}never closed"));
     files.push(("hy/broken.html.hbs", "{{/if}}"));
     let dir = fixture(&files);
-    let Problems(problems) = Templates::load(dir.path(), "en").err().unwrap();
+    let Problems(problems) = Templates::load(dir.path(), &LoadOptions::new("en"))
+        .err()
+        .unwrap();
     assert_eq!(problems.len(), 2, "{problems:?}");
     assert!(problems.iter().all(|p| p.line.is_some()), "{problems:?}");
     assert_eq!(problems[0].file, dir.path().join("en/broken.html.hbs"));
@@ -171,18 +173,134 @@ fn syntax_errors_are_all_reported_with_their_position() {
 #[test]
 fn a_template_missing_in_one_locale_is_named() {
     let mut files = GOOD.to_vec();
-    files.retain(|(p, _)| *p != "hy/hello.txt.hbs");
+    files.retain(|(p, _)| *p != "hy/hello.subject.hbs");
     let dir = fixture(&files);
     let Problems(problems) = load(dir.path()).require(&["hello"]).unwrap_err();
     assert_eq!(problems.len(), 1);
-    assert_eq!(problems[0].file, dir.path().join("hy/hello.txt.hbs"));
-    assert!(problems[0].message.contains("no txt part in locale `hy`"));
+    assert_eq!(problems[0].file, dir.path().join("hy/hello.subject.hbs"));
+    assert!(
+        problems[0]
+            .message
+            .contains("no subject part in locale `hy`")
+            && problems[0].message.contains("locale_fallback.hy"),
+        "{}",
+        problems[0].message
+    );
+}
+
+#[test]
+fn a_locale_with_an_explicit_fallback_sends_the_other_locale_s_template() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| !p.starts_with("hy/hello."));
+    let dir = fixture(&files);
+    let mut options = LoadOptions::new("en");
+    options.fallbacks.insert("hy".into(), "en".into());
+    let t = Templates::load(dir.path(), &options).unwrap();
+    t.require(&["hello"]).unwrap();
+    assert_eq!(t.fallback_for("hy", "hello"), Some("en"));
+    assert_eq!(t.fallback_for("en", "hello"), None);
+    let r = t.render("hello", "hy", &data("hy")).unwrap();
+    assert_eq!(r.subject, "Hello <Anna & \"Co\">", "the English subject");
+    // The helpers still format for the customer's locale.
+    assert!(r.html.contains("1\u{a0}234,50\u{a0}€"), "{}", r.html);
+    // A fallback to a locale that does not exist is refused.
+    options.fallbacks.insert("hy".into(), "fr".into());
+    let Problems(problems) = Templates::load(dir.path(), &options).err().unwrap();
+    assert!(
+        problems[0].message.contains("locale_fallback.hy"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn without_a_text_template_the_text_part_is_derived_from_the_html() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "en/hello.txt.hbs");
+    files.retain(|(p, _)| *p != "en/hello.html.hbs");
+    files.push((
+        "en/hello.html.hbs",
+        "<h1>Hi {{customer.name}}</h1><p>Your <a href=\"https://shop.example.com/o/1\">order</a> is on its way.</p>",
+    ));
+    let dir = fixture(&files);
+    let t = load(dir.path());
+    t.require(&["hello"]).unwrap();
+    let r = t.render("hello", "en", &data("en")).unwrap();
+    assert!(
+        r.text.contains("Hi <Anna & \"Co\">"),
+        "unescaped: {}",
+        r.text
+    );
+    assert!(
+        r.text.contains("Your [order][1] is on its way."),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("[1]: https://shop.example.com/o/1"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("<p>"), "{}", r.text);
+}
+
+#[test]
+fn the_brand_stylesheet_is_inlined_with_the_shop_colours() {
+    let mut files = GOOD.to_vec();
+    files.push((
+        "style.css.hbs",
+        "b { color: {{shop.colors.primary}}; font-weight: bold }",
+    ));
+    let dir = fixture(&files);
+    let mut options = LoadOptions::new("en");
+    options.shop = json!({"colors": {"primary": "#c0ffee"}});
+    let t = Templates::load(dir.path(), &options).unwrap();
+    let r = t.render("hello", "en", &data("en")).unwrap();
+    assert!(
+        r.html
+            .contains("<b style=\"color:#c0ffee;font-weight:bold\">&lt;Anna"),
+        "{}",
+        r.html
+    );
+    // Subjects and text parts are not HTML: untouched.
+    assert_eq!(r.text, "Hi <Anna & \"Co\">, items -- Tea & Kettle");
+}
+
+#[test]
+fn errors_point_into_the_file_as_written_not_as_inlined() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "en/hello.html.hbs");
+    files.push((
+        "en/hello.html.hbs",
+        "{{#> layout}}\n<p><b>x</b>  {{customer.nmae}}</p>{{/layout}}",
+    ));
+    files.push(("style.css.hbs", "p { margin: 0 0 16px 0 } b { color: red }"));
+    let dir = fixture(&files);
+    let t = Templates::load(dir.path(), &LoadOptions::new("en")).unwrap();
+    let Problems(problems) = t.render("hello", "en", &data("en")).unwrap_err();
+    assert_eq!((problems[0].line, problems[0].column), (Some(2), Some(14)));
+}
+
+#[test]
+fn a_stylesheet_missing_a_brand_setting_is_a_problem() {
+    let mut files = GOOD.to_vec();
+    files.push(("style.css.hbs", "a { color: {{shop.colors.primray}} }"));
+    let dir = fixture(&files);
+    let Problems(problems) = Templates::load(dir.path(), &LoadOptions::new("en"))
+        .err()
+        .unwrap();
+    assert_eq!(problems[0].file, dir.path().join("style.css.hbs"));
+    assert!(
+        problems[0].message.contains("shop.colors.primray"),
+        "{problems:?}"
+    );
 }
 
 #[test]
 fn the_default_locale_must_exist() {
     let dir = fixture(GOOD);
-    let Problems(problems) = Templates::load(dir.path(), "fr").err().unwrap();
+    let Problems(problems) = Templates::load(dir.path(), &LoadOptions::new("fr"))
+        .err()
+        .unwrap();
     assert!(problems[0].message.contains("default locale `fr`"));
 }
 

@@ -108,6 +108,8 @@ pub struct EmailRow {
     pub attempts: u32,
     /// When it was first approved for delivery.
     pub first_attempt_at: Option<Timestamp>,
+    /// The A/B variant rendered, when the template has variants.
+    pub variant: Option<String>,
 }
 
 /// A claim on approved emails: whoever holds it delivers them. A worker

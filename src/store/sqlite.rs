@@ -16,8 +16,9 @@ use super::{Addressee, EmailRow, Lease, Result, Status, Store, StoreError, Trans
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, Verdict};
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
-    "CREATE TABLE processed_events (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
+        "CREATE TABLE processed_events (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
      CREATE TABLE journeys (customer_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
      CREATE TABLE emails (
          id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,10 +76,16 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
      CREATE TABLE suppressed_addresses (
          address TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL
      ) WITHOUT ROWID;",
-)];
+    ),
+    // The A/B variant each email was assigned (NULL: the template has none).
+    M::up("ALTER TABLE emails ADD COLUMN variant TEXT;"),
+];
+
+/// How long a worker waits for another's lock before it gives up.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const EMAIL_COLUMNS: &str = "id, key, customer_id, template, class, order_id, due_at, status, \
-                             reason, data, recipient, locale, attempts, first_attempt_at";
+                             reason, data, recipient, locale, attempts, first_attempt_at, variant";
 
 pub struct SqliteStore {
     conn: Connection,
@@ -114,10 +121,20 @@ impl SqliteStore {
 
     fn connect(path: &Path) -> Result<Connection> {
         let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "wal")?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Switching a new file to WAL takes an exclusive lock, and SQLite
+        // answers "busy" at once, without its busy handler, while another
+        // worker holds one: wait here instead.
+        let start = std::time::Instant::now();
+        while let Err(e) = conn.pragma_update(None, "journal_mode", "wal") {
+            let busy = e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy);
+            if !busy || start.elapsed() > BUSY_TIMEOUT {
+                return Err(e.into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         // Durable at commit without an fsync per transaction of the WAL.
         conn.pragma_update(None, "synchronous", "normal")?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
         Ok(conn)
     }
 
@@ -191,6 +208,7 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
         locale: r.get(11)?,
         attempts: r.get(12)?,
         first_attempt_at: r.get::<_, Option<i64>>(13)?.map(from_ms),
+        variant: r.get(14)?,
     })
 }
 
@@ -374,8 +392,8 @@ impl SqliteTx<'_> {
     ) -> Result<bool> {
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO emails (key, customer_id, template, class, order_id, due_at, fire_at,
-                 status, reason, data, recipient, locale, stream, decided_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
+                 status, reason, data, recipient, locale, stream, variant, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
                  CASE WHEN ?7 = 'pending' THEN NULL
                       ELSE CAST(unixepoch('subsec') * 1000 AS INTEGER) END)
              ON CONFLICT (key) DO NOTHING",
@@ -393,6 +411,7 @@ impl SqliteTx<'_> {
             to.and_then(|t| t.recipient.as_deref()),
             to.map(|t| t.locale.as_str()),
             stream,
+            e.variant,
         ])?;
         Ok(n == 1)
     }
@@ -585,6 +604,7 @@ mod tests {
             order_id: Some(order.into()),
             due_at: t(due),
             data: json!({"order": {"id": order}}),
+            variant: None,
         }
     }
 
