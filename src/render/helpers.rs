@@ -1,4 +1,5 @@
-//! Template helpers: money, dates and plurals in the customer's locale.
+//! Template helpers: money, dates and plurals in the customer's locale, and
+//! safe links.
 //!
 //! The locale and time zone come from the data (`customer.locale`,
 //! `customer.timezone`), so a template never passes them by hand.
@@ -16,6 +17,60 @@ pub fn register(hb: &mut Handlebars<'_>) {
     hb.register_helper("money", Box::new(money));
     hb.register_helper("date", Box::new(date));
     hb.register_helper("plural", Box::new(plural));
+    hb.register_helper("url", Box::new(url));
+}
+
+/// `{{url base key=value ...}}`: a link that is safe to put in an `href`.
+///
+/// The base must be an `http`, `https` or `mailto` URL: anything else (a
+/// `javascript:` tracking link in an event, say) becomes `#`, and is
+/// logged. The named arguments are added as query parameters,
+/// percent-encoded (`{{url shop.review_url order=order.id rating=5}}`).
+fn url(
+    h: &Helper<'_>,
+    _: &Handlebars<'_>,
+    _: &Context,
+    _: &mut RenderContext<'_, '_>,
+    out: &mut dyn Output,
+) -> HelperResult {
+    let base = param(h, "url", 0)?
+        .as_str()
+        .ok_or(RenderErrorReason::InvalidParamType("URL string"))?;
+    let mut params: Vec<(&str, String)> = h
+        .hash()
+        .iter()
+        .map(|(k, v)| {
+            let value = match v.value() {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            (*k, value)
+        })
+        .collect();
+    // The hash is unordered: keep links stable.
+    params.sort();
+    out.write(&safe_url(base, &params))?;
+    Ok(())
+}
+
+/// `base` with `params` added, or `#` when `base` is not a web or mail link.
+pub fn safe_url(base: &str, params: &[(&str, String)]) -> String {
+    match url::Url::parse(base.trim()) {
+        Ok(mut link) if matches!(link.scheme(), "http" | "https" | "mailto") => {
+            if !params.is_empty() {
+                let mut query = link.query_pairs_mut();
+                for (k, v) in params {
+                    query.append_pair(k, v);
+                }
+            }
+            link.into()
+        }
+        _ => {
+            tracing::warn!(url = base, "Unsafe or invalid link replaced by #.");
+            "#".to_owned()
+        }
+    }
 }
 
 fn root_str<'a>(ctx: &'a Context, pointer: &str) -> Option<&'a str> {
@@ -218,6 +273,60 @@ mod tests {
         assert_eq!(format_date(ts, &TimeZone::UTC, "en"), "24 November 2026");
         assert_eq!(format_date(ts, &yerevan, "hy"), "25 նոյեմբերի 2026 թ.");
         assert_eq!(format_date(ts, &yerevan, "am"), "ኖቬምበር 25 2026");
+    }
+
+    #[test]
+    fn links_are_web_or_mail_links_with_encoded_parameters() {
+        let p = |k: &'static str, v: &str| (k, v.to_owned());
+        assert_eq!(
+            safe_url(
+                "https://shop.example.com/review",
+                &[p("order", "o 1&x=2"), p("rating", "5")]
+            ),
+            "https://shop.example.com/review?order=o+1%26x%3D2&rating=5"
+        );
+        assert_eq!(
+            safe_url("https://track.example.com/T1?lang=hy", &[]),
+            "https://track.example.com/T1?lang=hy"
+        );
+        assert_eq!(
+            safe_url("mailto:help@shop.example.com", &[]),
+            "mailto:help@shop.example.com"
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "JaVaScRiPt:alert(1)",
+            "data:text/html,x",
+            "/relative",
+            "",
+        ] {
+            assert_eq!(safe_url(bad, &[]), "#", "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_url_helper_escapes_for_html_too() {
+        let mut hb = Handlebars::new();
+        register(&mut hb);
+        hb.register_template_string("t", r#"<a href="{{url base order=id}}">x</a>"#)
+            .unwrap();
+        let out = hb
+            .render(
+                "t",
+                &serde_json::json!({"base": "https://s.example.com/r", "id": "a\"b"}),
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            r#"<a href="https://s.example.com/r?order=a%22b">x</a>"#
+        );
+        let out = hb
+            .render(
+                "t",
+                &serde_json::json!({"base": "javascript:alert(1)", "id": "1"}),
+            )
+            .unwrap();
+        assert_eq!(out, r##"<a href="#">x</a>"##);
     }
 
     #[test]
