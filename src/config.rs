@@ -65,6 +65,8 @@ pub struct Config {
     pub unsubscribe: UnsubscribeConfig,
     pub http: HttpConfig,
     pub check: CheckConfig,
+    /// When marketing emails may go out: frequency cap, quiet hours.
+    pub policy: PolicyConfig,
     /// The journey rules: which event sends which template, when.
     #[serde(rename = "journey")]
     pub journeys: Vec<JourneyRule>,
@@ -272,6 +274,55 @@ pub struct UnsubscribeConfig {
     pub secret: Option<String>,
 }
 
+/// When a marketing email may go out. Transactional emails are never held
+/// back by a policy and do not count toward the cap.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// At most one marketing email per customer in this long (`0s`: no
+    /// cap). One over the cap waits for the next allowed moment.
+    #[serde(with = "humantime_serde")]
+    pub frequency_cap: Duration,
+    /// How late a marketing email may go out, after its due time, because
+    /// of the cap or quiet hours; later than that it is skipped. A journey
+    /// rule may set its own `max_delay`.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    pub quiet_hours: QuietHoursConfig,
+}
+
+/// Local hours in the customer's time zone when no marketing email goes out.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietHoursConfig {
+    pub enabled: bool,
+    /// `HH:MM`, local time; the window may span midnight (`21:00`-`08:00`).
+    pub start: String,
+    pub end: String,
+    /// Emails held until the window's end go out spread over this long
+    /// (a fixed offset per customer), not all at once.
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+}
+
+impl QuietHoursConfig {
+    /// `(start, end)`, validated with the config.
+    pub fn window(&self) -> Option<(jiff::civil::Time, jiff::civil::Time)> {
+        if !self.enabled {
+            return None;
+        }
+        Some((parse_hhmm(&self.start)?, parse_hhmm(&self.end)?))
+    }
+}
+
+fn parse_hhmm(s: &str) -> Option<jiff::civil::Time> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    jiff::civil::Time::new(h.parse().ok()?, m.parse().ok()?, 0, 0).ok()
+}
+
 /// Rules `aftercare check` holds the templates to.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -423,6 +474,9 @@ pub struct JourneyRule {
     /// of customer and template), so a resend or a replay never switches.
     #[serde(default)]
     pub variants: BTreeMap<String, u32>,
+    /// Overrides `policy.max_delay` for this template (marketing only).
+    #[serde(with = "humantime_serde", default)]
+    pub max_delay: Option<Duration>,
 }
 
 impl JourneyRule {
@@ -540,6 +594,22 @@ impl Config {
                     "a locale cannot fall back to itself",
                 ));
             }
+        }
+        for (key, value) in [
+            ("policy.quiet_hours.start", &self.policy.quiet_hours.start),
+            ("policy.quiet_hours.end", &self.policy.quiet_hours.end),
+        ] {
+            if parse_hhmm(value).is_none() {
+                return Err(invalid(key, format!("`{value}` is not a time like 21:00")));
+            }
+        }
+        if self.policy.quiet_hours.enabled
+            && self.policy.quiet_hours.start == self.policy.quiet_hours.end
+        {
+            return Err(invalid(
+                "policy.quiet_hours.end",
+                "equals start: set enabled = false for no quiet hours",
+            ));
         }
         let default = self.sender.domains.limit("");
         for (key, limit) in std::iter::once(("sender.domains".to_owned(), &default)).chain(

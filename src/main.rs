@@ -218,7 +218,7 @@ fn pipeline<S: Store>(
     };
     Ok(Pipeline::new(
         store,
-        Journeys::new(config.journeys.clone()),
+        Journeys::from_config(config),
         context,
         config.sender.batch_size,
         lease,

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::config::{EmailClass, Trigger};
 use crate::event::Event;
-use crate::journey::{Command, Journey, Journeys, Verdict};
+use crate::journey::{Command, Journey, Journeys, Timing, Verdict};
 use crate::render::Locales;
 use crate::source::{DeadLetters, Entry, Position};
 use crate::store::{Addressee, EmailRow, Lease, Status, Store, StoreError, Transaction};
@@ -46,6 +46,8 @@ pub struct Stats {
     pub approved: u64,
     pub cancelled: u64,
     pub suppressed: u64,
+    /// Marketing emails held back by a policy (counted per deferral).
+    pub deferred: u64,
 }
 
 /// What the templates need beyond the journey.
@@ -247,6 +249,29 @@ impl<S: Store> Pipeline<S> {
                             .recheck(&journey, &email.template, email.order_id.as_deref())
                     }
                 };
+                let verdict = match verdict {
+                    Some(v) => Some(v),
+                    None => match self.journeys.timing(
+                        &journey,
+                        &email.template,
+                        &email.customer_id,
+                        email.due_at,
+                        email.fire_at,
+                    ) {
+                        Timing::Now => None,
+                        Timing::Skip { reason } => Some((Verdict::Suppressed, reason)),
+                        Timing::Defer { to, reason } => {
+                            tracing::debug!(key = %email.key, %to, %reason, "Email deferred.");
+                            tx.postpone(email.id, to, &reason)?;
+                            self.stats.deferred += 1;
+                            // The rest of the batch may fall due after the
+                            // new time: take it again in time order, or a
+                            // later email would go first and hold this one
+                            // back under the cap.
+                            break;
+                        }
+                    },
+                };
                 if let Some((verdict, reason)) = verdict {
                     tracing::debug!(key = %email.key, %reason, "Email not sent.");
                     tx.decide(email.id, verdict, &reason, &to)?;
@@ -259,6 +284,12 @@ impl<S: Store> Pipeline<S> {
                 email.data =
                     template_data(&self.journeys, &self.context, &email, &journey, &to, until);
                 tx.approve(email.id, &to, &email.data, &lease)?;
+                if email.class == EmailClass::Marketing {
+                    // The frequency cap counts from here.
+                    let mut journey = journey;
+                    journey.last_marketing_at = Some(email.fire_at);
+                    tx.save_journey(&email.customer_id, &journey)?;
+                }
                 email.status = Status::Sending;
                 email.recipient = to.recipient;
                 email.locale = Some(to.locale);

@@ -33,6 +33,11 @@ pub struct PlanLine {
     /// The A/B variant, for templates that have variants.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// When a policy held it back past `due_at`: until when, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
 }
 
 impl From<EmailRow> for PlanLine {
@@ -47,6 +52,8 @@ impl From<EmailRow> for PlanLine {
             class: e.class.as_str(),
             status: e.status.as_str(),
             reason: e.reason,
+            deferred_to: e.deferred.as_ref().map(|_| e.fire_at.to_string()),
+            deferred: e.deferred,
             variant: e.variant,
         }
     }

@@ -7,10 +7,13 @@
 //! the same events gives the same plan.
 //!
 //! [`Journeys::recheck`] is the other half: whether an email that has waited
-//! may still go out, given the state at its due time.
+//! may still go out, given the state at its due time; and [`Policy`] says
+//! when it may go out (frequency cap, quiet hours).
 
+mod policy;
 mod state;
 
+pub use policy::{Policy, Timing};
 pub use state::{Journey, OrderState, Profile};
 
 use jiff::{SignedDuration, Timestamp};
@@ -87,11 +90,40 @@ pub struct Transition {
 #[derive(Debug, Clone)]
 pub struct Journeys {
     rules: Vec<JourneyRule>,
+    policy: Policy,
 }
 
 impl Journeys {
+    /// The rules alone: every email at its due time.
     pub fn new(rules: Vec<JourneyRule>) -> Journeys {
-        Journeys { rules }
+        Journeys {
+            rules,
+            policy: Policy::none(),
+        }
+    }
+
+    /// The rules and the policies of the configuration.
+    pub fn from_config(config: &crate::config::Config) -> Journeys {
+        Journeys {
+            rules: config.journeys.clone(),
+            policy: Policy::new(&config.policy, &config.default_timezone),
+        }
+    }
+
+    /// When an email of `template` that fell due at `at` may go out (see
+    /// [`Policy::timing`]).
+    pub fn timing(
+        &self,
+        j: &Journey,
+        template: &str,
+        customer_id: &str,
+        due_at: Timestamp,
+        at: Timestamp,
+    ) -> Timing {
+        match self.rule(template) {
+            Some(rule) => self.policy.timing(rule, j, customer_id, due_at, at),
+            None => Timing::Now,
+        }
     }
 
     pub fn rule(&self, template: &str) -> Option<&JourneyRule> {

@@ -23,6 +23,9 @@ pub struct Journey {
     pub milestones: BTreeSet<u32>,
     /// The order inactivity timers count from, and when it was placed.
     pub last_order: Option<(String, Timestamp)>,
+    /// When the last marketing email went out (approved at its fire
+    /// time): the frequency cap counts from it.
+    pub last_marketing_at: Option<Timestamp>,
 }
 
 /// The customer as the latest events describe them.

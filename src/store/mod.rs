@@ -110,6 +110,11 @@ pub struct EmailRow {
     pub first_attempt_at: Option<Timestamp>,
     /// The A/B variant rendered, when the template has variants.
     pub variant: Option<String>,
+    /// When it falls due: `due_at`, or later if it was deferred or waits
+    /// for a retry.
+    pub fire_at: Timestamp,
+    /// Why it was deferred past its due time (frequency cap, quiet hours).
+    pub deferred: Option<String>,
 }
 
 /// A claim on approved emails: whoever holds it delivers them. A worker
@@ -161,6 +166,8 @@ pub trait Transaction {
     /// Moves a pending email to `sending` with its final data, claimed by
     /// `lease`.
     fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()>;
+    /// Makes a pending email wait until `fire_at`, for `reason`.
+    fn postpone(&mut self, id: i64, fire_at: Timestamp, reason: &str) -> Result<()>;
     /// Ends a pending email as cancelled or suppressed.
     fn decide(&mut self, id: i64, verdict: Verdict, reason: &str, to: &Addressee) -> Result<()>;
     fn is_suppressed(&mut self, address: &str) -> Result<bool>;

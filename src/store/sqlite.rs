@@ -79,13 +79,16 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // The A/B variant each email was assigned (NULL: the template has none).
     M::up("ALTER TABLE emails ADD COLUMN variant TEXT;"),
+    // Why a pending email waits past its due time (frequency cap, quiet
+    // hours): fire_at holds the new time.
+    M::up("ALTER TABLE emails ADD COLUMN deferred TEXT;"),
 ];
 
 /// How long a worker waits for another's lock before it gives up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const EMAIL_COLUMNS: &str = "id, key, customer_id, template, class, order_id, due_at, status, \
-                             reason, data, recipient, locale, attempts, first_attempt_at, variant";
+                             reason, data, recipient, locale, attempts, first_attempt_at, variant, fire_at, deferred";
 
 pub struct SqliteStore {
     conn: Connection,
@@ -209,6 +212,8 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
         attempts: r.get(12)?,
         first_attempt_at: r.get::<_, Option<i64>>(13)?.map(from_ms),
         variant: r.get(14)?,
+        fire_at: from_ms(r.get(15)?),
+        deferred: r.get(16)?,
     })
 }
 
@@ -562,6 +567,14 @@ impl Transaction for SqliteTx<'_> {
             to.recipient,
             to.locale
         ])?;
+        Ok(())
+    }
+
+    fn postpone(&mut self, id: i64, fire_at: Timestamp, reason: &str) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE emails SET fire_at = ?2, deferred = ?3 WHERE id = ?1 AND status = 'pending'",
+        )?;
+        stmt.execute(params![id, ms(fire_at), reason])?;
         Ok(())
     }
 
