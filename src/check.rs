@@ -14,6 +14,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::config::{Config, JourneyRule};
+use crate::journey::Journeys;
 use crate::render::{LoadOptions, PARTS, Problem, Problems, Rendered, Templates};
 
 /// What a passing check covered.
@@ -103,6 +104,7 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
         .iter()
         .map(|(t, v)| JourneyRule::variant_template(t, v.as_deref()))
         .collect();
+    let journeys = Journeys::from_config(config);
     let mut problems = unescaped_customer_data(
         &templates,
         &names.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -128,6 +130,15 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
             data["shop"] = shop.clone();
             if data["customer"].is_object() {
                 data["customer"]["locale"] = Value::String(locale.clone());
+            }
+            // Tiers speak the customer's language, as when sent.
+            for pointer in ["/tier", "/customer/tier"] {
+                if let Some(tier) = data.pointer_mut(pointer)
+                    && let Some(id) = tier["id"].as_str()
+                    && let Some(words) = journeys.tier_by_id(id, locale)
+                {
+                    *tier = words;
+                }
             }
             match templates.render(name, locale, &data) {
                 Ok(rendered) => {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 /// The shipped configuration; also the embedded default.
@@ -67,6 +68,12 @@ pub struct Config {
     pub check: CheckConfig,
     /// When marketing emails may go out: frequency cap, quiet hours.
     pub policy: PolicyConfig,
+    /// How customers are grouped by their history.
+    pub segments: SegmentsConfig,
+    /// Loyalty tiers, lowest first: reaching one sends the rules with
+    /// `tiers = true` (`loyalty_milestone`).
+    #[serde(rename = "tier", default)]
+    pub tiers: Vec<TierConfig>,
     /// The journey rules: which event sends which template, when.
     #[serde(rename = "journey")]
     pub journeys: Vec<JourneyRule>,
@@ -289,6 +296,61 @@ pub struct PolicyConfig {
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     pub quiet_hours: QuietHoursConfig,
+    pub adaptive_win_back: AdaptiveWinBackConfig,
+}
+
+/// The first win-back at the customer's own rhythm instead of a fixed wait.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveWinBackConfig {
+    pub enabled: bool,
+    /// Customers with at least this many orders (gaps need a history).
+    pub min_orders: usize,
+    /// The first win-back at this multiple of the median gap between the
+    /// customer's orders...
+    pub multiplier: f64,
+    /// ...but no sooner than `min` and no later than `max` after the last
+    /// order. Later win-backs keep their distance from the first.
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+/// Thresholds of the segments (see the README).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentsConfig {
+    /// How far back "recent" orders count.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Recent orders that make a customer frequent.
+    pub frequent_orders: usize,
+    /// Lifetime spend that makes a customer VIP, by currency (money is
+    /// never added across currencies): `{ EUR = "500.00" }`.
+    pub vip_spend: BTreeMap<String, Decimal>,
+    /// Customers in this top percentage of lifetime spend are VIP too
+    /// (`0`: off), once the shop has `vip_min_customers`.
+    pub vip_top_percent: f64,
+    pub vip_min_customers: u64,
+}
+
+/// A loyalty tier: reached by order count or lifetime spend, whichever
+/// comes first.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Stable id, for templates (`{{#if (eq tier.id "gold")}}`).
+    pub id: String,
+    pub min_orders: Option<u32>,
+    /// Lifetime spend by currency: `{ EUR = "1000.00", AMD = "450000" }`.
+    #[serde(default)]
+    pub min_spend: BTreeMap<String, Decimal>,
+    /// The tier's name and benefits by locale; `default_locale` is
+    /// required, other locales fall back to it.
+    pub name: BTreeMap<String, String>,
+    #[serde(default)]
+    pub benefits: BTreeMap<String, String>,
 }
 
 /// Local hours in the customer's time zone when no marketing email goes out.
@@ -477,6 +539,74 @@ pub struct JourneyRule {
     /// Overrides `policy.max_delay` for this template (marketing only).
     #[serde(with = "humantime_serde", default)]
     pub max_delay: Option<Duration>,
+    /// For `order.placed`: send when the order makes the customer reach a
+    /// loyalty tier (`[[tier]]`).
+    #[serde(default)]
+    pub tiers: bool,
+    /// Only for customers in one of these segments (as of the trigger).
+    #[serde(default)]
+    pub segments: Vec<Segment>,
+    /// Another delay for customers in a segment (the first that applies).
+    #[serde(default, with = "segment_delays")]
+    pub delay_by_segment: BTreeMap<Segment, Duration>,
+}
+
+/// Groups of customers by their history (see the README for the rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    Vip,
+    Lapsed,
+    New,
+    FrequentSmall,
+    RareLarge,
+    Regular,
+}
+
+impl Segment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Vip => "vip",
+            Self::Lapsed => "lapsed",
+            Self::New => "new",
+            Self::FrequentSmall => "frequent_small",
+            Self::RareLarge => "rare_large",
+            Self::Regular => "regular",
+        }
+    }
+}
+
+/// `{ vip = "30d" }` with humantime durations.
+mod segment_delays {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Segment;
+
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<Segment, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        map.iter()
+            .map(|(k, v)| (*k, humantime::format_duration(*v).to_string()))
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<Segment, Duration>, D::Error> {
+        BTreeMap::<Segment, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                humantime::parse_duration(&v)
+                    .map(|d| (k, d))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
 }
 
 impl JourneyRule {
@@ -611,6 +741,50 @@ impl Config {
                 "equals start: set enabled = false for no quiet hours",
             ));
         }
+        let aw = &self.policy.adaptive_win_back;
+        if !(aw.multiplier.is_finite() && aw.multiplier > 0.0) {
+            return Err(invalid(
+                "policy.adaptive_win_back.multiplier",
+                "must be more than 0",
+            ));
+        }
+        if aw.min > aw.max {
+            return Err(invalid(
+                "policy.adaptive_win_back.min",
+                "must be at most policy.adaptive_win_back.max",
+            ));
+        }
+        if aw.min_orders < 2 {
+            return Err(invalid(
+                "policy.adaptive_win_back.min_orders",
+                "must be at least 2 (a gap needs two orders)",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.segments.vip_top_percent) {
+            return Err(invalid("segments.vip_top_percent", "must be 0 to 100"));
+        }
+        let mut tier_ids = BTreeSet::new();
+        for (i, tier) in self.tiers.iter().enumerate() {
+            let key = |field: &str| format!("tier[{i}].{field}");
+            if !is_template_id(&tier.id) || !tier_ids.insert(tier.id.as_str()) {
+                return Err(invalid(
+                    key("id"),
+                    format!("`{}`: a unique id (a-z, 0-9, _)", tier.id),
+                ));
+            }
+            if tier.min_orders.is_none() && tier.min_spend.is_empty() {
+                return Err(invalid(
+                    key("min_orders"),
+                    "set min_orders, min_spend or both",
+                ));
+            }
+            if !tier.name.contains_key(&self.default_locale) {
+                return Err(invalid(
+                    key(&format!("name.{}", self.default_locale)),
+                    "the default locale's name is required",
+                ));
+            }
+        }
         let default = self.sender.domains.limit("");
         for (key, limit) in std::iter::once(("sender.domains".to_owned(), &default)).chain(
             self.sender
@@ -701,6 +875,20 @@ impl Config {
                 (Some(_), _) => {
                     return Err(invalid(key("only"), "does not fit this rule's trigger"));
                 }
+            }
+            if rule.tiers && rule.on != Trigger::OrderPlaced {
+                return Err(invalid(key("tiers"), "only for on = \"order.placed\""));
+            }
+            if rule.tiers && self.tiers.is_empty() {
+                return Err(invalid(key("tiers"), "no [[tier]] is configured"));
+            }
+            if rule.segments.contains(&Segment::Lapsed)
+                || rule.delay_by_segment.contains_key(&Segment::Lapsed)
+            {
+                return Err(invalid(
+                    key("segments"),
+                    "`lapsed` is known only later: use on = \"inactivity\" rules for lapsed customers",
+                ));
             }
             if rule.on == Trigger::Inactivity && rule.delay.is_zero() {
                 return Err(invalid(key("delay"), "inactivity needs a delay"));
@@ -852,7 +1040,17 @@ mod tests {
         assert_eq!(c.journeys.len(), 14);
         let rule = |t: &str| c.journeys.iter().find(|r| r.template == t).unwrap();
         assert_eq!(rule("welcome").delay, Duration::from_secs(86_400));
-        assert_eq!(rule("loyalty_milestone").milestones, [3, 5, 10]);
+        assert!(rule("loyalty_milestone").tiers);
+        let shipped = Config::embedded();
+        let tiers: Vec<_> = shipped
+            .tiers
+            .iter()
+            .map(|t| (t.id.as_str(), t.min_orders))
+            .collect();
+        assert_eq!(
+            tiers,
+            [("bronze", Some(3)), ("silver", Some(5)), ("gold", Some(10))]
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use crate::config::{EmailClass, Trigger};
 use crate::event::Event;
-use crate::journey::{Command, Journey, Journeys, Timing, Verdict};
+use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict};
 use crate::render::Locales;
 use crate::source::{DeadLetters, Entry, Position};
 use crate::store::{Addressee, EmailRow, Lease, Status, Store, StoreError, Transaction};
@@ -148,6 +148,8 @@ impl<S: Store> Pipeline<S> {
             let mut fire_until = None;
             let mut positions: Vec<&Position> = Vec::new();
             let mut tx = self.store.begin()?;
+            let mut shop = tx.shop_stats()?;
+            let shop_before = shop.clone();
             while let Some(entry) = entries.get(i) {
                 match Event::decode(&entry.raw) {
                     Err(invalid) => {
@@ -165,6 +167,7 @@ impl<S: Store> Pipeline<S> {
                             &mut tx,
                             &self.journeys,
                             &self.context.locales,
+                            &mut shop,
                             &event,
                             &entry.position.key,
                             &mut self.next_fire,
@@ -192,6 +195,9 @@ impl<S: Store> Pipeline<S> {
             }
             for position in positions {
                 tx.set_position(&position.key, &position.value)?;
+            }
+            if shop != shop_before {
+                tx.save_shop_stats(&shop)?;
             }
             dead.sync().map_err(|error| PipelineError::DeadLetter {
                 place: dead.place(),
@@ -232,6 +238,7 @@ impl<S: Store> Pipeline<S> {
             };
             let mut tx = self.store.begin()?;
             let due = tx.due(until, self.streams.as_deref(), self.fire_batch)?;
+            let shop = tx.shop_stats()?;
             if due.is_empty() {
                 break;
             }
@@ -282,7 +289,7 @@ impl<S: Store> Pipeline<S> {
                     continue;
                 }
                 email.data =
-                    template_data(&self.journeys, &self.context, &email, &journey, &to, until);
+                    template_data(&self.journeys, &self.context, &email, &journey, &to, &shop);
                 tx.approve(email.id, &to, &email.data, &lease)?;
                 if email.class == EmailClass::Marketing {
                     // The frequency cap counts from here.
@@ -312,8 +319,10 @@ fn template_data(
     email: &EmailRow,
     journey: &Journey,
     to: &Addressee,
-    now: Timestamp,
+    shop: &ShopStats,
 ) -> Value {
+    // The moment it goes out, in event time.
+    let now = email.fire_at;
     {
         let mut data = match &email.data {
             Value::Object(_) => email.data.clone(),
@@ -325,13 +334,25 @@ fn template_data(
             .as_deref()
             .filter(|tz| jiff::tz::TimeZone::get(tz).is_ok())
             .unwrap_or(&context.default_timezone);
-        data["customer"] = json!({
+        let mut customer = json!({
             "id": email.customer_id,
             "email": to.recipient,
             "name": p.name,
             "locale": to.locale,
             "timezone": timezone,
         });
+        if let (Value::Object(c), Value::Object(more)) = (
+            &mut customer,
+            journeys.insights(journey, now, shop, &to.locale),
+        ) {
+            c.extend(more);
+        }
+        data["customer"] = customer;
+        // Every email has `tier`: the one it congratulates on, or null.
+        data["tier"] = data["tier"]["id"]
+            .as_str()
+            .and_then(|id| journeys.tier_by_id(id, &to.locale))
+            .unwrap_or(Value::Null);
         data["email"] = json!({"template": email.template, "class": email.class.as_str()});
         data["unsubscribe_url"] = match email.class {
             EmailClass::Marketing => json!(
@@ -387,10 +408,12 @@ fn addressee(locales: &Locales, journey: &Journey) -> Addressee {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply<T: Transaction>(
     tx: &mut T,
     journeys: &Journeys,
     locales: &Locales,
+    shop: &mut ShopStats,
     event: &Event,
     stream: &str,
     next_fire: &mut Option<Timestamp>,
@@ -401,13 +424,15 @@ fn apply<T: Transaction>(
     }
     let customer_id = &event.customer.id;
     let state = tx.journey(customer_id)?;
-    let transition = match journeys.step(state, event) {
+    let before = state.clone().unwrap_or_default();
+    let transition = match journeys.step_with(state, event, shop) {
         Ok(t) => t,
         // Not recorded as seen: the shop may fix the event and send it again.
         Err(rejection) => return Ok(Applied::Rejected(rejection.to_string())),
     };
     tx.mark_seen(&event.id)?;
     tx.save_journey(customer_id, &transition.state)?;
+    shop.record(&before, &transition.state);
     let to = addressee(locales, &transition.state);
     for command in &transition.commands {
         match command {
@@ -634,7 +659,17 @@ mod tests {
             .unwrap();
         assert_eq!(confirmation.data["unsubscribe_url"], Value::Null);
         let win_back = approved.iter().find(|e| e.template == "win_back").unwrap();
-        assert_eq!(win_back.data["days_since_last_order"], 63);
+        // Counted at the email's own time (60 days), however late the
+        // worker gets to it.
+        assert_eq!(win_back.data["days_since_last_order"], 60);
+        // What the history says, for templates.
+        let customer = &win_back.data["customer"];
+        assert_eq!(customer["segment"], "lapsed");
+        assert_eq!(customer["segments"], json!(["lapsed", "new"]));
+        assert_eq!(customer["order_count"], 1);
+        assert_eq!(customer["lifetime_spend"], "5.00");
+        assert_eq!(customer["expected_next_order_at"], Value::Null);
+        assert_eq!(customer["tier"], Value::Null);
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! may still go out, given the state at its due time; and [`Policy`] says
 //! when it may go out (frequency cap, quiet hours).
 
+pub mod insight;
 mod policy;
 mod state;
 
+pub use insight::ShopStats;
 pub use policy::{Policy, Timing};
 pub use state::{Journey, OrderState, Profile};
 
@@ -20,7 +22,10 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::{EmailClass, JourneyRule, Only, Trigger};
+use crate::config::{
+    AdaptiveWinBackConfig, Config, EmailClass, JourneyRule, Only, Segment, SegmentsConfig,
+    TierConfig, Trigger,
+};
 use crate::event::{Event, EventKind, Item, Order, Shipment};
 
 /// An email the journey wants sent at `due_at`.
@@ -91,22 +96,32 @@ pub struct Transition {
 pub struct Journeys {
     rules: Vec<JourneyRule>,
     policy: Policy,
+    tiers: Vec<TierConfig>,
+    segments: SegmentsConfig,
+    adaptive: Option<AdaptiveWinBackConfig>,
+    default_locale: String,
 }
 
 impl Journeys {
-    /// The rules alone: every email at its due time.
+    /// `rules` with the shipped tiers, segments and adaptive win-back, and
+    /// no timing policy: every email at its due time.
     pub fn new(rules: Vec<JourneyRule>) -> Journeys {
-        Journeys {
-            rules,
-            policy: Policy::none(),
-        }
+        let mut journeys = Journeys::from_config(&Config::embedded());
+        journeys.rules = rules;
+        journeys.policy = Policy::none();
+        journeys
     }
 
     /// The rules and the policies of the configuration.
-    pub fn from_config(config: &crate::config::Config) -> Journeys {
+    pub fn from_config(config: &Config) -> Journeys {
+        let adaptive = &config.policy.adaptive_win_back;
         Journeys {
             rules: config.journeys.clone(),
             policy: Policy::new(&config.policy, &config.default_timezone),
+            tiers: config.tiers.clone(),
+            segments: config.segments.clone(),
+            adaptive: adaptive.enabled.then(|| adaptive.clone()),
+            default_locale: config.default_locale.clone(),
         }
     }
 
@@ -126,6 +141,117 @@ impl Journeys {
         }
     }
 
+    /// The wait after the last order before the first win-back: the
+    /// customer's own rhythm (adaptive win-back) or the first inactivity
+    /// rule's delay. Past it, the customer is `lapsed`.
+    pub fn first_win_back_wait(&self, j: &Journey) -> Option<SignedDuration> {
+        let fixed = self
+            .rules_on(Trigger::Inactivity)
+            .map(|r| signed(r.delay))
+            .min()?;
+        Some(self.adaptive_wait(j).unwrap_or(fixed))
+    }
+
+    /// `multiplier` x the median gap between orders, clamped, for customers
+    /// with enough orders.
+    fn adaptive_wait(&self, j: &Journey) -> Option<SignedDuration> {
+        let a = self.adaptive.as_ref()?;
+        if insight::order_count(j) < a.min_orders {
+            return None;
+        }
+        let gap = insight::median_gap(j)?;
+        let wait = SignedDuration::from_secs_f64(gap.as_secs_f64() * a.multiplier);
+        Some(wait.clamp(signed(a.min), signed(a.max)))
+    }
+
+    /// The customer's segments at `now`, by precedence.
+    pub fn segments_of(&self, j: &Journey, now: Timestamp, shop: &ShopStats) -> Vec<Segment> {
+        insight::segments(j, now, shop, &self.segments, self.first_win_back_wait(j))
+    }
+
+    /// What templates may say about the customer beyond the profile.
+    pub fn insights(&self, j: &Journey, now: Timestamp, shop: &ShopStats, locale: &str) -> Value {
+        let segments = self.segments_of(j, now, shop);
+        let currency = insight::currency(j);
+        let expected = match (&j.last_order, insight::median_gap(j)) {
+            (Some((_, last)), Some(gap)) => Value::String((*last + gap).to_string()),
+            _ => Value::Null,
+        };
+        let tier = self
+            .tiers
+            .iter()
+            .rev()
+            .find(|t| j.tiers.contains(&t.id))
+            .map_or(Value::Null, |t| self.tier_json(t, locale));
+        json!({
+            "segment": segments[0].as_str(),
+            "segments": segments.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "order_count": insight::order_count(j),
+            "currency": currency,
+            "lifetime_spend": currency.and_then(|c| insight::spend(j).get(c).map(ToString::to_string)),
+            "expected_next_order_at": expected,
+            "tier": tier,
+        })
+    }
+
+    /// `{id, name, benefits}` of a tier in `locale` (or the default's words).
+    pub fn tier_json(&self, tier: &TierConfig, locale: &str) -> Value {
+        let word = |words: &std::collections::BTreeMap<String, String>| {
+            words
+                .get(locale)
+                .or_else(|| words.get(&self.default_locale))
+                .cloned()
+                .map_or(Value::Null, Value::String)
+        };
+        json!({ "id": tier.id, "name": word(&tier.name), "benefits": word(&tier.benefits) })
+    }
+
+    /// The tier `id` in `locale`, for the email that congratulates on it.
+    pub fn tier_by_id(&self, id: &str, locale: &str) -> Option<Value> {
+        let tier = self.tiers.iter().find(|t| t.id == id)?;
+        Some(self.tier_json(tier, locale))
+    }
+
+    /// The delay of `rule` for a customer in `segments`.
+    fn delay_for(&self, rule: &JourneyRule, segments: &[Segment]) -> Option<SignedDuration> {
+        segments
+            .iter()
+            .find_map(|s| rule.delay_by_segment.get(s))
+            .map(|d| signed(*d))
+    }
+
+    /// Whether `rule` is for a customer in `segments`.
+    fn fits(rule: &JourneyRule, segments: &[Segment]) -> bool {
+        rule.segments.is_empty() || rule.segments.iter().any(|s| segments.contains(s))
+    }
+
+    /// The highest tier the customer now qualifies for and had not reached:
+    /// recorded as reached (with any lower ones skipped over) on the order.
+    fn reach_tier(&self, j: &mut Journey, order_id: &str) -> Option<String> {
+        let count = insight::order_count(j) as u32;
+        let spend = insight::spend(j);
+        let highest = self.tiers.iter().rposition(|t| {
+            t.min_orders.is_some_and(|n| count >= n)
+                || t.min_spend
+                    .iter()
+                    .any(|(currency, min)| spend.get(currency).is_some_and(|s| s >= min))
+        })?;
+        let id = self.tiers[highest].id.clone();
+        if j.tiers.contains(&id) {
+            return None;
+        }
+        let added: Vec<String> = self.tiers[..=highest]
+            .iter()
+            .map(|t| t.id.clone())
+            .filter(|t| !j.tiers.contains(t))
+            .collect();
+        j.tiers.extend(added.iter().cloned());
+        if let Some(o) = j.orders.get_mut(order_id) {
+            o.tiers_reached = added;
+        }
+        Some(id)
+    }
+
     pub fn rule(&self, template: &str) -> Option<&JourneyRule> {
         self.rules.iter().find(|r| r.template == template)
     }
@@ -134,9 +260,20 @@ impl Journeys {
         self.rules.iter().filter(move |r| r.on == trigger)
     }
 
-    /// Applies one event to a customer's journey. `state` is `None` for a
-    /// customer never seen before.
+    /// [`Journeys::step_with`] an empty shop: no median order, no top
+    /// percent (tests and a shop's very first order).
     pub fn step(&self, state: Option<Journey>, event: &Event) -> Result<Transition, Rejection> {
+        self.step_with(state, event, &ShopStats::default())
+    }
+
+    /// Applies one event to a customer's journey. `state` is `None` for a
+    /// customer never seen before; `shop` is what segments compare with.
+    pub fn step_with(
+        &self,
+        state: Option<Journey>,
+        event: &Event,
+        shop: &ShopStats,
+    ) -> Result<Transition, Rejection> {
         let mut j = state.unwrap_or_default();
         // An order is where a shop first meets a customer: without an
         // address it cannot be followed up. Other events of a customer we
@@ -150,6 +287,7 @@ impl Journeys {
         let mut out = Out {
             customer_id: &event.customer.id,
             commands: Vec::new(),
+            shop,
         };
         let at = event.occurred_at;
         match &event.kind {
@@ -264,12 +402,28 @@ impl Journeys {
         o.items = order.items.clone();
         let count = j.orders.values().filter(|o| o.counts()).count() as u32;
         let data = json!({ "order": order_json(j, &order.id) });
+        let segments = self.segments_of(j, at, out.shop);
+        let tier = if self.rules_on(Trigger::OrderPlaced).any(|r| r.tiers) {
+            self.reach_tier(j, &order.id)
+        } else {
+            None
+        };
 
         for rule in self.rules_on(Trigger::OrderPlaced) {
             if rule.only == Some(Only::FirstOrder) && !first_order {
                 continue;
             }
+            if !Self::fits(rule, &segments) {
+                continue;
+            }
             let mut data = data.clone();
+            if rule.tiers {
+                let Some(tier) = &tier else {
+                    continue;
+                };
+                data["tier"] = json!({ "id": tier });
+                data["milestone"] = json!({ "order_count": count });
+            }
             if !rule.milestones.is_empty() {
                 if !rule.milestones.contains(&count) || j.milestones.contains(&count) {
                     continue;
@@ -280,7 +434,10 @@ impl Journeys {
                 }
                 data["milestone"] = json!({ "order_count": count });
             }
-            out.schedule(rule, &order.id, &order.id, at, data);
+            let delay = self
+                .delay_for(rule, &segments)
+                .unwrap_or(signed(rule.delay));
+            out.schedule_at(rule, &order.id, &order.id, at + delay, data);
         }
 
         let newer = j.last_order.as_ref().is_none_or(|(_, last)| at > *last);
@@ -302,6 +459,18 @@ impl Journeys {
         let o = j.orders.entry(order_id.to_owned()).or_default();
         let already = o.cancelled;
         o.cancelled = true;
+        let tiers_reached = std::mem::take(&mut o.tiers_reached);
+        if !already
+            && !tiers_reached.is_empty()
+            && let Some(rule) = self.rules.iter().find(|r| r.tiers)
+            && o.placed_at.is_some_and(|p| at < p + signed(rule.delay))
+        {
+            // The congratulation had not gone out: the tier is not reached.
+            for tier in &tiers_reached {
+                j.tiers.remove(tier);
+            }
+        }
+        let o = j.orders.entry(order_id.to_owned()).or_default();
         if !already
             && let Some(n) = o.milestone
             && let Some(rule) = self.rules.iter().find(|r| r.milestones.contains(&n))
@@ -445,9 +614,18 @@ impl Journeys {
         data: Value,
         out: &mut Out,
     ) {
+        let segments = self.segments_of(j, at, out.shop);
+        if !Self::fits(rule, &segments) {
+            return;
+        }
         match self.cancel_reason(j, rule, order_id) {
             Some(reason) => out.decide(rule, order_id, scope, at, data, Verdict::Cancelled, reason),
-            None => out.schedule(rule, order_id, scope, at, data),
+            None => {
+                let delay = self
+                    .delay_for(rule, &segments)
+                    .unwrap_or(signed(rule.delay));
+                out.schedule_at(rule, order_id, scope, at + delay, data);
+            }
         }
     }
 
@@ -479,8 +657,25 @@ impl Journeys {
             return;
         };
         let data = json!({ "order": order_json(j, anchor) });
+        let segments = self.segments_of(j, *placed_at, out.shop);
+        // Adaptive win-back moves the whole series: the first at the
+        // customer's own rhythm, the later ones at their distance from it.
+        let first = self
+            .rules_on(Trigger::Inactivity)
+            .map(|r| signed(r.delay))
+            .min()
+            .unwrap_or_default();
+        let shift = self
+            .adaptive_wait(j)
+            .map_or(SignedDuration::ZERO, |wait| wait - first);
         for rule in self.rules_on(Trigger::Inactivity) {
-            out.schedule(rule, anchor, scope, *placed_at, data.clone());
+            if !Self::fits(rule, &segments) {
+                continue;
+            }
+            let delay = self
+                .delay_for(rule, &segments)
+                .unwrap_or(signed(rule.delay) + shift);
+            out.schedule_at(rule, anchor, scope, *placed_at + delay, data.clone());
         }
     }
 
@@ -544,6 +739,8 @@ pub fn assign_variant(customer_id: &str, rule: &JourneyRule) -> Option<String> {
 struct Out<'a> {
     customer_id: &'a str,
     commands: Vec<Command>,
+    /// What segments compare the customer with.
+    shop: &'a ShopStats,
 }
 
 impl Out<'_> {
@@ -552,7 +749,7 @@ impl Out<'_> {
         rule: &JourneyRule,
         order_id: &str,
         scope: &str,
-        at: Timestamp,
+        due_at: Timestamp,
         data: Value,
     ) -> NewEmail {
         NewEmail {
@@ -561,21 +758,21 @@ impl Out<'_> {
             template: rule.template.clone(),
             class: rule.class,
             order_id: Some(order_id.to_owned()),
-            due_at: at + signed(rule.delay),
+            due_at,
             data,
             variant: assign_variant(self.customer_id, rule),
         }
     }
 
-    fn schedule(
+    fn schedule_at(
         &mut self,
         rule: &JourneyRule,
         order_id: &str,
         scope: &str,
-        at: Timestamp,
+        due_at: Timestamp,
         data: Value,
     ) {
-        let email = self.email(rule, order_id, scope, at, data);
+        let email = self.email(rule, order_id, scope, due_at, data);
         self.commands.push(Command::Schedule(email));
     }
 
@@ -590,7 +787,7 @@ impl Out<'_> {
         verdict: Verdict,
         reason: String,
     ) {
-        let email = self.email(rule, order_id, scope, at, data);
+        let email = self.email(rule, order_id, scope, at + signed(rule.delay), data);
         self.commands.push(Command::Decide {
             email,
             verdict,

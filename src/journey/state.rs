@@ -21,6 +21,8 @@ pub struct Journey {
     pub delivered_before: bool,
     /// Milestones (order counts) already congratulated.
     pub milestones: BTreeSet<u32>,
+    /// Loyalty tiers reached (ids).
+    pub tiers: BTreeSet<String>,
     /// The order inactivity timers count from, and when it was placed.
     pub last_order: Option<(String, Timestamp)>,
     /// When the last marketing email went out (approved at its fire
@@ -75,6 +77,8 @@ pub struct OrderState {
     pub delivered_shipments: BTreeSet<String>,
     /// The milestone this order reached, if any.
     pub milestone: Option<u32>,
+    /// The tiers this order reached, the highest last.
+    pub tiers_reached: Vec<String>,
 }
 
 impl OrderState {

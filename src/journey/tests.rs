@@ -2,7 +2,7 @@
 //! table, every cancellation, consent, duplicates and out-of-order events.
 
 use super::*;
-use crate::config::Config;
+use crate::config::{Config, Segment};
 use crate::event::{CustomerPatch, Refund, Return};
 
 fn journeys() -> Journeys {
@@ -179,7 +179,7 @@ fn an_older_order_arriving_late_does_not_reset_win_back() {
 }
 
 #[test]
-fn milestones_at_the_third_fifth_and_tenth_order() {
+fn tiers_are_reached_at_the_third_fifth_and_tenth_order() {
     let events: Vec<Event> = (1..=11)
         .map(|n| {
             ev(
@@ -206,9 +206,10 @@ fn milestones_at_the_third_fifth_and_tenth_order() {
     };
     assert_eq!(email.due_at, t("2026-01-03T11:00:00Z"));
     assert_eq!(email.data["milestone"]["order_count"], 3);
+    assert_eq!(email.data["tier"]["id"], "bronze");
     assert_eq!(
-        state.milestones.iter().copied().collect::<Vec<_>>(),
-        [3, 5, 10]
+        state.tiers.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["bronze", "gold", "silver"]
     );
 }
 
@@ -256,7 +257,10 @@ fn a_milestone_cancelled_before_it_went_out_can_be_earned_again() {
             .iter()
             .any(|(t, k, _)| t == "loyalty_milestone" && k.ends_with("o-4"))
     );
-    assert_eq!(state.milestones.iter().copied().collect::<Vec<_>>(), [3]);
+    assert_eq!(
+        state.tiers.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["bronze"]
+    );
 }
 
 #[test]
@@ -830,4 +834,167 @@ fn the_scheduled_review_request_carries_its_variant() {
             .all(|(_, v)| v.is_none()),
         "{variants:?}"
     );
+}
+
+fn placed_for(order: &str, total: &str) -> EventKind {
+    let EventKind::OrderPlaced { mut order } = placed(order) else {
+        unreachable!()
+    };
+    order.total = total.parse().unwrap();
+    EventKind::OrderPlaced { order }
+}
+
+/// `(template, due_at)` of the win-backs scheduled by the last step.
+fn win_backs(steps: &[Vec<Command>]) -> Vec<(String, String)> {
+    scheduled(steps.last().unwrap())
+        .into_iter()
+        .filter(|(t, ..)| t.starts_with("win_back"))
+        .map(|(t, _, due)| (t, due))
+        .collect()
+}
+
+fn orders_at(dates: &[&str]) -> Vec<Event> {
+    dates
+        .iter()
+        .enumerate()
+        .map(|(i, at)| ev(&format!("e{i}"), at, placed(&format!("o-{i}"))))
+        .collect()
+}
+
+#[test]
+fn adaptive_win_back_for_a_weekly_buyer_is_clamped_to_three_weeks() {
+    let (_, steps) = run(&orders_at(&[
+        "2026-01-05T10:00:00Z",
+        "2026-01-12T10:00:00Z",
+        "2026-01-19T10:00:00Z",
+    ]));
+    // 2 x 7 days = 14 days, below the 21-day floor; the final keeps its
+    // 60 days' distance from the first.
+    assert_eq!(
+        win_backs(&steps),
+        [
+            ("win_back".into(), "2026-02-09T10:00:00Z".into()),
+            ("win_back_final".into(), "2026-04-10T10:00:00Z".into()),
+        ]
+    );
+}
+
+#[test]
+fn adaptive_win_back_for_a_customer_every_five_weeks_is_twice_their_gap() {
+    let (_, steps) = run(&orders_at(&[
+        "2026-01-01T10:00:00Z",
+        "2026-02-05T10:00:00Z",
+        "2026-03-12T10:00:00Z",
+    ]));
+    // Median gap 35 days: the first win-back after 70.
+    assert_eq!(
+        win_backs(&steps)[0],
+        ("win_back".into(), "2026-05-21T10:00:00Z".into())
+    );
+}
+
+#[test]
+fn adaptive_win_back_for_a_yearly_buyer_is_clamped_to_four_months() {
+    let (_, steps) = run(&orders_at(&[
+        "2022-03-01T10:00:00Z",
+        "2023-03-01T10:00:00Z",
+        "2024-03-01T10:00:00Z",
+    ]));
+    assert_eq!(
+        win_backs(&steps),
+        [
+            ("win_back".into(), "2024-06-29T10:00:00Z".into()),
+            ("win_back_final".into(), "2024-08-28T10:00:00Z".into()),
+        ]
+    );
+}
+
+#[test]
+fn with_two_orders_the_win_back_waits_the_fixed_sixty_days() {
+    let (_, steps) = run(&orders_at(&[
+        "2026-01-05T10:00:00Z",
+        "2026-01-12T10:00:00Z",
+    ]));
+    assert_eq!(
+        win_backs(&steps)[0],
+        ("win_back".into(), "2026-03-13T10:00:00Z".into())
+    );
+}
+
+#[test]
+fn a_big_spender_reaches_the_top_tier_at_once_and_is_congratulated_once() {
+    let (state, steps) = run(&[
+        ev("e1", "2026-01-01T10:00:00Z", placed_for("o-1", "600.00")),
+        ev("e2", "2026-01-02T10:00:00Z", placed_for("o-2", "400.00")),
+        ev("e3", "2026-01-03T10:00:00Z", placed_for("o-3", "10.00")),
+    ]);
+    let tiers: Vec<Vec<String>> = steps
+        .iter()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| match c {
+                    Command::Schedule(e) if e.template == "loyalty_milestone" => {
+                        Some(e.data["tier"]["id"].as_str().unwrap().to_owned())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    // 1,000.00 spent on the second order: gold, skipping bronze and silver;
+    // the third order (bronze by count) sends nothing more.
+    assert_eq!(tiers, [vec![], vec!["gold".to_owned()], vec![]]);
+    assert_eq!(state.tiers.len(), 3);
+}
+
+fn with_rules(edit: impl Fn(&mut JourneyRule)) -> Journeys {
+    let mut rules = Config::embedded().journeys;
+    rules.iter_mut().for_each(edit);
+    Journeys::new(rules)
+}
+
+#[test]
+fn a_rule_for_a_segment_is_sent_to_that_segment_only() {
+    // The welcome only for customers whose first order is large.
+    let j = with_rules(|r| {
+        if r.template == "welcome" {
+            r.segments = vec![Segment::RareLarge];
+        }
+    });
+    let mut shop = ShopStats::default();
+    for total in ["10", "20", "30", "40", "50"] {
+        shop.order_totals
+            .entry("EUR".into())
+            .or_default()
+            .add(total.parse().unwrap());
+    }
+    let welcomed = |total: &str| {
+        let event = ev("e1", "2026-01-01T10:00:00Z", placed_for("o-1", total));
+        let tr = j.step_with(None, &event, &shop).unwrap();
+        scheduled(&tr.commands).iter().any(|(t, ..)| t == "welcome")
+    };
+    assert!(welcomed("90.00"));
+    assert!(!welcomed("12.00"));
+}
+
+#[test]
+fn a_segment_can_have_its_own_delay() {
+    let j = with_rules(|r| {
+        if r.template == "win_back" {
+            r.delay_by_segment = [(Segment::Vip, std::time::Duration::from_secs(30 * 86_400))]
+                .into_iter()
+                .collect();
+        }
+    });
+    let due = |total: &str| {
+        let event = ev("e1", "2026-01-01T10:00:00Z", placed_for("o-1", total));
+        let tr = j.step(None, &event).unwrap();
+        scheduled(&tr.commands)
+            .into_iter()
+            .find(|(t, ..)| t == "win_back")
+            .unwrap()
+            .2
+    };
+    assert_eq!(due("800.00"), "2026-01-31T10:00:00Z", "VIP: 30 days");
+    assert_eq!(due("20.00"), "2026-03-02T10:00:00Z", "others: 60 days");
 }

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::config::EmailClass;
-use crate::journey::{Journey, NewEmail, Selector, Verdict};
+use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
 
 pub use sqlite::SqliteStore;
 
@@ -166,6 +166,9 @@ pub trait Transaction {
     /// Moves a pending email to `sending` with its final data, claimed by
     /// `lease`.
     fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()>;
+    /// The shop-wide figures segments compare customers with.
+    fn shop_stats(&mut self) -> Result<ShopStats>;
+    fn save_shop_stats(&mut self, stats: &ShopStats) -> Result<()>;
     /// Makes a pending email wait until `fire_at`, for `reason`.
     fn postpone(&mut self, id: i64, fire_at: Timestamp, reason: &str) -> Result<()>;
     /// Ends a pending email as cancelled or suppressed.

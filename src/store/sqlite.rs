@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{Addressee, EmailRow, Lease, Result, Status, Store, StoreError, Transaction};
 use crate::config::EmailClass;
-use crate::journey::{Journey, NewEmail, Selector, Verdict};
+use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(
@@ -567,6 +567,25 @@ impl Transaction for SqliteTx<'_> {
             to.recipient,
             to.locale
         ])?;
+        Ok(())
+    }
+
+    fn shop_stats(&mut self) -> Result<ShopStats> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT value FROM meta WHERE key = 'shop_stats'")?;
+        let raw: Option<Vec<u8>> = stmt.query_row([], |r| r.get(0)).optional()?;
+        Ok(raw
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or_default())
+    }
+
+    fn save_shop_stats(&mut self, stats: &ShopStats) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('shop_stats', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?;
+        stmt.execute([serde_json::to_vec(stats).unwrap_or_default()])?;
         Ok(())
     }
 
