@@ -65,6 +65,7 @@ pub struct Config {
     pub shop: ShopConfig,
     pub unsubscribe: UnsubscribeConfig,
     pub http: HttpConfig,
+    pub log: LogConfig,
     pub check: CheckConfig,
     /// When marketing emails may go out: frequency cap, quiet hours.
     pub policy: PolicyConfig,
@@ -397,10 +398,26 @@ pub struct CheckConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address of the HTTP server (`POST`/`GET /unsubscribe/{token}`), e.g.
-    /// `127.0.0.1:8080`. Unset: no server. Put it behind the shop's
-    /// reverse proxy at `shop.unsubscribe_url`.
+    /// Address of the HTTP server (`/healthz`, `/readyz`, `/metrics`,
+    /// `POST`/`GET /unsubscribe/{token}`), e.g. `127.0.0.1:8080`. Unset: no
+    /// server. Put `/unsubscribe/` behind the shop's reverse proxy at
+    /// `shop.unsubscribe_url`; keep the rest internal.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people at a terminal, `json` (one object per line) for a
+    /// log pipeline.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Brand settings, available to every template as `shop.*`.

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::mailer::Mailer;
+use crate::observe::Observer;
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::sender::{Outcome, Sender};
 use crate::source::{DeadLetters, Source, SourceError};
@@ -63,6 +64,8 @@ pub struct Settings {
     /// Stop once the source is drained and what is due is sent (always so
     /// for a file; for Kafka, once every partition is read to its end).
     pub once: bool,
+    /// Metrics and health, shared with the HTTP server.
+    pub observer: Arc<Observer>,
 }
 
 /// How often the loop looks for expired leases of other workers.
@@ -81,6 +84,7 @@ where
     M: Mailer,
 {
     let delivery_store = Arc::new(Mutex::new(pipeline.store().reopen()?));
+    pipeline.observe(Arc::clone(&settings.observer));
     let resumed = pipeline.reclaim(true)?;
     let (tx, rx) = mpsc::channel::<EmailRow>(settings.batch_size.max(64));
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,6 +105,7 @@ where
         Arc::clone(&delivery_store),
         settings.concurrency,
         Arc::clone(&stop),
+        Arc::clone(&settings.observer),
     ));
     for email in resumed {
         if tx.send(email).await.is_err() {
@@ -110,10 +115,12 @@ where
 
     let ingest_stop = Arc::clone(&stop);
     let (batch_size, once) = (settings.batch_size, settings.once);
+    let observer = Arc::clone(&settings.observer);
     let mut ingest = tokio::task::spawn_blocking(move || -> Result<Stats, DaemonError> {
         let mut last_reclaim = Instant::now();
         while !ingest_stop.load(Ordering::Relaxed) {
             let batch = source.next_batch(batch_size)?;
+            observer.source_polled(source.health());
             let now = Timestamp::now();
             // This worker fires the timers of the streams it reads, up to
             // the earliest event of theirs not yet applied.
@@ -249,10 +256,20 @@ struct Delivered {
 impl Delivered {
     fn record(
         &mut self,
-        email: EmailRow,
-        outcome: Result<Outcome, StoreError>,
+        (email, outcome, took): Delivery,
+        observer: &Observer,
     ) -> Result<(), StoreError> {
-        match outcome? {
+        let outcome = outcome?;
+        let (class, status) = match &outcome {
+            Outcome::Sent { .. } => ("delivered", "sent"),
+            Outcome::Retry { .. } => ("transient", "retried"),
+            Outcome::Deferred { .. } => ("deferred", "retried"),
+            Outcome::Ambiguous { .. } => ("ambiguous", "retried"),
+            Outcome::Failed { .. } | Outcome::Bounced { .. } => ("permanent", "failed"),
+        };
+        observer.delivery(class, took);
+        observer.email(&email.template, status);
+        match outcome {
             Outcome::Sent { reply } => {
                 tracing::info!(template = %email.template, customer_id = %email.customer_id, key = %email.key, "Sent email.");
                 tracing::debug!(to = ?email.recipient, %reply, "Sent email.");
@@ -277,7 +294,8 @@ impl Delivered {
     }
 }
 
-type Delivery = (EmailRow, Result<Outcome, StoreError>);
+/// An email, what became of it, and how long that took.
+type Delivery = (EmailRow, Result<Outcome, StoreError>, Duration);
 
 /// Delivers what comes down the channel, `concurrency` at a time. Once
 /// `stop` is set, what has not started is released for other workers (or
@@ -288,6 +306,7 @@ async fn deliver_all<S: Store, M: Mailer>(
     store: Arc<Mutex<S>>,
     concurrency: usize,
     stop: Arc<AtomicBool>,
+    observer: Arc<Observer>,
 ) -> Result<Delivered, StoreError> {
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running: JoinSet<Delivery> = JoinSet::new();
@@ -308,12 +327,12 @@ async fn deliver_all<S: Store, M: Mailer>(
         let (sender, store) = (Arc::clone(&sender), Arc::clone(&store));
         running.spawn(async move {
             let _permit = permit;
+            let start = Instant::now();
             let outcome = sender.deliver_and_record(&email, &store).await;
-            (email, outcome)
+            (email, outcome, start.elapsed())
         });
         while let Some(result) = running.try_join_next() {
-            let (email, outcome) = unwrap(result);
-            done.record(email, outcome)?;
+            done.record(unwrap(result), &observer)?;
         }
     }
     if !released.is_empty() {
@@ -330,8 +349,7 @@ async fn deliver_all<S: Store, M: Mailer>(
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     }
     while let Some(result) = running.join_next().await {
-        let (email, outcome) = unwrap(result);
-        done.record(email, outcome)?;
+        done.record(unwrap(result), &observer)?;
     }
     Ok(done)
 }

@@ -1,4 +1,11 @@
-//! The HTTP server: the one-click unsubscribe endpoint (RFC 8058).
+//! The HTTP server: health, readiness and metrics for the platform, and
+//! the one-click unsubscribe endpoint (RFC 8058) for customers.
+//!
+//! `GET /healthz` answers while the process serves at all. `GET /readyz`
+//! answers 200 only when the store answers, the consumer has partitions
+//! and makes progress, and the mailer can be reached; 503 otherwise, with
+//! each check in a small JSON body. `GET /metrics` is Prometheus' text
+//! format (see [`crate::observe`]).
 //!
 //! `POST /unsubscribe/{token}` unsubscribes the customer the token was
 //! signed for: mail clients send it from the `List-Unsubscribe-Post`
@@ -15,7 +22,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use handlebars::html_escape;
 
-use crate::store::Store;
+use crate::observe::{Check, Observer};
+use crate::store::{Store, StoreError};
 use crate::unsubscribe::{BadToken, Signer};
 
 pub struct HttpState<S> {
@@ -23,15 +31,78 @@ pub struct HttpState<S> {
     pub signer: Signer,
     /// For the pages.
     pub shop_name: String,
+    pub observer: Arc<Observer>,
 }
 
 pub fn router<S: Store>(state: Arc<HttpState<S>>) -> Router {
     Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready::<S>))
+        .route("/metrics", get(metrics::<S>))
         .route(
             "/unsubscribe/{token}",
             get(confirm_page::<S>).post(unsubscribe::<S>),
         )
         .with_state(state)
+}
+
+/// Runs `f` on the store off the async threads.
+async fn with_store<S: Store, T: Send + 'static>(
+    state: &HttpState<S>,
+    f: impl FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || {
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut store)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+async fn ready<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
+    let store = match with_store(&state, |s| s.position("readyz")).await {
+        Ok(_) => Check {
+            ok: true,
+            detail: "answers".into(),
+        },
+        Err(e) => Check {
+            ok: false,
+            detail: e.to_string(),
+        },
+    };
+    let observer = Arc::clone(&state.observer);
+    let (consumer, mailer) =
+        tokio::task::spawn_blocking(move || (observer.consumer_check(), observer.mailer_check()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let ready = store.ok && consumer.ok && mailer.ok;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "checks": { "store": store, "consumer": consumer, "mailer": mailer },
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
+    let now = jiff::Timestamp::now();
+    match with_store(&state, move |s| s.backlog(now)).await {
+        Ok(b) => state.observer.backlog(b.pending, b.overdue),
+        Err(e) => tracing::warn!(error = %e, "Backlog not read for /metrics."),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.observer.render(),
+    )
+        .into_response()
 }
 
 /// Serves until `shutdown` completes.

@@ -17,7 +17,8 @@
 //! - [`check`]: every template in every locale against sample data.
 //! - [`preview`]: the gallery of every email, static or served with reload.
 //! - [`unsubscribe`]: signed one-click unsubscribe links.
-//! - [`http`]: the HTTP server: the unsubscribe endpoint.
+//! - [`observe`]: Prometheus metrics and readiness checks.
+//! - [`http`]: the HTTP server: health, readiness, metrics, unsubscribe.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod event;
 pub mod http;
 pub mod journey;
 pub mod mailer;
+pub mod observe;
 pub mod pipeline;
 pub mod preview;
 pub mod reload;

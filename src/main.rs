@@ -9,10 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 
-use aftercare::config::{Config, MailerKind, SourceKind};
+use aftercare::config::{Config, LogFormat, MailerKind, SourceKind};
 use aftercare::daemon::{self, Settings, Summary};
 use aftercare::journey::Journeys;
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
+use aftercare::observe::{MailerProbe, Observer};
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Templates;
 use aftercare::sender::Sender;
@@ -116,14 +117,6 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn")
-            }),
-        )
-        .init();
     match run_command(cli) {
         Ok(code) => code,
         Err(Failure { code, error }) => {
@@ -136,6 +129,7 @@ fn main() -> ExitCode {
 fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
     let config =
         Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| fail(EX_USAGE, e))?;
+    init_logs(config.log.format);
     match cli.command {
         Command::Check => {
             let checked = check::check(&config).map_err(|e| fail(EX_DATAERR, e))?;
@@ -319,17 +313,39 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
         MailerKind::Eml => 4,
         MailerKind::Smtp => config.mailer.smtp.pool_size as usize,
     };
+    let probe = match config.mailer.kind {
+        MailerKind::Eml => MailerProbe::Folder(outbox.clone()),
+        MailerKind::Smtp => MailerProbe::Smtp {
+            host: config.mailer.smtp.host.clone(),
+            port: config.mailer.smtp.port,
+        },
+    };
+    // The ingest loop polls at least this often while healthy (Kafka waits
+    // in poll for up to batch_wait; the watchdog acts after stall_timeout).
+    let poll_timeout = config
+        .source
+        .kafka
+        .stall_timeout
+        .max(Duration::from_secs(60))
+        * 2;
+    let observer = Arc::new(Observer::new(probe, poll_timeout));
     let templates = Arc::new(ArcSwap::from(templates));
     let sender = Arc::new(Sender::new(&config, Arc::clone(&templates), mailer));
     let (reload_stop, reload_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reloader = tokio::spawn(reload::watch(config.clone(), templates, async {
-        let _ = reload_stopped.await;
-    }));
+    let reloader = tokio::spawn(reload::watch(
+        config.clone(),
+        templates,
+        Arc::clone(&observer),
+        async {
+            let _ = reload_stopped.await;
+        },
+    ));
     let settings = Settings {
         batch_size: config.source.batch_size,
         concurrency,
         grace: config.shutdown_grace,
         once,
+        observer: Arc::clone(&observer),
     };
     let dead_place = dead.place();
     let (http_stop, http) = match (config.http.listen, http_store) {
@@ -341,6 +357,7 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
                 signer,
                 store: Arc::new(Mutex::new(store)),
                 shop_name: config.shop.name.clone(),
+                observer: Arc::clone(&observer),
             });
             tracing::info!(%addr, "HTTP server listening.");
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -361,6 +378,21 @@ async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCo
     let summary = summary?;
     print_summary(&config, &place, &dead_place, &summary);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to standard error: readable on a terminal, or one JSON object per
+/// line for a log pipeline. `RUST_LOG` filters (default `info`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn,refinery_core=warn")
+    });
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 async fn shutdown() {

@@ -12,12 +12,15 @@
 //! and stays cancelled if one did, exactly as if the events had arrived
 //! live, and exactly as `simulate` plans it.
 
+use std::sync::Arc;
+
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use crate::config::{EmailClass, Trigger};
 use crate::event::Event;
 use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict};
+use crate::observe::Observer;
 use crate::render::Locales;
 use crate::source::{DeadLetters, Entry, Position};
 use crate::store::{Addressee, EmailRow, Lease, Status, Store, StoreError, Transaction};
@@ -86,6 +89,8 @@ pub struct Pipeline<S: Store> {
     /// need not ask the store before every event.
     next_fire: Option<Timestamp>,
     pub stats: Stats,
+    /// Metrics, when the process exports them.
+    observer: Option<Arc<Observer>>,
 }
 
 enum Applied {
@@ -112,7 +117,13 @@ impl<S: Store> Pipeline<S> {
             streams: None,
             next_fire,
             stats: Stats::default(),
+            observer: None,
         })
+    }
+
+    /// Counts events and decisions in `observer` from now on.
+    pub fn observe(&mut self, observer: Arc<Observer>) {
+        self.observer = Some(observer);
     }
 
     pub fn store(&mut self) -> &mut S {
@@ -154,6 +165,9 @@ impl<S: Store> Pipeline<S> {
                 match Event::decode(&entry.raw) {
                     Err(invalid) => {
                         self.stats.invalid += 1;
+                        if let Some(o) = &self.observer {
+                            o.invalid_event(source_label(source, entry));
+                        }
                         tracing::warn!(source, coordinates = %entry.coordinates, error = %invalid, "Skipped invalid event.");
                         write_dead(dead, source, entry, &invalid.to_string())?;
                     }
@@ -174,13 +188,21 @@ impl<S: Store> Pipeline<S> {
                             &mut self.stats,
                         )?;
                         match applied {
-                            Applied::New => self.stats.events += 1,
+                            Applied::New => {
+                                self.stats.events += 1;
+                                if let Some(o) = &self.observer {
+                                    o.event(source_label(source, entry), event.kind.type_name());
+                                }
+                            }
                             Applied::Duplicate => {
                                 self.stats.duplicates += 1;
                                 tracing::debug!(event_id = %event.id, "Skipped duplicate event.");
                             }
                             Applied::Rejected(reason) => {
                                 self.stats.invalid += 1;
+                                if let Some(o) = &self.observer {
+                                    o.invalid_event(source_label(source, entry));
+                                }
                                 tracing::warn!(source, coordinates = %entry.coordinates, customer_id = %event.customer.id, error = %reason, "Skipped invalid event.");
                                 write_dead(dead, source, entry, &reason)?;
                             }
@@ -271,6 +293,7 @@ impl<S: Store> Pipeline<S> {
                             tracing::debug!(key = %email.key, %to, %reason, "Email deferred.");
                             tx.postpone(email.id, to, &reason)?;
                             self.stats.deferred += 1;
+                            count_email(&self.observer, &email.template, "deferred");
                             // The rest of the batch may fall due after the
                             // new time: take it again in time order, or a
                             // later email would go first and hold this one
@@ -286,6 +309,11 @@ impl<S: Store> Pipeline<S> {
                         Verdict::Cancelled => self.stats.cancelled += 1,
                         Verdict::Suppressed => self.stats.suppressed += 1,
                     }
+                    count_email(
+                        &self.observer,
+                        &email.template,
+                        Status::from(verdict).as_str(),
+                    );
                     continue;
                 }
                 email.data =
@@ -378,6 +406,17 @@ fn template_data(
         }
         data
     }
+}
+
+fn count_email(observer: &Option<Arc<Observer>>, template: &str, status: &str) {
+    if let Some(o) = observer {
+        o.email(template, status);
+    }
+}
+
+/// The topic of a Kafka event, else the source's name (a file).
+fn source_label<'a>(source: &'a str, entry: &'a Entry) -> &'a str {
+    entry.coordinates["topic"].as_str().unwrap_or(source)
 }
 
 fn write_dead(

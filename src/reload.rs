@@ -16,14 +16,15 @@ use tokio::sync::mpsc;
 
 use crate::check;
 use crate::config::Config;
+use crate::observe::Observer;
 use crate::render::Templates;
 
 /// Changes that come within this long are taken as one.
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// Loads and checks the set; swaps it in if it passes.
-pub fn reload(config: &Config, current: &ArcSwap<Templates>) -> bool {
-    match check::render_samples(config) {
+pub fn reload(config: &Config, current: &ArcSwap<Templates>, observer: &Observer) -> bool {
+    let ok = match check::render_samples(config) {
         Ok((templates, samples)) => {
             current.store(Arc::new(templates));
             tracing::info!(renders = samples.len(), "Templates reloaded.");
@@ -33,7 +34,9 @@ pub fn reload(config: &Config, current: &ArcSwap<Templates>) -> bool {
             tracing::error!(problems = %problems, "Templates not reloaded: keeping the ones in use.");
             false
         }
-    }
+    };
+    observer.reload(ok);
+    ok
 }
 
 /// Changes under a folder, as a stream of "something changed" with bursts
@@ -86,6 +89,7 @@ impl FolderWatch {
 pub async fn watch(
     config: Config,
     current: Arc<ArcSwap<Templates>>,
+    observer: Arc<Observer>,
     shutdown: impl Future<Output = ()>,
 ) {
     let mut folder = FolderWatch::new(&config.templates_dir).unwrap_or_else(|e| {
@@ -109,7 +113,8 @@ pub async fn watch(
             () = hup => tracing::info!("SIGHUP: reloading the templates."),
             () = folder.changed() => {}
         }
-        let (config, current) = (config.clone(), Arc::clone(&current));
-        let _ = tokio::task::spawn_blocking(move || reload(&config, &current)).await;
+        let (config, current, observer) =
+            (config.clone(), Arc::clone(&current), Arc::clone(&observer));
+        let _ = tokio::task::spawn_blocking(move || reload(&config, &current, &observer)).await;
     }
 }

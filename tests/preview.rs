@@ -5,20 +5,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Work, http_request, repo};
-
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{KillOnDrop, Work, http_request, repo};
 
 fn get(port: u16, path: &str) -> (u16, String) {
     http_request(port, "GET", path)
@@ -58,7 +48,7 @@ fn the_served_gallery_follows_template_edits_and_keeps_the_last_good_one() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _server = Server(child);
+    let _server = KillOnDrop(child);
     let mut first = String::new();
     BufReader::new(stdout).read_line(&mut first).unwrap();
     let port: u16 = first

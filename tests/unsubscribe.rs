@@ -5,11 +5,11 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use aftercare::unsubscribe::Signer;
-use common::{Work, http_request as request};
+use common::{KillOnDrop, Work, http_request as request};
 use mail_parser::MessageParser;
 
 const SECRET: &str = "a test secret of some length";
@@ -37,22 +37,13 @@ fn unsubscribed(work: &Work, customer: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(&state).unwrap()["profile"]["unsubscribed"] == true
 }
 
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn one_click_unsubscribe_from_a_signed_link() {
     let port = common::free_port();
     let work = Work::new(&format!(
         "[source]\nbatch_wait = \"50ms\"\n[unsubscribe]\nsecret = \"{SECRET}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n"
     ));
-    let mut worker = Worker(
+    let mut worker = KillOnDrop(
         work.command(&["run"])
             .stdin(Stdio::piped())
             .spawn()

@@ -574,6 +574,21 @@ impl Source for KafkaSource {
         )
     }
 
+    fn health(&self) -> super::SourceHealth {
+        super::SourceHealth {
+            assigned: Some(self.partitions.len()),
+            lag: self
+                .partitions
+                .iter()
+                .map(|((topic, partition), s)| {
+                    let behind = s.high.zip(s.next).map_or(0, |(h, n)| (h - n).max(0));
+                    (topic.clone(), *partition, behind)
+                })
+                .collect(),
+            stalled: stalled(&self.partitions, self.created, self.config.stall_timeout),
+        }
+    }
+
     fn committed(&mut self) {
         if self.uncommitted.is_empty() {
             return;

@@ -14,6 +14,8 @@ pub use file::FileSource;
 pub use kafka::KafkaSource;
 
 use jiff::Timestamp;
+
+pub use crate::observe::SourceHealth;
 use serde_json::Value;
 
 /// One raw event and where it came from.
@@ -78,5 +80,10 @@ pub trait Source: Send {
     /// it reads everything, and fires every timer.
     fn streams(&self) -> Option<Vec<String>> {
         None
+    }
+    /// Assignment, lag and stalls, for metrics and readiness; a source
+    /// without partitions has none of them.
+    fn health(&self) -> SourceHealth {
+        SourceHealth::default()
     }
 }

@@ -126,6 +126,18 @@ pub struct Lease {
     pub until: Timestamp,
 }
 
+/// Emails waiting, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub pending: u64,
+    /// Pending emails more than [`OVERDUE_AFTER`] past their fire time: the
+    /// workers are not keeping up (or none is running).
+    pub overdue: u64,
+}
+
+/// How late a pending email may be before it counts as overdue.
+pub const OVERDUE_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
 /// Who an email goes to, fixed when it is approved or decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Addressee {
@@ -228,6 +240,8 @@ pub trait Store: Send + 'static {
     fn suppress(&mut self, address: &str, reason: &str) -> Result<()>;
     /// Every decided email, by due time then creation.
     fn decisions(&mut self) -> Result<Vec<EmailRow>>;
+    /// How many emails wait, and how many of them are overdue at `now`.
+    fn backlog(&mut self, now: Timestamp) -> Result<Backlog>;
     /// A second handle on the same store, for the delivery workers.
     fn reopen(&self) -> Result<Self>
     where

@@ -12,7 +12,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
-use super::{Addressee, EmailRow, Lease, Result, Status, Store, StoreError, Transaction};
+use super::{
+    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, Result, Status, Store, StoreError,
+    Transaction,
+};
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
 
@@ -365,6 +368,18 @@ impl Store for SqliteStore {
             "status IN ('sent', 'cancelled', 'suppressed') ORDER BY due_at, id",
             [],
         )
+    }
+
+    fn backlog(&mut self, now: Timestamp) -> Result<Backlog> {
+        let (pending, overdue): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(fire_at < ?1), 0) FROM emails WHERE status = 'pending'",
+            [ms(now - OVERDUE_AFTER)],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Backlog {
+            pending: pending as u64,
+            overdue: overdue as u64,
+        })
     }
 
     fn reopen(&self) -> Result<SqliteStore> {

@@ -124,23 +124,31 @@ impl Work {
 }
 
 /// The emails `simulate` plans to send, as `customer template order`, in
-/// plan order.
+/// the order they go out: by `deferred_to` when a policy held one back,
+/// else by `due_at` (the plan itself lists them by due time).
 pub fn planned(work: &Work, log: &Path) -> Vec<String> {
     let out = work.run(&["simulate", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    stdout(&out)
+    let mut sent: Vec<(jiff::Timestamp, String)> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["status"] == "sent")
         .map(|v| {
-            format!(
-                "{} {} {}",
-                v["customer_id"].as_str().unwrap(),
-                v["template"].as_str().unwrap(),
-                v["order_id"].as_str().unwrap_or_default()
+            let at = v["deferred_to"].as_str().or(v["due_at"].as_str()).unwrap();
+            (
+                at.parse().unwrap(),
+                format!(
+                    "{} {} {}",
+                    v["customer_id"].as_str().unwrap(),
+                    v["template"].as_str().unwrap(),
+                    v["order_id"].as_str().unwrap_or_default()
+                ),
             )
         })
-        .collect()
+        .collect();
+    // Stable: emails due at the same time keep the plan's order.
+    sent.sort_by_key(|(at, _)| *at);
+    sent.into_iter().map(|(_, email)| email).collect()
 }
 
 pub struct Stored {
@@ -382,4 +390,14 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response)
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,0 +1,398 @@
+//! What the platform team watches: Prometheus metrics and the readiness
+//! checks behind `/readyz`.
+//!
+//! One [`Observer`] per process, shared by the ingest loop, the delivery
+//! workers, the template reloader and the HTTP server. Counters are bumped
+//! where things happen; gauges about the backlog (pending, overdue) are
+//! read from the store when `/metrics` is scraped, so they are true across
+//! every worker sharing the store.
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// How the source is doing, as the ingest loop last saw it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceHealth {
+    /// Partitions assigned to this worker; `None` for a source without
+    /// assignment (a file).
+    pub assigned: Option<usize>,
+    /// `(topic, partition, messages behind)` of every assigned partition.
+    pub lag: Vec<(String, i32, i64)>,
+    /// A partition with unread messages has sent nothing for too long.
+    pub stalled: bool,
+}
+
+/// Where emails go, to tell whether it can be reached.
+#[derive(Debug, Clone)]
+pub enum MailerProbe {
+    /// An SMTP server: reachable if a TCP connection opens.
+    Smtp { host: String, port: u16 },
+    /// A folder of `.eml` files: reachable if it exists.
+    Folder(PathBuf),
+}
+
+/// One check of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Metrics and health of this process.
+pub struct Observer {
+    registry: Registry,
+    events: Family<Labels, Counter>,
+    invalid: Family<Labels, Counter>,
+    emails: Family<Labels, Counter>,
+    smtp: Family<Labels, Counter>,
+    send_seconds: Histogram,
+    reloads: Family<Labels, Counter>,
+    pending: Gauge,
+    overdue: Gauge,
+    lag: Family<Labels, Gauge>,
+    stalled: Gauge,
+    source: Mutex<(SourceHealth, Option<Instant>)>,
+    mailer: MailerProbe,
+    /// The last mailer probe, kept a few seconds: probes are not free.
+    mailer_checked: Mutex<Option<(Instant, Check)>>,
+    /// Seconds the ingest loop may go without polling before it counts as
+    /// stuck.
+    poll_timeout: AtomicI64,
+}
+
+/// How long a mailer probe's answer is reused.
+const PROBE_TTL: Duration = Duration::from_secs(5);
+
+impl Observer {
+    pub fn new(mailer: MailerProbe, poll_timeout: Duration) -> Observer {
+        let mut registry = Registry::with_prefix("aftercare");
+        let events = Family::<Labels, Counter>::default();
+        registry.register(
+            "events",
+            "Events applied, by source (topic or file) and type",
+            events.clone(),
+        );
+        let invalid = Family::<Labels, Counter>::default();
+        registry.register(
+            "invalid_events",
+            "Invalid events sent to the dead-letter topic or file, by source",
+            invalid.clone(),
+        );
+        let emails = Family::<Labels, Counter>::default();
+        registry.register(
+            "emails",
+            "Email decisions and outcomes, by template and status (sent, failed, cancelled, suppressed, deferred, retried)",
+            emails.clone(),
+        );
+        let smtp = Family::<Labels, Counter>::default();
+        registry.register(
+            "smtp_outcomes",
+            "Delivery attempts by outcome class (delivered, transient, ambiguous, permanent, deferred)",
+            smtp.clone(),
+        );
+        let send_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "send_duration_seconds",
+            "Time to render, build and hand one email to the mailer",
+            send_seconds.clone(),
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "template_reloads",
+            "Template reloads, by result (ok, failed)",
+            reloads.clone(),
+        );
+        let pending = Gauge::default();
+        registry.register(
+            "emails_pending",
+            "Emails waiting for their time",
+            pending.clone(),
+        );
+        let overdue = Gauge::default();
+        registry.register(
+            "emails_overdue",
+            "Pending emails more than 5 minutes past their fire time",
+            overdue.clone(),
+        );
+        let lag = Family::<Labels, Gauge>::default();
+        registry.register(
+            "consumer_lag",
+            "Messages behind the end of each assigned partition",
+            lag.clone(),
+        );
+        let stalled = Gauge::default();
+        registry.register(
+            "consumer_stalled",
+            "1 while a partition with unread messages sends nothing",
+            stalled.clone(),
+        );
+        Observer {
+            registry,
+            events,
+            invalid,
+            emails,
+            smtp,
+            send_seconds,
+            reloads,
+            pending,
+            overdue,
+            lag,
+            stalled,
+            source: Mutex::new((SourceHealth::default(), None)),
+            mailer,
+            mailer_checked: Mutex::new(None),
+            poll_timeout: AtomicI64::new(poll_timeout.as_secs() as i64),
+        }
+    }
+
+    pub fn event(&self, source: &str, kind: &str) {
+        self.events
+            .get_or_create(&labels(&[("source", source), ("type", kind)]))
+            .inc();
+    }
+
+    pub fn invalid_event(&self, source: &str) {
+        self.invalid
+            .get_or_create(&labels(&[("source", source)]))
+            .inc();
+    }
+
+    /// An email reached `status` (sent, failed, cancelled, suppressed,
+    /// deferred, retried).
+    pub fn email(&self, template: &str, status: &str) {
+        self.emails
+            .get_or_create(&labels(&[("template", template), ("status", status)]))
+            .inc();
+    }
+
+    /// One delivery attempt: its outcome class and how long it took.
+    pub fn delivery(&self, class: &str, took: Duration) {
+        self.smtp.get_or_create(&labels(&[("class", class)])).inc();
+        self.send_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
+    /// The ingest loop polled its source and saw this.
+    pub fn source_polled(&self, health: SourceHealth) {
+        self.lag.clear();
+        for (topic, partition, behind) in &health.lag {
+            self.lag
+                .get_or_create(&labels(&[
+                    ("topic", topic),
+                    ("partition", &partition.to_string()),
+                ]))
+                .set(*behind);
+        }
+        self.stalled.set(i64::from(health.stalled));
+        let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
+        *source = (health, Some(Instant::now()));
+    }
+
+    /// The backlog as the store has it now.
+    pub fn backlog(&self, pending: u64, overdue: u64) {
+        self.pending.set(pending as i64);
+        self.overdue.set(overdue as i64);
+    }
+
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Whether the consumer has partitions and makes progress.
+    pub fn consumer_check(&self) -> Check {
+        let (health, polled) = self
+            .source
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let timeout = Duration::from_secs(self.poll_timeout.load(Ordering::Relaxed).max(1) as u64);
+        let fail = |detail: String| Check { ok: false, detail };
+        match polled {
+            None => fail("the source has not been polled yet".into()),
+            Some(at) if at.elapsed() > timeout => fail(format!(
+                "no poll for {}s (limit {}s)",
+                at.elapsed().as_secs(),
+                timeout.as_secs()
+            )),
+            Some(_) if health.stalled => {
+                fail(format!("stalled with unread messages: {:?}", health.lag))
+            }
+            Some(_) if health.assigned == Some(0) => {
+                fail("no partition assigned (joining the group?)".into())
+            }
+            Some(_) => Check {
+                ok: true,
+                detail: match health.assigned {
+                    Some(n) => format!("{n} partitions assigned"),
+                    None => "reading".into(),
+                },
+            },
+        }
+    }
+
+    /// Whether the mailer can be reached (probed at most every few seconds).
+    pub fn mailer_check(&self) -> Check {
+        let mut cached = self
+            .mailer_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((at, check)) = cached.as_ref()
+            && at.elapsed() < PROBE_TTL
+        {
+            return check.clone();
+        }
+        let check = probe(&self.mailer);
+        *cached = Some((Instant::now(), check.clone()));
+        check
+    }
+}
+
+fn probe(mailer: &MailerProbe) -> Check {
+    match mailer {
+        MailerProbe::Smtp { host, port } => {
+            let addrs = match (host.as_str(), *port).to_socket_addrs() {
+                Ok(addrs) => addrs.collect::<Vec<_>>(),
+                Err(e) => {
+                    return Check {
+                        ok: false,
+                        detail: format!("resolving {host}: {e}"),
+                    };
+                }
+            };
+            let mut last = format!("{host}:{port}: no address");
+            for addr in addrs {
+                match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(_) => {
+                        return Check {
+                            ok: true,
+                            detail: format!("{host}:{port} accepts connections"),
+                        };
+                    }
+                    Err(e) => last = format!("{host}:{port}: {e}"),
+                }
+            }
+            Check {
+                ok: false,
+                detail: last,
+            }
+        }
+        MailerProbe::Folder(dir) => Check {
+            ok: dir.is_dir(),
+            detail: format!("{}", dir.display()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observer() -> Observer {
+        Observer::new(
+            MailerProbe::Folder(std::env::temp_dir()),
+            Duration::from_secs(60),
+        )
+    }
+
+    #[test]
+    fn metrics_render_in_prometheus_text_with_their_labels() {
+        let o = observer();
+        o.event("orders", "order.placed");
+        o.event("orders", "order.placed");
+        o.invalid_event("returns");
+        o.email("welcome", "sent");
+        o.delivery("delivered", Duration::from_millis(12));
+        o.reload(false);
+        o.backlog(7, 2);
+        o.source_polled(SourceHealth {
+            assigned: Some(2),
+            lag: vec![("orders".into(), 0, 5), ("orders".into(), 1, 0)],
+            stalled: false,
+        });
+        let text = o.render();
+        for line in [
+            "aftercare_events_total{source=\"orders\",type=\"order.placed\"} 2",
+            "aftercare_invalid_events_total{source=\"returns\"} 1",
+            "aftercare_emails_total{template=\"welcome\",status=\"sent\"} 1",
+            "aftercare_smtp_outcomes_total{class=\"delivered\"} 1",
+            "aftercare_send_duration_seconds_count 1",
+            "aftercare_template_reloads_total{result=\"failed\"} 1",
+            "aftercare_emails_pending 7",
+            "aftercare_emails_overdue 2",
+            "aftercare_consumer_lag{topic=\"orders\",partition=\"0\"} 5",
+            "aftercare_consumer_stalled 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_consumer_is_ready_when_assigned_and_polling() {
+        let o = observer();
+        assert!(!o.consumer_check().ok, "never polled");
+        o.source_polled(SourceHealth {
+            assigned: Some(0),
+            ..SourceHealth::default()
+        });
+        assert!(!o.consumer_check().ok, "no partitions");
+        o.source_polled(SourceHealth {
+            assigned: Some(3),
+            lag: vec![("orders".into(), 0, 9)],
+            stalled: true,
+        });
+        let check = o.consumer_check();
+        assert!(!check.ok && check.detail.contains("stalled"), "{check:?}");
+        o.source_polled(SourceHealth {
+            assigned: Some(3),
+            ..SourceHealth::default()
+        });
+        assert!(o.consumer_check().ok);
+        // A file source has no assignment.
+        o.source_polled(SourceHealth::default());
+        assert!(o.consumer_check().ok);
+    }
+
+    #[test]
+    fn an_smtp_server_is_reachable_only_while_it_listens() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let smtp = MailerProbe::Smtp {
+            host: "127.0.0.1".into(),
+            port,
+        };
+        assert!(probe(&smtp).ok);
+        drop(listener);
+        assert!(!probe(&smtp).ok);
+        assert!(!probe(&MailerProbe::Folder("/no/such/folder".into())).ok);
+    }
+}
