@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 use crate::mailer::Mailer;
-use crate::observe::Observer;
+use crate::observe::{Observer, redact};
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::sender::{Outcome, Sender};
 use crate::source::{DeadLetters, Source, SourceError};
@@ -278,15 +278,15 @@ impl Delivered {
             Outcome::Retry { at, reply }
             | Outcome::Deferred { at, reply }
             | Outcome::Ambiguous { at, reply } => {
-                tracing::warn!(key = %email.key, retry_at = %at, %reply, "Delivery failed; will retry.");
+                tracing::warn!(key = %email.key, retry_at = %at, reply = %redact(&reply), "Delivery failed; will retry.");
                 self.retried += 1;
             }
             Outcome::Failed { reason } => {
-                tracing::error!(key = %email.key, %reason, "Delivery failed for good.");
+                tracing::error!(key = %email.key, reason = %redact(&reason), "Delivery failed for good.");
                 self.failed += 1;
             }
             Outcome::Bounced { reason, .. } => {
-                tracing::warn!(key = %email.key, customer_id = %email.customer_id, %reason, "Mailbox does not exist; address suppressed.");
+                tracing::warn!(key = %email.key, customer_id = %email.customer_id, reason = %redact(&reason), "Mailbox does not exist; address suppressed.");
                 self.failed += 1;
             }
         }

@@ -276,6 +276,30 @@ impl Observer {
     }
 }
 
+/// `text` with every email address replaced by `<address>`: SMTP replies
+/// often quote the recipient, and addresses stay out of logs above debug.
+pub fn redact(text: &str) -> String {
+    text.split_inclusive(char::is_whitespace)
+        .map(|word| {
+            let trimmed = word.trim_end();
+            if trimmed.contains('@') {
+                let tail = &word[trimmed.len()..];
+                let open = if trimmed.starts_with('<') { "<" } else { "" };
+                let close = if trimmed.ends_with(">:") {
+                    ">:"
+                } else if trimmed.ends_with('>') {
+                    ">"
+                } else {
+                    ""
+                };
+                format!("{open}address{close}{tail}")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect()
+}
+
 fn probe(mailer: &MailerProbe) -> Check {
     match mailer {
         MailerProbe::Smtp { host, port } => {
@@ -380,6 +404,16 @@ mod tests {
         // A file source has no assignment.
         o.source_polled(SourceHealth::default());
         assert!(o.consumer_check().ok);
+    }
+
+    #[test]
+    fn addresses_are_taken_out_of_replies() {
+        assert_eq!(
+            redact("550 5.1.1 <anna@example.com>: Recipient address rejected"),
+            "550 5.1.1 <address>: Recipient address rejected"
+        );
+        assert_eq!(redact("450 4.2.0 bob@x.org busy"), "450 4.2.0 address busy");
+        assert_eq!(redact("421 4.7.0 try later"), "421 4.7.0 try later");
     }
 
     #[test]
