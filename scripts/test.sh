@@ -41,6 +41,32 @@ if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$cargo_bin/tansu" ]; then
   cargo install tansu --version 0.6.0 --features dynostore,libsql --locked
 fi
 
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "==> Installing systemd (systemd-analyze checks deploy/systemd/aftercare.service)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null
+fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "==> Installing promtool (Debian's prometheus package; checks deploy/prometheus)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Only promtool is wanted: no Prometheus server left running on :9090.
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+  as_root start-stop-daemon --stop --quiet --oknodo --retry 10 --exec /usr/bin/prometheus
+  if start-stop-daemon --status --exec /usr/bin/prometheus; then
+    echo "a Prometheus server is still running after the install" >&2
+    exit 1
+  fi
+fi
+
+if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+  echo "==> Installing kubernetes-validate (Kubernetes schemas, bundled: works offline)"
+  python3 -m pip install --quiet kubernetes-validate==1.37.0
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --check
 

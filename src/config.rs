@@ -54,6 +54,7 @@ pub struct Config {
     /// This worker's id, for its claims on emails it delivers: stable across
     /// restarts, distinct between workers sharing a store. Default: the
     /// host name.
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub worker_id: Option<String>,
     /// How long in-flight work may take to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
@@ -109,6 +110,7 @@ pub struct SourceConfig {
 pub struct KafkaConfig {
     /// `bootstrap.servers`: `host:port,host:port`.
     pub brokers: String,
+    #[serde(deserialize_with = "lenient::string")]
     pub group_id: String,
     pub topics: KafkaTopics,
     /// Where invalid events go, with their coordinates in headers.
@@ -120,7 +122,7 @@ pub struct KafkaConfig {
     /// Passed to librdkafka as they are, for the consumer and the
     /// dead-letter producer: `security.protocol`, `sasl.mechanism`,
     /// `sasl.username`, `ssl.ca.location`, `auto.offset.reset`...
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient::string_map")]
     pub options: std::collections::BTreeMap<String, String>,
 }
 
@@ -193,6 +195,7 @@ pub struct SmtpConfig {
     pub ca_file: Option<PathBuf>,
     /// AUTH (PLAIN or LOGIN) user; the password comes from the environment
     /// variable named by `password_env`, or the file `password_file`.
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -279,6 +282,7 @@ pub struct UnsubscribeConfig {
     /// Key of the HMAC that signs unsubscribe links. Unset: a random one is
     /// made once and kept in the store (shared by the workers using it).
     /// Set it when links must stay valid across stores.
+    #[serde(default, deserialize_with = "lenient::opt_string")]
     pub secret: Option<String>,
 }
 
@@ -593,6 +597,74 @@ impl Segment {
     }
 }
 
+fn num_text(n: &figment::value::Num) -> String {
+    use figment::value::Num;
+    match *n {
+        Num::U8(v) => v.to_string(),
+        Num::U16(v) => v.to_string(),
+        Num::U32(v) => v.to_string(),
+        Num::U64(v) => v.to_string(),
+        Num::U128(v) => v.to_string(),
+        Num::USize(v) => v.to_string(),
+        Num::I8(v) => v.to_string(),
+        Num::I16(v) => v.to_string(),
+        Num::I32(v) => v.to_string(),
+        Num::I64(v) => v.to_string(),
+        Num::I128(v) => v.to_string(),
+        Num::ISize(v) => v.to_string(),
+        Num::F32(v) => v.to_string(),
+        Num::F64(v) => v.to_string(),
+    }
+}
+
+/// Strings that an environment variable may spell as a number: every
+/// `AFTERCARE_*` value is parsed as TOML, so a numeric secret or group id
+/// would arrive as an integer.
+mod lenient {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        String(String),
+        Int(i64),
+        UInt(u64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    impl From<Scalar> for String {
+        fn from(s: Scalar) -> String {
+            match s {
+                Scalar::String(s) => s,
+                Scalar::Int(n) => n.to_string(),
+                Scalar::UInt(n) => n.to_string(),
+                Scalar::Float(x) => x.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            }
+        }
+    }
+
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Scalar::deserialize(d).map(String::from)
+    }
+
+    pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<Scalar>::deserialize(d)?.map(String::from))
+    }
+
+    pub fn string_map<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, String>, D::Error> {
+        Ok(BTreeMap::<String, Scalar>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| (k, v.into()))
+            .collect())
+    }
+}
+
 /// `{ vip = "30d" }` with humantime durations.
 mod segment_delays {
     use std::collections::BTreeMap;
@@ -662,7 +734,16 @@ impl Config {
                 continue;
             };
             let path = path.to_lowercase().replace("__", ".");
-            let value: figment::value::Value = value.parse().expect("infallible");
+            // Parsed as TOML (numbers, booleans, `[...]`, `{...}`), except a
+            // number that would not read back as written (`007`, or too
+            // many digits for an integer): a secret keeps every digit.
+            let parsed: figment::value::Value = value.parse().expect("infallible");
+            let value = match &parsed {
+                figment::value::Value::Num(_, n) if num_text(n) != value.trim() => {
+                    figment::value::Value::from(value)
+                }
+                _ => parsed,
+            };
             figment = figment.merge((path, value));
         }
         let config: Config = figment
@@ -1140,6 +1221,33 @@ mod tests {
         assert!(e.contains("journey[0].variants"), "{e}");
         let config = load_str(&rule("{ a = 3, b = 1 }")).unwrap();
         assert_eq!(config.journeys[0].variants["a"], 3);
+    }
+
+    #[test]
+    fn numeric_environment_values_are_kept_as_strings_where_strings_are_wanted() {
+        let env = [
+            ("AFTERCARE_UNSUBSCRIBE__SECRET", "12345678901234567890"),
+            ("AFTERCARE_WORKER_ID", "007"),
+            ("AFTERCARE_SOURCE__KAFKA__GROUP_ID", "7"),
+            ("AFTERCARE_MAILER__SMTP__PORT", "2525"),
+            ("AFTERCARE_POLICY__QUIET_HOURS__ENABLED", "false"),
+            (
+                "AFTERCARE_SOURCE__KAFKA__OPTIONS",
+                r#"{"sasl.password"="s3cret"}"#,
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(
+            config.unsubscribe.secret.as_deref(),
+            Some("12345678901234567890")
+        );
+        assert_eq!(config.worker_id.as_deref(), Some("007"));
+        assert_eq!(config.source.kafka.group_id, "7");
+        // Numbers, booleans and tables where the key wants them.
+        assert_eq!(config.mailer.smtp.port, 2525);
+        assert!(!config.policy.quiet_hours.enabled);
+        assert_eq!(config.source.kafka.options["sasl.password"], "s3cret");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`domains`]: limits and deferrals per recipient domain.
 //! - [`daemon`]: `run`, the ingest thread and delivery workers wired.
 //! - [`simulate`]: the email plan of an event log, no side effects.
+//! - [`report`]: retention, repeat purchases, lifetime value, email conversion.
 //! - [`check`]: every template in every locale against sample data.
 //! - [`preview`]: the gallery of every email, static or served with reload.
 //! - [`unsubscribe`]: signed one-click unsubscribe links.
@@ -35,6 +36,7 @@ pub mod pipeline;
 pub mod preview;
 pub mod reload;
 pub mod render;
+pub mod report;
 pub mod sender;
 pub mod simulate;
 pub mod source;

@@ -246,12 +246,13 @@ impl Observer {
             Some(_) if health.stalled => {
                 fail(format!("stalled with unread messages: {:?}", health.lag))
             }
-            Some(_) if health.assigned == Some(0) => {
-                fail("no partition assigned (joining the group?)".into())
-            }
+            // A member without partitions (more workers than partitions, or
+            // mid-rebalance) is healthy: failing it would stall a rolling
+            // update.
             Some(_) => Check {
                 ok: true,
                 detail: match health.assigned {
+                    Some(0) => "in the group, no partition assigned now".into(),
                     Some(n) => format!("{n} partitions assigned"),
                     None => "reading".into(),
                 },
@@ -388,7 +389,11 @@ mod tests {
             assigned: Some(0),
             ..SourceHealth::default()
         });
-        assert!(!o.consumer_check().ok, "no partitions");
+        let idle = o.consumer_check();
+        assert!(
+            idle.ok && idle.detail.contains("no partition"),
+            "an idle member is ready"
+        );
         o.source_polled(SourceHealth {
             assigned: Some(3),
             lag: vec![("orders".into(), 0, 9)],

@@ -16,7 +16,7 @@ mod state;
 
 pub use insight::ShopStats;
 pub use policy::{Policy, Timing};
-pub use state::{Journey, OrderState, Profile};
+pub use state::{Journey, OrderState, Profile, ReturnNote};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -318,6 +318,13 @@ impl Journeys {
             EventKind::ReturnRequested { order_id, ret } => {
                 let o = j.orders.entry(order_id.clone()).or_default();
                 o.return_requested = true;
+                if !o.returns.iter().any(|r| r.id == ret.id) {
+                    o.returns.push(ReturnNote {
+                        id: ret.id.clone(),
+                        reason: ret.reason.clone(),
+                        requested_at: Some(at),
+                    });
+                }
                 let cancelled: Vec<String> = self
                     .rules
                     .iter()

@@ -79,6 +79,17 @@ pub struct OrderState {
     pub milestone: Option<u32>,
     /// The tiers this order reached, the highest last.
     pub tiers_reached: Vec<String>,
+    /// Returns requested for this order, for the retention report.
+    pub returns: Vec<ReturnNote>,
+}
+
+/// A return request as the report needs it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReturnNote {
+    pub id: String,
+    pub reason: Option<String>,
+    pub requested_at: Option<Timestamp>,
 }
 
 impl OrderState {
