@@ -67,6 +67,16 @@ if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
   python3 -m pip install --quiet kubernetes-validate==1.37.0
 fi
 
+# The PostgreSQL store's tests use the local server (127.0.0.1:5432, trust
+# auth, database `test`), or AFTERCARE_TEST_POSTGRES_URL; start it if it is
+# installed and stopped.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && [ -z "${AFTERCARE_TEST_POSTGRES_URL:-}" ]; then
+  if [ -d /etc/postgresql ]; then
+    echo "==> Starting PostgreSQL"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --check
 

@@ -442,6 +442,14 @@ pub struct ShopConfig {
     pub unsubscribe_url: String,
 }
 
+/// See [`Config::store_location`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Sqlite(PathBuf),
+    /// A `postgres://` URL: several workers may share it.
+    Postgres(String),
+}
+
 /// Brand colours, each `#rgb` or `#rrggbb`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -925,11 +933,13 @@ impl Config {
             ));
         }
         if let Some(url) = &self.store.url
-            && !url.starts_with("sqlite:")
+            && !["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
         {
             return Err(invalid(
                 "store.url",
-                format!("`{url}`: only `sqlite:PATH` is supported"),
+                format!("`{url}`: use `sqlite:PATH` or `postgres://...`"),
             ));
         }
         for (key, addr) in [
@@ -1028,10 +1038,13 @@ impl Config {
         })
     }
 
-    pub fn store_path(&self) -> PathBuf {
+    /// Where the store is: a SQLite file (the default, under `data_dir`)
+    /// or a PostgreSQL database.
+    pub fn store_location(&self) -> StoreLocation {
         match &self.store.url {
-            Some(url) => PathBuf::from(url.trim_start_matches("sqlite:")),
-            None => self.data_dir.join("aftercare.db"),
+            Some(url) if !url.starts_with("sqlite:") => StoreLocation::Postgres(url.clone()),
+            Some(url) => StoreLocation::Sqlite(PathBuf::from(url.trim_start_matches("sqlite:"))),
+            None => StoreLocation::Sqlite(self.data_dir.join("aftercare.db")),
         }
     }
 

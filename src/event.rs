@@ -236,6 +236,11 @@ fn opt_str(v: Option<&Value>, name: &'static str) -> Result<Option<String>, Inva
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Err(bad(name, "must not be empty")),
+        // No store keeps a NUL in text (PostgreSQL refuses it): bad input,
+        // not a store failure.
+        Some(Value::String(s)) if s.contains('\0') => {
+            Err(bad(name, "must not contain a NUL character"))
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(bad(name, "must be a string")),
     }
@@ -505,6 +510,13 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(Event::decode(&raw).unwrap_err(), want);
         }
+    }
+
+    #[test]
+    fn a_nul_character_in_an_id_is_bad_input() {
+        let raw = with(|v| v["customer"]["id"] = "c-\u{0}1".into());
+        let err = Event::decode(&raw).unwrap_err().to_string();
+        assert!(err.contains("customer.id") && err.contains("NUL"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - [`config`]: typed configuration, validated before anything connects.
 //! - [`event`]: the event contract: decode and validate.
 //! - [`journey`]: the pure core, `step(state, event) -> (state, commands)`.
-//! - [`store`]: persistence (SQLite), one transaction per batch.
+//! - [`store`]: persistence (SQLite; PostgreSQL for several workers), one
+//!   transaction per batch.
 //! - [`source`]: event sources (JSONL file, stdin) and the dead-letter file.
 //! - [`pipeline`]: ingest batches, fire due emails, check them again.
 //! - [`render`]: the handlebars template set, helpers, locales.

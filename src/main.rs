@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 
-use aftercare::config::{Config, LogFormat, MailerKind, SourceKind};
+use aftercare::config::{Config, LogFormat, MailerKind, SourceKind, StoreLocation};
 use aftercare::daemon::{self, Settings, Summary};
 use aftercare::journey::Journeys;
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
@@ -18,7 +18,7 @@ use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Templates;
 use aftercare::sender::Sender;
 use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
-use aftercare::store::{SqliteStore, Store};
+use aftercare::store::{PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
 use aftercare::{check, http, preview, reload, simulate};
 use arc_swap::ArcSwap;
@@ -252,7 +252,26 @@ fn simulate_command(
 
 async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCode, Failure> {
     let templates = Arc::new(templates(&config)?);
-    let mut store = SqliteStore::open(&config.store_path())?;
+    match config.store_location() {
+        StoreLocation::Sqlite(path) => {
+            let store = SqliteStore::open(&path)?;
+            run_with(store, config, templates, input, once).await
+        }
+        StoreLocation::Postgres(url) => {
+            let store = PostgresStore::connect(&url)
+                .map_err(|e| fail(1, anyhow::anyhow!("config key `store.url`: {e}")))?;
+            run_with(store, config, templates, input, once).await
+        }
+    }
+}
+
+async fn run_with<S: Store>(
+    mut store: S,
+    config: Config,
+    templates: Arc<Templates>,
+    input: Option<String>,
+    once: bool,
+) -> Result<ExitCode, Failure> {
     let kind = if input.is_some() {
         SourceKind::File
     } else {

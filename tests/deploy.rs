@@ -1110,18 +1110,7 @@ fn kubernetes_templates_laid_out_and_config_loads_in_the_binary() {
     env.insert("AFTERCARE_TEMPLATES_DIR".into(), dst.display().to_string());
     env.insert("AFTERCARE_DATA_DIR".into(), data.display().to_string());
     let config = deploy("kubernetes/aftercare.toml");
-    let mut out = check_config(&config, &env);
-    if !out.status.success() && text(&out).contains("only `sqlite:PATH` is supported") {
-        // The PostgreSQL store is not in this binary yet: everything else is
-        // checked with a SQLite URL until it is (then this branch is dead).
-        eprintln!("NOTE: this binary has no PostgreSQL store; store.url checked as sqlite:");
-        let db = data.join("aftercare.db");
-        env.insert(
-            "AFTERCARE_STORE__URL".into(),
-            format!("sqlite:{}", db.display()),
-        );
-        out = check_config(&config, &env);
-    }
+    let out = check_config(&config, &env);
     assert!(out.status.success(), "aftercare check:\n{}", text(&out));
 }
 

@@ -264,6 +264,9 @@ fn confidence(a: &EmailResult, b: &EmailResult) -> f64 {
     round2(phi((p1 - p2) / se) * 100.0)
 }
 
+/// A template and variant.
+type EmailKey = (String, Option<String>);
+
 /// Computes the report of `customers` and `emails` over `settings`.
 pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings) -> Report {
     let s = settings;
@@ -285,8 +288,8 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
     for e in emails.iter().filter(|e| in_period(e.at, s)) {
         sent_by_customer.entry(&e.customer_id).or_default().push(e);
     }
-    let key = |e: &SentEmail| (e.template.clone(), e.variant.clone());
-    let mut results: BTreeMap<(String, Option<String>), EmailResult> = BTreeMap::new();
+    let key = |e: &SentEmail| -> EmailKey { (e.template.clone(), e.variant.clone()) };
+    let mut results: BTreeMap<EmailKey, EmailResult> = BTreeMap::new();
     for e in emails.iter().filter(|e| in_period(e.at, s)) {
         results
             .entry(key(e))
@@ -297,7 +300,8 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
             })
             .sent += 1;
     }
-    let mut converted: BTreeMap<(String, Option<String>), Vec<(&str, Timestamp)>> = BTreeMap::new();
+    // The emails (customer, time) that got an order, by template/variant.
+    let mut converted: BTreeMap<EmailKey, Vec<(&str, Timestamp)>> = BTreeMap::new();
     for c in customers {
         let Some(sent) = sent_by_customer.get(c.id.as_str()) else {
             continue;

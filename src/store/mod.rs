@@ -10,7 +10,10 @@
 //! due time (consent and cancellations checked) and handed to the mailer; a
 //! crash there re-delivers it with the same key, hence the same Message-ID.
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use jiff::Timestamp;
 use serde_json::Value;
@@ -18,6 +21,7 @@ use serde_json::Value;
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
 
+pub use postgres::{PostgresStore, PostgresTx};
 pub use sqlite::SqliteStore;
 
 /// A store failure. Always the "fatal" class for the caller: the batch was
@@ -37,6 +41,14 @@ pub enum StoreError {
     Random(String),
     #[error("opening the store at {path}: {error}")]
     Open { path: String, error: std::io::Error },
+    #[error("postgres: {}", postgres::describe(.0))]
+    Postgres(#[from] ::postgres::Error),
+    #[error("migrating the postgres schema: {0}")]
+    PostgresMigration(#[from] refinery::Error),
+    /// The connection cannot take the call: its thread is gone, or the
+    /// transaction already failed.
+    #[error("postgres: {0}")]
+    PostgresSession(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

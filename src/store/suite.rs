@@ -1,0 +1,771 @@
+//! The store tests every implementation must pass, run against SQLite (a
+//! file in a temporary folder) and PostgreSQL (a fresh schema per test).
+//!
+//! PostgreSQL: `AFTERCARE_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test`. A server that cannot be
+//! reached fails these tests: it never skips them.
+
+use jiff::Timestamp;
+use serde_json::json;
+
+use super::{Addressee, Backlog, Lease, PostgresStore, SqliteStore, Status, Store, Transaction};
+use crate::config::EmailClass;
+use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+
+/// A store implementation under test, with a place for its data.
+pub(super) trait Harness {
+    type Store: Store + Inspect;
+    /// A new handle on the same store, as a worker starting up opens it.
+    fn open(&self) -> Self::Store;
+}
+
+/// What the tests read beyond the `Store` trait.
+pub(super) trait Inspect {
+    /// `email_log` as (email id, status), in order.
+    fn email_log(&mut self) -> Vec<(i64, String)>;
+    /// Every email as (key, status, reason), by key.
+    fn email_statuses(&mut self) -> Vec<(String, String, Option<String>)>;
+}
+
+pub(super) struct SqliteHarness {
+    dir: tempfile::TempDir,
+}
+
+impl SqliteHarness {
+    pub(super) fn new() -> SqliteHarness {
+        SqliteHarness {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
+impl Harness for SqliteHarness {
+    type Store = SqliteStore;
+
+    fn open(&self) -> SqliteStore {
+        SqliteStore::open(&self.dir.path().join("data/aftercare.db")).unwrap()
+    }
+}
+
+pub(super) fn postgres_url() -> String {
+    std::env::var("AFTERCARE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The test server's settings, with a lock timeout so that a test that
+/// would wait forever on a lock fails instead.
+pub(super) fn postgres_config() -> ::postgres::Config {
+    let url = postgres_url();
+    let mut config: ::postgres::Config = url
+        .parse()
+        .unwrap_or_else(|e| panic!("AFTERCARE_TEST_POSTGRES_URL `{url}`: {e}"));
+    let options = match config.get_options() {
+        Some(o) => format!("{o} -c lock_timeout=20s"),
+        None => "-c lock_timeout=20s".to_owned(),
+    };
+    config.options(&options);
+    config
+}
+
+/// A schema of its own for one test, dropped with it (on failure too).
+pub(super) struct PostgresHarness {
+    pub(super) schema: String,
+}
+
+impl PostgresHarness {
+    /// A fresh, not yet existing, schema name; `PostgresStore` makes it.
+    pub(super) fn new() -> PostgresHarness {
+        // Fail here, with the reason, when the server is not there.
+        let admin = postgres_config()
+            .connect(::postgres::NoTls)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the PostgreSQL store tests need a server at {} \
+                     (set AFTERCARE_TEST_POSTGRES_URL): {}",
+                    postgres_url(),
+                    super::postgres::describe(&e)
+                )
+            });
+        admin.close().unwrap();
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).unwrap();
+        PostgresHarness {
+            schema: format!("t_{}", hex::encode(random)),
+        }
+    }
+}
+
+impl Harness for PostgresHarness {
+    type Store = PostgresStore;
+
+    fn open(&self) -> PostgresStore {
+        PostgresStore::with_config(postgres_config(), Some(&self.schema)).unwrap()
+    }
+}
+
+impl Drop for PostgresHarness {
+    fn drop(&mut self) {
+        // Best effort, and never a second panic while a test fails.
+        if let Ok(mut admin) = postgres_config().connect(::postgres::NoTls) {
+            let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
+        }
+    }
+}
+
+/// Generates `#[test]`s running each named suite test against each store.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::SqliteHarness::new());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::PostgresHarness::new());
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    scheduling_is_idempotent_by_key,
+    cancel_touches_only_pending_emails_of_the_selected_order_and_templates,
+    due_emails_come_by_fire_time_then_creation_and_retries_wait,
+    due_emails_of_given_streams_only,
+    decisions_are_the_final_ones_by_due_time,
+    dedup_journeys_and_positions_survive_reopening,
+    a_lease_is_reclaimed_by_its_owner_at_once_and_by_others_when_it_expires,
+    every_status_change_is_logged_in_order,
+    a_secret_is_made_once_and_shared,
+    unsubscribing_marks_a_known_customer_only,
+    suppressed_addresses_match_case_insensitively,
+    shop_stats_round_trip_and_start_empty,
+    postponed_emails_wait_with_their_reason,
+    delivery_outcomes_are_recorded,
+    times_round_trip_at_millisecond_precision,
+    a_failed_batch_leaves_nothing,
+    the_backlog_counts_pending_and_overdue_emails,
+);
+
+pub(super) fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+pub(super) fn email(key: &str, order: &str, template: &str, due: &str) -> NewEmail {
+    NewEmail {
+        key: key.into(),
+        customer_id: "c-1".into(),
+        template: template.into(),
+        class: EmailClass::Marketing,
+        order_id: Some(order.into()),
+        due_at: t(due),
+        data: json!({"order": {"id": order}}),
+        variant: None,
+    }
+}
+
+pub(super) fn lease(owner: &str) -> Lease {
+    Lease {
+        owner: owner.into(),
+        until: t("2026-06-01T00:00:00Z"),
+    }
+}
+
+pub(super) fn to() -> Addressee {
+    Addressee {
+        recipient: Some("anna@example.com".into()),
+        locale: "en".into(),
+    }
+}
+
+fn scheduling_is_idempotent_by_key(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    assert!(
+        tx.schedule(&email("k1", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
+            .unwrap()
+    );
+    assert!(
+        !tx.schedule(&email("k1", "o-1", "welcome", "2026-01-09T00:00:00Z"), "s")
+            .unwrap()
+    );
+    tx.commit().unwrap();
+    assert_eq!(s.next_fire(None).unwrap(), Some(t("2026-01-02T00:00:00Z")));
+}
+
+fn cancel_touches_only_pending_emails_of_the_selected_order_and_templates(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    for (key, order, template) in [
+        ("a", "o-1", "welcome"),
+        ("b", "o-1", "review_request"),
+        ("c", "o-2", "review_request"),
+        ("d", "o-1", "thank_you"),
+    ] {
+        tx.schedule(&email(key, order, template, "2026-01-02T00:00:00Z"), "s")
+            .unwrap();
+    }
+    // "d" is already on its way: a cancel must not touch it.
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    let d = due.iter().find(|e| e.key == "d").unwrap().id;
+    tx.approve(d, &to(), &json!({}), &lease("w1")).unwrap();
+    let selector = Selector {
+        customer_id: "c-1".into(),
+        order_id: "o-1".into(),
+        templates: Some(vec!["review_request".into(), "thank_you".into()]),
+    };
+    assert_eq!(tx.cancel(&selector, "return requested", &to()).unwrap(), 1);
+    let all = Selector {
+        templates: None,
+        ..selector
+    };
+    assert_eq!(tx.cancel(&all, "order o-1 cancelled", &to()).unwrap(), 1);
+    tx.commit().unwrap();
+    assert_eq!(
+        s.email_statuses(),
+        [
+            (
+                "a".into(),
+                "cancelled".into(),
+                Some("order o-1 cancelled".into())
+            ),
+            (
+                "b".into(),
+                "cancelled".into(),
+                Some("return requested".into())
+            ),
+            ("c".into(), "pending".into(), None),
+            ("d".into(), "sending".into(), None),
+        ]
+    );
+}
+
+fn due_emails_come_by_fire_time_then_creation_and_retries_wait(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("late", "o-1", "a", "2026-01-03T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("first", "o-1", "b", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("second", "o-1", "c", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("future", "o-1", "d", "2026-02-01T00:00:00Z"), "s")
+        .unwrap();
+    let due = tx.due(t("2026-01-31T00:00:00Z"), None, 10).unwrap();
+    let keys: Vec<&str> = due.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["first", "second", "late"]);
+    tx.approve(due[0].id, &to(), &json!({"x": 1}), &lease("w1"))
+        .unwrap();
+    tx.commit().unwrap();
+
+    let in_flight = s
+        .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
+        .unwrap();
+    assert_eq!(in_flight.len(), 1);
+    assert_eq!(in_flight[0].data, json!({"x": 1}));
+    assert_eq!(in_flight[0].recipient.as_deref(), Some("anna@example.com"));
+    assert_eq!(in_flight[0].status, Status::Sending);
+
+    s.mark_retry(in_flight[0].id, t("2026-01-20T00:00:00Z"), "451 try later")
+        .unwrap();
+    let mut tx = s.begin().unwrap();
+    let due = tx.due(t("2026-01-10T00:00:00Z"), None, 10).unwrap();
+    assert_eq!(
+        due.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["second", "late"]
+    );
+    let due = tx.due(t("2026-01-20T00:00:00Z"), None, 10).unwrap();
+    assert!(due.iter().any(|e| e.key == "first" && e.attempts == 1));
+    // The plan keeps the original due time.
+    assert_eq!(
+        due.iter().find(|e| e.key == "first").unwrap().due_at,
+        t("2026-01-02T00:00:00Z")
+    );
+    // A limit takes the oldest.
+    let due = tx.due(t("2026-01-20T00:00:00Z"), None, 1).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].key, "second");
+}
+
+fn due_emails_of_given_streams_only(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "a", "2026-01-05T00:00:00Z"), "orders-0")
+        .unwrap();
+    tx.schedule(&email("b", "o-1", "b", "2026-01-03T00:00:00Z"), "orders-1")
+        .unwrap();
+    tx.schedule(&email("c", "o-1", "c", "2026-01-04T00:00:00Z"), "returns-0")
+        .unwrap();
+    tx.commit().unwrap();
+    let mine = ["orders-0".to_owned(), "returns-0".to_owned()];
+    assert_eq!(
+        s.next_fire(Some(&mine)).unwrap(),
+        Some(t("2026-01-04T00:00:00Z"))
+    );
+    assert_eq!(s.next_fire(None).unwrap(), Some(t("2026-01-03T00:00:00Z")));
+    assert_eq!(s.next_fire(Some(&[])).unwrap(), None);
+    let mut tx = s.begin().unwrap();
+    let due = tx.due(t("2026-02-01T00:00:00Z"), Some(&mine), 10).unwrap();
+    assert_eq!(
+        due.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["c", "a"]
+    );
+    assert!(
+        tx.due(t("2026-02-01T00:00:00Z"), Some(&[]), 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn decisions_are_the_final_ones_by_due_time(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("b", "o-1", "b", "2026-01-05T00:00:00Z"), "s")
+        .unwrap();
+    assert!(
+        tx.record(
+            &email("a", "o-1", "a", "2026-01-01T00:00:00Z"),
+            Verdict::Cancelled,
+            "shipment s-1 already delivered",
+            &to(),
+        )
+        .unwrap()
+    );
+    // Recorded once: the same key again changes nothing.
+    assert!(
+        !tx.record(
+            &email("a", "o-1", "a", "2026-01-01T00:00:00Z"),
+            Verdict::Suppressed,
+            "again",
+            &to(),
+        )
+        .unwrap()
+    );
+    tx.schedule(&email("c", "o-1", "c", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    let due = tx.due(t("2026-01-06T00:00:00Z"), None, 10).unwrap();
+    tx.decide(
+        due[0].id,
+        Verdict::Suppressed,
+        "no marketing consent",
+        &to(),
+    )
+    .unwrap();
+    tx.approve(due[1].id, &to(), &json!({}), &lease("w1"))
+        .unwrap();
+    tx.commit().unwrap();
+    let decided = s.decisions().unwrap();
+    let summary: Vec<(String, Status, Option<String>)> = decided
+        .iter()
+        .map(|e| (e.key.clone(), e.status, e.reason.clone()))
+        .collect();
+    // "b" is approved but not yet sent: no decision to show.
+    assert_eq!(
+        summary,
+        [
+            (
+                "a".into(),
+                Status::Cancelled,
+                Some("shipment s-1 already delivered".into())
+            ),
+            (
+                "c".into(),
+                Status::Suppressed,
+                Some("no marketing consent".into())
+            )
+        ]
+    );
+    assert_eq!(decided[0].recipient.as_deref(), Some("anna@example.com"));
+    assert_eq!(decided[0].locale.as_deref(), Some("en"));
+    assert_eq!(decided[0].class, EmailClass::Marketing);
+    assert_eq!(decided[0].data, json!({"order": {"id": "o-1"}}));
+    let b = s
+        .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
+        .unwrap()[0]
+        .id;
+    s.mark_sent(b, t("2026-01-05T00:00:01Z"), "250 ok").unwrap();
+    let keys: Vec<String> = s.decisions().unwrap().into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["a", "c", "b"]);
+}
+
+fn dedup_journeys_and_positions_survive_reopening(h: &impl Harness) {
+    {
+        let mut s = h.open();
+        let mut tx = s.begin().unwrap();
+        assert!(!tx.seen("e-1").unwrap());
+        tx.mark_seen("e-1").unwrap();
+        tx.mark_seen("e-1").unwrap();
+        let mut j = Journey::default();
+        j.profile.email = Some("anna@example.com".into());
+        tx.save_journey("c-1", &j).unwrap();
+        tx.set_position("file:x", "100:2").unwrap();
+        tx.set_position("file:x", "120:3").unwrap();
+        tx.commit().unwrap();
+        // An uncommitted batch leaves nothing behind.
+        let mut tx = s.begin().unwrap();
+        tx.mark_seen("e-2").unwrap();
+        tx.set_position("file:x", "999:9").unwrap();
+        drop(tx);
+        assert_eq!(s.position("file:x").unwrap().as_deref(), Some("120:3"));
+    }
+    let mut s = h.open();
+    assert_eq!(s.position("file:x").unwrap().as_deref(), Some("120:3"));
+    assert_eq!(s.position("file:y").unwrap(), None);
+    let mut tx = s.begin().unwrap();
+    assert!(tx.seen("e-1").unwrap());
+    assert!(!tx.seen("e-2").unwrap());
+    let j = tx.journey("c-1").unwrap().unwrap();
+    assert_eq!(j.profile.email.as_deref(), Some("anna@example.com"));
+    assert!(tx.journey("c-2").unwrap().is_none());
+}
+
+fn a_lease_is_reclaimed_by_its_owner_at_once_and_by_others_when_it_expires(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("k", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    let id = tx.due(t("2026-01-03T00:00:00Z"), None, 1).unwrap()[0].id;
+    tx.approve(id, &to(), &json!({}), &lease("w1")).unwrap();
+    tx.commit().unwrap();
+
+    let before_expiry = t("2026-05-01T00:00:00Z");
+    let mut other = s.reopen().unwrap();
+    // Another worker waits for the lease; a periodic look by the owner
+    // leaves its own deliveries alone.
+    assert!(
+        other
+            .reclaim(&lease("w2"), before_expiry, true)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.reclaim(&lease("w1"), before_expiry, false)
+            .unwrap()
+            .is_empty()
+    );
+    // The owner started again takes it back at once...
+    assert_eq!(
+        s.reclaim(&lease("w1"), before_expiry, true).unwrap().len(),
+        1
+    );
+    // A worker shutting down releases what it will not deliver: anyone
+    // may take it at once.
+    s.release(&[id]).unwrap();
+    let mut third = s.reopen().unwrap();
+    assert_eq!(
+        third
+            .reclaim(&lease("w3"), before_expiry, false)
+            .unwrap()
+            .len(),
+        1
+    );
+    // ...and once the lease has expired, anyone else may.
+    let after_expiry = t("2026-07-01T00:00:00Z");
+    let taken = other.reclaim(&lease("w2"), after_expiry, false).unwrap();
+    assert_eq!(
+        taken.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+        ["k"]
+    );
+    assert!(
+        other
+            .reclaim(&lease("w3"), before_expiry, false)
+            .unwrap()
+            .is_empty()
+    );
+    // Released only while on its way: a sent email stays sent.
+    s.mark_sent(id, after_expiry, "250").unwrap();
+    s.release(&[id]).unwrap();
+    assert!(
+        third
+            .reclaim(&lease("w3"), after_expiry, true)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn every_status_change_is_logged_in_order(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("b", "o-1", "thank_you", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    tx.approve(due[1].id, &to(), &json!({}), &lease("w1"))
+        .unwrap();
+    tx.decide(
+        due[0].id,
+        Verdict::Suppressed,
+        "no marketing consent",
+        &to(),
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    // Not a change of status: not logged.
+    s.mark_sent(due[1].id, t("2026-01-03T00:00:00Z"), "250")
+        .unwrap();
+    s.mark_sent(due[1].id, t("2026-01-03T00:00:00Z"), "250")
+        .unwrap();
+    let (a, b) = (due[0].id, due[1].id);
+    assert_eq!(
+        s.email_log(),
+        [
+            (a, "pending".into()),
+            (b, "pending".into()),
+            (b, "sending".into()),
+            (a, "suppressed".into()),
+            (b, "sent".into()),
+        ]
+    );
+}
+
+fn a_secret_is_made_once_and_shared(h: &impl Harness) {
+    let mut a = h.open();
+    let first = a.secret("unsubscribe").unwrap();
+    assert_eq!(first.len(), 32);
+    let mut b = a.reopen().unwrap();
+    assert_eq!(b.secret("unsubscribe").unwrap(), first);
+    assert_ne!(b.secret("other").unwrap(), first);
+    assert_eq!(h.open().secret("unsubscribe").unwrap(), first);
+}
+
+fn unsubscribing_marks_a_known_customer_only(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.save_journey("c-1", &Journey::default()).unwrap();
+    tx.commit().unwrap();
+    assert!(s.unsubscribe("c-1").unwrap());
+    assert!(!s.unsubscribe("c-404").unwrap());
+    let mut tx = s.begin().unwrap();
+    assert!(tx.journey("c-1").unwrap().unwrap().profile.unsubscribed);
+    assert!(tx.journey("c-404").unwrap().is_none());
+}
+
+fn suppressed_addresses_match_case_insensitively(h: &impl Harness) {
+    let mut s = h.open();
+    s.suppress("Anna@example.COM", "550 5.1.1").unwrap();
+    s.suppress("anna@example.com", "550 5.1.1 again").unwrap();
+    let mut tx = s.begin().unwrap();
+    assert!(tx.is_suppressed("Anna@Example.com").unwrap());
+    assert!(!tx.is_suppressed("ben@example.com").unwrap());
+}
+
+fn shop_stats_round_trip_and_start_empty(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    assert_eq!(tx.shop_stats().unwrap(), ShopStats::default());
+    let mut stats = ShopStats::default();
+    stats
+        .order_totals
+        .entry("EUR".into())
+        .or_default()
+        .add("42.50".parse().unwrap());
+    tx.save_shop_stats(&stats).unwrap();
+    assert_eq!(tx.shop_stats().unwrap(), stats);
+    tx.commit().unwrap();
+    let mut other = s.reopen().unwrap();
+    let mut tx = other.begin().unwrap();
+    assert_eq!(tx.shop_stats().unwrap(), stats);
+    // The secrets live beside them and do not disturb them.
+    drop(tx);
+    other.secret("unsubscribe").unwrap();
+    let mut tx = other.begin().unwrap();
+    assert_eq!(tx.shop_stats().unwrap(), stats);
+}
+
+fn postponed_emails_wait_with_their_reason(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T21:30:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("b", "o-1", "thank_you", "2026-01-02T22:00:00Z"), "s")
+        .unwrap();
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    tx.postpone(due[0].id, t("2026-01-03T08:10:00Z"), "quiet hours")
+        .unwrap();
+    // Only a pending email waits.
+    tx.approve(due[1].id, &to(), &json!({}), &lease("w1"))
+        .unwrap();
+    tx.postpone(due[1].id, t("2026-01-09T00:00:00Z"), "too late")
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(s.next_fire(None).unwrap(), Some(t("2026-01-03T08:10:00Z")));
+    let mut tx = s.begin().unwrap();
+    assert!(
+        tx.due(t("2026-01-03T08:00:00Z"), None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    let due = tx.due(t("2026-01-03T08:10:00Z"), None, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].deferred.as_deref(), Some("quiet hours"));
+    assert_eq!(due[0].due_at, t("2026-01-02T21:30:00Z"));
+    assert_eq!(due[0].fire_at, t("2026-01-03T08:10:00Z"));
+    drop(tx);
+    let sending = s
+        .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
+        .unwrap();
+    assert_eq!(sending[0].fire_at, t("2026-01-02T22:00:00Z"));
+    assert_eq!(sending[0].deferred, None);
+}
+
+fn delivery_outcomes_are_recorded(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    for key in ["retry", "ambiguous", "deferred", "failed"] {
+        tx.schedule(&email(key, "o-1", key, "2026-01-02T00:00:00Z"), "s")
+            .unwrap();
+    }
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    for e in &due {
+        tx.approve(e.id, &to(), &json!({"n": 1}), &lease("w1"))
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let sending = s
+        .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
+        .unwrap();
+    assert_eq!(sending.len(), 4);
+    assert!(sending.iter().all(|e| e.first_attempt_at.is_some()));
+    let id = |key: &str| due.iter().find(|e| e.key == key).unwrap().id;
+    let later = t("2026-01-04T00:00:00Z");
+    s.mark_retry(id("retry"), later, "451").unwrap();
+    s.mark_ambiguous(id("ambiguous"), later, "connection reset")
+        .unwrap();
+    s.mark_deferred(id("deferred"), later, "421").unwrap();
+    s.mark_failed(id("failed"), "550 5.7.1 spam").unwrap();
+    let mut tx = s.begin().unwrap();
+    let waiting = tx.due(later, None, 10).unwrap();
+    let attempts: Vec<(String, u32)> = waiting
+        .iter()
+        .map(|e| (e.key.clone(), e.attempts))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            ("retry".into(), 1),
+            ("ambiguous".into(), 1),
+            ("deferred".into(), 0)
+        ]
+    );
+    // A retried email keeps its first attempt's time and its data.
+    let first = sending.iter().find(|e| e.key == "retry").unwrap();
+    let retried = waiting.iter().find(|e| e.key == "retry").unwrap();
+    assert_eq!(retried.first_attempt_at, first.first_attempt_at);
+    assert_eq!(retried.data, json!({"n": 1}));
+    assert_eq!(retried.status, Status::Pending);
+    tx.approve(retried.id, &to(), &json!({"n": 2}), &lease("w1"))
+        .unwrap();
+    tx.commit().unwrap();
+    let again = s
+        .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].first_attempt_at, first.first_attempt_at);
+    assert_eq!(
+        s.email_statuses()
+            .into_iter()
+            .find(|(k, _, _)| k == "failed")
+            .unwrap(),
+        (
+            "failed".into(),
+            "failed".into(),
+            Some("550 5.7.1 spam".into())
+        )
+    );
+}
+
+fn times_round_trip_at_millisecond_precision(h: &impl Harness) {
+    let mut s = h.open();
+    let due = t("2026-03-04T05:06:07.089Z");
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "a", "2026-03-04T05:06:07.089Z"), "s")
+        .unwrap();
+    // Far ahead, as a virtual clock may go.
+    tx.schedule(&email("z", "o-1", "z", "9000-12-31T23:59:59.999Z"), "s")
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(s.next_fire(None).unwrap(), Some(due));
+    let mut tx = s.begin().unwrap();
+    let rows = tx.due(Timestamp::MAX, None, 10).unwrap();
+    assert_eq!(rows[0].due_at, due);
+    assert_eq!(rows[0].fire_at, due);
+    assert_eq!(rows[1].due_at, t("9000-12-31T23:59:59.999Z"));
+    let later = t("2026-03-05T00:00:00.001Z");
+    tx.postpone(rows[0].id, later, "cap").unwrap();
+    tx.commit().unwrap();
+    assert_eq!(s.next_fire(None).unwrap(), Some(later));
+}
+
+fn a_failed_batch_leaves_nothing(h: &impl Harness) {
+    let mut s = h.open();
+    {
+        let mut tx = s.begin().unwrap();
+        tx.schedule(&email("a", "o-1", "a", "2026-01-02T00:00:00Z"), "s")
+            .unwrap();
+        tx.mark_seen("e-1").unwrap();
+        // Dropped: rolled back.
+    }
+    assert_eq!(s.next_fire(None).unwrap(), None);
+    let mut tx = s.begin().unwrap();
+    assert!(!tx.seen("e-1").unwrap());
+    tx.schedule(&email("a", "o-1", "a", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    tx.commit().unwrap();
+    assert!(s.email_log().len() == 1);
+}
+
+fn the_backlog_counts_pending_and_overdue_emails(h: &impl Harness) {
+    let mut s = h.open();
+    assert_eq!(
+        s.backlog(t("2026-01-01T00:00:00Z")).unwrap(),
+        Backlog::default()
+    );
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "a", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("b", "o-1", "b", "2026-01-02T00:10:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("c", "o-1", "c", "2026-01-09T00:00:00Z"), "s")
+        .unwrap();
+    tx.commit().unwrap();
+    // Five minutes late is not yet overdue.
+    assert_eq!(
+        s.backlog(t("2026-01-02T00:14:59Z")).unwrap(),
+        Backlog {
+            pending: 3,
+            overdue: 1
+        }
+    );
+    let mut tx = s.begin().unwrap();
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 1).unwrap();
+    tx.approve(due[0].id, &to(), &json!({}), &lease("w1"))
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        s.backlog(t("2026-01-03T00:00:00Z")).unwrap(),
+        Backlog {
+            pending: 2,
+            overdue: 1
+        }
+    );
+}
+
+#[test]
+fn an_unreachable_postgres_is_an_error_that_says_so() {
+    // Port 1 on the loopback: nothing listens there.
+    let err = PostgresStore::connect("postgres://postgres@127.0.0.1:1/test")
+        .err()
+        .unwrap();
+    let message = err.to_string();
+    assert!(message.starts_with("postgres: "), "{message}");
+    assert!(message.contains("connect"), "{message}");
+    assert!(message.contains("refused"), "{message}");
+}
