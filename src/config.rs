@@ -68,6 +68,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub check: CheckConfig,
+    pub report: ReportConfig,
     /// When marketing emails may go out: frequency cap, quiet hours.
     pub policy: PolicyConfig,
     /// How customers are grouped by their history.
@@ -407,6 +408,18 @@ pub struct HttpConfig {
     /// server. Put `/unsubscribe/` behind the shop's reverse proxy at
     /// `shop.unsubscribe_url`; keep the rest internal.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// How `aftercare report` counts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// A customer is active with an order this recent.
+    #[serde(with = "humantime_serde")]
+    pub active_window: Duration,
+    /// An order is credited to the last email this long before it.
+    #[serde(with = "humantime_serde")]
+    pub attribution_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -315,7 +315,19 @@ async fn deliver_all<S: Store, M: Mailer>(
         r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     };
     let mut released = Vec::new();
-    while let Some(email) = rx.recv().await {
+    loop {
+        // Outcomes are recorded as they come (metrics, logs), not only when
+        // the next email arrives.
+        let email = tokio::select! {
+            Some(result) = running.join_next(), if !running.is_empty() => {
+                done.record(unwrap(result), &observer)?;
+                continue;
+            }
+            email = rx.recv() => email,
+        };
+        let Some(email) = email else {
+            break;
+        };
         if stop.load(Ordering::Relaxed) {
             released.push(email.id);
             continue;
@@ -331,9 +343,6 @@ async fn deliver_all<S: Store, M: Mailer>(
             let outcome = sender.deliver_and_record(&email, &store).await;
             (email, outcome, start.elapsed())
         });
-        while let Some(result) = running.try_join_next() {
-            done.record(unwrap(result), &observer)?;
-        }
     }
     if !released.is_empty() {
         tracing::info!(

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 
-use aftercare::config::{Config, LogFormat, MailerKind, SourceKind, StoreLocation};
+use aftercare::config::{Config, EmailClass, LogFormat, MailerKind, SourceKind, StoreLocation};
 use aftercare::daemon::{self, Settings, Summary};
 use aftercare::journey::Journeys;
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
@@ -18,9 +18,10 @@ use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Templates;
 use aftercare::sender::Sender;
 use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
+use aftercare::store::Transaction as _;
 use aftercare::store::{PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
-use aftercare::{check, http, preview, reload, simulate};
+use aftercare::{check, http, preview, reload, report, simulate};
 use arc_swap::ArcSwap;
 
 /// Exit codes, as DESIGN.md gives them (sysexits.h).
@@ -68,6 +69,22 @@ enum Command {
     },
     /// Validate the config and render every template in every locale.
     Check,
+    /// Retention, repeat purchases, lifetime value and what each email
+    /// (and A/B variant) brought back, from the store.
+    Report {
+        /// Start of the period: a date (`2026-01-01`, midnight UTC) or an
+        /// RFC 3339 time.
+        #[arg(long, value_name = "DATE", value_parser = parse_when)]
+        from: Timestamp,
+        /// End of the period (excluded).
+        #[arg(long, value_name = "DATE", value_parser = parse_when)]
+        to: Timestamp,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Render every template, locale and A/B variant to an HTML gallery.
     Preview {
         /// Folder for the gallery (`index.html` and a page per template).
@@ -81,6 +98,25 @@ enum Command {
         #[arg(long, value_name = "ADDR", default_value_t = preview::default_listen(), requires = "serve")]
         listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Html,
+}
+
+/// `2026-01-01` (midnight UTC) or an RFC 3339 time.
+fn parse_when(s: &str) -> Result<Timestamp, String> {
+    if let Ok(t) = s.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    s.parse::<jiff::civil::Date>()
+        .map_err(|e| format!("`{s}` is neither a date (2026-01-01) nor an RFC 3339 time: {e}"))?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .map(|z| z.timestamp())
+        .map_err(|e| e.to_string())
 }
 
 /// An error with the exit code it deserves.
@@ -169,6 +205,12 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
             })
         }
         Command::Simulate { events, until } => simulate_command(&config, &events, until),
+        Command::Report {
+            from,
+            to,
+            format,
+            out,
+        } => report_command(&config, from, to, format, out.as_deref()),
         Command::Run { input, once } => {
             let runtime = tokio::runtime::Runtime::new()?;
             let result = runtime.block_on(run(config, input, once));
@@ -248,6 +290,104 @@ fn simulate_command(
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn report_command(
+    config: &Config,
+    from: Timestamp,
+    to: Timestamp,
+    format: ReportFormat,
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode, Failure> {
+    if to <= from {
+        return Err(fail(EX_USAGE, anyhow::anyhow!("--to must be after --from")));
+    }
+    let report = match config.store_location() {
+        StoreLocation::Sqlite(path) => {
+            if !path.exists() {
+                return Err(fail(
+                    EX_USAGE,
+                    anyhow::anyhow!("no store at {} (run the worker first)", path.display()),
+                ));
+            }
+            build_report(config, SqliteStore::open(&path)?, from, to)?
+        }
+        StoreLocation::Postgres(url) => {
+            build_report(config, PostgresStore::connect(&url)?, from, to)?
+        }
+    };
+    let text = match format {
+        ReportFormat::Table => report::render::table(&report),
+        ReportFormat::Json => report::render::json(&report),
+        ReportFormat::Html => report::render::html(&report, &config.shop.name),
+    };
+    match out {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            println!("Report: {}", path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the histories and sent emails from the store, with each
+/// customer's segment at the end of the period.
+fn build_report<S: Store>(
+    config: &Config,
+    mut store: S,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<report::Report, Failure> {
+    let journeys = Journeys::from_config(config);
+    let shop = {
+        let mut tx = store.begin()?;
+        tx.shop_stats()?
+    };
+    let customers: Vec<report::Customer> = store
+        .journeys()?
+        .into_iter()
+        .map(|(id, j)| report::Customer {
+            segment: journeys.segments_of(&j, to, &shop)[0],
+            orders: j
+                .orders
+                .iter()
+                .filter_map(|(order_id, o)| {
+                    Some(report::Order {
+                        id: order_id.clone(),
+                        placed_at: o.placed_at?,
+                        total: o.total?,
+                        currency: o.currency.clone()?,
+                        cancelled: o.cancelled,
+                        returns: o
+                            .returns
+                            .iter()
+                            .filter_map(|r| Some((r.requested_at?, r.reason.clone())))
+                            .collect(),
+                    })
+                })
+                .collect(),
+            id,
+        })
+        .collect();
+    let emails: Vec<report::SentEmail> = store
+        .sent_emails()?
+        .into_iter()
+        .map(|e| report::SentEmail {
+            customer_id: e.customer_id,
+            template: e.template,
+            marketing: e.class == EmailClass::Marketing,
+            variant: e.variant,
+            at: e.at,
+        })
+        .collect();
+    let settings = report::Settings {
+        from,
+        to,
+        active_window: jiff::SignedDuration::try_from(config.report.active_window)?,
+        attribution_window: jiff::SignedDuration::try_from(config.report.attribution_window)?,
+    };
+    Ok(report::compute(&customers, &emails, &settings))
 }
 
 async fn run(config: Config, input: Option<String>, once: bool) -> Result<ExitCode, Failure> {

@@ -19,9 +19,10 @@
 //!   average order value: revenue / orders; lifetime value: AOV x
 //!   frequency x expected lifespan, the lifespan being 1 / churn (in
 //!   periods);
-//! - an order is attributed to the last email sent to the customer in the
-//!   `attribution_window` (default 5 days) before it (last touch); an email
-//!   converted if an order was attributed to it. Conversion rates carry a
+//! - an order is attributed to the last marketing email sent to the
+//!   customer in the `attribution_window` (default 5 days) before it (last
+//!   touch); an email converted if an order was attributed to it.
+//!   Transactional emails are counted as sent, never credited. Conversion rates carry a
 //!   95 % Wilson interval; A/B variants are compared with a two-proportion
 //!   z-test.
 
@@ -61,6 +62,9 @@ pub struct Customer {
 pub struct SentEmail {
     pub customer_id: String,
     pub template: String,
+    /// Only marketing emails are credited with orders: a confirmation or a
+    /// shipping notice does not bring a customer back.
+    pub marketing: bool,
     pub variant: Option<String>,
     /// When it went out (its fire time, in event time).
     pub at: Timestamp,
@@ -285,7 +289,7 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
     // Last touch: each order in the period to the latest email before it,
     // within the attribution window.
     let mut sent_by_customer: BTreeMap<&str, Vec<&SentEmail>> = BTreeMap::new();
-    for e in emails.iter().filter(|e| in_period(e.at, s)) {
+    for e in emails.iter().filter(|e| e.marketing && in_period(e.at, s)) {
         sent_by_customer.entry(&e.customer_id).or_default().push(e);
     }
     let key = |e: &SentEmail| -> EmailKey { (e.template.clone(), e.variant.clone()) };
@@ -324,7 +328,12 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
             }
         }
     }
+    let marketing: std::collections::BTreeSet<EmailKey> =
+        emails.iter().filter(|e| e.marketing).map(key).collect();
     for (k, r) in results.iter_mut() {
+        if !marketing.contains(k) {
+            continue;
+        }
         r.converted = converted.get(k).map_or(0, |v| v.len() as u64);
         r.conversion_rate = percent(r.converted as f64, r.sent as f64);
         if let Some((low, high)) = wilson(r.converted, r.sent) {

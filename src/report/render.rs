@@ -169,23 +169,28 @@ pub fn html(report: &Report, shop: &str) -> String {
         chart.series_list[0].label_show = true;
         svg(chart.svg())
     };
-    let conversion_chart = if report.emails.is_empty() {
-        "<p>No email was sent in the period.</p>".to_owned()
+    // Marketing emails only: transactional ones are never credited.
+    let credited: Vec<&EmailResult> = report
+        .emails
+        .iter()
+        .filter(|e| e.conversion_rate.is_some())
+        .collect();
+    let conversion_chart = if credited.is_empty() {
+        "<p>No marketing email was sent in the period.</p>".to_owned()
     } else {
         let mut chart = HorizontalBarChart::new(
             vec![Series::new(
                 "Conversion rate (%)".into(),
-                report
-                    .emails
+                credited
                     .iter()
                     .map(|e| e.conversion_rate.unwrap_or(0.0) as f32)
                     .collect(),
             )],
-            report.emails.iter().map(variant_name).collect(),
+            credited.iter().map(|e| variant_name(e)).collect(),
         );
-        chart.title.text = "Conversion rate by email (%)".into();
+        chart.title.text = "Conversion rate by marketing email (%)".into();
         chart.width = 760.0;
-        chart.height = 80.0 + 34.0 * report.emails.len() as f32;
+        chart.height = 80.0 + 34.0 * credited.len() as f32;
         chart.series_list[0].label_show = true;
         svg(chart.svg())
     };

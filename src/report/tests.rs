@@ -97,6 +97,7 @@ fn sent(customer: &str, template: &str, variant: Option<&str>, at: &str) -> Sent
     SentEmail {
         customer_id: customer.into(),
         template: template.into(),
+        marketing: template != "order_confirmation",
         variant: variant.map(str::to_owned),
         at: t(at),
     }
@@ -126,6 +127,8 @@ fn an_order_goes_to_the_last_email_within_the_window() {
         sent("c-2", "win_back", None, "2026-02-01T10:00:00Z"),
         // Before the period: neither counted nor credited.
         sent("c-2", "welcome", None, "2025-12-30T10:00:00Z"),
+        // Transactional: counted, never credited (though it is the last).
+        sent("c-1", "order_confirmation", None, "2026-02-03T10:00:00Z"),
     ];
     let report = compute(&customers, &emails, &settings());
     let find = |template: &str| {
@@ -151,6 +154,9 @@ fn an_order_goes_to_the_last_email_within_the_window() {
     );
     assert_eq!(win_back.revenue["EUR"], "50.00".parse::<Decimal>().unwrap());
     assert_eq!(win_back.conversion_rate, Some(66.67));
+    let confirmation = find("order_confirmation");
+    assert_eq!((confirmation.sent, confirmation.converted), (1, 0));
+    assert_eq!(confirmation.conversion_rate, None, "not a marketing email");
 }
 
 #[test]

@@ -138,6 +138,16 @@ pub struct Lease {
     pub until: Timestamp,
 }
 
+/// An email that went out, as the report counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentEmail {
+    pub customer_id: String,
+    pub template: String,
+    pub class: EmailClass,
+    pub variant: Option<String>,
+    pub at: Timestamp,
+}
+
 /// Emails waiting, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -254,6 +264,12 @@ pub trait Store: Send + 'static {
     fn decisions(&mut self) -> Result<Vec<EmailRow>>;
     /// How many emails wait, and how many of them are overdue at `now`.
     fn backlog(&mut self, now: Timestamp) -> Result<Backlog>;
+    /// Every customer's journey, for the report (a batch job: all of them
+    /// in memory at once).
+    fn journeys(&mut self) -> Result<Vec<(String, Journey)>>;
+    /// Every email sent: customer, template, variant and when it went out
+    /// (its fire time), for the report.
+    fn sent_emails(&mut self) -> Result<Vec<SentEmail>>;
     /// A second handle on the same store, for the delivery workers.
     fn reopen(&self) -> Result<Self>
     where

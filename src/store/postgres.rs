@@ -49,8 +49,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, Result, Status, Store, StoreError,
-    Transaction,
+    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, Result, SentEmail, Status, Store,
+    StoreError, Transaction,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -739,6 +739,52 @@ impl Store for PostgresStore {
                 pending: u64::try_from(pending).unwrap_or(0),
                 overdue: u64::try_from(overdue).unwrap_or(0),
             })
+        })
+    }
+
+    fn journeys(&mut self) -> Result<Vec<(String, Journey)>> {
+        self.conn.call(|s| {
+            let rows = s.query(
+                "SELECT customer_id, state FROM journeys ORDER BY customer_id",
+                &[],
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let customer: String = r.try_get(0)?;
+                let state: String = r.try_get(1)?;
+                let journey =
+                    serde_json::from_str(&state).map_err(|error| StoreError::Corrupt {
+                        customer: customer.clone(),
+                        error,
+                    })?;
+                out.push((customer, journey));
+            }
+            Ok(out)
+        })
+    }
+
+    fn sent_emails(&mut self) -> Result<Vec<SentEmail>> {
+        self.conn.call(|s| {
+            let rows = s.query(
+                "SELECT customer_id, template, variant, fire_at, class FROM emails
+                 WHERE status = 'sent' ORDER BY fire_at, id",
+                &[],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SentEmail {
+                        customer_id: r.try_get(0)?,
+                        template: r.try_get(1)?,
+                        variant: r.try_get(2)?,
+                        at: from_ms(r.try_get(3)?),
+                        class: if r.try_get::<_, String>(4)? == "marketing" {
+                            EmailClass::Marketing
+                        } else {
+                            EmailClass::Transactional
+                        },
+                    })
+                })
+                .collect()
         })
     }
 

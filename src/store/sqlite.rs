@@ -13,8 +13,8 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use super::{
-    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, Result, Status, Store, StoreError,
-    Transaction,
+    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, Result, SentEmail, Status, Store,
+    StoreError, Transaction,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -191,6 +191,14 @@ fn from_ms(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::MAX)
 }
 
+fn class_of(class: &str) -> EmailClass {
+    if class == "marketing" {
+        EmailClass::Marketing
+    } else {
+        EmailClass::Transactional
+    }
+}
+
 fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
     let class: String = r.get(4)?;
     let status: String = r.get(7)?;
@@ -200,11 +208,7 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
         key: r.get(1)?,
         customer_id: r.get(2)?,
         template: r.get(3)?,
-        class: if class == "marketing" {
-            EmailClass::Marketing
-        } else {
-            EmailClass::Transactional
-        },
+        class: class_of(&class),
         order_id: r.get(5)?,
         due_at: from_ms(r.get(6)?),
         status: Status::parse(&status).unwrap_or(Status::Failed),
@@ -380,6 +384,40 @@ impl Store for SqliteStore {
             pending: pending as u64,
             overdue: overdue as u64,
         })
+    }
+
+    fn journeys(&mut self) -> Result<Vec<(String, Journey)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT customer_id, state FROM journeys ORDER BY customer_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (customer, state) = row?;
+            let journey = serde_json::from_str(&state).map_err(|error| StoreError::Corrupt {
+                customer: customer.clone(),
+                error,
+            })?;
+            out.push((customer, journey));
+        }
+        Ok(out)
+    }
+
+    fn sent_emails(&mut self) -> Result<Vec<SentEmail>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT customer_id, template, variant, fire_at, class FROM emails
+             WHERE status = 'sent' ORDER BY fire_at, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(SentEmail {
+                customer_id: r.get(0)?,
+                template: r.get(1)?,
+                variant: r.get(2)?,
+                at: from_ms(r.get(3)?),
+                class: class_of(&r.get::<_, String>(4)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn reopen(&self) -> Result<SqliteStore> {

@@ -152,6 +152,7 @@ suite!(
     times_round_trip_at_millisecond_precision,
     a_failed_batch_leaves_nothing,
     the_backlog_counts_pending_and_overdue_emails,
+    the_report_reads_every_journey_and_every_sent_email,
 );
 
 pub(super) fn t(s: &str) -> Timestamp {
@@ -768,4 +769,47 @@ fn an_unreachable_postgres_is_an_error_that_says_so() {
     assert!(message.starts_with("postgres: "), "{message}");
     assert!(message.contains("connect"), "{message}");
     assert!(message.contains("refused"), "{message}");
+}
+
+fn the_report_reads_every_journey_and_every_sent_email(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    for customer in ["c-2", "c-1"] {
+        let mut j = Journey::default();
+        j.profile.email = Some(format!("{customer}@example.com"));
+        tx.save_journey(customer, &j).unwrap();
+    }
+    let mut b = email("b", "o-1", "review_request", "2026-01-02T00:00:00Z");
+    b.variant = Some("b".into());
+    tx.schedule(&b, "s").unwrap();
+    tx.schedule(&email("a", "o-1", "welcome", "2026-01-01T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("c", "o-1", "win_back", "2026-03-01T00:00:00Z"), "s")
+        .unwrap();
+    tx.commit().unwrap();
+    let mut tx = s.begin().unwrap();
+    let due = tx.due(t("2026-01-05T00:00:00Z"), None, 10).unwrap();
+    for e in &due {
+        tx.approve(e.id, &to(), &json!({}), &lease("w1")).unwrap();
+    }
+    tx.commit().unwrap();
+    for e in &due {
+        s.mark_sent(e.id, t("2026-01-05T00:00:00Z"), "250 ok")
+            .unwrap();
+    }
+    let customers: Vec<String> = s.journeys().unwrap().into_iter().map(|(c, _)| c).collect();
+    assert_eq!(customers, ["c-1", "c-2"]);
+    let sent = s.sent_emails().unwrap();
+    let seen: Vec<(&str, Option<&str>, Timestamp)> = sent
+        .iter()
+        .map(|e| (e.template.as_str(), e.variant.as_deref(), e.at))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("welcome", None, t("2026-01-01T00:00:00Z")),
+            ("review_request", Some("b"), t("2026-01-02T00:00:00Z")),
+        ],
+        "sent ones only, at their fire time, in time order"
+    );
 }

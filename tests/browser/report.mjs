@@ -1,0 +1,61 @@
+// Opens the retention report's HTML page in headless Chromium and checks
+// what a reader would: the page loads from disk with no console error, and
+// each chart is drawn with a visible size. Keeps a screenshot.
+//
+//   node report.mjs REPORT.html SCREENSHOT.png
+//
+// Prints one JSON line; exits 1 on any problem.
+
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+const [page, shot] = process.argv.slice(2);
+const problems = [];
+const timer = setTimeout(() => {
+  console.error('report browser test: over its time limit');
+  process.exit(1);
+}, 60_000);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+  args: [
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+let charts = 0;
+try {
+  const tab = await browser.newPage({ viewport: { width: 1000, height: 1400 } });
+  tab.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+  tab.on('pageerror', (e) => problems.push(e.message));
+  tab.on('request', (r) => {
+    if (!r.url().startsWith('file:')) problems.push(`fetched ${r.url()}`);
+  });
+  await tab.goto(pathToFileURL(page).href, { waitUntil: 'load' });
+  const sizes = await tab.$$eval('figure.chart svg', (svgs) =>
+    svgs.map((s) => {
+      const box = s.getBoundingClientRect();
+      return { width: box.width, height: box.height, shapes: s.querySelectorAll('rect, path, line, polyline, text').length };
+    }),
+  );
+  for (const [i, size] of sizes.entries()) {
+    if (size.width < 100 || size.height < 60) problems.push(`chart ${i} is ${size.width}x${size.height}`);
+    else if (size.shapes < 3) problems.push(`chart ${i} draws nothing`);
+    else charts += 1;
+  }
+  mkdirSync(dirname(shot), { recursive: true });
+  await tab.screenshot({ path: shot, fullPage: true });
+} finally {
+  await browser.close();
+  clearTimeout(timer);
+}
+console.log(JSON.stringify({ charts, problems }));
+process.exit(problems.length === 0 ? 0 : 1);
