@@ -24,6 +24,26 @@ fn variant_name(e: &EmailResult) -> String {
     }
 }
 
+/// S, N, E, retention, repeat purchases, orders: one segment's row.
+fn segment_cells(r: &Retention) -> [String; 6] {
+    [
+        r.active_at_start.to_string(),
+        r.new_customers.to_string(),
+        r.active_at_end.to_string(),
+        rate(r.retention_rate),
+        rate(r.repeat_purchase_rate),
+        r.orders.to_string(),
+    ]
+}
+
+/// The 95 % interval of a conversion rate, or `-`.
+fn interval(e: &EmailResult) -> String {
+    match (e.conversion_low, e.conversion_high) {
+        (Some(l), Some(h)) => format!("{l:.2}-{h:.2} %"),
+        _ => "-".to_owned(),
+    }
+}
+
 fn retention_rows(r: &Retention) -> Vec<(String, String)> {
     let mut rows = vec![
         (
@@ -79,16 +99,10 @@ pub fn table(report: &Report) -> String {
             "segment", "S", "N", "E", "retention", "repeat", "orders"
         );
         for (name, r) in &report.segments {
+            let [s, n, e, retention, repeat, orders] = segment_cells(r);
             let _ = writeln!(
                 out,
-                "  {:<16} {:>6} {:>6} {:>6} {:>10} {:>10} {:>8}",
-                name,
-                r.active_at_start,
-                r.new_customers,
-                r.active_at_end,
-                rate(r.retention_rate),
-                rate(r.repeat_purchase_rate),
-                r.orders
+                "  {name:<16} {s:>6} {n:>6} {e:>6} {retention:>10} {repeat:>10} {orders:>8}"
             );
         }
     }
@@ -98,10 +112,6 @@ pub fn table(report: &Report) -> String {
         "email", "sent", "converted", "orders", "rate", "95 % interval"
     );
     for e in &report.emails {
-        let interval = match (e.conversion_low, e.conversion_high) {
-            (Some(l), Some(h)) => format!("{l:.2}-{h:.2} %"),
-            _ => "-".to_owned(),
-        };
         let _ = writeln!(
             out,
             "  {:<30} {:>6} {:>9} {:>7} {:>10} {:>17}",
@@ -110,7 +120,7 @@ pub fn table(report: &Report) -> String {
             e.converted,
             e.attributed_orders,
             rate(e.conversion_rate),
-            interval
+            interval(e)
         );
     }
     for t in &report.ab_tests {
@@ -231,17 +241,11 @@ pub fn html(report: &Report, shop: &str) -> String {
     }
     let mut segments = String::new();
     for (name, r) in &report.segments {
-        let _ = write!(
-            segments,
-            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(name),
-            r.active_at_start,
-            r.new_customers,
-            r.active_at_end,
-            rate(r.retention_rate),
-            rate(r.repeat_purchase_rate),
-            r.orders
-        );
+        let cells: String = segment_cells(r)
+            .iter()
+            .map(|c| format!("<td>{}</td>", html_escape(c)))
+            .collect();
+        let _ = write!(segments, "<tr><th>{}</th>{cells}</tr>", html_escape(name));
     }
     let mut emails = String::new();
     for e in &report.emails {
@@ -255,10 +259,7 @@ pub fn html(report: &Report, shop: &str) -> String {
             e.attributed_orders,
             html_escape(&revenue.join(", ")),
             rate(e.conversion_rate),
-            match (e.conversion_low, e.conversion_high) {
-                (Some(l), Some(h)) => format!("{l:.2}-{h:.2} %"),
-                _ => "-".into(),
-            }
+            interval(e)
         );
     }
     let mut tests = String::new();

@@ -16,7 +16,7 @@ import http from 'node:http';
 import { join } from 'node:path';
 import readline from 'node:readline';
 
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [bin, templatesDir, workDir, artifacts] = process.argv.slice(2);
 const SCREENSHOTS = ['en/order_confirmation', 'hy/review_request.b', 'am/shipping_update'];
@@ -63,18 +63,7 @@ const [firstLine] = await once(readline.createInterface({ input: preview.stdout 
 const base = firstLine.match(/http:\/\/127\.0\.0\.1:\d+/)?.[0];
 if (!base) throw new Error(`no address in: ${firstLine}`);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await launch();
 let pages = 0;
 let images = 0;
 try {

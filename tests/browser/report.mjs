@@ -10,7 +10,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const [page, shot] = process.argv.slice(2);
 const problems = [];
@@ -19,18 +19,7 @@ const timer = setTimeout(() => {
   process.exit(1);
 }, 60_000);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
-});
+const browser = await launch();
 let charts = 0;
 try {
   const tab = await browser.newPage({ viewport: { width: 1000, height: 1400 } });
