@@ -66,6 +66,10 @@ enum Command {
         /// Run the virtual clock to this time (default: last event + 180 days).
         #[arg(long, value_name = "RFC3339")]
         until: Option<Timestamp>,
+        /// Add each email's `key` and `message_id` (as sent from
+        /// `mailer.from`): the oracle a delivery checker compares with.
+        #[arg(long)]
+        with_ids: bool,
     },
     /// Validate the config and render every template in every locale.
     Check,
@@ -204,7 +208,11 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Simulate { events, until } => simulate_command(&config, &events, until),
+        Command::Simulate {
+            events,
+            until,
+            with_ids,
+        } => simulate_command(&config, &events, until, with_ids),
         Command::Report {
             from,
             to,
@@ -265,6 +273,7 @@ fn simulate_command(
     config: &Config,
     events: &std::path::Path,
     until: Option<Timestamp>,
+    with_ids: bool,
 ) -> Result<ExitCode, Failure> {
     let templates = templates(config)?;
     let path = events.to_str().context("event log path is not UTF-8")?;
@@ -273,9 +282,18 @@ fn simulate_command(
     let mut store = SqliteStore::in_memory()?;
     let signer = signer(config, &mut store)?;
     let pipeline = pipeline(config, &templates, store, signer)?;
-    let plan = simulate::simulate(pipeline, &mut source, until)?;
+    let mut plan = simulate::simulate(pipeline, &mut source, until)?;
+    let from: lettre::message::Mailbox = config.mailer.from.parse()?;
     let mut out = std::io::stdout().lock();
-    for line in &plan.lines {
+    for line in &mut plan.lines {
+        if with_ids {
+            line.message_id = line
+                .key
+                .as_deref()
+                .map(|key| aftercare::mailer::message_id(key, &from));
+        } else {
+            line.key = None;
+        }
         use std::io::Write;
         serde_json::to_writer(&mut out, line)?;
         writeln!(out)?;

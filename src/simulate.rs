@@ -33,6 +33,13 @@ pub struct PlanLine {
     /// The A/B variant, for templates that have variants.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// The email's key and the Message-ID it is sent with (printed only
+    /// with `simulate --with-ids`): what a checker matches against what a
+    /// mail server received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     /// When a policy held it back past `due_at`: until when, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferred_to: Option<String>,
@@ -52,6 +59,8 @@ impl From<EmailRow> for PlanLine {
             class: e.class.as_str(),
             status: e.status.as_str(),
             reason: e.reason,
+            key: Some(e.key),
+            message_id: None,
             deferred_to: e.deferred.as_ref().map(|_| e.fire_at.to_string()),
             deferred: e.deferred,
             variant: e.variant,

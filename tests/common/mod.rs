@@ -300,6 +300,12 @@ impl SmtpSink {
         SmtpSink { port, dir, child }
     }
 
+    /// Stops the server (its port closes) and keeps what it received.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The raw messages received so far.
     pub fn messages(&self) -> Vec<Vec<u8>> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
