@@ -182,6 +182,7 @@ impl<S: Store> Pipeline<S> {
                             &self.journeys,
                             &self.context.locales,
                             &mut shop,
+                            &self.observer,
                             &event,
                             &entry.position.key,
                             &mut self.next_fire,
@@ -453,6 +454,7 @@ fn apply<T: Transaction>(
     journeys: &Journeys,
     locales: &Locales,
     shop: &mut ShopStats,
+    observer: &Option<Arc<Observer>>,
     event: &Event,
     stream: &str,
     next_fire: &mut Option<Timestamp>,
@@ -482,7 +484,10 @@ fn apply<T: Transaction>(
                 }
             }
             Command::Cancel { selector, reason } => {
-                stats.cancelled += tx.cancel(selector, reason, &to)? as u64;
+                for template in tx.cancel(selector, reason, &to)? {
+                    stats.cancelled += 1;
+                    count_email(observer, &template, "cancelled");
+                }
             }
             Command::Decide {
                 email,
@@ -491,6 +496,7 @@ fn apply<T: Transaction>(
             } => {
                 if tx.record(email, *verdict, reason, &to)? {
                     stats.cancelled += 1;
+                    count_email(observer, &email.template, Status::from(*verdict).as_str());
                 }
             }
         }

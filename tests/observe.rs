@@ -54,6 +54,13 @@ fn health_readiness_and_metrics_of_a_running_worker() {
     writeln!(stdin, "{}", placed("e1", "c-1", "o-1")).unwrap();
     writeln!(stdin, "{{not json").unwrap();
     writeln!(stdin, "{}", placed("e2", "c-2", "o-2")).unwrap();
+    // Cancelled an hour later: its welcome and win-backs, still waiting,
+    // are cancelled as the event is applied.
+    writeln!(
+        stdin,
+        r#"{{"event_id":"e3","type":"order.cancelled","occurred_at":"2024-01-01T11:00:00Z","customer":{{"id":"c-2"}},"order":{{"id":"o-2"}}}}"#
+    )
+    .unwrap();
     stdin.flush().unwrap();
 
     let (status, response) = http_request(port, "GET", "/healthz");
@@ -95,6 +102,14 @@ fn health_readiness_and_metrics_of_a_running_worker() {
     assert_eq!(
         metric(&text, "aftercare_invalid_events_total{source=\"stdin\"}"),
         Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "aftercare_emails_total{template=\"welcome\",status=\"cancelled\"}"
+        ),
+        Some(1.0),
+        "{text}"
     );
     assert_eq!(
         metric(&text, "aftercare_smtp_outcomes_total{class=\"delivered\"}").map(|n| n >= 2.0),

@@ -187,8 +187,9 @@ pub trait Transaction {
         reason: &str,
         to: &Addressee,
     ) -> Result<bool>;
-    /// Cancels the pending emails `selector` names; returns how many.
-    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize>;
+    /// Cancels the pending emails `selector` names; returns their
+    /// templates (for the metrics).
+    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<Vec<String>>;
     /// Pending emails whose fire time is at or before `until`, oldest
     /// first; of `streams` only, when given.
     fn due(

@@ -965,20 +965,21 @@ impl Transaction for PostgresTx<'_> {
         self.insert(email, "", verdict.into(), Some(reason), Some(to))
     }
 
-    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize> {
+    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<Vec<String>> {
         let customer_id = selector.customer_id.clone();
         let order_id = selector.order_id.clone();
         let templates = selector.templates.clone();
         let reason = reason.to_owned();
         let (recipient, locale) = (to.recipient.clone(), to.locale.clone());
-        let n = self.call(move |s| {
-            s.execute(
+        self.call(move |s| {
+            let rows = s.query(
                 concat!(
                     "UPDATE emails SET status = 'cancelled', reason = $3, recipient = $4,
                          locale = $5, decided_at = ",
                     now_ms!(),
                     " WHERE status = 'pending' AND customer_id = $1 AND order_id = $2
-                       AND ($6::text[] IS NULL OR template = ANY($6::text[]))"
+                       AND ($6::text[] IS NULL OR template = ANY($6::text[]))
+                     RETURNING template"
                 ),
                 &[
                     &customer_id,
@@ -988,9 +989,12 @@ impl Transaction for PostgresTx<'_> {
                     &locale,
                     &templates,
                 ],
-            )
-        })?;
-        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<Vec<String>, _>>()?)
+        })
     }
 
     fn due(

@@ -533,7 +533,7 @@ impl Transaction for SqliteTx<'_> {
         self.insert(email, "", verdict.into(), Some(reason), Some(to))
     }
 
-    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<usize> {
+    fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<Vec<String>> {
         let templates = selector
             .templates
             .as_ref()
@@ -542,16 +542,21 @@ impl Transaction for SqliteTx<'_> {
             "UPDATE emails SET status = 'cancelled', reason = ?3, recipient = ?4, locale = ?5,
                  decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
              WHERE status = 'pending' AND customer_id = ?1 AND order_id = ?2
-               AND (?6 IS NULL OR template IN (SELECT value FROM json_each(?6)))",
+               AND (?6 IS NULL OR template IN (SELECT value FROM json_each(?6)))
+             RETURNING template",
         )?;
-        Ok(stmt.execute(params![
-            selector.customer_id,
-            selector.order_id,
-            reason,
-            to.recipient,
-            to.locale,
-            templates,
-        ])?)
+        let rows = stmt.query_map(
+            params![
+                selector.customer_id,
+                selector.order_id,
+                reason,
+                to.recipient,
+                to.locale,
+                templates,
+            ],
+            |r| r.get(0),
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn due(
