@@ -85,6 +85,9 @@ where
 {
     let delivery_store = Arc::new(Mutex::new(pipeline.store().reopen()?));
     pipeline.observe(Arc::clone(&settings.observer));
+    if let Some(flag) = source.broker_up() {
+        settings.observer.watch_broker(flag);
+    }
     let resumed = pipeline.reclaim(true)?;
     let (tx, rx) = mpsc::channel::<EmailRow>(settings.batch_size.max(64));
     let stop = Arc::new(AtomicBool::new(false));

@@ -39,6 +39,9 @@ pub struct SourceHealth {
     pub lag: Vec<(String, i32, i64)>,
     /// A partition with unread messages has sent nothing for too long.
     pub stalled: bool,
+    /// Whether a connection to a broker is up; `None` for a source without
+    /// a broker.
+    pub broker_up: Option<bool>,
 }
 
 /// Where emails go, to tell whether it can be reached.
@@ -77,6 +80,8 @@ pub struct Observer {
     /// Seconds the ingest loop may go without polling before it counts as
     /// stuck.
     poll_timeout: AtomicI64,
+    /// The source's live broker flag, when it has a broker.
+    broker_up: Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 /// How long a mailer probe's answer is reused.
@@ -161,7 +166,13 @@ impl Observer {
             mailer,
             mailer_checked: Mutex::new(None),
             poll_timeout: AtomicI64::new(poll_timeout.as_secs() as i64),
+            broker_up: Mutex::new(None),
         }
+    }
+
+    /// Readiness reads this flag live (see [`crate::source::Source::broker_up`]).
+    pub fn watch_broker(&self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        *self.broker_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(flag);
     }
 
     pub fn event(&self, source: &str, kind: &str) {
@@ -235,6 +246,18 @@ impl Observer {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let timeout = Duration::from_secs(self.poll_timeout.load(Ordering::Relaxed).max(1) as u64);
+        let live = self
+            .broker_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|flag| flag.load(Ordering::SeqCst));
+        if polled.is_some() && live == Some(false) {
+            return Check {
+                ok: false,
+                detail: "no broker reachable".into(),
+            };
+        }
         let fail = |detail: String| Check { ok: false, detail };
         match polled {
             None => fail("the source has not been polled yet".into()),
@@ -362,6 +385,7 @@ mod tests {
             assigned: Some(2),
             lag: vec![("orders".into(), 0, 5), ("orders".into(), 1, 0)],
             stalled: false,
+            broker_up: Some(true),
         });
         let text = o.render();
         for line in [
@@ -398,6 +422,7 @@ mod tests {
             assigned: Some(3),
             lag: vec![("orders".into(), 0, 9)],
             stalled: true,
+            broker_up: Some(true),
         });
         let check = o.consumer_check();
         assert!(!check.ok && check.detail.contains("stalled"), "{check:?}");

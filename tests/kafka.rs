@@ -408,3 +408,45 @@ fn sigterm_with_the_broker_down_exits_within_the_grace_period() {
     // shutdown_grace is 5 s in this config, plus the runtime's last second.
     assert!(took < Duration::from_secs(7), "took {took:?}");
 }
+
+#[test]
+fn readiness_follows_the_broker_going_away_and_coming_back() {
+    let log = common::generated_events(5);
+    let mut tansu = broker_with(&log);
+    let port = common::free_port();
+    let work = Work::new(&kafka_config(
+        &tansu,
+        "g1",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    let _worker = spawn(&mut work.command(&["run"]));
+    common::wait_for_port(port, Duration::from_secs(30));
+    let ready = || common::http_request(port, "GET", "/readyz");
+    let mut last = String::new();
+    let up = common::wait_until(Duration::from_secs(60), || {
+        let (status, body) = ready();
+        last = body;
+        status == 200
+    });
+    assert!(up, "never ready: {last}");
+
+    tansu.stop();
+    let down = common::wait_until(Duration::from_secs(30), || {
+        let (status, body) = ready();
+        last = body;
+        status == 503
+    });
+    assert!(down, "still ready with the broker gone: {last}");
+    assert!(last.contains("no broker reachable"), "{last}");
+    // Alive all the same.
+    assert_eq!(common::http_request(port, "GET", "/healthz").0, 200);
+
+    tansu.restart();
+    tansu.create_topics(&TOPICS, 3);
+    let back = common::wait_until(Duration::from_secs(60), || {
+        let (status, body) = ready();
+        last = body;
+        status == 200
+    });
+    assert!(back, "not ready again after the broker came back: {last}");
+}

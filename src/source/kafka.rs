@@ -73,6 +73,10 @@ struct Shared {
     joined: AtomicBool,
     /// From librdkafka's statistics: where each partition ends.
     ends: Mutex<BTreeMap<Partition, Ends>>,
+    /// From the same statistics: whether a broker connection is up. Read
+    /// live by the readiness check, which must not wait for the ingest
+    /// loop (it may be blocked on the very broker that is gone).
+    broker_up: Arc<AtomicBool>,
 }
 
 /// librdkafka's view of a partition.
@@ -94,6 +98,8 @@ struct GroupContext {
 
 impl rdkafka::ClientContext for GroupContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.shared.broker_up.store(up, Ordering::SeqCst);
         let mut ends = lock(&self.shared.ends);
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
@@ -586,7 +592,12 @@ impl Source for KafkaSource {
                 })
                 .collect(),
             stalled: stalled(&self.partitions, self.created, self.config.stall_timeout),
+            broker_up: Some(self.shared.broker_up.load(Ordering::SeqCst)),
         }
+    }
+
+    fn broker_up(&self) -> Option<Arc<AtomicBool>> {
+        Some(Arc::clone(&self.shared.broker_up))
     }
 
     fn committed(&mut self) {

@@ -86,4 +86,9 @@ pub trait Source: Send {
     fn health(&self) -> SourceHealth {
         SourceHealth::default()
     }
+    /// A live flag: whether a connection to a broker is up (`None`: no
+    /// broker).
+    fn broker_up(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        None
+    }
 }

@@ -62,6 +62,12 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts it again on the same port (in-memory storage: empty).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
     /// Stops the broker (SIGKILL: as a crash or a network outage looks).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
