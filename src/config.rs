@@ -542,6 +542,15 @@ impl EmailClass {
             Self::Marketing => "marketing",
         }
     }
+
+    /// As the stores keep it; anything but `marketing` is transactional.
+    pub fn from_stored(s: &str) -> EmailClass {
+        if s == "marketing" {
+            Self::Marketing
+        } else {
+            Self::Transactional
+        }
+    }
 }
 
 /// Narrows a trigger to the first time it happens for a customer.

@@ -9,8 +9,8 @@
 
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
@@ -39,9 +39,6 @@ pub struct SourceHealth {
     pub lag: Vec<(String, i32, i64)>,
     /// A partition with unread messages has sent nothing for too long.
     pub stalled: bool,
-    /// Whether a connection to a broker is up; `None` for a source without
-    /// a broker.
-    pub broker_up: Option<bool>,
 }
 
 /// Where emails go, to tell whether it can be reached.
@@ -77,11 +74,11 @@ pub struct Observer {
     mailer: MailerProbe,
     /// The last mailer probe, kept a few seconds: probes are not free.
     mailer_checked: Mutex<Option<(Instant, Check)>>,
-    /// Seconds the ingest loop may go without polling before it counts as
+    /// How long the ingest loop may go without polling before it counts as
     /// stuck.
-    poll_timeout: AtomicI64,
+    poll_timeout: Duration,
     /// The source's live broker flag, when it has a broker.
-    broker_up: Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>>,
+    broker_up: Mutex<Option<Arc<AtomicBool>>>,
 }
 
 /// How long a mailer probe's answer is reused.
@@ -165,13 +162,13 @@ impl Observer {
             source: Mutex::new((SourceHealth::default(), None)),
             mailer,
             mailer_checked: Mutex::new(None),
-            poll_timeout: AtomicI64::new(poll_timeout.as_secs() as i64),
+            poll_timeout,
             broker_up: Mutex::new(None),
         }
     }
 
     /// Readiness reads this flag live (see [`crate::source::Source::broker_up`]).
-    pub fn watch_broker(&self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    pub fn watch_broker(&self, flag: Arc<AtomicBool>) {
         *self.broker_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(flag);
     }
 
@@ -245,7 +242,7 @@ impl Observer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let timeout = Duration::from_secs(self.poll_timeout.load(Ordering::Relaxed).max(1) as u64);
+        let timeout = self.poll_timeout;
         let live = self
             .broker_up
             .lock()
@@ -385,7 +382,6 @@ mod tests {
             assigned: Some(2),
             lag: vec![("orders".into(), 0, 5), ("orders".into(), 1, 0)],
             stalled: false,
-            broker_up: Some(true),
         });
         let text = o.render();
         for line in [
@@ -422,7 +418,6 @@ mod tests {
             assigned: Some(3),
             lag: vec![("orders".into(), 0, 9)],
             stalled: true,
-            broker_up: Some(true),
         });
         let check = o.consumer_check();
         assert!(!check.ok && check.detail.contains("stalled"), "{check:?}");
@@ -433,6 +428,25 @@ mod tests {
         assert!(o.consumer_check().ok);
         // A file source has no assignment.
         o.source_polled(SourceHealth::default());
+        assert!(o.consumer_check().ok);
+    }
+
+    #[test]
+    fn without_a_broker_the_consumer_is_not_ready_whatever_it_last_polled() {
+        let o = observer();
+        let up = Arc::new(AtomicBool::new(true));
+        o.watch_broker(Arc::clone(&up));
+        o.source_polled(SourceHealth {
+            assigned: Some(3),
+            ..SourceHealth::default()
+        });
+        assert!(o.consumer_check().ok);
+        // The ingest loop may be blocked on the broker that is gone: the
+        // flag is read live, not from the last poll.
+        up.store(false, Ordering::SeqCst);
+        let check = o.consumer_check();
+        assert!(!check.ok && check.detail.contains("no broker"), "{check:?}");
+        up.store(true, Ordering::SeqCst);
         assert!(o.consumer_check().ok);
     }
 

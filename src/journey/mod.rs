@@ -814,6 +814,7 @@ impl Out<'_> {
     }
 }
 
+/// A configured duration as jiff's, saturating.
 fn signed(d: std::time::Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{EmailClass, JourneyRule, PolicyConfig};
 
-use super::Journey;
+use super::{Journey, signed};
 
 /// What to do with an email that fell due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,10 +45,6 @@ pub struct Policy {
 /// `20h`, `3days`: as the config writes durations.
 fn human(d: SignedDuration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().unsigned_abs())).to_string()
-}
-
-fn signed(d: Duration) -> SignedDuration {
-    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
 }
 
 impl Policy {

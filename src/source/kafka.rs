@@ -592,7 +592,6 @@ impl Source for KafkaSource {
                 })
                 .collect(),
             stalled: stalled(&self.partitions, self.created, self.config.stall_timeout),
-            broker_up: Some(self.shared.broker_up.load(Ordering::SeqCst)),
         }
     }
 

@@ -13,6 +13,9 @@ pub use dead_letter::DeadLetters;
 pub use file::FileSource;
 pub use kafka::KafkaSource;
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use jiff::Timestamp;
 
 pub use crate::observe::SourceHealth;
@@ -88,7 +91,7 @@ pub trait Source: Send {
     }
     /// A live flag: whether a connection to a broker is up (`None`: no
     /// broker).
-    fn broker_up(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    fn broker_up(&self) -> Option<Arc<AtomicBool>> {
         None
     }
 }

@@ -226,11 +226,7 @@ fn email_row(r: &Row) -> Result<EmailRow, postgres::Error> {
         key: r.try_get(1)?,
         customer_id: r.try_get(2)?,
         template: r.try_get(3)?,
-        class: if class == "marketing" {
-            EmailClass::Marketing
-        } else {
-            EmailClass::Transactional
-        },
+        class: EmailClass::from_stored(&class),
         order_id: r.try_get(5)?,
         due_at: from_ms(r.try_get(6)?),
         status: Status::parse(&status).unwrap_or(Status::Failed),
@@ -777,11 +773,7 @@ impl Store for PostgresStore {
                         template: r.try_get(1)?,
                         variant: r.try_get(2)?,
                         at: from_ms(r.try_get(3)?),
-                        class: if r.try_get::<_, String>(4)? == "marketing" {
-                            EmailClass::Marketing
-                        } else {
-                            EmailClass::Transactional
-                        },
+                        class: EmailClass::from_stored(&r.try_get::<_, String>(4)?),
                     })
                 })
                 .collect()

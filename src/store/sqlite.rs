@@ -191,14 +191,6 @@ fn from_ms(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::MAX)
 }
 
-fn class_of(class: &str) -> EmailClass {
-    if class == "marketing" {
-        EmailClass::Marketing
-    } else {
-        EmailClass::Transactional
-    }
-}
-
 fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
     let class: String = r.get(4)?;
     let status: String = r.get(7)?;
@@ -208,7 +200,7 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
         key: r.get(1)?,
         customer_id: r.get(2)?,
         template: r.get(3)?,
-        class: class_of(&class),
+        class: EmailClass::from_stored(&class),
         order_id: r.get(5)?,
         due_at: from_ms(r.get(6)?),
         status: Status::parse(&status).unwrap_or(Status::Failed),
@@ -414,7 +406,7 @@ impl Store for SqliteStore {
                 template: r.get(1)?,
                 variant: r.get(2)?,
                 at: from_ms(r.get(3)?),
-                class: class_of(&r.get::<_, String>(4)?),
+                class: EmailClass::from_stored(&r.get::<_, String>(4)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
