@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use crate::config::{EmailClass, Trigger};
 use crate::event::Event;
+use crate::journey::insight::Counted;
 use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict};
 use crate::observe::Observer;
 use crate::render::Locales;
@@ -160,7 +161,8 @@ impl<S: Store> Pipeline<S> {
             let mut positions: Vec<&Position> = Vec::new();
             let mut tx = self.store.begin()?;
             let mut shop = tx.shop_stats()?;
-            let shop_before = shop.clone();
+            // Whether an event of the batch changed the shop's figures.
+            let mut shop_changed = false;
             while let Some(entry) = entries.get(i) {
                 match Event::decode(&entry.raw) {
                     Err(invalid) => {
@@ -181,7 +183,7 @@ impl<S: Store> Pipeline<S> {
                             &mut tx,
                             &self.journeys,
                             &self.context.locales,
-                            &mut shop,
+                            (&mut shop, &mut shop_changed),
                             &self.observer,
                             &event,
                             &entry.position.key,
@@ -219,7 +221,7 @@ impl<S: Store> Pipeline<S> {
             for position in positions {
                 tx.set_position(&position.key, &position.value)?;
             }
-            if shop != shop_before {
+            if shop_changed {
                 tx.save_shop_stats(&shop)?;
             }
             dead.sync().map_err(|error| PipelineError::DeadLetter {
@@ -453,7 +455,7 @@ fn apply<T: Transaction>(
     tx: &mut T,
     journeys: &Journeys,
     locales: &Locales,
-    shop: &mut ShopStats,
+    (shop, shop_changed): (&mut ShopStats, &mut bool),
     observer: &Option<Arc<Observer>>,
     event: &Event,
     stream: &str,
@@ -465,7 +467,7 @@ fn apply<T: Transaction>(
     }
     let customer_id = &event.customer.id;
     let state = tx.journey(customer_id)?;
-    let before = state.clone().unwrap_or_default();
+    let before = state.as_ref().map(Counted::of).unwrap_or_default();
     let transition = match journeys.step_with(state, event, shop) {
         Ok(t) => t,
         // Not recorded as seen: the shop may fix the event and send it again.
@@ -473,7 +475,7 @@ fn apply<T: Transaction>(
     };
     tx.mark_seen(&event.id)?;
     tx.save_journey(customer_id, &transition.state)?;
-    shop.record(&before, &transition.state);
+    *shop_changed |= shop.record(&before, &Counted::of(&transition.state));
     let to = addressee(locales, &transition.state);
     for command in &transition.commands {
         match command {

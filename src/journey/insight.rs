@@ -94,21 +94,29 @@ pub struct ShopStats {
 }
 
 impl ShopStats {
-    /// Takes in what one event changed in one customer's journey.
-    pub fn record(&mut self, before: &Journey, after: &Journey) {
-        for (id, o) in &after.orders {
-            let was = before.orders.get(id).is_some_and(|b| b.counts());
-            let (Some(total), Some(currency)) = (o.total, &o.currency) else {
-                continue;
-            };
-            let totals = self.order_totals.entry(currency.clone()).or_default();
-            match (was, o.counts()) {
-                (false, true) => totals.add(total),
-                (true, false) => totals.remove(total),
-                _ => {}
+    /// Takes in what one event changed in one customer's orders; `true`
+    /// when that changed the figures.
+    pub fn record(&mut self, before: &Counted, after: &Counted) -> bool {
+        if before == after {
+            return false;
+        }
+        for (id, (total, currency)) in &after.0 {
+            if !before.0.contains_key(id) {
+                self.order_totals
+                    .entry(currency.clone())
+                    .or_default()
+                    .add(*total);
             }
         }
-        let (old, new) = (spend(before), spend(after));
+        for (id, (total, currency)) in &before.0 {
+            if !after.0.contains_key(id) {
+                self.order_totals
+                    .entry(currency.clone())
+                    .or_default()
+                    .remove(*total);
+            }
+        }
+        let (old, new) = (before.spend(), after.spend());
         for currency in old.keys().chain(new.keys()) {
             let (was, is) = (old.get(currency), new.get(currency));
             if was == is {
@@ -122,6 +130,7 @@ impl ShopStats {
                 spends.add(*is);
             }
         }
+        true
     }
 
     pub fn median_order(&self, currency: &str) -> Option<Decimal> {
@@ -154,15 +163,36 @@ pub fn order_count(j: &Journey) -> usize {
     j.orders.values().filter(|o| o.counts()).count()
 }
 
+/// A customer's orders that count, by id, with their total and currency:
+/// all the shop-wide figures need of a journey (taken before and after an
+/// event, instead of a copy of the whole journey).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counted(BTreeMap<String, (Decimal, String)>);
+
+impl Counted {
+    pub fn of(j: &Journey) -> Counted {
+        Counted(
+            j.orders
+                .iter()
+                .filter(|(_, o)| o.counts())
+                .filter_map(|(id, o)| Some((id.clone(), (o.total?, o.currency.clone()?))))
+                .collect(),
+        )
+    }
+
+    /// Lifetime spend by currency.
+    pub fn spend(&self) -> BTreeMap<String, Decimal> {
+        let mut out = BTreeMap::new();
+        for (total, currency) in self.0.values() {
+            *out.entry(currency.clone()).or_default() += *total;
+        }
+        out
+    }
+}
+
 /// Lifetime spend by currency: the totals of the orders that count.
 pub fn spend(j: &Journey) -> BTreeMap<String, Decimal> {
-    let mut out = BTreeMap::new();
-    for o in j.orders.values().filter(|o| o.counts()) {
-        if let (Some(total), Some(currency)) = (o.total, &o.currency) {
-            *out.entry(currency.clone()).or_default() += total;
-        }
-    }
-    out
+    Counted::of(j).spend()
 }
 
 /// The customer's own currency: the one of their latest order that counts.
@@ -452,7 +482,7 @@ mod tests {
         let mut stats = ShopStats::default();
         let before = Journey::default();
         let after = customer(&[("2026-01-01T10:00:00Z", "40.00")]);
-        stats.record(&before, &after);
+        stats.record(&Counted::of(&before), &Counted::of(&after));
         let counts = |s: &ShopStats| {
             (
                 s.order_totals["EUR"].count(),
@@ -462,7 +492,7 @@ mod tests {
         assert_eq!(counts(&stats), (1, 1));
         let mut cancelled = after.clone();
         cancelled.orders.get_mut("o-0").unwrap().cancelled = true;
-        stats.record(&after, &cancelled);
+        stats.record(&Counted::of(&after), &Counted::of(&cancelled));
         assert_eq!(counts(&stats), (0, 0));
     }
 
@@ -474,7 +504,7 @@ mod tests {
         let segs = segments(&j, t("2026-01-11T00:00:00Z"), &shop(), &config(), None);
         assert!(!segs.contains(&Segment::Vip), "{segs:?}");
         let mut stats = ShopStats::default();
-        stats.record(&Journey::default(), &j);
+        stats.record(&Counted::default(), &Counted::of(&j));
         assert_eq!(stats.median_order("EUR"), None);
         assert!(stats.median_order("AMD").is_some());
     }
