@@ -13,6 +13,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use std::collections::BTreeMap;
+
 use crate::config::{Config, JourneyRule};
 use crate::journey::Journeys;
 use crate::render::{LoadOptions, PARTS, Problem, Problems, Rendered, Templates};
@@ -27,26 +29,26 @@ pub struct Checked {
 
 /// One template in one locale (and variant), rendered with its sample data.
 pub struct Sample {
-    /// The journey's template id.
-    pub template: String,
-    /// The A/B variant, for templates that have variants.
-    pub variant: Option<String>,
+    /// The journey's template id, variant and the name rendered.
+    pub renderable: Renderable,
     pub locale: String,
     pub rendered: Rendered,
     /// The locale whose files rendered it, when the template falls back.
     pub fallback: Option<String>,
 }
 
-impl Sample {
-    /// `review_request`, or `review_request.b` for a variant.
-    pub fn name(&self) -> String {
-        JourneyRule::variant_template(&self.template, self.variant.as_deref())
-    }
+/// One template of the journeys as it is rendered: an A/B variant apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renderable {
+    /// The journey's template id (and its sample data's name).
+    pub template: String,
+    pub variant: Option<String>,
+    /// The registered name: `review_request`, `review_request.b`.
+    pub name: String,
 }
 
-/// Every template the journeys send, each A/B variant apart:
-/// `(template id, variant)`.
-pub fn renderable(config: &Config) -> Vec<(String, Option<String>)> {
+/// Every template the journeys send, each A/B variant apart.
+pub fn renderable(config: &Config) -> Vec<Renderable> {
     config
         .journeys
         .iter()
@@ -56,12 +58,17 @@ pub fn renderable(config: &Config) -> Vec<(String, Option<String>)> {
             } else {
                 rule.variants.keys().cloned().map(Some).collect()
             };
-            variants
-                .into_iter()
-                .map(|v| (rule.template.clone(), v))
-                .collect::<Vec<_>>()
+            variants.into_iter().map(|variant| Renderable {
+                name: JourneyRule::variant_template(&rule.template, variant.as_deref()),
+                template: rule.template.clone(),
+                variant,
+            })
         })
         .collect()
+}
+
+fn names(renderable: &[Renderable]) -> Vec<&str> {
+    renderable.iter().map(|r| r.name.as_str()).collect()
 }
 
 /// How the configuration loads the template set.
@@ -77,11 +84,7 @@ pub fn load_options(config: &Config) -> LoadOptions {
 /// journeys in every locale.
 pub fn load(config: &Config) -> Result<Templates, Problems> {
     let templates = Templates::load(&config.templates_dir, &load_options(config))?;
-    let names: Vec<String> = renderable(config)
-        .iter()
-        .map(|(t, v)| JourneyRule::variant_template(t, v.as_deref()))
-        .collect();
-    templates.require(&names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    templates.require(&names(&renderable(config)))?;
     Ok(templates)
 }
 
@@ -100,30 +103,22 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
     let templates = load(config)?;
     let shop = serde_json::to_value(&config.shop).unwrap_or(Value::Null);
     let renderable = renderable(config);
-    let names: Vec<String> = renderable
-        .iter()
-        .map(|(t, v)| JourneyRule::variant_template(t, v.as_deref()))
-        .collect();
     let journeys = Journeys::from_config(config);
-    let mut problems = unescaped_customer_data(
-        &templates,
-        &names.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    let mut problems = unescaped_customer_data(&templates, &names(&renderable));
+    // Each template's sample, read once for all its variants.
+    let mut read: BTreeMap<&str, Option<Value>> = BTreeMap::new();
     let mut samples = Vec::new();
-    for ((id, variant), name) in renderable.iter().zip(&names) {
-        let sample_path = config
-            .templates_dir
-            .join("samples")
-            .join(format!("{id}.json"));
-        let sample = match read_sample(&sample_path) {
-            Ok(sample) => sample,
-            Err(p) => {
-                // Once per template, not once per variant.
-                if !problems.contains(&p) {
-                    problems.push(p);
-                }
-                continue;
-            }
+    for r in &renderable {
+        let (id, name) = (r.template.as_str(), r.name.as_str());
+        let sample = read.entry(id).or_insert_with(|| {
+            let path = config
+                .templates_dir
+                .join("samples")
+                .join(format!("{id}.json"));
+            read_sample(&path).map_err(|p| problems.push(p)).ok()
+        });
+        let Some(sample) = sample else {
+            continue;
         };
         for locale in templates.locales().available() {
             let mut data = sample.clone();
@@ -155,8 +150,7 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
                         ));
                     }
                     samples.push(Sample {
-                        template: id.clone(),
-                        variant: variant.clone(),
+                        renderable: r.clone(),
                         locale: locale.clone(),
                         rendered,
                         fallback: templates.fallback_for(locale, name).map(str::to_owned),

@@ -18,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use handlebars::html_escape;
 
-use crate::check::{render_samples, renderable};
-use crate::config::{Config, JourneyRule};
+use crate::check::{Renderable, render_samples, renderable};
+use crate::config::Config;
 use crate::reload::FolderWatch;
 use crate::render::Problems;
 
@@ -39,7 +39,10 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
     let locales = templates.locales().available().to_vec();
     for s in &samples {
         let dir = out.join(&s.locale);
-        write(&dir.join(format!("{}.html", s.name())), &s.rendered.html)?;
+        write(
+            &dir.join(format!("{}.html", s.renderable.name)),
+            &s.rendered.html,
+        )?;
         let page = format!(
             "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{template} ({locale})</title>\
              <style>body{{font-family:sans-serif;margin:1.5em}}iframe{{width:100%;height:70vh;\
@@ -49,7 +52,7 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
              <p><strong>Subject:</strong> <span class=\"subject\">{subject}</span></p>\
              <h2>HTML</h2><iframe src=\"{template}.html\" title=\"HTML part\"></iframe>\
              <h2>Text</h2><pre class=\"text\">{text}</pre></body></html>",
-            template = html_escape(&s.name()),
+            template = html_escape(&s.renderable.name),
             locale = html_escape(&s.locale),
             fallback = s
                 .fallback
@@ -58,22 +61,21 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
             subject = html_escape(&s.rendered.subject),
             text = html_escape(&s.rendered.text),
         );
-        write(&dir.join(format!("{}.page.html", s.name())), &page)?;
+        write(&dir.join(format!("{}.page.html", s.renderable.name)), &page)?;
     }
     let mut rows = String::new();
     let renderable = renderable(config);
-    for (template, variant) in &renderable {
-        let name = JourneyRule::variant_template(template, variant.as_deref());
-        rows.push_str(&format!("<tr><th>{}</th>", html_escape(&name)));
+    for Renderable { name, .. } in &renderable {
+        rows.push_str(&format!("<tr><th>{}</th>", html_escape(name)));
         for locale in &locales {
             let subject = samples
                 .iter()
-                .find(|s| s.name() == name && &s.locale == locale)
+                .find(|s| &s.renderable.name == name && &s.locale == locale)
                 .map_or(String::new(), |s| html_escape(&s.rendered.subject));
             rows.push_str(&format!(
                 "<td><a href=\"{locale}/{name}.page.html\">{subject}</a></td>",
                 locale = html_escape(locale),
-                name = html_escape(&name),
+                name = html_escape(name),
             ));
         }
         rows.push_str("</tr>");
