@@ -154,6 +154,22 @@ fn svg(result: charts_rs::Result<String>) -> String {
     result.unwrap_or_else(|e| format!("<p>(chart not drawn: {})</p>", html_escape(&e.to_string())))
 }
 
+/// A horizontal bar chart of `(label, value)` rows, or `empty` in words.
+fn bars(title: &str, series: &str, rows: Vec<(String, f64)>, empty: &str) -> String {
+    if rows.is_empty() {
+        return format!("<p>{}</p>", html_escape(empty));
+    }
+    let height = 80.0 + 34.0 * rows.len() as f32;
+    let (labels, values): (Vec<String>, Vec<f32>) =
+        rows.into_iter().map(|(l, v)| (l, v as f32)).unzip();
+    let mut chart = HorizontalBarChart::new(vec![Series::new(series.into(), values)], labels);
+    chart.title.text = title.into();
+    chart.width = 760.0;
+    chart.height = height;
+    chart.series_list[0].label_show = true;
+    svg(chart.svg())
+}
+
 /// One self-contained HTML page with the tables and SVG charts.
 pub fn html(report: &Report, shop: &str) -> String {
     let c = &report.customers;
@@ -185,51 +201,26 @@ pub fn html(report: &Report, shop: &str) -> String {
         .iter()
         .filter(|e| e.conversion_rate.is_some())
         .collect();
-    let conversion_chart = if credited.is_empty() {
-        "<p>No marketing email was sent in the period.</p>".to_owned()
-    } else {
-        let mut chart = HorizontalBarChart::new(
-            vec![Series::new(
-                "Conversion rate (%)".into(),
-                credited
-                    .iter()
-                    .map(|e| e.conversion_rate.unwrap_or(0.0) as f32)
-                    .collect(),
-            )],
-            credited.iter().map(|e| variant_name(e)).collect(),
-        );
-        chart.title.text = "Conversion rate by marketing email (%)".into();
-        chart.width = 760.0;
-        chart.height = 80.0 + 34.0 * credited.len() as f32;
-        chart.series_list[0].label_show = true;
-        svg(chart.svg())
-    };
-    let returns_chart = if report.returns.reasons.is_empty() {
-        "<p>No return was requested in the period.</p>".to_owned()
-    } else {
-        let mut chart = HorizontalBarChart::new(
-            vec![Series::new(
-                "Returns".into(),
-                report
-                    .returns
-                    .reasons
-                    .iter()
-                    .map(|(_, n)| *n as f32)
-                    .collect(),
-            )],
-            report
-                .returns
-                .reasons
-                .iter()
-                .map(|(r, _)| r.clone())
-                .collect(),
-        );
-        chart.title.text = "Return reasons".into();
-        chart.width = 760.0;
-        chart.height = 80.0 + 34.0 * report.returns.reasons.len() as f32;
-        chart.series_list[0].label_show = true;
-        svg(chart.svg())
-    };
+    let conversion_chart = bars(
+        "Conversion rate by marketing email (%)",
+        "Conversion rate (%)",
+        credited
+            .iter()
+            .map(|e| (variant_name(e), e.conversion_rate.unwrap_or(0.0)))
+            .collect(),
+        "No marketing email was sent in the period.",
+    );
+    let returns_chart = bars(
+        "Return reasons",
+        "Returns",
+        report
+            .returns
+            .reasons
+            .iter()
+            .map(|(reason, n)| (reason.clone(), *n as f64))
+            .collect(),
+        "No return was requested in the period.",
+    );
     let mut summary = String::new();
     for (label, value) in retention_rows(c) {
         let _ = write!(
