@@ -37,14 +37,7 @@ fn kafka_config(tansu: &Tansu, group: &str, extra: &str) -> String {
 }
 
 /// A worker process, killed if a test fails while it runs.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::KillOnDrop as Running;
 
 fn spawn(cmd: &mut Command) -> Running {
     // TEST_LOG=<filter> keeps each worker's log in /tmp for a failure's
