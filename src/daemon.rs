@@ -40,6 +40,17 @@ pub enum DaemonError {
     Panicked,
 }
 
+impl DaemonError {
+    /// Whether waiting may cure it (see [`StoreError::is_transient`]).
+    fn is_transient(&self) -> bool {
+        match self {
+            Self::Pipeline(PipelineError::DeadLetter { .. }) => true,
+            Self::Pipeline(PipelineError::Store(e)) | Self::Store(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// What a run did, for the closing summary.
 #[derive(Debug, Default, Clone)]
 pub struct Summary {
@@ -125,29 +136,33 @@ where
             let batch = source.next_batch(batch_size)?;
             observer.source_polled(source.health());
             let now = Timestamp::now();
-            // This worker fires the timers of the streams it reads, up to
-            // the earliest event of theirs not yet applied.
-            pipeline.set_streams(source.streams())?;
             let limit = batch.watermark.map_or(now, |w| w.min(now));
             let mut approved = Vec::new();
-            ingest_batch(
-                &mut pipeline,
-                source.name(),
-                &batch.entries,
-                limit,
-                &mut dead,
-                &mut approved,
-                &ingest_stop,
-            )?;
+            // This worker fires the timers of the streams it reads, up to
+            // the earliest event of theirs not yet applied.
+            retrying(&ingest_stop, &observer, "ingest", || {
+                pipeline.set_streams(source.streams())?;
+                let result = pipeline.ingest(
+                    source.name(),
+                    &batch.entries,
+                    Some(limit),
+                    &mut dead,
+                    &mut approved,
+                );
+                Ok(result?)
+            })?;
             source.committed();
-            if batch.caught_up {
-                pipeline.fire(now, &mut approved)?;
-            } else if batch.watermark.is_some() {
-                pipeline.fire(limit, &mut approved)?;
+            if batch.caught_up || batch.watermark.is_some() {
+                let until = if batch.caught_up { now } else { limit };
+                retrying(&ingest_stop, &observer, "fire", || {
+                    Ok(pipeline.fire(until, &mut approved)?)
+                })?;
             }
             if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
                 last_reclaim = Instant::now();
-                let taken = pipeline.reclaim(false)?;
+                let taken = retrying(&ingest_stop, &observer, "reclaim", || {
+                    Ok(pipeline.reclaim(false)?)
+                })?;
                 if !taken.is_empty() {
                     tracing::warn!(
                         count = taken.len(),
@@ -216,30 +231,36 @@ where
     Ok(summary)
 }
 
-/// Applies a batch; when dead letters cannot be written (a dead-letter
-/// topic unreachable), nothing of the batch is committed and it is tried
-/// again after a pause, rather than losing the bad event or stopping.
-fn ingest_batch<S: Store>(
-    pipeline: &mut Pipeline<S>,
-    source: &str,
-    entries: &[crate::source::Entry],
-    limit: Timestamp,
-    dead: &mut DeadLetters,
-    approved: &mut Vec<EmailRow>,
+/// Runs `attempt` (of `step`) until it succeeds or fails for good.
+///
+/// A transient failure (the store unreachable or busy, dead letters not
+/// writable) is logged and tried again after a pause that doubles up to
+/// 30 s, so the worker waits out an outage instead of exiting (its
+/// readiness says why meanwhile). Trying again is safe: a failed
+/// transaction rolls back, and events of a committed one are recognised as
+/// duplicates. Once a shutdown is asked, the last error is returned.
+fn retrying<T>(
     stop: &AtomicBool,
-) -> Result<(), DaemonError> {
+    observer: &Observer,
+    step: &str,
+    mut attempt: impl FnMut() -> Result<T, DaemonError>,
+) -> Result<T, DaemonError> {
     let mut pause = Duration::from_millis(500);
     loop {
-        match pipeline.ingest(source, entries, Some(limit), dead, approved) {
-            Err(PipelineError::DeadLetter { place, error }) if !stop.load(Ordering::Relaxed) => {
-                tracing::error!(%place, %error, retry_in = ?pause, "Dead letters not written; trying the batch again.");
+        match attempt() {
+            Err(error) if error.is_transient() && !stop.load(Ordering::Relaxed) => {
+                observer.step_failed(step);
+                tracing::error!(%error, step, retry_in = ?pause, "A step failed; trying it again.");
                 sleep_unless_stopped(pause, stop);
-                pause = (pause * 2).min(Duration::from_secs(30));
+                pause = (pause * 2).min(MAX_PAUSE);
             }
-            other => return Ok(other?),
+            other => return other,
         }
     }
 }
+
+/// The longest pause between attempts while the store is unavailable.
+const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 fn sleep_unless_stopped(mut left: Duration, stop: &AtomicBool) {
     let step = Duration::from_millis(50);

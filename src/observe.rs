@@ -66,6 +66,7 @@ pub struct Observer {
     smtp: Family<Labels, Counter>,
     send_seconds: Histogram,
     reloads: Family<Labels, Counter>,
+    retried_steps: Family<Labels, Counter>,
     pending: Gauge,
     overdue: Gauge,
     lag: Family<Labels, Gauge>,
@@ -123,6 +124,12 @@ impl Observer {
             "Template reloads, by result (ok, failed)",
             reloads.clone(),
         );
+        let retried_steps = Family::<Labels, Counter>::default();
+        registry.register(
+            "step_failures",
+            "Steps that failed for a passing reason (the store unreachable, dead letters not writable) and are tried again, by step",
+            retried_steps.clone(),
+        );
         let pending = Gauge::default();
         registry.register(
             "emails_pending",
@@ -155,6 +162,7 @@ impl Observer {
             smtp,
             send_seconds,
             reloads,
+            retried_steps,
             pending,
             overdue,
             lag,
@@ -219,6 +227,13 @@ impl Observer {
         self.stalled.set(i64::from(health.stalled));
         let mut source = self.source.lock().unwrap_or_else(|p| p.into_inner());
         *source = (health, Some(Instant::now()));
+    }
+
+    /// A step failed for a passing reason and is tried again.
+    pub fn step_failed(&self, step: &str) {
+        self.retried_steps
+            .get_or_create(&labels(&[("step", step)]))
+            .inc();
     }
 
     /// The backlog as the store has it now.

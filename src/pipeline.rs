@@ -157,83 +157,102 @@ impl<S: Store> Pipeline<S> {
     ) -> Result<(), PipelineError> {
         let mut i = 0;
         while i < entries.len() {
-            let mut fire_until = None;
-            let mut positions: Vec<&Position> = Vec::new();
-            let mut tx = self.store.begin()?;
-            let mut shop = tx.shop_stats()?;
-            // Whether an event of the batch changed the shop's figures.
-            let mut shop_changed = false;
-            while let Some(entry) = entries.get(i) {
-                match Event::decode(&entry.raw) {
-                    Err(invalid) => {
-                        self.stats.invalid += 1;
-                        if let Some(o) = &self.observer {
-                            o.invalid_event(source_label(source, entry));
-                        }
-                        tracing::warn!(source, coordinates = %entry.coordinates, error = %invalid, "Skipped invalid event.");
-                        write_dead(dead, source, entry, &invalid.to_string())?;
-                    }
-                    Ok(event) => {
-                        let bound = now.map_or(event.occurred_at, |n| n.min(event.occurred_at));
-                        if self.next_fire.is_some_and(|t| t <= bound) {
-                            fire_until = Some(bound);
-                            break;
-                        }
-                        let applied = apply(
-                            &mut tx,
-                            &self.journeys,
-                            &self.context.locales,
-                            (&mut shop, &mut shop_changed),
-                            &self.observer,
-                            &event,
-                            &entry.position.key,
-                            &mut self.next_fire,
-                            &mut self.stats,
-                        )?;
-                        match applied {
-                            Applied::New => {
-                                self.stats.events += 1;
-                                if let Some(o) = &self.observer {
-                                    o.event(source_label(source, entry), event.kind.type_name());
-                                }
-                            }
-                            Applied::Duplicate => {
-                                self.stats.duplicates += 1;
-                                tracing::debug!(event_id = %event.id, "Skipped duplicate event.");
-                            }
-                            Applied::Rejected(reason) => {
-                                self.stats.invalid += 1;
-                                if let Some(o) = &self.observer {
-                                    o.invalid_event(source_label(source, entry));
-                                }
-                                tracing::warn!(source, coordinates = %entry.coordinates, customer_id = %event.customer.id, error = %reason, "Skipped invalid event.");
-                                write_dead(dead, source, entry, &reason)?;
-                            }
-                        }
-                    }
-                }
-                match positions.iter_mut().find(|p| p.key == entry.position.key) {
-                    Some(p) => *p = &entry.position,
-                    None => positions.push(&entry.position),
-                }
-                i += 1;
-            }
-            for position in positions {
-                tx.set_position(&position.key, &position.value)?;
-            }
-            if shop_changed {
-                tx.save_shop_stats(&shop)?;
-            }
-            dead.sync().map_err(|error| PipelineError::DeadLetter {
-                place: dead.place(),
-                error,
-            })?;
-            tx.commit()?;
+            // Counted again if the transaction fails and is tried again.
+            let counted = self.stats;
+            let fire_until = self
+                .ingest_some(source, entries, &mut i, now, dead)
+                .inspect_err(|_| self.stats = counted)?;
             if let Some(until) = fire_until {
                 self.fire(until, approved)?;
             }
         }
         Ok(())
+    }
+
+    /// Applies entries from `*i` on in one transaction, up to the end or to
+    /// the first event that must wait for a timer to fire first: then the
+    /// time to fire up to is returned.
+    fn ingest_some(
+        &mut self,
+        source: &str,
+        entries: &[Entry],
+        i: &mut usize,
+        now: Option<Timestamp>,
+        dead: &mut DeadLetters,
+    ) -> Result<Option<Timestamp>, PipelineError> {
+        let mut fire_until = None;
+        let mut positions: Vec<&Position> = Vec::new();
+        let mut tx = self.store.begin()?;
+        let mut shop = tx.shop_stats()?;
+        // Whether an event of the batch changed the shop's figures.
+        let mut shop_changed = false;
+        while let Some(entry) = entries.get(*i) {
+            match Event::decode(&entry.raw) {
+                Err(invalid) => {
+                    self.stats.invalid += 1;
+                    if let Some(o) = &self.observer {
+                        o.invalid_event(source_label(source, entry));
+                    }
+                    tracing::warn!(source, coordinates = %entry.coordinates, error = %invalid, "Skipped invalid event.");
+                    write_dead(dead, source, entry, &invalid.to_string())?;
+                }
+                Ok(event) => {
+                    let bound = now.map_or(event.occurred_at, |n| n.min(event.occurred_at));
+                    if self.next_fire.is_some_and(|t| t <= bound) {
+                        fire_until = Some(bound);
+                        break;
+                    }
+                    let applied = apply(
+                        &mut tx,
+                        &self.journeys,
+                        &self.context.locales,
+                        (&mut shop, &mut shop_changed),
+                        &self.observer,
+                        &event,
+                        &entry.position.key,
+                        &mut self.next_fire,
+                        &mut self.stats,
+                    )?;
+                    match applied {
+                        Applied::New => {
+                            self.stats.events += 1;
+                            if let Some(o) = &self.observer {
+                                o.event(source_label(source, entry), event.kind.type_name());
+                            }
+                        }
+                        Applied::Duplicate => {
+                            self.stats.duplicates += 1;
+                            tracing::debug!(event_id = %event.id, "Skipped duplicate event.");
+                        }
+                        Applied::Rejected(reason) => {
+                            self.stats.invalid += 1;
+                            if let Some(o) = &self.observer {
+                                o.invalid_event(source_label(source, entry));
+                            }
+                            tracing::warn!(source, coordinates = %entry.coordinates, customer_id = %event.customer.id, error = %reason, "Skipped invalid event.");
+                            write_dead(dead, source, entry, &reason)?;
+                        }
+                    }
+                }
+            }
+            match positions.iter_mut().find(|p| p.key == entry.position.key) {
+                Some(p) => *p = &entry.position,
+                None => positions.push(&entry.position),
+            }
+            *i += 1;
+        }
+        for position in positions {
+            tx.set_position(&position.key, &position.value)?;
+        }
+        if shop_changed {
+            tx.save_shop_stats(&shop)?;
+        }
+        dead.sync().map_err(|error| PipelineError::DeadLetter {
+            place: dead.place(),
+            error,
+        })?;
+        tx.commit()?;
+        Ok(fire_until)
     }
 
     /// Claims emails approved but never recorded as sent: with `own`, this

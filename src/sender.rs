@@ -2,6 +2,7 @@
 //! and the outcome written back to the store.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -208,28 +209,50 @@ impl<M: Mailer> Sender<M> {
         store: &Arc<Mutex<S>>,
     ) -> Result<Outcome, StoreError> {
         let outcome = self.deliver(email, Timestamp::now()).await;
-        let store = Arc::clone(store);
-        let (id, recorded) = (email.id, outcome.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut store = store
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match recorded {
-                Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
-                Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
-                Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
-                Outcome::Ambiguous { at, reply } => store.mark_ambiguous(id, at, &reply),
-                Outcome::Failed { reason } => store.mark_failed(id, &reason),
-                Outcome::Bounced { address, reason } => {
-                    store.mark_failed(id, &reason)?;
-                    store.suppress(&address, &reason)
+        // The outcome is kept until the store takes it: an email the server
+        // accepted and the store did not record would go out again once its
+        // lease expired. A shutdown cuts the wait; the email then stays
+        // `sending` and is delivered again on the next start.
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match record(email.id, &outcome, store).await {
+                Err(error) if error.is_transient() => {
+                    tracing::error!(%error, key = %email.key, retry_in = ?pause, "Recording a delivery failed; trying again.");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
                 }
+                recorded => return recorded.map(|()| outcome),
             }
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-        Ok(outcome)
+        }
     }
+}
+
+/// Writes what became of email `id` to the store.
+async fn record<S: Store>(
+    id: i64,
+    outcome: &Outcome,
+    store: &Arc<Mutex<S>>,
+) -> Result<(), StoreError> {
+    let store = Arc::clone(store);
+    let outcome = outcome.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match outcome {
+            Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
+            Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
+            Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
+            Outcome::Ambiguous { at, reply } => store.mark_ambiguous(id, at, &reply),
+            Outcome::Failed { reason } => store.mark_failed(id, &reason),
+            Outcome::Bounced { address, reason } => {
+                store.mark_failed(id, &reason)?;
+                store.suppress(&address, &reason)
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// Jitter that differs per email and attempt but needs no random source.

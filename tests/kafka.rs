@@ -5,75 +5,12 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::tansu::{Tansu, records};
-use common::{SmtpSink, Work, planned, stderr, stdout};
+use common::tansu::{TOPICS, broker_with, kafka_config};
+use common::{SmtpSink, Work, planned, sigterm, spawn, stderr, stdout, wait_exit};
 
-const TOPICS: [&str; 3] = ["orders", "shipments", "returns"];
 const DEAD: &str = "aftercare.dead-letter";
-
-/// A broker with the three topics (3 partitions each) and the dead-letter
-/// topic, and `log` produced onto them keyed by customer.
-fn broker_with(log: &str) -> Tansu {
-    let tansu = Tansu::start();
-    tansu.create_topics(&TOPICS, 3);
-    tansu.create_topics(&[DEAD], 1);
-    tansu.produce(&records(log));
-    tansu
-}
-
-fn kafka_config(tansu: &Tansu, group: &str, extra: &str) -> String {
-    format!(
-        "shutdown_grace = \"5s\"\n\
-         [source]\nkind = \"kafka\"\nbatch_size = 50\nbatch_wait = \"50ms\"\n\
-         [source.kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\nstall_timeout = \"20s\"\n\
-         [source.kafka.options]\n\
-         \"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
-         {extra}",
-        tansu.brokers()
-    )
-}
-
-/// A worker process, killed if a test fails while it runs.
-use common::KillOnDrop as Running;
-
-fn spawn(cmd: &mut Command) -> Running {
-    // TEST_LOG=<filter> keeps each worker's log in /tmp for a failure's
-    // post-mortem.
-    if let Ok(filter) = std::env::var("TEST_LOG") {
-        let log = tempfile::Builder::new()
-            .prefix("aftercare-worker-")
-            .suffix(".log")
-            .tempfile()
-            .unwrap()
-            .keep()
-            .unwrap()
-            .0;
-        cmd.env("RUST_LOG", filter).stderr(log);
-    }
-    Running(cmd.spawn().unwrap())
-}
-
-fn sigterm(child: &Child) {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-}
-
-/// Waits for `child` to exit; `None` if it is still running after `within`.
-fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
 
 /// The same emails (as a multiset), or a short diff.
 fn assert_same(got: &[String], want: &[String]) {

@@ -15,44 +15,13 @@ use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::source::{DeadLetters, FileSource, Source};
 use aftercare::store::{EmailRow, PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
+use common::postgres::{Schema, url};
 use jiff::{SignedDuration, Timestamp};
 
 const EVENTS: &str = "examples/events.jsonl";
 
-fn url() -> String {
-    std::env::var("AFTERCARE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-/// A schema of its own, dropped at the end (on failure too).
-struct Schema(String);
-
-impl Schema {
-    fn new() -> Schema {
-        if let Err(e) = postgres::Client::connect(&url(), postgres::NoTls) {
-            let cause = std::error::Error::source(&e).map(ToString::to_string);
-            panic!(
-                "these tests need PostgreSQL at {} (set AFTERCARE_TEST_POSTGRES_URL): {e}: {}",
-                url(),
-                cause.unwrap_or_default()
-            );
-        }
-        let mut random = [0u8; 8];
-        getrandom::fill(&mut random).unwrap();
-        Schema(format!("t_{}", hex::encode(random)))
-    }
-
-    fn open(&self) -> PostgresStore {
-        PostgresStore::connect_with_schema(&url(), &self.0).unwrap()
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = postgres::Client::connect(&url(), postgres::NoTls) {
-            let _ = admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.0));
-        }
-    }
+fn open(schema: &Schema) -> PostgresStore {
+    PostgresStore::connect_with_schema(&url(), &schema.0).unwrap()
 }
 
 fn pipeline<S: Store>(store: S, worker: &str) -> Pipeline<S> {
@@ -139,7 +108,7 @@ fn comparable(rows: Vec<EmailRow>) -> Vec<EmailRow> {
 fn the_example_log_plans_the_same_on_postgres_as_on_sqlite() {
     let schema = Schema::new();
     let on_sqlite = plan(pipeline(SqliteStore::in_memory().unwrap(), "w1"));
-    let on_postgres = plan(pipeline(schema.open(), "w1"));
+    let on_postgres = plan(pipeline(open(&schema), "w1"));
     assert!(on_sqlite.len() > 50, "{} decisions", on_sqlite.len());
     let (sqlite, postgres) = (comparable(on_sqlite), comparable(on_postgres));
     for (i, (a, b)) in sqlite.iter().zip(&postgres).enumerate() {
@@ -151,7 +120,7 @@ fn the_example_log_plans_the_same_on_postgres_as_on_sqlite() {
 #[test]
 fn two_workers_on_one_store_send_each_email_once() {
     let schema = Schema::new();
-    let mut first = pipeline(schema.open(), "w1");
+    let mut first = pipeline(open(&schema), "w1");
     // Every event in, nothing fired yet (the clock stays at the start).
     let mut source = FileSource::open(EVENTS, Duration::ZERO).unwrap();
     let (mut dead, mut approved) = (DeadLetters::discard(), Vec::new());
@@ -172,7 +141,7 @@ fn two_workers_on_one_store_send_each_email_once() {
         }
     }
     assert!(approved.is_empty());
-    let second = pipeline(schema.open(), "w2");
+    let second = pipeline(open(&schema), "w2");
     // Both fire everything due at once, each on its own thread.
     let until = horizon();
     let fire = |mut p: Pipeline<PostgresStore>| {
@@ -206,7 +175,7 @@ fn the_worker_runs_on_postgres_and_a_second_run_sends_nothing_new() {
     let schema = Schema::new();
     let work = common::Work::new("");
     let examples = common::repo().join(EVENTS);
-    let store_url = format!("{}?schema={}", url(), schema.0);
+    let store_url = schema.store_url(None);
     let run = || {
         work.command(&["run", "--input", examples.to_str().unwrap()])
             .env("AFTERCARE_STORE__URL", &store_url)

@@ -5,14 +5,15 @@
 //! with the Message-ID it carries. The worker then runs the same log
 //! through SMTP to Postfix's `smtp-sink` while it is killed with SIGKILL at
 //! random moments and the SMTP server goes away and comes back. The checker
-//! compares what the sinks received with the oracle, by Message-ID:
+//! (`common::checker`) compares what the sinks received with the oracle,
+//! by Message-ID:
 //! - lost: expected, never received: must be none;
 //! - unexpected: received, not expected: must be none;
 //! - duplicated: received twice. A duplicate can only come from the gap
 //!   between the server accepting a message and the worker recording it
-//!   (a kill there), so there can be at most as many as deliveries in
-//!   flight at the kills (kills x pool size); more would mean emails sent
-//!   again outside that gap.
+//!   (a kill there): each one must have a kill within seconds after its
+//!   earlier copy was written, and there can be at most as many as
+//!   deliveries in flight at the kills (kills x pool size).
 //!
 //! Short by default (part of the test command); `scripts/reliability.sh`
 //! runs the long one (`RELIABILITY_LONG=1`) and writes RELIABILITY.md.
@@ -20,9 +21,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use common::{SmtpSink, Work, stderr, stdout};
+use common::checker::{self, Delivery};
+use common::{SmtpSink, Work, stderr};
 
 struct Suite {
     customers: usize,
@@ -82,24 +84,7 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
     common::write(&log, &common::generated_events(suite.customers));
 
     // The oracle.
-    let out = work.run(&["simulate", log.to_str().unwrap(), "--with-ids"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let expected: BTreeMap<String, String> = stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["status"] == "sent")
-        .map(|v| {
-            (
-                // As a mail parser gives it: without the angle brackets.
-                v["message_id"]
-                    .as_str()
-                    .unwrap()
-                    .trim_matches(['<', '>'])
-                    .to_owned(),
-                v["key"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let expected = checker::expected(&work, &log);
     assert!(
         expected.len() > suite.customers,
         "{} emails",
@@ -108,7 +93,7 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
 
     let started = Instant::now();
     let mut sinks = vec![SmtpSink::start_on(port, &[])];
-    let (mut kills, mut outages) = (0, 0);
+    let (mut kills, mut outages) = (Vec::new(), 0);
     for round in 1..=suite.kills {
         let outage = round % suite.outage_every == 0;
         if outage {
@@ -124,9 +109,10 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(100 + rng.next(900)));
+        let at = SystemTime::now();
         worker.kill().unwrap();
         if worker.wait().unwrap().code().is_none() {
-            kills += 1;
+            kills.push(at);
         }
         if outage {
             sinks.push(SmtpSink::start_on(port, &[]));
@@ -152,50 +138,19 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
     }
 
     // The checker.
-    // A kill in the middle of DATA leaves smtp-sink a partial dump of a
-    // message it never accepted: one without even its headers is not a
-    // delivery. (A partial one with its headers counts as received: the
-    // count of duplicates only errs on the high side.)
-    let mut received: BTreeMap<String, u64> = BTreeMap::new();
-    let mut partial = 0;
-    for sink in &sinks {
-        for raw in sink.messages() {
-            let id = mail_parser::MessageParser::default()
-                .parse(&raw)
-                .and_then(|m| m.message_id().map(str::to_owned));
-            match id {
-                Some(id) => *received.entry(id).or_default() += 1,
-                None => partial += 1,
-            }
-        }
-    }
-    eprintln!("reliability: {partial} partial dumps of aborted transactions ignored");
-    // A marketing email whose delivery failed is checked again when it is
-    // retried: events applied meanwhile (a new order) may have withdrawn
-    // it. Those end cancelled or suppressed, with the reason; they are not
-    // lost.
+    let deliveries: Vec<Delivery> = sinks.iter().flat_map(SmtpSink::deliveries).collect();
     let status: BTreeMap<String, (String, Option<String>)> = work
         .stored()
         .into_iter()
         .map(|e| (e.key, (e.status, e.reason)))
         .collect();
-    let (mut lost, mut withdrawn) = (Vec::new(), Vec::new());
-    for (id, key) in &expected {
-        if received.contains_key(id) {
-            continue;
-        }
-        match status.get(key) {
-            Some((s, reason)) if s == "cancelled" || s == "suppressed" => {
-                withdrawn.push((key, reason.clone()));
-            }
-            other => lost.push((key, other.cloned())),
-        }
-    }
-    let unexpected: Vec<&String> = received
-        .keys()
-        .filter(|id| !expected.contains_key(*id))
-        .collect();
-    let duplicated: u64 = received.values().map(|n| n - 1).sum();
+    let checked = checker::check(&expected, &deliveries, &kills, |key| {
+        status.get(key).cloned()
+    });
+    eprintln!(
+        "reliability: {} partial dumps of aborted transactions ignored",
+        checked.partial
+    );
     let figures = format!(
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
         if std::env::var("RELIABILITY_LONG").is_ok() {
@@ -205,13 +160,13 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
         },
         seed,
         suite.customers,
-        kills,
+        kills.len(),
         outages,
-        expected.len(),
-        received.values().sum::<u64>(),
-        lost.len(),
-        withdrawn.len(),
-        duplicated,
+        checked.expected,
+        checked.received,
+        checked.lost.len(),
+        checked.withdrawn.len(),
+        checked.duplicated(),
         started.elapsed().as_secs_f64()
     );
     eprintln!("reliability: {figures}");
@@ -224,18 +179,14 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
             .unwrap();
         writeln!(file, "{figures}").unwrap();
     }
-    assert!(kills > 0, "the worker finished before every kill");
-    let first = |v: &dyn std::fmt::Debug| format!("{v:?}").chars().take(2_000).collect::<String>();
-    assert!(lost.is_empty(), "{} lost: {}", lost.len(), first(&lost));
+    assert!(!kills.is_empty(), "the worker finished before every kill");
+    checked.assert_promise_kept();
+    // At most the deliveries in flight at the kills.
     assert!(
-        unexpected.is_empty(),
-        "{} unexpected: {}",
-        unexpected.len(),
-        first(&unexpected)
-    );
-    assert!(
-        duplicated <= (kills * POOL) as u64,
-        "{duplicated} duplicates from {kills} kills: more than could be in flight"
+        checked.duplicated() <= kills.len() * POOL,
+        "{} duplicates from {} kills: more than could be in flight",
+        checked.duplicated(),
+        kills.len()
     );
     // Every email of the plan ended sent in the store, nothing failed.
     let failed: Vec<(String, String)> = work
@@ -244,4 +195,50 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
         .filter(|(_, s)| s == "failed")
         .collect();
     assert!(failed.is_empty(), "failed: {failed:?}");
+}
+
+/// The checker itself: a copy followed by a kill within the gap is a
+/// duplicate in the gap; one with no kill after it is not; a missing email
+/// is lost unless the store shows it withdrawn.
+#[test]
+fn the_checker_tells_lost_withdrawn_and_duplicates_in_and_outside_the_gap() {
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let expected: BTreeMap<String, String> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|k| (format!("{k}@x"), (*k).to_owned()))
+        .collect();
+    let got = |id: &str, s: u64| Delivery {
+        message_id: Some(id.to_owned()),
+        at: at(s),
+    };
+    let deliveries = [
+        got("a@x", 10),
+        got("a@x", 30), // killed at 12: in the gap
+        got("b@x", 20),
+        got("b@x", 40), // no kill within the gap after 20
+        got("c@x", 50),
+        got("z@x", 60), // not expected
+        Delivery {
+            message_id: None,
+            at: at(70),
+        },
+    ];
+    let checked = checker::check(&expected, &deliveries, &[at(12)], |key| match key {
+        "d" => Some(("cancelled".to_owned(), Some("ordered again".to_owned()))),
+        _ => Some(("sending".to_owned(), None)),
+    });
+    assert_eq!(checked.expected, 5);
+    assert_eq!(checked.received, 6);
+    assert_eq!(checked.partial, 1);
+    assert_eq!(checked.duplicated_in_gap, 1);
+    assert_eq!(checked.duplicated_outside, ["b@x"]);
+    assert_eq!(checked.unexpected, ["z@x"]);
+    assert_eq!(
+        checked.withdrawn,
+        [("d".to_owned(), Some("ordered again".to_owned()))]
+    );
+    assert_eq!(checked.lost, [("e".to_owned(), Some("sending".to_owned()))]);
+    let kept = std::panic::catch_unwind(|| checked.assert_promise_kept());
+    assert!(kept.is_err());
 }

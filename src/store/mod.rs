@@ -45,10 +45,37 @@ pub enum StoreError {
     Postgres(#[from] ::postgres::Error),
     #[error("migrating the postgres schema: {0}")]
     PostgresMigration(#[from] refinery::Error),
-    /// The connection cannot take the call: its thread is gone, or the
-    /// transaction already failed.
+    /// The connection cannot take the call: it is closed mid-transaction,
+    /// or the transaction already failed.
     #[error("postgres: {0}")]
     PostgresSession(String),
+    /// The thread that owns the PostgreSQL connection is gone (it
+    /// panicked): this handle can do nothing more.
+    #[error("postgres: the connection's thread stopped")]
+    PostgresThreadGone,
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed: the database is unreachable,
+    /// restarting, busy or out of disk, or a transaction lost a conflict.
+    /// The daemon waits out these instead of exiting; the others (a corrupt
+    /// row, a failed migration) are errors to report.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::SystemIoFailure
+                )
+            ),
+            Self::Postgres(e) => postgres::is_transient(e),
+            Self::PostgresSession(_) => true,
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -189,6 +189,29 @@ pub(super) fn describe(error: &postgres::Error) -> String {
 }
 
 /// `name` as an SQL identifier.
+/// Whether `error` may pass: the connection is lost or cannot be made (an
+/// I/O error, no SQLSTATE), or the server answers with a class that says
+/// "later": connection exceptions (08), transaction rollbacks such as
+/// serialization failures and deadlocks (40), insufficient resources (53),
+/// an operator intervention such as a shutdown (57).
+pub(super) fn is_transient(error: &postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if let Some(db) = error.as_db_error() {
+        let class = &db.code().code()[..2];
+        return matches!(class, "08" | "40" | "53" | "57");
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -258,7 +281,7 @@ struct Connection {
 }
 
 fn thread_gone() -> StoreError {
-    StoreError::PostgresSession("the connection's thread stopped".to_owned())
+    StoreError::PostgresThreadGone
 }
 
 impl Connection {

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod postgres;
+pub mod proxy;
 pub mod tansu;
 
 use std::net::{TcpListener, TcpStream};
@@ -319,6 +322,25 @@ impl SmtpSink {
 }
 
 impl SmtpSink {
+    /// Every message received so far, with its Message-ID and when the
+    /// sink wrote it.
+    pub fn deliveries(&self) -> Vec<checker::Delivery> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| {
+                let raw = std::fs::read(&p).unwrap();
+                checker::Delivery {
+                    message_id: mail_parser::MessageParser::default()
+                        .parse(&raw)
+                        .and_then(|m| m.message_id().map(str::to_owned)),
+                    at: std::fs::metadata(&p).unwrap().modified().unwrap(),
+                }
+            })
+            .collect()
+    }
+
     /// The Message-ID of every message received, asserting none came twice.
     pub fn message_ids_once(&self) -> Vec<String> {
         let ids: Vec<String> = self
@@ -396,6 +418,42 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, response)
+}
+
+/// Starts a worker process, killed if the test fails while it runs.
+/// TEST_LOG=<filter> keeps its log in /tmp for a failure's post-mortem.
+pub fn spawn(cmd: &mut Command) -> KillOnDrop {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let log = tempfile::Builder::new()
+            .prefix("aftercare-worker-")
+            .suffix(".log")
+            .tempfile()
+            .unwrap()
+            .keep()
+            .unwrap()
+            .0;
+        cmd.env("RUST_LOG", filter).stderr(log);
+    }
+    KillOnDrop(cmd.spawn().unwrap())
+}
+
+pub fn sigterm(child: &Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+}
+
+/// Waits for `child` to exit; `None` if it is still running after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// A child process killed when the test ends, however it ends.

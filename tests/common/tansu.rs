@@ -14,6 +14,33 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{free_port, wait_for_port};
 
+/// The shop's topics.
+pub const TOPICS: [&str; 3] = ["orders", "shipments", "returns"];
+
+/// A broker with the three topics (3 partitions each) and the dead-letter
+/// topic, and `log` produced onto them keyed by customer.
+pub fn broker_with(log: &str) -> Tansu {
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    tansu.create_topics(&["aftercare.dead-letter"], 1);
+    tansu.produce(&records(log));
+    tansu
+}
+
+/// The config of a worker reading `tansu` in `group`, with short group
+/// timeouts (a dead member is noticed in seconds), and `extra` appended.
+pub fn kafka_config(tansu: &Tansu, group: &str, extra: &str) -> String {
+    format!(
+        "shutdown_grace = \"5s\"\n\
+         [source]\nkind = \"kafka\"\nbatch_size = 50\nbatch_wait = \"50ms\"\n\
+         [source.kafka]\nbrokers = \"{}\"\ngroup_id = \"{group}\"\nstall_timeout = \"20s\"\n\
+         [source.kafka.options]\n\
+         \"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n\
+         {extra}",
+        tansu.brokers()
+    )
+}
+
 fn binary() -> PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)

@@ -1,0 +1,281 @@
+//! Several workers in one consumer group sharing one PostgreSQL store, on
+//! a real Kafka-protocol broker (tansu) and a real SMTP server (Postfix's
+//! `smtp-sink`): workers killed in turn under a steady load, and the store
+//! going away under a running worker.
+//!
+//! Needs the PostgreSQL server of `AFTERCARE_TEST_POSTGRES_URL` (by default
+//! the local one, database `test`); each test works in a schema of its own.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::ToSocketAddrs;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::checker;
+use common::postgres::Schema;
+use common::proxy::Proxy;
+use common::tansu::{TOPICS, Tansu, kafka_config, records};
+use common::{KillOnDrop, SmtpSink, Work, sigterm, spawn, wait_exit};
+
+const WORKERS: usize = 3;
+const POOL: usize = 4;
+
+/// Every event of `log`, customer after customer (each customer's in time
+/// order), cut into `chunks` parts of whole customers. Produced one part
+/// at a time, every customer's events are all in when their partition is
+/// caught up: what the worker fires then is what the plan fires.
+fn by_customer(log: &str, chunks: usize) -> Vec<Vec<(String, String, String)>> {
+    let mut by_key: BTreeMap<String, Vec<(String, String, String)>> = BTreeMap::new();
+    for record in records(log) {
+        by_key.entry(record.1.clone()).or_default().push(record);
+    }
+    let customers: Vec<Vec<_>> = by_key.into_values().collect();
+    let per_chunk = customers.len().div_ceil(chunks);
+    customers.chunks(per_chunk).map(|c| c.concat()).collect()
+}
+
+/// `status, reason` of email `key` in the schema's store.
+fn stored_status(schema: &Schema, key: &str) -> Option<(String, Option<String>)> {
+    let mut client = schema.client();
+    let sql = format!(
+        "SELECT status, reason FROM {}.emails WHERE key = $1",
+        schema.0
+    );
+    client
+        .query_opt(&sql, &[&key])
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+#[test]
+fn three_workers_killed_in_turn_under_load_send_every_email_once() {
+    let customers = 300;
+    let log = common::generated_events(customers);
+    let tansu = Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    tansu.create_topics(&["aftercare.dead-letter"], 1);
+    let sink = SmtpSink::start(&[]);
+    let schema = Schema::new();
+    let work = Work::new(&kafka_config(
+        &tansu,
+        "g1",
+        &format!(
+            "[sender]\nlease = \"3s\"\n\
+             [mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\n\
+             port = {}\npool_size = {POOL}\n",
+            sink.port
+        ),
+    ));
+    let log_path = work.path("events.jsonl");
+    common::write(&log_path, &log);
+    let expected = checker::expected(&work, &log_path);
+    assert!(expected.len() > customers * 4, "{} emails", expected.len());
+
+    let store_url = schema.store_url(None);
+    let start_worker = |n: usize| {
+        spawn(
+            work.command(&["run"])
+                .env("AFTERCARE_STORE__URL", &store_url)
+                .env("AFTERCARE_WORKER_ID", format!("w{n}")),
+        )
+    };
+    let mut workers: Vec<KillOnDrop> = (0..WORKERS).map(start_worker).collect();
+
+    // The load: a part of the customers every 600 ms for about 18 s...
+    let chunks = by_customer(&log, 30);
+    let kills = std::thread::scope(|scope| {
+        let producing = scope.spawn(|| {
+            for chunk in &chunks {
+                tansu.produce(chunk);
+                std::thread::sleep(Duration::from_millis(600));
+            }
+        });
+        // ...and meanwhile a worker killed with SIGKILL every 3 s, in
+        // turn, and started again at once under the same id.
+        let mut kills = Vec::new();
+        std::thread::sleep(Duration::from_millis(1_500));
+        for round in 0..8 {
+            let n = round % WORKERS;
+            let at = SystemTime::now();
+            workers[n].0.kill().unwrap();
+            if workers[n].0.wait().unwrap().code().is_none() {
+                kills.push(at);
+            }
+            workers[n] = start_worker(n);
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        producing.join().unwrap();
+        kills
+    });
+    let produced: usize = chunks.iter().map(Vec::len).sum();
+    assert_eq!(produced, log.lines().count());
+
+    // Then the three run on until every expected email is in (killed
+    // members leave the group when their sessions time out; leases of
+    // emails in flight at a kill expire and are taken over).
+    let received = |sink: &SmtpSink| {
+        let mut ids: Vec<String> = sink
+            .deliveries()
+            .into_iter()
+            .filter_map(|d| d.message_id)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    };
+    let complete = common::wait_until(Duration::from_secs(240), || {
+        received(&sink) >= expected.len()
+    });
+    // A little longer, for any late duplicate to arrive.
+    std::thread::sleep(Duration::from_secs(3));
+    for worker in &mut workers {
+        sigterm(&worker.0);
+    }
+    for worker in &mut workers {
+        let status = wait_exit(&mut worker.0, Duration::from_secs(20)).expect("a worker stopped");
+        assert!(status.success(), "{status:?}");
+    }
+
+    let checked = checker::check(&expected, &sink.deliveries(), &kills, |key| {
+        stored_status(&schema, key)
+    });
+    eprintln!(
+        "cluster: {WORKERS} workers, {} kills, {} events; {} emails expected, {} received, \
+         {} lost, {} withdrawn, {} duplicated in the gap, {} outside it",
+        kills.len(),
+        produced,
+        checked.expected,
+        checked.received,
+        checked.lost.len(),
+        checked.withdrawn.len(),
+        checked.duplicated_in_gap,
+        checked.duplicated_outside.len()
+    );
+    assert_eq!(kills.len(), 8, "a worker had exited before its kill");
+    assert!(
+        complete || !checked.lost.is_empty(),
+        "incomplete yet nothing lost?"
+    );
+    checked.assert_promise_kept();
+    // No SMTP outage here: nothing is retried, so nothing is withdrawn.
+    assert!(checked.withdrawn.is_empty(), "{:?}", checked.withdrawn);
+    assert!(
+        checked.duplicated() <= kills.len() * POOL,
+        "{} duplicates from {} kills",
+        checked.duplicated(),
+        kills.len()
+    );
+}
+
+/// Waits up to `within` seconds for `/readyz` to answer `status`: whether
+/// it did, and the last answer.
+fn readyz_until(port: u16, status: u16, within: u64) -> (bool, String) {
+    let mut last = String::new();
+    let done = common::wait_until(Duration::from_secs(within), || {
+        let (got, body) = common::http_request(port, "GET", "/readyz");
+        last = body;
+        got == status
+    });
+    (done, last)
+}
+
+#[test]
+fn readiness_follows_the_store_going_away_and_the_worker_waits_it_out() {
+    let first = common::generated_events(10);
+    let tansu = common::tansu::broker_with(&first);
+    let schema = Schema::new();
+    let server = common::postgres::url();
+    let server = url::Url::parse(&server).unwrap();
+    let target = (server.host_str().unwrap(), server.port().unwrap_or(5432))
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(target);
+    let port = common::free_port();
+    let work = Work::new(&kafka_config(
+        &tansu,
+        "g1",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ));
+    let mut worker = spawn(
+        work.command(&["run"])
+            .env(
+                "AFTERCARE_STORE__URL",
+                schema.store_url(Some(&format!("127.0.0.1:{}", proxy.port))),
+            )
+            .env("AFTERCARE_WORKER_ID", "w1"),
+    );
+    common::wait_for_port(port, Duration::from_secs(30));
+    let (up, last) = readyz_until(port, 200, 60);
+    assert!(up, "never ready: {last}");
+    let first_plan = {
+        let path = work.path("first.jsonl");
+        common::write(&path, &first);
+        common::planned(&work, &path).len()
+    };
+    assert!(common::wait_until(Duration::from_secs(60), || work
+        .outbox()
+        .len()
+        >= first_plan));
+
+    // The store goes away: not ready, saying why, but alive and running.
+    proxy.cut();
+    let (down, last) = readyz_until(port, 503, 30);
+    assert!(down, "still ready with the store gone: {last}");
+    let body: serde_json::Value =
+        serde_json::from_str(last.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["checks"]["store"]["ok"], false, "{body}");
+    assert!(
+        body["checks"]["store"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("postgres"),
+        "{body}"
+    );
+    assert_eq!(common::http_request(port, "GET", "/healthz").0, 200);
+    // Events keep coming meanwhile: the worker holds them and waits.
+    let second = common::generated_events(20)
+        .lines()
+        .filter(|l| {
+            // Customers 10 to 19: new ones.
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let id = v["customer"]["id"].as_str().unwrap();
+            id[2..].parse::<usize>().unwrap() >= 10
+        })
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    tansu.produce(&records(&second));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        worker.0.try_wait().unwrap().is_none(),
+        "the worker exited with the store away"
+    );
+    let metrics = common::http_request(port, "GET", "/metrics").1;
+    assert!(
+        metrics.contains("aftercare_step_failures_total{step=\"ingest\"}")
+            || metrics.contains("aftercare_step_failures_total{step=\"fire\"}"),
+        "{metrics}"
+    );
+
+    // Back: ready again, and the events that came meanwhile are applied.
+    proxy.restore();
+    let (back, last) = readyz_until(port, 200, 90);
+    assert!(back, "not ready again after the store came back: {last}");
+    let whole = work.path("whole.jsonl");
+    common::write(&whole, &common::generated_events(20));
+    let plan = common::planned(&work, &whole).len();
+    let started = Instant::now();
+    let all = common::wait_until(Duration::from_secs(90), || work.outbox().len() >= plan);
+    assert!(
+        all,
+        "{} of {plan} emails {:?} after the store came back",
+        work.outbox().len(),
+        started.elapsed()
+    );
+    sigterm(&worker.0);
+    let status = wait_exit(&mut worker.0, Duration::from_secs(20)).expect("the worker stopped");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(work.outbox().len(), plan, "an email was written twice");
+}

@@ -1,0 +1,156 @@
+//! The delivery checker of the reliability tests: what the SMTP sinks
+//! received, by Message-ID, against the oracle (`simulate --with-ids`).
+//!
+//! - lost: expected, never received (unless the store shows it withdrawn:
+//!   a marketing email retried after an outage is checked again, and an
+//!   event applied meanwhile may have cancelled it, with the reason);
+//! - unexpected: received, not expected;
+//! - duplicated: received more than once. A duplicate is in the gap when a
+//!   worker was killed between the server accepting the earlier copy and
+//!   the worker recording it: that is, a kill at most [`GAP`] after the
+//!   earlier copy was written. A duplicate outside the gap is a bug.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::{Work, stderr, stdout};
+
+/// How long after the server accepted a message a kill can still have
+/// kept the worker from recording it. Recording takes milliseconds; this
+/// allows for a loaded two-core machine.
+pub const GAP: Duration = Duration::from_secs(5);
+
+/// One message a sink received.
+pub struct Delivery {
+    /// `None` for the partial dump of a transaction cut mid-DATA: no
+    /// delivery.
+    pub message_id: Option<String>,
+    /// When the sink finished writing it.
+    pub at: SystemTime,
+}
+
+/// Every email `simulate --with-ids` plans to send for `log`: Message-ID
+/// (as a mail parser gives it, without angle brackets) to email key.
+pub fn expected(work: &Work, log: &Path) -> BTreeMap<String, String> {
+    let out = work.run(&["simulate", log.to_str().unwrap(), "--with-ids"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["status"] == "sent")
+        .map(|v| {
+            (
+                v["message_id"]
+                    .as_str()
+                    .unwrap()
+                    .trim_matches(['<', '>'])
+                    .to_owned(),
+                v["key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub expected: usize,
+    pub received: usize,
+    /// Partial dumps of aborted transactions, not counted as received.
+    pub partial: usize,
+    /// Keys of expected emails never received, with their store status.
+    pub lost: Vec<(String, Option<String>)>,
+    /// Keys of expected emails the store shows withdrawn, with the reason.
+    pub withdrawn: Vec<(String, Option<String>)>,
+    pub unexpected: Vec<String>,
+    pub duplicated_in_gap: usize,
+    /// Message-IDs received again with no kill in the gap after the
+    /// earlier copy.
+    pub duplicated_outside: Vec<String>,
+}
+
+/// Compares `deliveries` with `expected`. `kills` are the moments workers
+/// were killed; `status` gives an unreceived email's `(status, reason)` in
+/// the store, by key.
+pub fn check(
+    expected: &BTreeMap<String, String>,
+    deliveries: &[Delivery],
+    kills: &[SystemTime],
+    status: impl Fn(&str) -> Option<(String, Option<String>)>,
+) -> Checked {
+    let mut checked = Checked {
+        expected: expected.len(),
+        ..Checked::default()
+    };
+    let mut by_id: BTreeMap<&str, Vec<SystemTime>> = BTreeMap::new();
+    for d in deliveries {
+        match &d.message_id {
+            Some(id) => by_id.entry(id).or_default().push(d.at),
+            None => checked.partial += 1,
+        }
+    }
+    checked.received = by_id.values().map(Vec::len).sum();
+    for (id, key) in expected {
+        if by_id.contains_key(id.as_str()) {
+            continue;
+        }
+        match status(key) {
+            Some((s, reason)) if s == "cancelled" || s == "suppressed" => {
+                checked.withdrawn.push((key.clone(), reason));
+            }
+            other => checked.lost.push((key.clone(), other.map(|(s, _)| s))),
+        }
+    }
+    for (id, mut times) in by_id {
+        if !expected.contains_key(id) {
+            checked.unexpected.push(id.to_owned());
+        }
+        times.sort();
+        // Every copy but the last must have been followed by a kill.
+        for earlier in &times[..times.len() - 1] {
+            let in_gap = kills.iter().any(|k| {
+                k.duration_since(*earlier).is_ok_and(|d| d <= GAP)
+                    // The file's time and the kill's come from different
+                    // clocks' reads: a little slack the other way.
+                    || earlier.duration_since(*k).is_ok_and(|d| d <= Duration::from_millis(200))
+            });
+            if in_gap {
+                checked.duplicated_in_gap += 1;
+            } else {
+                checked.duplicated_outside.push(id.to_owned());
+            }
+        }
+    }
+    checked
+}
+
+impl Checked {
+    /// Fails the test on anything lost, unexpected or duplicated outside
+    /// the gap.
+    pub fn assert_promise_kept(&self) {
+        let first =
+            |v: &dyn std::fmt::Debug| format!("{v:?}").chars().take(2_000).collect::<String>();
+        assert!(
+            self.lost.is_empty(),
+            "{} lost: {}",
+            self.lost.len(),
+            first(&self.lost)
+        );
+        assert!(
+            self.unexpected.is_empty(),
+            "{} unexpected: {}",
+            self.unexpected.len(),
+            first(&self.unexpected)
+        );
+        assert!(
+            self.duplicated_outside.is_empty(),
+            "{} duplicated outside the gap after a kill: {}",
+            self.duplicated_outside.len(),
+            first(&self.duplicated_outside)
+        );
+    }
+
+    pub fn duplicated(&self) -> usize {
+        self.duplicated_in_gap + self.duplicated_outside.len()
+    }
+}
