@@ -274,6 +274,7 @@ impl<S: Store> Pipeline<S> {
         until: Timestamp,
         approved: &mut Vec<EmailRow>,
     ) -> Result<(), StoreError> {
+        let mut held_since: Option<std::time::Instant> = None;
         loop {
             // Leases run on the wall clock, whatever time the events are at.
             let lease = Lease {
@@ -284,8 +285,20 @@ impl<S: Store> Pipeline<S> {
             let due = tx.due(until, self.streams.as_deref(), self.fire_batch)?;
             let shop = tx.shop_stats()?;
             if due.is_empty() {
-                break;
+                drop(tx);
+                // Nothing left, or what is left is held for a moment by
+                // another worker's transaction (a shared store): wait for
+                // that to end, briefly, so that a return leaves nothing due
+                // this worker could have taken.
+                self.next_fire = self.store.next_fire(self.streams.as_deref())?;
+                let held = held_since.get_or_insert_with(std::time::Instant::now);
+                if self.next_fire.is_some_and(|t| t <= until) && held.elapsed() < HELD_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                }
+                return Ok(());
             }
+            held_since = None;
             let mut batch = Vec::with_capacity(due.len());
             for mut email in due {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
@@ -356,10 +369,12 @@ impl<S: Store> Pipeline<S> {
             tx.commit()?;
             approved.append(&mut batch);
         }
-        self.next_fire = self.store.next_fire(self.streams.as_deref())?;
-        Ok(())
     }
 }
+
+/// How long `fire` waits for due emails another worker's transaction
+/// holds before it returns without them (they are fired on a later call).
+const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The whole template data but `shop` (added at render time, so that a
 /// brand change applies to emails already approved).

@@ -33,7 +33,16 @@ pub struct Delivery {
 /// Every email `simulate --with-ids` plans to send for `log`: Message-ID
 /// (as a mail parser gives it, without angle brackets) to email key.
 pub fn expected(work: &Work, log: &Path) -> BTreeMap<String, String> {
-    let out = work.run(&["simulate", log.to_str().unwrap(), "--with-ids"]);
+    expected_until(work, log, None)
+}
+
+/// [`expected`] with the clock stopped at `until` (RFC 3339).
+pub fn expected_until(work: &Work, log: &Path, until: Option<&str>) -> BTreeMap<String, String> {
+    let mut args = vec!["simulate", log.to_str().unwrap(), "--with-ids"];
+    if let Some(until) = until {
+        args.extend(["--until", until]);
+    }
+    let out = work.run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out)
         .lines()

@@ -233,6 +233,67 @@ pub fn generated_events(customers: usize) -> String {
     lines.join("\n") + "\n"
 }
 
+/// A log of `customers` customers whose events happen now: from `start`,
+/// one customer after another over `span`, each with an order, its
+/// dispatch and delivery, for some a return and a second order, cancelled
+/// for some. Only the emails due at once (confirmations, shipping updates,
+/// return instructions, cancellations) fall due within a test; the ones
+/// with a delay stay pending. For a steady load of live events, produced
+/// in time order.
+pub fn live_events(customers: usize, start: jiff::Timestamp, span: Duration) -> String {
+    let locales = ["en", "hy", "am", "hy-AM"];
+    let step = span / customers.max(1) as u32;
+    let mut lines = Vec::new();
+    for c in 0..customers {
+        let t0 = start + step * c as u32;
+        // Each event a few milliseconds after the one before.
+        let at = |ms: u64| (t0 + Duration::from_millis(ms)).to_string();
+        let cust = format!(
+            r#"{{"id":"live-{c}","email":"live{c}@example.com","name":"Live {c}","locale":"{}","marketing_consent":true}}"#,
+            locales[c % locales.len()]
+        );
+        let bare = format!(r#"{{"id":"live-{c}"}}"#);
+        let order = |o: usize| {
+            format!(
+                r#"{{"id":"lo-{c}-{o}","total":"19.90","currency":"EUR","items":[{{"sku":"TEA-01","name":"Green tea","quantity":2,"unit_price":"9.95"}}]}}"#
+            )
+        };
+        lines.push(format!(
+            r#"{{"event_id":"live-{c}-1","type":"order.placed","occurred_at":"{}","customer":{cust},"order":{}}}"#,
+            at(0),
+            order(1)
+        ));
+        lines.push(format!(
+            r#"{{"event_id":"live-{c}-2","type":"shipment.dispatched","occurred_at":"{}","customer":{bare},"order":{{"id":"lo-{c}-1"}},"shipment":{{"id":"ls-{c}","carrier":"DHL","tracking_number":"L{c}","tracking_url":"https://track.example.com/L{c}"}}}}"#,
+            at(5)
+        ));
+        lines.push(format!(
+            r#"{{"event_id":"live-{c}-3","type":"shipment.delivered","occurred_at":"{}","customer":{bare},"order":{{"id":"lo-{c}-1"}},"shipment":{{"id":"ls-{c}"}}}}"#,
+            at(10)
+        ));
+        if c % 3 == 0 {
+            lines.push(format!(
+                r#"{{"event_id":"live-{c}-4","type":"return.requested","occurred_at":"{}","customer":{bare},"order":{{"id":"lo-{c}-1"}},"return":{{"id":"lr-{c}","reason":"too small","items":[{{"sku":"TEA-01","name":"Green tea","quantity":1}}]}}}}"#,
+                at(15)
+            ));
+        }
+        if c % 2 == 0 {
+            lines.push(format!(
+                r#"{{"event_id":"live-{c}-5","type":"order.placed","occurred_at":"{}","customer":{bare},"order":{}}}"#,
+                at(20),
+                order(2)
+            ));
+            if c % 4 == 0 {
+                lines.push(format!(
+                    r#"{{"event_id":"live-{c}-6","type":"order.cancelled","occurred_at":"{}","customer":{bare},"order":{{"id":"lo-{c}-2"}}}}"#,
+                    at(25)
+                ));
+            }
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
 /// A free loopback port (the listener is closed before the server binds).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
