@@ -8,7 +8,8 @@
 //!   emails are never held back; nothing goes out before it is due.
 //! - The event decoder never panics on any bytes, and refuses what breaks
 //!   the contract with a reason.
-//! - Customer data can never add a header to an email.
+//! - Customer data can never add a header to an email, nor an element or
+//!   attribute to its HTML, and a link from an event is never a script.
 //!
 //! Case counts are small by default (CI); `PROPTEST_CASES=2000` runs more.
 
@@ -176,6 +177,143 @@ fn sent_at(line: &PlanLine) -> Timestamp {
         .unwrap_or(&line.due_at)
         .parse()
         .unwrap()
+}
+
+/// Every template the journeys send, in every locale, with its sample data
+/// (`templates/samples`), as `check` renders them.
+struct Gallery {
+    templates: aftercare::render::Templates,
+    /// `(registered name, locale, data)`.
+    renders: Vec<(String, String, serde_json::Value)>,
+}
+
+fn gallery() -> &'static Gallery {
+    static GALLERY: std::sync::OnceLock<Gallery> = std::sync::OnceLock::new();
+    GALLERY.get_or_init(|| {
+        let config = Config::embedded();
+        let templates = check::load(&config).unwrap();
+        let shop = serde_json::to_value(&config.shop).unwrap();
+        let mut renders = Vec::new();
+        for r in check::renderable(&config) {
+            let path = config
+                .templates_dir
+                .join("samples")
+                .join(format!("{}.json", r.template));
+            let sample: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            for locale in templates.locales().available() {
+                let mut data = sample.clone();
+                data["shop"] = shop.clone();
+                data["customer"]["locale"] = locale.clone().into();
+                renders.push((r.name.clone(), locale.clone(), data));
+            }
+        }
+        Gallery { templates, renders }
+    })
+}
+
+/// Puts `text` in every field of `data` an event fills with free text
+/// (names, ids, SKUs, carrier, tracking number, return reason), and `link`
+/// in its tracking URL. The shop's own settings and the tier (from the
+/// config) are left alone.
+fn from_events(data: &mut serde_json::Value, text: &str, link: &str) {
+    use serde_json::Value;
+    const TEXT: [&str; 6] = ["name", "id", "sku", "carrier", "tracking_number", "reason"];
+    fn walk(v: &mut Value, text: &str, link: &str) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    match (key.as_str(), &*value) {
+                        ("shop" | "tier" | "email", _) => {}
+                        ("tracking_url", Value::String(_)) => *value = link.into(),
+                        (k, Value::String(_)) if TEXT.contains(&k) => *value = text.into(),
+                        _ => walk(value, text, link),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|i| walk(i, text, link)),
+            _ => {}
+        }
+    }
+    walk(data, text, link);
+}
+
+/// How many of the characters that make HTML structure the page has.
+fn structure(html: &str) -> [usize; 4] {
+    ['<', '>', '"', '\''].map(|c| html.matches(c).count())
+}
+
+fn render_html(name: &str, locale: &str, data: &serde_json::Value) -> String {
+    gallery()
+        .templates
+        .render(name, locale, data)
+        .unwrap_or_else(|e| panic!("{name} in {locale}: {e:?}"))
+        .html
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn text_from_events_never_adds_an_element_or_attribute(
+        text in prop_oneof![
+            "[a-z<>\"'&=/ ;:()`\u{531}-\u{556}\u{1200}-\u{1210}]{1,30}",
+            prop::sample::select(vec![
+                "<script>alert(1)</script>".to_owned(),
+                "\"><img src=x onerror=alert(1)>".to_owned(),
+                "' onmouseover='x".to_owned(),
+                "{{shop.name}}".to_owned(),
+            ]),
+        ],
+    ) {
+        let benign_link = "https://track.example.com/1";
+        for (name, locale, sample) in &gallery().renders {
+            let mut plain = sample.clone();
+            from_events(&mut plain, "x", benign_link);
+            let mut hostile = sample.clone();
+            from_events(&mut hostile, &text, benign_link);
+            let html = render_html(name, locale, &hostile);
+            prop_assert_eq!(
+                structure(&html),
+                structure(&render_html(name, locale, &plain)),
+                "{} in {} with {:?}", name, locale, text
+            );
+            prop_assert!(!html.to_lowercase().contains("<script"), "{name} in {locale}");
+        }
+    }
+
+    #[test]
+    fn a_link_from_an_event_is_never_a_script(
+        scheme in prop::sample::select(vec![
+            "javascript:", "JavaScript:", " javascript:", "java\tscript:", "vbscript:",
+            "data:text/html,", "https://ok.example/",
+        ]),
+        rest in "[a-z<>\"'()/ ]{0,20}",
+    ) {
+        let link = format!("{scheme}{rest}");
+        for (name, locale, sample) in &gallery().renders {
+            let mut data = sample.clone();
+            from_events(&mut data, "x", &link);
+            let html = render_html(name, locale, &data).to_lowercase();
+            for attribute in ["href=\"", "src=\""] {
+                for (at, _) in html.match_indices(attribute) {
+                    let value: String = html[at + attribute.len()..]
+                        .chars()
+                        .take_while(|c| *c != '"')
+                        .filter(|c| !c.is_whitespace())
+                        .collect();
+                    prop_assert!(
+                        !["javascript:", "vbscript:", "data:"].iter().any(|s| value.starts_with(s)),
+                        "{} in {}: {}{}", name, locale, attribute, value
+                    );
+                }
+            }
+            prop_assert!(!html.contains("<script"), "{name} in {locale}");
+        }
+    }
 }
 
 proptest! {
