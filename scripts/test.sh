@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of aftercare. Installs what the tests need first (Postfix,
+# Runs every test of aftercare, then a short fuzzing run. Installs what the
+# tests need first (Postfix,
 # for its smtp-sink SMTP server; aiosmtpd from PyPI, for an SMTP server that
 # bounces; Chromium from Debian and playwright-core from npm, for the
 # browser test of the preview gallery; tansu, a Kafka-protocol broker, from
@@ -87,6 +88,11 @@ echo "==> cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets 2>&1 | tee "$log"
+
+# The decoder and the journey machine under cargo-fuzz, briefly (the long
+# run: FUZZ_SECONDS=3600 scripts/fuzz.sh).
+scripts/fuzz.sh
+
 # One closing line for every test binary together (the benches, run once
 # in test mode, print none of their own).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
