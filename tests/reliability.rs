@@ -4,16 +4,20 @@
 //! The oracle is `simulate --with-ids`: every email the log should send,
 //! with the Message-ID it carries. The worker then runs the same log
 //! through SMTP to Postfix's `smtp-sink` while it is killed with SIGKILL at
-//! random moments and the SMTP server goes away and comes back. The checker
+//! random moments, and every other round the SMTP side fails in one way
+//! after another (down, hung, refusing with 450, closing with 421, slow or
+//! hanging up after the final dot). The checker
 //! (`common::checker`) compares what the sinks received with the oracle,
 //! by Message-ID:
 //! - lost: expected, never received: must be none;
 //! - unexpected: received, not expected: must be none;
 //! - duplicated: received twice. A duplicate can only come from the gap
-//!   between the server accepting a message and the worker recording it
-//!   (a kill there): each one must have a kill within seconds after its
-//!   earlier copy was written, and there can be at most as many as
-//!   deliveries in flight at the kills (kills x pool size).
+//!   between the server accepting a message and the worker knowing it (a
+//!   kill there, or a server that never acknowledged it): each one must
+//!   have a kill within seconds after its earlier copy was written or an
+//!   unacknowledged earlier copy, and there can be at most as many as
+//!   deliveries in flight at the kills (kills x pool size) plus the
+//!   unacknowledged ones.
 //!
 //! Short by default (part of the test command); `scripts/reliability.sh`
 //! runs the long one (`RELIABILITY_LONG=1`) and writes RELIABILITY.md.
@@ -24,14 +28,12 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::checker::{self, Delivery};
-use common::{SmtpSink, Work, stderr};
+use common::{Silent, SmtpSink, Work, stderr};
 
 struct Suite {
     customers: usize,
+    /// Rounds, each ended by a SIGKILL; the SMTP side follows [`ROTATION`].
     kills: usize,
-    /// Every `outage_every`-th round the SMTP server is down while the
-    /// worker runs.
-    outage_every: usize,
 }
 
 fn suite() -> Suite {
@@ -39,13 +41,90 @@ fn suite() -> Suite {
         Suite {
             customers: 2_000,
             kills: 36,
-            outage_every: 4,
         }
     } else {
         Suite {
             customers: 300,
-            kills: 6,
-            outage_every: 3,
+            kills: ROTATION.len(),
+        }
+    }
+}
+
+/// What the SMTP side is during a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Smtp {
+    /// Postfix's smtp-sink, healthy.
+    Healthy,
+    /// Nothing listens: connections are refused (the server is down).
+    Down,
+    /// Connections are accepted and nothing is ever said (a hung server).
+    Silent,
+    /// Every RCPT TO gets 450 (a transient refusal).
+    Refusing,
+    /// MAIL FROM gets 421 and the connection is closed.
+    Closing,
+    /// The message is taken; the reply to its final dot comes after the
+    /// client's timeout (2 s).
+    SlowAfterDot,
+    /// The message is taken; the connection drops without a reply.
+    DropAfterDot,
+}
+
+/// Every other round a fault, each kind in turn.
+const ROTATION: [Smtp; 12] = [
+    Smtp::Healthy,
+    Smtp::Down,
+    Smtp::Healthy,
+    Smtp::Silent,
+    Smtp::Healthy,
+    Smtp::Refusing,
+    Smtp::Healthy,
+    Smtp::Closing,
+    Smtp::Healthy,
+    Smtp::SlowAfterDot,
+    Smtp::Healthy,
+    Smtp::DropAfterDot,
+];
+
+/// A server of kind `smtp` on `port` (`None` for `Down`).
+fn serve(smtp: Smtp, port: u16) -> Option<Server> {
+    let sink = |args: &[&str]| Some(Server::Sink(SmtpSink::start_on(port, args), smtp));
+    match smtp {
+        Smtp::Healthy => sink(&[]),
+        Smtp::Down => None,
+        Smtp::Silent => Some(Server::Silent(Silent::start_on(port))),
+        Smtp::Refusing => sink(&["-r", "RCPT"]),
+        Smtp::Closing => sink(&["-Q", "MAIL"]),
+        Smtp::SlowAfterDot => sink(&["-W", ".:5"]),
+        Smtp::DropAfterDot => sink(&["-q", "."]),
+    }
+}
+
+enum Server {
+    Sink(SmtpSink, Smtp),
+    #[allow(dead_code)] // Held for its port.
+    Silent(Silent),
+}
+
+impl Server {
+    /// What this server received; the ones it never acknowledged marked so.
+    fn deliveries(&self) -> Vec<Delivery> {
+        match self {
+            Server::Sink(sink, kind) => {
+                let acknowledged = !matches!(kind, Smtp::SlowAfterDot | Smtp::DropAfterDot);
+                sink.deliveries()
+                    .into_iter()
+                    .map(|d| Delivery { acknowledged, ..d })
+                    .collect()
+            }
+            Server::Silent(_) => Vec::new(),
+        }
+    }
+
+    fn stop(&mut self) {
+        match self {
+            Server::Sink(sink, _) => sink.stop(),
+            Server::Silent(_) => {}
         }
     }
 }
@@ -66,7 +145,7 @@ impl Lcg {
 const POOL: usize = 4;
 
 #[test]
-fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
+fn kills_and_smtp_faults_lose_nothing_and_duplicate_only_in_the_gap() {
     let suite = suite();
     let seed: u64 = std::env::var("RELIABILITY_SEED")
         .ok()
@@ -77,6 +156,7 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
     let work = Work::new(&format!(
         "[source]\nbatch_size = 25\n[sender]\nbatch_size = 10\n\
          [sender.retry]\nfirst_wait = \"1s\"\nmax_wait = \"2s\"\nmax_attempts = 1000\nmax_age = \"1h\"\n\
+         [sender.domains]\ndefer = \"2s\"\n\
          [mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\n\
          port = {port}\npool_size = {POOL}\ntimeout = \"2s\"\n"
     ));
@@ -92,16 +172,15 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
     );
 
     let started = Instant::now();
-    let mut sinks = vec![SmtpSink::start_on(port, &[])];
-    let (mut kills, mut outages) = (Vec::new(), 0);
-    for round in 1..=suite.kills {
-        let outage = round % suite.outage_every == 0;
-        if outage {
-            // The server goes away while the worker runs: it must keep the
-            // emails to retry, not lose them.
-            sinks.last_mut().unwrap().stop();
-            outages += 1;
+    // Every server of the run, stopped or not, for what it received.
+    let mut servers: Vec<Server> = Vec::new();
+    let (mut kills, mut faults) = (Vec::new(), 0);
+    for round in 0..suite.kills {
+        let smtp = ROTATION[round % ROTATION.len()];
+        if smtp != Smtp::Healthy {
+            faults += 1;
         }
+        servers.extend(serve(smtp, port));
         let mut worker = work
             .command(&["run", "--input", log.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
@@ -114,10 +193,14 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
         if worker.wait().unwrap().code().is_none() {
             kills.push(at);
         }
-        if outage {
-            sinks.push(SmtpSink::start_on(port, &[]));
+        // The next round's server takes the port.
+        match servers.last_mut() {
+            Some(Server::Silent(_)) => drop(servers.pop()),
+            Some(server) => server.stop(),
+            None => {}
         }
     }
+    servers.extend(serve(Smtp::Healthy, port));
 
     // Then runs to the end, until nothing is left to send (retries wait a
     // second or two).
@@ -138,7 +221,7 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
     }
 
     // The checker.
-    let deliveries: Vec<Delivery> = sinks.iter().flat_map(SmtpSink::deliveries).collect();
+    let deliveries: Vec<Delivery> = servers.iter().flat_map(Server::deliveries).collect();
     let status: BTreeMap<String, (String, Option<String>)> = work
         .stored()
         .into_iter()
@@ -151,6 +234,23 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
         "reliability: {} partial dumps of aborted transactions ignored",
         checked.partial
     );
+    let mut why: BTreeMap<String, usize> = BTreeMap::new();
+    for (key, reason) in &checked.withdrawn {
+        let template = key.split('/').nth(1).unwrap_or_default();
+        // The kind of reason, without its times and ids.
+        let kind: String = reason
+            .as_deref()
+            .unwrap_or("?")
+            .chars()
+            .take_while(|c| !c.is_ascii_digit())
+            .collect();
+        *why.entry(format!(
+            "{template}: {}",
+            kind.trim_end_matches([' ', '-', 'o'])
+        ))
+        .or_default() += 1;
+    }
+    eprintln!("reliability: withdrawn on retry, by template and reason: {why:#?}");
     let figures = format!(
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
         if std::env::var("RELIABILITY_LONG").is_ok() {
@@ -161,7 +261,7 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
         seed,
         suite.customers,
         kills.len(),
-        outages,
+        faults,
         checked.expected,
         checked.received,
         checked.lost.len(),
@@ -181,10 +281,15 @@ fn kills_and_smtp_outages_lose_nothing_and_duplicate_only_in_the_gap() {
     }
     assert!(!kills.is_empty(), "the worker finished before every kill");
     checked.assert_promise_kept();
-    // At most the deliveries in flight at the kills.
+    // At most the deliveries in flight at the kills, and the ones never
+    // acknowledged.
+    let unacknowledged = deliveries
+        .iter()
+        .filter(|d| !d.acknowledged && d.message_id.is_some())
+        .count();
     assert!(
-        checked.duplicated() <= kills.len() * POOL,
-        "{} duplicates from {} kills: more than could be in flight",
+        checked.duplicated() <= kills.len() * POOL + unacknowledged,
+        "{} duplicates from {} kills and {unacknowledged} unacknowledged: more than could be in flight",
         checked.duplicated(),
         kills.len()
     );
@@ -211,17 +316,23 @@ fn the_checker_tells_lost_withdrawn_and_duplicates_in_and_outside_the_gap() {
     let got = |id: &str, s: u64| Delivery {
         message_id: Some(id.to_owned()),
         at: at(s),
+        acknowledged: true,
     };
     let deliveries = [
         got("a@x", 10),
         got("a@x", 30), // killed at 12: in the gap
         got("b@x", 20),
         got("b@x", 40), // no kill within the gap after 20
-        got("c@x", 50),
+        Delivery {
+            acknowledged: false,
+            ..got("c@x", 50)
+        },
         got("z@x", 60), // not expected
+        got("c@x", 55), // never acknowledged, then sent again
         Delivery {
             message_id: None,
             at: at(70),
+            acknowledged: true,
         },
     ];
     let checked = checker::check(&expected, &deliveries, &[at(12)], |key| match key {
@@ -229,9 +340,9 @@ fn the_checker_tells_lost_withdrawn_and_duplicates_in_and_outside_the_gap() {
         _ => Some(("sending".to_owned(), None)),
     });
     assert_eq!(checked.expected, 5);
-    assert_eq!(checked.received, 6);
+    assert_eq!(checked.received, 7);
     assert_eq!(checked.partial, 1);
-    assert_eq!(checked.duplicated_in_gap, 1);
+    assert_eq!(checked.duplicated_in_gap, 2);
     assert_eq!(checked.duplicated_outside, ["b@x"]);
     assert_eq!(checked.unexpected, ["z@x"]);
     assert_eq!(

@@ -5,10 +5,12 @@
 //!   a marketing email retried after an outage is checked again, and an
 //!   event applied meanwhile may have cancelled it, with the reason);
 //! - unexpected: received, not expected;
-//! - duplicated: received more than once. A duplicate is in the gap when a
-//!   worker was killed between the server accepting the earlier copy and
-//!   the worker recording it: that is, a kill at most [`GAP`] after the
-//!   earlier copy was written. A duplicate outside the gap is a bug.
+//! - duplicated: received more than once. A duplicate is in the gap when
+//!   the worker cannot have known the earlier copy arrived: the server took
+//!   it and never acknowledged it, or a worker was killed between the
+//!   server accepting it and the worker recording it (a kill at most
+//!   [`GAP`] after the earlier copy was written). A duplicate outside the
+//!   gap is a bug.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -28,6 +30,10 @@ pub struct Delivery {
     pub message_id: Option<String>,
     /// When the sink finished writing it.
     pub at: SystemTime,
+    /// Whether the server answered the final dot. A message it took and
+    /// never acknowledged (it hung up, or answered after the client gave
+    /// up) is rightly sent again: its duplicate is in the gap.
+    pub acknowledged: bool,
 }
 
 /// Every email `simulate --with-ids` plans to send for `log`: Message-ID
@@ -91,10 +97,10 @@ pub fn check(
         expected: expected.len(),
         ..Checked::default()
     };
-    let mut by_id: BTreeMap<&str, Vec<SystemTime>> = BTreeMap::new();
+    let mut by_id: BTreeMap<&str, Vec<(SystemTime, bool)>> = BTreeMap::new();
     for d in deliveries {
         match &d.message_id {
-            Some(id) => by_id.entry(id).or_default().push(d.at),
+            Some(id) => by_id.entry(id).or_default().push((d.at, d.acknowledged)),
             None => checked.partial += 1,
         }
     }
@@ -115,14 +121,16 @@ pub fn check(
             checked.unexpected.push(id.to_owned());
         }
         times.sort();
-        // Every copy but the last must have been followed by a kill.
-        for earlier in &times[..times.len() - 1] {
-            let in_gap = kills.iter().any(|k| {
-                k.duration_since(*earlier).is_ok_and(|d| d <= GAP)
+        // Every copy but the last must have gone unacknowledged, or have
+        // been followed by a kill.
+        for (earlier, acknowledged) in &times[..times.len() - 1] {
+            let in_gap = !acknowledged
+                || kills.iter().any(|k| {
+                    k.duration_since(*earlier).is_ok_and(|d| d <= GAP)
                     // The file's time and the kill's come from different
                     // clocks' reads: a little slack the other way.
                     || earlier.duration_since(*k).is_ok_and(|d| d <= Duration::from_millis(200))
-            });
+                });
             if in_gap {
                 checked.duplicated_in_gap += 1;
             } else {
