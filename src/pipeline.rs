@@ -304,6 +304,18 @@ impl<S: Store> Pipeline<S> {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
                 let to = addressee(&self.context.locales, &journey);
                 let verdict = match &to.recipient {
+                    // The events of a customer come on three topics: a
+                    // shipment's can be applied before the order that
+                    // brings the address. Wait for it a while.
+                    None if until.max(email.fire_at) + ADDRESS_RETRY
+                        <= email.due_at + ADDRESS_WAIT =>
+                    {
+                        let to = until.max(email.fire_at) + ADDRESS_RETRY;
+                        tx.postpone(email.id, to, "no address yet")?;
+                        self.stats.deferred += 1;
+                        count_email(&self.observer, &email.template, "deferred");
+                        continue;
+                    }
                     None => Some((Verdict::Suppressed, "no address".to_owned())),
                     Some(address) if tx.is_suppressed(address)? => {
                         Some((Verdict::Suppressed, "address bounced".to_owned()))
@@ -371,6 +383,12 @@ impl<S: Store> Pipeline<S> {
         }
     }
 }
+
+/// An email due for a customer whose address is not known yet is tried
+/// again this much later...
+const ADDRESS_RETRY: SignedDuration = SignedDuration::from_mins(1);
+/// ...until this long after it was due; then it ends suppressed.
+const ADDRESS_WAIT: SignedDuration = SignedDuration::from_hours(1);
 
 /// How long `fire` waits for due emails another worker's transaction
 /// holds before it returns without them (they are fired on a later call).
@@ -671,6 +689,81 @@ mod tests {
             Some(Status::Pending)
         );
         assert_eq!(p.store().position("test").unwrap().as_deref(), Some("e3"));
+    }
+
+    fn dispatched(id: &str, at: &str, order: &str) -> Entry {
+        let raw = format!(
+            r#"{{"event_id":"{id}","type":"shipment.dispatched","occurred_at":"{at}","customer":{{"id":"c-1"}},"order":{{"id":"{order}"}},"shipment":{{"id":"s-1","carrier":"DHL","tracking_number":"T1"}}}}"#
+        );
+        Entry {
+            raw: raw.into_bytes(),
+            ..placed(id, at, order, None)
+        }
+    }
+
+    #[test]
+    fn an_email_waits_for_an_address_that_comes_from_another_topic_then_gives_up() {
+        // The shipment's event is applied before the order that brings the
+        // customer's address (another topic, read first).
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        let shipped = [dispatched("e1", "2026-01-01T10:00:05Z", "o-1")];
+        p.ingest(
+            "test",
+            &shipped,
+            Some(t("2026-01-01T10:00:10Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        assert!(approved.is_empty());
+        let waiting = status_of(&mut p, "c-1/shipping_update/s-1").unwrap();
+        assert_eq!(waiting.0, Status::Pending);
+        // The order comes 30 s later: the update goes out, with the address.
+        let order = [placed(
+            "e2",
+            "2026-01-01T10:00:00Z",
+            "o-1",
+            Some("anna@example.com"),
+        )];
+        p.ingest(
+            "test",
+            &order,
+            Some(t("2026-01-01T10:00:40Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:01:20Z"), &mut approved).unwrap();
+        let update = approved
+            .iter()
+            .find(|e| e.key == "c-1/shipping_update/s-1")
+            .expect("sent once the address came");
+        assert_eq!(update.recipient.as_deref(), Some("anna@example.com"));
+
+        // Another customer's order never comes: suppressed after an hour.
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        p.ingest(
+            "test",
+            &shipped,
+            Some(t("2026-01-01T10:00:10Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:30:00Z"), &mut approved).unwrap();
+        assert_eq!(
+            status_of(&mut p, "c-1/shipping_update/s-1").map(|s| s.0),
+            Some(Status::Pending)
+        );
+        p.fire(t("2026-01-01T11:30:00Z"), &mut approved).unwrap();
+        assert!(approved.is_empty());
+        assert_eq!(
+            status_of(&mut p, "c-1/shipping_update/s-1"),
+            Some((Status::Suppressed, Some("no address".into())))
+        );
     }
 
     #[test]

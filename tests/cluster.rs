@@ -20,6 +20,43 @@ use common::{KillOnDrop, SmtpSink, Work, sigterm, spawn, wait_exit};
 const WORKERS: usize = 3;
 const POOL: usize = 4;
 
+type Record = (String, String, String);
+
+/// Hands `records` to `produce` each when it happens (its `occurred_at`),
+/// in order, a few at a time, until all are out.
+fn produce_live(records: &[Record], produce: impl Fn(&[Record])) {
+    let at = |event: &str| {
+        let v: serde_json::Value = serde_json::from_str(event).unwrap();
+        v["occurred_at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    let mut next = 0;
+    while next < records.len() {
+        let now = jiff::Timestamp::now();
+        let due = records[next..]
+            .iter()
+            .take_while(|(_, _, event)| at(event) <= now)
+            .count();
+        if due > 0 {
+            produce(&records[next..next + due]);
+        }
+        next += due;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The time of the last event of `log`.
+fn last_event(log: &str) -> jiff::Timestamp {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["occurred_at"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .max()
+        .unwrap()
+}
+
 /// `status, reason` of email `key` in the schema's store.
 fn stored_status(schema: &Schema, key: &str) -> Option<(String, Option<String>)> {
     let mut client = schema.client();
@@ -58,13 +95,7 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     common::write(&log_path, &log);
     // The oracle: what is due by a minute after the last event (the
     // emails sent at once; the delayed ones are not due in this test).
-    let last = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["occurred_at"].as_str()?.parse::<jiff::Timestamp>().ok())
-        .max()
-        .unwrap();
-    let until = (last + Duration::from_secs(60)).to_string();
+    let until = (last_event(&log) + Duration::from_secs(60)).to_string();
     let expected = checker::expected_until(&work, &log_path, Some(&until));
     assert!(expected.len() > customers * 2, "{} emails", expected.len());
 
@@ -81,27 +112,7 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     // The load: each event produced when it happens...
     let records = records(&log);
     let kills = std::thread::scope(|scope| {
-        let producing = scope.spawn(|| {
-            let mut next = 0;
-            while next < records.len() {
-                let now = jiff::Timestamp::now();
-                let due = records[next..]
-                    .iter()
-                    .take_while(|(_, _, event)| {
-                        let v: serde_json::Value = serde_json::from_str(event).unwrap();
-                        v["occurred_at"]
-                            .as_str()
-                            .unwrap()
-                            .parse::<jiff::Timestamp>()
-                            .unwrap()
-                            <= now
-                    })
-                    .count();
-                tansu.produce(&records[next..next + due]);
-                next += due;
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        });
+        let producing = scope.spawn(|| produce_live(&records, |r| tansu.produce(r)));
         // ...and meanwhile a worker killed with SIGKILL every 3 s, in
         // turn, and started again at once under the same id.
         let mut kills = Vec::new();
@@ -124,18 +135,8 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     // Then the three run on until every expected email is in (killed
     // members leave the group when their sessions time out; leases of
     // emails in flight at a kill expire and are taken over).
-    let received = |sink: &SmtpSink| {
-        let mut ids: Vec<String> = sink
-            .deliveries()
-            .into_iter()
-            .filter_map(|d| d.message_id)
-            .collect();
-        ids.sort();
-        ids.dedup();
-        ids.len()
-    };
     let complete = common::wait_until(Duration::from_secs(240), || {
-        received(&sink) >= expected.len()
+        sink.distinct_message_ids() >= expected.len()
     });
     // A little longer, for any late duplicate to arrive.
     std::thread::sleep(Duration::from_secs(3));
@@ -163,13 +164,10 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
         checked.duplicated_outside.len()
     );
     assert_eq!(kills.len(), 8, "a worker had exited before its kill");
-    assert!(
-        complete || !checked.lost.is_empty(),
-        "incomplete yet nothing lost?"
-    );
     checked.assert_promise_kept();
     // No SMTP outage here: nothing is retried, so nothing is withdrawn.
     assert!(checked.withdrawn.is_empty(), "{:?}", checked.withdrawn);
+    assert!(complete, "incomplete, yet nothing lost or withdrawn?");
     assert!(
         checked.duplicated() <= kills.len() * POOL,
         "{} duplicates from {} kills",
@@ -304,4 +302,111 @@ fn readiness_follows_the_store_going_away_and_the_worker_waits_it_out() {
     let status = wait_exit(&mut worker.0, Duration::from_secs(20)).expect("the worker stopped");
     assert!(status.success(), "{status:?}");
     assert_eq!(work.outbox().len(), plan, "an email was written twice");
+}
+
+#[test]
+fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() {
+    let customers = 200;
+    let start = jiff::Timestamp::now() + Duration::from_secs(3);
+    let log = common::live_events(customers, start, Duration::from_secs(24));
+    // Its topics survive a restart, as a real broker's do.
+    let tansu = std::sync::Mutex::new(Tansu::start_durable());
+    tansu.lock().unwrap().create_topics(&TOPICS, 3);
+    tansu
+        .lock()
+        .unwrap()
+        .create_topics(&["aftercare.dead-letter"], 1);
+    let sink = SmtpSink::start(&[]);
+    let brokers_config = kafka_config(
+        &tansu.lock().unwrap(),
+        "g1",
+        &format!(
+            "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\n\
+             port = {}\npool_size = {POOL}\n",
+            sink.port
+        ),
+    );
+    let work = Work::new(&brokers_config);
+    let log_path = work.path("events.jsonl");
+    common::write(&log_path, &log);
+    let until = (last_event(&log) + Duration::from_secs(60)).to_string();
+    let expected = checker::expected_until(&work, &log_path, Some(&until));
+    assert!(expected.len() > customers * 2, "{} emails", expected.len());
+
+    let worker = |id: &str| spawn(work.command(&["run"]).env("AFTERCARE_WORKER_ID", id));
+    let mut first = worker("w1");
+    let records = records(&log);
+    let (joins, outages) = std::thread::scope(|scope| {
+        // A produce holds the lock only while it waits for its acks: the
+        // broker may be stopped between produces.
+        let producing =
+            scope.spawn(|| produce_live(&records, |r| tansu.lock().unwrap().produce(r)));
+        // A second worker joins and leaves (SIGTERM) every few seconds;
+        // the broker goes away for 4 s twice, and restarts at once twice.
+        let (mut joins, mut outages) = (0, 0);
+        let began = Instant::now();
+        let mut round = 0;
+        while !producing.is_finished() || round < 6 {
+            std::thread::sleep(Duration::from_secs(2));
+            let mut second = worker("w2");
+            joins += 1;
+            std::thread::sleep(Duration::from_secs(3));
+            match round % 3 {
+                0 => {
+                    let mut broker = tansu.lock().unwrap();
+                    broker.stop();
+                    std::thread::sleep(Duration::from_secs(4));
+                    broker.spawn();
+                    outages += 1;
+                }
+                1 => {
+                    tansu.lock().unwrap().restart();
+                    outages += 1;
+                }
+                _ => {}
+            }
+            sigterm(&second.0);
+            let left = wait_exit(&mut second.0, Duration::from_secs(20)).expect("w2 left");
+            assert!(left.success(), "w2: {left:?}");
+            round += 1;
+            assert!(
+                began.elapsed() < Duration::from_secs(120),
+                "the load never ended"
+            );
+        }
+        producing.join().unwrap();
+        (joins, outages)
+    });
+
+    let complete = common::wait_until(Duration::from_secs(180), || {
+        sink.distinct_message_ids() >= expected.len()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    sigterm(&first.0);
+    let status = wait_exit(&mut first.0, Duration::from_secs(20)).expect("w1 stopped");
+    assert!(status.success(), "w1: {status:?}");
+
+    let status: std::collections::BTreeMap<String, (String, Option<String>)> = work
+        .stored()
+        .into_iter()
+        .map(|e| (e.key, (e.status, e.reason)))
+        .collect();
+    let checked = checker::check(&expected, &sink.deliveries(), &[], |key| {
+        status.get(key).cloned()
+    });
+    eprintln!(
+        "cluster: {joins} joins and leaves, {outages} broker outages, {} events; {} emails \
+         expected, {} received, {} lost, {} withdrawn, {} duplicated",
+        records.len(),
+        checked.expected,
+        checked.received,
+        checked.lost.len(),
+        checked.withdrawn.len(),
+        checked.duplicated()
+    );
+    checked.assert_promise_kept();
+    assert!(checked.withdrawn.is_empty(), "{:?}", checked.withdrawn);
+    assert!(complete, "incomplete, yet nothing lost or withdrawn?");
+    // No kill, no unacknowledged message: not one duplicate.
+    assert_eq!(checked.duplicated(), 0);
 }

@@ -403,6 +403,16 @@ impl SmtpSink {
             .collect()
     }
 
+    /// How many different Message-IDs came so far.
+    pub fn distinct_message_ids(&self) -> usize {
+        let ids: std::collections::BTreeSet<String> = self
+            .deliveries()
+            .into_iter()
+            .filter_map(|d| d.message_id)
+            .collect();
+        ids.len()
+    }
+
     /// The Message-ID of every message received, asserting none came twice.
     pub fn message_ids_once(&self) -> Vec<String> {
         let ids: Vec<String> = self

@@ -54,18 +54,42 @@ fn binary() -> PathBuf {
 
 pub struct Tansu {
     pub port: u16,
+    /// Where it keeps its data: `memory://tansu/` (lost on restart) or a
+    /// SQLite file.
+    storage: String,
     child: Option<Child>,
+    /// The working directory, with the SQLite file; removed on drop.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Tansu {
+    /// A broker in memory: a restart empties it.
     pub fn start() -> Tansu {
+        Self::start_with("memory://tansu/".to_owned(), None)
+    }
+
+    /// A broker that keeps its topics in a SQLite file: they survive a
+    /// restart.
+    pub fn start_durable() -> Tansu {
+        // tansu takes the path as relative to its working directory.
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_with("sqlite://tansu.db".to_owned(), Some(dir))
+    }
+
+    fn start_with(storage: String, dir: Option<tempfile::TempDir>) -> Tansu {
         let port = free_port();
-        let mut tansu = Tansu { port, child: None };
+        let mut tansu = Tansu {
+            port,
+            storage,
+            child: None,
+            dir,
+        };
         tansu.spawn();
         tansu
     }
 
-    fn spawn(&mut self) {
+    /// Starts the broker (again, after `stop`) on its port.
+    pub fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(binary())
             .args([
@@ -75,7 +99,12 @@ impl Tansu {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(["--storage-engine", &self.storage])
+            .current_dir(
+                self.dir
+                    .as_ref()
+                    .map_or(std::env::temp_dir(), |d| d.path().to_owned()),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -89,7 +118,7 @@ impl Tansu {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts it again on the same port (in-memory storage: empty).
+    /// Starts it again on the same port (in memory: empty).
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
