@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of aftercare. Installs what the tests need first
-# (Postfix, for its smtp-sink SMTP server; aiosmtpd from PyPI, for an SMTP
+# (Postfix, for its smtp-sink SMTP server; faketime, to start a worker in the
+# past; aiosmtpd from PyPI, for an SMTP
 # server that bounces; Chromium from Debian and playwright-core from npm,
 # for the browser tests; tansu, a Kafka-protocol broker, from crates.io:
 # about ten minutes to build, once), then checks formatting and lints, runs
@@ -18,6 +19,12 @@ if ! command -v smtp-sink >/dev/null 2>&1 && [ ! -x /usr/sbin/smtp-sink ]; then
   echo "==> Installing Postfix (smtp-sink, a real SMTP server for the tests)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+
+if ! command -v faketime >/dev/null 2>&1; then
+  echo "==> Installing faketime (a worker started 100 days in the past, for the clock-jump test)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 fi
 
 if ! python3 -c "import aiosmtpd" >/dev/null 2>&1; then

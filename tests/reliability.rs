@@ -353,3 +353,97 @@ fn the_checker_tells_lost_withdrawn_and_duplicates_in_and_outside_the_gap() {
     let kept = std::panic::catch_unwind(|| checked.assert_promise_kept());
     assert!(kept.is_err());
 }
+
+/// `aftercare ARGS` in `work` with the wall clock `days` days behind
+/// (libfaketime; monotonic time left alone, so timeouts still work).
+fn run_days_ago(work: &Work, days: u32, args: &[&str]) -> std::process::Output {
+    let faketime = ["/usr/bin/faketime", "/usr/local/bin/faketime"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("faketime not found: install Debian's faketime package (scripts/test.sh does)");
+    std::process::Command::new(faketime)
+        .args(["-f", &format!("-{days}d"), common::BIN, "--config"])
+        .arg(work.config())
+        .args(args)
+        .current_dir(work.dir.path())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_cancelled() {
+    let sink = SmtpSink::start(&[]);
+    let work = Work::new(&format!(
+        "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
+        sink.port
+    ));
+    let now = jiff::Timestamp::now();
+    let ago = |days: i64| (now - jiff::SignedDuration::from_hours(24 * days)).to_string();
+    let order = |event: &str, customer: &str, order: &str, days: i64| {
+        format!(
+            r#"{{"event_id":"{event}","type":"order.placed","occurred_at":"{}","customer":{{"id":"{customer}","email":"{customer}@example.com","name":"Kim","locale":"en","timezone":"UTC","marketing_consent":true}},"order":{{"id":"{order}","total":"19.90","currency":"EUR","items":[]}}}}"#,
+            ago(days)
+        )
+    };
+    // Three customers order 100 days ago, while the worker runs...
+    let before = [
+        order("e1", "a", "a-1", 100),
+        order("e2", "b", "b-1", 100),
+        order("e3", "c", "c-1", 100),
+    ];
+    // ...then it is down for 100 days, during which b orders again before
+    // their win-back falls due (60 days after the first order), and c only
+    // after it.
+    let during = [order("e4", "b", "b-2", 50), order("e5", "c", "c-2", 20)];
+    let log = work.path("events.jsonl");
+    common::write(&log, &(before.join("\n") + "\n"));
+    let out = run_days_ago(&work, 100, &["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first: BTreeMap<String, u64> = sink
+        .deliveries()
+        .into_iter()
+        .filter_map(|d| d.message_id)
+        .map(|id| (id, 1))
+        .collect();
+    assert_eq!(first.len(), 3, "only the confirmations were due then");
+
+    // The clock jumps 100 days: the worker starts again with the events of
+    // the downtime waiting.
+    common::write(
+        &log,
+        &(before.join("\n") + "\n" + &during.join("\n") + "\n"),
+    );
+    let expected = checker::expected_until(&work, &log, Some(&now.to_string()));
+    for _ in 0..2 {
+        // The second start finds nothing left to do.
+        let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let checked = checker::check(&expected, &sink.deliveries(), &[], |_| None);
+    eprintln!(
+        "reliability: clock jump: {} expected, {} received",
+        checked.expected, checked.received
+    );
+    checked.assert_promise_kept();
+    assert_eq!(checked.duplicated(), 0);
+    assert!(checked.withdrawn.is_empty());
+
+    let stored: BTreeMap<String, (String, Option<String>)> = work
+        .stored()
+        .into_iter()
+        .map(|e| (e.key, (e.status, e.reason)))
+        .collect();
+    let status = |key: &str| stored.get(key).map(|(s, _)| s.as_str());
+    // Overdue: a's welcome and win-back, c's win-back (due before c ordered
+    // again) went out, once each.
+    for key in ["a/welcome/a-1", "a/win_back/a-1", "c/win_back/c-1"] {
+        assert_eq!(status(key), Some("sent"), "{key}");
+    }
+    // b's first win-back was cancelled by the order of the downtime.
+    assert_eq!(
+        stored.get("b/win_back/b-1"),
+        Some(&("cancelled".to_owned(), Some("new order b-2".to_owned())))
+    );
+}
