@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of aftercare. Installs what the tests need first
-# (Postfix, for its smtp-sink SMTP server; faketime, to start a worker in the
-# past; aiosmtpd from PyPI, for an SMTP
-# server that bounces; Chromium from Debian and playwright-core from npm,
-# for the browser tests; tansu, a Kafka-protocol broker, from crates.io:
-# about ten minutes to build, once), then checks formatting and lints, runs
-# the unit and integration tests, and fuzzes briefly (scripts/fuzz.sh). The
-# servers are started by the tests themselves, on loopback ports, and
-# stopped when each test ends.
+# (Postfix, for its smtp-sink SMTP server; faketime, to start a worker in
+# the past; aiosmtpd from PyPI, for an SMTP server that bounces; Chromium
+# from Debian and playwright-core from npm, for the browser tests; tansu, a
+# Kafka-protocol broker, from crates.io: about ten minutes to build, once),
+# then checks formatting and lints, runs the unit and integration tests,
+# and fuzzes briefly (scripts/fuzz.sh). The servers are started by the
+# tests themselves, on loopback ports, and stopped when each test ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
