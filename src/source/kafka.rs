@@ -463,6 +463,7 @@ impl KafkaSource {
             } else {
                 self.consumer.resume(&tpl)
             };
+            tracing::debug!(topic, partition, paused = want_paused, next = ?state.next, queued = state.queue.len(), "Flow control.");
             match result {
                 Ok(()) => state.paused = want_paused,
                 Err(e) => tracing::warn!(topic, partition, error = %e, "Pause/resume failed."),
@@ -486,6 +487,16 @@ impl KafkaSource {
         let Some(state) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
             return;
         };
+        match state.next {
+            // Already queued (fetched again after a pause or a seek).
+            Some(next) if offset < next => return,
+            // Offsets can skip (compaction, transaction markers); a broker
+            // that skips records on a fetch inside a batch looks the same.
+            Some(next) if offset > next => {
+                tracing::debug!(topic, partition, offset, next, "Offsets skipped.");
+            }
+            _ => {}
+        }
         state.next = Some(offset + 1);
         state.last_message = Some(Instant::now());
         let time = serde_json::from_slice::<EventTime>(payload)

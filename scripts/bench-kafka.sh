@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Kafka ingest: events per second from the broker into the durable SQLite
+# store, against a bare rdkafka consumer (a loop that only counts messages)
+# reading the same topic from the same broker, in one run. Medians of RUNS.
+#
+#   scripts/bench-kafka.sh            # N=200000 RUNS=3
+#
+# tansu (in memory, on a loopback port) holds N `order.placed` events (new
+# customers, 5 items, dated 2030: nothing falls due, so this is ingest
+# alone) on `orders`, 3 partitions. Each run, the bare consumer
+# (examples/kafka_load.rs) and then `aftercare run --once` read them with a
+# new group from offset 0; aftercare's time is the whole process (start,
+# group join, ingest, exit), the bare consumer's is from subscribing to its
+# last message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-200000}
+RUNS=${RUNS:-3}
+
+cargo build --release --quiet --bin aftercare --example kafka_load
+bin=target/release/aftercare
+load=target/release/examples/kafka_load
+tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
+work=$(mktemp -d)
+tansu_pid=
+cleanup() {
+  [ -n "$tansu_pid" ] && kill "$tansu_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+brokers="127.0.0.1:$port"
+RUST_LOG=warn "$tansu" broker --listener-url "tcp://$brokers" --advertised-listener-url "tcp://$brokers" \
+  --storage-engine memory://tansu/ > "$work/tansu.log" 2>&1 &
+tansu_pid=$!
+for _ in $(seq 100); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 1)" 2>/dev/null && break
+  sleep 0.1
+done
+# Topics: the three the worker reads (3 partitions each).
+for topic in orders shipments returns aftercare.dead-letter; do
+  "$tansu" topic create "$topic" --partitions 3 --broker "tcp://$brokers" > /dev/null 2>&1 || true
+done
+"$load" produce "$brokers" orders "$N"
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+bare=()
+ours=()
+for run in $(seq "$RUNS"); do
+  result=$("$load" count "$brokers" orders "$N")
+  rate=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["per_s_after_first"])' "$result")
+  echo "run $run: bare consumer $result"
+  bare+=("$rate")
+
+  cat > "$work/aftercare-$run.toml" <<TOML
+data_dir = "$work/data-$run"
+[source]
+kind = "kafka"
+batch_size = 1000
+[source.kafka]
+brokers = "$brokers"
+group_id = "aftercare-bench-$run"
+TOML
+  start=$(date +%s.%N)
+  summary=$(RUST_LOG=warn "$bin" --config "$work/aftercare-$run.toml" run --once)
+  end=$(date +%s.%N)
+  read_line=$(echo "$summary" | grep -m1 '^Read ')
+  seconds=$(python3 -c "print(f'{$end - $start:.3f}')")
+  rate=$(python3 -c "print(f'{$N / ($end - $start):.0f}')")
+  echo "run $run: aftercare $seconds s, $rate events/s ($read_line)"
+  ours+=("$rate")
+done
+
+b=$(printf '%s\n' "${bare[@]}" | median)
+o=$(printf '%s\n' "${ours[@]}" | median)
+echo
+echo "events: $N order.placed on orders (3 partitions), tansu in memory"
+echo "bare rdkafka consumer, median: $b messages/s"
+echo "aftercare ingest into SQLite, median: $o events/s ($(python3 -c "print(f'{100 * $o / $b:.0f}')") % of bare)"
