@@ -24,6 +24,12 @@
 
 #![forbid(unsafe_code)]
 
+/// mimalloc for every allocation of the worker, its tests and benches:
+/// rendering and MIME building allocate heavily, and glibc's malloc was
+/// about 30 % of their time (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod check;
 pub mod config;
 pub mod daemon;
