@@ -142,29 +142,38 @@ pub fn check(
 }
 
 impl Checked {
+    /// What breaks the promise, if anything: emails lost, unexpected, or
+    /// duplicated outside the gap.
+    pub fn broken(&self) -> Option<String> {
+        let first =
+            |v: &dyn std::fmt::Debug| format!("{v:?}").chars().take(2_000).collect::<String>();
+        let mut found = Vec::new();
+        if !self.lost.is_empty() {
+            found.push(format!("{} lost: {}", self.lost.len(), first(&self.lost)));
+        }
+        if !self.unexpected.is_empty() {
+            found.push(format!(
+                "{} unexpected: {}",
+                self.unexpected.len(),
+                first(&self.unexpected)
+            ));
+        }
+        if !self.duplicated_outside.is_empty() {
+            found.push(format!(
+                "{} duplicated outside the gap: {}",
+                self.duplicated_outside.len(),
+                first(&self.duplicated_outside)
+            ));
+        }
+        (!found.is_empty()).then(|| found.join("; "))
+    }
+
     /// Fails the test on anything lost, unexpected or duplicated outside
     /// the gap.
     pub fn assert_promise_kept(&self) {
-        let first =
-            |v: &dyn std::fmt::Debug| format!("{v:?}").chars().take(2_000).collect::<String>();
-        assert!(
-            self.lost.is_empty(),
-            "{} lost: {}",
-            self.lost.len(),
-            first(&self.lost)
-        );
-        assert!(
-            self.unexpected.is_empty(),
-            "{} unexpected: {}",
-            self.unexpected.len(),
-            first(&self.unexpected)
-        );
-        assert!(
-            self.duplicated_outside.is_empty(),
-            "{} duplicated outside the gap after a kill: {}",
-            self.duplicated_outside.len(),
-            first(&self.duplicated_outside)
-        );
+        if let Some(broken) = self.broken() {
+            panic!("{broken}");
+        }
     }
 
     pub fn duplicated(&self) -> usize {
