@@ -27,7 +27,8 @@ a cancellation and a return per customer, run through SMTP to Postfix's
 ms to 1 s into each run). Every other run the SMTP side fails, in turn:
 down (connection refused); a server that accepts connections and never
 speaks; 450 to every RCPT; 421 to MAIL FROM; the reply to the final dot
-5 s late (after the client's 2 s timeout); a hang-up after the final dot.
+5 s late (after the client's 2 s timeout); a hang-up after the final dot;
+500 to every RCPT.
 Then the worker runs to the end. The checker compares what the sinks
 received with `simulate --with-ids` (the oracle) by Message-ID:
 
@@ -38,6 +39,9 @@ received with `simulate --with-ids` (the oracle) by Message-ID:
   its max delay. The log is replayed at full speed, so a retry happens
   after every later event is in: in live use far fewer are withdrawn.
   Counted apart; each ends `cancelled` or `suppressed` with the reason;
+- *refused*: planned, never received, because the server refused it for
+  good (the 500 fault): it ends `failed` with the reply, as it should;
+  every `failed` email must be one of these;
 - *duplicated*: received more than once, each with the same Message-ID.
   Every duplicate must be in the gap between the server taking a message
   and the worker knowing it: a kill within 5 s after the earlier copy was
@@ -45,8 +49,8 @@ received with `simulate --with-ids` (the oracle) by Message-ID:
   the hang-up faults). One outside the gap fails the suite, and so do more
   than the deliveries in flight at the kills plus the unacknowledged ones.
 
-| suite | seed | customers | kills | faults | expected | received | lost | withdrawn | duplicated | time |
-|---|---|---|---|---|---|---|---|---|---|---|
+| suite | seed | customers | kills | faults | expected | received | lost | withdrawn | refused | duplicated | time |
+|---|---|---|---|---|---|---|---|---|---|---|---|
 MD
   cat "$figures"
   echo

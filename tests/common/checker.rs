@@ -4,6 +4,8 @@
 //! - lost: expected, never received (unless the store shows it withdrawn:
 //!   a marketing email retried after an outage is checked again, and an
 //!   event applied meanwhile may have cancelled it, with the reason);
+//! - refused: expected, never received, and the store shows the server
+//!   refused it for good (a 5xx reply): it ends `failed`, as it should;
 //! - unexpected: received, not expected;
 //! - duplicated: received more than once. A duplicate is in the gap when
 //!   the worker cannot have known the earlier copy arrived: the server took
@@ -73,10 +75,14 @@ pub struct Checked {
     pub received: usize,
     /// Partial dumps of aborted transactions, not counted as received.
     pub partial: usize,
-    /// Keys of expected emails never received, with their store status.
+    /// Keys of expected emails never received, with their store status
+    /// (and reason).
     pub lost: Vec<(String, Option<String>)>,
     /// Keys of expected emails the store shows withdrawn, with the reason.
     pub withdrawn: Vec<(String, Option<String>)>,
+    /// Keys of expected emails the server refused for good (a 5xx reply),
+    /// with the reply: they end `failed`, as they should.
+    pub refused: Vec<(String, Option<String>)>,
     pub unexpected: Vec<String>,
     pub duplicated_in_gap: usize,
     /// Message-IDs received again with no kill in the gap after the
@@ -113,7 +119,21 @@ pub fn check(
             Some((s, reason)) if s == "cancelled" || s == "suppressed" => {
                 checked.withdrawn.push((key.clone(), reason));
             }
-            other => checked.lost.push((key.clone(), other.map(|(s, _)| s))),
+            Some((s, reason))
+                if s == "failed"
+                    && reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("permanent:")) =>
+            {
+                checked.refused.push((key.clone(), reason));
+            }
+            other => checked.lost.push((
+                key.clone(),
+                other.map(|(s, reason)| match reason {
+                    Some(reason) => format!("{s}: {reason}"),
+                    None => s,
+                }),
+            )),
         }
     }
     for (id, mut times) in by_id {
