@@ -18,6 +18,14 @@ use common::tansu::{TOPICS, Tansu, kafka_config, records};
 use common::{KillOnDrop, SmtpSink, Work, sigterm, spawn, wait_exit};
 
 const WORKERS: usize = 3;
+
+/// One scenario at a time: each runs a broker and several workers, and two
+/// at once on two cores starve the group's heartbeats.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
 const POOL: usize = 4;
 
 type Record = (String, String, String);
@@ -72,6 +80,7 @@ fn stored_status(schema: &Schema, key: &str) -> Option<(String, Option<String>)>
 
 #[test]
 fn three_workers_killed_in_turn_under_load_send_every_email_once() {
+    let _turn = one_at_a_time();
     // Live events: they happen as they are produced, over 18 s.
     let customers = 300;
     let start = jiff::Timestamp::now() + Duration::from_secs(2);
@@ -206,6 +215,7 @@ fn readyz_until(port: u16, status: u16, within: u64) -> (bool, String) {
 
 #[test]
 fn readiness_follows_the_store_going_away_and_the_worker_waits_it_out() {
+    let _turn = one_at_a_time();
     let first = common::generated_events(10);
     let tansu = common::tansu::broker_with(&first);
     let schema = Schema::new();
@@ -306,6 +316,7 @@ fn readiness_follows_the_store_going_away_and_the_worker_waits_it_out() {
 
 #[test]
 fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() {
+    let _turn = one_at_a_time();
     let customers = 200;
     let start = jiff::Timestamp::now() + Duration::from_secs(3);
     let log = common::live_events(customers, start, Duration::from_secs(24));
