@@ -41,7 +41,7 @@ received with `simulate --with-ids` (the oracle) by Message-ID:
   Counted apart; each ends `cancelled` or `suppressed` with the reason;
 - *refused*: planned, never received, because the server refused it for
   good (the 500 fault): it ends `failed` with the reply, as it should;
-  every `failed` email must be one of these;
+  every `failed` email must have been refused by the server (a 5xx);
 - *duplicated*: received more than once, each with the same Message-ID.
   Every duplicate must be in the gap between the server taking a message
   and the worker knowing it: a kill within 5 s after the earlier copy was
