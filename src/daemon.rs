@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::mailer::Mailer;
 use crate::observe::{Observer, redact};
-use crate::pipeline::{Pipeline, PipelineError, Stats};
+use crate::pipeline::{Pipeline, PipelineError, Stats, outage_pause};
 use crate::sender::{Outcome, Sender};
 use crate::source::{DeadLetters, Source, SourceError};
 use crate::store::{EmailRow, Store, StoreError};
@@ -245,22 +245,20 @@ fn retrying<T>(
     step: &str,
     mut attempt: impl FnMut() -> Result<T, DaemonError>,
 ) -> Result<T, DaemonError> {
-    let mut pause = Duration::from_millis(500);
+    let mut failures = 0;
     loop {
         match attempt() {
             Err(error) if error.is_transient() && !stop.load(Ordering::Relaxed) => {
                 observer.step_failed(step);
+                let pause = outage_pause(failures);
+                failures += 1;
                 tracing::error!(%error, step, retry_in = ?pause, "A step failed; trying it again.");
                 sleep_unless_stopped(pause, stop);
-                pause = (pause * 2).min(MAX_PAUSE);
             }
             other => return other,
         }
     }
 }
-
-/// The longest pause between attempts while the store is unavailable.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 fn sleep_unless_stopped(mut left: Duration, stop: &AtomicBool) {
     let step = Duration::from_millis(50);

@@ -283,7 +283,6 @@ impl<S: Store> Pipeline<S> {
             };
             let mut tx = self.store.begin()?;
             let due = tx.due(until, self.streams.as_deref(), self.fire_batch)?;
-            let shop = tx.shop_stats()?;
             if due.is_empty() {
                 drop(tx);
                 // Nothing left, or what is left is held for a moment by
@@ -299,19 +298,18 @@ impl<S: Store> Pipeline<S> {
                 return Ok(());
             }
             held_since = None;
+            let shop = tx.shop_stats()?;
             let mut batch = Vec::with_capacity(due.len());
             for mut email in due {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
                 let to = addressee(&self.context.locales, &journey);
+                let address_retry = until.max(email.fire_at) + ADDRESS_RETRY;
                 let verdict = match &to.recipient {
                     // The events of a customer come on three topics: a
                     // shipment's can be applied before the order that
                     // brings the address. Wait for it a while.
-                    None if until.max(email.fire_at) + ADDRESS_RETRY
-                        <= email.due_at + ADDRESS_WAIT =>
-                    {
-                        let to = until.max(email.fire_at) + ADDRESS_RETRY;
-                        tx.postpone(email.id, to, "no address yet")?;
+                    None if address_retry <= email.due_at + ADDRESS_WAIT => {
+                        tx.postpone(email.id, address_retry, "no address yet")?;
                         self.stats.deferred += 1;
                         count_email(&self.observer, &email.template, "deferred");
                         continue;
@@ -556,6 +554,19 @@ fn apply<T: Transaction>(
         }
     }
     Ok(Applied::New)
+}
+
+/// The pause before trying again a step that failed for a passing reason
+/// (the store unreachable): from half a second, doubling after each
+/// attempt, up to 30 s.
+pub fn outage_pause(attempts: u32) -> std::time::Duration {
+    backoff(
+        attempts,
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(30),
+        0.0,
+    )
+    .unsigned_abs()
 }
 
 /// A retry delay: doubling from `first` after each attempt, capped at

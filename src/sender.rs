@@ -2,7 +2,6 @@
 //! and the outcome written back to the store.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -13,7 +12,7 @@ use serde_json::Value;
 use crate::config::{Config, EmailClass, JourneyRule, RetryConfig};
 use crate::domains::{Domains, domain_of, is_deferral};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
-use crate::pipeline::backoff;
+use crate::pipeline::{backoff, outage_pause};
 use crate::render::Templates;
 use crate::store::{EmailRow, Store, StoreError};
 
@@ -213,13 +212,14 @@ impl<M: Mailer> Sender<M> {
         // accepted and the store did not record would go out again once its
         // lease expired. A shutdown cuts the wait; the email then stays
         // `sending` and is delivered again on the next start.
-        let mut pause = Duration::from_millis(500);
+        let mut failures = 0;
         loop {
             match record(email.id, &outcome, store).await {
                 Err(error) if error.is_transient() => {
+                    let pause = outage_pause(failures);
+                    failures += 1;
                     tracing::error!(%error, key = %email.key, retry_in = ?pause, "Recording a delivery failed; trying again.");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(30));
                 }
                 recorded => return recorded.map(|()| outcome),
             }

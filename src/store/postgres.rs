@@ -188,7 +188,6 @@ pub(super) fn describe(error: &postgres::Error) -> String {
     text
 }
 
-/// `name` as an SQL identifier.
 /// Whether `error` may pass: the connection is lost or cannot be made (an
 /// I/O error, no SQLSTATE), or the server answers with a class that says
 /// "later": connection exceptions (08), transaction rollbacks such as
@@ -212,6 +211,7 @@ pub(super) fn is_transient(error: &postgres::Error) -> bool {
     false
 }
 
+/// `name` as an SQL identifier.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
