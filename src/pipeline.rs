@@ -303,18 +303,20 @@ impl<S: Store> Pipeline<S> {
             for mut email in due {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
                 let to = addressee(&self.context.locales, &journey);
-                let address_retry = until.max(email.fire_at) + ADDRESS_RETRY;
                 let verdict = match &to.recipient {
                     // The events of a customer come on three topics: a
                     // shipment's can be applied before the order that
                     // brings the address. Wait for it a while.
-                    None if address_retry <= email.due_at + ADDRESS_WAIT => {
-                        tx.postpone(email.id, address_retry, "no address yet")?;
-                        self.stats.deferred += 1;
-                        count_email(&self.observer, &email.template, "deferred");
-                        continue;
+                    None => {
+                        let retry = until.max(email.fire_at) + ADDRESS_RETRY;
+                        if retry <= email.due_at + ADDRESS_WAIT {
+                            tx.postpone(email.id, retry, "no address yet")?;
+                            self.stats.deferred += 1;
+                            count_email(&self.observer, &email.template, "deferred");
+                            continue;
+                        }
+                        Some((Verdict::Suppressed, "no address".to_owned()))
                     }
-                    None => Some((Verdict::Suppressed, "no address".to_owned())),
                     Some(address) if tx.is_suppressed(address)? => {
                         Some((Verdict::Suppressed, "address bounced".to_owned()))
                     }
