@@ -64,11 +64,17 @@ const QUEUE_HIGH: usize = 5_000;
 
 type Partition = (String, i32);
 
+/// How long a newly assigned partition's end is asked of the broker before
+/// the loop goes on without it (librdkafka's statistics will tell it).
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What the rebalance callback tells the loop.
 #[derive(Default)]
 struct Shared {
     revoked: Mutex<Vec<Partition>>,
-    assigned: Mutex<Vec<Partition>>,
+    /// Newly assigned partitions, with the store's position when it has one
+    /// (where reading starts).
+    assigned: Mutex<Vec<(Partition, Option<i64>)>>,
     /// An assignment (perhaps empty) has been received.
     joined: AtomicBool,
     /// From librdkafka's statistics: where each partition ends.
@@ -80,8 +86,16 @@ struct Shared {
 }
 
 /// librdkafka's view of a partition.
+///
+/// librdkafka keeps a partition's figures across assignments: after a
+/// rebalance they may describe where this consumer stood when it last owned
+/// the partition, before another member read on. So the figures are
+/// forgotten when a partition is assigned, and only those of a partition
+/// being fetched (`active`) are taken in.
 #[derive(Debug, Clone, Copy)]
 struct Ends {
+    /// The fetcher is running for this assignment.
+    active: bool,
     /// The high watermark (the offset the next produced message gets).
     high: i64,
     /// The next offset to fetch, and how many fetched messages wait in
@@ -109,6 +123,7 @@ impl rdkafka::ClientContext for GroupContext {
                 ends.insert(
                     (topic.clone(), *partition),
                     Ends {
+                        active: p.fetch_state == "active",
                         high: p.hi_offset,
                         next_fetch: p.next_offset,
                         fetched: p.fetchq_cnt,
@@ -138,16 +153,23 @@ impl ConsumerContext for GroupContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut assignment = TopicPartitionList::new();
-                for (topic, partition) in &partitions {
-                    let stored = (self.positions)(&position_key(&self.group, topic, *partition))
+                let mut assigned = Vec::with_capacity(partitions.len());
+                let mut ends = lock(&self.shared.ends);
+                for (topic, partition) in partitions {
+                    let stored = (self.positions)(&position_key(&self.group, &topic, partition))
                         .and_then(|p| p.parse::<i64>().ok());
                     let offset = stored.map_or(Offset::Stored, Offset::Offset);
                     tracing::info!(topic, partition, ?offset, "Assigned partition.");
-                    if let Err(e) = assignment.add_partition_offset(topic, *partition, offset) {
+                    if let Err(e) = assignment.add_partition_offset(&topic, partition, offset) {
                         tracing::error!(topic, partition, error = %e, "Cannot set the start offset.");
                     }
+                    // Figures from an earlier assignment are stale.
+                    let key = (topic, partition);
+                    ends.remove(&key);
+                    assigned.push((key, stored));
                 }
-                lock(&self.shared.assigned).extend(partitions);
+                drop(ends);
+                lock(&self.shared.assigned).extend(assigned);
                 self.shared.joined.store(true, Ordering::SeqCst);
                 if cooperative {
                     consumer.incremental_assign(&assignment)
@@ -185,6 +207,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct PartitionState {
     /// The next offset to read, once we know it.
     next: Option<i64>,
+    /// One past the last offset queued in this assignment: an offset below
+    /// it was queued already (fetched again after a pause or a seek).
+    received: Option<i64>,
     /// The partition's end (high watermark) at the last check.
     high: Option<i64>,
     /// Read, not yet handed out: `(event time, entry)`. An event without a
@@ -203,9 +228,24 @@ impl PartitionState {
         matches!((self.next, self.high), (Some(n), Some(h)) if n >= h)
     }
 
+    /// A partition just assigned, read from `start` when the store has a
+    /// position for it, with its end when the broker told it.
+    fn assigned(start: Option<i64>, high: Option<i64>) -> PartitionState {
+        PartitionState {
+            next: start,
+            high,
+            last_message: Some(Instant::now()),
+            ..PartitionState::default()
+        }
+    }
+
     /// Takes in librdkafka's latest statistics for the partition.
     fn update(&mut self, ends: &Ends) {
-        if ends.high >= 0 {
+        if !ends.active {
+            return;
+        }
+        // The end only moves on: a lower figure is an older one.
+        if ends.high >= 0 && self.high.is_none_or(|high| ends.high > high) {
             self.high = Some(ends.high);
         }
         // Nothing handed to us yet: where the fetcher stands counts, once
@@ -215,10 +255,41 @@ impl PartitionState {
         }
     }
 
+    /// Whether a message at `offset` is new to this assignment (and if so,
+    /// takes it as read). Only what was actually queued counts: where
+    /// reading was expected to start never drops a message.
+    fn accept(&mut self, offset: i64) -> Read {
+        if self.received.is_some_and(|received| offset < received) {
+            return Read::Again;
+        }
+        let read = match self.next {
+            Some(next) if offset > next => Read::Skipped { from: next },
+            _ => Read::New,
+        };
+        self.received = Some(offset + 1);
+        self.next = Some(offset + 1);
+        self.last_message = Some(Instant::now());
+        read
+    }
+
     /// Nothing more to hand out until something new is produced.
     fn drained(&self) -> bool {
         self.at_end() && self.queue.is_empty()
     }
+}
+
+/// What a message is to its partition's state.
+#[derive(Debug, PartialEq)]
+enum Read {
+    New,
+    /// New, after a gap from `from`: offsets can skip (compaction,
+    /// transaction markers); a broker that skips records on a fetch inside
+    /// a batch looks the same.
+    Skipped {
+        from: i64,
+    },
+    /// Queued already (fetched again after a pause or a seek).
+    Again,
 }
 
 /// Hands out up to `max` queued events in event-time order, as long as no
@@ -377,12 +448,22 @@ impl KafkaSource {
     /// (queued events included: the next owner reads them from the
     /// committed position).
     fn apply_rebalances(&mut self) {
-        for partition in lock(&self.shared.assigned).drain(..) {
-            let state = PartitionState {
-                last_message: Some(Instant::now()),
-                ..PartitionState::default()
+        let assigned: Vec<_> = lock(&self.shared.assigned).drain(..).collect();
+        for ((topic, partition), start) in assigned {
+            // The partition's end from the broker itself: librdkafka's
+            // figure may be from before another member read on.
+            let high = match self
+                .consumer
+                .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
+            {
+                Ok((_, high)) => Some(high),
+                Err(e) => {
+                    tracing::debug!(topic, partition, error = %e, "Partition end unknown yet.");
+                    None
+                }
             };
-            self.partitions.insert(partition, state);
+            self.partitions
+                .insert((topic, partition), PartitionState::assigned(start, high));
         }
         for partition in lock(&self.shared.revoked).drain(..) {
             if let Some(state) = self.partitions.remove(&partition)
@@ -487,18 +568,13 @@ impl KafkaSource {
         let Some(state) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
             return;
         };
-        match state.next {
-            // Already queued (fetched again after a pause or a seek).
-            Some(next) if offset < next => return,
-            // Offsets can skip (compaction, transaction markers); a broker
-            // that skips records on a fetch inside a batch looks the same.
-            Some(next) if offset > next => {
-                tracing::debug!(topic, partition, offset, next, "Offsets skipped.");
+        match state.accept(offset) {
+            Read::New => {}
+            Read::Skipped { from } => {
+                tracing::debug!(topic, partition, offset, from, "Offsets skipped.");
             }
-            _ => {}
+            Read::Again => return,
         }
-        state.next = Some(offset + 1);
-        state.last_message = Some(Instant::now());
         let time = serde_json::from_slice::<EventTime>(payload)
             .ok()
             .and_then(|e| e.occurred_at)
@@ -663,6 +739,46 @@ mod tests {
         assert!(!state(Some(4), Some(5), &[]).at_end());
         assert!(!state(None, Some(5), &[]).at_end());
         assert!(!state(Some(5), None, &[]).at_end());
+    }
+
+    fn ends(active: bool, high: i64, next_fetch: i64) -> Ends {
+        Ends {
+            active,
+            high,
+            next_fetch,
+            fetched: 0,
+        }
+    }
+
+    /// After a rebalance librdkafka may still report where this consumer
+    /// stood when it last owned the partition, past where another member
+    /// has since read to: no message may be dropped for it.
+    #[test]
+    fn a_message_before_where_the_figures_said_reading_starts_is_kept() {
+        let mut s = PartitionState::assigned(None, None);
+        s.update(&ends(true, 200, 200));
+        assert_eq!(s.next, Some(200));
+        assert_eq!(s.accept(130), Read::New);
+        assert_eq!(s.accept(131), Read::New);
+        assert_eq!(s.accept(130), Read::Again, "fetched twice");
+        assert_eq!(s.accept(135), Read::Skipped { from: 132 });
+        assert_eq!(s.next, Some(136));
+    }
+
+    #[test]
+    fn figures_of_a_partition_not_fetched_or_older_ones_are_ignored() {
+        let mut s = PartitionState::assigned(Some(150), Some(170));
+        s.update(&ends(false, 120, 120));
+        assert_eq!((s.next, s.high), (Some(150), Some(170)));
+        s.update(&ends(true, 160, 150));
+        assert_eq!(s.high, Some(170), "an older end");
+        assert!(!s.at_end());
+        s.update(&ends(true, 180, 150));
+        assert_eq!(s.high, Some(180));
+        // The store's position stands: the fetcher's is only taken in when
+        // nothing else is known.
+        s.update(&ends(true, 180, 175));
+        assert_eq!(s.next, Some(150));
     }
 
     #[test]
