@@ -10,10 +10,12 @@
 //! may still go out, given the state at its due time; and [`Policy`] says
 //! when it may go out (frequency cap, quiet hours).
 
+mod data;
 pub mod insight;
 mod policy;
 mod state;
 
+pub use data::Data;
 pub use insight::ShopStats;
 pub use policy::{Policy, Timing};
 pub use state::{Journey, OrderState, Profile, ReturnNote};
@@ -40,7 +42,7 @@ pub struct NewEmail {
     pub order_id: Option<String>,
     pub due_at: Timestamp,
     /// The trigger's part of the template data (`order`, `shipment`, ...).
-    pub data: Value,
+    pub data: Data,
     /// The A/B variant this customer gets, when the rule has variants.
     pub variant: Option<String>,
 }
@@ -338,10 +340,10 @@ impl Journeys {
                         format!("return requested for order {order_id}"),
                     );
                 }
-                let data = json!({
+                let data = Data::new(json!({
                     "order": order_json(&j, order_id),
                     "return": {"id": ret.id, "reason": ret.reason, "items": return_items_json(&ret.items)},
-                });
+                }));
                 self.fire(
                     &j,
                     Trigger::ReturnRequested,
@@ -356,10 +358,10 @@ impl Journeys {
                 order_id,
                 return_id,
             } => {
-                let data = json!({
+                let data = Data::new(json!({
                     "order": order_json(&j, order_id),
                     "return": {"id": return_id, "reason": Value::Null, "items": []},
-                });
+                }));
                 self.fire(
                     &j,
                     Trigger::ReturnReceived,
@@ -371,10 +373,10 @@ impl Journeys {
                 );
             }
             EventKind::RefundIssued { order_id, refund } => {
-                let data = json!({
+                let data = Data::new(json!({
                     "order": order_json(&j, order_id),
                     "refund": {"id": refund.id, "amount": refund.amount.to_string(), "currency": refund.currency},
-                });
+                }));
                 self.fire(
                     &j,
                     Trigger::RefundIssued,
@@ -408,7 +410,7 @@ impl Journeys {
         o.currency = Some(order.currency.clone());
         o.items = order.items.clone();
         let count = j.orders.values().filter(|o| o.counts()).count() as u32;
-        let data = json!({ "order": order_json(j, &order.id) });
+        let data = Data::new(json!({ "order": order_json(j, &order.id) }));
         let segments = self.segments_of(j, at, out.shop);
         let tier = if self.rules_on(Trigger::OrderPlaced).any(|r| r.tiers) {
             self.reach_tier(j, &order.id)
@@ -428,8 +430,10 @@ impl Journeys {
                 let Some(tier) = &tier else {
                     continue;
                 };
-                data["tier"] = json!({ "id": tier });
-                data["milestone"] = json!({ "order_count": count });
+                data = data.with(|d| {
+                    d["tier"] = json!({ "id": tier });
+                    d["milestone"] = json!({ "order_count": count });
+                });
             }
             if !rule.milestones.is_empty() {
                 if !rule.milestones.contains(&count) || j.milestones.contains(&count) {
@@ -439,7 +443,7 @@ impl Journeys {
                 if let Some(o) = j.orders.get_mut(&order.id) {
                     o.milestone = Some(count);
                 }
-                data["milestone"] = json!({ "order_count": count });
+                data = data.with(|d| d["milestone"] = json!({ "order_count": count }));
             }
             let delay = self
                 .delay_for(rule, &segments)
@@ -457,7 +461,8 @@ impl Journeys {
                 );
             }
             j.last_order = Some((order.id.clone(), at));
-            self.schedule_inactivity(j, &order.id, out);
+            // The win-backs carry the order this one is: the same data.
+            self.schedule_inactivity(j, &order.id, data, out);
         }
     }
 
@@ -486,7 +491,7 @@ impl Journeys {
             // The congratulation had not gone out: the next order may earn it.
             j.milestones.remove(&n);
         }
-        let data = json!({ "order": order_json(j, order_id) });
+        let data = Data::new(json!({ "order": order_json(j, order_id) }));
         self.fire(
             j,
             Trigger::OrderCancelled,
@@ -510,7 +515,8 @@ impl Journeys {
             if let Some((anchor, _)) = j.last_order.clone() {
                 // A distinct scope: the first wait on this order was cancelled
                 // by the order that has now been cancelled itself.
-                self.schedule_inactivity(j, &format!("{anchor}~{order_id}"), out);
+                let data = Data::new(json!({ "order": order_json(j, &anchor) }));
+                self.schedule_inactivity(j, &format!("{anchor}~{order_id}"), data, out);
             }
         }
     }
@@ -532,7 +538,7 @@ impl Journeys {
             (Trigger::ShipmentDelayed, Some(eta)) => format!("{}@{eta}", shipment.id),
             _ => shipment.id.clone(),
         };
-        let data = json!({
+        let data = Data::new(json!({
             "order": order_json(j, order_id),
             "shipment": {
                 "id": shipment.id,
@@ -541,7 +547,7 @@ impl Journeys {
                 "tracking_url": shipment.tracking_url,
                 "estimated_delivery": shipment.estimated_delivery.map(|t| t.to_string()),
             },
-        });
+        }));
         if delivered {
             for rule in self.rules_on(trigger) {
                 out.decide(
@@ -574,7 +580,7 @@ impl Journeys {
             .or_default()
             .delivered_shipments
             .insert(shipment_id.to_owned());
-        let data = json!({
+        let data = Data::new(json!({
             "order": order_json(j, order_id),
             "shipment": {
                 "id": shipment_id,
@@ -583,7 +589,7 @@ impl Journeys {
                 "tracking_url": Value::Null,
                 "estimated_delivery": Value::Null,
             },
-        });
+        }));
         for rule in self.rules_on(Trigger::ShipmentDelivered) {
             if rule.only == Some(Only::FirstDelivery) && !first_delivery {
                 continue;
@@ -602,7 +608,7 @@ impl Journeys {
         order_id: &str,
         scope: &str,
         at: Timestamp,
-        data: Value,
+        data: Data,
         out: &mut Out,
     ) {
         for rule in self.rules_on(trigger) {
@@ -618,7 +624,7 @@ impl Journeys {
         order_id: &str,
         scope: &str,
         at: Timestamp,
-        data: Value,
+        data: Data,
         out: &mut Out,
     ) {
         let segments = self.segments_of(j, at, out.shop);
@@ -659,11 +665,11 @@ impl Journeys {
             .collect()
     }
 
-    fn schedule_inactivity(&self, j: &Journey, scope: &str, out: &mut Out) {
+    /// The win-backs after the last order, carrying `data` (that order's).
+    fn schedule_inactivity(&self, j: &Journey, scope: &str, data: Data, out: &mut Out) {
         let Some((anchor, placed_at)) = &j.last_order else {
             return;
         };
-        let data = json!({ "order": order_json(j, anchor) });
         let segments = self.segments_of(j, *placed_at, out.shop);
         // Adaptive win-back moves the whole series: the first at the
         // customer's own rhythm, the later ones at their distance from it.
@@ -757,7 +763,7 @@ impl Out<'_> {
         order_id: &str,
         scope: &str,
         due_at: Timestamp,
-        data: Value,
+        data: Data,
     ) -> NewEmail {
         NewEmail {
             key: format!("{}/{}/{}", self.customer_id, rule.template, scope),
@@ -777,7 +783,7 @@ impl Out<'_> {
         order_id: &str,
         scope: &str,
         due_at: Timestamp,
-        data: Value,
+        data: Data,
     ) {
         let email = self.email(rule, order_id, scope, due_at, data);
         self.commands.push(Command::Schedule(email));
@@ -790,7 +796,7 @@ impl Out<'_> {
         order_id: &str,
         scope: &str,
         at: Timestamp,
-        data: Value,
+        data: Data,
         verdict: Verdict,
         reason: String,
     ) {

@@ -457,7 +457,7 @@ impl SqliteTx<'_> {
             ms(e.due_at),
             status.as_str(),
             reason,
-            e.data.to_string(),
+            e.data.json(),
             to.and_then(|t| t.recipient.as_deref()),
             to.map(|t| t.locale.as_str()),
             stream,

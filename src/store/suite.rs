@@ -167,7 +167,7 @@ pub(super) fn email(key: &str, order: &str, template: &str, due: &str) -> NewEma
         class: EmailClass::Marketing,
         order_id: Some(order.into()),
         due_at: t(due),
-        data: json!({"order": {"id": order}}),
+        data: json!({"order": {"id": order}}).into(),
         variant: None,
     }
 }
