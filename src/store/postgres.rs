@@ -853,7 +853,7 @@ impl PostgresTx<'_> {
         let due_at = ms(e.due_at);
         let status = status.as_str();
         let reason = reason.map(str::to_owned);
-        let data = e.data.to_string();
+        let data = e.data.json().to_owned();
         let recipient = to.and_then(|t| t.recipient.clone());
         let locale = to.map(|t| t.locale.clone());
         let stream = stream.to_owned();
@@ -1257,13 +1257,27 @@ mod tests {
     }
 
     /// Claims and approves due emails, `batch` at a time, until none is
-    /// left; the ids it took.
+    /// left; the ids it took. Like `Pipeline::fire`, it waits while due
+    /// emails are held by the other worker's transaction: `due` skips
+    /// them, and the other worker may be skipping the same rows because
+    /// this one's `due` has them locked for a moment.
     fn fire_all(s: &mut PostgresStore, owner: &str, batch: usize) -> Vec<i64> {
+        let until = t("2026-01-03T00:00:00Z");
+        let held_since = Instant::now();
         let mut taken = Vec::new();
         loop {
             let mut tx = s.begin().unwrap();
-            let due = tx.due(t("2026-01-03T00:00:00Z"), None, batch).unwrap();
+            let due = tx.due(until, None, batch).unwrap();
             if due.is_empty() {
+                drop(tx);
+                if s.next_fire(None).unwrap().is_some_and(|at| at <= until) {
+                    assert!(
+                        held_since.elapsed() < Duration::from_secs(20),
+                        "held for good"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
                 return taken;
             }
             for e in &due {
