@@ -37,8 +37,12 @@ pub struct SourceHealth {
     pub assigned: Option<usize>,
     /// `(topic, partition, messages behind)` of every assigned partition.
     pub lag: Vec<(String, i32, i64)>,
-    /// A partition with unread messages has sent nothing for too long.
+    /// A partition with unread messages has sent nothing for too long, or
+    /// the group has given the consumer nothing for too long.
     pub stalled: bool,
+    /// Waiting for the group to assign partitions (or none): since the
+    /// consumer was made, or since a rebalance took all it had.
+    pub joining: bool,
 }
 
 /// Where emails go, to tell whether it can be reached.
@@ -281,6 +285,9 @@ impl Observer {
             Some(_) if health.stalled => {
                 fail(format!("stalled with unread messages: {:?}", health.lag))
             }
+            Some(_) if health.joining => {
+                fail("waiting for the consumer group to assign partitions".into())
+            }
             // A member without partitions (more workers than partitions, or
             // mid-rebalance) is healthy: failing it would stall a rolling
             // update.
@@ -396,7 +403,7 @@ mod tests {
         o.source_polled(SourceHealth {
             assigned: Some(2),
             lag: vec![("orders".into(), 0, 5), ("orders".into(), 1, 0)],
-            stalled: false,
+            ..SourceHealth::default()
         });
         let text = o.render();
         for line in [
@@ -433,9 +440,17 @@ mod tests {
             assigned: Some(3),
             lag: vec![("orders".into(), 0, 9)],
             stalled: true,
+            joining: false,
         });
         let check = o.consumer_check();
         assert!(!check.ok && check.detail.contains("stalled"), "{check:?}");
+        o.source_polled(SourceHealth {
+            assigned: Some(0),
+            joining: true,
+            ..SourceHealth::default()
+        });
+        let check = o.consumer_check();
+        assert!(!check.ok && check.detail.contains("waiting"), "{check:?}");
         o.source_polled(SourceHealth {
             assigned: Some(3),
             ..SourceHealth::default()

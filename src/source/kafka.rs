@@ -77,6 +77,10 @@ struct Shared {
     assigned: Mutex<Vec<(Partition, Option<i64>)>>,
     /// An assignment (perhaps empty) has been received.
     joined: AtomicBool,
+    /// Since when the consumer has waited for an assignment: from its
+    /// creation, and from each revocation of all it had, until the group
+    /// assigns it partitions (or none).
+    waiting_since: Mutex<Option<Instant>>,
     /// From librdkafka's statistics: where each partition ends.
     ends: Mutex<BTreeMap<Partition, Ends>>,
     /// From the same statistics: whether a broker connection is up. Read
@@ -171,6 +175,7 @@ impl ConsumerContext for GroupContext {
                 drop(ends);
                 lock(&self.shared.assigned).extend(assigned);
                 self.shared.joined.store(true, Ordering::SeqCst);
+                *lock(&self.shared.waiting_since) = None;
                 if cooperative {
                     consumer.incremental_assign(&assignment)
                 } else {
@@ -183,6 +188,8 @@ impl ConsumerContext for GroupContext {
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
+                    // Everything goes: a new assignment is to follow.
+                    *lock(&self.shared.waiting_since) = Some(Instant::now());
                     consumer.unassign()
                 }
             }
@@ -441,6 +448,7 @@ impl KafkaSource {
         };
         let consumer: BaseConsumer<GroupContext> = client.create_with_context(context)?;
         consumer.subscribe(&config.topics.all())?;
+        *lock(&shared.waiting_since) = Some(Instant::now());
         Ok(consumer)
     }
 
@@ -502,18 +510,31 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Recreates the consumer when a partition with unread messages has
-    /// sent nothing for `stall_timeout`.
-    fn watchdog(&mut self) -> Result<(), KafkaError> {
-        if !stalled(&self.partitions, self.created, self.config.stall_timeout) {
-            return Ok(());
+    /// Whether the consumer is stuck: a partition with unread messages has
+    /// sent nothing for `stall_timeout`, or the group has not given it an
+    /// assignment (not even an empty one) for that long since it was made
+    /// or since it lost all it had.
+    /// A join can hang: a group member that never hears its assignment
+    /// keeps the partitions the group gave it from every other member.
+    fn stuck(&self) -> Option<&'static str> {
+        let timeout = self.config.stall_timeout;
+        let waiting = lock(&self.shared.waiting_since).map(|since| since.elapsed());
+        if waiting.is_some_and(|waited| waited >= timeout) {
+            Some("Consumer got no assignment from its group; recreating it.")
+        } else if stalled(&self.partitions, self.created, timeout) {
+            Some("Consumer stalled with unread messages; recreating it.")
+        } else {
+            None
         }
+    }
+
+    /// Recreates the consumer when it is stuck (see [`KafkaSource::stuck`]).
+    fn watchdog(&mut self) -> Result<(), KafkaError> {
+        let Some(why) = self.stuck() else {
+            return Ok(());
+        };
         self.recoveries += 1;
-        tracing::warn!(
-            lag = ?self.lag(),
-            recoveries = self.recoveries,
-            "Consumer stalled with unread messages; recreating it."
-        );
+        tracing::warn!(lag = ?self.lag(), recoveries = self.recoveries, "{why}");
         lock(&self.shared.assigned).clear();
         lock(&self.shared.revoked).clear();
         lock(&self.shared.ends).clear();
@@ -678,7 +699,8 @@ impl Source for KafkaSource {
                     (topic.clone(), *partition, behind)
                 })
                 .collect(),
-            stalled: stalled(&self.partitions, self.created, self.config.stall_timeout),
+            stalled: self.stuck().is_some(),
+            joining: lock(&self.shared.waiting_since).is_some(),
         }
     }
 
@@ -779,6 +801,23 @@ mod tests {
         // nothing else is known.
         s.update(&ends(true, 180, 175));
         assert_eq!(s.next, Some(150));
+    }
+
+    /// A consumer whose group never assigns it anything (here: no broker
+    /// at all) is stuck once `stall_timeout` has passed, not before.
+    #[test]
+    fn a_consumer_the_group_assigns_nothing_is_stuck_after_the_stall_timeout() {
+        let source = |stall_timeout| {
+            let mut config = crate::config::Config::embedded().source.kafka;
+            config.brokers = "127.0.0.1:9".to_owned();
+            config.stall_timeout = stall_timeout;
+            KafkaSource::new(&config, Duration::from_millis(10), Box::new(|_| None)).unwrap()
+        };
+        assert_eq!(
+            source(Duration::ZERO).stuck(),
+            Some("Consumer got no assignment from its group; recreating it.")
+        );
+        assert_eq!(source(Duration::from_secs(3600)).stuck(), None);
     }
 
     #[test]

@@ -88,9 +88,12 @@ impl Tansu {
         tansu
     }
 
-    /// Starts the broker (again, after `stop`) on its port.
+    /// Starts the broker (again, after `stop`) on its port. With TEST_LOG
+    /// set (see `common::spawn`), its group coordinator's log is kept in
+    /// /tmp too (TANSU_LOG: its filter, `info` by default).
     pub fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let (log_filter, log) = broker_log();
         let child = Command::new(binary())
             .args([
                 "broker",
@@ -105,9 +108,9 @@ impl Tansu {
                     .as_ref()
                     .map_or(std::env::temp_dir(), |d| d.path().to_owned()),
             )
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_filter)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start tansu (scripts/test.sh installs it with cargo install)");
         self.child = Some(child);
@@ -237,4 +240,21 @@ pub fn records(log: &str) -> Vec<(String, String, String)> {
             (topic_of(l).to_owned(), key, l.to_owned())
         })
         .collect()
+}
+
+/// The broker's log filter and where its log goes: nowhere, or with
+/// TEST_LOG a file in /tmp.
+fn broker_log() -> (String, Stdio) {
+    if std::env::var_os("TEST_LOG").is_none() {
+        return ("warn".to_owned(), Stdio::null());
+    }
+    let filter = std::env::var("TANSU_LOG").unwrap_or_else(|_| "info".to_owned());
+    let (file, _) = tempfile::Builder::new()
+        .prefix("aftercare-tansu-")
+        .suffix(".log")
+        .tempfile()
+        .unwrap()
+        .keep()
+        .unwrap();
+    (filter, Stdio::from(file))
 }
