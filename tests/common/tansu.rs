@@ -109,8 +109,8 @@ impl Tansu {
                     .map_or(std::env::temp_dir(), |d| d.path().to_owned()),
             )
             .env("RUST_LOG", log_filter)
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stdout(log)
+            .stderr(Stdio::null())
             .spawn()
             .expect("start tansu (scripts/test.sh installs it with cargo install)");
         self.child = Some(child);
@@ -242,8 +242,8 @@ pub fn records(log: &str) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// The broker's log filter and where its log goes: nowhere, or with
-/// TEST_LOG a file in /tmp.
+/// The broker's log filter and where its log (on its stdout) goes:
+/// nowhere, or with TEST_LOG a file in /tmp.
 fn broker_log() -> (String, Stdio) {
     if std::env::var_os("TEST_LOG").is_none() {
         return ("warn".to_owned(), Stdio::null());
