@@ -4,6 +4,7 @@
 # reading the same topic from the same broker, in one run. Medians of RUNS.
 #
 #   scripts/bench-kafka.sh            # N=200000 RUNS=3
+#   BENCH_BIN=path/to/aftercare scripts/bench-kafka.sh   # another build
 #
 # tansu (in memory, on a loopback port) holds N `order.placed` events (new
 # customers, 5 items, dated 2030: nothing falls due, so this is ingest
@@ -18,7 +19,7 @@ N=${N:-200000}
 RUNS=${RUNS:-3}
 
 cargo build --release --quiet --bin aftercare --example kafka_load
-bin=target/release/aftercare
+bin=${BENCH_BIN:-target/release/aftercare}
 load=target/release/examples/kafka_load
 tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
 work=$(mktemp -d)
