@@ -67,12 +67,6 @@ impl PartialEq for Data {
     }
 }
 
-impl PartialEq<Value> for Data {
-    fn eq(&self, other: &Value) -> bool {
-        &self.0.value == other
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;

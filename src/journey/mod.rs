@@ -410,7 +410,7 @@ impl Journeys {
         o.currency = Some(order.currency.clone());
         o.items = order.items.clone();
         let count = j.orders.values().filter(|o| o.counts()).count() as u32;
-        let data = Data::new(json!({ "order": order_json(j, &order.id) }));
+        let data = order_data(j, &order.id);
         let segments = self.segments_of(j, at, out.shop);
         let tier = if self.rules_on(Trigger::OrderPlaced).any(|r| r.tiers) {
             self.reach_tier(j, &order.id)
@@ -491,7 +491,7 @@ impl Journeys {
             // The congratulation had not gone out: the next order may earn it.
             j.milestones.remove(&n);
         }
-        let data = Data::new(json!({ "order": order_json(j, order_id) }));
+        let data = order_data(j, order_id);
         self.fire(
             j,
             Trigger::OrderCancelled,
@@ -515,7 +515,7 @@ impl Journeys {
             if let Some((anchor, _)) = j.last_order.clone() {
                 // A distinct scope: the first wait on this order was cancelled
                 // by the order that has now been cancelled itself.
-                let data = Data::new(json!({ "order": order_json(j, &anchor) }));
+                let data = order_data(j, &anchor);
                 self.schedule_inactivity(j, &format!("{anchor}~{order_id}"), data, out);
             }
         }
@@ -823,6 +823,11 @@ impl Out<'_> {
 /// A configured duration as jiff's, saturating.
 fn signed(d: std::time::Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// The template data of an email about an order and nothing else.
+fn order_data(j: &Journey, order_id: &str) -> Data {
+    Data::new(json!({ "order": order_json(j, order_id) }))
 }
 
 /// The `order` object of the template data: what we know of the order.

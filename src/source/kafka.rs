@@ -158,7 +158,6 @@ impl ConsumerContext for GroupContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut assignment = TopicPartitionList::new();
                 let mut assigned = Vec::with_capacity(partitions.len());
-                let mut ends = lock(&self.shared.ends);
                 for (topic, partition) in partitions {
                     let stored = (self.positions)(&position_key(&self.group, &topic, partition))
                         .and_then(|p| p.parse::<i64>().ok());
@@ -167,10 +166,12 @@ impl ConsumerContext for GroupContext {
                     if let Err(e) = assignment.add_partition_offset(&topic, partition, offset) {
                         tracing::error!(topic, partition, error = %e, "Cannot set the start offset.");
                     }
-                    // Figures from an earlier assignment are stale.
-                    let key = (topic, partition);
-                    ends.remove(&key);
-                    assigned.push((key, stored));
+                    assigned.push(((topic, partition), stored));
+                }
+                // Figures from an earlier assignment are stale.
+                let mut ends = lock(&self.shared.ends);
+                for (key, _) in &assigned {
+                    ends.remove(key);
                 }
                 drop(ends);
                 lock(&self.shared.assigned).extend(assigned);
