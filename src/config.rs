@@ -964,6 +964,11 @@ impl Config {
                 format!("`{url}`: use `sqlite:PATH` or `postgres://...`"),
             ));
         }
+        if let Some(url) = &self.store.url
+            && !url.starts_with("sqlite:")
+        {
+            crate::store::postgres::check_url(url).map_err(|e| invalid("store.url", e))?;
+        }
         for (key, addr) in [
             ("mailer.from", Some(&self.mailer.from)),
             ("mailer.reply_to", self.mailer.reply_to.as_ref()),
@@ -1305,6 +1310,24 @@ mod tests {
         assert!(err.contains("AFTERCARE_TEST_NO_SUCH_VAR"), "{err}");
         let err = smtp("ca_file = \"/no/such/ca.pem\"").unwrap_err();
         assert!(err.contains("mailer.smtp.ca_file"), "{err}");
+    }
+
+    #[test]
+    fn a_postgres_url_is_checked_before_anything_connects() {
+        let store =
+            |url: &str| load_str(&format!("[store]\nurl = \"{url}\"\n")).map_err(|e| e.to_string());
+        assert!(store("postgres://aftercare@db/shop?sslmode=verify-full").is_ok());
+        let err = store("postgres://aftercare@db/shop?sslmode=verify_full").unwrap_err();
+        assert!(
+            err.contains("store.url") && err.contains("unknown sslmode `verify_full`"),
+            "{err}"
+        );
+        let err = store("postgres://aftercare@db/shop?sslmode=verify-ca&sslrootcert=/no/ca.pem")
+            .unwrap_err();
+        assert!(
+            err.contains("store.url") && err.contains("/no/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -41,18 +41,29 @@ pub enum StoreError {
     Random(String),
     #[error("opening the store at {path}: {error}")]
     Open { path: String, error: std::io::Error },
+    /// Its text holds the error's causes (not a `source`: printed with
+    /// its chain, they would show twice).
     #[error("postgres: {}", postgres::describe(.0))]
-    Postgres(#[from] ::postgres::Error),
+    Postgres(::postgres::Error),
     #[error("migrating the postgres schema: {0}")]
     PostgresMigration(#[from] refinery::Error),
     /// The connection cannot take the call: it is closed mid-transaction,
     /// or the transaction already failed.
     #[error("postgres: {0}")]
     PostgresSession(String),
+    /// The URL's `sslmode` or `sslrootcert` cannot be used.
+    #[error("postgres: {0}")]
+    PostgresTls(String),
     /// The thread that owns the PostgreSQL connection is gone (it
     /// panicked): this handle can do nothing more.
     #[error("postgres: the connection's thread stopped")]
     PostgresThreadGone,
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(error: ::postgres::Error) -> StoreError {
+        StoreError::Postgres(error)
+    }
 }
 
 impl StoreError {

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row, Statement};
+use postgres::{Client, Config, Row, Statement};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -54,6 +54,10 @@ use super::{
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+
+mod tls;
+
+pub(crate) use tls::TlsSettings;
 
 mod embedded {
     refinery::embed_migrations!("src/store/migrations/postgres");
@@ -85,6 +89,8 @@ const SHOP_STATS_LOCKED: &str = "SELECT value FROM meta WHERE key = 'shop_stats'
 /// Where the store is: the connection settings and the schema.
 struct Settings {
     config: Config,
+    /// Made once from the URL's `sslmode` and `sslrootcert`.
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// The schema the tables live in, made if missing; `None`: the first
     /// existing schema of the connection's `search_path`.
     schema: Option<String>,
@@ -107,25 +113,36 @@ impl PostgresStore {
     /// the first existing schema of the `search_path` (`public` by
     /// default; `options=-c%20search_path%3Dname` picks another), or, with
     /// a `schema=NAME` query parameter (URL form only), in schema `NAME`,
-    /// made if missing. TLS is not supported yet (`sslmode=require` fails).
+    /// made if missing. TLS as libpq's `sslmode` and `sslrootcert` say
+    /// (URL form for `verify-ca`, `verify-full` and `sslrootcert`; see
+    /// `tls`): by default TLS when the server offers it.
     pub fn connect(url: &str) -> Result<PostgresStore> {
-        let (url, schema) = split_schema(url);
-        let config: Config = url.parse()?;
-        Self::with_config(config, schema.as_deref())
+        let (config, params) = parse_url(url)?;
+        Self::open(config, params.schema.as_deref(), &params.tls)
     }
 
     /// Connects with the tables in `schema`, made if missing: for several
     /// shops (or test runs) in one database.
     pub fn connect_with_schema(url: &str, schema: &str) -> Result<PostgresStore> {
-        let (url, _) = split_schema(url);
-        let config: Config = url.parse()?;
-        Self::with_config(config, Some(schema))
+        let (config, params) = parse_url(url)?;
+        Self::open(config, Some(schema), &params.tls)
     }
 
     /// Connects with settings built in code (timeouts, `options`), the
     /// tables in `schema` (made if missing) or, with `None`, in the first
-    /// existing schema of the `search_path`.
-    pub fn with_config(mut config: Config, schema: Option<&str>) -> Result<PostgresStore> {
+    /// existing schema of the `search_path`. TLS as the settings'
+    /// `ssl_mode` says, the server's certificate unchecked.
+    pub fn with_config(config: Config, schema: Option<&str>) -> Result<PostgresStore> {
+        let tls = TlsSettings {
+            mode: config.get_ssl_mode(),
+            ..TlsSettings::default()
+        };
+        Self::open(config, schema, &tls)
+    }
+
+    fn open(mut config: Config, schema: Option<&str>, tls: &TlsSettings) -> Result<PostgresStore> {
+        config.ssl_mode(tls.mode);
+        let tls = tls.connector().map_err(StoreError::PostgresTls)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -134,6 +151,7 @@ impl PostgresStore {
         }
         let settings = Arc::new(Settings {
             config,
+            tls,
             schema: schema.map(str::to_owned),
         });
         Ok(PostgresStore {
@@ -152,26 +170,79 @@ impl PostgresStore {
     }
 }
 
-/// Takes a `schema=NAME` parameter out of a URL, which the `postgres` crate
-/// would refuse; other parameters stay as written.
-fn split_schema(url: &str) -> (String, Option<String>) {
+/// What a store URL says besides what the `postgres` crate reads.
+#[derive(Debug, Default, PartialEq)]
+struct UrlParams {
+    schema: Option<String>,
+    tls: TlsSettings,
+}
+
+/// Whether `url` is a PostgreSQL store URL that [`PostgresStore::connect`]
+/// can use, or what is wrong with it: checked with the configuration,
+/// before anything connects.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    parse_url(url).map(|_| ()).map_err(|e| match e {
+        StoreError::PostgresTls(text) => text,
+        other => other.to_string(),
+    })
+}
+
+/// The `postgres` crate's settings of `url`, and ours.
+fn parse_url(url: &str) -> Result<(Config, UrlParams)> {
+    let (rest, params) = split_params(url);
+    let tls = TlsSettings::from_params(params.sslmode.as_deref(), params.sslrootcert.as_deref())
+        .map_err(StoreError::PostgresTls)?;
+    let config: Config = rest.parse()?;
+    let tls = TlsSettings {
+        // `sslmode=require` in a key=value string, read by the crate.
+        mode: match params.sslmode {
+            Some(_) => tls.mode,
+            None => config.get_ssl_mode(),
+        },
+        ..tls
+    };
+    Ok((
+        config,
+        UrlParams {
+            schema: params.schema,
+            tls,
+        },
+    ))
+}
+
+/// The parameters [`split_params`] takes out of a URL.
+#[derive(Debug, Default, PartialEq)]
+struct Split {
+    schema: Option<String>,
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+}
+
+/// Takes the `schema`, `sslmode` and `sslrootcert` parameters out of a URL
+/// (the `postgres` crate would refuse the first, and the others' values
+/// beyond `require`); other parameters stay as written.
+fn split_params(url: &str) -> (String, Split) {
+    let mut split = Split::default();
     let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
     let Some((base, query)) = url.split_once('?').filter(|_| is_url) else {
-        return (url.to_owned(), None);
+        return (url.to_owned(), split);
     };
-    let mut schema = None;
     let mut kept = Vec::new();
     for part in query.split('&') {
         let decoded = url::form_urlencoded::parse(part.as_bytes()).next();
         match decoded {
-            Some((key, value)) if key == "schema" => schema = Some(value.into_owned()),
+            Some((key, value)) if key == "schema" => split.schema = Some(value.into_owned()),
+            Some((key, value)) if key == "sslmode" => split.sslmode = Some(value.into_owned()),
+            Some((key, value)) if key == "sslrootcert" => {
+                split.sslrootcert = Some(value.into_owned());
+            }
             _ => kept.push(part),
         }
     }
     if kept.is_empty() {
-        (base.to_owned(), schema)
+        (base.to_owned(), split)
     } else {
-        (format!("{base}?{}", kept.join("&")), schema)
+        (format!("{base}?{}", kept.join("&")), split)
     }
 }
 
@@ -181,8 +252,12 @@ pub(super) fn describe(error: &postgres::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Some of the crate's errors already print their cause.
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -352,7 +427,7 @@ struct Session {
 
 /// A new client on `settings`' schema.
 fn connect(settings: &Settings) -> Result<Client> {
-    let mut client = settings.config.connect(NoTls)?;
+    let mut client = settings.config.connect(settings.tls.clone())?;
     if let Some(schema) = &settings.schema {
         client.batch_execute(&format!("SET search_path TO {}", quote_ident(schema)))?;
     }
@@ -1763,30 +1838,158 @@ mod tests {
         assert!(err.to_string().contains("search_path"), "{err}");
     }
 
+    /// The test server's URL with `host` for its host, the harness' schema
+    /// and `params`.
+    fn url_with(h: &PostgresHarness, host: Option<&str>, params: &str) -> String {
+        let mut url = url::Url::parse(&super::super::suite::postgres_url()).unwrap();
+        if let Some(host) = host {
+            url.set_host(Some(host)).unwrap();
+        }
+        let sep = if url.query().is_some() { '&' } else { '?' };
+        format!("{url}{sep}schema={}{params}", h.schema)
+    }
+
+    /// Whether the store's own connection is encrypted, as the server sees it.
+    fn encrypted(store: &PostgresStore) -> bool {
+        store
+            .with_client(|c| {
+                Ok(c.query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )?
+                .get(0))
+            })
+            .unwrap()
+    }
+
+    /// The test server's certificate (PEM), which is also its own root: a
+    /// self-signed certificate for `localhost` (Debian's snakeoil one).
+    fn server_certificate(h: &PostgresHarness) -> String {
+        let store = PostgresStore::connect(&url_with(h, None, "&sslmode=disable")).unwrap();
+        let (ssl, file): (String, String) = store
+            .with_client(|c| {
+                let ssl = c.query_one("SHOW ssl", &[])?.get(0);
+                let file = c.query_one("SHOW ssl_cert_file", &[])?.get(0);
+                Ok((ssl, file))
+            })
+            .unwrap();
+        assert_eq!(ssl, "on", "the test server must offer TLS (ssl = on)");
+        file
+    }
+
     #[test]
-    fn split_schema_takes_only_the_schema_parameter() {
+    fn tls_is_used_as_sslmode_says_on_the_real_server() {
+        let h = PostgresHarness::new();
+        // By default, as libpq: TLS, since the server offers it.
+        assert!(encrypted(
+            &PostgresStore::connect(&url_with(&h, None, "")).unwrap()
+        ));
+        for (params, tls) in [("&sslmode=disable", false), ("&sslmode=require", true)] {
+            let store = PostgresStore::connect(&url_with(&h, None, params)).unwrap();
+            assert_eq!(encrypted(&store), tls, "{params}");
+        }
+    }
+
+    #[test]
+    fn verify_full_checks_the_chain_and_the_name_and_verify_ca_only_the_chain() {
+        let h = PostgresHarness::new();
+        let root = server_certificate(&h);
+        let trusted = format!("&sslmode=verify-full&sslrootcert={root}");
+        let store = PostgresStore::connect(&url_with(&h, Some("localhost"), &trusted)).unwrap();
+        assert!(encrypted(&store));
+
+        // The certificate is for `localhost`, not for 127.0.0.1.
+        let err = PostgresStore::connect(&url_with(&h, Some("127.0.0.1"), &trusted))
+            .err()
+            .expect("a certificate for another name taken")
+            .to_string();
+        assert!(err.contains("certificate"), "{err}");
+        let chain = format!("&sslmode=verify-ca&sslrootcert={root}");
+        let store = PostgresStore::connect(&url_with(&h, Some("127.0.0.1"), &chain)).unwrap();
+        assert!(encrypted(&store));
+
+        // A root that did not sign it: refused, by name or not.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&other, cert.cert.pem()).unwrap();
+        for mode in ["verify-ca", "verify-full", "require"] {
+            let params = format!("&sslmode={mode}&sslrootcert={}", other.display());
+            let err = PostgresStore::connect(&url_with(&h, Some("localhost"), &params))
+                .err()
+                .unwrap_or_else(|| panic!("{mode}: an unknown issuer taken"))
+                .to_string();
+            assert!(err.contains("certificate"), "{mode}: {err}");
+        }
+        // Without sslrootcert, verify-full trusts the Mozilla roots only.
+        let err = PostgresStore::connect(&url_with(&h, Some("localhost"), "&sslmode=verify-full"))
+            .err()
+            .expect("a self-signed certificate taken without its root")
+            .to_string();
+        assert!(err.contains("certificate"), "{err}");
+    }
+
+    #[test]
+    fn split_params_takes_only_its_parameters() {
+        let schema = |s: &str| Split {
+            schema: Some(s.to_owned()),
+            ..Split::default()
+        };
         assert_eq!(
-            split_schema("postgres://u@h/db?schema=shop_1&connect_timeout=5"),
+            split_params("postgres://u@h/db?schema=shop_1&connect_timeout=5"),
             (
                 "postgres://u@h/db?connect_timeout=5".to_owned(),
-                Some("shop_1".to_owned())
+                schema("shop_1")
             )
         );
         assert_eq!(
-            split_schema("postgresql://u@h/db?options=-c%20x%3Dy&schema=a%20b"),
+            split_params("postgresql://u@h/db?options=-c%20x%3Dy&schema=a%20b"),
             (
                 "postgresql://u@h/db?options=-c%20x%3Dy".to_owned(),
-                Some("a b".to_owned())
+                schema("a b")
             )
         );
         assert_eq!(
-            split_schema("postgres://u@h/db?schema=s"),
-            ("postgres://u@h/db".to_owned(), Some("s".to_owned()))
+            split_params("postgres://u@h/db?schema=s"),
+            ("postgres://u@h/db".to_owned(), schema("s"))
         );
         assert_eq!(
-            split_schema("host=h user=u schema=s"),
-            ("host=h user=u schema=s".to_owned(), None)
+            split_params("host=h user=u schema=s"),
+            ("host=h user=u schema=s".to_owned(), Split::default())
         );
+        assert_eq!(
+            split_params(
+                "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem&application_name=x"
+            ),
+            (
+                "postgres://u@h/db?application_name=x".to_owned(),
+                Split {
+                    sslmode: Some("verify-full".to_owned()),
+                    sslrootcert: Some("/etc/ca.pem".to_owned()),
+                    ..Split::default()
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn check_url_names_what_is_wrong() {
+        assert_eq!(check_url("postgres://u@h/db?sslmode=require"), Ok(()));
+        assert_eq!(check_url("host=h user=u sslmode=require"), Ok(()));
+        let err = check_url("postgres://u@h/db?sslmode=verify").unwrap_err();
+        assert!(err.contains("unknown sslmode `verify`"), "{err}");
+        let err =
+            check_url("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/no/ca.pem").unwrap_err();
+        assert!(err.contains("sslrootcert /no/ca.pem"), "{err}");
+        let err = check_url("postgres://u@h/db?connect_timeout=soon").unwrap_err();
+        assert!(err.contains("connect_timeout"), "{err}");
+        let (config, params) = parse_url("host=h user=u sslmode=require").unwrap();
+        assert_eq!(config.get_ssl_mode(), postgres::config::SslMode::Require);
+        assert_eq!(params.tls.mode, postgres::config::SslMode::Require);
+    }
+
+    #[test]
+    fn quote_ident_doubles_quotes() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }
