@@ -81,10 +81,16 @@ fn stored_status(schema: &Schema, key: &str) -> Option<(String, Option<String>)>
 #[test]
 fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     let _turn = one_at_a_time();
-    // Live events: they happen as they are produced, over 36 s.
-    let customers = 300;
+    let started = Instant::now();
+    // Live events: they happen as they are produced, over 36 s (long: a
+    // little over 2 minutes, for 24 kills at about one each 5 s).
+    let (customers, span, rounds) = if checker::long() {
+        (1_100, 132, 24)
+    } else {
+        (300, 36, 8)
+    };
     let start = jiff::Timestamp::now() + Duration::from_secs(2);
-    let log = common::live_events(customers, start, Duration::from_secs(36));
+    let log = common::live_events(customers, start, Duration::from_secs(span));
     let tansu = Tansu::start();
     tansu.create_topics(&TOPICS, 3);
     tansu.create_topics(&["aftercare.dead-letter"], 1);
@@ -142,7 +148,7 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
             assert!(ready(n), "worker {n} never ready");
         }
         std::thread::sleep(Duration::from_millis(1_500));
-        for round in 0..8 {
+        for round in 0..rounds {
             let n = round % WORKERS;
             let at = SystemTime::now();
             workers[n].0.kill().unwrap();
@@ -189,7 +195,35 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
         checked.duplicated_in_gap,
         checked.duplicated_outside.len()
     );
-    assert_eq!(kills.len(), 8, "a worker had exited before its kill");
+    checker::Figures {
+        scenario: "3 workers on PostgreSQL, killed in turn",
+        seed: None,
+        customers,
+        kills: kills.len(),
+        faults: 0,
+        checked: &checked,
+        took: started.elapsed(),
+    }
+    .record();
+    if !checked.lost.is_empty() {
+        // Where the reading stopped, and who the broker thinks is reading.
+        let positions: Vec<(String, String)> = schema
+            .client()
+            .query(
+                &format!(
+                    "SELECT source, position FROM {}.positions ORDER BY 1",
+                    schema.0
+                ),
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        eprintln!("cluster: stored positions: {positions:?}");
+        eprintln!("cluster: {}", tansu.describe_group("g1"));
+    }
+    assert_eq!(kills.len(), rounds, "a worker had exited before its kill");
     checked.assert_promise_kept();
     // No SMTP outage here: nothing is retried, so nothing is withdrawn.
     assert!(checked.withdrawn.is_empty(), "{:?}", checked.withdrawn);
@@ -334,9 +368,15 @@ fn readiness_follows_the_store_going_away_and_the_worker_waits_it_out() {
 #[test]
 fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() {
     let _turn = one_at_a_time();
-    let customers = 200;
+    let started = Instant::now();
+    // Long: three times the load and the rounds.
+    let (customers, span, min_rounds) = if checker::long() {
+        (600, 72, 18)
+    } else {
+        (200, 24, 6)
+    };
     let start = jiff::Timestamp::now() + Duration::from_secs(3);
-    let log = common::live_events(customers, start, Duration::from_secs(24));
+    let log = common::live_events(customers, start, Duration::from_secs(span));
     // Its topics survive a restart, as a real broker's do.
     let tansu = std::sync::Mutex::new(Tansu::start_durable());
     tansu.lock().unwrap().create_topics(&TOPICS, 3);
@@ -374,7 +414,7 @@ fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() 
         let (mut joins, mut outages) = (0, 0);
         let began = Instant::now();
         let mut round = 0;
-        while !producing.is_finished() || round < 6 {
+        while !producing.is_finished() || round < min_rounds {
             std::thread::sleep(Duration::from_secs(2));
             let mut second = worker("w2");
             joins += 1;
@@ -398,7 +438,7 @@ fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() 
             assert!(left.success(), "w2: {left:?}");
             round += 1;
             assert!(
-                began.elapsed() < Duration::from_secs(120),
+                began.elapsed() < Duration::from_secs(span + 16 * min_rounds as u64),
                 "the load never ended"
             );
         }
@@ -432,6 +472,16 @@ fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() 
         checked.withdrawn.len(),
         checked.duplicated()
     );
+    checker::Figures {
+        scenario: "broker outages and restarts, a worker joining and leaving",
+        seed: None,
+        customers,
+        kills: 0,
+        faults: joins + outages,
+        checked: &checked,
+        took: started.elapsed(),
+    }
+    .record();
     checked.assert_promise_kept();
     assert!(checked.withdrawn.is_empty(), "{:?}", checked.withdrawn);
     assert!(complete, "incomplete, yet nothing lost or withdrawn?");

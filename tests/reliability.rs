@@ -37,7 +37,7 @@ struct Suite {
 }
 
 fn suite() -> Suite {
-    if std::env::var("RELIABILITY_LONG").is_ok() {
+    if checker::long() {
         Suite {
             customers: 2_000,
             kills: 36,
@@ -256,35 +256,16 @@ fn kills_and_smtp_faults_lose_nothing_and_duplicate_only_in_the_gap() {
         .or_default() += 1;
     }
     eprintln!("reliability: withdrawn on retry, by template and reason: {why:#?}");
-    let figures = format!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
-        if std::env::var("RELIABILITY_LONG").is_ok() {
-            "long"
-        } else {
-            "short"
-        },
-        seed,
-        suite.customers,
-        kills.len(),
+    checker::Figures {
+        scenario: "kills + SMTP faults",
+        seed: Some(seed),
+        customers: suite.customers,
+        kills: kills.len(),
         faults,
-        checked.expected,
-        checked.received,
-        checked.lost.len(),
-        checked.withdrawn.len(),
-        checked.refused.len(),
-        checked.duplicated(),
-        started.elapsed().as_secs_f64()
-    );
-    eprintln!("reliability: {figures}");
-    if let Ok(path) = std::env::var("RELIABILITY_FIGURES") {
-        use std::io::Write;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        writeln!(file, "{figures}").unwrap();
+        checked: &checked,
+        took: started.elapsed(),
     }
+    .record();
     assert!(!kills.is_empty(), "the worker finished before every kill");
     checked.assert_promise_kept();
     // At most the deliveries in flight at the kills, and the ones never
@@ -398,6 +379,7 @@ fn run_days_ago(work: &Work, days: u32, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_cancelled() {
+    let started = Instant::now();
     let sink = SmtpSink::start(&[]);
     let work = Work::new(&format!(
         "[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",
@@ -411,16 +393,31 @@ fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_canc
             ago(days)
         )
     };
-    // Three customers order 100 days ago, while the worker runs...
-    let before = [
-        order("e1", "a", "a-1", 100),
-        order("e2", "b", "b-1", 100),
-        order("e3", "c", "c-1", 100),
-    ];
+    // Customers in threes, a, b and c, order 100 days ago while the worker
+    // runs...
+    let trios = if checker::long() { 100 } else { 1 };
+    let customer = |n: usize, kind: char| format!("{kind}{n}");
+    let before: Vec<String> = (0..trios)
+        .flat_map(|n| {
+            ['a', 'b', 'c'].map(|kind| {
+                let c = customer(n, kind);
+                order(&format!("{c}-e1"), &c, &format!("{c}-1"), 100)
+            })
+        })
+        .collect();
     // ...then it is down for 100 days, during which b orders again before
     // their win-back falls due (60 days after the first order), and c only
-    // after it.
-    let during = [order("e4", "b", "b-2", 50), order("e5", "c", "c-2", 20)];
+    // after it. In time order, as a shop's log is: a later event in the
+    // file moves the clock past the earlier timers.
+    let during: Vec<String> = [('b', 50), ('c', 20)]
+        .into_iter()
+        .flat_map(|(kind, days)| {
+            (0..trios).map(move |n| {
+                let c = customer(n, kind);
+                order(&format!("{c}-e2"), &c, &format!("{c}-2"), days)
+            })
+        })
+        .collect();
     let log = work.path("events.jsonl");
     common::write(&log, &(before.join("\n") + "\n"));
     let out = run_days_ago(&work, 100, &["run", "--input", log.to_str().unwrap()]);
@@ -431,7 +428,11 @@ fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_canc
         .filter_map(|d| d.message_id)
         .map(|id| (id, 1))
         .collect();
-    assert_eq!(first.len(), 3, "only the confirmations were due then");
+    assert_eq!(
+        first.len(),
+        3 * trios,
+        "only the confirmations were due then"
+    );
 
     // The clock jumps 100 days: the worker starts again with the events of
     // the downtime waiting.
@@ -446,10 +447,16 @@ fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_canc
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let checked = checker::check(&expected, &sink.deliveries(), &[], |_| None);
-    eprintln!(
-        "reliability: clock jump: {} expected, {} received",
-        checked.expected, checked.received
-    );
+    checker::Figures {
+        scenario: "clock jump (100 days)",
+        seed: None,
+        customers: 3 * trios,
+        kills: 0,
+        faults: 1,
+        checked: &checked,
+        took: started.elapsed(),
+    }
+    .record();
     checked.assert_promise_kept();
     assert_eq!(checked.duplicated(), 0);
     assert!(checked.withdrawn.is_empty());
@@ -460,14 +467,21 @@ fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_canc
         .map(|e| (e.key, (e.status, e.reason)))
         .collect();
     let status = |key: &str| stored.get(key).map(|(s, _)| s.as_str());
-    // Overdue: a's welcome and win-back, c's win-back (due before c ordered
-    // again) went out, once each.
-    for key in ["a/welcome/a-1", "a/win_back/a-1", "c/win_back/c-1"] {
-        assert_eq!(status(key), Some("sent"), "{key}");
+    for n in 0..trios {
+        let (a, b, c) = (customer(n, 'a'), customer(n, 'b'), customer(n, 'c'));
+        // Overdue: a's welcome and win-back, c's win-back (due before c
+        // ordered again) went out, once each.
+        for key in [
+            format!("{a}/welcome/{a}-1"),
+            format!("{a}/win_back/{a}-1"),
+            format!("{c}/win_back/{c}-1"),
+        ] {
+            assert_eq!(status(&key), Some("sent"), "{key}");
+        }
+        // b's first win-back was cancelled by the order of the downtime.
+        assert_eq!(
+            stored.get(&format!("{b}/win_back/{b}-1")),
+            Some(&("cancelled".to_owned(), Some(format!("new order {b}-2"))))
+        );
     }
-    // b's first win-back was cancelled by the order of the downtime.
-    assert_eq!(
-        stored.get("b/win_back/b-1"),
-        Some(&("cancelled".to_owned(), Some("new order b-2".to_owned())))
-    );
 }

@@ -200,3 +200,59 @@ impl Checked {
         self.duplicated_in_gap + self.duplicated_outside.len()
     }
 }
+
+/// Whether the long reliability suite runs (`RELIABILITY_LONG`, set by
+/// `scripts/reliability.sh`): longer loads, more kills and faults.
+pub fn long() -> bool {
+    std::env::var_os("RELIABILITY_LONG").is_some()
+}
+
+/// One scenario's row of RELIABILITY.md.
+pub struct Figures<'a> {
+    /// The scenario's name in the table.
+    pub scenario: &'a str,
+    /// The seed of a seeded scenario.
+    pub seed: Option<u64>,
+    pub customers: usize,
+    /// Workers killed with SIGKILL.
+    pub kills: usize,
+    /// Faults injected besides the kills: SMTP faults, broker outages and
+    /// restarts, joins and leaves, a clock jump...
+    pub faults: usize,
+    pub checked: &'a Checked,
+    pub took: Duration,
+}
+
+impl Figures<'_> {
+    /// Prints the row and, with `RELIABILITY_FIGURES` naming a file,
+    /// appends it there (`scripts/reliability.sh` collects the rows).
+    pub fn record(&self) {
+        let c = self.checked;
+        let row = format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+            self.scenario,
+            if long() { "long" } else { "short" },
+            self.seed.map_or("-".to_owned(), |s| s.to_string()),
+            self.customers,
+            self.kills,
+            self.faults,
+            c.expected,
+            c.received,
+            c.lost.len(),
+            c.withdrawn.len(),
+            c.refused.len(),
+            c.duplicated(),
+            self.took.as_secs_f64()
+        );
+        eprintln!("reliability: {row}");
+        if let Some(path) = std::env::var_os("RELIABILITY_FIGURES") {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            writeln!(file, "{row}").unwrap();
+        }
+    }
+}

@@ -178,6 +178,37 @@ impl Tansu {
         producer.flush(Duration::from_secs(10)).unwrap();
     }
 
+    /// The members of consumer group `group` as the broker sees them: for
+    /// a failure's post-mortem (a member the broker kept after its worker
+    /// died holds partitions no live worker reads).
+    pub fn describe_group(&self, group: &str) -> String {
+        let consumer: BaseConsumer = match self.client().create() {
+            Ok(c) => c,
+            Err(e) => return format!("no client: {e}"),
+        };
+        match consumer.fetch_group_list(Some(group), Duration::from_secs(5)) {
+            Ok(list) => list
+                .groups()
+                .iter()
+                .map(|g| {
+                    let members: Vec<String> = g
+                        .members()
+                        .iter()
+                        .map(|m| format!("{} ({})", m.id(), m.client_host()))
+                        .collect();
+                    format!(
+                        "group {} {}: {} members: {members:?}",
+                        g.name(),
+                        g.state(),
+                        members.len()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => format!("group {group}: not described: {e}"),
+        }
+    }
+
     /// Every message of `topic`: payload and headers.
     pub fn read_all(&self, topic: &str, expected: usize) -> Vec<(String, Vec<(String, String)>)> {
         let consumer: BaseConsumer = self
