@@ -78,6 +78,21 @@ fn stored_status(schema: &Schema, key: &str) -> Option<(String, Option<String>)>
         .map(|r| (r.get(0), r.get(1)))
 }
 
+/// The two columns of `sql`'s rows, `{}` in it standing for the schema.
+fn pairs<A, B>(schema: &Schema, sql: &str) -> Vec<(A, B)>
+where
+    A: for<'a> postgres::types::FromSql<'a>,
+    B: for<'a> postgres::types::FromSql<'a>,
+{
+    schema
+        .client()
+        .query(&sql.replace("{}", &schema.0), &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 #[test]
 fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     let _turn = one_at_a_time();
@@ -207,19 +222,10 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     .record();
     if !checked.lost.is_empty() {
         // Where the reading stopped, and who the broker thinks is reading.
-        let positions: Vec<(String, String)> = schema
-            .client()
-            .query(
-                &format!(
-                    "SELECT source, position FROM {}.positions ORDER BY 1",
-                    schema.0
-                ),
-                &[],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let positions: Vec<(String, String)> = pairs(
+            &schema,
+            "SELECT source, position FROM {}.positions ORDER BY 1",
+        );
         eprintln!("cluster: stored positions: {positions:?}");
         eprintln!("cluster: {}", tansu.describe_group("g1"));
     }
@@ -235,19 +241,10 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
         kills.len()
     );
     // The work was shared.
-    let owners: Vec<(Option<String>, i64)> = schema
-        .client()
-        .query(
-            &format!(
-                "SELECT lease_owner, count(*) FROM {}.emails WHERE status = 'sent' GROUP BY 1",
-                schema.0
-            ),
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let owners: Vec<(Option<String>, i64)> = pairs(
+        &schema,
+        "SELECT lease_owner, count(*) FROM {}.emails WHERE status = 'sent' GROUP BY 1",
+    );
     eprintln!("cluster: sent by worker: {owners:?}");
     assert!(owners.len() >= 2, "{owners:?}");
 }
