@@ -403,3 +403,100 @@ fn readiness_follows_the_broker_going_away_and_coming_back() {
     });
     assert!(back, "not ready again after the broker came back: {last}");
 }
+
+/// Reads `source` until `want` events are in (or `within` passes),
+/// committing each batch's positions to `positions` as the store would:
+/// the ids of the events read, in order.
+fn read_source(
+    source: &mut aftercare::source::kafka::KafkaSource,
+    positions: &std::sync::Mutex<BTreeMap<String, String>>,
+    want: usize,
+    within: Duration,
+) -> Vec<String> {
+    use aftercare::source::Source;
+    let mut ids = Vec::new();
+    let start = Instant::now();
+    while ids.len() < want && start.elapsed() < within {
+        let batch = source.next_batch(50).unwrap();
+        for entry in &batch.entries {
+            let event: serde_json::Value = serde_json::from_slice(&entry.raw).unwrap();
+            ids.push(event["event_id"].as_str().unwrap().to_owned());
+            positions
+                .lock()
+                .unwrap()
+                .insert(entry.position.key.clone(), entry.position.value.clone());
+        }
+        source.committed();
+    }
+    ids
+}
+
+/// What the watchdog does to a stuck consumer (drop it, join with a new
+/// one) loses no partition: the old consumer, as it closes, hears its
+/// partitions revoked, and that must not take them from the new one.
+#[test]
+fn a_recreated_consumer_reads_on_from_every_partition() {
+    let start = jiff::Timestamp::now();
+    let log = common::live_events(120, start, Duration::from_secs(60));
+    let lines: Vec<&str> = log.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let tansu = broker_with(&first.join("\n"));
+    let work = Work::new(&kafka_config(&tansu, "recreated", ""));
+    let config = aftercare::config::Config::load(Some(&work.config()), []).unwrap();
+    let positions = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let lookup = {
+        let positions = std::sync::Arc::clone(&positions);
+        Box::new(move |key: &str| positions.lock().unwrap().get(key).cloned())
+    };
+    let mut source = aftercare::source::kafka::KafkaSource::new(
+        &config.source.kafka,
+        config.source.batch_wait,
+        lookup,
+    )
+    .unwrap();
+    let id = |line: &&str| {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["event_id"].as_str().unwrap().to_owned()
+    };
+    let mut read = read_source(
+        &mut source,
+        &positions,
+        first.len(),
+        Duration::from_secs(60),
+    );
+    assert_eq!(read.len(), first.len(), "the first half was not read");
+
+    // Recreated again and again, each time reading on a little.
+    for _ in 0..5 {
+        source.recreate().unwrap();
+        read.extend(read_source(
+            &mut source,
+            &positions,
+            1,
+            Duration::from_secs(3),
+        ));
+    }
+    tansu.produce(&common::tansu::records(&second.join("\n")));
+    read.extend(read_source(
+        &mut source,
+        &positions,
+        lines.len() - read.len(),
+        Duration::from_secs(60),
+    ));
+
+    let got: BTreeSet<String> = read.iter().cloned().collect();
+    let want: BTreeSet<String> = lines.iter().map(id).collect();
+    let missing: Vec<&String> = want.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} never read: {missing:?}",
+        missing.len(),
+        want.len()
+    );
+    assert_eq!(
+        read.len(),
+        got.len(),
+        "read twice: {}",
+        read.len() - got.len()
+    );
+}

@@ -68,13 +68,25 @@ type Partition = (String, i32);
 /// the loop goes on without it (librdkafka's statistics will tell it).
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// What the rebalance callback tells the loop.
+/// A change of the assignment, as the rebalance callback heard it.
+#[derive(Debug, Clone, PartialEq)]
+enum Rebalance {
+    /// Newly assigned, with the store's position when it has one (where
+    /// reading starts).
+    Assigned(Partition, Option<i64>),
+    Revoked(Partition),
+    /// The rebalance failed and everything was unassigned.
+    RevokedAll,
+}
+
+/// What one consumer's callbacks tell the loop. Each consumer has its own:
+/// a consumer the watchdog drops hears its partitions revoked as it
+/// closes, and that must not reach its successor.
 #[derive(Default)]
 struct Shared {
-    revoked: Mutex<Vec<Partition>>,
-    /// Newly assigned partitions, with the store's position when it has one
-    /// (where reading starts).
-    assigned: Mutex<Vec<(Partition, Option<i64>)>>,
+    /// In the order heard: a partition revoked and assigned again between
+    /// two looks is owned; assigned and revoked, it is not.
+    rebalances: Mutex<Vec<Rebalance>>,
     /// An assignment (perhaps empty) has been received.
     joined: AtomicBool,
     /// Since when the consumer has waited for an assignment: from its
@@ -124,15 +136,27 @@ impl rdkafka::ClientContext for GroupContext {
                 if *partition < 0 {
                     continue;
                 }
-                ends.insert(
-                    (topic.clone(), *partition),
-                    Ends {
-                        active: p.fetch_state == "active",
-                        high: p.hi_offset,
-                        next_fetch: p.next_offset,
-                        fetched: p.fetchq_cnt,
-                    },
-                );
+                let now = Ends {
+                    active: p.fetch_state == "active",
+                    high: p.hi_offset,
+                    next_fetch: p.next_offset,
+                    fetched: p.fetchq_cnt,
+                };
+                let key = (topic.clone(), *partition);
+                if ends
+                    .get(&key)
+                    .is_none_or(|before| before.active != now.active)
+                {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        fetch_state = p.fetch_state,
+                        high = now.high,
+                        next_fetch = now.next_fetch,
+                        "Fetch state."
+                    );
+                }
+                ends.insert(key, now);
             }
         }
     }
@@ -157,7 +181,7 @@ impl ConsumerContext for GroupContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut assignment = TopicPartitionList::new();
-                let mut assigned = Vec::with_capacity(partitions.len());
+                let mut heard = Vec::with_capacity(partitions.len());
                 for (topic, partition) in partitions {
                     let stored = (self.positions)(&position_key(&self.group, &topic, partition))
                         .and_then(|p| p.parse::<i64>().ok());
@@ -166,15 +190,17 @@ impl ConsumerContext for GroupContext {
                     if let Err(e) = assignment.add_partition_offset(&topic, partition, offset) {
                         tracing::error!(topic, partition, error = %e, "Cannot set the start offset.");
                     }
-                    assigned.push(((topic, partition), stored));
+                    heard.push(Rebalance::Assigned((topic, partition), stored));
                 }
                 // Figures from an earlier assignment are stale.
                 let mut ends = lock(&self.shared.ends);
-                for (key, _) in &assigned {
-                    ends.remove(key);
+                for event in &heard {
+                    if let Rebalance::Assigned(key, _) = event {
+                        ends.remove(key);
+                    }
                 }
                 drop(ends);
-                lock(&self.shared.assigned).extend(assigned);
+                lock(&self.shared.rebalances).extend(heard);
                 self.shared.joined.store(true, Ordering::SeqCst);
                 *lock(&self.shared.waiting_since) = None;
                 if cooperative {
@@ -185,7 +211,8 @@ impl ConsumerContext for GroupContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(?partitions, "Partitions revoked.");
-                lock(&self.shared.revoked).extend(partitions);
+                lock(&self.shared.rebalances)
+                    .extend(partitions.into_iter().map(Rebalance::Revoked));
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -197,6 +224,8 @@ impl ConsumerContext for GroupContext {
             other => {
                 let code: RDKafkaErrorCode = other.into();
                 tracing::error!(error = %code, "Rebalance failed.");
+                lock(&self.shared.rebalances).push(Rebalance::RevokedAll);
+                *lock(&self.shared.waiting_since) = Some(Instant::now());
                 consumer.unassign()
             }
         };
@@ -300,6 +329,52 @@ enum Read {
     Again,
 }
 
+/// Applies the rebalances heard, in the order heard, to the partitions
+/// read; `high` asks a newly assigned partition's end.
+fn apply_rebalances(
+    partitions: &mut BTreeMap<Partition, PartitionState>,
+    uncommitted: &mut BTreeMap<Partition, i64>,
+    heard: Vec<Rebalance>,
+    high: impl Fn(&Partition) -> Option<i64>,
+) {
+    let mut revoke = |partition: &Partition, state: PartitionState| {
+        if !state.queue.is_empty() {
+            tracing::info!(
+                topic = partition.0,
+                partition = partition.1,
+                dropped = state.queue.len(),
+                "Left the events of a revoked partition to its next owner."
+            );
+        }
+        uncommitted.remove(partition);
+    };
+    for event in heard {
+        match event {
+            Rebalance::Assigned(partition, start) => {
+                let high = high(&partition);
+                tracing::debug!(
+                    topic = partition.0,
+                    partition = partition.1,
+                    ?start,
+                    ?high,
+                    "Reading partition."
+                );
+                partitions.insert(partition, PartitionState::assigned(start, high));
+            }
+            Rebalance::Revoked(partition) => {
+                if let Some(state) = partitions.remove(&partition) {
+                    revoke(&partition, state);
+                }
+            }
+            Rebalance::RevokedAll => {
+                for (partition, state) in std::mem::take(partitions) {
+                    revoke(&partition, state);
+                }
+            }
+        }
+    }
+}
+
 /// Hands out up to `max` queued events in event-time order, as long as no
 /// partition that may still hold an earlier event is empty. Records the
 /// offsets handed out in `uncommitted`. Also returns the time of the last
@@ -376,7 +451,10 @@ pub struct KafkaSource {
     client: ClientConfig,
     batch_wait: Duration,
     consumer: BaseConsumer<GroupContext>,
+    /// What this consumer's callbacks heard (a new one with each consumer).
     shared: Arc<Shared>,
+    /// Whether a broker connection is up, across consumers.
+    broker_up: Arc<AtomicBool>,
     positions: Arc<PositionLookup>,
     partitions: BTreeMap<Partition, PartitionState>,
     /// Offsets handed out in the last batch: committed to Kafka once the
@@ -417,8 +495,8 @@ impl KafkaSource {
             client.set("statistics.interval.ms", STATS_INTERVAL_MS);
         }
         let positions = Arc::new(positions);
-        let shared = Arc::new(Shared::default());
-        let consumer = Self::consumer(&client, config, &positions, &shared)?;
+        let broker_up = Arc::new(AtomicBool::new(false));
+        let (consumer, shared) = Self::consumer(&client, config, &positions, &broker_up)?;
         let now = Instant::now();
         Ok(KafkaSource {
             name: format!("kafka:{}", config.group_id),
@@ -427,6 +505,7 @@ impl KafkaSource {
             batch_wait,
             consumer,
             shared,
+            broker_up,
             positions,
             partitions: BTreeMap::new(),
             uncommitted: BTreeMap::new(),
@@ -439,54 +518,46 @@ impl KafkaSource {
         client: &ClientConfig,
         config: &KafkaConfig,
         positions: &Arc<PositionLookup>,
-        shared: &Arc<Shared>,
-    ) -> Result<BaseConsumer<GroupContext>, KafkaError> {
+        broker_up: &Arc<AtomicBool>,
+    ) -> Result<(BaseConsumer<GroupContext>, Arc<Shared>), KafkaError> {
+        let shared = Arc::new(Shared {
+            broker_up: Arc::clone(broker_up),
+            waiting_since: Mutex::new(Some(Instant::now())),
+            ..Shared::default()
+        });
         let lookup = Arc::clone(positions);
         let context = GroupContext {
             group: config.group_id.clone(),
             positions: Box::new(move |key| lookup(key)),
-            shared: Arc::clone(shared),
+            shared: Arc::clone(&shared),
         };
         let consumer: BaseConsumer<GroupContext> = client.create_with_context(context)?;
         consumer.subscribe(&config.topics.all())?;
-        *lock(&shared.waiting_since) = Some(Instant::now());
-        Ok(consumer)
+        Ok((consumer, shared))
     }
 
-    /// Takes in what the rebalance callback saw; drops what was revoked
-    /// (queued events included: the next owner reads them from the
-    /// committed position).
+    /// Takes in what the rebalance callback heard, in order; drops what
+    /// was revoked (queued events included: the next owner reads them
+    /// from the committed position).
     fn apply_rebalances(&mut self) {
-        let assigned: Vec<_> = lock(&self.shared.assigned).drain(..).collect();
-        for ((topic, partition), start) in assigned {
-            // The partition's end from the broker itself: librdkafka's
-            // figure may be from before another member read on.
-            let high = match self
-                .consumer
-                .fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT)
-            {
-                Ok((_, high)) => Some(high),
-                Err(e) => {
-                    tracing::debug!(topic, partition, error = %e, "Partition end unknown yet.");
-                    None
+        let heard: Vec<Rebalance> = lock(&self.shared.rebalances).drain(..).collect();
+        let consumer = &self.consumer;
+        apply_rebalances(
+            &mut self.partitions,
+            &mut self.uncommitted,
+            heard,
+            |(topic, partition)| {
+                // The partition's end from the broker itself: librdkafka's
+                // figure may be from before another member read on.
+                match consumer.fetch_watermarks(topic, *partition, WATERMARK_TIMEOUT) {
+                    Ok((_, high)) => Some(high),
+                    Err(e) => {
+                        tracing::debug!(topic, partition, error = %e, "Partition end unknown yet.");
+                        None
+                    }
                 }
-            };
-            self.partitions
-                .insert((topic, partition), PartitionState::assigned(start, high));
-        }
-        for partition in lock(&self.shared.revoked).drain(..) {
-            if let Some(state) = self.partitions.remove(&partition)
-                && !state.queue.is_empty()
-            {
-                tracing::info!(
-                    topic = partition.0,
-                    partition = partition.1,
-                    dropped = state.queue.len(),
-                    "Left the events of a revoked partition to its next owner."
-                );
-            }
-            self.uncommitted.remove(&partition);
-        }
+            },
+        );
     }
 
     /// Takes in where librdkafka last saw each partition end.
@@ -514,7 +585,8 @@ impl KafkaSource {
     /// Whether the consumer is stuck: a partition with unread messages has
     /// sent nothing for `stall_timeout`, or the group has not given it an
     /// assignment (not even an empty one) for that long since it was made
-    /// or since it lost all it had.
+    /// or since it lost all it had, or it reads other partitions than those
+    /// followed here ([`KafkaSource::out_of_step`]).
     /// A join can hang: a group member that never hears its assignment
     /// keeps the partitions the group gave it from every other member.
     fn stuck(&self) -> Option<&'static str> {
@@ -524,9 +596,31 @@ impl KafkaSource {
             Some("Consumer got no assignment from its group; recreating it.")
         } else if stalled(&self.partitions, self.created, timeout) {
             Some("Consumer stalled with unread messages; recreating it.")
+        } else if self.out_of_step() {
+            Some("Consumer reads other partitions than the source follows; recreating it.")
         } else {
             None
         }
+    }
+
+    /// Whether librdkafka's assignment and the partitions followed here
+    /// differ, once every rebalance heard is taken in. A partition assigned
+    /// but not followed would go unread with nothing to show for it; this
+    /// turns such a slip into a recovery.
+    fn out_of_step(&self) -> bool {
+        if !lock(&self.shared.rebalances).is_empty() {
+            return false;
+        }
+        let Ok(assignment) = self.consumer.assignment() else {
+            return false;
+        };
+        let elements = assignment.elements();
+        elements.len() != self.partitions.len()
+            || elements.iter().any(|e| {
+                !self
+                    .partitions
+                    .contains_key(&(e.topic().to_owned(), e.partition()))
+            })
     }
 
     /// Recreates the consumer when it is stuck (see [`KafkaSource::stuck`]).
@@ -536,13 +630,20 @@ impl KafkaSource {
         };
         self.recoveries += 1;
         tracing::warn!(lag = ?self.lag(), recoveries = self.recoveries, "{why}");
-        lock(&self.shared.assigned).clear();
-        lock(&self.shared.revoked).clear();
-        lock(&self.shared.ends).clear();
-        self.shared.joined.store(false, Ordering::SeqCst);
+        self.recreate()
+    }
+
+    /// Drops the consumer and makes a new one, which joins the group
+    /// afresh (what the watchdog does to a stuck consumer).
+    pub fn recreate(&mut self) -> Result<(), KafkaError> {
         self.partitions.clear();
         self.uncommitted.clear();
-        self.consumer = Self::consumer(&self.client, &self.config, &self.positions, &self.shared)?;
+        // The new consumer first, then the old one goes: its callbacks, as
+        // it closes, write to its own `Shared`, dropped with it.
+        let (consumer, shared) =
+            Self::consumer(&self.client, &self.config, &self.positions, &self.broker_up)?;
+        self.consumer = consumer;
+        self.shared = shared;
         self.created = Instant::now();
         Ok(())
     }
@@ -588,6 +689,12 @@ impl KafkaSource {
             value: (offset + 1).to_string(),
         };
         let Some(state) = self.partitions.get_mut(&(topic.to_owned(), partition)) else {
+            tracing::debug!(
+                topic,
+                partition,
+                offset,
+                "Message of a partition not assigned here dropped."
+            );
             return;
         };
         match state.accept(offset) {
@@ -706,7 +813,7 @@ impl Source for KafkaSource {
     }
 
     fn broker_up(&self) -> Option<Arc<AtomicBool>> {
-        Some(Arc::clone(&self.shared.broker_up))
+        Some(Arc::clone(&self.broker_up))
     }
 
     fn committed(&mut self) {
@@ -819,6 +926,49 @@ mod tests {
             Some("Consumer got no assignment from its group; recreating it.")
         );
         assert_eq!(source(Duration::from_secs(3600)).stuck(), None);
+    }
+
+    fn owned(heard: Vec<Rebalance>) -> Vec<Partition> {
+        let mut partitions = BTreeMap::new();
+        let mut uncommitted = BTreeMap::new();
+        let queued = state(Some(4), Some(9), &[("2026-11-20T12:00:00Z", 4)]);
+        partitions.insert(("orders".to_owned(), 0), queued);
+        uncommitted.insert(("orders".to_owned(), 0), 4);
+        apply_rebalances(&mut partitions, &mut uncommitted, heard, |_| Some(9));
+        for key in uncommitted.keys() {
+            assert!(
+                partitions.contains_key(key),
+                "{key:?} uncommitted, not owned"
+            );
+        }
+        partitions.into_keys().collect()
+    }
+
+    #[test]
+    fn rebalances_are_applied_in_the_order_heard() {
+        let p = |n: i32| ("orders".to_owned(), n);
+        // Revoked, then given back (by the next generation, or to the
+        // consumer that replaced one closing): owned.
+        assert_eq!(
+            owned(vec![
+                Rebalance::Revoked(p(0)),
+                Rebalance::Assigned(p(0), Some(4))
+            ]),
+            vec![p(0)]
+        );
+        // Given, then taken away before the loop looked: not owned.
+        assert_eq!(
+            owned(vec![
+                Rebalance::Assigned(p(1), None),
+                Rebalance::Revoked(p(1))
+            ]),
+            vec![p(0)]
+        );
+        // A failed rebalance unassigns everything.
+        assert_eq!(
+            owned(vec![Rebalance::Assigned(p(1), None), Rebalance::RevokedAll]),
+            Vec::<Partition>::new()
+        );
     }
 
     #[test]

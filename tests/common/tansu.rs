@@ -209,6 +209,29 @@ impl Tansu {
         }
     }
 
+    /// Every message of `topic` as `(partition, offset, payload)`: for a
+    /// failure's post-mortem (which offsets of which partition were never
+    /// applied).
+    pub fn read_placed(&self, topic: &str, expected: usize) -> Vec<(i32, i64, String)> {
+        let consumer: BaseConsumer = self
+            .client()
+            .set("group.id", format!("reader-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        let start = std::time::Instant::now();
+        while out.len() < expected && start.elapsed() < Duration::from_secs(30) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+                out.push((m.partition(), m.offset(), payload));
+            }
+        }
+        out
+    }
+
     /// Every message of `topic`: payload and headers.
     pub fn read_all(&self, topic: &str, expected: usize) -> Vec<(String, Vec<(String, String)>)> {
         let consumer: BaseConsumer = self
