@@ -257,11 +257,14 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
 /// ranges: a tail means a partition nobody read on; a gap below the stored
 /// position means events skipped.
 fn unapplied(tansu: &Tansu, records: &[Record], schema: &Schema) -> String {
-    let applied: std::collections::HashSet<String> =
-        pairs::<String, String>(schema, "SELECT event_id, event_id FROM {}.processed_events")
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
+    let sql = format!("SELECT event_id FROM {}.processed_events", schema.0);
+    let applied: std::collections::HashSet<String> = schema
+        .client()
+        .query(&sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let mut out = Vec::new();
     for topic in TOPICS {
         let produced = records.iter().filter(|(t, _, _)| t == topic).count();

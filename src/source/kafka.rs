@@ -69,7 +69,7 @@ type Partition = (String, i32);
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A change of the assignment, as the rebalance callback heard it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 enum Rebalance {
     /// Newly assigned, with the store's position when it has one (where
     /// reading starts).
@@ -192,7 +192,8 @@ impl ConsumerContext for GroupContext {
                     }
                     heard.push(Rebalance::Assigned((topic, partition), stored));
                 }
-                // Figures from an earlier assignment are stale.
+                // Figures from an earlier assignment are stale. (Not
+                // locked across the store lookups above.)
                 let mut ends = lock(&self.shared.ends);
                 for event in &heard {
                     if let Rebalance::Assigned(key, _) = event {

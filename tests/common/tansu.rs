@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{free_port, wait_for_port};
@@ -213,27 +213,37 @@ impl Tansu {
     /// failure's post-mortem (which offsets of which partition were never
     /// applied).
     pub fn read_placed(&self, topic: &str, expected: usize) -> Vec<(i32, i64, String)> {
-        let consumer: BaseConsumer = self
-            .client()
-            .set("group.id", format!("reader-{}", free_port()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        consumer.subscribe(&[topic]).unwrap();
-        let mut out = Vec::new();
-        let start = std::time::Instant::now();
-        while out.len() < expected && start.elapsed() < Duration::from_secs(30) {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-                out.push((m.partition(), m.offset(), payload));
-            }
-        }
-        out
+        self.read(topic, expected, |m| (m.partition(), m.offset(), payload(m)))
     }
 
     /// Every message of `topic`: payload and headers.
     pub fn read_all(&self, topic: &str, expected: usize) -> Vec<(String, Vec<(String, String)>)> {
+        self.read(topic, expected, |m| {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (payload(m), headers)
+        })
+    }
+
+    /// `expected` messages of `topic` from its start (or what came within
+    /// 30 s), by a reader of a group of its own, each as `take` makes it.
+    fn read<T>(
+        &self,
+        topic: &str,
+        expected: usize,
+        take: impl Fn(&BorrowedMessage<'_>) -> T,
+    ) -> Vec<T> {
         let consumer: BaseConsumer = self
             .client()
             .set("group.id", format!("reader-{}", free_port()))
@@ -246,26 +256,15 @@ impl Tansu {
         let start = std::time::Instant::now();
         while out.len() < expected && start.elapsed() < Duration::from_secs(30) {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-                out.push((payload, headers));
+                out.push(take(&m));
             }
         }
         out
     }
+}
+
+fn payload(m: &BorrowedMessage<'_>) -> String {
+    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
 }
 
 impl Drop for Tansu {
