@@ -4,6 +4,12 @@
 //! optional, unknown fields ignored), then [`Event::decode`] checks it against
 //! the contract in DESIGN.md and builds a typed [`Event`]. The second step is
 //! ours, so the error names the field a shop engineer has to fix.
+//!
+//! Everything the shop sends is bounded here, before any of it reaches a
+//! journey, a store, a log line or an email ([`limits`]): ids and texts by
+//! length and never with control characters, money and quantities by size
+//! and sign, times by year. An event past a bound is refused with the field
+//! and the bound, so arithmetic further in cannot overflow on it.
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
@@ -177,8 +183,8 @@ impl Event {
     pub fn decode(raw: &[u8]) -> Result<Event, InvalidEvent> {
         let w: wire::Event =
             serde_json::from_slice(raw).map_err(|e| InvalidEvent::Json(e.to_string()))?;
-        let id = req_str(w.event_id.as_ref(), "event_id")?;
-        let type_name = req_str(w.kind.as_ref(), "type")?;
+        let id = req_str(w.event_id.as_ref(), "event_id", Bound::Id)?;
+        let type_name = req_str(w.kind.as_ref(), "type", Bound::Id)?;
         let occurred_at = req_time(w.occurred_at.as_ref(), "occurred_at")?;
         let customer = customer(w.customer.as_ref())?;
         let order = w.order.as_ref();
@@ -199,7 +205,7 @@ impl Event {
             },
             "shipment.delivered" => EventKind::ShipmentDelivered {
                 order_id: order_id(order)?,
-                shipment_id: req_str(field(w.shipment.as_ref(), "id"), "shipment.id")?,
+                shipment_id: req_str(field(w.shipment.as_ref(), "id"), "shipment.id", Bound::Id)?,
             },
             "return.requested" => EventKind::ReturnRequested {
                 order_id: order_id(order)?,
@@ -207,7 +213,7 @@ impl Event {
             },
             "return.received" => EventKind::ReturnReceived {
                 order_id: order_id(order)?,
-                return_id: req_str(field(w.ret.as_ref(), "id"), "return.id")?,
+                return_id: req_str(field(w.ret.as_ref(), "id"), "return.id", Bound::Id)?,
             },
             "refund.issued" => EventKind::RefundIssued {
                 order_id: order_id(order)?,
@@ -224,26 +230,106 @@ impl Event {
     }
 }
 
+/// The bounds on what an event may carry. Generous for any real shop, and
+/// small enough that sums of a customer's orders, line totals and event
+/// times plus any configured delay stay far inside what the types hold.
+pub mod limits {
+    use jiff::Timestamp;
+    use rust_decimal::Decimal;
+
+    /// Ids (event, customer, order, shipment, return, refund), in bytes.
+    pub const ID_BYTES: usize = 256;
+    /// Names, SKUs, carriers, tracking numbers, locales, time zones.
+    pub const TEXT_CHARS: usize = 500;
+    /// A return's reason, a tracking URL.
+    pub const LONG_TEXT_CHARS: usize = 2_000;
+    /// An address, as RFC 5321 bounds a path.
+    pub const EMAIL_BYTES: usize = 254;
+    /// Items of one order or return.
+    pub const ITEMS: usize = 1_000;
+    /// Units of one item.
+    pub const QUANTITY: u64 = 1_000_000;
+    /// Decimal places of an amount.
+    pub const MONEY_SCALE: u32 = 8;
+    /// Earliest event time: 1970-01-01T00:00:00Z.
+    pub const EARLIEST: Timestamp = Timestamp::UNIX_EPOCH;
+    /// Event times are before 2200-01-01T00:00:00Z.
+    pub const LATEST: Timestamp = Timestamp::constant(7_258_118_400, 0);
+
+    /// The largest amount of money, in any currency: 10^12.
+    pub fn max_amount() -> Decimal {
+        Decimal::from(1_000_000_000_000_i64)
+    }
+}
+
 fn field<'a>(obj: Option<&'a Value>, key: &str) -> Option<&'a Value> {
     obj.and_then(|o| o.get(key)).filter(|v| !v.is_null())
 }
 
-fn req_str(v: Option<&Value>, name: &'static str) -> Result<String, InvalidEvent> {
-    opt_str(v, name)?.ok_or(InvalidEvent::Missing(name))
+/// How long a string field may be.
+#[derive(Clone, Copy)]
+enum Bound {
+    /// An id: at most [`limits::ID_BYTES`] bytes.
+    Id,
+    /// A text of at most this many characters.
+    Chars(usize),
 }
 
-fn opt_str(v: Option<&Value>, name: &'static str) -> Result<Option<String>, InvalidEvent> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Err(bad(name, "must not be empty")),
-        // No store keeps a NUL in text (PostgreSQL refuses it): bad input,
-        // not a store failure.
-        Some(Value::String(s)) if s.contains('\0') => {
-            Err(bad(name, "must not contain a NUL character"))
-        }
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(bad(name, "must be a string")),
+const SHORT: Bound = Bound::Chars(limits::TEXT_CHARS);
+const LONG: Bound = Bound::Chars(limits::LONG_TEXT_CHARS);
+
+fn req_str(v: Option<&Value>, name: &'static str, bound: Bound) -> Result<String, InvalidEvent> {
+    opt_str(v, name, bound)?.ok_or(InvalidEvent::Missing(name))
+}
+
+fn opt_str(
+    v: Option<&Value>,
+    name: &'static str,
+    bound: Bound,
+) -> Result<Option<String>, InvalidEvent> {
+    let s = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(bad(name, "must be a string")),
+    };
+    if s.trim().is_empty() {
+        return Err(bad(name, "must not be empty"));
     }
+    match bound {
+        Bound::Id if s.len() > limits::ID_BYTES => {
+            return Err(bad(
+                name,
+                format!(
+                    "{} bytes long, over the limit of {}",
+                    s.len(),
+                    limits::ID_BYTES
+                ),
+            ));
+        }
+        Bound::Chars(max) if s.chars().nth(max).is_some() => {
+            return Err(bad(name, format!("longer than {max} characters")));
+        }
+        _ => {}
+    }
+    // Control characters would forge log lines, clear a terminal or break
+    // a header; no store keeps a NUL (PostgreSQL refuses it).
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(bad(
+            name,
+            format!("contains the control character U+{:04X}", u32::from(c)),
+        ));
+    }
+    Ok(Some(s.clone()))
+}
+
+/// At most 40 characters of `s`, control characters escaped: what a reason
+/// may repeat of a value the shop sent.
+fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(40).flat_map(char::escape_debug).collect();
+    if s.chars().nth(40).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 fn req_time(v: Option<&Value>, name: &'static str) -> Result<Timestamp, InvalidEvent> {
@@ -251,37 +337,73 @@ fn req_time(v: Option<&Value>, name: &'static str) -> Result<Timestamp, InvalidE
 }
 
 fn opt_time(v: Option<&Value>, name: &'static str) -> Result<Option<Timestamp>, InvalidEvent> {
-    opt_str(v, name)?
-        .map(|s| {
-            s.parse::<Timestamp>()
-                .map_err(|e| bad(name, format!("not an RFC 3339 timestamp: {e}")))
-        })
-        .transpose()
+    let Some(s) = opt_str(v, name, Bound::Chars(64))? else {
+        return Ok(None);
+    };
+    let t = s
+        .parse::<Timestamp>()
+        .map_err(|e| bad(name, format!("not an RFC 3339 timestamp: {e}")))?;
+    if !(limits::EARLIEST..limits::LATEST).contains(&t) {
+        return Err(bad(name, format!("{t} is not between 1970 and 2199")));
+    }
+    Ok(Some(t))
 }
 
-fn req_money(v: Option<&Value>, name: &'static str) -> Result<Decimal, InvalidEvent> {
-    opt_money(v, name)?.ok_or(InvalidEvent::Missing(name))
+/// Whether an amount may be negative, zero, or must be positive.
+#[derive(Clone, Copy, PartialEq)]
+enum Sign {
+    /// Zero or more: a total, a price (a free order exists).
+    NotNegative,
+    /// More than zero: a refund.
+    Positive,
+}
+
+fn req_money(v: Option<&Value>, name: &'static str, sign: Sign) -> Result<Decimal, InvalidEvent> {
+    opt_money(v, name, sign)?.ok_or(InvalidEvent::Missing(name))
 }
 
 /// Money is a decimal string. A JSON number is refused: it may already have
 /// gone through a float on the shop's side.
-fn opt_money(v: Option<&Value>, name: &'static str) -> Result<Option<Decimal>, InvalidEvent> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s
-            .parse::<Decimal>()
-            .map(Some)
-            .map_err(|_| bad(name, format!("`{s}` is not a decimal amount"))),
-        Some(_) => Err(bad(name, "must be a decimal string such as \"59.90\"")),
+fn opt_money(
+    v: Option<&Value>,
+    name: &'static str,
+    sign: Sign,
+) -> Result<Option<Decimal>, InvalidEvent> {
+    let s = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(_) => return Err(bad(name, "must be a decimal string such as \"59.90\"")),
+    };
+    let amount = s
+        .parse::<Decimal>()
+        .map_err(|_| bad(name, format!("`{}` is not a decimal amount", shown(s))))?;
+    if amount.scale() > limits::MONEY_SCALE {
+        return Err(bad(
+            name,
+            format!("more than {} decimal places", limits::MONEY_SCALE),
+        ));
     }
+    if amount.abs() > limits::max_amount() {
+        return Err(bad(name, "larger than 1000000000000"));
+    }
+    if amount.is_sign_negative() && !amount.is_zero() {
+        return Err(bad(name, "must not be negative"));
+    }
+    if sign == Sign::Positive && amount.is_zero() {
+        return Err(bad(name, "must be more than zero"));
+    }
+    Ok(Some(amount))
 }
 
 fn currency(v: Option<&Value>, name: &'static str) -> Result<String, InvalidEvent> {
-    let c = req_str(v, name)?;
+    let c = req_str(v, name, SHORT)?;
     if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
         Ok(c)
     } else {
-        Err(bad(name, format!("`{c}` is not an ISO 4217 code")))
+        Err(bad(
+            name,
+            format!("`{}` is not an ISO 4217 code", shown(&c)),
+        ))
     }
 }
 
@@ -293,18 +415,10 @@ fn bad(field: &'static str, reason: impl Into<String>) -> InvalidEvent {
 }
 
 fn customer(v: Option<&Value>) -> Result<CustomerPatch, InvalidEvent> {
-    let id = req_str(field(v, "id"), "customer.id")?;
-    let email = opt_str(field(v, "email"), "customer.email")?;
-    if let Some(email) = &email {
-        validate_address(email)?;
-    }
-    let name = opt_str(field(v, "name"), "customer.name")?;
-    if name
-        .as_deref()
-        .is_some_and(|n| n.chars().any(char::is_control))
-    {
-        return Err(bad("customer.name", "contains control characters"));
-    }
+    let id = req_str(field(v, "id"), "customer.id", Bound::Id)?;
+    let email = opt_str(field(v, "email"), "customer.email", SHORT)?
+        .map(|e| address(&e))
+        .transpose()?;
     let marketing_consent = match field(v, "marketing_consent") {
         None => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -313,31 +427,71 @@ fn customer(v: Option<&Value>) -> Result<CustomerPatch, InvalidEvent> {
     Ok(CustomerPatch {
         id,
         email,
-        name,
-        locale: opt_str(field(v, "locale"), "customer.locale")?,
-        timezone: opt_str(field(v, "timezone"), "customer.timezone")?,
+        name: opt_str(field(v, "name"), "customer.name", SHORT)?,
+        locale: opt_str(field(v, "locale"), "customer.locale", Bound::Chars(35))?,
+        timezone: opt_str(field(v, "timezone"), "customer.timezone", Bound::Chars(64))?,
         marketing_consent,
     })
 }
 
-/// An address we can put in a `To:` header: lettre's parser, which rejects
-/// whitespace, control characters and anything that is not `local@domain`.
-fn validate_address(email: &str) -> Result<(), InvalidEvent> {
-    email.parse::<lettre::Address>().map(|_| ()).map_err(|e| {
-        bad(
-            "customer.email",
-            format!("`{email}` is not an address: {e}"),
-        )
-    })
+/// An address an SMTP server will take from us: `local@domain` as lettre
+/// parses it, with a plain (dot-atom) ASCII local part and a host name for
+/// a domain. Quoted local parts and address literals (`a@[127.0.0.1]`)
+/// parse but no real mailbox uses them and many servers refuse them; a
+/// non-ASCII local part needs SMTPUTF8, which this mailer does not speak.
+/// An internationalized domain is kept in its ASCII (punycode) form, which
+/// every server takes. The address itself is never in the reason: reasons
+/// are logged, and addresses only at debug.
+fn address(email: &str) -> Result<String, InvalidEvent> {
+    const NAME: &str = "customer.email";
+    if email.len() > limits::EMAIL_BYTES {
+        return Err(bad(
+            NAME,
+            format!("longer than {} bytes", limits::EMAIL_BYTES),
+        ));
+    }
+    let parsed = email
+        .parse::<lettre::Address>()
+        .map_err(|e| bad(NAME, format!("not an address: {e}")))?;
+    let local = parsed.user();
+    if local.starts_with('"') {
+        return Err(bad(NAME, "a quoted local part is not accepted"));
+    }
+    if !local.is_ascii() {
+        return Err(bad(
+            NAME,
+            "a non-ASCII local part needs SMTPUTF8, which is not supported",
+        ));
+    }
+    let domain = parsed.domain();
+    if domain.starts_with('[') {
+        return Err(bad(NAME, "an address literal is not accepted as a domain"));
+    }
+    let domain = idna::domain_to_ascii(domain)
+        .map_err(|_| bad(NAME, "the domain is not a valid host name"))?;
+    let host_name = domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !host_name {
+        return Err(bad(NAME, "the domain is not a host name with a dot"));
+    }
+    Ok(format!("{local}@{domain}"))
 }
 
 fn order_id(order: Option<&Value>) -> Result<String, InvalidEvent> {
-    req_str(field(order, "id"), "order.id")
+    req_str(field(order, "id"), "order.id", Bound::Id)
 }
 
 fn placed_order(order: Option<&Value>) -> Result<Order, InvalidEvent> {
     let id = order_id(order)?;
-    let total = req_money(field(order, "total"), "order.total")?;
+    let total = req_money(field(order, "total"), "order.total", Sign::NotNegative)?;
     let currency = currency(field(order, "currency"), "order.currency")?;
     let items = items(field(order, "items"), "order.items", true)?;
     Ok(Order {
@@ -354,6 +508,12 @@ fn items(v: Option<&Value>, name: &'static str, priced: bool) -> Result<Vec<Item
         Some(Value::Array(list)) => list,
         Some(_) => return Err(bad(name, "must be an array")),
     };
+    if list.len() > limits::ITEMS {
+        return Err(bad(
+            name,
+            format!("{} items, over the limit of {}", list.len(), limits::ITEMS),
+        ));
+    }
     list.iter()
         .map(|item| {
             let item = Some(item);
@@ -361,17 +521,26 @@ fn items(v: Option<&Value>, name: &'static str, priced: bool) -> Result<Vec<Item
                 None => 1,
                 Some(q) => q
                     .as_u64()
+                    .filter(|q| (1..=limits::QUANTITY).contains(q))
                     .and_then(|q| u32::try_from(q).ok())
-                    .filter(|q| *q > 0)
-                    .ok_or_else(|| bad("items[].quantity", "must be a positive integer"))?,
+                    .ok_or_else(|| {
+                        bad(
+                            "items[].quantity",
+                            format!("must be an integer from 1 to {}", limits::QUANTITY),
+                        )
+                    })?,
             };
-            let unit_price = opt_money(field(item, "unit_price"), "items[].unit_price")?;
+            let unit_price = opt_money(
+                field(item, "unit_price"),
+                "items[].unit_price",
+                Sign::NotNegative,
+            )?;
             if priced && unit_price.is_none() {
                 return Err(InvalidEvent::Missing("order.items[].unit_price"));
             }
             Ok(Item {
-                sku: req_str(field(item, "sku"), "items[].sku")?,
-                name: req_str(field(item, "name"), "items[].name")?,
+                sku: req_str(field(item, "sku"), "items[].sku", SHORT)?,
+                name: req_str(field(item, "name"), "items[].name", SHORT)?,
                 quantity,
                 unit_price,
             })
@@ -381,10 +550,14 @@ fn items(v: Option<&Value>, name: &'static str, priced: bool) -> Result<Vec<Item
 
 fn shipment(v: Option<&Value>) -> Result<Shipment, InvalidEvent> {
     Ok(Shipment {
-        id: req_str(field(v, "id"), "shipment.id")?,
-        carrier: opt_str(field(v, "carrier"), "shipment.carrier")?,
-        tracking_number: opt_str(field(v, "tracking_number"), "shipment.tracking_number")?,
-        tracking_url: opt_str(field(v, "tracking_url"), "shipment.tracking_url")?,
+        id: req_str(field(v, "id"), "shipment.id", Bound::Id)?,
+        carrier: opt_str(field(v, "carrier"), "shipment.carrier", SHORT)?,
+        tracking_number: opt_str(
+            field(v, "tracking_number"),
+            "shipment.tracking_number",
+            SHORT,
+        )?,
+        tracking_url: opt_str(field(v, "tracking_url"), "shipment.tracking_url", LONG)?,
         estimated_delivery: opt_time(
             field(v, "estimated_delivery"),
             "shipment.estimated_delivery",
@@ -394,16 +567,16 @@ fn shipment(v: Option<&Value>) -> Result<Shipment, InvalidEvent> {
 
 fn ret(v: Option<&Value>) -> Result<Return, InvalidEvent> {
     Ok(Return {
-        id: req_str(field(v, "id"), "return.id")?,
-        reason: opt_str(field(v, "reason"), "return.reason")?,
+        id: req_str(field(v, "id"), "return.id", Bound::Id)?,
+        reason: opt_str(field(v, "reason"), "return.reason", LONG)?,
         items: items(field(v, "items"), "return.items", false)?,
     })
 }
 
 fn refund(v: Option<&Value>) -> Result<Refund, InvalidEvent> {
     Ok(Refund {
-        id: req_str(field(v, "id"), "refund.id")?,
-        amount: req_money(field(v, "amount"), "refund.amount")?,
+        id: req_str(field(v, "id"), "refund.id", Bound::Id)?,
+        amount: req_money(field(v, "amount"), "refund.amount", Sign::Positive)?,
         currency: currency(field(v, "currency"), "refund.currency")?,
     })
 }

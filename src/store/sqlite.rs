@@ -85,6 +85,13 @@ const MIGRATIONS: &[M<'static>] = &[
     // Why a pending email waits past its due time (frequency cap, quiet
     // hours): fire_at holds the new time.
     M::up("ALTER TABLE emails ADD COLUMN deferred TEXT;"),
+    // Email keys from escaped parts (the SQL is the PostgreSQL store's).
+    M::up(include_str!(
+        "migrations/postgres/V2__escaped_email_keys.sql"
+    )),
+    // What each applied event contained, to tell a reused id from a
+    // redelivery.
+    M::up("ALTER TABLE processed_events ADD COLUMN digest TEXT;"),
 ];
 
 /// How long a worker waits for another's lock before it gives up.
@@ -468,18 +475,18 @@ impl SqliteTx<'_> {
 }
 
 impl Transaction for SqliteTx<'_> {
-    fn seen(&mut self, event_id: &str) -> Result<bool> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT 1 FROM processed_events WHERE event_id = ?1")?;
-        Ok(stmt.exists([event_id])?)
+    fn seen(&mut self, event_id: &str) -> Result<Option<String>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT coalesce(digest, '') FROM processed_events WHERE event_id = ?1",
+        )?;
+        Ok(stmt.query_row([event_id], |r| r.get(0)).optional()?)
     }
 
-    fn mark_seen(&mut self, event_id: &str) -> Result<()> {
+    fn mark_seen(&mut self, event_id: &str, digest: &str) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO processed_events (event_id) VALUES (?1) ON CONFLICT DO NOTHING",
+            "INSERT INTO processed_events (event_id, digest) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )?;
-        stmt.execute([event_id])?;
+        stmt.execute([event_id, digest])?;
         Ok(())
     }
 
@@ -726,9 +733,9 @@ mod tests {
     fn an_in_memory_store_works_but_cannot_be_reopened() {
         let mut s = SqliteStore::in_memory().unwrap();
         let mut tx = s.begin().unwrap();
-        tx.mark_seen("e-1").unwrap();
+        tx.mark_seen("e-1", "d").unwrap();
         tx.commit().unwrap();
-        assert!(s.begin().unwrap().seen("e-1").unwrap());
+        assert!(s.begin().unwrap().seen("e-1").unwrap().is_some());
         assert!(matches!(s.reopen(), Err(StoreError::Open { .. })));
     }
 }
