@@ -701,6 +701,7 @@ impl super::suite::Inspect for SqliteStore {
 /// SQLite's own tests; what every store must do is in `super::suite`.
 #[cfg(test)]
 mod tests {
+    use super::super::suite::Inspect;
     use super::*;
 
     #[test]
@@ -727,6 +728,63 @@ mod tests {
             let s = SqliteStore::open(&path).unwrap();
             assert_eq!(schema_version(&s.conn).unwrap(), MIGRATIONS.len() as i64);
         }
+    }
+
+    #[test]
+    fn keys_written_before_escaping_are_rewritten_as_the_journey_now_builds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aftercare.db");
+        let rows = [
+            // (key, customer, template): before and after the migration.
+            ("c-1/order_confirmation/o-1", "c-1", "order_confirmation"),
+            (
+                "a/order_confirmation/o/order_confirmation/1",
+                "a/order_confirmation/o",
+                "order_confirmation",
+            ),
+            ("c-%/welcome/o%1", "c-%", "welcome"),
+            (
+                "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
+                "c-2",
+                "shipping_delay",
+            ),
+            // A key of another shape (no worker wrote one): left alone.
+            ("k", "c-4", "welcome"),
+        ];
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let before = MIGRATIONS
+                .iter()
+                .position(|m| format!("{m:?}").contains("rekey"))
+                .unwrap();
+            Migrations::from_slice(MIGRATIONS)
+                .to_version(&mut conn, before)
+                .unwrap();
+            for (key, customer, template) in rows {
+                conn.execute(
+                    "INSERT INTO emails (key, customer_id, template, class, due_at, fire_at, status, data)
+                     VALUES (?1, ?2, ?3, 'transactional', 0, 0, 'sent', '{}')",
+                    [key, customer, template],
+                )
+                .unwrap();
+            }
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let keys: Vec<String> = s.email_statuses().into_iter().map(|e| e.0).collect();
+        let mut want = vec![
+            "c-1/order_confirmation/o-1",
+            "a%2Forder_confirmation%2Fo/order_confirmation/1",
+            "c-%25/welcome/o%251",
+            "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
+            "k",
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        // What the journey builds for the order of the second row now.
+        assert_eq!(
+            crate::journey::key_part("a/order_confirmation/o", &[]),
+            "a%2Forder_confirmation%2Fo"
+        );
     }
 
     #[test]

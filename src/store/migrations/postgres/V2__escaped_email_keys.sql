@@ -7,8 +7,8 @@
 --
 -- The same SQL runs on SQLite (its migrations include this file). The new
 -- keys go through a table of their own, and every changed row first takes
--- the key `#<id>`, which has no `/` and so is nobody's: a new key may be an
--- old key of a row not rewritten yet.
+-- the key `#<id>`, which is nobody's (every key a worker writes has two
+-- `/`): a new key may be the old key of a row not rewritten yet.
 
 CREATE TEMP TABLE rekey AS
 SELECT id,
