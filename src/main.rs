@@ -560,11 +560,18 @@ async fn run_with<S: Store>(
 /// Logs to standard error: readable on a terminal, or one JSON object per
 /// line for a log pipeline. `RUST_LOG` filters (default `info`).
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn,refinery_core=warn")
-    });
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn,refinery_core=warn")
+        })
+        // handlebars logs the data it renders at debug: customer names and
+        // addresses. Never, whatever RUST_LOG says.
+        .add_directive("handlebars=info".parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal, not escape codes in a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     match format {
         LogFormat::Text => logs.init(),
