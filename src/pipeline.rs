@@ -303,24 +303,32 @@ impl<S: Store> Pipeline<S> {
             for mut email in due {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
                 let to = addressee(&self.context.locales, &journey);
-                let verdict = match &to.recipient {
-                    // The events of a customer come on three topics: a
-                    // shipment's can be applied before the order that
-                    // brings the address. Wait for it a while.
-                    None => {
+                // The events of a customer come on three topics: a
+                // shipment's can be applied before the order that brings
+                // the address, or the order itself. Wait for them a while;
+                // an email about an order never seen does not go out.
+                let missing = match (&to.recipient, email.order_id.as_deref()) {
+                    (None, _) => Some(("no address yet", "no address".to_owned())),
+                    (Some(_), Some(order)) if !placed(&journey, order) => {
+                        Some(("order not seen yet", format!("order {order} never seen")))
+                    }
+                    _ => None,
+                };
+                let verdict = match (missing, &to.recipient) {
+                    (Some((waiting, gave_up)), _) => {
                         let retry = later(until.max(email.fire_at), ADDRESS_RETRY);
                         if retry <= later(email.due_at, ADDRESS_WAIT) {
-                            tx.postpone(email.id, retry, "no address yet")?;
+                            tx.postpone(email.id, retry, waiting)?;
                             self.stats.deferred += 1;
                             count_email(&self.observer, &email.template, "deferred");
                             continue;
                         }
-                        Some((Verdict::Suppressed, "no address".to_owned()))
+                        Some((Verdict::Suppressed, gave_up))
                     }
-                    Some(address) if tx.is_suppressed(address)? => {
+                    (None, Some(address)) if tx.is_suppressed(address)? => {
                         Some((Verdict::Suppressed, "address bounced".to_owned()))
                     }
-                    Some(_) => guarded(|| {
+                    (None, _) => guarded(|| {
                         self.journeys
                             .recheck(&journey, &email.template, email.order_id.as_deref())
                     })
@@ -404,8 +412,16 @@ impl<S: Store> Pipeline<S> {
     }
 }
 
-/// An email due for a customer whose address is not known yet is tried
-/// again this much later...
+/// Whether the journey has seen `order_id` placed.
+fn placed(journey: &Journey, order_id: &str) -> bool {
+    journey
+        .orders
+        .get(order_id)
+        .is_some_and(|o| o.placed_at.is_some())
+}
+
+/// An email due for a customer whose address, or whose order, is not known
+/// yet is tried again this much later...
 const ADDRESS_RETRY: SignedDuration = SignedDuration::from_mins(1);
 /// ...until this long after it was due; then it ends suppressed.
 const ADDRESS_WAIT: SignedDuration = SignedDuration::from_hours(1);
@@ -848,6 +864,82 @@ mod tests {
             status_of(&mut p, "c-1/shipping_update/s-1"),
             Some((Status::Suppressed, Some("no address".into())))
         );
+    }
+
+    #[test]
+    fn news_of_an_order_never_seen_waits_for_it_then_is_not_sent() {
+        // A known customer (an address), and a dispatch and a cancellation
+        // of orders never placed: questionable events send nothing.
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        let cancelled = Entry {
+            raw: br#"{"event_id":"e3","type":"order.cancelled","occurred_at":"2026-01-01T10:00:06Z","customer":{"id":"c-1"},"order":{"id":"o-8"}}"#.to_vec(),
+            ..placed("e3", "2026-01-01T10:00:06Z", "o-8", None)
+        };
+        let batch = [
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+            dispatched("e2", "2026-01-01T10:00:05Z", "o-9"),
+            cancelled,
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            Some(t("2026-01-01T10:00:10Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:30:00Z"), &mut approved).unwrap();
+        let keys: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["c-1/order_confirmation/o-1"]);
+        p.fire(t("2026-01-01T11:30:00Z"), &mut approved).unwrap();
+        assert_eq!(approved.len(), 1);
+        assert_eq!(
+            status_of(&mut p, "c-1/shipping_update/s-1"),
+            Some((Status::Suppressed, Some("order o-9 never seen".into())))
+        );
+        assert_eq!(
+            status_of(&mut p, "c-1/order_cancelled/o-8"),
+            Some((Status::Suppressed, Some("order o-8 never seen".into())))
+        );
+
+        // The order placed late, within the wait: the update goes.
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let batch = [
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+            dispatched("e2", "2026-01-01T10:00:05Z", "o-9"),
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            Some(t("2026-01-01T10:00:10Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        let late = [placed("e3", "2026-01-01T10:00:01Z", "o-9", None)];
+        p.ingest(
+            "test",
+            &late,
+            Some(t("2026-01-01T10:10:00Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:10:00Z"), &mut approved).unwrap();
+        assert!(approved.iter().any(|e| e.key == "c-1/shipping_update/s-1"));
     }
 
     #[test]
