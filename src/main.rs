@@ -530,15 +530,22 @@ async fn run_with<S: Store>(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("config key `http.listen`: binding {addr}"))?;
-            let state = Arc::new(http::HttpState {
+            let state = Arc::new(http::HttpState::new(
+                store,
                 signer,
-                store: Arc::new(Mutex::new(store)),
-                shop_name: config.shop.name.clone(),
-                observer: Arc::clone(&observer),
-            });
-            tracing::info!(%addr, "HTTP server listening.");
+                config.shop.name.clone(),
+                Arc::clone(&observer),
+            ));
+            let limits = http::Limits::new(&config.http);
+            tracing::info!(
+                %addr,
+                max_connections = limits.max_connections,
+                header_timeout = ?limits.header_timeout,
+                request_timeout = ?limits.request_timeout,
+                "HTTP server listening."
+            );
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(http::serve(listener, state, async {
+            let server = tokio::spawn(http::serve(listener, state, limits, async {
                 let _ = stopped.await;
             }));
             (Some(stop), Some(server))
