@@ -1290,7 +1290,7 @@ mod tests {
 
     use serde_json::json;
 
-    use super::super::suite::{Harness, PostgresHarness, email, lease, t, to};
+    use super::super::suite::{Harness, Inspect, PostgresHarness, email, lease, t, to};
     use super::*;
     use crate::journey::Journey;
 
@@ -1481,6 +1481,66 @@ mod tests {
             due.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
             ["k1", "k2", "k3"]
         );
+    }
+
+    #[test]
+    fn keys_written_before_escaping_are_rewritten_as_the_journey_now_builds_them() {
+        // The first schema, rows in it as workers wrote them, then the
+        // store opened: the later migrations rewrite the keys.
+        let h = PostgresHarness::new();
+        let mut client = super::super::suite::postgres_config()
+            .connect(::postgres::NoTls)
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {0}; SET search_path TO {0}",
+                quote_ident(&h.schema)
+            ))
+            .unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(1))
+            .run(&mut client)
+            .unwrap();
+        let rows = [
+            ("c-1/order_confirmation/o-1", "c-1", "order_confirmation"),
+            (
+                "a/order_confirmation/o/order_confirmation/1",
+                "a/order_confirmation/o",
+                "order_confirmation",
+            ),
+            ("c-%/welcome/o%1", "c-%", "welcome"),
+            ("k", "c-4", "welcome"),
+        ];
+        for (key, customer, template) in rows {
+            client
+                .execute(
+                    "INSERT INTO emails (key, customer_id, template, class, due_at, fire_at, status, data)
+                     VALUES ($1, $2, $3, 'transactional', 0, 0, 'sent', '{}')",
+                    &[&key, &customer, &template],
+                )
+                .unwrap();
+        }
+        client
+            .execute(
+                "INSERT INTO processed_events (event_id) VALUES ('e-1')",
+                &[],
+            )
+            .unwrap();
+        drop(client);
+        let mut s = h.open();
+        let keys: BTreeSet<String> = s.email_statuses().into_iter().map(|e| e.0).collect();
+        let want: BTreeSet<String> = [
+            "c-1/order_confirmation/o-1",
+            "a%2Forder_confirmation%2Fo/order_confirmation/1",
+            "c-%25/welcome/o%251",
+            "k",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(keys, want);
+        // An event applied before digests were kept reads as a redelivery.
+        let mut tx = s.begin().unwrap();
+        assert_eq!(tx.seen("e-1").unwrap().as_deref(), Some(""));
     }
 
     #[test]
