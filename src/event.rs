@@ -23,6 +23,33 @@ pub enum InvalidEvent {
     BadField { field: &'static str, reason: String },
 }
 
+/// How much of the input a reason may quote: the type named, the text a
+/// JSON error echoes. An event may be megabytes; its reason stays a line.
+const ECHO_MAX_BYTES: usize = 100;
+
+impl InvalidEvent {
+    /// serde's message, which may quote the input (`invalid type: string
+    /// "..."`), with the quote clipped and the position kept.
+    fn json(e: serde_json::Error) -> InvalidEvent {
+        let text = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        let message = text.strip_suffix(&position).unwrap_or(&text);
+        let position = if message.len() < text.len() {
+            position.as_str()
+        } else {
+            ""
+        };
+        InvalidEvent::Json(format!(
+            "{}{position}",
+            crate::bounded::clip(message, ECHO_MAX_BYTES)
+        ))
+    }
+
+    fn unknown_type(name: &str) -> InvalidEvent {
+        InvalidEvent::UnknownType(crate::bounded::clip(name, ECHO_MAX_BYTES).into_owned())
+    }
+}
+
 /// A validated event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -175,8 +202,7 @@ use serde_json::Value;
 impl Event {
     /// Decodes and validates one raw event.
     pub fn decode(raw: &[u8]) -> Result<Event, InvalidEvent> {
-        let w: wire::Event =
-            serde_json::from_slice(raw).map_err(|e| InvalidEvent::Json(e.to_string()))?;
+        let w: wire::Event = serde_json::from_slice(raw).map_err(InvalidEvent::json)?;
         let id = req_str(w.event_id.as_ref(), "event_id")?;
         let type_name = req_str(w.kind.as_ref(), "type")?;
         let occurred_at = req_time(w.occurred_at.as_ref(), "occurred_at")?;
@@ -213,7 +239,7 @@ impl Event {
                 order_id: order_id(order)?,
                 refund: refund(w.refund.as_ref())?,
             },
-            other => return Err(InvalidEvent::UnknownType(other.to_owned())),
+            other => return Err(InvalidEvent::unknown_type(other)),
         };
         Ok(Event {
             id,
@@ -510,6 +536,25 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(Event::decode(&raw).unwrap_err(), want);
         }
+    }
+
+    #[test]
+    fn reasons_quote_at_most_a_bounded_part_of_the_input() {
+        let long = "x".repeat(600_000);
+        let raw = with(|v| v["type"] = long.clone().into());
+        let err = Event::decode(&raw).unwrap_err().to_string();
+        assert!(err.len() < 200, "{} bytes", err.len());
+        assert!(err.starts_with("unknown event type `xxx"), "{err}");
+        assert!(err.ends_with("…`"), "{err}");
+
+        let raw = serde_json::to_vec(&long).unwrap();
+        let err = Event::decode(&raw).unwrap_err().to_string();
+        assert!(err.len() < 200, "{} bytes", err.len());
+        assert!(
+            err.starts_with("not valid JSON: invalid type: string"),
+            "{err}"
+        );
+        assert!(err.ends_with("at line 1 column 600002"), "{err}");
     }
 
     #[test]

@@ -145,6 +145,100 @@ fn invalid_events_go_to_the_dead_letter_topic_and_neighbours_are_processed() {
     );
 }
 
+/// A 600 KB invalid message whose reason would quote its `type` whole (a
+/// dead letter of 1.2 MB, over the producer's limit: the batch failed for
+/// ever), then one over `source.max_event_bytes`: both reach the
+/// dead-letter topic, bounded, with their coordinates, and the valid event
+/// behind them in the same partition is applied.
+#[test]
+fn huge_invalid_and_oversized_messages_are_dead_lettered_bounded_and_the_partition_moves_on() {
+    let tansu = common::tansu::Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    tansu.create_topics(&[DEAD], 1);
+    let long_type = format!(
+        r#"{{"event_id":"bad-1","type":"{}","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-1"}}}}"#,
+        "x".repeat(600_000)
+    );
+    let oversized = format!(
+        r#"{{"event_id":"big-1","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-1","email":"big@example.com"}},"order":{{"id":"o-big","total":"1.00","currency":"EUR","items":[{{"sku":"S","name":"{}","quantity":1,"unit_price":"1.00"}}]}}}}"#,
+        "n".repeat(900_000)
+    );
+    let good = r#"{"event_id":"good-1","type":"order.placed","occurred_at":"2024-01-01T11:00:00Z","customer":{"id":"c-1","email":"c1@example.com"},"order":{"id":"o-1","total":"1.00","currency":"EUR","items":[]}}"#;
+    // One key, so one partition: the valid event waits behind the others.
+    tansu.produce(
+        &[&long_type, &oversized, good]
+            .map(|e| ("orders".to_owned(), "c-1".to_owned(), e.to_string())),
+    );
+    let work = Work::new(&kafka_config(&tansu, "g1", ""));
+    let log = work.path("worker.log");
+    let mut child = common::KillOnDrop(
+        work.command(&["run", "--once"])
+            .env("AFTERCARE_SOURCE__MAX_EVENT_BYTES", "700000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let status = wait_exit(&mut child.0, Duration::from_secs(90));
+    let logged = std::fs::read(&log).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        String::from_utf8_lossy(&logged[..logged.len().min(4000)])
+    );
+    assert!(
+        logged.len() < 8192,
+        "the log quotes the events: {} bytes",
+        logged.len()
+    );
+    let sent: Vec<String> = work
+        .emails()
+        .into_iter()
+        .filter(|(_, s)| s == "sent")
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(sent, ["c-1/order_confirmation/o-1"]);
+
+    let dead = tansu.read_all(DEAD, 2);
+    assert_eq!(dead.len(), 2);
+    let headers = |i: usize| -> BTreeMap<String, String> { dead[i].1.iter().cloned().collect() };
+    let size = |i: usize| {
+        dead[i].0.len()
+            + dead[i]
+                .1
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    };
+    let (first, second) = (headers(0), headers(1));
+    for (h, offset) in [(&first, "0"), (&second, "1")] {
+        assert_eq!(h["aftercare-source-topic"], "orders", "{h:?}");
+        assert_eq!(h["aftercare-source-offset"], offset, "{h:?}");
+        h["aftercare-source-partition"].parse::<i32>().unwrap();
+        assert!(
+            h["aftercare-reason"].len() <= 1024,
+            "{}",
+            h["aftercare-reason"].len()
+        );
+    }
+    // The whole invalid event fits: it is kept; its reason is cut.
+    assert_eq!(dead[0].0, long_type);
+    assert!(first["aftercare-reason"].starts_with("unknown event type `xxx"));
+    assert!(!first.contains_key("aftercare-event-bytes"));
+    assert!(size(0) < 1_000_000, "{}", size(0));
+    // The oversized one: its first bytes, its size.
+    assert!(!dead[1].0.is_empty() && dead[1].0.len() <= 1024);
+    assert!(oversized.starts_with(&dead[1].0));
+    assert_eq!(
+        second["aftercare-reason"],
+        format!(
+            "event of {} bytes is over source.max_event_bytes (700000)",
+            oversized.len()
+        )
+    );
+    assert_eq!(second["aftercare-event-bytes"], oversized.len().to_string());
+}
+
 #[test]
 fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
     let log = common::generated_events(600);
@@ -451,6 +545,7 @@ fn a_recreated_consumer_reads_on_from_every_partition() {
     let mut source = aftercare::source::kafka::KafkaSource::new(
         &config.source.kafka,
         config.source.batch_wait,
+        config.source.max_event_bytes,
         lookup,
     )
     .unwrap();

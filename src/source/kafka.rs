@@ -44,7 +44,7 @@ use rdkafka::types::RDKafkaRespErr;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Batch, Entry, Position, Source, SourceError};
+use super::{Batch, Entry, OVERSIZED_PREFIX, Oversized, Position, Source, SourceError};
 use crate::config::KafkaConfig;
 
 /// Reads a committed store position (`None`: none yet).
@@ -440,6 +440,37 @@ fn watermark(partitions: &BTreeMap<Partition, PartitionState>) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// What is kept of a message: a copy, but of an oversized payload only its
+/// first bytes (librdkafka frees the message; one too large must not be
+/// copied whole into the queue).
+struct Polled {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    oversized: Option<Oversized>,
+}
+
+impl Polled {
+    fn copy(m: &impl Message, limit: usize) -> Polled {
+        let payload = m.payload().unwrap_or_default();
+        let oversized = Oversized::check(payload.len() as u64, limit);
+        let kept = match oversized {
+            Some(_) => crate::bounded::prefix(payload, OVERSIZED_PREFIX),
+            None => payload,
+        };
+        Polled {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: kept.to_vec(),
+            oversized,
+        }
+    }
+}
+
 /// Only the event time, to merge partitions by it.
 #[derive(Deserialize)]
 struct EventTime {
@@ -466,6 +497,8 @@ pub struct KafkaSource {
     created: Instant,
     /// Times the watchdog recreated the consumer.
     pub recoveries: u64,
+    /// `source.max_event_bytes`: a larger message is only dead-lettered.
+    limit: usize,
 }
 
 /// The librdkafka settings shared by the consumer and the dead-letter
@@ -482,9 +515,12 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 impl KafkaSource {
+    /// A message over `max_event_bytes` is handed out as
+    /// [`Entry::oversized`], its first bytes only.
     pub fn new(
         config: &KafkaConfig,
         batch_wait: Duration,
+        max_event_bytes: usize,
         positions: PositionLookup,
     ) -> Result<KafkaSource, KafkaError> {
         let mut client = client_config(config);
@@ -512,6 +548,7 @@ impl KafkaSource {
             uncommitted: BTreeMap::new(),
             created: now,
             recoveries: 0,
+            limit: max_event_bytes,
         })
     }
 
@@ -677,14 +714,16 @@ impl KafkaSource {
     }
 
     /// Queues a message read from a partition we own.
-    fn enqueue(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) {
+    fn enqueue(&mut self, message: Polled) {
+        let Polled {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+            oversized,
+        } = message;
+        let topic = topic.as_str();
         let position = Position {
             key: position_key(&self.config.group_id, topic, partition),
             value: (offset + 1).to_string(),
@@ -705,17 +744,22 @@ impl KafkaSource {
             }
             Read::Again => return,
         }
-        let time = serde_json::from_slice::<EventTime>(payload)
-            .ok()
+        // An oversized event has no time: it sorts first, to the dead
+        // letters.
+        let time = oversized
+            .is_none()
+            .then(|| serde_json::from_slice::<EventTime>(&payload).ok())
+            .flatten()
             .and_then(|e| e.occurred_at)
             .and_then(|at| at.parse::<Timestamp>().ok());
         state.queue.push_back((
             time,
             Entry {
-                raw: payload.to_vec(),
-                key: key.map(<[u8]>::to_vec),
+                raw: payload,
+                key,
                 coordinates: json!({"topic": topic, "partition": partition, "offset": offset}),
                 position,
+                oversized,
             },
         ));
     }
@@ -732,13 +776,7 @@ impl Source for KafkaSource {
             let wait = deadline.saturating_duration_since(Instant::now());
             let polled = match self.consumer.poll(wait) {
                 None => None,
-                Some(Ok(m)) => Some((
-                    m.topic().to_owned(),
-                    m.partition(),
-                    m.offset(),
-                    m.key().map(<[u8]>::to_vec),
-                    m.payload().unwrap_or_default().to_vec(),
-                )),
+                Some(Ok(m)) => Some(Polled::copy(&m, self.limit)),
                 Some(Err(KafkaError::PartitionEOF(_))) => None,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka consumer error.");
@@ -746,8 +784,8 @@ impl Source for KafkaSource {
                 }
             };
             self.apply_rebalances();
-            if let Some((topic, partition, offset, key, payload)) = polled {
-                self.enqueue(&topic, partition, offset, key.as_deref(), &payload);
+            if let Some(message) = polled {
+                self.enqueue(message);
             }
             let queued: usize = self.partitions.values().map(|s| s.queue.len()).sum();
             if Instant::now() >= deadline || queued >= max.saturating_mul(2) {
@@ -848,6 +886,7 @@ mod tests {
                 key: position_key("g", "t", partition),
                 value: (offset + 1).to_string(),
             },
+            oversized: None,
         }
     }
 
@@ -920,7 +959,13 @@ mod tests {
             let mut config = crate::config::Config::embedded().source.kafka;
             config.brokers = "127.0.0.1:9".to_owned();
             config.stall_timeout = stall_timeout;
-            KafkaSource::new(&config, Duration::from_millis(10), Box::new(|_| None)).unwrap()
+            KafkaSource::new(
+                &config,
+                Duration::from_millis(10),
+                1 << 20,
+                Box::new(|_| None),
+            )
+            .unwrap()
         };
         assert_eq!(
             source(Duration::ZERO).stuck(),
