@@ -122,13 +122,22 @@ impl ProducerContext for DeliveryCounter {
     type DeliveryOpaque = Box<Minimal>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, minimal: Box<Minimal>) {
-        let Err((error, _)) = result else { return };
+        if let Err((error, _)) = result {
+            self.not_delivered(error, *minimal);
+        }
+    }
+}
+
+impl DeliveryCounter {
+    /// A record refused for its size or form is kept to be produced again
+    /// without its payload; any other failure fails the sync.
+    fn not_delivered(&self, error: &KafkaError, minimal: Minimal) {
         if refuses_the_record(error) && !minimal.fallback {
             tracing::warn!(%error, "Dead letter refused; producing it without its payload.");
             self.refused
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((*minimal).dropped(error));
+                .push(minimal.dropped(error));
         } else {
             tracing::error!(%error, "Dead letter not delivered.");
             self.failed.fetch_add(1, Ordering::SeqCst);
@@ -487,12 +496,54 @@ mod tests {
             *max_record = 1_000_000;
         }
         let e = entry(vec![b'x'; 600_000], None);
-        dead.write("kafka:g", &e, "unknown event type `x`").unwrap();
+        dead.write("kafka:g", &e, "unknown event type `x`")
+            .expect("produced without its payload, not failed");
         let Sink::Kafka { producer, .. } = &dead.sink else {
             unreachable!()
         };
-        assert_eq!(producer.in_flight_count(), 1, "the record without payload");
+        assert!(
+            producer.in_flight_count() >= 1,
+            "the record without payload"
+        );
         assert_eq!(dead.written, 1);
+    }
+
+    /// The broker may refuse a record the producer let through (a topic's
+    /// `max.message.bytes` below the producer's): kept to go again without
+    /// its payload, once; any other failure fails the sync.
+    #[test]
+    fn a_record_the_broker_refuses_for_its_size_is_kept_to_go_without_its_payload() {
+        let counter = DeliveryCounter::default();
+        let e = entry(vec![b'x'; 10], None);
+        let f = fit(&e, "why", 10, 10_000);
+        let too_large = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        counter.not_delivered(&too_large, f.minimal);
+        let refused = std::mem::take(&mut *counter.refused.lock().unwrap());
+        assert_eq!(refused.len(), 1);
+        let again = &refused[0];
+        assert!(again.fallback);
+        assert!(
+            again
+                .headers
+                .contains(&("aftercare-event-bytes", "10".to_owned()))
+        );
+        assert!(
+            again
+                .headers
+                .iter()
+                .any(|(k, v)| *k == "aftercare-dropped" && v.contains("too large")),
+            "{:?}",
+            again.headers
+        );
+        assert_eq!(counter.failed.load(Ordering::SeqCst), 0);
+        // Refused again without its payload, or failed otherwise: counted.
+        let refused = refused.into_iter().next().unwrap();
+        counter.not_delivered(&too_large, refused);
+        let timed_out = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let f = fit(&e, "why", 10, 10_000);
+        counter.not_delivered(&timed_out, f.minimal);
+        assert_eq!(counter.failed.load(Ordering::SeqCst), 2);
+        assert!(counter.refused.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -93,10 +93,11 @@ fn read_line(reader: &mut dyn BufRead, limit: usize) -> std::io::Result<Line> {
     Ok(line)
 }
 
-/// How many bytes of standard input may wait for a batch, at least: with
-/// lines of up to `max_event_bytes` each, a count of lines alone would let
-/// a fast writer fill the memory.
-const STDIN_BUFFER: usize = 16 << 20;
+/// The bytes of events a batch holds, about (it ends after the line that
+/// goes over), and how many may wait for it on standard input (at least two
+/// lines): with lines of up to `max_event_bytes` each, a count of lines
+/// alone would let a file or a fast writer fill the memory.
+const BATCH_BYTES: usize = 16 << 20;
 
 /// Bytes read from standard input and not yet taken by a batch. The reader
 /// waits while they are over `max` (but always hands over one line).
@@ -131,7 +132,7 @@ fn stdin_lines(limit: usize) -> (Receiver<std::io::Result<Line>>, Arc<Budget>) {
     let budget = Arc::new(Budget {
         held: Mutex::new(0),
         taken: Condvar::new(),
-        max: STDIN_BUFFER.max(limit.saturating_mul(2)),
+        max: BATCH_BYTES.max(limit.saturating_mul(2)),
     });
     let reserved = Arc::clone(&budget);
     std::thread::spawn(move || {
@@ -219,7 +220,8 @@ impl Source for FileSource {
 
     fn next_batch(&mut self, max: usize) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
-        while batch.entries.len() < max {
+        let mut held = 0;
+        while batch.entries.len() < max && held < BATCH_BYTES {
             let first = batch.entries.is_empty();
             let line = match &mut self.input {
                 Input::File(reader) => read_line(reader.as_mut(), self.limit),
@@ -278,6 +280,7 @@ impl Source for FileSource {
                 Some(path) => json!({"path": path, "line": self.line, "offset": start}),
                 None => json!({"path": "-", "line": self.line, "offset": start}),
             };
+            held += raw.len();
             batch.entries.push(Entry {
                 raw,
                 key: None,
@@ -384,6 +387,26 @@ mod tests {
         let mut src = over(std::io::Cursor::new(format!("{exact}y\n")), 1024);
         let batch = src.next_batch(10).unwrap();
         assert_eq!(batch.entries[0].oversized.map(|o| o.bytes), Some(1025));
+    }
+
+    /// Lines just under the limit: a batch holds a bounded number of bytes,
+    /// not `max` lines of them.
+    #[test]
+    fn a_batch_of_large_lines_is_bounded_in_bytes() {
+        let line = format!("{}\n", "x".repeat(1 << 20));
+        let mut src = over(std::io::Cursor::new(line.repeat(40)), 2 << 20);
+        let mut read = 0;
+        loop {
+            let batch = src.next_batch(500).unwrap();
+            let held: usize = batch.entries.iter().map(|e| e.raw.len()).sum();
+            assert!(held <= BATCH_BYTES + (1 << 20), "{held}");
+            read += batch.entries.len();
+            if batch.finished {
+                break;
+            }
+            assert!(!batch.entries.is_empty());
+        }
+        assert_eq!(read, 40);
     }
 
     /// A line of hundreds of megabytes is read through without being held:

@@ -22,7 +22,8 @@
 //! merged by `occurred_at`: the earliest head first, and only while every
 //! partition that still has unread messages has something queued (else it
 //! might hold an earlier event). Within a partition the offset order is
-//! kept. A partition whose queue grows long is paused until it drains.
+//! kept. A partition whose queue grows long (in events or in bytes) is
+//! paused until it drains.
 //! Timers may fire up to the earliest event not yet handed out
 //! ([`Batch::watermark`]).
 //!
@@ -59,8 +60,11 @@ pub fn position_key(group: &str, topic: &str, partition: i32) -> String {
 /// from the fetch responses: no extra requests). The merge may wait this
 /// long on a partition before it knows it has read everything.
 const STATS_INTERVAL_MS: &str = "250";
-/// Events queued per partition before it is paused.
+/// Events queued per partition before it is paused...
 const QUEUE_HIGH: usize = 5_000;
+/// ...or bytes of them: events may be up to `source.max_event_bytes` each.
+/// Also how much a batch's polling reads ahead, at most.
+const QUEUE_HIGH_BYTES: usize = 16 << 20;
 
 type Partition = (String, i32);
 
@@ -254,6 +258,8 @@ struct PartitionState {
     /// readable time (an invalid one) sorts first: it only goes to the
     /// dead letters.
     queue: VecDeque<(Option<Timestamp>, Entry)>,
+    /// The raw bytes in `queue`.
+    queued_bytes: usize,
     /// The last time anything arrived from this partition (or since it
     /// was assigned).
     last_message: Option<Instant>,
@@ -308,6 +314,16 @@ impl PartitionState {
         self.next = Some(offset + 1);
         self.last_message = Some(Instant::now());
         read
+    }
+
+    /// Whether to pause (or keep paused) its fetching: its queue is long,
+    /// in events or in bytes. A paused one is resumed once half drained.
+    fn wants_pause(&self) -> bool {
+        if self.paused {
+            self.queue.len() > QUEUE_HIGH / 2 || self.queued_bytes > QUEUE_HIGH_BYTES / 2
+        } else {
+            self.queue.len() >= QUEUE_HIGH || self.queued_bytes >= QUEUE_HIGH_BYTES
+        }
     }
 
     /// Nothing more to hand out until something new is produced.
@@ -402,6 +418,7 @@ fn merge(
         let Some(key) = earliest else { break };
         let state = partitions.get_mut(&key).expect("found above");
         let (time, entry) = state.queue.pop_front().expect("found above");
+        state.queued_bytes = state.queued_bytes.saturating_sub(entry.raw.len());
         if let Ok(next) = entry.position.value.parse::<i64>() {
             uncommitted.insert(key, next);
         }
@@ -690,11 +707,7 @@ impl KafkaSource {
     /// one partition racing ahead cannot fill the memory.
     fn flow_control(&mut self) {
         for ((topic, partition), state) in self.partitions.iter_mut() {
-            let want_paused = if state.paused {
-                state.queue.len() > QUEUE_HIGH / 2
-            } else {
-                state.queue.len() >= QUEUE_HIGH
-            };
+            let want_paused = state.wants_pause();
             if want_paused == state.paused {
                 continue;
             }
@@ -752,6 +765,7 @@ impl KafkaSource {
             .flatten()
             .and_then(|e| e.occurred_at)
             .and_then(|at| at.parse::<Timestamp>().ok());
+        state.queued_bytes += payload.len();
         state.queue.push_back((
             time,
             Entry {
@@ -788,7 +802,11 @@ impl Source for KafkaSource {
                 self.enqueue(message);
             }
             let queued: usize = self.partitions.values().map(|s| s.queue.len()).sum();
-            if Instant::now() >= deadline || queued >= max.saturating_mul(2) {
+            let bytes: usize = self.partitions.values().map(|s| s.queued_bytes).sum();
+            if Instant::now() >= deadline
+                || queued >= max.saturating_mul(2)
+                || bytes >= QUEUE_HIGH_BYTES
+            {
                 break;
             }
         }
@@ -1015,6 +1033,29 @@ mod tests {
             owned(vec![Rebalance::Assigned(p(1), None), Rebalance::RevokedAll]),
             Vec::<Partition>::new()
         );
+    }
+
+    /// Large events fill the memory long before 5,000 of them are queued.
+    #[test]
+    fn a_partition_is_paused_by_the_bytes_queued_too() {
+        let mut s = state(Some(0), Some(100), &[("2026-11-20T12:00:00Z", 0)]);
+        s.queued_bytes = QUEUE_HIGH_BYTES;
+        assert!(s.wants_pause());
+        s.paused = true;
+        s.queued_bytes = QUEUE_HIGH_BYTES / 2 + 1;
+        assert!(s.wants_pause(), "resumed only once half drained");
+        s.queued_bytes = QUEUE_HIGH_BYTES / 2;
+        assert!(!s.wants_pause());
+
+        // What the merge hands out no longer counts.
+        let mut entry = entry(0, 0);
+        entry.raw = vec![b'x'; 1000];
+        let mut s = state(Some(1), Some(1), &[]);
+        s.queue.push_back((None, entry));
+        s.queued_bytes = 1000;
+        let mut p = BTreeMap::from([(("t".to_owned(), 0), s)]);
+        merge(&mut p, &mut BTreeMap::new(), 10);
+        assert_eq!(p[&("t".to_owned(), 0)].queued_bytes, 0);
     }
 
     #[test]
