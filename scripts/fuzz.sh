@@ -10,7 +10,8 @@
 # Needs the nightly toolchain (sanitizer flags); without one it says so and
 # stops without failing. cargo-fuzz is installed from crates.io if missing.
 # The build and the corpus are kept under ~/.cache/aftercare (the corpus
-# grows from run to run, seeded with examples/events.jsonl). A crash fails
+# grows from run to run, seeded with examples/events.jsonl and the hostile
+# events of fuzz/seeds/, with fuzz/extremes.dict as a dictionary). A crash fails
 # the run and leaves its input in fuzz/artifacts/<target>/; replay it with
 # `cargo +nightly fuzz run <target> <file>`.
 set -euo pipefail
@@ -39,10 +40,13 @@ for target in $targets; do
     printf '%s\n' "$line" > "$corpus/example-$n"
   done < examples/events.jsonl
   cp examples/events.jsonl "$corpus/example-log"
+  # Hostile events (extreme numbers and dates, ids that collided) as seeds,
+  # and their values as a dictionary to splice anywhere.
+  cp fuzz/seeds/hostile.jsonl "$corpus/hostile-log"
   echo "==> fuzz $target for ${seconds}s"
   out=$(mktemp)
   if ! cargo +nightly fuzz run --target-dir "$cache/fuzz-target" "$target" "$corpus" -- \
-      -max_total_time="$seconds" -print_final_stats=1 >"$out" 2>&1; then
+      -max_total_time="$seconds" -print_final_stats=1 -dict=fuzz/extremes.dict >"$out" 2>&1; then
     tail -40 "$out"
     echo "fuzz: $target crashed; the input is in fuzz/artifacts/$target/" >&2
     rm -f "$out"

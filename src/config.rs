@@ -408,7 +408,7 @@ pub struct CheckConfig {
     pub max_subject_chars: usize,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address of the HTTP server (`/healthz`, `/readyz`, `/metrics`,
@@ -416,6 +416,43 @@ pub struct HttpConfig {
     /// server. Put `/unsubscribe/` behind the shop's reverse proxy at
     /// `shop.unsubscribe_url`; keep the rest internal.
     pub listen: Option<std::net::SocketAddr>,
+    /// Connections open at once, at most (and never more than a quarter of
+    /// the process's open-file limit): each holds a file descriptor the
+    /// store, the mailer and the broker also need.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head (line and
+    /// headers) after connecting: idle and half-sent connections are cut.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a connection may stay open in all (one request each): a
+    /// dripping body or a client that does not read the answer is cut.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+impl HttpConfig {
+    /// Longest `request_timeout`; hyper's timer adds it to `now`, so it is
+    /// kept far from overflowing.
+    const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if self.header_timeout.is_zero() || self.header_timeout > Self::MAX_TIMEOUT {
+            return Err(invalid(
+                "http.header_timeout",
+                "must be more than zero and at most 1h",
+            ));
+        }
+        if self.request_timeout < self.header_timeout || self.request_timeout > Self::MAX_TIMEOUT {
+            return Err(invalid(
+                "http.request_timeout",
+                "must be at least http.header_timeout and at most 1h",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How `aftercare report` counts.
@@ -1000,6 +1037,7 @@ impl Config {
         if self.mailer.kind == MailerKind::Smtp {
             self.mailer.smtp.validate()?;
         }
+        self.http.validate()?;
         let mut seen = BTreeSet::new();
         for (i, rule) in self.journeys.iter().enumerate() {
             let key = |field: &str| format!("journey[{i}].{field}");
@@ -1368,6 +1406,26 @@ mod tests {
         .unwrap();
         assert_eq!(c.mailer.kind, MailerKind::Smtp);
         assert_eq!(c.source.batch_size, 7);
+    }
+
+    #[test]
+    fn http_limits_are_checked() {
+        let http = |extra: &str| load_str(&format!("[http]\n{extra}\n")).map_err(|e| e.to_string());
+        let c = http("").unwrap();
+        assert_eq!(c.http.max_connections, 256);
+        assert_eq!(c.http.header_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.request_timeout, Duration::from_secs(30));
+        let err = http("max_connections = 0").unwrap_err();
+        assert!(err.contains("http.max_connections"), "{err}");
+        let err = http("header_timeout = \"0s\"").unwrap_err();
+        assert!(err.contains("http.header_timeout"), "{err}");
+        let err = http("header_timeout = \"1000000y\"").unwrap_err();
+        assert!(err.contains("http.header_timeout"), "{err}");
+        let err = http("header_timeout = \"10s\"\nrequest_timeout = \"5s\"").unwrap_err();
+        assert!(err.contains("http.request_timeout"), "{err}");
+        let err = http("request_timeout = \"2h\"").unwrap_err();
+        assert!(err.contains("http.request_timeout"), "{err}");
+        assert!(http("header_timeout = \"500ms\"\nrequest_timeout = \"1s\"").is_ok());
     }
 
     #[test]

@@ -12,6 +12,9 @@ use tokio::time::Instant;
 
 use crate::config::DomainsConfig;
 
+/// The longest wait between two deliveries to one domain, whatever its rate.
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+
 struct Domain {
     permits: Arc<Semaphore>,
     /// Seconds between two deliveries (0: no rate limit).
@@ -55,7 +58,8 @@ impl Domains {
             Arc::new(Domain {
                 permits: Arc::new(Semaphore::new(limit.concurrency)),
                 interval: if limit.rate > 0.0 {
-                    Duration::from_secs_f64(1.0 / limit.rate)
+                    // A rate so small that its interval overflows waits a day.
+                    Duration::try_from_secs_f64(1.0 / limit.rate).unwrap_or(MAX_INTERVAL)
                 } else {
                     Duration::ZERO
                 },
@@ -99,7 +103,7 @@ impl Domains {
             let start = {
                 let mut next = domain.next_start.lock().await;
                 let start = (*next).max(Instant::now());
-                *next = start + domain.interval;
+                *next = start + domain.interval.min(MAX_INTERVAL);
                 start
             };
             tokio::time::sleep_until(start).await;

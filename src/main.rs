@@ -540,15 +540,22 @@ async fn run_with<S: Store>(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("config key `http.listen`: binding {addr}"))?;
-            let state = Arc::new(http::HttpState {
+            let state = Arc::new(http::HttpState::new(
+                store,
                 signer,
-                store: Arc::new(Mutex::new(store)),
-                shop_name: config.shop.name.clone(),
-                observer: Arc::clone(&observer),
-            });
-            tracing::info!(%addr, "HTTP server listening.");
+                config.shop.name.clone(),
+                Arc::clone(&observer),
+            ));
+            let limits = http::Limits::new(&config.http);
+            tracing::info!(
+                %addr,
+                max_connections = limits.max_connections,
+                header_timeout = ?limits.header_timeout,
+                request_timeout = ?limits.request_timeout,
+                "HTTP server listening."
+            );
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(http::serve(listener, state, async {
+            let server = tokio::spawn(http::serve(listener, state, limits, async {
                 let _ = stopped.await;
             }));
             (Some(stop), Some(server))
@@ -570,11 +577,18 @@ async fn run_with<S: Store>(
 /// Logs to standard error: readable on a terminal, or one JSON object per
 /// line for a log pipeline. `RUST_LOG` filters (default `info`).
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn,refinery_core=warn")
-    });
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rusqlite_migration=warn,refinery_core=warn")
+        })
+        // handlebars logs the data it renders at debug: customer names and
+        // addresses. Never, whatever RUST_LOG says.
+        .add_directive("handlebars=info".parse().expect("a valid directive"));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal, not escape codes in a file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter);
     match format {
         LogFormat::Text => logs.init(),

@@ -21,7 +21,7 @@ use crate::bounded::clip;
 use crate::config::{EmailClass, Trigger};
 use crate::event::Event;
 use crate::journey::insight::Counted;
-use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict};
+use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict, later};
 use crate::observe::Observer;
 use crate::render::Locales;
 use crate::source::{DeadLetters, Entry, Position, REASON_MAX_BYTES};
@@ -271,7 +271,7 @@ impl<S: Store> Pipeline<S> {
         let now = Timestamp::now();
         let lease = Lease {
             owner: self.lease.owner.clone(),
-            until: now + self.lease.duration,
+            until: later(now, self.lease.duration),
         };
         self.store.reclaim(&lease, now, own)
     }
@@ -288,7 +288,7 @@ impl<S: Store> Pipeline<S> {
             // Leases run on the wall clock, whatever time the events are at.
             let lease = Lease {
                 owner: self.lease.owner.clone(),
-                until: Timestamp::now() + self.lease.duration,
+                until: later(Timestamp::now(), self.lease.duration),
             };
             let mut tx = self.store.begin()?;
             let due = tx.due(until, self.streams.as_deref(), self.fire_batch)?;
@@ -312,37 +312,50 @@ impl<S: Store> Pipeline<S> {
             for mut email in due {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
                 let to = addressee(&self.context.locales, &journey);
-                let verdict = match &to.recipient {
-                    // The events of a customer come on three topics: a
-                    // shipment's can be applied before the order that
-                    // brings the address. Wait for it a while.
-                    None => {
-                        let retry = until.max(email.fire_at) + ADDRESS_RETRY;
-                        if retry <= email.due_at + ADDRESS_WAIT {
-                            tx.postpone(email.id, retry, "no address yet")?;
+                // The events of a customer come on three topics: a
+                // shipment's can be applied before the order that brings
+                // the address, or the order itself. Wait for them a while;
+                // an email about an order never seen does not go out.
+                let missing = match (&to.recipient, email.order_id.as_deref()) {
+                    (None, _) => Some(("no address yet", "no address".to_owned())),
+                    (Some(_), Some(order)) if !placed(&journey, order) => {
+                        Some(("order not seen yet", format!("order {order} never seen")))
+                    }
+                    _ => None,
+                };
+                let verdict = match (missing, &to.recipient) {
+                    (Some((waiting, gave_up)), _) => {
+                        let retry = later(until.max(email.fire_at), ADDRESS_RETRY);
+                        if retry <= later(email.due_at, ADDRESS_WAIT) {
+                            tx.postpone(email.id, retry, waiting)?;
                             self.stats.deferred += 1;
                             count_email(&self.observer, &email.template, "deferred");
                             continue;
                         }
-                        Some((Verdict::Suppressed, "no address".to_owned()))
+                        Some((Verdict::Suppressed, gave_up))
                     }
-                    Some(address) if tx.is_suppressed(address)? => {
+                    (None, Some(address)) if tx.is_suppressed(address)? => {
                         Some((Verdict::Suppressed, "address bounced".to_owned()))
                     }
-                    Some(_) => {
+                    (None, _) => guarded(|| {
                         self.journeys
                             .recheck(&journey, &email.template, email.order_id.as_deref())
-                    }
+                    })
+                    .unwrap_or_else(|e| Some((Verdict::Suppressed, e))),
                 };
-                let verdict = match verdict {
+                let mut verdict = match verdict {
                     Some(v) => Some(v),
-                    None => match self.journeys.timing(
-                        &journey,
-                        &email.template,
-                        &email.customer_id,
-                        email.due_at,
-                        email.fire_at,
-                    ) {
+                    None => match guarded(|| {
+                        self.journeys.timing(
+                            &journey,
+                            &email.template,
+                            &email.customer_id,
+                            email.due_at,
+                            email.fire_at,
+                        )
+                    })
+                    .unwrap_or_else(|reason| Timing::Skip { reason })
+                    {
                         Timing::Now => None,
                         Timing::Skip { reason } => Some((Verdict::Suppressed, reason)),
                         Timing::Defer { to, reason } => {
@@ -358,8 +371,24 @@ impl<S: Store> Pipeline<S> {
                         }
                     },
                 };
+                let data = match verdict {
+                    Some(_) => None,
+                    None => match guarded(|| {
+                        template_data(&self.journeys, &self.context, &email, &journey, &to, &shop)
+                    }) {
+                        Ok(data) => Some(data),
+                        Err(reason) => {
+                            verdict = Some((Verdict::Suppressed, reason));
+                            None
+                        }
+                    },
+                };
                 if let Some((verdict, reason)) = verdict {
-                    tracing::debug!(key = %email.key, %reason, "Email not sent.");
+                    if reason.starts_with(INTERNAL_ERROR) {
+                        tracing::error!(key = %email.key, %reason, "Email not sent.");
+                    } else {
+                        tracing::debug!(key = %email.key, %reason, "Email not sent.");
+                    }
                     tx.decide(email.id, verdict, &reason, &to)?;
                     match verdict {
                         Verdict::Cancelled => self.stats.cancelled += 1,
@@ -372,8 +401,7 @@ impl<S: Store> Pipeline<S> {
                     );
                     continue;
                 }
-                email.data =
-                    template_data(&self.journeys, &self.context, &email, &journey, &to, &shop);
+                email.data = data.unwrap_or_default();
                 tx.approve(email.id, &to, &email.data, &lease)?;
                 if email.class == EmailClass::Marketing {
                     // The frequency cap counts from here.
@@ -393,8 +421,16 @@ impl<S: Store> Pipeline<S> {
     }
 }
 
-/// An email due for a customer whose address is not known yet is tried
-/// again this much later...
+/// Whether the journey has seen `order_id` placed.
+fn placed(journey: &Journey, order_id: &str) -> bool {
+    journey
+        .orders
+        .get(order_id)
+        .is_some_and(|o| o.placed_at.is_some())
+}
+
+/// An email due for a customer whose address, or whose order, is not known
+/// yet is tried again this much later...
 const ADDRESS_RETRY: SignedDuration = SignedDuration::from_mins(1);
 /// ...until this long after it was due; then it ends suppressed.
 const ADDRESS_WAIT: SignedDuration = SignedDuration::from_hours(1);
@@ -520,18 +556,39 @@ fn apply<T: Transaction>(
     next_fire: &mut Option<Timestamp>,
     stats: &mut Stats,
 ) -> Result<Applied, StoreError> {
-    if tx.seen(&event.id)? {
-        return Ok(Applied::Duplicate);
+    let digest = digest(event);
+    match tx.seen(&event.id)? {
+        // Applied before digests were kept: a redelivery, most likely.
+        Some(before) if before.is_empty() || before == digest => return Ok(Applied::Duplicate),
+        Some(before) => {
+            return Ok(Applied::Rejected(format!(
+                "event id already applied with different content (digest {before} then, {digest} now)"
+            )));
+        }
+        None => {}
     }
     let customer_id = &event.customer.id;
     let state = tx.journey(customer_id)?;
     let before = state.as_ref().map(Counted::of).unwrap_or_default();
-    let transition = match journeys.step_with(state, event, shop) {
-        Ok(t) => t,
+    // The step is pure: a panic in it (a bug, or a state no bound foresaw)
+    // leaves nothing half done, so the event goes to the dead letters and
+    // the events behind it are applied. Otherwise the worker would stop on
+    // it at every start.
+    let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        journeys.step_with(state, event, shop)
+    }));
+    let transition = match stepped {
+        Ok(Ok(t)) => t,
         // Not recorded as seen: the shop may fix the event and send it again.
-        Err(rejection) => return Ok(Applied::Rejected(rejection.to_string())),
+        Ok(Err(rejection)) => return Ok(Applied::Rejected(rejection.to_string())),
+        Err(panic) => {
+            return Ok(Applied::Rejected(format!(
+                "could not be applied (internal error: {})",
+                panic_message(panic.as_ref())
+            )));
+        }
     };
-    tx.mark_seen(&event.id)?;
+    tx.mark_seen(&event.id, &digest)?;
     tx.save_journey(customer_id, &transition.state)?;
     *shop_changed |= shop.record(&before, &Counted::of(&transition.state));
     let to = addressee(locales, &transition.state);
@@ -562,6 +619,36 @@ fn apply<T: Transaction>(
         }
     }
     Ok(Applied::New)
+}
+
+/// What an event says, as decoded: the same for a redelivery however its
+/// JSON is laid out, different for another event under the same id. The
+/// first 16 bytes of a SHA-256, in hex.
+fn digest(event: &Event) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(event).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..16])
+}
+
+/// The start of the reason of an email a bug kept from going out.
+const INTERNAL_ERROR: &str = "internal error";
+
+/// Runs a pure decision; a panic in it becomes a reason (`internal error:
+/// ...`) for the one email it was about, instead of stopping the worker on
+/// that email at every start.
+fn guarded<T>(decide: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decide))
+        .map_err(|panic| format!("{INTERNAL_ERROR}: {}", panic_message(panic.as_ref())))
+}
+
+/// What a caught panic said, for a reason or a log line.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic");
+    text.chars().take(200).collect()
 }
 
 /// The pause before trying again a step that failed for a passing reason
@@ -787,6 +874,82 @@ mod tests {
     }
 
     #[test]
+    fn news_of_an_order_never_seen_waits_for_it_then_is_not_sent() {
+        // A known customer (an address), and a dispatch and a cancellation
+        // of orders never placed: questionable events send nothing.
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        let cancelled = Entry {
+            raw: br#"{"event_id":"e3","type":"order.cancelled","occurred_at":"2026-01-01T10:00:06Z","customer":{"id":"c-1"},"order":{"id":"o-8"}}"#.to_vec(),
+            ..placed("e3", "2026-01-01T10:00:06Z", "o-8", None)
+        };
+        let batch = [
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+            dispatched("e2", "2026-01-01T10:00:05Z", "o-9"),
+            cancelled,
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            Some(t("2026-01-01T10:00:10Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:30:00Z"), &mut approved).unwrap();
+        let keys: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["c-1/order_confirmation/o-1"]);
+        p.fire(t("2026-01-01T11:30:00Z"), &mut approved).unwrap();
+        assert_eq!(approved.len(), 1);
+        assert_eq!(
+            status_of(&mut p, "c-1/shipping_update/s-1"),
+            Some((Status::Suppressed, Some("order o-9 never seen".into())))
+        );
+        assert_eq!(
+            status_of(&mut p, "c-1/order_cancelled/o-8"),
+            Some((Status::Suppressed, Some("order o-8 never seen".into())))
+        );
+
+        // The order placed late, within the wait: the update goes.
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let batch = [
+            placed(
+                "e1",
+                "2026-01-01T10:00:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+            dispatched("e2", "2026-01-01T10:00:05Z", "o-9"),
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            Some(t("2026-01-01T10:00:10Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        let late = [placed("e3", "2026-01-01T10:00:01Z", "o-9", None)];
+        p.ingest(
+            "test",
+            &late,
+            Some(t("2026-01-01T10:10:00Z")),
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:10:00Z"), &mut approved).unwrap();
+        assert!(approved.iter().any(|e| e.key == "c-1/shipping_update/s-1"));
+    }
+
+    #[test]
     fn nothing_fires_after_now() {
         let mut p = pipeline();
         let mut approved = Vec::new();
@@ -936,6 +1099,135 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    /// An event as raw JSON, at a line of its own.
+    fn raw(line: &str, json: serde_json::Value) -> Entry {
+        Entry {
+            raw: serde_json::to_vec(&json).unwrap(),
+            ..placed(line, "2026-01-01T10:00:00Z", "o", None)
+        }
+    }
+
+    fn order(id: &str, customer: &str, order: &str, name: &str) -> serde_json::Value {
+        json!({
+            "event_id": id, "type": "order.placed", "occurred_at": "2026-01-01T10:00:00Z",
+            "customer": {"id": customer, "email": "anna@example.com", "name": name},
+            "order": {"id": order, "total": "5.00", "currency": "EUR", "items": []},
+        })
+    }
+
+    #[test]
+    fn ids_with_a_slash_never_make_one_key_of_two_emails() {
+        // `customer/template/scope` made the same key of these two orders,
+        // and the second confirmation was dropped as a duplicate.
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let batch = [
+            raw("1", order("e1", "a/order_confirmation/o", "1", "A")),
+            raw("2", order("e2", "a", "o/order_confirmation/1", "B")),
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            None,
+            &mut DeadLetters::discard(),
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        let mut confirmations: Vec<(&str, &str)> = approved
+            .iter()
+            .filter(|e| e.template == "order_confirmation")
+            .map(|e| (e.customer_id.as_str(), e.key.as_str()))
+            .collect();
+        confirmations.sort();
+        assert_eq!(
+            confirmations,
+            [
+                ("a", "a/order_confirmation/o%2Forder_confirmation%2F1"),
+                (
+                    "a/order_confirmation/o",
+                    "a%2Forder_confirmation%2Fo/order_confirmation/1"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_step_that_panics_dead_letters_its_event_and_the_next_is_applied() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        let batch = [
+            raw(
+                "1",
+                order(crate::journey::PANIC_FOR_TESTS, "c-1", "o-1", "Anna"),
+            ),
+            raw("2", order("e2", "c-2", "o-2", "Ben")),
+        ];
+        p.ingest("test", &batch, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!((p.stats.events, p.stats.invalid), (1, 1));
+        assert_eq!(dead.written, 1);
+        // Applied, and the position is past both.
+        assert_eq!(p.store().position("test").unwrap().as_deref(), Some("2"));
+        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        assert!(approved.iter().any(|e| e.customer_id == "c-2"));
+        assert!(!approved.iter().any(|e| e.customer_id == "c-1"));
+    }
+
+    #[test]
+    fn an_email_whose_data_panics_ends_suppressed_and_the_others_go() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let batch = [
+            raw(
+                "1",
+                order("e1", "c-1", "o-1", crate::journey::PANIC_FOR_TESTS),
+            ),
+            raw("2", order("e2", "c-2", "o-2", "Ben")),
+        ];
+        p.ingest(
+            "test",
+            &batch,
+            None,
+            &mut DeadLetters::discard(),
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        let keys: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["c-2/order_confirmation/o-2"]);
+        let (status, reason) = status_of(&mut p, "c-1/order_confirmation/o-1").unwrap();
+        assert_eq!(status, Status::Suppressed);
+        assert!(reason.unwrap().starts_with("internal error: "));
+    }
+
+    #[test]
+    fn a_reused_event_id_with_other_content_is_dead_lettered_a_redelivery_is_not() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        let first = order("e1", "c-1", "o-1", "Anna");
+        // The same event laid out otherwise: a redelivery.
+        let same = serde_json::to_vec_pretty(&first).unwrap();
+        let batch = [
+            raw("1", first),
+            Entry {
+                raw: same,
+                ..raw("2", json!({}))
+            },
+            raw("3", order("e1", "c-1", "o-9", "Anna")),
+        ];
+        p.ingest("test", &batch, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(
+            (p.stats.events, p.stats.duplicates, p.stats.invalid),
+            (1, 1, 1)
+        );
+        assert_eq!(dead.written, 1);
+        assert!(status_of(&mut p, "c-1/order_confirmation/o-9").is_none());
     }
 
     #[test]

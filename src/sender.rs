@@ -11,8 +11,9 @@ use serde_json::Value;
 
 use crate::config::{Config, EmailClass, JourneyRule, RetryConfig};
 use crate::domains::{Domains, domain_of, is_deferral};
+use crate::journey::later;
 use crate::mailer::{self, MailError, Mailer, Outgoing};
-use crate::pipeline::{backoff, outage_pause};
+use crate::pipeline::{backoff, outage_pause, panic_message};
 use crate::render::Templates;
 use crate::store::{EmailRow, Store, StoreError};
 
@@ -103,36 +104,36 @@ impl<M: Mailer> Sender<M> {
         let mut data = email.data.clone();
         data["shop"] = self.shop.clone();
         let template = JourneyRule::variant_template(&email.template, email.variant.as_deref());
-        let rendered = match self.templates.load().render(&template, locale, &data) {
-            Ok(r) => r,
-            Err(problems) => {
-                return Outcome::Failed {
-                    reason: format!("render: {problems}"),
-                };
-            }
-        };
         let message_id = mailer::message_id(&email.key, &self.from);
-        let name = data["customer"]["name"].as_str();
-        let unsubscribe = match email.class {
-            EmailClass::Marketing => data["unsubscribe_url"].as_str(),
-            EmailClass::Transactional => None,
-        };
-        let message = match mailer::build(
-            &self.from,
-            self.reply_to.as_ref(),
-            &recipient,
-            name,
-            &rendered,
-            &message_id,
-            now,
-            unsubscribe,
-        ) {
+        // A panic while rendering (a helper meeting data no bound foresaw)
+        // fails this email alone, instead of the worker.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let rendered = self
+                .templates
+                .load()
+                .render(&template, locale, &data)
+                .map_err(|problems| format!("render: {problems}"))?;
+            let name = data["customer"]["name"].as_str();
+            let unsubscribe = match email.class {
+                EmailClass::Marketing => data["unsubscribe_url"].as_str(),
+                EmailClass::Transactional => None,
+            };
+            mailer::build(
+                &self.from,
+                self.reply_to.as_ref(),
+                &recipient,
+                name,
+                &rendered,
+                &message_id,
+                now,
+                unsubscribe,
+            )
+            .map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|panic| Err(format!("internal error: {}", panic_message(panic.as_ref()))));
+        let message = match built {
             Ok(m) => m,
-            Err(e) => {
-                return Outcome::Failed {
-                    reason: e.to_string(),
-                };
-            }
+            Err(reason) => return Outcome::Failed { reason },
         };
         let outgoing = Outgoing {
             key: email.key.clone(),
@@ -145,7 +146,7 @@ impl<M: Mailer> Sender<M> {
         let first = email.first_attempt_at.unwrap_or(now);
         let max_age = SignedDuration::try_from(self.retry.max_age).unwrap_or(SignedDuration::MAX);
         let wait = |at: Timestamp, reply: String| {
-            if at > first + max_age {
+            if at > later(first, max_age) {
                 Outcome::Failed {
                     reason: format!("still deferred after {:?}: {reply}", self.retry.max_age),
                 }
@@ -173,14 +174,16 @@ impl<M: Mailer> Sender<M> {
                 let ambiguous = matches!(e, MailError::Ambiguous(_));
                 let reply = e.to_string();
                 let jitter = f64::from(jitter_of(&email.key, email.attempts)) / f64::from(u16::MAX);
-                let at = now
-                    + backoff(
+                let at = later(
+                    now,
+                    backoff(
                         email.attempts,
                         self.retry.first_wait,
                         self.retry.max_wait,
                         jitter,
-                    );
-                let too_old = at > first + max_age;
+                    ),
+                );
+                let too_old = at > later(first, max_age);
                 if email.attempts + 1 >= self.retry.max_attempts || too_old {
                     Outcome::Failed {
                         reason: format!("gave up after {} attempts: {reply}", email.attempts + 1),

@@ -123,7 +123,7 @@ pub fn simulate(
     }
     finish(
         pipeline,
-        until.or_else(|| last.map(|l| l + DEFAULT_HORIZON)),
+        until.or_else(|| last.map(|l| crate::journey::later(l, DEFAULT_HORIZON))),
         &mut approved,
     )
 }

@@ -921,6 +921,28 @@ fn kubernetes_deployment_keeps_the_contract() {
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         assert_eq!(main[probe]["httpGet"]["port"], "http", "{probe}");
     }
+    // The probes fit the HTTP server's timeouts (the file's, or the
+    // embedded defaults): a probe sends its request at once, so a header
+    // timeout of a second or more never cuts it, and one that waits the
+    // whole timeoutSeconds is still within request_timeout.
+    let http = |key: &str| {
+        use figment::Figment;
+        use figment::providers::{Format, Toml};
+        let s: String = Figment::from(Toml::string(aftercare::config::DEFAULT_TOML))
+            .merge(Toml::file_exact(&config))
+            .extract_inner(key)
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        humantime::parse_duration(&s).unwrap()
+    };
+    let (header, request) = (http("http.header_timeout"), http("http.request_timeout"));
+    assert!(header.as_secs() >= 1, "http.header_timeout {header:?}");
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        let timeout = main[probe]["timeoutSeconds"].as_u64().unwrap();
+        assert!(
+            timeout < request.as_secs(),
+            "{probe}: timeoutSeconds {timeout} within http.request_timeout {request:?}"
+        );
+    }
     let args: Vec<&str> = array_at(main, "/args")
         .iter()
         .filter_map(Value::as_str)

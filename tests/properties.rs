@@ -8,6 +8,9 @@
 //!   emails are never held back; nothing goes out before it is due.
 //! - The event decoder never panics on any bytes, and refuses what breaks
 //!   the contract with a reason.
+//! - Extreme numbers and dates (amounts past what a decimal holds, times in
+//!   the year 9999, huge quantities) never panic the decoder, the journeys
+//!   or the shop's figures: each event is applied or refused.
 //! - Customer data can never add a header to an email, nor an element or
 //!   attribute to its HTML, and a link from an event is never a script.
 //!
@@ -320,6 +323,64 @@ proptest! {
     }
 }
 
+/// Amounts at, inside and past every bound: past what a decimal holds,
+/// exponents, negatives, too many places.
+fn extreme_amount() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "79228162514264337593543950335",
+            "7.9e28",
+            "5e28",
+            "1000000000000",
+            "1000000000000.01",
+            "0.00000001",
+            "0.000000001",
+            "-0",
+            "-1.00",
+            "0",
+        ])
+        .prop_map(str::to_owned),
+        "-?[0-9]{1,30}(\\.[0-9]{1,30})?",
+    ]
+}
+
+fn extreme_quantity() -> impl Strategy<Value = serde_json::Value> {
+    prop_oneof![
+        prop::sample::select(vec![
+            0u64,
+            1,
+            2,
+            1_000_000,
+            1_000_001,
+            u64::from(u32::MAX) + 1,
+            u64::MAX
+        ])
+        .prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        Just(serde_json::json!(-1)),
+        Just(serde_json::json!(1.5e300)),
+    ]
+}
+
+/// Times anywhere jiff can write one, and at the decoder's bounds.
+fn extreme_time() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "9999-12-30T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "-009999-01-02T01:59:59Z",
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z",
+            "2199-12-31T23:59:59Z",
+            "2200-01-01T00:00:00Z",
+            "2026-01-01T10:00:00Z",
+        ])
+        .prop_map(str::to_owned),
+        (Timestamp::MIN.as_second()..=Timestamp::MAX.as_second())
+            .prop_map(|s| Timestamp::from_second(s).unwrap().to_string()),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(48),
@@ -368,6 +429,47 @@ proptest! {
                     "two marketing emails within 20 h ({previous}, {at}): {line:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn extreme_numbers_and_dates_are_applied_or_refused_never_a_panic(
+        events in prop::collection::vec(
+            (0u8..2, extreme_amount(), extreme_amount(), extreme_quantity(), extreme_time(), extreme_time()),
+            1..8,
+        ),
+    ) {
+        let lines: Vec<String> = events
+            .iter()
+            .enumerate()
+            .map(|(i, (customer, total, price, quantity, at, eta))| {
+                let (kind, extra) = if i % 3 == 2 {
+                    ("shipment.delayed", serde_json::json!({"shipment": {"id": format!("s-{i}"), "estimated_delivery": eta}}))
+                } else {
+                    ("order.placed", serde_json::json!({}))
+                };
+                let mut v = serde_json::json!({
+                    "event_id": format!("e-{i}"), "type": kind, "occurred_at": at,
+                    "customer": {"id": format!("c-{customer}"), "email": "a@example.com", "marketing_consent": true},
+                    "order": {"id": format!("o-{i}"), "total": total, "currency": "EUR",
+                              "items": [{"sku": "T", "name": "Tea", "quantity": quantity, "unit_price": price}]},
+                });
+                if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+                    v.extend(extra);
+                }
+                v.to_string()
+            })
+            .collect();
+        // Each decodes or is refused with a reason...
+        for line in &lines {
+            if let Err(e) = Event::decode(line.as_bytes()) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+        // ...and the whole log runs through the pipeline: a panic fails.
+        let plan = plan(&(lines.join("\n") + "\n"));
+        for line in plan {
+            prop_assert!(line.due_at.parse::<Timestamp>().is_ok(), "{line:?}");
         }
     }
 

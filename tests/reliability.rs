@@ -151,6 +151,92 @@ const POOL: usize = 4;
 
 #[test]
 fn kills_and_smtp_faults_lose_nothing_and_duplicate_only_in_the_gap() {
+    kills_and_smtp_faults("kills + SMTP faults", false);
+}
+
+#[test]
+fn poison_events_among_kills_and_smtp_faults_are_dead_lettered_and_nothing_else_is_lost() {
+    kills_and_smtp_faults("poison events + kills + SMTP faults", true);
+}
+
+/// Events a shop's bug or an attacker could send: each once stopped the
+/// worker at every start, made one key of two emails, or forged a log line.
+/// `None`: a valid event (the key-collision pair) that must be delivered.
+fn poison(n: usize) -> (String, bool) {
+    let placed = |id: String, customer: &str, order: &str, total: &str, price: &str, at: &str| {
+        serde_json::json!({
+            "event_id": id, "type": "order.placed", "occurred_at": at,
+            "customer": {"id": customer, "email": "poison@example.com", "marketing_consent": true},
+            "order": {"id": order, "total": total, "currency": "EUR",
+                      "items": [{"sku": "T", "name": "Tea", "quantity": 2, "unit_price": price}]},
+        })
+        .to_string()
+    };
+    let at = "2026-01-01T10:00:00Z";
+    let id = format!("poison-{n}");
+    match n % 9 {
+        0 => (
+            placed(
+                id,
+                "p-1",
+                "o-1",
+                "1.00",
+                "79228162514264337593543950335",
+                at,
+            ),
+            true,
+        ),
+        1 => (
+            placed(id, "p-2", &format!("o-{n}"), "7.9e28", "0.50", at),
+            true,
+        ),
+        2 => (
+            placed(id, "p-3", "o-3", "1.00", "0.50", "9999-12-30T00:00:00Z"),
+            true,
+        ),
+        3 => (
+            placed(id, "p-4\r\nWARN forged", "o-4", "1.00", "0.50", at),
+            true,
+        ),
+        4 => (placed(id, "p-5", "o-5", "-10.00", "0.50", at), true),
+        5 => (
+            serde_json::json!({"event_id": id, "type": "x".repeat(100_000), "occurred_at": at,
+                               "customer": {"id": "p-6"}})
+            .to_string(),
+            true,
+        ),
+        // An event id the generated log already used, with other content.
+        6 => (
+            placed("gen-0000001".into(), "p-7", "o-7", "1.00", "0.50", at),
+            true,
+        ),
+        // The key-collision pair: both valid, both confirmed.
+        7 => (
+            placed(
+                id,
+                &format!("q-{n}/order_confirmation/o"),
+                "1",
+                "1.00",
+                "0.50",
+                at,
+            ),
+            false,
+        ),
+        _ => (
+            placed(
+                id,
+                &format!("q-{}", n - 1),
+                &format!("o/order_confirmation/1-{n}"),
+                "1.00",
+                "0.50",
+                at,
+            ),
+            false,
+        ),
+    }
+}
+
+fn kills_and_smtp_faults(scenario: &str, poisoned: bool) {
     let suite = suite();
     let seed: u64 = std::env::var("RELIABILITY_SEED")
         .ok()
@@ -166,10 +252,29 @@ fn kills_and_smtp_faults_lose_nothing_and_duplicate_only_in_the_gap() {
          port = {port}\npool_size = {POOL}\ntimeout = \"2s\"\n"
     ));
     let log = work.path("events.jsonl");
-    common::write(&log, &common::generated_events(suite.customers));
+    let generated = common::generated_events(suite.customers);
+    // With poison, one hostile event every 20 lines: the lines that must
+    // end in the dead letters.
+    let mut lines: Vec<String> = Vec::new();
+    let mut poisoned_lines = std::collections::BTreeSet::new();
+    for (i, line) in generated.lines().enumerate() {
+        if poisoned && i % 20 == 10 {
+            let (event, invalid) = poison(i / 20);
+            lines.push(event);
+            if invalid {
+                poisoned_lines.insert(lines.len() as u64);
+            }
+        }
+        lines.push(line.to_owned());
+    }
+    common::write(&log, &(lines.join("\n") + "\n"));
 
     // The oracle.
-    let expected = checker::expected(&work, &log);
+    let expected = if poisoned {
+        checker::expected_with_invalid(&work, &log)
+    } else {
+        checker::expected(&work, &log)
+    };
     assert!(
         expected.len() > suite.customers,
         "{} emails",
@@ -257,7 +362,7 @@ fn kills_and_smtp_faults_lose_nothing_and_duplicate_only_in_the_gap() {
     }
     eprintln!("reliability: withdrawn on retry, by template and reason: {why:#?}");
     checker::Figures {
-        scenario: "kills + SMTP faults",
+        scenario,
         seed: Some(seed),
         customers: suite.customers,
         kills: kills.len(),
@@ -293,6 +398,18 @@ fn kills_and_smtp_faults_lose_nothing_and_duplicate_only_in_the_gap() {
         .map(|e| (e.key, e.reason))
         .collect();
     assert!(failed_otherwise.is_empty(), "{failed_otherwise:?}");
+    // Every poison event in the dead letters (a batch cut by a kill may
+    // write one twice), and nothing else.
+    let dead: std::collections::BTreeSet<u64> =
+        std::fs::read_to_string(work.path("data/dead-letter.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["coordinates"]["line"].as_u64().unwrap()
+            })
+            .collect();
+    assert_eq!(dead, poisoned_lines);
 }
 
 /// The checker itself: a copy followed by a kill within the gap is a

@@ -177,3 +177,230 @@ fn one_click_unsubscribe_from_a_signed_link() {
     drop(stdin);
     assert!(worker.0.wait().unwrap().success());
 }
+
+/// A worker with JSON logs (kept in `<work>/worker.log`) that knows
+/// customers `c-1` and `c-2`, ready once their orders are applied.
+fn worker_knowing_two() -> (Work, KillOnDrop, std::process::ChildStdin, u16) {
+    let port = common::free_port();
+    let work = Work::new(&format!(
+        "[source]\nbatch_wait = \"50ms\"\n[unsubscribe]\nsecret = \"{SECRET}\"\n\
+         [log]\nformat = \"json\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    let log = std::fs::File::create(work.path("worker.log")).unwrap();
+    let mut worker = KillOnDrop(
+        work.command(&["run"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = worker.0.stdin.take().unwrap();
+    common::wait_for_port(port, Duration::from_secs(20));
+    for n in 1..=2 {
+        writeln!(
+            stdin,
+            "{}",
+            placed(
+                &format!("e{n}"),
+                &format!("c-{n}"),
+                "o-1",
+                "2024-01-01T10:00:00Z",
+                true
+            )
+        )
+        .unwrap();
+    }
+    stdin.flush().unwrap();
+    assert!(common::wait_until(Duration::from_secs(20), || {
+        work.emails().len() >= 4
+    }));
+    (work, worker, stdin, port)
+}
+
+/// `(status, whole response)` of a POST of `body` as `content_type`.
+fn post(port: u16, path: &str, content_type: &str, body: &[u8]) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    // A server refusing a large body may close before reading all of it.
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+fn multipart(name: &str, value: &str) -> (String, Vec<u8>) {
+    let boundary = "----aftercare-test-boundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n--{boundary}--\r\n"
+    );
+    (
+        format!("multipart/form-data; boundary={boundary}"),
+        body.into_bytes(),
+    )
+}
+
+#[test]
+fn an_unsubscribe_post_needs_the_one_click_body() {
+    let (work, _worker, _stdin, port) = worker_knowing_two();
+    let path = format!(
+        "/unsubscribe/{}",
+        Signer::new(SECRET.as_bytes()).token("c-1")
+    );
+
+    // Not the one-click form: 400, nothing changes.
+    let (other_type, other_body) = multipart("List-Unsubscribe", "Two-Clicks");
+    for (content_type, body) in [
+        (FORM, &b""[..]),
+        (FORM, b"confirm=yes"),
+        (FORM, b"List-Unsubscribe=Two-Clicks"),
+        ("text/plain", b"List-Unsubscribe=One-Click"),
+        ("application/json", br#"{"List-Unsubscribe":"One-Click"}"#),
+        (&other_type, &other_body),
+        ("multipart/form-data; boundary=x", b"not multipart"),
+    ] {
+        let (status, response) = post(port, &path, content_type, body);
+        assert_eq!(status, 400, "{content_type} {body:?}: {response}");
+        // The answer offers the button that does post the right body.
+        assert!(
+            response.contains("name=\"List-Unsubscribe\" value=\"One-Click\""),
+            "{response}"
+        );
+        assert!(!unsubscribed(&work, "c-1"));
+    }
+
+    // The page's own form: its hidden field is the one-click body.
+    let (status, page) = request(port, "GET", &path);
+    assert_eq!(status, 200, "{page}");
+    let form = page
+        .split_once("<form method=\"post\">")
+        .and_then(|(_, rest)| rest.split_once("</form>"))
+        .map(|(form, _)| form)
+        .unwrap_or_else(|| panic!("{page}"));
+    assert!(
+        form.contains("<input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">"),
+        "{form}"
+    );
+    let (status, response) = post(port, &path, FORM, b"List-Unsubscribe=One-Click");
+    assert_eq!(status, 200, "{response}");
+    assert!(unsubscribed(&work, "c-1"));
+
+    // Multipart, as RFC 8058 says mail clients should send it.
+    let path = format!(
+        "/unsubscribe/{}",
+        Signer::new(SECRET.as_bytes()).token("c-2")
+    );
+    let (content_type, body) = multipart("List-Unsubscribe", "One-Click");
+    let (status, response) = post(port, &path, &content_type, &body);
+    assert_eq!(status, 200, "{response}");
+    assert!(unsubscribed(&work, "c-2"));
+}
+
+#[test]
+fn an_unsubscribe_body_over_the_limit_gets_413() {
+    let (work, _worker, _stdin, port) = worker_knowing_two();
+    let path = format!(
+        "/unsubscribe/{}",
+        Signer::new(SECRET.as_bytes()).token("c-1")
+    );
+    let large = format!("List-Unsubscribe=One-Click&pad={}", "a".repeat(10_000));
+    let (status, response) = post(port, &path, FORM, large.as_bytes());
+    assert_eq!(status, 413, "{response}");
+    let (content_type, mut body) = multipart("List-Unsubscribe", "One-Click");
+    body.extend(std::iter::repeat_n(b'\n', 10_000));
+    let (status, response) = post(port, &path, &content_type, &body);
+    assert_eq!(status, 413, "{response}");
+    assert!(!unsubscribed(&work, "c-1"));
+}
+
+#[test]
+fn unsubscribe_pages_are_neither_cached_nor_framed() {
+    let (_work, _worker, _stdin, port) = worker_knowing_two();
+    let path = format!(
+        "/unsubscribe/{}",
+        Signer::new(SECRET.as_bytes()).token("c-1")
+    );
+    let pages = [
+        request(port, "GET", &path),
+        request(port, "GET", "/unsubscribe/not-a-token"),
+        post(port, &path, FORM, b"nothing"),
+        request(port, "POST", &path),
+    ];
+    assert_eq!(pages.each_ref().map(|(s, _)| *s), [200, 400, 400, 200]);
+    for (_, response) in pages {
+        let head = response
+            .split_once("\r\n\r\n")
+            .unwrap()
+            .0
+            .to_ascii_lowercase();
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap_or_else(|| panic!("no {name}: {head}"))
+                .to_owned()
+        };
+        assert_eq!(header("cache-control"), "no-store");
+        assert_eq!(header("x-frame-options"), "deny");
+        let policy = header("content-security-policy");
+        assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+        assert!(policy.contains("form-action 'self'"), "{policy}");
+        assert_eq!(header("referrer-policy"), "no-referrer");
+    }
+}
+
+#[test]
+fn refused_tokens_are_logged_as_a_count_without_the_tokens() {
+    let (work, mut worker, stdin, port) = worker_knowing_two();
+    let forger = Signer::new(b"another secret entirely");
+    let forged: Vec<String> = (0..40).map(|n| forger.token(&format!("c-{n}"))).collect();
+    for token in &forged {
+        assert_eq!(
+            request(port, "POST", &format!("/unsubscribe/{token}")).0,
+            403
+        );
+    }
+    for n in 0..5 {
+        assert_eq!(
+            request(port, "GET", &format!("/unsubscribe/junk{n}")).0,
+            400
+        );
+    }
+    drop(stdin);
+    let status = common::wait_exit(&mut worker.0, Duration::from_secs(20)).expect("worker exits");
+    assert!(status.success());
+    let log = std::fs::read_to_string(work.path("worker.log")).unwrap();
+    let refused: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.contains("Refused"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert_eq!(refused[0]["level"], "WARN");
+    assert_eq!(refused[0]["forged"], 40);
+    assert_eq!(refused[0]["malformed"], 5);
+    for token in &forged {
+        let (_, signature) = token.split_once('.').unwrap();
+        assert!(
+            !log.contains(token.as_str()) && !log.contains(signature),
+            "a token in the log: {log}"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! The journey machine (the shipped journeys) on arbitrary event logs: each
 //! line decoded, the valid ones stepped through each customer's journey in
-//! turn, as ingest does. No input may panic it, and every email it
-//! schedules is due at or after the event that scheduled it.
+//! turn, as ingest does, the shop's figures updated and each customer's
+//! template data built as firing does. No input may panic any of it, and
+//! every email it schedules is due at or after the event that scheduled it.
 #![no_main]
 
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::sync::OnceLock;
 
 use aftercare::config::Config;
 use aftercare::event::Event;
+use aftercare::journey::insight::Counted;
 use aftercare::journey::{Command, Journey, Journeys, ShopStats};
 use libfuzzer_sys::fuzz_target;
 
@@ -18,7 +20,7 @@ fn journeys() -> &'static Journeys {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let shop = ShopStats::default();
+    let mut shop = ShopStats::default();
     let mut states: HashMap<String, Journey> = HashMap::new();
     for line in data.split(|b| *b == b'\n') {
         let Ok(event) = Event::decode(line) else {
@@ -31,6 +33,12 @@ fuzz_target!(|data: &[u8]| {
                     assert!(email.due_at >= event.occurred_at, "{email:?} before {event:?}");
                 }
             }
+            let before = states
+                .get(&event.customer.id)
+                .map(Counted::of)
+                .unwrap_or_default();
+            shop.record(&before, &Counted::of(&transition.state));
+            let _ = journeys().insights(&transition.state, event.occurred_at, &shop, "en");
             states.insert(event.customer.id.clone(), transition.state);
         }
     }

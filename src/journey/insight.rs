@@ -184,7 +184,10 @@ impl Counted {
     pub fn spend(&self) -> BTreeMap<String, Decimal> {
         let mut out = BTreeMap::new();
         for (total, currency) in self.0.values() {
-            *out.entry(currency.clone()).or_default() += *total;
+            // Saturating: the decoder bounds totals, a state from before the
+            // bounds must not stop the worker.
+            let sum: &mut Decimal = out.entry(currency.clone()).or_default();
+            *sum = sum.saturating_add(*total);
         }
         out
     }
@@ -224,7 +227,7 @@ pub fn median_gap(j: &Journey) -> Option<SignedDuration> {
     match n {
         0 => None,
         _ if n % 2 == 1 => Some(gaps[n / 2]),
-        _ => Some((gaps[n / 2 - 1] + gaps[n / 2]) / 2),
+        _ => Some(gaps[n / 2 - 1].saturating_add(gaps[n / 2]) / 2),
     }
 }
 
@@ -257,7 +260,7 @@ pub fn segments(
         out.push(Segment::Vip);
     }
     if let (Some(wait), Some((_, last))) = (lapse_after, &j.last_order)
-        && now >= *last + wait
+        && now >= super::later(*last, wait)
     {
         out.push(Segment::Lapsed);
     }

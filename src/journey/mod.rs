@@ -33,7 +33,8 @@ use crate::event::{Event, EventKind, Item, Order, Shipment};
 /// An email the journey wants sent at `due_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEmail {
-    /// `customer/template/scope`: unique, and the same on every replay, so
+    /// `customer/template/scope` (see [`Scope`]): unique, and the same on
+    /// every replay, so
     /// that scheduling is idempotent and the `Message-ID` can derive from it.
     pub key: String,
     pub customer_id: String,
@@ -162,7 +163,8 @@ impl Journeys {
             return None;
         }
         let gap = insight::median_gap(j)?;
-        let wait = SignedDuration::from_secs_f64(gap.as_secs_f64() * a.multiplier);
+        let wait = SignedDuration::try_from_secs_f64(gap.as_secs_f64() * a.multiplier)
+            .unwrap_or(SignedDuration::MAX);
         Some(wait.clamp(signed(a.min), signed(a.max)))
     }
 
@@ -173,10 +175,12 @@ impl Journeys {
 
     /// What templates may say about the customer beyond the profile.
     pub fn insights(&self, j: &Journey, now: Timestamp, shop: &ShopStats, locale: &str) -> Value {
+        #[cfg(test)]
+        panic_for_tests(j.profile.name.as_deref().unwrap_or_default());
         let segments = self.segments_of(j, now, shop);
         let currency = insight::currency(j);
         let expected = match (&j.last_order, insight::median_gap(j)) {
-            (Some((_, last)), Some(gap)) => Value::String((*last + gap).to_string()),
+            (Some((_, last)), Some(gap)) => Value::String(later(*last, gap).to_string()),
             _ => Value::Null,
         };
         let tier = self
@@ -276,6 +280,8 @@ impl Journeys {
         event: &Event,
         shop: &ShopStats,
     ) -> Result<Transition, Rejection> {
+        #[cfg(test)]
+        panic_for_tests(&event.id);
         let mut j = state.unwrap_or_default();
         // An order is where a shop first meets a customer: without an
         // address it cannot be followed up. Other events of a customer we
@@ -348,7 +354,7 @@ impl Journeys {
                     &j,
                     Trigger::ReturnRequested,
                     order_id,
-                    &ret.id,
+                    &Scope::of(&ret.id),
                     at,
                     data,
                     &mut out,
@@ -366,7 +372,7 @@ impl Journeys {
                     &j,
                     Trigger::ReturnReceived,
                     order_id,
-                    return_id,
+                    &Scope::of(return_id),
                     at,
                     data,
                     &mut out,
@@ -381,7 +387,7 @@ impl Journeys {
                     &j,
                     Trigger::RefundIssued,
                     order_id,
-                    &refund.id,
+                    &Scope::of(&refund.id),
                     at,
                     data,
                     &mut out,
@@ -448,7 +454,13 @@ impl Journeys {
             let delay = self
                 .delay_for(rule, &segments)
                 .unwrap_or(signed(rule.delay));
-            out.schedule_at(rule, &order.id, &order.id, at + delay, data);
+            out.schedule_at(
+                rule,
+                &order.id,
+                &Scope::of(&order.id),
+                later(at, delay),
+                data,
+            );
         }
 
         let newer = j.last_order.as_ref().is_none_or(|(_, last)| at > *last);
@@ -462,7 +474,7 @@ impl Journeys {
             }
             j.last_order = Some((order.id.clone(), at));
             // The win-backs carry the order this one is: the same data.
-            self.schedule_inactivity(j, &order.id, data, out);
+            self.schedule_inactivity(j, &Scope::of(&order.id), data, out);
         }
     }
 
@@ -475,7 +487,8 @@ impl Journeys {
         if !already
             && !tiers_reached.is_empty()
             && let Some(rule) = self.rules.iter().find(|r| r.tiers)
-            && o.placed_at.is_some_and(|p| at < p + signed(rule.delay))
+            && o.placed_at
+                .is_some_and(|p| at < later(p, signed(rule.delay)))
         {
             // The congratulation had not gone out: the tier is not reached.
             for tier in &tiers_reached {
@@ -486,7 +499,8 @@ impl Journeys {
         if !already
             && let Some(n) = o.milestone
             && let Some(rule) = self.rules.iter().find(|r| r.milestones.contains(&n))
-            && o.placed_at.is_some_and(|p| at < p + signed(rule.delay))
+            && o.placed_at
+                .is_some_and(|p| at < later(p, signed(rule.delay)))
         {
             // The congratulation had not gone out: the next order may earn it.
             j.milestones.remove(&n);
@@ -496,7 +510,7 @@ impl Journeys {
             j,
             Trigger::OrderCancelled,
             order_id,
-            order_id,
+            &Scope::of(order_id),
             at,
             data,
             out,
@@ -516,7 +530,7 @@ impl Journeys {
                 // A distinct scope: the first wait on this order was cancelled
                 // by the order that has now been cancelled itself.
                 let data = order_data(j, &anchor);
-                self.schedule_inactivity(j, &format!("{anchor}~{order_id}"), data, out);
+                self.schedule_inactivity(j, &Scope::reanchored(&anchor, order_id), data, out);
             }
         }
     }
@@ -535,8 +549,8 @@ impl Journeys {
             .get(order_id)
             .is_some_and(|o| o.delivered_shipments.contains(&shipment.id));
         let scope = match (trigger, shipment.estimated_delivery) {
-            (Trigger::ShipmentDelayed, Some(eta)) => format!("{}@{eta}", shipment.id),
-            _ => shipment.id.clone(),
+            (Trigger::ShipmentDelayed, Some(eta)) => Scope::delayed(&shipment.id, eta),
+            _ => Scope::of(&shipment.id),
         };
         let data = Data::new(json!({
             "order": order_json(j, order_id),
@@ -594,7 +608,15 @@ impl Journeys {
             if rule.only == Some(Only::FirstDelivery) && !first_delivery {
                 continue;
             }
-            self.fire_rule(j, rule, order_id, order_id, at, data.clone(), out);
+            self.fire_rule(
+                j,
+                rule,
+                order_id,
+                &Scope::of(order_id),
+                at,
+                data.clone(),
+                out,
+            );
         }
     }
 
@@ -606,7 +628,7 @@ impl Journeys {
         j: &Journey,
         trigger: Trigger,
         order_id: &str,
-        scope: &str,
+        scope: &Scope,
         at: Timestamp,
         data: Data,
         out: &mut Out,
@@ -622,7 +644,7 @@ impl Journeys {
         j: &Journey,
         rule: &JourneyRule,
         order_id: &str,
-        scope: &str,
+        scope: &Scope,
         at: Timestamp,
         data: Data,
         out: &mut Out,
@@ -637,7 +659,7 @@ impl Journeys {
                 let delay = self
                     .delay_for(rule, &segments)
                     .unwrap_or(signed(rule.delay));
-                out.schedule_at(rule, order_id, scope, at + delay, data);
+                out.schedule_at(rule, order_id, scope, later(at, delay), data);
             }
         }
     }
@@ -666,7 +688,7 @@ impl Journeys {
     }
 
     /// The win-backs after the last order, carrying `data` (that order's).
-    fn schedule_inactivity(&self, j: &Journey, scope: &str, data: Data, out: &mut Out) {
+    fn schedule_inactivity(&self, j: &Journey, scope: &Scope, data: Data, out: &mut Out) {
         let Some((anchor, placed_at)) = &j.last_order else {
             return;
         };
@@ -680,15 +702,15 @@ impl Journeys {
             .unwrap_or_default();
         let shift = self
             .adaptive_wait(j)
-            .map_or(SignedDuration::ZERO, |wait| wait - first);
+            .map_or(SignedDuration::ZERO, |wait| wait.saturating_sub(first));
         for rule in self.rules_on(Trigger::Inactivity) {
             if !Self::fits(rule, &segments) {
                 continue;
             }
             let delay = self
                 .delay_for(rule, &segments)
-                .unwrap_or(signed(rule.delay) + shift);
-            out.schedule_at(rule, anchor, scope, *placed_at + delay, data.clone());
+                .unwrap_or(signed(rule.delay).saturating_add(shift));
+            out.schedule_at(rule, anchor, scope, later(*placed_at, delay), data.clone());
         }
     }
 
@@ -761,12 +783,17 @@ impl Out<'_> {
         &self,
         rule: &JourneyRule,
         order_id: &str,
-        scope: &str,
+        scope: &Scope,
         due_at: Timestamp,
         data: Data,
     ) -> NewEmail {
         NewEmail {
-            key: format!("{}/{}/{}", self.customer_id, rule.template, scope),
+            key: format!(
+                "{}/{}/{}",
+                key_part(self.customer_id, &[]),
+                key_part(&rule.template, &[]),
+                scope.0
+            ),
             customer_id: self.customer_id.to_owned(),
             template: rule.template.clone(),
             class: rule.class,
@@ -781,7 +808,7 @@ impl Out<'_> {
         &mut self,
         rule: &JourneyRule,
         order_id: &str,
-        scope: &str,
+        scope: &Scope,
         due_at: Timestamp,
         data: Data,
     ) {
@@ -794,13 +821,13 @@ impl Out<'_> {
         &mut self,
         rule: &JourneyRule,
         order_id: &str,
-        scope: &str,
+        scope: &Scope,
         at: Timestamp,
         data: Data,
         verdict: Verdict,
         reason: String,
     ) {
-        let email = self.email(rule, order_id, scope, at + signed(rule.delay), data);
+        let email = self.email(rule, order_id, scope, later(at, signed(rule.delay)), data);
         self.commands.push(Command::Decide {
             email,
             verdict,
@@ -820,9 +847,83 @@ impl Out<'_> {
     }
 }
 
+/// The part of an email's key after the customer and the template: what
+/// makes the email unique among that customer's emails of that template
+/// (an order, a shipment, a shipment's new estimated delivery, a return...).
+/// Built from escaped parts, so that distinct ids never make one key.
+#[derive(Debug, Clone)]
+struct Scope(String);
+
+impl Scope {
+    /// One id: an order, a shipment, a return, a refund.
+    fn of(id: &str) -> Scope {
+        Scope(key_part(id, SCOPE_SEPARATORS).into_owned())
+    }
+
+    /// A shipment's delay notice for one new estimated delivery.
+    fn delayed(shipment_id: &str, eta: Timestamp) -> Scope {
+        Scope(format!("{}@{eta}", key_part(shipment_id, SCOPE_SEPARATORS)))
+    }
+
+    /// The win-backs of `anchor` again, after the order that had cancelled
+    /// them was cancelled itself.
+    fn reanchored(anchor: &str, cancelled: &str) -> Scope {
+        Scope(format!(
+            "{}~{}",
+            key_part(anchor, SCOPE_SEPARATORS),
+            key_part(cancelled, SCOPE_SEPARATORS)
+        ))
+    }
+}
+
+/// What joins the parts of a scope.
+const SCOPE_SEPARATORS: &[char] = &['@', '~'];
+
+/// `part` with `%`, `/` (which separates a key's parts) and `more`
+/// percent-encoded. Ids without them, nearly all, are their own key part,
+/// so keys (and the `Message-ID`s that derive from them) stay readable.
+pub fn key_part<'a>(part: &'a str, more: &[char]) -> std::borrow::Cow<'a, str> {
+    let special = |c: char| c == '%' || c == '/' || more.contains(&c);
+    if !part.contains(special) {
+        return std::borrow::Cow::Borrowed(part);
+    }
+    let mut out = String::with_capacity(part.len() + 8);
+    for c in part.chars() {
+        if special(c) {
+            out.push_str(&format!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A bug on demand, for the tests of what catches one: an event with this
+/// id, or a customer with this name, makes the step or the template data
+/// panic.
+#[cfg(test)]
+pub const PANIC_FOR_TESTS: &str = "panic for tests";
+
+#[cfg(test)]
+fn panic_for_tests(value: &str) {
+    assert_ne!(value, PANIC_FOR_TESTS, "asked to panic");
+}
+
 /// A configured duration as jiff's, saturating.
 fn signed(d: std::time::Duration) -> SignedDuration {
     SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// `at + d`, saturating at the ends of time. The decoder bounds event times
+/// and the config bounds durations, so this never saturates on what they
+/// let in; a state written before those bounds (or a bug) then schedules
+/// an email that never falls due instead of stopping the worker.
+pub fn later(at: Timestamp, d: SignedDuration) -> Timestamp {
+    at.checked_add(d).unwrap_or(if d.is_negative() {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
 }
 
 /// The template data of an email about an order and nothing else.
@@ -843,10 +944,13 @@ fn order_json(j: &Journey, order_id: &str) -> Value {
         .iter()
         .map(|i| {
             let price = i.unit_price.unwrap_or_default();
+            // Bounded by the decoder; `null` rather than a panic on a state
+            // written before the bounds.
+            let line_total = price.checked_mul(rust_decimal::Decimal::from(i.quantity));
             json!({
                 "sku": i.sku, "name": i.name, "quantity": i.quantity,
                 "unit_price": price.to_string(),
-                "line_total": (price * rust_decimal::Decimal::from(i.quantity)).to_string(),
+                "line_total": line_total.map(|t| t.to_string()),
             })
         })
         .collect();

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{EmailClass, JourneyRule, PolicyConfig};
 
-use super::{Journey, signed};
+use super::{Journey, later, signed};
 
 /// What to do with an email that fell due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +85,9 @@ impl Policy {
         let mut next = at;
         let mut reasons = Vec::new();
         if let (Some(cap), Some(last)) = (self.cap, journey.last_marketing_at)
-            && last + cap > next
+            && later(last, cap) > next
         {
-            next = last + cap;
+            next = later(last, cap);
             reasons.push(format!(
                 "frequency cap: one marketing email per {}",
                 human(cap)
@@ -102,7 +102,7 @@ impl Policy {
         if let Some((start, stop)) = self.quiet
             && let Some(end) = self.quiet_end(next, &tz)
         {
-            next = end + self.jitter_for(customer_id);
+            next = later(end, self.jitter_for(customer_id));
             reasons.push(format!(
                 "quiet hours {}-{} {}",
                 start.strftime("%H:%M"),
@@ -115,7 +115,7 @@ impl Policy {
         }
         let reason = reasons.join(", ");
         let max_delay = signed(rule.max_delay.unwrap_or(self.max_delay));
-        if next > due_at + max_delay {
+        if next > later(due_at, max_delay) {
             return Timing::Skip {
                 reason: format!(
                     "{reason}: the next allowed time, {next}, is past the max delay of {}",

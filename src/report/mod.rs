@@ -203,7 +203,7 @@ fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) ->
         for o in orders {
             let m = r.money.entry(o.currency.clone()).or_default();
             m.orders += 1;
-            m.revenue += o.total;
+            m.revenue = m.revenue.saturating_add(o.total);
         }
     }
     r.ordering_customers = per_customer_orders.len() as u64;
@@ -226,7 +226,16 @@ fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) ->
         .and_then(|c| Decimal::try_from(100.0 / c).ok());
     for m in r.money.values_mut() {
         m.average_order_value = (m.revenue / Decimal::from(m.orders.max(1))).round_dp(2);
-        m.lifetime_value = lifespan.map(|l| (m.average_order_value * frequency * l).round_dp(2));
+        // `None` rather than a panic where the product overflows (amounts
+        // stored before the decoder bounded them).
+        m.lifetime_value = lifespan.and_then(|l| {
+            Some(
+                m.average_order_value
+                    .checked_mul(frequency)?
+                    .checked_mul(l)?
+                    .round_dp(2),
+            )
+        });
     }
     r
 }
@@ -320,7 +329,8 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
             if let Some(e) = touch {
                 let r = results.get_mut(&key(e)).expect("counted above");
                 r.attributed_orders += 1;
-                *r.revenue.entry(o.currency.clone()).or_default() += o.total;
+                let revenue: &mut Decimal = r.revenue.entry(o.currency.clone()).or_default();
+                *revenue = revenue.saturating_add(o.total);
                 let emails = converted.entry(key(e)).or_default();
                 if !emails.contains(&(e.customer_id.as_str(), e.at)) {
                     emails.push((e.customer_id.as_str(), e.at));

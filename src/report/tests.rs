@@ -240,3 +240,19 @@ fn money_stays_in_its_currency_and_segments_are_reported_apart() {
     assert!(!report.segments["vip"].money.contains_key("EUR"));
     assert_eq!(report.segments["regular"].new_customers, 1);
 }
+
+#[test]
+fn amounts_stored_before_the_decoder_bounded_them_do_not_stop_the_report() {
+    // Two customers of 5e28 each: their sum overflowed and `report` exited
+    // 101. Revenue saturates now, and a figure whose product overflows is
+    // left out.
+    let big = "50000000000000000000000000000";
+    let customers = vec![
+        customer("a".into(), vec![order("a", "2026-02-01T10:00:00Z", big)]),
+        customer("b".into(), vec![order("b", "2026-02-02T10:00:00Z", big)]),
+    ];
+    let r = compute(&customers, &[], &settings()).customers;
+    let eur = &r.money["EUR"];
+    assert_eq!(eur.orders, 2);
+    assert_eq!(eur.revenue, Decimal::MAX);
+}

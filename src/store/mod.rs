@@ -207,10 +207,13 @@ pub struct Addressee {
 
 /// The writes of one batch, all or nothing.
 pub trait Transaction {
-    /// Whether an event with this id was applied before.
-    fn seen(&mut self, event_id: &str) -> Result<bool>;
-    /// Records that the event was applied.
-    fn mark_seen(&mut self, event_id: &str) -> Result<()>;
+    /// The digest of the event applied before under this id (empty for
+    /// one applied before digests were kept); `None` if there was none.
+    fn seen(&mut self, event_id: &str) -> Result<Option<String>>;
+    /// Records that the event was applied, with the digest of its content,
+    /// so that a reuse of its id for another event can be told apart from
+    /// a redelivery.
+    fn mark_seen(&mut self, event_id: &str, digest: &str) -> Result<()>;
     fn journey(&mut self, customer_id: &str) -> Result<Option<Journey>>;
     fn save_journey(&mut self, customer_id: &str, journey: &Journey) -> Result<()>;
     /// Inserts a pending email, fired by whoever reads `stream` (the

@@ -978,23 +978,24 @@ impl Drop for PostgresTx<'_> {
 }
 
 impl Transaction for PostgresTx<'_> {
-    fn seen(&mut self, event_id: &str) -> Result<bool> {
+    fn seen(&mut self, event_id: &str) -> Result<Option<String>> {
         let event_id = event_id.to_owned();
         self.call(move |s| {
             let rows = s.query(
-                "SELECT 1 FROM processed_events WHERE event_id = $1",
+                "SELECT coalesce(digest, '') FROM processed_events WHERE event_id = $1",
                 &[&event_id],
             )?;
-            Ok(!rows.is_empty())
+            Ok(rows.first().map(|r| r.get(0)))
         })
     }
 
-    fn mark_seen(&mut self, event_id: &str) -> Result<()> {
-        let event_id = event_id.to_owned();
+    fn mark_seen(&mut self, event_id: &str, digest: &str) -> Result<()> {
+        let (event_id, digest) = (event_id.to_owned(), digest.to_owned());
         self.call(move |s| {
             s.execute(
-                "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING",
-                &[&event_id],
+                "INSERT INTO processed_events (event_id, digest) VALUES ($1, $2) \
+                 ON CONFLICT DO NOTHING",
+                &[&event_id, &digest],
             )?;
             Ok(())
         })
@@ -1732,7 +1733,7 @@ mod tests {
         let h = PostgresHarness::new();
         let mut s = h.open();
         let mut tx = s.begin().unwrap();
-        tx.mark_seen("e-1").unwrap();
+        tx.mark_seen("e-1", "d").unwrap();
         let failed = tx.call(|s| s.query("SELECT 1 / 0", &[]));
         let err = failed.err().unwrap();
         assert!(matches!(err, StoreError::Postgres(_)));
@@ -1741,10 +1742,10 @@ mod tests {
         assert!(tx.commit().is_err());
         // The handle goes on; nothing of that batch is there.
         let mut tx = s.begin().unwrap();
-        assert!(!tx.seen("e-1").unwrap());
-        tx.mark_seen("e-2").unwrap();
+        assert!(tx.seen("e-1").unwrap().is_none());
+        tx.mark_seen("e-2", "d").unwrap();
         tx.commit().unwrap();
-        assert!(s.begin().unwrap().seen("e-2").unwrap());
+        assert!(s.begin().unwrap().seen("e-2").unwrap().is_some());
     }
 
     #[test]

@@ -85,6 +85,13 @@ const MIGRATIONS: &[M<'static>] = &[
     // Why a pending email waits past its due time (frequency cap, quiet
     // hours): fire_at holds the new time.
     M::up("ALTER TABLE emails ADD COLUMN deferred TEXT;"),
+    // Email keys from escaped parts (the SQL is the PostgreSQL store's).
+    M::up(include_str!(
+        "migrations/postgres/V2__escaped_email_keys.sql"
+    )),
+    // What each applied event contained, to tell a reused id from a
+    // redelivery.
+    M::up("ALTER TABLE processed_events ADD COLUMN digest TEXT;"),
 ];
 
 /// How long a worker waits for another's lock before it gives up.
@@ -468,18 +475,18 @@ impl SqliteTx<'_> {
 }
 
 impl Transaction for SqliteTx<'_> {
-    fn seen(&mut self, event_id: &str) -> Result<bool> {
-        let mut stmt = self
-            .tx
-            .prepare_cached("SELECT 1 FROM processed_events WHERE event_id = ?1")?;
-        Ok(stmt.exists([event_id])?)
+    fn seen(&mut self, event_id: &str) -> Result<Option<String>> {
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT coalesce(digest, '') FROM processed_events WHERE event_id = ?1",
+        )?;
+        Ok(stmt.query_row([event_id], |r| r.get(0)).optional()?)
     }
 
-    fn mark_seen(&mut self, event_id: &str) -> Result<()> {
+    fn mark_seen(&mut self, event_id: &str, digest: &str) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(
-            "INSERT INTO processed_events (event_id) VALUES (?1) ON CONFLICT DO NOTHING",
+            "INSERT INTO processed_events (event_id, digest) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
         )?;
-        stmt.execute([event_id])?;
+        stmt.execute([event_id, digest])?;
         Ok(())
     }
 
@@ -694,6 +701,7 @@ impl super::suite::Inspect for SqliteStore {
 /// SQLite's own tests; what every store must do is in `super::suite`.
 #[cfg(test)]
 mod tests {
+    use super::super::suite::Inspect;
     use super::*;
 
     #[test]
@@ -723,12 +731,69 @@ mod tests {
     }
 
     #[test]
+    fn keys_written_before_escaping_are_rewritten_as_the_journey_now_builds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aftercare.db");
+        let rows = [
+            // (key, customer, template): before and after the migration.
+            ("c-1/order_confirmation/o-1", "c-1", "order_confirmation"),
+            (
+                "a/order_confirmation/o/order_confirmation/1",
+                "a/order_confirmation/o",
+                "order_confirmation",
+            ),
+            ("c-%/welcome/o%1", "c-%", "welcome"),
+            (
+                "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
+                "c-2",
+                "shipping_delay",
+            ),
+            // A key of another shape (no worker wrote one): left alone.
+            ("k", "c-4", "welcome"),
+        ];
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let before = MIGRATIONS
+                .iter()
+                .position(|m| format!("{m:?}").contains("rekey"))
+                .unwrap();
+            Migrations::from_slice(MIGRATIONS)
+                .to_version(&mut conn, before)
+                .unwrap();
+            for (key, customer, template) in rows {
+                conn.execute(
+                    "INSERT INTO emails (key, customer_id, template, class, due_at, fire_at, status, data)
+                     VALUES (?1, ?2, ?3, 'transactional', 0, 0, 'sent', '{}')",
+                    [key, customer, template],
+                )
+                .unwrap();
+            }
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let keys: Vec<String> = s.email_statuses().into_iter().map(|e| e.0).collect();
+        let mut want = vec![
+            "c-1/order_confirmation/o-1",
+            "a%2Forder_confirmation%2Fo/order_confirmation/1",
+            "c-%25/welcome/o%251",
+            "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
+            "k",
+        ];
+        want.sort();
+        assert_eq!(keys, want);
+        // What the journey builds for the order of the second row now.
+        assert_eq!(
+            crate::journey::key_part("a/order_confirmation/o", &[]),
+            "a%2Forder_confirmation%2Fo"
+        );
+    }
+
+    #[test]
     fn an_in_memory_store_works_but_cannot_be_reopened() {
         let mut s = SqliteStore::in_memory().unwrap();
         let mut tx = s.begin().unwrap();
-        tx.mark_seen("e-1").unwrap();
+        tx.mark_seen("e-1", "d").unwrap();
         tx.commit().unwrap();
-        assert!(s.begin().unwrap().seen("e-1").unwrap());
+        assert!(s.begin().unwrap().seen("e-1").unwrap().is_some());
         assert!(matches!(s.reopen(), Err(StoreError::Open { .. })));
     }
 }

@@ -408,9 +408,9 @@ fn dedup_journeys_and_positions_survive_reopening(h: &impl Harness) {
     {
         let mut s = h.open();
         let mut tx = s.begin().unwrap();
-        assert!(!tx.seen("e-1").unwrap());
-        tx.mark_seen("e-1").unwrap();
-        tx.mark_seen("e-1").unwrap();
+        assert!(tx.seen("e-1").unwrap().is_none());
+        tx.mark_seen("e-1", "d").unwrap();
+        tx.mark_seen("e-1", "d").unwrap();
         let mut j = Journey::default();
         j.profile.email = Some("anna@example.com".into());
         tx.save_journey("c-1", &j).unwrap();
@@ -419,7 +419,7 @@ fn dedup_journeys_and_positions_survive_reopening(h: &impl Harness) {
         tx.commit().unwrap();
         // An uncommitted batch leaves nothing behind.
         let mut tx = s.begin().unwrap();
-        tx.mark_seen("e-2").unwrap();
+        tx.mark_seen("e-2", "d").unwrap();
         tx.set_position("file:x", "999:9").unwrap();
         drop(tx);
         assert_eq!(s.position("file:x").unwrap().as_deref(), Some("120:3"));
@@ -428,8 +428,8 @@ fn dedup_journeys_and_positions_survive_reopening(h: &impl Harness) {
     assert_eq!(s.position("file:x").unwrap().as_deref(), Some("120:3"));
     assert_eq!(s.position("file:y").unwrap(), None);
     let mut tx = s.begin().unwrap();
-    assert!(tx.seen("e-1").unwrap());
-    assert!(!tx.seen("e-2").unwrap());
+    assert_eq!(tx.seen("e-1").unwrap().as_deref(), Some("d"));
+    assert!(tx.seen("e-2").unwrap().is_none());
     let j = tx.journey("c-1").unwrap().unwrap();
     assert_eq!(j.profile.email.as_deref(), Some("anna@example.com"));
     assert!(tx.journey("c-2").unwrap().is_none());
@@ -719,12 +719,12 @@ fn a_failed_batch_leaves_nothing(h: &impl Harness) {
         let mut tx = s.begin().unwrap();
         tx.schedule(&email("a", "o-1", "a", "2026-01-02T00:00:00Z"), "s")
             .unwrap();
-        tx.mark_seen("e-1").unwrap();
+        tx.mark_seen("e-1", "d").unwrap();
         // Dropped: rolled back.
     }
     assert_eq!(s.next_fire(None).unwrap(), None);
     let mut tx = s.begin().unwrap();
-    assert!(!tx.seen("e-1").unwrap());
+    assert!(tx.seen("e-1").unwrap().is_none());
     tx.schedule(&email("a", "o-1", "a", "2026-01-02T00:00:00Z"), "s")
         .unwrap();
     tx.commit().unwrap();

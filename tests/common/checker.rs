@@ -41,17 +41,27 @@ pub struct Delivery {
 /// Every email `simulate --with-ids` plans to send for `log`: Message-ID
 /// (as a mail parser gives it, without angle brackets) to email key.
 pub fn expected(work: &Work, log: &Path) -> BTreeMap<String, String> {
-    expected_until(work, log, None)
+    plan(work, log, None, false)
+}
+
+/// [`expected`] of a log with invalid events in it (`simulate` exits 65).
+pub fn expected_with_invalid(work: &Work, log: &Path) -> BTreeMap<String, String> {
+    plan(work, log, None, true)
 }
 
 /// [`expected`] with the clock stopped at `until` (RFC 3339).
 pub fn expected_until(work: &Work, log: &Path, until: Option<&str>) -> BTreeMap<String, String> {
+    plan(work, log, until, false)
+}
+
+fn plan(work: &Work, log: &Path, until: Option<&str>, invalid: bool) -> BTreeMap<String, String> {
     let mut args = vec!["simulate", log.to_str().unwrap(), "--with-ids"];
     if let Some(until) = until {
         args.extend(["--until", until]);
     }
     let out = work.run(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let want = if invalid { Some(65) } else { Some(0) };
+    assert_eq!(out.status.code(), want, "{}", stderr(&out));
     stdout(&out)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
