@@ -103,8 +103,16 @@ pub struct SourceConfig {
     /// How long a batch may wait to fill up (Kafka).
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
+    /// The largest event (a line, a message) read: a larger one goes to
+    /// the dead letters, only its first bytes kept, and is never held
+    /// whole in memory.
+    pub max_event_bytes: usize,
     pub kafka: KafkaConfig,
 }
+
+/// Bounds of `source.max_event_bytes`: below, a real order with a few items
+/// does not fit; above, one event would take a worker's memory.
+pub const MAX_EVENT_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -829,6 +837,16 @@ impl Config {
         if self.source.batch_size == 0 {
             return Err(invalid("source.batch_size", "must be at least 1"));
         }
+        if !MAX_EVENT_BYTES_RANGE.contains(&self.source.max_event_bytes) {
+            return Err(invalid(
+                "source.max_event_bytes",
+                format!(
+                    "must be between {} and {} bytes",
+                    MAX_EVENT_BYTES_RANGE.start(),
+                    MAX_EVENT_BYTES_RANGE.end()
+                ),
+            ));
+        }
         if self.source.kind == SourceKind::Kafka {
             let k = &self.source.kafka;
             for (key, value) in [
@@ -1269,6 +1287,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("source.batch_size"), "{err}");
+        for bad in ["1023", "67108865", "0"] {
+            let err = load_str(&format!("[source]\nmax_event_bytes = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("source.max_event_bytes"), "{bad}: {err}");
+        }
+        assert_eq!(Config::embedded().source.max_event_bytes, 1 << 20);
         let err = load_str("[mailer]\nfrom = \"not a mailbox\"\n")
             .unwrap_err()
             .to_string();

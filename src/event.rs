@@ -29,6 +29,34 @@ pub enum InvalidEvent {
     BadField { field: &'static str, reason: String },
 }
 
+/// How much of serde's message a JSON error keeps: all of every syntax
+/// error's, and of a quoted string (`invalid type: string "...`, 22 bytes
+/// before the quote) at most 39 bytes, as [`shown`] would.
+const JSON_MESSAGE_MAX_BYTES: usize = 64;
+
+impl InvalidEvent {
+    /// serde's message, which may quote the input (`invalid type: string
+    /// "..."`), with the quote clipped and the position kept.
+    fn json(e: serde_json::Error) -> InvalidEvent {
+        let text = e.to_string();
+        let position = format!(" at line {} column {}", e.line(), e.column());
+        let message = text.strip_suffix(&position).unwrap_or(&text);
+        let position = if message.len() < text.len() {
+            position.as_str()
+        } else {
+            ""
+        };
+        InvalidEvent::Json(format!(
+            "{}{position}",
+            crate::bounded::clip(message, JSON_MESSAGE_MAX_BYTES)
+        ))
+    }
+
+    fn unknown_type(name: &str) -> InvalidEvent {
+        InvalidEvent::UnknownType(shown(name))
+    }
+}
+
 /// A validated event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -181,8 +209,7 @@ use serde_json::Value;
 impl Event {
     /// Decodes and validates one raw event.
     pub fn decode(raw: &[u8]) -> Result<Event, InvalidEvent> {
-        let w: wire::Event =
-            serde_json::from_slice(raw).map_err(|e| InvalidEvent::Json(e.to_string()))?;
+        let w: wire::Event = serde_json::from_slice(raw).map_err(InvalidEvent::json)?;
         let id = req_str(w.event_id.as_ref(), "event_id", Bound::Id)?;
         let type_name = req_str(w.kind.as_ref(), "type", Bound::Id)?;
         let occurred_at = req_time(w.occurred_at.as_ref(), "occurred_at")?;
@@ -219,7 +246,7 @@ impl Event {
                 order_id: order_id(order)?,
                 refund: refund(w.refund.as_ref())?,
             },
-            other => return Err(InvalidEvent::UnknownType(other.to_owned())),
+            other => return Err(InvalidEvent::unknown_type(other)),
         };
         Ok(Event {
             id,
@@ -872,6 +899,24 @@ mod tests {
         assert_eq!(
             e.customer.email.as_deref(),
             Some("anna@xn--bcher-kva.example")
+        );
+    }
+
+    #[test]
+    fn reasons_quote_at_most_a_bounded_part_of_the_input() {
+        let raw = with(|v| v["type"] = "x".repeat(limits::ID_BYTES).into());
+        let err = Event::decode(&raw).unwrap_err().to_string();
+        assert_eq!(err, format!("unknown event type `{}…`", "x".repeat(40)));
+
+        let long = "x".repeat(600_000);
+        let raw = serde_json::to_vec(&long).unwrap();
+        let err = Event::decode(&raw).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "not valid JSON: invalid type: string \"{}… at line 1 column 600002",
+                "x".repeat(39)
+            )
         );
     }
 

@@ -21,6 +21,7 @@
 //! - [`unsubscribe`]: signed one-click unsubscribe links.
 //! - [`observe`]: Prometheus metrics and readiness checks.
 //! - [`http`]: the HTTP server: health, readiness, metrics, unsubscribe.
+//! - [`bounded`]: input echoed in reasons and logs, cut to a bounded length.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod bounded;
 pub mod check;
 pub mod config;
 pub mod daemon;

@@ -277,7 +277,7 @@ fn simulate_command(
 ) -> Result<ExitCode, Failure> {
     let templates = templates(config)?;
     let path = events.to_str().context("event log path is not UTF-8")?;
-    let mut source = FileSource::open(path, Duration::ZERO)
+    let mut source = FileSource::open(path, Duration::ZERO, config.source.max_event_bytes)
         .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("{}: {e}", events.display())))?;
     let mut store = SqliteStore::in_memory()?;
     let signer = signer(config, &mut store)?;
@@ -438,7 +438,12 @@ async fn run_with<S: Store>(
     let (source, dead, place): (Box<dyn Source>, DeadLetters, String) = match kind {
         SourceKind::File => {
             let path = input.unwrap_or_else(|| config.source.path.clone());
-            let mut source = FileSource::open(&path, config.source.batch_wait).map_err(|e| {
+            let mut source = FileSource::open(
+                &path,
+                config.source.batch_wait,
+                config.source.max_event_bytes,
+            )
+            .map_err(|e| {
                 fail(
                     EX_USAGE,
                     anyhow::anyhow!("config key `source.path` (or --input): {path}: {e}"),
@@ -448,7 +453,7 @@ async fn run_with<S: Store>(
                 source.seek(&position)?;
                 tracing::info!(source = source.name(), %position, "Resuming from the stored position.");
             }
-            let dead = DeadLetters::new(&config.dead_letter_path());
+            let dead = DeadLetters::new(&config.dead_letter_path(), config.source.max_event_bytes);
             (Box::new(source), dead, path)
         }
         SourceKind::Kafka => {
@@ -461,8 +466,13 @@ async fn run_with<S: Store>(
                     None
                 })
             });
-            let source = KafkaSource::new(k, config.source.batch_wait, lookup)
-                .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?;
+            let source = KafkaSource::new(
+                k,
+                config.source.batch_wait,
+                config.source.max_event_bytes,
+                lookup,
+            )
+            .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?;
             let dead = DeadLetters::kafka(&kafka::client_config(k), &k.dead_letter_topic)
                 .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?;
             let place = format!("{} ({})", k.brokers, k.topics.all().join(", "));

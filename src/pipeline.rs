@@ -17,13 +17,14 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
+use crate::bounded::clip;
 use crate::config::{EmailClass, Trigger};
 use crate::event::Event;
 use crate::journey::insight::Counted;
 use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict, later};
 use crate::observe::Observer;
 use crate::render::Locales;
-use crate::source::{DeadLetters, Entry, Position};
+use crate::source::{DeadLetters, Entry, Position, REASON_MAX_BYTES};
 use crate::store::{Addressee, EmailRow, Lease, Status, Store, StoreError, Transaction};
 use crate::unsubscribe::Signer;
 
@@ -187,14 +188,21 @@ impl<S: Store> Pipeline<S> {
         // Whether an event of the batch changed the shop's figures.
         let mut shop_changed = false;
         while let Some(entry) = entries.get(*i) {
-            match Event::decode(&entry.raw) {
+            // An event over the size limit is not even parsed: the source
+            // kept only its first bytes.
+            let decoded = match entry.oversized {
+                Some(oversized) => Err(oversized.to_string()),
+                None => Event::decode(&entry.raw).map_err(|e| e.to_string()),
+            };
+            match decoded {
                 Err(invalid) => {
                     self.stats.invalid += 1;
                     if let Some(o) = &self.observer {
                         o.invalid_event(source_label(source, entry));
                     }
+                    let invalid = clip(&invalid, REASON_MAX_BYTES);
                     tracing::warn!(source, coordinates = %entry.coordinates, error = %invalid, "Skipped invalid event.");
-                    write_dead(dead, source, entry, &invalid.to_string())?;
+                    write_dead(dead, source, entry, &invalid)?;
                 }
                 Ok(event) => {
                     let bound = now.map_or(event.occurred_at, |n| n.min(event.occurred_at));
@@ -229,7 +237,8 @@ impl<S: Store> Pipeline<S> {
                             if let Some(o) = &self.observer {
                                 o.invalid_event(source_label(source, entry));
                             }
-                            tracing::warn!(source, coordinates = %entry.coordinates, customer_id = %event.customer.id, error = %reason, "Skipped invalid event.");
+                            let reason = clip(&reason, REASON_MAX_BYTES);
+                            tracing::warn!(source, coordinates = %entry.coordinates, customer_id = %clip(&event.customer.id, ID_MAX_BYTES), error = %reason, "Skipped invalid event.");
                             write_dead(dead, source, entry, &reason)?;
                         }
                     }
@@ -426,6 +435,9 @@ const ADDRESS_RETRY: SignedDuration = SignedDuration::from_mins(1);
 /// ...until this long after it was due; then it ends suppressed.
 const ADDRESS_WAIT: SignedDuration = SignedDuration::from_hours(1);
 
+/// The most of a customer id a log line about an invalid event quotes.
+const ID_MAX_BYTES: usize = 100;
+
 /// How long `fire` waits for due emails another worker's transaction
 /// holds before it returns without them (they are fired on a later call).
 const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -516,17 +528,11 @@ fn write_dead(
     entry: &Entry,
     reason: &str,
 ) -> Result<(), PipelineError> {
-    dead.write(
-        source,
-        &entry.coordinates,
-        entry.key.as_deref(),
-        &entry.raw,
-        reason,
-    )
-    .map_err(|error| PipelineError::DeadLetter {
-        place: dead.place(),
-        error,
-    })
+    dead.write(source, entry, reason)
+        .map_err(|error| PipelineError::DeadLetter {
+            place: dead.place(),
+            error,
+        })
 }
 
 fn addressee(locales: &Locales, journey: &Journey) -> Addressee {
@@ -711,6 +717,7 @@ mod tests {
                 key: "test".into(),
                 value: id.to_owned(),
             },
+            oversized: None,
         }
     }
 
@@ -1059,6 +1066,35 @@ mod tests {
         p.ingest("test", &fixed, None, &mut dead, &mut approved)
             .unwrap();
         assert_eq!(p.stats.events, 2);
+    }
+
+    #[test]
+    fn an_oversized_event_is_dead_lettered_unparsed_and_the_next_is_applied() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        // What the source kept of it happens to parse: it must not count.
+        let mut big = placed("e1", "2026-01-01T10:00:00Z", "o-1", Some("a@example.com"));
+        big.oversized = Some(crate::source::Oversized {
+            bytes: 52_428_800,
+            limit: 1 << 20,
+        });
+        let next = placed("e2", "2026-01-01T11:00:00Z", "o-2", Some("a@example.com"));
+        p.ingest("test", &[big, next], None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!((p.stats.events, p.stats.invalid), (1, 1));
+        assert_eq!(p.store().position("test").unwrap().as_deref(), Some("e2"));
+        let record: Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(
+            record["reason"],
+            "event of 52428800 bytes is over source.max_event_bytes (1048576)"
+        );
+        assert_eq!(record["event_bytes"], 52_428_800);
+        assert_eq!(record["truncated"], true);
+        assert_eq!(record["coordinates"]["line"], "e1");
     }
 
     fn t(s: &str) -> Timestamp {

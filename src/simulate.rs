@@ -96,7 +96,12 @@ pub fn simulate(
     loop {
         let batch = source.next_batch(1)?;
         for entry in &batch.entries {
-            if let Ok(event) = crate::event::Event::decode(&entry.raw) {
+            // An oversized event is only a prefix: never decoded.
+            let decoded = entry
+                .oversized
+                .is_none()
+                .then(|| crate::event::Event::decode(&entry.raw));
+            if let Some(Ok(event)) = decoded {
                 if until.is_some_and(|u| event.occurred_at > u) {
                     // The clock stops at `until`: later events never happen.
                     return finish(pipeline, until, &mut approved);

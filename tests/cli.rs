@@ -298,6 +298,28 @@ fn environment_overrides_are_validated_too() {
 }
 
 #[test]
+fn a_maximum_event_size_out_of_bounds_exits_64_naming_the_key() {
+    for (bad, env) in [("512", false), ("1000000000", true)] {
+        let work = Work::new(if env {
+            ""
+        } else {
+            "[source]\nmax_event_bytes = 512\n"
+        });
+        let mut command = work.command(&["check"]);
+        if env {
+            command.env("AFTERCARE_SOURCE__MAX_EVENT_BYTES", bad);
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "{bad}");
+        assert!(
+            stderr(&out).contains("source.max_event_bytes"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
 fn bad_usage_exits_64() {
     let work = Work::new("");
     assert_eq!(work.run(&["simulate"]).status.code(), Some(64));
@@ -498,6 +520,126 @@ fn invalid_events_go_to_the_dead_letter_file_and_neighbours_are_processed() {
         ["c-1/order_confirmation/o-1", "c-2/order_confirmation/o-2"]
     );
     assert!(stdout(&out).contains("5 invalid"), "{}", stdout(&out));
+}
+
+/// A line of megabytes, from a file and from standard input: never held
+/// whole, dead-lettered with its size, line and first bytes, and the events
+/// behind it applied.
+#[test]
+fn an_oversized_line_is_dead_lettered_in_part_and_the_events_behind_it_are_applied() {
+    let good = |n: u32| {
+        format!(
+            r#"{{"event_id":"e-{n}","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-{n}","email":"c{n}@example.com"}},"order":{{"id":"o-{n}","total":"1.00","currency":"EUR","items":[]}}}}"#
+        )
+    };
+    // A valid event but for its size: an item name of 3 MB.
+    let big = format!(
+        r#"{{"event_id":"e-big","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-big","email":"big@example.com"}},"order":{{"id":"o-big","total":"1.00","currency":"EUR","items":[{{"sku":"S","name":"{}","quantity":1,"unit_price":"1.00"}}]}}}}"#,
+        "n".repeat(3 << 20)
+    );
+    let lines = [good(1), big.clone(), good(2)];
+    let text = lines.join("\n") + "\n";
+    for input in ["file", "stdin"] {
+        let work = Work::new("");
+        let log = work.path("events.jsonl");
+        common::write(&log, &text);
+        let out = if input == "file" {
+            work.run(&["run", "--input", log.to_str().unwrap()])
+        } else {
+            let mut child = work
+                .command(&["run", "--input", "-"])
+                .stdin(std::process::Stdio::from(
+                    std::fs::File::open(&log).unwrap(),
+                ))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while child.try_wait().unwrap().is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{input}: still running"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            child.wait_with_output().unwrap()
+        };
+        assert!(out.status.success(), "{input}: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains("1 invalid"),
+            "{input}: {}",
+            stdout(&out)
+        );
+        assert!(
+            out.stderr.len() < 4096,
+            "{input}: the log quotes the event: {} bytes",
+            out.stderr.len()
+        );
+
+        let dead_path = work.path("data/dead-letter.jsonl");
+        let dead = std::fs::read_to_string(&dead_path).unwrap();
+        let dead: Vec<serde_json::Value> = dead
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(dead.len(), 1, "{input}");
+        let record = &dead[0];
+        assert_eq!(
+            record["reason"],
+            format!(
+                "event of {} bytes is over source.max_event_bytes (1048576)",
+                big.len()
+            ),
+            "{input}"
+        );
+        assert_eq!(record["event_bytes"], big.len() as u64, "{input}");
+        assert_eq!(record["truncated"], true, "{input}");
+        assert_eq!(record["coordinates"]["line"], 2, "{input}");
+        assert_eq!(
+            record["coordinates"]["offset"],
+            lines[0].len() as u64 + 1,
+            "{input}"
+        );
+        let raw = record["raw"].as_str().unwrap();
+        assert!(
+            !raw.is_empty() && raw.len() <= 1024,
+            "{input}: {}",
+            raw.len()
+        );
+        assert!(big.starts_with(raw), "{input}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dead_path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{input}: mode {mode:o}");
+
+        // The events on both sides were applied; the big one was not.
+        let sent: Vec<String> = work
+            .emails()
+            .into_iter()
+            .filter(|(_, s)| s == "sent")
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            sent.contains(&"c-1/order_confirmation/o-1".to_owned()),
+            "{input}: {sent:?}"
+        );
+        assert!(
+            sent.contains(&"c-2/order_confirmation/o-2".to_owned()),
+            "{input}: {sent:?}"
+        );
+        assert!(
+            !sent.iter().any(|k| k.starts_with("c-big/")),
+            "{input}: {sent:?}"
+        );
+        let outbox: String = work
+            .outbox()
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert!(outbox.contains("c1@example.com"), "{input}");
+        assert!(outbox.contains("c2@example.com"), "{input}");
+        assert!(!outbox.contains("big@example.com"), "{input}");
+    }
 }
 
 #[test]

@@ -145,6 +145,147 @@ fn invalid_events_go_to_the_dead_letter_topic_and_neighbours_are_processed() {
     );
 }
 
+/// A dead letter read back: its payload and headers.
+type DeadLetter = (String, BTreeMap<String, String>);
+
+/// Produces `messages` onto `orders` under one key (one partition, in
+/// order), runs `aftercare run --once` on them with `env`, and returns the
+/// emails sent and the dead letters (`expected` of them).
+fn run_on_one_partition(
+    messages: &[&str],
+    env: &[(&str, &str)],
+    expected: usize,
+) -> (Vec<String>, Vec<DeadLetter>) {
+    let tansu = common::tansu::Tansu::start();
+    tansu.create_topics(&TOPICS, 3);
+    tansu.create_topics(&[DEAD], 1);
+    let records: Vec<(String, String, String)> = messages
+        .iter()
+        .map(|m| ("orders".to_owned(), "c-1".to_owned(), m.to_string()))
+        .collect();
+    tansu.produce(&records);
+    let work = Work::new(&kafka_config(&tansu, "g1", ""));
+    let log = work.path("worker.log");
+    let mut command = work.command(&["run", "--once"]);
+    command
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = common::KillOnDrop(command.spawn().unwrap());
+    let status = wait_exit(&mut child.0, Duration::from_secs(90));
+    let logged = std::fs::read(&log).unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}: {}",
+        String::from_utf8_lossy(&logged[..logged.len().min(4000)])
+    );
+    assert!(
+        logged.len() < 8192,
+        "the log quotes the events: {} bytes",
+        logged.len()
+    );
+    let sent = work
+        .emails()
+        .into_iter()
+        .filter(|(_, s)| s == "sent")
+        .map(|(k, _)| k)
+        .collect();
+    let dead = tansu
+        .read_all(DEAD, expected)
+        .into_iter()
+        .map(|(payload, headers)| (payload, headers.into_iter().collect()))
+        .collect();
+    (sent, dead)
+}
+
+const GOOD: &str = r#"{"event_id":"good-1","type":"order.placed","occurred_at":"2024-01-01T11:00:00Z","customer":{"id":"c-1","email":"c1@example.com"},"order":{"id":"o-1","total":"1.00","currency":"EUR","items":[]}}"#;
+
+/// `text` padded with an unknown field to `bytes` bytes.
+fn padded(text: &str, bytes: usize) -> String {
+    let open = format!("{},\"pad\":\"", text.strip_suffix('}').unwrap());
+    format!("{open}{}\"}}", "x".repeat(bytes - open.len() - 2))
+}
+
+/// An invalid message of 999,900 bytes: with its headers, its dead letter
+/// was over the producer's `message.max.bytes`, and the batch failed for
+/// ever, holding the valid event behind it. And one of 600 KB with a long
+/// `type`, whose reason once quoted it whole. Both reach the dead-letter
+/// topic within the producer's limit, with their coordinates.
+#[test]
+fn a_dead_letter_too_large_for_the_producer_is_cut_to_fit_and_the_partition_moves_on() {
+    let long_type = format!(
+        r#"{{"event_id":"bad-1","type":"{}","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-1"}}}}"#,
+        "x".repeat(600_000)
+    );
+    let near_limit = padded(
+        r#"{"event_id":"near-1","type":"order.exploded","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-1"}}"#,
+        999_900,
+    );
+    assert_eq!(near_limit.len(), 999_900);
+    let (sent, dead) = run_on_one_partition(&[&long_type, &near_limit, GOOD], &[], 2);
+    assert_eq!(sent, ["c-1/order_confirmation/o-1"]);
+    assert_eq!(dead.len(), 2);
+    for (i, (payload, h)) in dead.iter().enumerate() {
+        assert_eq!(h["aftercare-source-topic"], "orders", "{h:?}");
+        assert_eq!(h["aftercare-source-offset"], i.to_string(), "{h:?}");
+        h["aftercare-source-partition"].parse::<i32>().unwrap();
+        let size = payload.len() + h.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        assert!(size < 1_000_000, "{size}");
+        assert!(
+            h["aftercare-reason"].len() < 200,
+            "{}",
+            h["aftercare-reason"].len()
+        );
+    }
+    // The long type fits whole; its reason does not quote it.
+    assert_eq!(dead[0].0, long_type);
+    assert!(
+        dead[0].1["aftercare-reason"].contains("`type`"),
+        "{:?}",
+        dead[0].1
+    );
+    assert!(!dead[0].1.contains_key("aftercare-event-bytes"));
+    // The one near the limit is cut to fit, and says how large it was.
+    assert!(near_limit.starts_with(&dead[1].0));
+    assert!(dead[1].0.len() > 990_000, "{}", dead[1].0.len());
+    assert_eq!(dead[1].1["aftercare-event-bytes"], "999900");
+    assert_eq!(
+        dead[1].1["aftercare-reason"],
+        "unknown event type `order.exploded`"
+    );
+}
+
+/// A message over `source.max_event_bytes` is not parsed, only its first
+/// bytes copied: dead-lettered with its size, and the valid event behind it
+/// applied.
+#[test]
+fn a_message_over_the_maximum_event_size_is_dead_lettered_in_part() {
+    let oversized = padded(
+        r#"{"event_id":"big-1","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-1","email":"big@example.com"},"order":{"id":"o-big","total":"1.00","currency":"EUR","items":[]}}"#,
+        300_000,
+    );
+    let (sent, dead) = run_on_one_partition(
+        &[&oversized, GOOD],
+        &[("AFTERCARE_SOURCE__MAX_EVENT_BYTES", "100000")],
+        1,
+    );
+    assert_eq!(sent, ["c-1/order_confirmation/o-1"]);
+    assert_eq!(dead.len(), 1);
+    let (payload, h) = &dead[0];
+    assert!(
+        !payload.is_empty() && payload.len() <= 1024,
+        "{}",
+        payload.len()
+    );
+    assert!(oversized.starts_with(payload.as_str()));
+    assert_eq!(h["aftercare-source-offset"], "0");
+    assert_eq!(
+        h["aftercare-reason"],
+        "event of 300000 bytes is over source.max_event_bytes (100000)"
+    );
+    assert_eq!(h["aftercare-event-bytes"], "300000");
+}
+
 #[test]
 fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
     let log = common::generated_events(600);
@@ -451,6 +592,7 @@ fn a_recreated_consumer_reads_on_from_every_partition() {
     let mut source = aftercare::source::kafka::KafkaSource::new(
         &config.source.kafka,
         config.source.batch_wait,
+        config.source.max_event_bytes,
         lookup,
     )
     .unwrap();

@@ -69,7 +69,7 @@ fn deliver<S: Store>(pipeline: &mut Pipeline<S>, approved: &mut Vec<EmailRow>) -
 /// Plans the example log through `pipeline`, one event per batch with the
 /// clock following the events, then runs the clock to the horizon.
 fn plan<S: Store>(mut pipeline: Pipeline<S>) -> Vec<EmailRow> {
-    let mut source = FileSource::open(EVENTS, Duration::ZERO).unwrap();
+    let mut source = FileSource::open(EVENTS, Duration::ZERO, 1 << 20).unwrap();
     let (mut dead, mut approved) = (DeadLetters::discard(), Vec::new());
     loop {
         let batch = source.next_batch(1).unwrap();
@@ -122,7 +122,7 @@ fn two_workers_on_one_store_send_each_email_once() {
     let schema = Schema::new();
     let mut first = pipeline(open(&schema), "w1");
     // Every event in, nothing fired yet (the clock stays at the start).
-    let mut source = FileSource::open(EVENTS, Duration::ZERO).unwrap();
+    let mut source = FileSource::open(EVENTS, Duration::ZERO, 1 << 20).unwrap();
     let (mut dead, mut approved) = (DeadLetters::discard(), Vec::new());
     let start: Timestamp = "2000-01-01T00:00:00Z".parse().unwrap();
     loop {

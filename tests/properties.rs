@@ -169,8 +169,12 @@ fn plan(jsonl: &str) -> Vec<PlanLine> {
     .unwrap();
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), jsonl).unwrap();
-    let mut source =
-        FileSource::open(file.path().to_str().unwrap(), std::time::Duration::ZERO).unwrap();
+    let mut source = FileSource::open(
+        file.path().to_str().unwrap(),
+        std::time::Duration::ZERO,
+        1 << 20,
+    )
+    .unwrap();
     simulate(pipeline, &mut source, None).unwrap().lines
 }
 

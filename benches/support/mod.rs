@@ -85,6 +85,7 @@ pub fn entry(raw: Vec<u8>, line: u64) -> Entry {
             key: "file:bench.jsonl".to_owned(),
             value: line.to_string(),
         },
+        oversized: None,
     }
 }
 

@@ -8,14 +8,15 @@
 //! nothing comes for `batch_wait` the worker goes on with its timers.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, ErrorKind, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Batch, Entry, Position, Source, SourceError};
+use super::{Batch, Entry, OVERSIZED_PREFIX, Oversized, Position, Source, SourceError};
 
 pub struct FileSource {
     name: String,
@@ -23,32 +24,131 @@ pub struct FileSource {
     input: Input,
     offset: u64,
     line: u64,
+    /// `source.max_event_bytes`: the most of one line held in memory.
+    limit: usize,
 }
 
 enum Input {
     File(Box<dyn BufRead + Send>),
-    /// Lines read by a thread of their own; an empty line is the end.
+    /// Lines read by a thread of their own; an empty one is the end.
     Stream {
-        lines: Receiver<std::io::Result<Vec<u8>>>,
+        lines: Receiver<std::io::Result<Line>>,
+        budget: Arc<Budget>,
         wait: Duration,
     },
 }
 
+/// One line as read.
+#[derive(Debug, Default)]
+struct Line {
+    /// The whole line without its `\n`, or only the first
+    /// [`OVERSIZED_PREFIX`] bytes of an oversized one.
+    raw: Vec<u8>,
+    /// Bytes it took in the input, line end included (0: the end).
+    consumed: u64,
+    oversized: Option<Oversized>,
+}
+
+/// Reads one line, holding at most about `limit` bytes of it: the rest of
+/// a longer line is read and dropped, counted but not stored, so that
+/// offsets and line numbers stay right behind it.
+fn read_line(reader: &mut dyn BufRead, limit: usize) -> std::io::Result<Line> {
+    // The line's text (`\r` included) up to one byte past the limit: any
+    // more and it is over, whatever its line end.
+    let keep = limit.saturating_add(2);
+    let mut line = Line::default();
+    let mut text: u64 = 0;
+    let mut last = None;
+    let mut ended = false;
+    while !ended {
+        let chunk = match reader.fill_buf() {
+            Ok(chunk) => chunk,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        let (part, used) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => {
+                ended = true;
+                (&chunk[..i], i + 1)
+            }
+            None => (chunk, chunk.len()),
+        };
+        last = part.last().copied().or(last);
+        text += part.len() as u64;
+        let room = keep.saturating_sub(line.raw.len());
+        line.raw.extend_from_slice(&part[..part.len().min(room)]);
+        reader.consume(used);
+        line.consumed += used as u64;
+    }
+    let size = text - u64::from(ended && last == Some(b'\r'));
+    line.oversized = Oversized::check(size, limit);
+    if line.oversized.is_some() {
+        let prefix = crate::bounded::prefix(&line.raw, OVERSIZED_PREFIX).len();
+        line.raw.truncate(prefix);
+        line.raw.shrink_to_fit();
+    }
+    Ok(line)
+}
+
+/// The bytes of events a batch holds, about (it ends after the line that
+/// goes over), and how many may wait for it on standard input (at least two
+/// lines): with lines of up to `max_event_bytes` each, a count of lines
+/// alone would let a file or a fast writer fill the memory.
+const BATCH_BYTES: usize = 16 << 20;
+
+/// Bytes read from standard input and not yet taken by a batch. The reader
+/// waits while they are over `max` (but always hands over one line).
+struct Budget {
+    held: Mutex<usize>,
+    taken: Condvar,
+    max: usize,
+}
+
+impl Budget {
+    fn reserve(&self, bytes: usize) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        while *held > 0 && held.saturating_add(bytes) > self.max {
+            held = self
+                .taken
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *held += bytes;
+    }
+
+    fn release(&self, bytes: usize) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        *held = held.saturating_sub(bytes);
+        self.taken.notify_one();
+    }
+}
+
 /// Reads standard input line by line on a thread of its own.
-fn stdin_lines() -> Receiver<std::io::Result<Vec<u8>>> {
+fn stdin_lines(limit: usize) -> (Receiver<std::io::Result<Line>>, Arc<Budget>) {
     let (tx, rx) = sync_channel(10_000);
+    let budget = Arc::new(Budget {
+        held: Mutex::new(0),
+        taken: Condvar::new(),
+        max: BATCH_BYTES.max(limit.saturating_mul(2)),
+    });
+    let reserved = Arc::clone(&budget);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         loop {
-            let mut line = Vec::new();
-            let read = stdin.read_until(b'\n', &mut line);
-            let end = matches!(read, Ok(0) | Err(_));
-            if tx.send(read.map(|_| line)).is_err() || end {
+            let read = read_line(&mut stdin, limit);
+            let end = matches!(read, Ok(Line { consumed: 0, .. }) | Err(_));
+            if let Ok(line) = &read {
+                reserved.reserve(line.raw.len());
+            }
+            if tx.send(read).is_err() || end {
                 return;
             }
         }
     });
-    rx
+    (rx, budget)
 }
 
 impl FileSource {
@@ -82,18 +182,22 @@ impl FileSource {
     }
 
     /// `-` reads standard input, as a stream: a batch waits at most `wait`
-    /// for its first line.
-    pub fn open(path: &str, wait: Duration) -> std::io::Result<FileSource> {
+    /// for its first line. A line over `max_event_bytes` is handed out as
+    /// [`Entry::oversized`], its first bytes only.
+    pub fn open(path: &str, wait: Duration, max_event_bytes: usize) -> std::io::Result<FileSource> {
         if path == "-" {
+            let (lines, budget) = stdin_lines(max_event_bytes);
             return Ok(FileSource {
                 name: "stdin".to_owned(),
                 path: None,
                 input: Input::Stream {
-                    lines: stdin_lines(),
+                    lines,
+                    budget,
                     wait,
                 },
                 offset: 0,
                 line: 0,
+                limit: max_event_bytes,
             });
         }
         let file = File::open(path)?;
@@ -104,6 +208,7 @@ impl FileSource {
             input: Input::File(Box::new(BufReader::new(file))),
             offset: 0,
             line: 0,
+            limit: max_event_bytes,
         })
     }
 }
@@ -115,14 +220,16 @@ impl Source for FileSource {
 
     fn next_batch(&mut self, max: usize) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
-        while batch.entries.len() < max {
+        let mut held = 0;
+        while batch.entries.len() < max && held < BATCH_BYTES {
             let first = batch.entries.is_empty();
-            let raw = match &mut self.input {
-                Input::File(reader) => {
-                    let mut raw = Vec::new();
-                    reader.read_until(b'\n', &mut raw).map(|_| raw)
-                }
-                Input::Stream { lines, wait } => {
+            let line = match &mut self.input {
+                Input::File(reader) => read_line(reader.as_mut(), self.limit),
+                Input::Stream {
+                    lines,
+                    budget,
+                    wait,
+                } => {
                     let next = if first {
                         lines
                             .recv_timeout(*wait)
@@ -131,40 +238,49 @@ impl Source for FileSource {
                         lines.try_recv().map_err(|e| e == TryRecvError::Empty)
                     };
                     match next {
-                        Ok(line) => line,
+                        Ok(line) => {
+                            if let Ok(line) = &line {
+                                budget.release(line.raw.len());
+                            }
+                            line
+                        }
                         // Nothing more for now.
                         Err(true) => {
                             batch.caught_up = true;
                             break;
                         }
                         // The reader thread is gone: the end.
-                        Err(false) => Ok(Vec::new()),
+                        Err(false) => Ok(Line::default()),
                     }
                 }
             };
-            let mut raw = raw.map_err(|error| SourceError::Io {
+            let Line {
+                mut raw,
+                consumed,
+                oversized,
+            } = line.map_err(|error| SourceError::Io {
                 name: self.name.clone(),
                 error,
             })?;
-            let n = raw.len();
-            if n == 0 {
+            if consumed == 0 {
                 batch.caught_up = true;
                 batch.finished = true;
                 break;
             }
             let start = self.offset;
-            self.offset += n as u64;
+            self.offset += consumed;
             self.line += 1;
             while raw.last().is_some_and(|b| b.is_ascii_whitespace()) {
                 raw.pop();
             }
-            if raw.iter().all(u8::is_ascii_whitespace) {
+            if oversized.is_none() && raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             let coordinates = match &self.path {
                 Some(path) => json!({"path": path, "line": self.line, "offset": start}),
                 None => json!({"path": "-", "line": self.line, "offset": start}),
             };
+            held += raw.len();
             batch.entries.push(Entry {
                 raw,
                 key: None,
@@ -173,6 +289,7 @@ impl Source for FileSource {
                     key: self.name.clone(),
                     value: format!("{}:{}", self.offset, self.line),
                 },
+                oversized,
             });
         }
         Ok(batch)
@@ -189,19 +306,127 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "{{\"a\":1}}\n\n{{\"a\":2}}\r\n{{\"a\":3}}").unwrap();
         let path = f.path().to_str().unwrap();
-        let mut src = FileSource::open(path, Duration::ZERO).unwrap();
+        let mut src = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
         let first = src.next_batch(2).unwrap();
         assert_eq!(first.entries.len(), 2);
         assert_eq!(first.entries[1].raw, b"{\"a\":2}");
         assert_eq!(first.entries[1].coordinates["line"], 3);
         assert!(!first.finished);
 
-        let mut again = FileSource::open(path, Duration::ZERO).unwrap();
+        let mut again = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
         again.seek(&first.entries[1].position.value).unwrap();
         let rest = again.next_batch(10).unwrap();
         assert_eq!(rest.entries.len(), 1);
         assert_eq!(rest.entries[0].raw, b"{\"a\":3}");
         assert_eq!(rest.entries[0].coordinates["line"], 4);
         assert!(rest.finished);
+    }
+
+    /// A source over any reader, as `open` makes one over a file.
+    fn over(reader: impl std::io::Read + Send + 'static, limit: usize) -> FileSource {
+        FileSource {
+            name: "test".to_owned(),
+            path: None,
+            input: Input::File(Box::new(BufReader::new(reader))),
+            offset: 0,
+            line: 0,
+            limit,
+        }
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_skipped_to_its_end_and_the_next_line_read() {
+        let big = format!("{{\"name\":\"{}\"}}", "ա".repeat(25_000));
+        let text = format!("{{\"a\":1}}\n{big}\r\n{{\"a\":3}}\n");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let path = f.path().to_str().unwrap();
+        let mut src = FileSource::open(path, Duration::ZERO, 1024).unwrap();
+        let batch = src.next_batch(10).unwrap();
+        assert_eq!(batch.entries.len(), 3);
+        let [first, oversized, third] = &batch.entries[..] else {
+            unreachable!()
+        };
+        assert_eq!(first.oversized, None);
+        assert_eq!(
+            oversized.oversized,
+            Some(Oversized {
+                bytes: big.len() as u64,
+                limit: 1024
+            })
+        );
+        assert!(oversized.raw.len() <= OVERSIZED_PREFIX);
+        assert!(big.as_bytes().starts_with(&oversized.raw));
+        std::str::from_utf8(&oversized.raw).expect("cut on a character boundary");
+        assert_eq!(oversized.coordinates["line"], 2);
+        assert_eq!(oversized.coordinates["offset"], 8);
+        assert_eq!(third.raw, b"{\"a\":3}");
+        assert_eq!(third.oversized, None);
+        assert_eq!(third.coordinates["line"], 3);
+        assert_eq!(third.coordinates["offset"], 8 + big.len() + 2);
+
+        // A restart after the oversized line reads on from the next one.
+        let mut again = FileSource::open(path, Duration::ZERO, 1024).unwrap();
+        again.seek(&oversized.position.value).unwrap();
+        let rest = again.next_batch(10).unwrap();
+        assert_eq!(rest.entries.len(), 1);
+        assert_eq!(rest.entries[0].raw, b"{\"a\":3}");
+        assert_eq!(rest.entries[0].coordinates["line"], 3);
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_read_whole_whatever_its_line_end() {
+        let exact = "x".repeat(1024);
+        for text in [format!("{exact}\n"), format!("{exact}\r\n"), exact.clone()] {
+            let mut src = over(std::io::Cursor::new(text.clone().into_bytes()), 1024);
+            let batch = src.next_batch(10).unwrap();
+            assert_eq!(batch.entries.len(), 1, "{text:?}");
+            assert_eq!(batch.entries[0].oversized, None, "{text:?}");
+            assert_eq!(batch.entries[0].raw, exact.as_bytes());
+        }
+        let mut src = over(std::io::Cursor::new(format!("{exact}y\n")), 1024);
+        let batch = src.next_batch(10).unwrap();
+        assert_eq!(batch.entries[0].oversized.map(|o| o.bytes), Some(1025));
+    }
+
+    /// Lines just under the limit: a batch holds a bounded number of bytes,
+    /// not `max` lines of them.
+    #[test]
+    fn a_batch_of_large_lines_is_bounded_in_bytes() {
+        let line = format!("{}\n", "x".repeat(1 << 20));
+        let mut src = over(std::io::Cursor::new(line.repeat(40)), 2 << 20);
+        let mut read = 0;
+        loop {
+            let batch = src.next_batch(500).unwrap();
+            let held: usize = batch.entries.iter().map(|e| e.raw.len()).sum();
+            assert!(held <= BATCH_BYTES + (1 << 20), "{held}");
+            read += batch.entries.len();
+            if batch.finished {
+                break;
+            }
+            assert!(!batch.entries.is_empty());
+        }
+        assert_eq!(read, 40);
+    }
+
+    /// A line of hundreds of megabytes is read through without being held:
+    /// what the entry keeps is a bounded prefix.
+    #[test]
+    fn a_huge_line_is_not_held_in_memory() {
+        let huge: u64 = 256 << 20;
+        let input = std::io::Read::chain(
+            std::io::Read::take(std::io::repeat(b'x'), huge),
+            std::io::Cursor::new(b"\n{\"a\":2}\n".to_vec()),
+        );
+        let mut src = over(input, 1 << 20);
+        let batch = src.next_batch(10).unwrap();
+        assert_eq!(batch.entries.len(), 2);
+        let oversized = &batch.entries[0];
+        assert_eq!(oversized.oversized.map(|o| o.bytes), Some(huge));
+        assert_eq!(oversized.raw.len(), OVERSIZED_PREFIX);
+        assert!(oversized.raw.capacity() <= 2 * OVERSIZED_PREFIX);
+        assert_eq!(batch.entries[1].raw, b"{\"a\":2}");
+        assert_eq!(batch.entries[1].coordinates["offset"], huge + 1);
+        assert_eq!(batch.entries[1].position.value, format!("{}:2", huge + 9));
     }
 }

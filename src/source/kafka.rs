@@ -22,7 +22,8 @@
 //! merged by `occurred_at`: the earliest head first, and only while every
 //! partition that still has unread messages has something queued (else it
 //! might hold an earlier event). Within a partition the offset order is
-//! kept. A partition whose queue grows long is paused until it drains.
+//! kept. A partition whose queue grows long (in events or in bytes) is
+//! paused until it drains.
 //! Timers may fire up to the earliest event not yet handed out
 //! ([`Batch::watermark`]).
 //!
@@ -44,7 +45,7 @@ use rdkafka::types::RDKafkaRespErr;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Batch, Entry, Position, Source, SourceError};
+use super::{Batch, Entry, OVERSIZED_PREFIX, Oversized, Position, Source, SourceError};
 use crate::config::KafkaConfig;
 
 /// Reads a committed store position (`None`: none yet).
@@ -59,8 +60,11 @@ pub fn position_key(group: &str, topic: &str, partition: i32) -> String {
 /// from the fetch responses: no extra requests). The merge may wait this
 /// long on a partition before it knows it has read everything.
 const STATS_INTERVAL_MS: &str = "250";
-/// Events queued per partition before it is paused.
+/// Events queued per partition before it is paused...
 const QUEUE_HIGH: usize = 5_000;
+/// ...or bytes of them: events may be up to `source.max_event_bytes` each.
+/// Also how much a batch's polling reads ahead, at most.
+const QUEUE_HIGH_BYTES: usize = 16 << 20;
 
 type Partition = (String, i32);
 
@@ -254,6 +258,8 @@ struct PartitionState {
     /// readable time (an invalid one) sorts first: it only goes to the
     /// dead letters.
     queue: VecDeque<(Option<Timestamp>, Entry)>,
+    /// The raw bytes in `queue`.
+    queued_bytes: usize,
     /// The last time anything arrived from this partition (or since it
     /// was assigned).
     last_message: Option<Instant>,
@@ -308,6 +314,16 @@ impl PartitionState {
         self.next = Some(offset + 1);
         self.last_message = Some(Instant::now());
         read
+    }
+
+    /// Whether to pause (or keep paused) its fetching: its queue is long,
+    /// in events or in bytes. A paused one is resumed once half drained.
+    fn wants_pause(&self) -> bool {
+        if self.paused {
+            self.queue.len() > QUEUE_HIGH / 2 || self.queued_bytes > QUEUE_HIGH_BYTES / 2
+        } else {
+            self.queue.len() >= QUEUE_HIGH || self.queued_bytes >= QUEUE_HIGH_BYTES
+        }
     }
 
     /// Nothing more to hand out until something new is produced.
@@ -402,6 +418,7 @@ fn merge(
         let Some(key) = earliest else { break };
         let state = partitions.get_mut(&key).expect("found above");
         let (time, entry) = state.queue.pop_front().expect("found above");
+        state.queued_bytes = state.queued_bytes.saturating_sub(entry.raw.len());
         if let Ok(next) = entry.position.value.parse::<i64>() {
             uncommitted.insert(key, next);
         }
@@ -440,6 +457,37 @@ fn watermark(partitions: &BTreeMap<Partition, PartitionState>) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
+/// What is kept of a message: a copy, but of an oversized payload only its
+/// first bytes (librdkafka frees the message; one too large must not be
+/// copied whole into the queue).
+struct Polled {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    oversized: Option<Oversized>,
+}
+
+impl Polled {
+    fn copy(m: &impl Message, limit: usize) -> Polled {
+        let payload = m.payload().unwrap_or_default();
+        let oversized = Oversized::check(payload.len() as u64, limit);
+        let kept = match oversized {
+            Some(_) => crate::bounded::prefix(payload, OVERSIZED_PREFIX),
+            None => payload,
+        };
+        Polled {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: kept.to_vec(),
+            oversized,
+        }
+    }
+}
+
 /// Only the event time, to merge partitions by it.
 #[derive(Deserialize)]
 struct EventTime {
@@ -466,6 +514,8 @@ pub struct KafkaSource {
     created: Instant,
     /// Times the watchdog recreated the consumer.
     pub recoveries: u64,
+    /// `source.max_event_bytes`: a larger message is only dead-lettered.
+    limit: usize,
 }
 
 /// The librdkafka settings shared by the consumer and the dead-letter
@@ -482,9 +532,12 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 impl KafkaSource {
+    /// A message over `max_event_bytes` is handed out as
+    /// [`Entry::oversized`], its first bytes only.
     pub fn new(
         config: &KafkaConfig,
         batch_wait: Duration,
+        max_event_bytes: usize,
         positions: PositionLookup,
     ) -> Result<KafkaSource, KafkaError> {
         let mut client = client_config(config);
@@ -512,6 +565,7 @@ impl KafkaSource {
             uncommitted: BTreeMap::new(),
             created: now,
             recoveries: 0,
+            limit: max_event_bytes,
         })
     }
 
@@ -653,11 +707,7 @@ impl KafkaSource {
     /// one partition racing ahead cannot fill the memory.
     fn flow_control(&mut self) {
         for ((topic, partition), state) in self.partitions.iter_mut() {
-            let want_paused = if state.paused {
-                state.queue.len() > QUEUE_HIGH / 2
-            } else {
-                state.queue.len() >= QUEUE_HIGH
-            };
+            let want_paused = state.wants_pause();
             if want_paused == state.paused {
                 continue;
             }
@@ -677,14 +727,16 @@ impl KafkaSource {
     }
 
     /// Queues a message read from a partition we own.
-    fn enqueue(
-        &mut self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) {
+    fn enqueue(&mut self, message: Polled) {
+        let Polled {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+            oversized,
+        } = message;
+        let topic = topic.as_str();
         let position = Position {
             key: position_key(&self.config.group_id, topic, partition),
             value: (offset + 1).to_string(),
@@ -705,17 +757,23 @@ impl KafkaSource {
             }
             Read::Again => return,
         }
-        let time = serde_json::from_slice::<EventTime>(payload)
-            .ok()
+        // An oversized event has no time: it sorts first, to the dead
+        // letters.
+        let time = oversized
+            .is_none()
+            .then(|| serde_json::from_slice::<EventTime>(&payload).ok())
+            .flatten()
             .and_then(|e| e.occurred_at)
             .and_then(|at| at.parse::<Timestamp>().ok());
+        state.queued_bytes += payload.len();
         state.queue.push_back((
             time,
             Entry {
-                raw: payload.to_vec(),
-                key: key.map(<[u8]>::to_vec),
+                raw: payload,
+                key,
                 coordinates: json!({"topic": topic, "partition": partition, "offset": offset}),
                 position,
+                oversized,
             },
         ));
     }
@@ -732,13 +790,7 @@ impl Source for KafkaSource {
             let wait = deadline.saturating_duration_since(Instant::now());
             let polled = match self.consumer.poll(wait) {
                 None => None,
-                Some(Ok(m)) => Some((
-                    m.topic().to_owned(),
-                    m.partition(),
-                    m.offset(),
-                    m.key().map(<[u8]>::to_vec),
-                    m.payload().unwrap_or_default().to_vec(),
-                )),
+                Some(Ok(m)) => Some(Polled::copy(&m, self.limit)),
                 Some(Err(KafkaError::PartitionEOF(_))) => None,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "Kafka consumer error.");
@@ -746,11 +798,15 @@ impl Source for KafkaSource {
                 }
             };
             self.apply_rebalances();
-            if let Some((topic, partition, offset, key, payload)) = polled {
-                self.enqueue(&topic, partition, offset, key.as_deref(), &payload);
+            if let Some(message) = polled {
+                self.enqueue(message);
             }
             let queued: usize = self.partitions.values().map(|s| s.queue.len()).sum();
-            if Instant::now() >= deadline || queued >= max.saturating_mul(2) {
+            let bytes: usize = self.partitions.values().map(|s| s.queued_bytes).sum();
+            if Instant::now() >= deadline
+                || queued >= max.saturating_mul(2)
+                || bytes >= QUEUE_HIGH_BYTES
+            {
                 break;
             }
         }
@@ -848,6 +904,7 @@ mod tests {
                 key: position_key("g", "t", partition),
                 value: (offset + 1).to_string(),
             },
+            oversized: None,
         }
     }
 
@@ -920,7 +977,13 @@ mod tests {
             let mut config = crate::config::Config::embedded().source.kafka;
             config.brokers = "127.0.0.1:9".to_owned();
             config.stall_timeout = stall_timeout;
-            KafkaSource::new(&config, Duration::from_millis(10), Box::new(|_| None)).unwrap()
+            KafkaSource::new(
+                &config,
+                Duration::from_millis(10),
+                1 << 20,
+                Box::new(|_| None),
+            )
+            .unwrap()
         };
         assert_eq!(
             source(Duration::ZERO).stuck(),
@@ -970,6 +1033,29 @@ mod tests {
             owned(vec![Rebalance::Assigned(p(1), None), Rebalance::RevokedAll]),
             Vec::<Partition>::new()
         );
+    }
+
+    /// Large events fill the memory long before 5,000 of them are queued.
+    #[test]
+    fn a_partition_is_paused_by_the_bytes_queued_too() {
+        let mut s = state(Some(0), Some(100), &[("2026-11-20T12:00:00Z", 0)]);
+        s.queued_bytes = QUEUE_HIGH_BYTES;
+        assert!(s.wants_pause());
+        s.paused = true;
+        s.queued_bytes = QUEUE_HIGH_BYTES / 2 + 1;
+        assert!(s.wants_pause(), "resumed only once half drained");
+        s.queued_bytes = QUEUE_HIGH_BYTES / 2;
+        assert!(!s.wants_pause());
+
+        // What the merge hands out no longer counts.
+        let mut entry = entry(0, 0);
+        entry.raw = vec![b'x'; 1000];
+        let mut s = state(Some(1), Some(1), &[]);
+        s.queue.push_back((None, entry));
+        s.queued_bytes = 1000;
+        let mut p = BTreeMap::from([(("t".to_owned(), 0), s)]);
+        merge(&mut p, &mut BTreeMap::new(), 10);
+        assert_eq!(p[&("t".to_owned(), 0)].queued_bytes, 0);
     }
 
     #[test]

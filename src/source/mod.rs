@@ -9,7 +9,7 @@ mod dead_letter;
 mod file;
 pub mod kafka;
 
-pub use dead_letter::DeadLetters;
+pub use dead_letter::{DeadLetters, REASON_MAX_BYTES};
 pub use file::FileSource;
 pub use kafka::KafkaSource;
 
@@ -34,6 +34,40 @@ pub struct Entry {
     /// Which position this event advances (a file; a topic partition) and
     /// to what, once applied: the store commits it with the batch.
     pub position: Position,
+    /// Set when the event is over `source.max_event_bytes`: `raw` is then
+    /// only its first [`OVERSIZED_PREFIX`] bytes, kept for the dead letter.
+    /// The source never holds the whole of such an event, so one line or
+    /// message cannot take the worker's memory.
+    pub oversized: Option<Oversized>,
+}
+
+/// How much of an oversized event is kept: enough to tell what it was.
+pub const OVERSIZED_PREFIX: usize = 1024;
+
+/// An event too large to be read: its size, and the limit it is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Oversized {
+    /// The whole event's size in bytes (a line's without its line end).
+    pub bytes: u64,
+    pub limit: usize,
+}
+
+impl std::fmt::Display for Oversized {
+    /// The dead-letter reason.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "event of {} bytes is over source.max_event_bytes ({})",
+            self.bytes, self.limit
+        )
+    }
+}
+
+impl Oversized {
+    /// `Some` when an event of `bytes` is over `limit`.
+    pub fn check(bytes: u64, limit: usize) -> Option<Oversized> {
+        (bytes > limit as u64).then_some(Oversized { bytes, limit })
+    }
 }
 
 /// A source position as the store keeps it.
