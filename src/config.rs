@@ -811,6 +811,9 @@ fn describe(error: figment::Error) -> ConfigError {
                         expected_kind(expected)
                     )
                 }
+                Kind::InvalidLength(_, expected) => {
+                    format!("expected {}", expected_kind(expected))
+                }
                 Kind::UnknownField(_, known) => {
                     format!("unknown key; the keys here: {}", known.join(", "))
                 }
@@ -870,11 +873,12 @@ fn expected_kind(expected: &str) -> String {
         "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number (0 or more)",
         "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
         "f32" | "f64" => "a number",
-        e if e.starts_with("struct ") || e.starts_with("map") => "a table",
+        e if e.starts_with("struct ") || e == "a map" => "a table",
         e if e.starts_with("enum ") || e.starts_with("variant identifier") => {
-            "one of the names it takes"
+            "a string naming one of its values"
         }
-        e if e.starts_with("tuple") || e.starts_with("sequence") => "a list",
+        e if e.starts_with("a Decimal") => "an amount in quotes, like \"500.00\"",
+        e if e.starts_with("tuple") || e == "a sequence" => "a list",
         e if e.starts_with("field identifier") => "a known key",
         other => other,
     };
@@ -1724,9 +1728,14 @@ mod tests {
         );
         let e = err("[mailer]\nfrm = 1\n");
         assert!(e.contains("`mailer.frm`: unknown key"), "{e}");
+        let e = err("policy = []\n");
+        assert!(e.contains("`policy`: expected a table"), "{e}");
         for e in [
             err("[source]\nbatch_size = \"x\"\n"),
             err("shop = 3\n"),
+            err("policy = []\n"),
+            err("[segments]\nvip_spend = { EUR = [] }\n"),
+            err("[log]\nformat = 1\n"),
             err("[mailer]\nfrm = 1\n"),
             Config::load(None, [("AFTERCARE_WORKER_ID".to_owned(), "[1]".to_owned())])
                 .unwrap_err()
@@ -1740,6 +1749,9 @@ mod tests {
                 "untagged",
                 "alloc::",
                 "Scalar",
+                "Config",
+                "Decimal",
+                "LogFormat",
             ] {
                 assert!(!e.contains(internal), "{internal}: {e}");
             }

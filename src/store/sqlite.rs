@@ -197,14 +197,10 @@ fn private_file(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(failed(path)(e)),
     }
-    let mut name = path.as_os_str().to_owned();
-    let suffixes = ["", "-wal", "-shm"].map(|suffix| {
-        name.push(suffix);
-        let file = PathBuf::from(&name);
-        name = path.as_os_str().to_owned();
-        file
-    });
-    for file in suffixes {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
         let Ok(meta) = std::fs::metadata(&file) else {
             continue;
         };
