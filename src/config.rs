@@ -21,6 +21,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/aftercare.toml");
 /// A configuration that cannot be used. Always fatal (exit 64).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The TOML, or a value of the wrong type: where, and what is wrong.
     #[error("config: {0}")]
     Parse(String),
     #[error("config key `{key}`: {reason}")]
@@ -285,14 +286,117 @@ pub struct RetryConfig {
     pub max_wait: Duration,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// The keys of the HMAC that signs unsubscribe links. None configured: a
+/// random one is made once and kept in the store (shared by the workers
+/// using it). Configure them to keep them out of the store, to keep links
+/// valid across stores, and to rotate them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnsubscribeConfig {
-    /// Key of the HMAC that signs unsubscribe links. Unset: a random one is
-    /// made once and kept in the store (shared by the workers using it).
-    /// Set it when links must stay valid across stores.
+    /// Keys, newest first: links are signed with the first, and links
+    /// signed with any of them are accepted. Rotating is adding a key in
+    /// front, then removing the old one once its links may go.
+    #[serde(default, deserialize_with = "lenient::string_list")]
+    pub secrets: Vec<String>,
+    /// A file of keys, one a line, newest first: `secrets` kept out of the
+    /// config (a systemd credential, a mounted Kubernetes Secret).
+    pub secrets_file: Option<PathBuf>,
+    /// One key: the only one, or the oldest after `secrets`.
     #[serde(default, deserialize_with = "lenient::opt_string")]
     pub secret: Option<String>,
+    /// With keys configured, also accept links signed with the key kept in
+    /// the store (if it has one: links sent before keys were configured).
+    /// `false` once those may go: whoever reads the store can sign with it.
+    pub accept_store_key: bool,
+}
+
+/// The least a key must have: more than a password would.
+const MIN_KEY_CHARS: usize = 16;
+/// Different characters a key must have at least: refuses `aaaa...` and
+/// `abab...`, which a random key of 16 characters is never.
+const MIN_KEY_DISTINCT: usize = 5;
+
+impl UnsubscribeConfig {
+    /// The configured keys, newest first. Reads `secrets_file`; refuses a
+    /// weak key or one listed twice, naming where it is set (never the key).
+    pub fn keys(&self) -> Result<Vec<String>, ConfigError> {
+        // (config key, where in it, the key)
+        let mut keys: Vec<(&str, String, String)> =
+            match (&self.secrets_file, self.secrets.is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid(
+                        "unsubscribe.secrets_file",
+                        "set either unsubscribe.secrets or unsubscribe.secrets_file, not both",
+                    ));
+                }
+                (Some(file), true) => {
+                    let text = std::fs::read_to_string(file).map_err(|e| {
+                        invalid(
+                            "unsubscribe.secrets_file",
+                            format!("{}: {e}", file.display()),
+                        )
+                    })?;
+                    let keys: Vec<_> = text
+                        .lines()
+                        .enumerate()
+                        .filter(|(_, line)| !line.trim().is_empty())
+                        .map(|(i, line)| {
+                            (
+                                "unsubscribe.secrets_file",
+                                format!("{}, line {}: ", file.display(), i + 1),
+                                line.trim_end_matches('\r').to_owned(),
+                            )
+                        })
+                        .collect();
+                    if keys.is_empty() {
+                        return Err(invalid(
+                            "unsubscribe.secrets_file",
+                            format!("{}: no key in it", file.display()),
+                        ));
+                    }
+                    keys
+                }
+                (None, _) => self
+                    .secrets
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| ("unsubscribe.secrets", format!("item {i}: "), k.clone()))
+                    .collect(),
+            };
+        keys.extend(
+            self.secret
+                .iter()
+                .map(|k| ("unsubscribe.secret", String::new(), k.clone())),
+        );
+        for (i, (name, place, key)) in keys.iter().enumerate() {
+            let chars: Vec<char> = key.chars().filter(|c| !c.is_whitespace()).collect();
+            if chars.len() < MIN_KEY_CHARS {
+                return Err(invalid(
+                    *name,
+                    format!(
+                        "{place}a key needs at least {MIN_KEY_CHARS} characters other than spaces"
+                    ),
+                ));
+            }
+            if chars.iter().collect::<BTreeSet<_>>().len() < MIN_KEY_DISTINCT {
+                return Err(invalid(
+                    *name,
+                    format!(
+                        "{place}too regular to be a key: use a random one (openssl rand -base64 32)"
+                    ),
+                ));
+            }
+            if let Some((earlier, earlier_place, _)) = keys[..i].iter().find(|(_, _, k)| k == key) {
+                return Err(invalid(
+                    *name,
+                    format!("{place}the same key as {earlier} {earlier_place}")
+                        .trim_end_matches([' ', ':'])
+                        .to_owned(),
+                ));
+            }
+        }
+        Ok(keys.into_iter().map(|(_, _, key)| key).collect())
+    }
 }
 
 /// When a marketing email may go out. Transactional emails are never held
@@ -692,6 +796,140 @@ fn num_text(n: &figment::value::Num) -> String {
     }
 }
 
+/// One `AFTERCARE_*` variable as a figment provider, named after the
+/// variable (figment would name a `(key, value)` pair by its Rust types).
+struct EnvVar {
+    name: String,
+    /// The config key, dotted.
+    path: String,
+    value: figment::value::Value,
+}
+
+impl figment::Provider for EnvVar {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(format!("environment variable {}", self.name))
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        figment::providers::Serialized::global(&self.path, &self.value).data()
+    }
+}
+
+/// A TOML syntax error as file, line, column and what is wrong: never the
+/// line itself, which may hold a secret (the TOML crate's own message
+/// quotes it).
+fn check_syntax(file: &Path, text: &str) -> Result<(), ConfigError> {
+    let Err(e) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let at = e.span().map_or(0, |span| span.start).min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let what = e.message().lines().collect::<Vec<_>>().join(", ");
+    Err(ConfigError::Parse(format!(
+        "{}, line {line}, column {column}: {what}",
+        file.display()
+    )))
+}
+
+/// figment's error, without its internals: the key as `a.b[0].c` (not
+/// `default.a.b.0.c`), where it was set (a file, a variable), and the
+/// value's expected kind in words rather than a Rust type.
+fn describe(error: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let messages: Vec<(String, String)> = error
+        .into_iter()
+        .map(|e| {
+            let what = match &e.kind {
+                Kind::InvalidType(actual, expected) => {
+                    format!(
+                        "invalid type: found {actual}, expected {}",
+                        expected_kind(expected)
+                    )
+                }
+                Kind::InvalidValue(actual, expected) => {
+                    format!(
+                        "invalid value {actual}, expected {}",
+                        expected_kind(expected)
+                    )
+                }
+                Kind::InvalidLength(_, expected) => {
+                    format!("expected {}", expected_kind(expected))
+                }
+                Kind::UnknownField(_, known) => {
+                    format!("unknown key; the keys here: {}", known.join(", "))
+                }
+                Kind::UnknownVariant(value, known) => {
+                    format!("unknown value `{value}`; one of: {}", known.join(", "))
+                }
+                Kind::Message(m) if m.contains("untagged enum") => "expected a string".to_owned(),
+                other => other.to_string(),
+            };
+            let place = match &e.metadata {
+                Some(md) => match &md.source {
+                    Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+                    _ if md.name.starts_with("environment variable") => {
+                        format!(" (in {})", md.name)
+                    }
+                    _ => String::new(),
+                },
+                None => String::new(),
+            };
+            let key = e.path.iter().fold(String::new(), |mut key, part| {
+                if part.parse::<usize>().is_ok() {
+                    key.push_str(&format!("[{part}]"));
+                } else {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push_str(part);
+                }
+                key
+            });
+            (key, format!("{what}{place}"))
+        })
+        .collect();
+    match <[_; 1]>::try_from(messages) {
+        Ok([(key, reason)]) if !key.is_empty() => ConfigError::Invalid { key, reason },
+        Ok(messages) => ConfigError::Parse(list(&messages)),
+        Err(messages) => ConfigError::Parse(list(&messages)),
+    }
+}
+
+/// Several errors, each with its key.
+fn list(messages: &[(String, String)]) -> String {
+    messages
+        .iter()
+        .map(|(key, reason)| match key.as_str() {
+            "" => reason.clone(),
+            key => format!("key `{key}`: {reason}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// serde's name of what it expected, in words: `usize` is "a whole number
+/// (0 or more)", `struct ShopConfig` "a table".
+fn expected_kind(expected: &str) -> String {
+    let plain = match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number (0 or more)",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        e if e.starts_with("struct ") || e == "a map" => "a table",
+        e if e.starts_with("enum ") || e.starts_with("variant identifier") => {
+            "a string naming one of its values"
+        }
+        e if e.starts_with("a Decimal") => "an amount in quotes, like \"500.00\"",
+        e if e.starts_with("tuple") || e == "a sequence" => "a list",
+        e if e.starts_with("field identifier") => "a known key",
+        other => other,
+    };
+    plain.to_owned()
+}
+
 /// Strings that an environment variable may spell as a number: every
 /// `AFTERCARE_*` value is parsed as TOML, so a numeric secret or group id
 /// would arrive as an integer.
@@ -728,6 +966,13 @@ mod lenient {
 
     pub fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         Ok(Option::<Scalar>::deserialize(d)?.map(String::from))
+    }
+
+    pub fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(Vec::<Scalar>::deserialize(d)?
+            .into_iter()
+            .map(String::from)
+            .collect())
     }
 
     pub fn string_map<'de, D: Deserializer<'de>>(
@@ -796,12 +1041,9 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(file) = file {
-            if !file.is_file() {
-                return Err(ConfigError::Parse(format!(
-                    "{}: no such file",
-                    file.display()
-                )));
-            }
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| ConfigError::Parse(format!("{}: {e}", file.display())))?;
+            check_syntax(file, &text)?;
             figment = figment.merge(Toml::file_exact(file));
         }
         for (key, value) in env {
@@ -819,11 +1061,13 @@ impl Config {
                 }
                 _ => parsed,
             };
-            figment = figment.merge((path, value));
+            figment = figment.merge(EnvVar {
+                name: key.clone(),
+                path,
+                value,
+            });
         }
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = figment.extract().map_err(describe)?;
         config.validate()?;
         Ok(config)
     }
@@ -876,22 +1120,10 @@ impl Config {
                 }
             }
         }
-        if self
-            .unsubscribe
-            .secret
-            .as_ref()
-            .is_some_and(|s| s.len() < 16)
-        {
-            return Err(invalid(
-                "unsubscribe.secret",
-                "must be at least 16 characters",
-            ));
-        }
-        if !self.shop.unsubscribe_url.starts_with("https://")
-            && !self.shop.unsubscribe_url.starts_with("http://")
-        {
-            return Err(invalid("shop.unsubscribe_url", "must be an http(s) URL"));
-        }
+        self.unsubscribe.keys()?;
+        check_unsubscribe_url(&self.shop.unsubscribe_url)
+            .map_err(|reason| invalid("shop.unsubscribe_url", reason))?;
+        self.check_durations()?;
         for (name, color) in self.shop.colors.each() {
             if !is_hex_color(color) {
                 return Err(invalid(
@@ -1211,6 +1443,121 @@ impl SmtpConfig {
     }
 }
 
+/// Why `shop.unsubscribe_url` cannot be the base of the links, if it
+/// cannot: the token is appended as a path segment, and the link goes into
+/// `List-Unsubscribe: <...>`, which mail clients post to only over HTTPS
+/// (RFC 8058).
+fn check_unsubscribe_url(base: &str) -> Result<(), String> {
+    if let Some(c) = base
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || "<>\"`{}|\\^".contains(*c))
+    {
+        return Err(format!(
+            "{c:?} cannot be in the link (percent-encode it, or leave it out)"
+        ));
+    }
+    let url = url::Url::parse(base).map_err(|e| format!("not a URL: {e}"))?;
+    if url.scheme() != "https" {
+        return Err("must be an https:// URL (RFC 8058 one-click needs HTTPS)".to_owned());
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".to_owned());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold a user name or password".to_owned());
+    }
+    if base.contains('?') || base.contains('#') {
+        return Err(
+            "must not have a query (?...) or fragment (#...): the token is appended to its path"
+                .to_owned(),
+        );
+    }
+    Ok(())
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+/// The longest delay, window or age a config may set: far beyond any use,
+/// and short enough that an event time (years 1970 to 2199) plus a few of
+/// them stays within what a timestamp holds.
+/// Ten years as durations count them (`10y`: 365.25 days a year).
+const MAX_SPAN: Duration = Duration::from_secs(315_576_000);
+/// The longest timeout or wait of the machinery (connections, batches,
+/// leases, retries): a day.
+const MAX_WAIT: Duration = DAY;
+
+impl Config {
+    /// Every configured duration within its bound (see [`MAX_SPAN`]).
+    fn check_durations(&self) -> Result<(), ConfigError> {
+        let k = &self.source.kafka;
+        let smtp = &self.mailer.smtp;
+        let sender = &self.sender;
+        let policy = &self.policy;
+        let mut spans: Vec<(String, Duration, Duration)> = [
+            ("shutdown_grace", self.shutdown_grace, MAX_WAIT),
+            ("source.batch_wait", self.source.batch_wait, MAX_WAIT),
+            ("source.kafka.stall_timeout", k.stall_timeout, MAX_WAIT),
+            ("mailer.smtp.timeout", smtp.timeout, MAX_WAIT),
+            (
+                "mailer.smtp.transaction_timeout",
+                smtp.transaction_timeout,
+                MAX_WAIT,
+            ),
+            ("sender.lease", sender.lease, MAX_WAIT),
+            ("sender.domains.defer", sender.domains.defer, MAX_WAIT),
+            ("sender.retry.first_wait", sender.retry.first_wait, MAX_WAIT),
+            ("sender.retry.max_wait", sender.retry.max_wait, MAX_WAIT),
+            ("sender.retry.max_age", sender.retry.max_age, MAX_SPAN),
+            ("policy.frequency_cap", policy.frequency_cap, MAX_SPAN),
+            ("policy.max_delay", policy.max_delay, MAX_SPAN),
+            ("policy.quiet_hours.jitter", policy.quiet_hours.jitter, DAY),
+            (
+                "policy.adaptive_win_back.min",
+                policy.adaptive_win_back.min,
+                MAX_SPAN,
+            ),
+            (
+                "policy.adaptive_win_back.max",
+                policy.adaptive_win_back.max,
+                MAX_SPAN,
+            ),
+            ("segments.window", self.segments.window, MAX_SPAN),
+            ("report.active_window", self.report.active_window, MAX_SPAN),
+            (
+                "report.attribution_window",
+                self.report.attribution_window,
+                MAX_SPAN,
+            ),
+        ]
+        .into_iter()
+        .map(|(key, value, max)| (key.to_owned(), value, max))
+        .collect();
+        for (i, rule) in self.journeys.iter().enumerate() {
+            spans.push((format!("journey[{i}].delay"), rule.delay, MAX_SPAN));
+            if let Some(max_delay) = rule.max_delay {
+                spans.push((format!("journey[{i}].max_delay"), max_delay, MAX_SPAN));
+            }
+            for (segment, delay) in &rule.delay_by_segment {
+                spans.push((
+                    format!("journey[{i}].delay_by_segment.{}", segment.as_str()),
+                    *delay,
+                    MAX_SPAN,
+                ));
+            }
+        }
+        match spans.into_iter().find(|(_, value, max)| value > max) {
+            Some((key, value, max)) => Err(invalid(
+                key,
+                format!(
+                    "{} is longer than the most it may be, {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(max)
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 fn is_template_id(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -1426,6 +1773,266 @@ mod tests {
         let err = http("request_timeout = \"2h\"").unwrap_err();
         assert!(err.contains("http.request_timeout"), "{err}");
         assert!(http("header_timeout = \"500ms\"\nrequest_timeout = \"1s\"").is_ok());
+    }
+
+    #[test]
+    fn a_toml_syntax_error_gives_file_line_and_column_but_not_the_line() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"[shop]\nname = \"x\"\n[unsubscribe]\nsecret = \"hunter2-hunter2-hunter2\n")
+            .unwrap();
+        let err = Config::load(Some(f.path()), std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains("line 4, column 34"), "{err}");
+        assert!(err.contains("invalid basic string"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_and_the_kind_of_value_without_rust_types() {
+        let err = |toml: &str| load_str(toml).unwrap_err().to_string();
+        let e = err("[source]\nbatch_size = \"x\"\n");
+        assert!(e.starts_with("config key `source.batch_size`: "), "{e}");
+        assert!(e.contains("expected a whole number"), "{e}");
+        let e = err("shop = 3\n");
+        assert!(
+            e.contains("`shop`") && e.contains("expected a table"),
+            "{e}"
+        );
+        let e = err(
+            "[[journey]]\ntemplate = \"x\"\non = \"order.placed\"\nclass = \"marketing\"\nsegments = [\"foo\"]\n",
+        );
+        assert!(e.contains("`journey[0].segments[0]`"), "{e}");
+        assert!(
+            e.contains("unknown value `foo`; one of: vip, lapsed"),
+            "{e}"
+        );
+        let e = err("[mailer]\nfrm = 1\n");
+        assert!(e.contains("`mailer.frm`: unknown key"), "{e}");
+        let e = err("policy = []\n");
+        assert!(e.contains("`policy`: expected a table"), "{e}");
+        for e in [
+            err("[source]\nbatch_size = \"x\"\n"),
+            err("shop = 3\n"),
+            err("policy = []\n"),
+            err("[segments]\nvip_spend = { EUR = [] }\n"),
+            err("[log]\nformat = 1\n"),
+            err("[mailer]\nfrm = 1\n"),
+            Config::load(None, [("AFTERCARE_WORKER_ID".to_owned(), "[1]".to_owned())])
+                .unwrap_err()
+                .to_string(),
+        ] {
+            for internal in [
+                "usize",
+                "struct ",
+                "ShopConfig",
+                "default.",
+                "untagged",
+                "alloc::",
+                "Scalar",
+                "Config",
+                "Decimal",
+                "LogFormat",
+            ] {
+                assert!(!e.contains(internal), "{internal}: {e}");
+            }
+        }
+        let e = Config::load(
+            None,
+            [("AFTERCARE_SOURCE__BATCH_SIZE".to_owned(), "x".to_owned())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("source.batch_size")
+                && e.contains("environment variable AFTERCARE_SOURCE__BATCH_SIZE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_past_their_bound_are_refused() {
+        let err = |toml: &str| load_str(toml).unwrap_err().to_string();
+        let rule =
+            "[[journey]]\ntemplate = \"welcome\"\non = \"order.placed\"\nclass = \"marketing\"\n";
+        for (toml, key) in [
+            (
+                "[policy]\nfrequency_cap = \"1000000y\"\n",
+                "policy.frequency_cap",
+            ),
+            ("[policy]\nmax_delay = \"11y\"\n", "policy.max_delay"),
+            (
+                "[policy.quiet_hours]\njitter = \"2d\"\n",
+                "policy.quiet_hours.jitter",
+            ),
+            (
+                "[policy.adaptive_win_back]\nmax = \"1000000y\"\n",
+                "policy.adaptive_win_back.max",
+            ),
+            ("[segments]\nwindow = \"1000000y\"\n", "segments.window"),
+            (
+                "[report]\nactive_window = \"1000000y\"\n",
+                "report.active_window",
+            ),
+            (
+                "[report]\nattribution_window = \"1000000y\"\n",
+                "report.attribution_window",
+            ),
+            (
+                "[sender.retry]\nmax_age = \"1000000y\"\n",
+                "sender.retry.max_age",
+            ),
+            (
+                "[sender.retry]\nmax_wait = \"2d\"\n",
+                "sender.retry.max_wait",
+            ),
+            (
+                "[source.kafka]\nstall_timeout = \"500000000000y\"\n",
+                "source.kafka.stall_timeout",
+            ),
+            ("shutdown_grace = \"1000000y\"\n", "shutdown_grace"),
+            (&format!("{rule}delay = \"1000000y\"\n"), "journey[0].delay"),
+            (
+                &format!("{rule}max_delay = \"1000000y\"\n"),
+                "journey[0].max_delay",
+            ),
+            (
+                &format!("{rule}delay_by_segment = {{ vip = \"1000000y\" }}\n"),
+                "journey[0].delay_by_segment.vip",
+            ),
+        ] {
+            let e = err(toml);
+            assert!(e.contains(&format!("`{key}`")), "{toml}: {e}");
+        }
+        // The bounds themselves are allowed.
+        let ok = load_str(&format!(
+            "[policy]\nfrequency_cap = \"10y\"\nmax_delay = \"10y\"\n\
+             [policy.quiet_hours]\njitter = \"1d\"\n{rule}delay = \"10y\"\n"
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn the_unsubscribe_url_must_take_a_token_over_https() {
+        let url = |u: &str| load_str(&format!("[shop]\nunsubscribe_url = \"{u}\"\n"));
+        assert!(url("https://shop.example.com/unsubscribe").is_ok());
+        assert!(url("https://shop.example.com:8443/u/").is_ok());
+        for bad in [
+            "http://shop.example.com/unsubscribe",
+            "http://127.0.0.1:8080/unsubscribe",
+            "https://shop.example.com/unsubscribe?from=email",
+            "https://shop.example.com/unsubscribe?",
+            "https://shop.example.com/unsubscribe#top",
+            "https://shop.example.com/<unsubscribe>",
+            "https://shop.example.com/un subscribe",
+            "https://user:pw@shop.example.com/unsubscribe",
+            "mailto:unsubscribe@shop.example.com",
+            "shop.example.com/unsubscribe",
+        ] {
+            let e = url(bad).unwrap_err().to_string();
+            assert!(e.contains("shop.unsubscribe_url"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_unsubscribe_key_needs_real_entropy() {
+        let secret = |s: &str| load_str(&format!("[unsubscribe]\nsecret = \"{s}\"\n"));
+        for weak in [
+            "                ",
+            "short-key",
+            "aaaaaaaaaaaaaaaaaaaaaaaa",
+            "abababababababababab",
+            " a b c d e f g h i j k l m n o ",
+        ] {
+            let e = secret(weak).unwrap_err().to_string();
+            assert!(e.contains("`unsubscribe.secret`"), "{weak:?}: {e}");
+            assert!(
+                weak.trim().is_empty() || !e.contains(weak.trim()),
+                "the key is never shown: {e}"
+            );
+        }
+        assert!(secret("Zq3vN8kP2xW7mR4t").is_ok());
+        let e = load_str("[unsubscribe]\nsecrets = [\"Zq3vN8kP2xW7mR4t\", \"                \"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`unsubscribe.secrets`: item 1"), "{e}");
+    }
+
+    #[test]
+    fn unsubscribe_keys_come_newest_first_from_the_list_or_the_file_then_the_single_key() {
+        let config = load_str(
+            "[unsubscribe]\nsecrets = [\"the-newest-key-0001\", \"the-older-key-0002\"]\n\
+             secret = \"the-oldest-key-0003\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.unsubscribe.keys().unwrap(),
+            [
+                "the-newest-key-0001",
+                "the-older-key-0002",
+                "the-oldest-key-0003"
+            ]
+        );
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"the-newest-key-0001\r\n\nthe-older-key-0002\n")
+            .unwrap();
+        let with_file = format!(
+            "[unsubscribe]\nsecrets_file = {:?}\nsecret = \"the-oldest-key-0003\"\n",
+            file.path()
+        );
+        assert_eq!(
+            load_str(&with_file).unwrap().unsubscribe.keys().unwrap(),
+            [
+                "the-newest-key-0001",
+                "the-older-key-0002",
+                "the-oldest-key-0003"
+            ]
+        );
+        // Both a list and a file, a key twice, a weak line, a missing file.
+        let e = load_str(&format!("{with_file}secrets = [\"the-newest-key-0001\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsubscribe.secrets_file"), "{e}");
+        let e = load_str("[unsubscribe]\nsecrets = [\"the-newest-key-0001\"]\nsecret = \"the-newest-key-0001\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`unsubscribe.secret`: the same key as unsubscribe.secrets item 0"),
+            "{e}"
+        );
+        let mut weak = tempfile::NamedTempFile::new().unwrap();
+        weak.write_all(b"the-newest-key-0001\nxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n")
+            .unwrap();
+        let e = load_str(&format!(
+            "[unsubscribe]\nsecrets_file = {:?}\n",
+            weak.path()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("`unsubscribe.secrets_file`") && e.contains("line 2"),
+            "{e}"
+        );
+        assert!(!e.contains("xxxx"), "{e}");
+        let e = load_str("[unsubscribe]\nsecrets_file = \"/no/such/keys\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/no/such/keys"), "{e}");
+        // From the environment, as a TOML list.
+        let config = Config::load(
+            None,
+            [(
+                "AFTERCARE_UNSUBSCRIBE__SECRETS".to_owned(),
+                r#"["the-newest-key-0001", "12345678901234567890"]"#.to_owned(),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            config.unsubscribe.keys().unwrap(),
+            ["the-newest-key-0001", "12345678901234567890"]
+        );
     }
 
     #[test]

@@ -236,12 +236,24 @@ fn templates(config: &Config) -> Result<Templates, Failure> {
     check::load(config).map_err(|e| fail(EX_USAGE, anyhow::anyhow!("templates:\n{e}")))
 }
 
-/// What signs unsubscribe links: the configured secret, or the store's.
+/// What signs unsubscribe links: the newest configured key, accepting the
+/// older ones and (unless told not to) the store's, so that links already
+/// sent keep working; with no key configured, the store's (made once).
 fn signer<S: Store>(config: &Config, store: &mut S) -> Result<Signer, Failure> {
-    Ok(match &config.unsubscribe.secret {
-        Some(secret) => Signer::new(secret.as_bytes()),
+    let keys = config.unsubscribe.keys().map_err(|e| fail(EX_USAGE, e))?;
+    let signer = match keys.split_first() {
         None => Signer::new(&store.secret("unsubscribe")?),
-    })
+        Some((newest, older)) => {
+            let signer = older.iter().fold(Signer::new(newest.as_bytes()), |s, key| {
+                s.accepting(key.as_bytes())
+            });
+            match store.stored_secret("unsubscribe")? {
+                Some(stored) if config.unsubscribe.accept_store_key => signer.accepting(&stored),
+                _ => signer,
+            }
+        }
+    };
+    Ok(signer)
 }
 
 fn pipeline<S: Store>(
@@ -482,6 +494,11 @@ async fn run_with<S: Store>(
     // One signing key and one more handle on the store for the HTTP server,
     // taken before the store moves into the pipeline.
     let signer = signer(&config, &mut store)?;
+    tracing::info!(
+        key_id = signer.key_id(),
+        accepted_keys = signer.accepted(),
+        "Signing unsubscribe links."
+    );
     let http_store = match config.http.listen {
         Some(_) => Some(store.reopen()?),
         None => None,

@@ -16,8 +16,12 @@ pub struct EmlMailer {
 }
 
 impl EmlMailer {
+    /// Makes the folder (and its missing parents) private to the owner
+    /// (0700), whatever the umask: emails hold addresses and orders. An
+    /// existing folder is left as it is.
     pub fn new(dir: &Path) -> std::io::Result<EmlMailer> {
-        std::fs::create_dir_all(dir)?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)?;
         Ok(EmlMailer {
             dir: dir.to_owned(),
         })
@@ -47,10 +51,29 @@ impl Mailer for EmlMailer {
         }
         let tmp = path.with_extension("eml.tmp");
         let io = |e: std::io::Error| MailError::Transient(format!("{}: {e}", path.display()));
-        tokio::fs::write(&tmp, email.message.formatted())
+        write_private(&tmp, &email.message.formatted())
             .await
             .map_err(io)?;
         tokio::fs::rename(&tmp, &path).await.map_err(io)?;
         Ok(format!("written to {}", path.display()))
     }
+}
+
+/// Writes `bytes` to a file only its owner can read (0600), whatever the
+/// umask; a file left there by a crash is truncated and made 0600 too.
+async fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncWriteExt;
+
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .await?;
+    file.write_all(bytes).await?;
+    file.flush().await
 }

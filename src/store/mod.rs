@@ -28,9 +28,9 @@ pub use sqlite::SqliteStore;
 /// not committed, so nothing is lost by stopping.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
+    #[error("sqlite: {}", sqlite_reason(.0))]
     Sqlite(#[from] rusqlite::Error),
-    #[error("migrating the store schema: {0}")]
+    #[error("migrating the store schema: {}", describe_migration(.0))]
     Migration(#[from] rusqlite_migration::Error),
     #[error("journey of customer `{customer}` cannot be read: {error}")]
     Corrupt {
@@ -41,11 +41,18 @@ pub enum StoreError {
     Random(String),
     #[error("opening the store at {path}: {error}")]
     Open { path: String, error: std::io::Error },
+    /// A failure opening or migrating the SQLite file at `path`: SQLite's
+    /// own message ("unable to open database file") does not name it.
+    #[error("store {path}: {error}")]
+    At {
+        path: String,
+        error: Box<StoreError>,
+    },
     /// Its text holds the error's causes (not a `source`: printed with
     /// its chain, they would show twice).
     #[error("postgres: {}", postgres::describe(.0))]
     Postgres(::postgres::Error),
-    #[error("migrating the postgres schema: {0}")]
+    #[error("migrating the postgres schema: {}", postgres::describe_migration(.0))]
     PostgresMigration(#[from] refinery::Error),
     /// The connection cannot take the call: it is closed mid-transaction,
     /// or the transaction already failed.
@@ -84,8 +91,26 @@ impl StoreError {
             ),
             Self::Postgres(e) => postgres::is_transient(e),
             Self::PostgresSession(_) => true,
+            Self::At { error, .. } => error.is_transient(),
             _ => false,
         }
+    }
+}
+
+/// SQLite's reason a migration failed, without the migration's SQL that
+/// the crate's message quotes whole.
+fn describe_migration(error: &rusqlite_migration::Error) -> String {
+    match error {
+        rusqlite_migration::Error::RusqliteError { err, .. } => sqlite_reason(err),
+        other => other.to_string(),
+    }
+}
+
+/// SQLite's reason, without the statement it was given (our own SQL).
+fn sqlite_reason(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -273,6 +298,9 @@ pub trait Store: Send + 'static {
     /// A random secret by name, made on first use and the same for every
     /// worker sharing the store.
     fn secret(&mut self, name: &str) -> Result<Vec<u8>>;
+    /// The secret by name if one was made, without making it: a key that
+    /// signed nothing must not be accepted.
+    fn stored_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>>;
     /// Records that the customer unsubscribed from marketing emails; from
     /// the commit on, none is sent to them, queued ones included (they are
     /// checked again when due). `false`: no such customer.

@@ -249,8 +249,21 @@ fn split_params(url: &str) -> (String, Split) {
 /// A postgres error with its causes: the crate's own text names only the
 /// kind ("db error", "error connecting to server").
 pub(super) fn describe(error: &postgres::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    with_causes(error.to_string(), std::error::Error::source(error))
+}
+
+/// A failed migration with its cause: refinery's own text names the
+/// migration and the crate's kind of error ("db error") only.
+pub(super) fn describe_migration(error: &refinery::Error) -> String {
+    let text = match error.kind() {
+        refinery::error::Kind::Connection(what, _) => what.clone(),
+        _ => error.to_string(),
+    };
+    with_causes(text, std::error::Error::source(error))
+}
+
+/// `text: cause: its cause...`, each said once.
+fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
     while let Some(cause) = source {
         // Some of the crate's errors already print their cause.
         let cause_text = cause.to_string();
@@ -712,6 +725,14 @@ impl Store for PostgresStore {
             let row = s.query("SELECT value FROM meta WHERE key = $1", &[&key])?;
             let value = row.first().map(|r| r.try_get(0)).transpose()?;
             value.ok_or_else(|| StoreError::PostgresSession(format!("secret `{key}` vanished")))
+        })
+    }
+
+    fn stored_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = format!("secret:{name}");
+        self.conn.call(move |s| {
+            let row = s.query("SELECT value FROM meta WHERE key = $1", &[&key])?;
+            Ok(row.first().map(|r| r.try_get(0)).transpose()?)
         })
     }
 
@@ -1864,6 +1885,37 @@ mod tests {
                 drop(s);
             });
         }
+    }
+
+    #[test]
+    fn a_failed_migration_says_why() {
+        let h = PostgresHarness::new();
+        let schema = &h.schema;
+        let role = format!("{schema}_no_create");
+        let mut admin = super::super::suite::postgres_config()
+            .connect(postgres::NoTls)
+            .unwrap();
+        // A role that may use the schema but not create tables in it.
+        admin
+            .batch_execute(&format!(
+                "CREATE SCHEMA {schema}; CREATE ROLE {role} LOGIN; \
+                 GRANT USAGE ON SCHEMA {schema} TO {role};"
+            ))
+            .unwrap();
+        let mut config = super::super::suite::postgres_config();
+        config.user(&role);
+        let outcome = PostgresStore::with_config(config, Some(schema));
+        admin
+            .batch_execute(&format!(
+                "DROP SCHEMA {schema} CASCADE; DROP OWNED BY {role}; DROP ROLE {role};"
+            ))
+            .unwrap();
+        let err = outcome.err().expect("the migration fails").to_string();
+        assert!(err.starts_with("migrating the postgres schema: "), "{err}");
+        assert!(
+            err.contains(&format!("permission denied for schema {schema}")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -110,17 +110,16 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path`, migrated to the
     /// current schema.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|error| StoreError::Open {
-                path: dir.display().to_string(),
-                error,
-            })?;
-        }
+        private_file(path)?;
+        let at = |error: StoreError| StoreError::At {
+            path: path.display().to_string(),
+            error: Box::new(error),
+        };
         let mut store = SqliteStore {
-            conn: Self::connect(path)?,
+            conn: Self::connect(path).map_err(at)?,
             path: Some(path.to_owned()),
         };
-        migrate(&mut store.conn)?;
+        migrate(&mut store.conn).map_err(at)?;
         Ok(store)
     }
 
@@ -167,6 +166,67 @@ impl SqliteStore {
 /// `CREATE TABLE`. Its transactions start `IMMEDIATE` here, so the second
 /// waits for the first to commit; an attempt that fails after the version
 /// moved under it is read again, and finds nothing left to do.
+/// Makes the store's folders (0700) and file (0600) before SQLite opens
+/// it, whatever the umask: the file holds customers' addresses and orders,
+/// and the unsubscribe key when none is configured. SQLite gives the `-wal`
+/// and `-shm` files it makes the mode of the database file. A store that
+/// others may read (made by an earlier version, or by hand) is tightened,
+/// with its `-wal` and `-shm`; the folders of an existing file are left as
+/// they are.
+fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+
+    let failed = |at: &Path| {
+        let at = at.display().to_string();
+        move |error| StoreError::Open { path: at, error }
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(failed(dir))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(failed(path)(e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 == 0 || !meta.is_file() {
+            continue;
+        }
+        let private = mode & 0o700;
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(private)) {
+            Ok(()) => tracing::info!(
+                path = %file.display(),
+                from = %format!("{mode:o}"),
+                to = %format!("{private:o}"),
+                "Made the store file private to its owner."
+            ),
+            Err(error) => tracing::warn!(
+                path = %file.display(),
+                mode = %format!("{mode:o}"),
+                %error,
+                "Others may read the store file, and its mode cannot be changed."
+            ),
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection) -> Result<()> {
     let migrations = Migrations::from_slice(MIGRATIONS);
     conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
@@ -301,6 +361,17 @@ impl Store for SqliteStore {
         )?)
     }
 
+    fn stored_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [format!("secret:{name}")],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     fn release(&mut self, ids: &[i64]) -> Result<()> {
         let ids = serde_json::to_string(ids).unwrap_or_default();
         self.conn.execute(
@@ -428,7 +499,10 @@ impl Store for SqliteStore {
             });
         };
         Ok(SqliteStore {
-            conn: Self::connect(path)?,
+            conn: Self::connect(path).map_err(|error| StoreError::At {
+                path: path.display().to_string(),
+                error: Box::new(error),
+            })?,
             path: Some(path.clone()),
         })
     }

@@ -537,12 +537,19 @@ fn every_status_change_is_logged_in_order(h: &impl Harness) {
 
 fn a_secret_is_made_once_and_shared(h: &impl Harness) {
     let mut a = h.open();
+    assert_eq!(a.stored_secret("unsubscribe").unwrap(), None);
+    assert_eq!(
+        a.stored_secret("unsubscribe").unwrap(),
+        None,
+        "looking does not make one"
+    );
     let first = a.secret("unsubscribe").unwrap();
     assert_eq!(first.len(), 32);
     let mut b = a.reopen().unwrap();
     assert_eq!(b.secret("unsubscribe").unwrap(), first);
     assert_ne!(b.secret("other").unwrap(), first);
     assert_eq!(h.open().secret("unsubscribe").unwrap(), first);
+    assert_eq!(b.stored_secret("unsubscribe").unwrap(), Some(first));
 }
 
 fn unsubscribing_marks_a_known_customer_only(h: &impl Harness) {
