@@ -1109,6 +1109,22 @@ mod tests {
         }
     }
 
+    /// The emails approved once `batch` is applied and the clock is at
+    /// its events' time.
+    fn applied_and_fired(p: &mut Pipeline<SqliteStore>, batch: &[Entry]) -> Vec<EmailRow> {
+        let mut approved = Vec::new();
+        p.ingest(
+            "test",
+            batch,
+            None,
+            &mut DeadLetters::discard(),
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        approved
+    }
+
     fn order(id: &str, customer: &str, order: &str, name: &str) -> serde_json::Value {
         json!({
             "event_id": id, "type": "order.placed", "occurred_at": "2026-01-01T10:00:00Z",
@@ -1122,20 +1138,13 @@ mod tests {
         // `customer/template/scope` made the same key of these two orders,
         // and the second confirmation was dropped as a duplicate.
         let mut p = pipeline();
-        let mut approved = Vec::new();
-        let batch = [
-            raw("1", order("e1", "a/order_confirmation/o", "1", "A")),
-            raw("2", order("e2", "a", "o/order_confirmation/1", "B")),
-        ];
-        p.ingest(
-            "test",
-            &batch,
-            None,
-            &mut DeadLetters::discard(),
-            &mut approved,
-        )
-        .unwrap();
-        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        let approved = applied_and_fired(
+            &mut p,
+            &[
+                raw("1", order("e1", "a/order_confirmation/o", "1", "A")),
+                raw("2", order("e2", "a", "o/order_confirmation/1", "B")),
+            ],
+        );
         let mut confirmations: Vec<(&str, &str)> = approved
             .iter()
             .filter(|e| e.template == "order_confirmation")
@@ -1180,23 +1189,16 @@ mod tests {
     #[test]
     fn an_email_whose_data_panics_ends_suppressed_and_the_others_go() {
         let mut p = pipeline();
-        let mut approved = Vec::new();
-        let batch = [
-            raw(
-                "1",
-                order("e1", "c-1", "o-1", crate::journey::PANIC_FOR_TESTS),
-            ),
-            raw("2", order("e2", "c-2", "o-2", "Ben")),
-        ];
-        p.ingest(
-            "test",
-            &batch,
-            None,
-            &mut DeadLetters::discard(),
-            &mut approved,
-        )
-        .unwrap();
-        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        let approved = applied_and_fired(
+            &mut p,
+            &[
+                raw(
+                    "1",
+                    order("e1", "c-1", "o-1", crate::journey::PANIC_FOR_TESTS),
+                ),
+                raw("2", order("e2", "c-2", "o-2", "Ben")),
+            ],
+        );
         let keys: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["c-2/order_confirmation/o-2"]);
         let (status, reason) = status_of(&mut p, "c-1/order_confirmation/o-1").unwrap();

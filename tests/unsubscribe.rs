@@ -237,12 +237,7 @@ fn post(port: u16, path: &str, content_type: &str, body: &[u8]) -> (u16, String)
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+    (common::status_of(&response), response)
 }
 
 const FORM: &str = "application/x-www-form-urlencoded";

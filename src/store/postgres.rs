@@ -1522,17 +1522,7 @@ mod tests {
             .set_target(refinery::Target::Version(1))
             .run(&mut client)
             .unwrap();
-        let rows = [
-            ("c-1/order_confirmation/o-1", "c-1", "order_confirmation"),
-            (
-                "a/order_confirmation/o/order_confirmation/1",
-                "a/order_confirmation/o",
-                "order_confirmation",
-            ),
-            ("c-%/welcome/o%1", "c-%", "welcome"),
-            ("k", "c-4", "welcome"),
-        ];
-        for (key, customer, template) in rows {
+        for (key, customer, template) in super::super::suite::LEGACY_KEYS {
             client
                 .execute(
                     "INSERT INTO emails (key, customer_id, template, class, due_at, fire_at, status, data)
@@ -1549,16 +1539,10 @@ mod tests {
             .unwrap();
         drop(client);
         let mut s = h.open();
-        let keys: BTreeSet<String> = s.email_statuses().into_iter().map(|e| e.0).collect();
-        let want: BTreeSet<String> = [
-            "c-1/order_confirmation/o-1",
-            "a%2Forder_confirmation%2Fo/order_confirmation/1",
-            "c-%25/welcome/o%251",
-            "k",
-        ]
-        .map(String::from)
-        .into();
-        assert_eq!(keys, want);
+        let mut keys: Vec<String> = s.email_statuses().into_iter().map(|e| e.0).collect();
+        // In byte order, whatever the database's collation.
+        keys.sort();
+        assert_eq!(keys, super::super::suite::migrated_keys());
         // An event applied before digests were kept reads as a redelivery.
         let mut tx = s.begin().unwrap();
         assert_eq!(tx.seen("e-1").unwrap().as_deref(), Some(""));

@@ -808,23 +808,6 @@ mod tests {
     fn keys_written_before_escaping_are_rewritten_as_the_journey_now_builds_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("aftercare.db");
-        let rows = [
-            // (key, customer, template): before and after the migration.
-            ("c-1/order_confirmation/o-1", "c-1", "order_confirmation"),
-            (
-                "a/order_confirmation/o/order_confirmation/1",
-                "a/order_confirmation/o",
-                "order_confirmation",
-            ),
-            ("c-%/welcome/o%1", "c-%", "welcome"),
-            (
-                "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
-                "c-2",
-                "shipping_delay",
-            ),
-            // A key of another shape (no worker wrote one): left alone.
-            ("k", "c-4", "welcome"),
-        ];
         {
             let mut conn = Connection::open(&path).unwrap();
             let before = MIGRATIONS
@@ -834,7 +817,7 @@ mod tests {
             Migrations::from_slice(MIGRATIONS)
                 .to_version(&mut conn, before)
                 .unwrap();
-            for (key, customer, template) in rows {
+            for (key, customer, template) in super::super::suite::LEGACY_KEYS {
                 conn.execute(
                     "INSERT INTO emails (key, customer_id, template, class, due_at, fire_at, status, data)
                      VALUES (?1, ?2, ?3, 'transactional', 0, 0, 'sent', '{}')",
@@ -845,15 +828,7 @@ mod tests {
         }
         let mut s = SqliteStore::open(&path).unwrap();
         let keys: Vec<String> = s.email_statuses().into_iter().map(|e| e.0).collect();
-        let mut want = vec![
-            "c-1/order_confirmation/o-1",
-            "a%2Forder_confirmation%2Fo/order_confirmation/1",
-            "c-%25/welcome/o%251",
-            "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
-            "k",
-        ];
-        want.sort();
-        assert_eq!(keys, want);
+        assert_eq!(keys, super::super::suite::migrated_keys());
         // What the journey builds for the order of the second row now.
         assert_eq!(
             crate::journey::key_part("a/order_confirmation/o", &[]),

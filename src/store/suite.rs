@@ -828,3 +828,38 @@ fn the_report_reads_every_journey_and_every_sent_email(h: &impl Harness) {
         "sent ones only, at their fire time, in time order"
     );
 }
+
+/// Emails as workers stored them before keys were escaped, `(key,
+/// customer, template)`, and the keys the migration makes of them: what
+/// the journey builds now, and a key of another shape (no worker wrote
+/// one) left alone.
+pub(super) const LEGACY_KEYS: [(&str, &str, &str); 5] = [
+    ("c-1/order_confirmation/o-1", "c-1", "order_confirmation"),
+    (
+        "a/order_confirmation/o/order_confirmation/1",
+        "a/order_confirmation/o",
+        "order_confirmation",
+    ),
+    ("c-%/welcome/o%1", "c-%", "welcome"),
+    (
+        "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
+        "c-2",
+        "shipping_delay",
+    ),
+    ("k", "c-4", "welcome"),
+];
+
+/// [`LEGACY_KEYS`] after the migration, sorted.
+pub(super) fn migrated_keys() -> Vec<String> {
+    let mut keys: Vec<String> = [
+        "c-1/order_confirmation/o-1",
+        "a%2Forder_confirmation%2Fo/order_confirmation/1",
+        "c-%25/welcome/o%251",
+        "c-2/shipping_delay/s-1@2026-01-01T00:00:00Z",
+        "k",
+    ]
+    .map(String::from)
+    .into();
+    keys.sort();
+    keys
+}

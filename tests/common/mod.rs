@@ -525,12 +525,16 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    let status = response
+    (status_of(&response), response)
+}
+
+/// The status code of an HTTP response (0 if there is none).
+pub fn status_of(response: &str) -> u16 {
+    response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+        .unwrap_or(0)
 }
 
 /// Starts a worker process, killed if the test fails while it runs.
