@@ -161,8 +161,9 @@ fn poison_events_among_kills_and_smtp_faults_are_dead_lettered_and_nothing_else_
 
 /// Events a shop's bug or an attacker could send: each once stopped the
 /// worker at every start, made one key of two emails, or forged a log line.
-/// `None`: a valid event (the key-collision pair) that must be delivered.
-fn poison(n: usize) -> (String, bool) {
+/// Each at `at`, and with whether it is invalid (the key-collision pair is
+/// valid, and must be delivered).
+fn poison(n: usize, at: &str) -> (String, bool) {
     let placed = |id: String, customer: &str, order: &str, total: &str, price: &str, at: &str| {
         serde_json::json!({
             "event_id": id, "type": "order.placed", "occurred_at": at,
@@ -172,7 +173,6 @@ fn poison(n: usize) -> (String, bool) {
         })
         .to_string()
     };
-    let at = "2026-01-01T10:00:00Z";
     let id = format!("poison-{n}");
     match n % 9 {
         0 => (
@@ -259,7 +259,9 @@ fn kills_and_smtp_faults(scenario: &str, poisoned: bool) {
     let mut poisoned_lines = std::collections::BTreeSet::new();
     for (i, line) in generated.lines().enumerate() {
         if poisoned && i % 20 == 10 {
-            let (event, invalid) = poison(i / 20);
+            // At the time of the events around it: a log in time order.
+            let at = line.find("\"occurred_at\":\"").unwrap() + 15;
+            let (event, invalid) = poison(i / 20, &line[at..at + 20]);
             lines.push(event);
             if invalid {
                 poisoned_lines.insert(lines.len() as u64);
