@@ -153,7 +153,10 @@ pub struct Order {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
-    pub sku: String,
+    /// An item has a SKU, a name, or both.
+    pub sku: Option<String>,
+    /// The name, or the SKU when the event gave no (valid) name: what an
+    /// email shows.
     pub name: String,
     pub quantity: u32,
     /// Absent on return items.
@@ -166,7 +169,34 @@ pub struct Shipment {
     pub carrier: Option<String>,
     pub tracking_number: Option<String>,
     pub tracking_url: Option<String>,
-    pub estimated_delivery: Option<Timestamp>,
+    pub estimated_delivery: Option<Eta>,
+}
+
+/// When a parcel is expected: a day (`2026-01-08`, as carriers and
+/// schema.org give it) or a moment. Templates show either as a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Eta {
+    Time(Timestamp),
+    Date(jiff::civil::Date),
+}
+
+impl std::fmt::Display for Eta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Eta::Time(t) => t.fmt(f),
+            Eta::Date(d) => d.fmt(f),
+        }
+    }
+}
+
+/// An optional field that was malformed and left out: the event was kept
+/// without it (and the field is logged and counted), since no journey
+/// needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub field: &'static str,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,26 +239,34 @@ use serde_json::Value;
 impl Event {
     /// Decodes and validates one raw event.
     pub fn decode(raw: &[u8]) -> Result<Event, InvalidEvent> {
+        Self::decode_noting(raw, &mut Vec::new())
+    }
+
+    /// [`Event::decode`], noting in `dropped` the malformed optional fields
+    /// left out (a tracking URL, an estimated delivery, a locale, a time
+    /// zone, an item's name): enrichment an email can go without, never
+    /// the reason it is lost.
+    pub fn decode_noting(raw: &[u8], dropped: &mut Vec<Dropped>) -> Result<Event, InvalidEvent> {
         let w: wire::Event = serde_json::from_slice(raw).map_err(InvalidEvent::json)?;
         let id = req_str(w.event_id.as_ref(), "event_id", Bound::Id)?;
         let type_name = req_str(w.kind.as_ref(), "type", Bound::Id)?;
         let occurred_at = req_time(w.occurred_at.as_ref(), "occurred_at")?;
-        let customer = customer(w.customer.as_ref())?;
+        let customer = customer(w.customer.as_ref(), dropped)?;
         let order = w.order.as_ref();
         let kind = match type_name.as_str() {
             "order.placed" => EventKind::OrderPlaced {
-                order: placed_order(order)?,
+                order: placed_order(order, dropped)?,
             },
             "order.cancelled" => EventKind::OrderCancelled {
                 order_id: order_id(order)?,
             },
             "shipment.dispatched" => EventKind::ShipmentDispatched {
                 order_id: order_id(order)?,
-                shipment: shipment(w.shipment.as_ref())?,
+                shipment: shipment(w.shipment.as_ref(), dropped)?,
             },
             "shipment.delayed" => EventKind::ShipmentDelayed {
                 order_id: order_id(order)?,
-                shipment: shipment(w.shipment.as_ref())?,
+                shipment: shipment(w.shipment.as_ref(), dropped)?,
             },
             "shipment.delivered" => EventKind::ShipmentDelivered {
                 order_id: order_id(order)?,
@@ -236,7 +274,7 @@ impl Event {
             },
             "return.requested" => EventKind::ReturnRequested {
                 order_id: order_id(order)?,
-                ret: ret(w.ret.as_ref())?,
+                ret: ret(w.ret.as_ref(), dropped)?,
             },
             "return.received" => EventKind::ReturnReceived {
                 order_id: order_id(order)?,
@@ -317,6 +355,14 @@ fn opt_str(
     let s = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => s,
+        // Shops' ids are often integers, some above 2^53 (Shopify's): read
+        // exactly, every digit kept.
+        Some(Value::Number(n)) if matches!(bound, Bound::Id) && (n.is_u64() || n.is_i64()) => {
+            return Ok(Some(n.to_string()));
+        }
+        Some(_) if matches!(bound, Bound::Id) => {
+            return Err(bad(name, "must be a string or an integer"));
+        }
         Some(_) => return Err(bad(name, "must be a string")),
     };
     if s.trim().is_empty() {
@@ -357,6 +403,26 @@ fn shown(s: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// A day (`2026-01-08`) or an RFC 3339 time, within the years of event
+/// times.
+fn eta(v: Option<&Value>) -> Result<Option<Eta>, InvalidEvent> {
+    const NAME: &str = "shipment.estimated_delivery";
+    let Some(s) = opt_str(v, NAME, Bound::Chars(64))? else {
+        return Ok(None);
+    };
+    if let Ok(day) = s.parse::<jiff::civil::Date>()
+        && !s.contains('T')
+    {
+        let first = jiff::civil::date(1970, 1, 1);
+        let end = jiff::civil::date(2200, 1, 1);
+        if !(first..end).contains(&day) {
+            return Err(bad(NAME, format!("{day} is not between 1970 and 2199")));
+        }
+        return Ok(Some(Eta::Date(day)));
+    }
+    Ok(opt_time(v, NAME)?.map(Eta::Time))
 }
 
 fn req_time(v: Option<&Value>, name: &'static str) -> Result<Timestamp, InvalidEvent> {
@@ -441,7 +507,26 @@ fn bad(field: &'static str, reason: impl Into<String>) -> InvalidEvent {
     }
 }
 
-fn customer(v: Option<&Value>) -> Result<CustomerPatch, InvalidEvent> {
+/// The value of an optional field, or `None` with a note in `dropped` when
+/// it is malformed.
+fn lenient<T>(value: Result<Option<T>, InvalidEvent>, dropped: &mut Vec<Dropped>) -> Option<T> {
+    match value {
+        Ok(value) => value,
+        Err(InvalidEvent::BadField { field, reason }) => {
+            dropped.push(Dropped { field, reason });
+            None
+        }
+        Err(other) => {
+            dropped.push(Dropped {
+                field: "?",
+                reason: other.to_string(),
+            });
+            None
+        }
+    }
+}
+
+fn customer(v: Option<&Value>, dropped: &mut Vec<Dropped>) -> Result<CustomerPatch, InvalidEvent> {
     let id = req_str(field(v, "id"), "customer.id", Bound::Id)?;
     let email = opt_str(field(v, "email"), "customer.email", SHORT)?
         .map(|e| address(&e))
@@ -455,8 +540,14 @@ fn customer(v: Option<&Value>) -> Result<CustomerPatch, InvalidEvent> {
         id,
         email,
         name: opt_str(field(v, "name"), "customer.name", SHORT)?,
-        locale: opt_str(field(v, "locale"), "customer.locale", Bound::Chars(35))?,
-        timezone: opt_str(field(v, "timezone"), "customer.timezone", Bound::Chars(64))?,
+        locale: lenient(
+            opt_str(field(v, "locale"), "customer.locale", Bound::Chars(35)),
+            dropped,
+        ),
+        timezone: lenient(
+            opt_str(field(v, "timezone"), "customer.timezone", Bound::Chars(64)),
+            dropped,
+        ),
         marketing_consent,
     })
 }
@@ -516,11 +607,11 @@ fn order_id(order: Option<&Value>) -> Result<String, InvalidEvent> {
     req_str(field(order, "id"), "order.id", Bound::Id)
 }
 
-fn placed_order(order: Option<&Value>) -> Result<Order, InvalidEvent> {
+fn placed_order(order: Option<&Value>, dropped: &mut Vec<Dropped>) -> Result<Order, InvalidEvent> {
     let id = order_id(order)?;
     let total = req_money(field(order, "total"), "order.total", Sign::NotNegative)?;
     let currency = currency(field(order, "currency"), "order.currency")?;
-    let items = items(field(order, "items"), "order.items", true)?;
+    let items = items(field(order, "items"), "order.items", true, dropped)?;
     Ok(Order {
         id,
         total,
@@ -529,7 +620,12 @@ fn placed_order(order: Option<&Value>) -> Result<Order, InvalidEvent> {
     })
 }
 
-fn items(v: Option<&Value>, name: &'static str, priced: bool) -> Result<Vec<Item>, InvalidEvent> {
+fn items(
+    v: Option<&Value>,
+    name: &'static str,
+    priced: bool,
+    dropped: &mut Vec<Dropped>,
+) -> Result<Vec<Item>, InvalidEvent> {
     let list = match v {
         None => return Ok(Vec::new()),
         Some(Value::Array(list)) => list,
@@ -565,9 +661,17 @@ fn items(v: Option<&Value>, name: &'static str, priced: bool) -> Result<Vec<Item
             if priced && unit_price.is_none() {
                 return Err(InvalidEvent::Missing("order.items[].unit_price"));
             }
+            let sku = opt_str(field(item, "sku"), "items[].sku", SHORT)?;
+            let name = match &sku {
+                // A name is enrichment where the SKU says what it is.
+                Some(sku) => lenient(opt_str(field(item, "name"), "items[].name", SHORT), dropped)
+                    .unwrap_or_else(|| sku.clone()),
+                None => opt_str(field(item, "name"), "items[].name", SHORT)?
+                    .ok_or(InvalidEvent::Missing("items[].sku` or `items[].name"))?,
+            };
             Ok(Item {
-                sku: req_str(field(item, "sku"), "items[].sku", SHORT)?,
-                name: req_str(field(item, "name"), "items[].name", SHORT)?,
+                sku,
+                name,
                 quantity,
                 unit_price,
             })
@@ -575,7 +679,7 @@ fn items(v: Option<&Value>, name: &'static str, priced: bool) -> Result<Vec<Item
         .collect()
 }
 
-fn shipment(v: Option<&Value>) -> Result<Shipment, InvalidEvent> {
+fn shipment(v: Option<&Value>, dropped: &mut Vec<Dropped>) -> Result<Shipment, InvalidEvent> {
     Ok(Shipment {
         id: req_str(field(v, "id"), "shipment.id", Bound::Id)?,
         carrier: opt_str(field(v, "carrier"), "shipment.carrier", SHORT)?,
@@ -584,19 +688,19 @@ fn shipment(v: Option<&Value>) -> Result<Shipment, InvalidEvent> {
             "shipment.tracking_number",
             SHORT,
         )?,
-        tracking_url: opt_str(field(v, "tracking_url"), "shipment.tracking_url", LONG)?,
-        estimated_delivery: opt_time(
-            field(v, "estimated_delivery"),
-            "shipment.estimated_delivery",
-        )?,
+        tracking_url: lenient(
+            opt_str(field(v, "tracking_url"), "shipment.tracking_url", LONG),
+            dropped,
+        ),
+        estimated_delivery: lenient(eta(field(v, "estimated_delivery")), dropped),
     })
 }
 
-fn ret(v: Option<&Value>) -> Result<Return, InvalidEvent> {
+fn ret(v: Option<&Value>, dropped: &mut Vec<Dropped>) -> Result<Return, InvalidEvent> {
     Ok(Return {
         id: req_str(field(v, "id"), "return.id", Bound::Id)?,
         reason: opt_str(field(v, "reason"), "return.reason", LONG)?,
-        items: items(field(v, "items"), "return.items", false)?,
+        items: items(field(v, "items"), "return.items", false, dropped)?,
     })
 }
 
@@ -611,6 +715,7 @@ fn refund(v: Option<&Value>) -> Result<Refund, InvalidEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const PLACED: &str = r#"{"event_id":"evt-1","type":"order.placed","occurred_at":"2026-11-20T12:00:00Z",
         "customer":{"id":"c-1","email":"anna@example.com","name":"Anna","locale":"hy","timezone":"Asia/Yerevan","marketing_consent":true},
@@ -803,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_refused_in_every_id_and_text() {
+    fn control_characters_are_refused_in_every_id_and_text_or_the_field_dropped() {
         // A CR/LF forges a log line, an ESC clears a terminal.
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (
@@ -819,19 +924,25 @@ mod tests {
                 with(|v| v["order"]["items"][0]["sku"] = "A\tB".into()),
                 "items[].sku",
             ),
-            (
-                with(|v| v["order"]["items"][0]["name"] = "Tea\u{7f}".into()),
-                "items[].name",
-            ),
             (with(|v| v["type"] = "order.placed\r\n".into()), "type"),
-            (
-                with(|v| v["customer"]["timezone"] = "UTC\u{85}".into()),
-                "customer.timezone",
-            ),
         ];
         for (raw, field) in cases {
             assert_eq!(refused_field(&raw), field);
         }
+        // Optional ones are left out instead, never kept.
+        let raw = with(|v| {
+            v["order"]["items"][0]["name"] = "Tea\u{7f}".into();
+            v["customer"]["timezone"] = "UTC\u{85}".into();
+        });
+        let mut dropped = Vec::new();
+        let e = Event::decode_noting(&raw, &mut dropped).unwrap();
+        let fields: Vec<&str> = dropped.iter().map(|d| d.field).collect();
+        assert_eq!(fields, ["customer.timezone", "items[].name"]);
+        assert_eq!(e.customer.timezone, None);
+        let EventKind::OrderPlaced { order } = e.kind else {
+            panic!("wrong kind")
+        };
+        assert_eq!(order.items[0].name, "TEA-01");
     }
 
     #[test]
@@ -845,8 +956,8 @@ mod tests {
                 "customer.name",
             ),
             (
-                with(|v| v["order"]["items"][0]["name"] = long.clone().into()),
-                "items[].name",
+                with(|v| v["order"]["items"][0]["sku"] = long.clone().into()),
+                "items[].sku",
             ),
             (
                 with(|v| v["order"]["total"] = long.clone().into()),
@@ -918,6 +1029,124 @@ mod tests {
                 "x".repeat(39)
             )
         );
+    }
+
+    #[test]
+    fn ids_may_be_integers_and_keep_every_digit() {
+        // Shopify's ids exceed 2^53: a float would lose the last digit.
+        let raw = with(|v| {
+            v["event_id"] = json!(9_007_199_254_740_993_u64);
+            v["customer"]["id"] = json!(7);
+            v["order"]["id"] = json!(-1);
+        });
+        let e = Event::decode(&raw).unwrap();
+        assert_eq!(e.id, "9007199254740993");
+        assert_eq!(e.customer.id, "7");
+        assert_eq!(e.kind.order_id(), "-1");
+        for junk in [json!(1.5), json!(true), json!([1])] {
+            let raw = with(|v| v["order"]["id"] = junk.clone());
+            assert_eq!(refused_field(&raw), "order.id", "{junk}");
+        }
+    }
+
+    fn shipped(shipment: Value) -> Vec<u8> {
+        json!({"event_id": "e", "type": "shipment.dispatched", "occurred_at": "2026-01-05T10:00:00Z",
+               "customer": {"id": "c", "locale": "x".repeat(40), "timezone": "Mars/Olympus\u{7}"},
+               "order": {"id": "o"}, "shipment": shipment})
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn an_estimated_delivery_is_a_day_or_a_moment() {
+        let eta = |value: &str| {
+            let raw = shipped(json!({"id": "s", "estimated_delivery": value}));
+            match Event::decode(&raw).unwrap().kind {
+                EventKind::ShipmentDispatched { shipment, .. } => shipment.estimated_delivery,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            eta("2026-01-08"),
+            Some(Eta::Date(jiff::civil::date(2026, 1, 8)))
+        );
+        assert_eq!(
+            eta("2026-01-08T12:00:00+02:00"),
+            Some(Eta::Time("2026-01-08T10:00:00Z".parse().unwrap()))
+        );
+        assert_eq!(eta("2026-01-08").unwrap().to_string(), "2026-01-08");
+        // Out of the years of event times, or no day at all: dropped.
+        assert_eq!(eta("9999-01-08"), None);
+        assert_eq!(eta("next week"), None);
+    }
+
+    #[test]
+    fn malformed_optional_fields_are_dropped_and_noted_and_the_event_kept() {
+        let raw = shipped(json!({
+            "id": "s", "carrier": "DHL",
+            "tracking_url": "https://t.example/1\r\nX: y",
+            "estimated_delivery": "soon",
+        }));
+        let mut dropped = Vec::new();
+        let e = Event::decode_noting(&raw, &mut dropped).unwrap();
+        let EventKind::ShipmentDispatched { shipment, .. } = e.kind else {
+            panic!("wrong kind")
+        };
+        assert_eq!(shipment.carrier.as_deref(), Some("DHL"));
+        assert_eq!(
+            (shipment.tracking_url, shipment.estimated_delivery),
+            (None, None)
+        );
+        assert_eq!((e.customer.locale, e.customer.timezone), (None, None));
+        let fields: Vec<&str> = dropped.iter().map(|d| d.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "customer.locale",
+                "customer.timezone",
+                "shipment.tracking_url",
+                "shipment.estimated_delivery"
+            ]
+        );
+        assert!(dropped.iter().all(|d| !d.reason.is_empty()));
+    }
+
+    #[test]
+    fn an_item_needs_a_sku_or_a_name_and_shows_the_sku_without_a_name() {
+        let returned = |items: Value| {
+            json!({"event_id": "e", "type": "return.requested", "occurred_at": "2026-01-05T10:00:00Z",
+                   "customer": {"id": "c"}, "order": {"id": "o"},
+                   "return": {"id": "r", "items": items}})
+            .to_string()
+            .into_bytes()
+        };
+        let mut dropped = Vec::new();
+        let raw = returned(json!([
+            {"sku": "TEA-01", "quantity": 2},
+            {"sku": "TEA-02", "name": "Tea\u{1b}[2J"},
+            {"name": "Cup"},
+        ]));
+        let e = Event::decode_noting(&raw, &mut dropped).unwrap();
+        let EventKind::ReturnRequested { ret, .. } = e.kind else {
+            panic!("wrong kind")
+        };
+        let items: Vec<(Option<&str>, &str, u32)> = ret
+            .items
+            .iter()
+            .map(|i| (i.sku.as_deref(), i.name.as_str(), i.quantity))
+            .collect();
+        assert_eq!(
+            items,
+            [
+                (Some("TEA-01"), "TEA-01", 2),
+                (Some("TEA-02"), "TEA-02", 1),
+                (None, "Cup", 1)
+            ]
+        );
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(dropped[0].field, "items[].name");
+        let err = Event::decode(&returned(json!([{"quantity": 1}]))).unwrap_err();
+        assert!(err.to_string().contains("items[].sku"), "{err}");
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub struct Observer {
     registry: Registry,
     events: Family<Labels, Counter>,
     invalid: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
     emails: Family<Labels, Counter>,
     smtp: Family<Labels, Counter>,
     send_seconds: Histogram,
@@ -103,6 +104,12 @@ impl Observer {
             "invalid_events",
             "Invalid events sent to the dead-letter topic or file, by source",
             invalid.clone(),
+        );
+        let dropped = Family::<Labels, Counter>::default();
+        registry.register(
+            "fields_dropped",
+            "Malformed optional fields left out of events that were applied, by field",
+            dropped.clone(),
         );
         let emails = Family::<Labels, Counter>::default();
         registry.register(
@@ -162,6 +169,7 @@ impl Observer {
             registry,
             events,
             invalid,
+            dropped,
             emails,
             smtp,
             send_seconds,
@@ -193,6 +201,13 @@ impl Observer {
     pub fn invalid_event(&self, source: &str) {
         self.invalid
             .get_or_create(&labels(&[("source", source)]))
+            .inc();
+    }
+
+    /// A malformed optional `field` was left out of an applied event.
+    pub fn field_dropped(&self, field: &str) {
+        self.dropped
+            .get_or_create(&labels(&[("field", field)]))
             .inc();
     }
 
@@ -396,6 +411,7 @@ mod tests {
         o.event("orders", "order.placed");
         o.event("orders", "order.placed");
         o.invalid_event("returns");
+        o.field_dropped("shipment.tracking_url");
         o.email("welcome", "sent");
         o.delivery("delivered", Duration::from_millis(12));
         o.reload(false);
@@ -409,6 +425,7 @@ mod tests {
         for line in [
             "aftercare_events_total{source=\"orders\",type=\"order.placed\"} 2",
             "aftercare_invalid_events_total{source=\"returns\"} 1",
+            "aftercare_fields_dropped_total{field=\"shipment.tracking_url\"} 1",
             "aftercare_emails_total{template=\"welcome\",status=\"sent\"} 1",
             "aftercare_smtp_outcomes_total{class=\"delivered\"} 1",
             "aftercare_send_duration_seconds_count 1",

@@ -190,9 +190,10 @@ impl<S: Store> Pipeline<S> {
         while let Some(entry) = entries.get(*i) {
             // An event over the size limit is not even parsed: the source
             // kept only its first bytes.
+            let mut dropped = Vec::new();
             let decoded = match entry.oversized {
                 Some(oversized) => Err(oversized.to_string()),
-                None => Event::decode(&entry.raw).map_err(|e| e.to_string()),
+                None => Event::decode_noting(&entry.raw, &mut dropped).map_err(|e| e.to_string()),
             };
             match decoded {
                 Err(invalid) => {
@@ -209,6 +210,12 @@ impl<S: Store> Pipeline<S> {
                     if self.next_fire.is_some_and(|t| t <= bound) {
                         fire_until = Some(bound);
                         break;
+                    }
+                    for d in &dropped {
+                        if let Some(o) = &self.observer {
+                            o.field_dropped(d.field);
+                        }
+                        tracing::warn!(source, coordinates = %entry.coordinates, field = d.field, reason = %clip(&d.reason, REASON_MAX_BYTES), "Dropped a malformed optional field; the event goes on.");
                     }
                     let applied = apply(
                         &mut tx,

@@ -704,3 +704,70 @@ fn preview_writes_a_gallery_of_every_template_and_locale() {
     assert!(page.contains("Tea &amp; Kettle"));
     assert!(page.contains("Շնորհակալություն"), "Armenian intact");
 }
+
+#[test]
+fn a_delivery_date_and_return_items_without_names_send_their_emails() {
+    // Both were dead-lettered whole: the shipping email never went, nor
+    // the return instructions. A malformed optional field is dropped and
+    // logged, the event goes on.
+    let work = Work::new("");
+    let at = |t: &str| format!("2026-01-05T{t}:00Z");
+    let lines = [
+        serde_json::json!({"event_id": "e-1", "type": "order.placed", "occurred_at": at("10:00"),
+            "customer": {"id": 8812, "email": "anna@example.com", "timezone": "America/New_York"},
+            "order": {"id": 5_550_000_000_000_000_001_u64, "total": "19.90", "currency": "USD",
+                      "items": [{"sku": "TEA-01", "name": "Green tea", "quantity": 2, "unit_price": "9.95"}]}}),
+        serde_json::json!({"event_id": "e-2", "type": "shipment.dispatched", "occurred_at": at("11:00"),
+            "customer": {"id": "8812"}, "order": {"id": "5550000000000000001"},
+            "shipment": {"id": "s-1", "carrier": "UPS", "estimated_delivery": "2026-01-08",
+                         "tracking_url": "not\u{7}a url"}}),
+        serde_json::json!({"event_id": "e-3", "type": "return.requested", "occurred_at": at("12:00"),
+            "customer": {"id": "8812"}, "order": {"id": "5550000000000000001"},
+            "return": {"id": "r-1", "reason": "too big", "items": [{"sku": "TEA-01", "quantity": 1}]}}),
+    ];
+    let log = work.path("events.jsonl");
+    let text: Vec<String> = lines.iter().map(ToString::to_string).collect();
+    common::write(&log, &(text.join("\n") + "\n"));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("0 invalid"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("Dropped a malformed optional field")
+            && stderr(&out).contains("shipment.tracking_url"),
+        "{}",
+        stderr(&out)
+    );
+    let sent: Vec<String> = work
+        .stored()
+        .into_iter()
+        .filter(|e| e.status == "sent")
+        .map(|e| e.template)
+        .collect();
+    for template in [
+        "order_confirmation",
+        "shipping_update",
+        "return_instructions",
+    ] {
+        assert!(sent.iter().any(|t| t == template), "{template}: {sent:?}");
+    }
+    let text_of = |template: &str| {
+        let path = work
+            .outbox()
+            .into_iter()
+            .find(|p| p.to_string_lossy().contains(template))
+            .unwrap();
+        let raw = std::fs::read(path).unwrap();
+        MessageParser::default()
+            .parse(&raw)
+            .unwrap()
+            .body_text(0)
+            .unwrap()
+            .into_owned()
+    };
+    // The day as given, in New York too (not the evening before).
+    let update = text_of("shipping_update");
+    assert!(update.contains("8 January 2026"), "{update}");
+    // The item by its SKU, for want of a name.
+    let instructions = text_of("return_instructions");
+    assert!(instructions.contains("1 x TEA-01"), "{instructions}");
+}

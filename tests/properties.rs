@@ -481,7 +481,7 @@ proptest! {
     #[test]
     fn a_valid_event_with_a_field_broken_is_refused_with_a_reason(
         field in prop::sample::select(vec!["event_id", "type", "occurred_at", "customer"]),
-        junk in prop_oneof![Just(serde_json::Value::Null), Just(serde_json::json!(42)), Just(serde_json::json!("")), Just(serde_json::json!([1]))],
+        junk in prop_oneof![Just(serde_json::Value::Null), Just(serde_json::json!(4.5)), Just(serde_json::json!("")), Just(serde_json::json!([1]))],
     ) {
         let mut v: serde_json::Value = serde_json::from_str(
             r#"{"event_id":"e-1","type":"order.placed","occurred_at":"2026-01-01T00:00:00Z","customer":{"id":"c-1","email":"a@example.com"},"order":{"id":"o-1","total":"1.00","currency":"EUR","items":[]}}"#,

@@ -28,7 +28,7 @@ use crate::config::{
     AdaptiveWinBackConfig, Config, EmailClass, JourneyRule, Only, Segment, SegmentsConfig,
     TierConfig, Trigger,
 };
-use crate::event::{Event, EventKind, Item, Order, Shipment};
+use crate::event::{Eta, Event, EventKind, Item, Order, Shipment};
 
 /// An email the journey wants sent at `due_at`.
 #[derive(Debug, Clone, PartialEq)]
@@ -861,7 +861,7 @@ impl Scope {
     }
 
     /// A shipment's delay notice for one new estimated delivery.
-    fn delayed(shipment_id: &str, eta: Timestamp) -> Scope {
+    fn delayed(shipment_id: &str, eta: Eta) -> Scope {
         Scope(format!("{}@{eta}", key_part(shipment_id, SCOPE_SEPARATORS)))
     }
 

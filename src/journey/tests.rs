@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::{Config, Segment};
-use crate::event::{CustomerPatch, Refund, Return};
+use crate::event::{CustomerPatch, Eta, Refund, Return};
 
 fn journeys() -> Journeys {
     Journeys::new(Config::embedded().journeys)
@@ -40,7 +40,7 @@ fn placed(order: &str) -> EventKind {
             total: "19.90".parse().unwrap(),
             currency: "EUR".into(),
             items: vec![Item {
-                sku: "TEA-01".into(),
+                sku: Some("TEA-01".into()),
                 name: "Green tea".into(),
                 quantity: 2,
                 unit_price: Some("9.95".parse().unwrap()),
@@ -55,7 +55,7 @@ fn shipment(id: &str) -> Shipment {
         carrier: Some("DHL".into()),
         tracking_number: Some("123".into()),
         tracking_url: Some("https://track.example.com/123".into()),
-        estimated_delivery: Some(t("2026-03-05T00:00:00Z")),
+        estimated_delivery: Some(Eta::Time(t("2026-03-05T00:00:00Z"))),
     }
 }
 
@@ -327,7 +327,7 @@ fn cancelling_the_win_back_anchor_falls_back_to_the_previous_order() {
 #[test]
 fn dispatch_and_delay_are_sent_at_once() {
     let mut delayed = shipment("s-1");
-    delayed.estimated_delivery = Some(t("2026-03-09T00:00:00Z"));
+    delayed.estimated_delivery = Some(Eta::Time(t("2026-03-09T00:00:00Z")));
     let (_, steps) = run(&[
         ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
         ev(

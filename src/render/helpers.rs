@@ -159,14 +159,25 @@ fn date(
     _: &mut RenderContext<'_, '_>,
     out: &mut dyn Output,
 ) -> HelperResult {
-    let ts: Timestamp = param(h, "date", 0)?
+    let text = param(h, "date", 0)?
         .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or(RenderErrorReason::InvalidParamType("RFC 3339 timestamp"))?;
-    let tz = root_str(ctx, "/customer/timezone")
-        .and_then(|name| TimeZone::get(name).ok())
-        .unwrap_or(TimeZone::UTC);
-    out.write(&format_date(ts, &tz, locale(ctx)))?;
+        .ok_or(RenderErrorReason::InvalidParamType(
+            "RFC 3339 timestamp or date",
+        ))?;
+    // A day (an estimated delivery as carriers give it) is that day in
+    // every time zone; a moment is the day it is in the customer's.
+    let day = match text.parse::<Timestamp>() {
+        Ok(ts) => {
+            let tz = root_str(ctx, "/customer/timezone")
+                .and_then(|name| TimeZone::get(name).ok())
+                .unwrap_or(TimeZone::UTC);
+            ts.to_zoned(tz).date()
+        }
+        Err(_) => text
+            .parse::<jiff::civil::Date>()
+            .map_err(|_| RenderErrorReason::InvalidParamType("RFC 3339 timestamp or date"))?,
+    };
+    out.write(&format_day(day, locale(ctx)))?;
     Ok(())
 }
 
@@ -215,7 +226,11 @@ const MONTHS_AM: [&str; 12] = [
 ];
 
 pub fn format_date(ts: Timestamp, tz: &TimeZone, locale: &str) -> String {
-    let d = ts.to_zoned(tz.clone()).date();
+    format_day(ts.to_zoned(tz.clone()).date(), locale)
+}
+
+/// A day as `locale` writes it.
+pub fn format_day(d: jiff::civil::Date, locale: &str) -> String {
     let m = (d.month() - 1) as usize;
     match locale {
         "hy" => format!("{} {} {} թ.", d.day(), MONTHS_HY[m], d.year()),
