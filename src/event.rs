@@ -455,21 +455,40 @@ fn req_money(v: Option<&Value>, name: &'static str, sign: Sign) -> Result<Decima
     opt_money(v, name, sign)?.ok_or(InvalidEvent::Missing(name))
 }
 
-/// Money is a decimal string. A JSON number is refused: it may already have
-/// gone through a float on the shop's side.
+/// Money is a decimal string or a JSON number, read from its literal text:
+/// `59.90` and `"59.90"` are the same amount, exactly.
 fn opt_money(
     v: Option<&Value>,
     name: &'static str,
     sign: Sign,
 ) -> Result<Option<Decimal>, InvalidEvent> {
+    let literal;
     let s = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::String(s)) => s,
-        Some(_) => return Err(bad(name, "must be a decimal string such as \"59.90\"")),
+        // The number's own text (serde_json keeps it: the
+        // `arbitrary_precision` feature), never a float.
+        Some(Value::Number(n)) => {
+            literal = n.to_string();
+            &literal
+        }
+        Some(_) => return Err(bad(name, "must be a decimal such as \"59.90\" or 59.90")),
     };
-    let amount = s
-        .parse::<Decimal>()
-        .map_err(|_| bad(name, format!("`{}` is not a decimal amount", shown(s))))?;
+    let parsed = if s.contains(['e', 'E']) {
+        // Bounded before it is expanded: `1e999999` is no amount.
+        let exponent_ok = s
+            .rsplit(['e', 'E'])
+            .next()
+            .and_then(|e| e.parse::<i32>().ok())
+            .is_some_and(|e| e.abs() <= 28);
+        exponent_ok
+            .then(|| Decimal::from_scientific(s).ok())
+            .flatten()
+    } else {
+        s.parse::<Decimal>().ok()
+    };
+    let amount =
+        parsed.ok_or_else(|| bad(name, format!("`{}` is not a decimal amount", shown(s))))?;
     if amount.scale() > limits::MONEY_SCALE {
         return Err(bad(
             name,
@@ -895,6 +914,33 @@ mod tests {
     }
 
     #[test]
+    fn money_may_be_a_json_number_read_from_its_text_never_a_float() {
+        let total = |literal: &str| {
+            let raw = PLACED.replacen(r#""total":"59.90""#, &format!(r#""total":{literal}"#), 1);
+            match Event::decode(raw.as_bytes()) {
+                Ok(Event {
+                    kind: EventKind::OrderPlaced { order },
+                    ..
+                }) => Ok(order.total.to_string()),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(total("59.90"), Ok("59.90".to_owned()));
+        // 18 significant digits: no float holds them.
+        assert_eq!(
+            total("1234567890.12345678"),
+            Ok("1234567890.12345678".to_owned())
+        );
+        assert_eq!(total("1e2"), Ok("100".to_owned()));
+        assert_eq!(total("0"), Ok("0".to_owned()));
+        for refused in ["1e999999", "7.9e28", "-1", "1.000000001", "1e-30"] {
+            let err = total(refused).unwrap_err();
+            assert!(err.contains("order.total"), "{refused}: {err}");
+        }
+    }
+
+    #[test]
     fn a_refund_must_be_more_than_zero() {
         let refund = |amount: &str| {
             format!(
@@ -1170,7 +1216,7 @@ mod tests {
                 with(|v| v["occurred_at"] = "2026-11-20 12:00".into()),
                 "occurred_at",
             ),
-            (with(|v| v["order"]["total"] = 59.9.into()), "order.total"),
+            (with(|v| v["order"]["total"] = true.into()), "order.total"),
             (
                 with(|v| v["order"]["currency"] = "euro".into()),
                 "order.currency",
