@@ -38,6 +38,12 @@ impl InvalidEvent {
     /// serde's message, which may quote the input (`invalid type: string
     /// "..."`), with the quote clipped and the position kept.
     fn json(e: serde_json::Error) -> InvalidEvent {
+        InvalidEvent::Json(InvalidEvent::json_message(&e))
+    }
+
+    /// serde's message, which may quote the input, clipped as [`InvalidEvent::Json`]
+    /// keeps it.
+    pub fn json_message(e: &serde_json::Error) -> String {
         let text = e.to_string();
         let position = format!(" at line {} column {}", e.line(), e.column());
         let message = text.strip_suffix(&position).unwrap_or(&text);
@@ -46,10 +52,10 @@ impl InvalidEvent {
         } else {
             ""
         };
-        InvalidEvent::Json(format!(
+        format!(
             "{}{position}",
             crate::bounded::clip(message, JSON_MESSAGE_MAX_BYTES)
-        ))
+        )
     }
 
     fn unknown_type(name: &str) -> InvalidEvent {

@@ -40,6 +40,7 @@ pub mod event;
 pub mod http;
 pub mod journey;
 pub mod mailer;
+pub mod mapping;
 pub mod observe;
 pub mod pipeline;
 pub mod preview;

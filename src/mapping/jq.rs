@@ -1,0 +1,665 @@
+//! The jq side of mappings: compiling programs with the jaq crates, the
+//! helpers mappings use, and running a program within bounds.
+//!
+//! A program runs with no I/O (`env`, `now`, `input`, `halt` and the log
+//! filters are left out: a mapping must give the same events on every
+//! replay) and within two bounds, checked at every evaluation step (jaq asks
+//! its [`Data`](jaq_core::DataT::Data) for the look-up table at each term it
+//! evaluates, which is where the step is counted):
+//! - a deadline: a loop that never ends is stopped;
+//! - a stack depth: a recursion that never ends is stopped before it
+//!   overflows the thread's stack (which would abort the process).
+//!
+//! Both stop the program by unwinding with a [`Runaway`] payload, caught
+//! where the program was started. jaq is safe Rust over reference-counted
+//! values, so unwinding through it leaves nothing behind but dropped values.
+
+use std::cell::Cell;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::native::{Fun, bome, run, v};
+use jaq_core::{Ctx, DataT, Lut, Vars, data::HasLut};
+use jaq_json::{Num, Rc, Val};
+use jaq_std::ValT as _;
+
+/// The variables every program may read, in the order their values are
+/// given to [`Program::run`].
+pub const GLOBALS: [&str; 4] = ["$topic", "$key", "$headers", "$vars"];
+
+/// Filters left out: they read the environment, the clock or the input
+/// stream.
+const WITHOUT: [&str; 4] = ["env", "now", "input", "inputs"];
+
+/// Filters the standard definitions build on (`debug`, `halt_error`...),
+/// which stop the process or write to the log: they stay defined, and fail
+/// when run.
+const REFUSED: [(&str, usize); 3] = [("halt", 1), ("debug_empty", 0), ("stderr_empty", 0)];
+
+/// How deep a program's evaluation may go on the stack of the thread that
+/// runs it (which has [`STACK_BYTES`]).
+const STACK_ALLOWANCE: usize = 48 << 20;
+
+/// The stack of the thread that runs programs: room for deep (but finite)
+/// recursion over input bounded at 128 levels of nesting.
+pub const STACK_BYTES: usize = 64 << 20;
+
+/// How often (in steps) the deadline is read: reading the clock at every
+/// step would cost more than most steps.
+const CLOCK_EVERY: u64 = 1024;
+
+/// A compiled program.
+pub struct Program {
+    filter: jaq_core::Filter<Bounded>,
+}
+
+/// The data of a run: the look-up table, and the bounds it is held to.
+pub struct Bounded;
+
+impl DataT for Bounded {
+    type V<'a> = Val;
+    type Data<'a> = &'a Budget<'a>;
+}
+
+pub struct Budget<'a> {
+    lut: &'a Lut<Bounded>,
+    steps: Cell<u64>,
+    deadline: Instant,
+    /// The lowest stack address evaluation may reach (stacks grow down).
+    stack_floor: usize,
+}
+
+impl<'a> HasLut<'a, Bounded> for &'a Budget<'a> {
+    fn lut(&self) -> &'a Lut<Bounded> {
+        self.tick();
+        self.lut
+    }
+}
+
+impl Budget<'_> {
+    /// One step: stops the program past its deadline or stack allowance.
+    fn tick(&self) {
+        let steps = self.steps.get() + 1;
+        self.steps.set(steps);
+        let here = 0u8;
+        if std::ptr::from_ref(&here) as usize <= self.stack_floor {
+            std::panic::panic_any(Runaway::TooDeep);
+        }
+        if steps.is_multiple_of(CLOCK_EVERY) && Instant::now() >= self.deadline {
+            std::panic::panic_any(Runaway::TooLong);
+        }
+    }
+}
+
+/// Why a program was stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runaway {
+    TooLong,
+    TooDeep,
+}
+
+/// A compile error, with where it is in the program's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    /// 1-based line and column within the program.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line {}, column {}: {}",
+            self.line, self.column, self.message
+        )
+    }
+}
+
+/// Why a run gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// The program raised an error (`error(...)`, a type error...).
+    #[error("{0}")]
+    Failed(String),
+    #[error("stopped after {0:?}: the program runs too long")]
+    TooLong(Duration),
+    #[error("stopped: the program recurses too deep")]
+    TooDeep,
+    #[error("more than {0} results")]
+    TooMany(usize),
+}
+
+fn funs() -> impl Iterator<Item = Fun<Bounded>> {
+    jaq_core::funs()
+        .chain(jaq_std::funs())
+        .chain(jaq_json::funs())
+        .filter(|(name, args, _)| {
+            !WITHOUT.contains(name) && !REFUSED.contains(&(*name, args.len()))
+        })
+        .filter(|(name, args, _)| (*name, args.len()) != ("range", 3))
+        .chain(helpers())
+        .chain(REFUSED.iter().map(|&(name, arity)| {
+            let refuse: jaq_core::RunPtr<Bounded> = |_| {
+                bome(Err(error(
+                    "not available in a mapping (no I/O: halt, debug, stderr, input, env, now)",
+                )))
+            };
+            run::<Bounded>((name, v(arity), refuse))
+        }))
+}
+
+/// The native helpers (the others are in prelude.jq).
+fn helpers() -> impl Iterator<Item = Fun<Bounded>> {
+    let helpers: [jaq_core::native::Filter<jaq_core::RunPtr<Bounded>>; 5] = [
+        // jaq's own `range/3`, but each value a step: its values are made
+        // and consumed in native code (`last`, `[...]`, `limit`), where no
+        // term is evaluated to count them.
+        ("range", v(3), |mut cv| {
+            let budget: &Budget = cv.0.data();
+            let by = cv.0.pop_var();
+            let to = cv.0.pop_var();
+            let mut next = Some(cv.0.pop_var());
+            let rising = by > Val::from(0usize);
+            let falling = by < Val::from(0usize);
+            Box::new(std::iter::from_fn(move || {
+                budget.tick();
+                let x = next.take()?;
+                let more = if rising {
+                    x < to
+                } else if falling {
+                    x > to
+                } else {
+                    x != to
+                };
+                if !more {
+                    return None;
+                }
+                match x.clone() + by.clone() {
+                    Ok(after) => next = Some(after),
+                    Err(e) => return Some(Err(jaq_core::Exn::from(e))),
+                }
+                Some(Ok(x))
+            }))
+        }),
+        ("money", v(0), |cv| bome(money(cv.1))),
+        ("minor_units", v(1), |mut cv| {
+            let digits = cv.0.pop_var();
+            bome(minor_units(cv.1, digits))
+        }),
+        ("timestamp", v(0), |cv| bome(timestamp(cv.1, None))),
+        ("zoned", v(1), |mut cv| {
+            let zone = cv.0.pop_var();
+            bome(match as_str(&zone) {
+                Ok(zone) => timestamp(cv.1, Some(zone)),
+                Err(_) => Err(error(format!(
+                    "zoned: the zone must be a string, not {zone}"
+                ))),
+            })
+        }),
+    ];
+    helpers.into_iter().map(run::<Bounded>)
+}
+
+/// A string's text (a string of bytes that is not UTF-8 is refused).
+fn as_str(v: &Val) -> Result<&str, jaq_core::Error<Val>> {
+    v.as_utf8_bytes()
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| error(format!("expected a text string, not {}", type_name(v))))
+}
+
+fn error(message: impl ToString) -> jaq_core::Error<Val> {
+    jaq_core::Error::str(message)
+}
+
+fn text(s: String) -> Val {
+    Val::utf8_str(s.into_bytes())
+}
+
+/// A number or decimal string as a decimal string, read from its text (a
+/// number from the JSON keeps its literal text in jaq).
+fn money(v: Val) -> Result<Val, jaq_core::Error<Val>> {
+    match &v {
+        Val::Null => Ok(Val::Null),
+        Val::Num(Num::Float(x)) if !x.is_finite() => Err(error("money: not a finite number")),
+        Val::Num(n) => Ok(text(n.to_string())),
+        Val::TStr(_) => Ok(text(as_str(&v)?.trim().to_owned())),
+        other => Err(error(format!(
+            "money: expected a number or a decimal string, not {}",
+            type_name(other)
+        ))),
+    }
+}
+
+/// An integer amount of minor units (cents) as a decimal string with
+/// `digits` places: `1999 | minor_units(2)` is "19.99".
+fn minor_units(v: Val, digits: Val) -> Result<Val, jaq_core::Error<Val>> {
+    let digits = match digits.as_isize() {
+        Some(d @ 0..=18) => d as usize,
+        _ => {
+            return Err(error(format!(
+                "minor_units: digits must be 0 to 18, not {digits}"
+            )));
+        }
+    };
+    let units = match &v {
+        Val::Null => return Ok(Val::Null),
+        Val::Num(n @ (Num::Int(_) | Num::BigInt(_))) => n.to_string(),
+        Val::TStr(_) => as_str(&v)?.trim().to_owned(),
+        other => {
+            return Err(error(format!(
+                "minor_units: expected an integer, not {}",
+                type_name(other)
+            )));
+        }
+    };
+    let (sign, magnitude) = match units.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", units.as_str()),
+    };
+    if magnitude.is_empty() || !magnitude.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(error(format!("minor_units: `{units}` is not an integer")));
+    }
+    if digits == 0 {
+        return Ok(text(format!("{sign}{magnitude}")));
+    }
+    let padded = format!("{magnitude:0>width$}", width = digits + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - digits);
+    Ok(text(format!("{sign}{whole}.{fraction}")))
+}
+
+/// A time as RFC 3339 in UTC: from RFC 3339 with a zone, from Unix seconds,
+/// or (with `zone`) from a naive local time in that IANA zone.
+fn timestamp(v: Val, zone: Option<&str>) -> Result<Val, jaq_core::Error<Val>> {
+    use jiff::Timestamp;
+    let name = if zone.is_some() { "zoned" } else { "timestamp" };
+    let at = match &v {
+        Val::Null => return Ok(Val::Null),
+        Val::Num(n) => {
+            let seconds = match n {
+                Num::Int(i) => Some(*i as f64),
+                other => other.to_string().parse::<f64>().ok(),
+            };
+            seconds
+                .filter(|s| s.is_finite())
+                .and_then(|s| {
+                    Timestamp::from_duration(jiff::SignedDuration::try_from_secs_f64(s).ok()?).ok()
+                })
+                .ok_or_else(|| error(format!("{name}: {n} is not a time in Unix seconds")))?
+        }
+        Val::TStr(_) => {
+            let s = as_str(&v)?.trim();
+            match (s.parse::<Timestamp>(), zone) {
+                (Ok(t), _) => t,
+                (Err(_), Some(zone)) => {
+                    let civil: jiff::civil::DateTime = s
+                        .parse()
+                        .map_err(|e| error(format!("{name}: `{}` is not a time: {e}", shown(s))))?;
+                    let tz = jiff::tz::TimeZone::get(zone).map_err(|_| {
+                        error(format!("{name}: unknown time zone `{}`", shown(zone)))
+                    })?;
+                    civil
+                        .to_zoned(tz)
+                        .map_err(|e| error(format!("{name}: {e}")))?
+                        .timestamp()
+                }
+                (Err(_), None) if s.parse::<jiff::civil::DateTime>().is_ok() => {
+                    return Err(error(format!(
+                        "timestamp: `{}` has no zone: use zoned(\"Area/City\")",
+                        shown(s)
+                    )));
+                }
+                (Err(e), None) => {
+                    return Err(error(format!(
+                        "timestamp: `{}` is not a time: {e}",
+                        shown(s)
+                    )));
+                }
+            }
+        }
+        other => {
+            return Err(error(format!(
+                "{name}: expected a string or a number, not {}",
+                type_name(other)
+            )));
+        }
+    };
+    Ok(text(at.to_string()))
+}
+
+fn shown(s: &str) -> String {
+    crate::bounded::clip(s, 40).into_owned()
+}
+
+fn type_name(v: &Val) -> &'static str {
+    match v {
+        Val::Null => "null",
+        Val::Bool(_) => "a boolean",
+        Val::Num(_) => "a number",
+        Val::TStr(_) | Val::BStr(_) => "a string",
+        Val::Arr(_) => "an array",
+        Val::Obj(_) => "an object",
+    }
+}
+
+impl Program {
+    /// Compiles `code`, which may use the [`GLOBALS`] and the helpers.
+    pub fn compile(code: &str) -> Result<Program, Vec<CompileError>> {
+        let prelude = jaq_core::load::parse(include_str!("prelude.jq"), |p| p.defs())
+            .expect("prelude.jq parses");
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs())
+            .chain(prelude);
+        let arena = Arena::default();
+        let loader = Loader::new(defs);
+        let modules = loader
+            .load(&arena, File { code, path: () })
+            .map_err(|errors| load_errors(code, errors))?;
+        let filter = jaq_core::Compiler::default()
+            .with_funs(funs())
+            .with_global_vars(GLOBALS)
+            .compile(modules)
+            .map_err(|errors| {
+                errors
+                    .into_iter()
+                    .flat_map(|(_, errors)| errors)
+                    .map(|(found, undefined)| {
+                        at(
+                            code,
+                            found,
+                            format!("undefined {} `{found}`", undefined.as_str()),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })?;
+        Ok(Program { filter })
+    }
+
+    /// Runs the program on `input` with the [`GLOBALS`]' values, collecting
+    /// at most `max` results, within `timeout`.
+    ///
+    /// Must run on a thread with a [`STACK_BYTES`] stack.
+    pub fn run(
+        &self,
+        input: Val,
+        globals: [Val; 4],
+        timeout: Duration,
+        max: usize,
+    ) -> Result<Vec<Val>, RunError> {
+        quiet_runaways();
+        let here = 0u8;
+        let budget = Budget {
+            lut: &self.filter.lut,
+            steps: Cell::new(0),
+            deadline: Instant::now() + timeout,
+            stack_floor: (std::ptr::from_ref(&here) as usize).saturating_sub(STACK_ALLOWANCE),
+        };
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let ctx = Ctx::<Bounded>::new(&budget, Vars::new(globals));
+            let mut results = Vec::new();
+            for result in self.filter.id.run((ctx, input)) {
+                match jaq_core::unwrap_valr(result) {
+                    Ok(v) if results.len() < max => results.push(v),
+                    Ok(_) => return Err(RunError::TooMany(max)),
+                    Err(e) => return Err(RunError::Failed(clean_error(&e))),
+                }
+            }
+            Ok(results)
+        }));
+        match ran {
+            Ok(result) => result,
+            Err(payload) => match payload.downcast_ref::<Runaway>() {
+                Some(Runaway::TooLong) => Err(RunError::TooLong(timeout)),
+                Some(Runaway::TooDeep) => Err(RunError::TooDeep),
+                None => std::panic::resume_unwind(payload),
+            },
+        }
+    }
+}
+
+/// jaq's error value, as the text of `error("...")` when it is a string.
+fn clean_error(e: &jaq_core::Error<Val>) -> String {
+    let text = e.to_string();
+    crate::bounded::clip(&text, 300).into_owned()
+}
+
+/// The default panic hook prints every panic; a stopped program is not a
+/// bug, so its unwinding prints nothing.
+fn quiet_runaways() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<Runaway>().is_none() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn load_errors(code: &str, errors: jaq_core::load::Errors<&str, ()>) -> Vec<CompileError> {
+    use jaq_core::load::Error;
+    let mut out = Vec::new();
+    for (_, error) in errors {
+        match error {
+            Error::Io(errors) => {
+                for (path, why) in errors {
+                    out.push(at(code, path, format!("cannot load `{path}`: {why}")));
+                }
+            }
+            Error::Lex(errors) => {
+                for (expected, found) in errors {
+                    let what = match found.chars().next() {
+                        None => "unexpected end of the program".to_owned(),
+                        Some(c) => format!("unexpected `{c}`"),
+                    };
+                    out.push(at(
+                        code,
+                        found,
+                        format!("{what}; expected {}", expected.as_str()),
+                    ));
+                }
+            }
+            Error::Parse(errors) => {
+                for (expected, found) in errors {
+                    let what = if found.is_empty() {
+                        "unexpected end of the program".to_owned()
+                    } else {
+                        format!("unexpected `{}`", shown(found))
+                    };
+                    out.push(at(
+                        code,
+                        found,
+                        format!("{what}; expected {}", expected.as_str()),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A message at the place of `part`, a slice of `code`.
+fn at(code: &str, part: &str, message: String) -> CompileError {
+    let offset = (part.as_ptr() as usize)
+        .checked_sub(code.as_ptr() as usize)
+        .filter(|o| *o <= code.len())
+        .unwrap_or(code.len());
+    let before = &code[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    CompileError {
+        line,
+        column,
+        message,
+    }
+}
+
+/// A JSON value (from serde_json, whose parser bounds nesting at 128) as
+/// a jaq value. Numbers keep their literal text.
+pub fn from_json(value: &serde_json::Value) -> Val {
+    use serde_json::Value;
+    match value {
+        Value::Null => Val::Null,
+        Value::Bool(b) => Val::Bool(*b),
+        Value::Number(n) => {
+            let literal = n.to_string();
+            Val::Num(
+                Num::from_str_radix(&literal, 10).unwrap_or_else(|| Num::Dec(Rc::new(literal))),
+            )
+        }
+        Value::String(s) => text(s.clone()),
+        Value::Array(items) => Val::Arr(Rc::new(items.iter().map(from_json).collect())),
+        Value::Object(fields) => Val::obj(
+            fields
+                .iter()
+                .map(|(k, v)| (text(k.clone()), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A string value.
+pub fn string(s: &str) -> Val {
+    text(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_on(code: &str, input: &str) -> Result<Vec<String>, RunError> {
+        let (code, input) = (code.to_owned(), input.to_owned());
+        std::thread::Builder::new()
+            .stack_size(STACK_BYTES)
+            .spawn(move || {
+                let program = Program::compile(&code).unwrap_or_else(|e| panic!("{code}: {e:?}"));
+                let input: serde_json::Value = serde_json::from_str(&input).unwrap();
+                let globals = [
+                    string("orders"),
+                    Val::Null,
+                    from_json(&serde_json::json!({"x-topic": "orders/create"})),
+                    from_json(&serde_json::json!({"timezone": "America/New_York"})),
+                ];
+                program
+                    .run(from_json(&input), globals, Duration::from_millis(300), 10)
+                    .map(|vs| vs.iter().map(|v| v.to_string()).collect())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn one(code: &str, input: &str) -> String {
+        let out = run_on(code, input).unwrap_or_else(|e| panic!("{code}: {e}"));
+        assert_eq!(out.len(), 1, "{code}: {out:?}");
+        out.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn numbers_keep_every_digit_and_their_literal_text() {
+        assert_eq!(
+            one(".id | id", r#"{"id": 9007199254740993123}"#),
+            r#""9007199254740993123""#
+        );
+        assert_eq!(one(".p | money", r#"{"p": 59.90}"#), r#""59.90""#);
+        assert_eq!(one(".p | money", r#"{"p": " 18500 "}"#), r#""18500""#);
+        assert_eq!(one(".p | money", r#"{"p": null}"#), "null");
+        assert!(
+            matches!(run_on(".p | money", r#"{"p": {}}"#), Err(RunError::Failed(e)) if e.contains("not an object"))
+        );
+    }
+
+    #[test]
+    fn minor_units_place_the_point() {
+        assert_eq!(one("1999 | minor_units(2)", "null"), r#""19.99""#);
+        assert_eq!(one("5 | minor_units(2)", "null"), r#""0.05""#);
+        assert_eq!(one("-5 | minor_units(3)", "null"), r#""-0.005""#);
+        assert_eq!(one("\"18500\" | minor_units(0)", "null"), r#""18500""#);
+        assert_eq!(
+            one("123456789012345678901234 | minor_units(2)", "null"),
+            r#""1234567890123456789012.34""#
+        );
+        assert!(run_on("1.5 | minor_units(2)", "null").is_err());
+        assert!(run_on("\"1e3\" | minor_units(2)", "null").is_err());
+        assert!(run_on("100 | minor_units(19)", "null").is_err());
+    }
+
+    #[test]
+    fn times_need_a_zone_or_are_given_one() {
+        assert_eq!(
+            one("\"2026-01-08T10:00:00-05:00\" | timestamp", "null"),
+            r#""2026-01-08T15:00:00Z""#
+        );
+        assert_eq!(
+            one("1767225600 | timestamp", "null"),
+            r#""2026-01-01T00:00:00Z""#
+        );
+        let naive = run_on("\"2026-01-08T10:00:00\" | timestamp", "null");
+        assert!(matches!(naive, Err(RunError::Failed(e)) if e.contains("no zone")));
+        assert_eq!(
+            one("\"2026-01-08T10:00:00\" | zoned($vars.timezone)", "null"),
+            r#""2026-01-08T15:00:00Z""#
+        );
+        assert_eq!(
+            one("\"2026-07-08 10:00:00\" | zoned(\"Asia/Yerevan\")", "null"),
+            r#""2026-07-08T06:00:00Z""#
+        );
+        assert!(run_on("\"2026-01-08T10:00:00\" | zoned(\"Mars/Olympus\")", "null").is_err());
+    }
+
+    #[test]
+    fn globals_and_prelude_are_there() {
+        assert_eq!(
+            one("[$topic, $key, header(\"X-Topic\")]", "null"),
+            r#"["orders",null,"orders/create"]"#
+        );
+        assert_eq!(
+            one("{a: null, b: [{c: null, d: 1}]} | compact", "null"),
+            r#"{"b":[{"d":1}]}"#
+        );
+    }
+
+    #[test]
+    fn no_io_filters() {
+        for code in ["env", "now", "input", "inputs", "$ENV"] {
+            let compiled = Program::compile(code);
+            assert!(compiled.is_err(), "`{code}` compiled");
+        }
+        for code in ["halt", "halt_error", "debug", "stderr", "debug(\"x\")"] {
+            let ran = run_on(code, "1");
+            assert!(
+                matches!(&ran, Err(RunError::Failed(e)) if e.contains("not available in a mapping")),
+                "`{code}`: {ran:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn runaway_programs_are_stopped() {
+        assert_eq!(
+            run_on("def f: f; f", "null"),
+            Err(RunError::TooLong(Duration::from_millis(300)))
+        );
+        assert_eq!(
+            run_on("last(range(1e18))", "null"),
+            Err(RunError::TooLong(Duration::from_millis(300)))
+        );
+        assert_eq!(run_on("def f: 1 + f; f", "null"), Err(RunError::TooDeep));
+        assert_eq!(run_on("repeat(1)", "null"), Err(RunError::TooMany(10)));
+    }
+
+    #[test]
+    fn compile_errors_say_where() {
+        let errors = Program::compile("{a: 1,\n  b: .x | nosuch(1)}")
+            .err()
+            .unwrap();
+        assert_eq!((errors[0].line, errors[0].column), (2, 11), "{errors:?}");
+        assert!(errors[0].message.contains("`nosuch`"), "{errors:?}");
+        let errors = Program::compile("{a: (1 + }").err().unwrap();
+        assert_eq!(errors[0].line, 1, "{errors:?}");
+    }
+}
