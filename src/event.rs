@@ -57,20 +57,33 @@ impl InvalidEvent {
     }
 }
 
-/// A validated event.
+/// A validated event, whose customer is known: what a journey steps on.
+///
+/// The decoder gives an [`Unresolved`] event (`Event<Option<String>>`):
+/// follow-up events of real feeds (shipments, returns, refunds) often name
+/// the order only, and the pipeline finds the customer from the order. Only
+/// [`Unresolved::named`] and [`Unresolved::resolve`] make an `Event` of
+/// one, so no code can step a journey on an event whose customer it has
+/// not settled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
+pub struct Event<CustomerId = String> {
     pub id: String,
     pub occurred_at: Timestamp,
-    pub customer: CustomerPatch,
+    pub customer: CustomerPatch<CustomerId>,
     pub kind: EventKind,
 }
+
+/// An event as decoded: the customer id is `None` when the event names
+/// none (never on `order.placed`). Serialized alike to [`Event`] when the
+/// id is there, so digests of events applied before ids were optional
+/// still match their redeliveries.
+pub type Unresolved = Event<Option<String>>;
 
 /// The customer fields an event carries. Each present field updates the
 /// customer; an absent one leaves what we know alone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CustomerPatch {
-    pub id: String,
+pub struct CustomerPatch<Id = String> {
+    pub id: Id,
     pub email: Option<String>,
     pub name: Option<String>,
     pub locale: Option<String>,
@@ -236,9 +249,9 @@ mod wire {
 
 use serde_json::Value;
 
-impl Event {
+impl Unresolved {
     /// Decodes and validates one raw event.
-    pub fn decode(raw: &[u8]) -> Result<Event, InvalidEvent> {
+    pub fn decode(raw: &[u8]) -> Result<Unresolved, InvalidEvent> {
         Self::decode_noting(raw, &mut Vec::new())
     }
 
@@ -246,12 +259,20 @@ impl Event {
     /// left out (a tracking URL, an estimated delivery, a locale, a time
     /// zone, an item's name): enrichment an email can go without, never
     /// the reason it is lost.
-    pub fn decode_noting(raw: &[u8], dropped: &mut Vec<Dropped>) -> Result<Event, InvalidEvent> {
+    pub fn decode_noting(
+        raw: &[u8],
+        dropped: &mut Vec<Dropped>,
+    ) -> Result<Unresolved, InvalidEvent> {
         let w: wire::Event = serde_json::from_slice(raw).map_err(InvalidEvent::json)?;
         let id = req_str(w.event_id.as_ref(), "event_id", Bound::Id)?;
         let type_name = req_str(w.kind.as_ref(), "type", Bound::Id)?;
         let occurred_at = req_time(w.occurred_at.as_ref(), "occurred_at")?;
         let customer = customer(w.customer.as_ref(), dropped)?;
+        // An order is where the shop tells us whose it is: every later
+        // event of the order may name the order alone.
+        if type_name == "order.placed" && customer.id.is_none() {
+            return Err(InvalidEvent::Missing("customer.id"));
+        }
         let order = w.order.as_ref();
         let kind = match type_name.as_str() {
             "order.placed" => EventKind::OrderPlaced {
@@ -292,6 +313,38 @@ impl Event {
             customer,
             kind,
         })
+    }
+
+    /// The customer the event names itself, if any.
+    pub fn customer_id(&self) -> Option<&str> {
+        self.customer.id.as_deref()
+    }
+
+    /// The event as it came, if it names its customer.
+    pub fn named(mut self) -> Result<Event, Unresolved> {
+        match self.customer.id.take() {
+            Some(id) => Ok(self.resolve(id)),
+            None => Err(self),
+        }
+    }
+
+    /// The event as `customer_id`'s, whatever it named (the caller has
+    /// checked the two agree).
+    pub fn resolve(self, customer_id: String) -> Event {
+        let c = self.customer;
+        Event {
+            id: self.id,
+            occurred_at: self.occurred_at,
+            customer: CustomerPatch {
+                id: customer_id,
+                email: c.email,
+                name: c.name,
+                locale: c.locale,
+                timezone: c.timezone,
+                marketing_consent: c.marketing_consent,
+            },
+            kind: self.kind,
+        }
     }
 }
 
@@ -545,8 +598,16 @@ fn lenient<T>(value: Result<Option<T>, InvalidEvent>, dropped: &mut Vec<Dropped>
     }
 }
 
-fn customer(v: Option<&Value>, dropped: &mut Vec<Dropped>) -> Result<CustomerPatch, InvalidEvent> {
-    let id = req_str(field(v, "id"), "customer.id", Bound::Id)?;
+fn customer(
+    v: Option<&Value>,
+    dropped: &mut Vec<Dropped>,
+) -> Result<CustomerPatch<Option<String>>, InvalidEvent> {
+    // Absent (or null) is fine; anything but an object is a mistake that
+    // must not pass for "no customer named".
+    if v.is_some_and(|v| !v.is_object() && !v.is_null()) {
+        return Err(bad("customer", "must be an object"));
+    }
+    let id = opt_str(field(v, "id"), "customer.id", Bound::Id)?;
     let email = opt_str(field(v, "email"), "customer.email", SHORT)?
         .map(|e| address(&e))
         .transpose()?;
@@ -1087,7 +1148,7 @@ mod tests {
         });
         let e = Event::decode(&raw).unwrap();
         assert_eq!(e.id, "9007199254740993");
-        assert_eq!(e.customer.id, "7");
+        assert_eq!(e.customer_id(), Some("7"));
         assert_eq!(e.kind.order_id(), "-1");
         for junk in [json!(1.5), json!(true), json!([1])] {
             let raw = with(|v| v["order"]["id"] = junk.clone());
