@@ -863,6 +863,71 @@ mod tests {
     }
 
     #[test]
+    fn the_customer_may_be_left_out_on_every_type_but_an_order_placed() {
+        let follow_ups = [
+            r#""order.cancelled","order":{"id":"o-1"}"#,
+            r#""shipment.dispatched","order":{"id":"o-1"},"shipment":{"id":"s-1"}"#,
+            r#""shipment.delayed","order":{"id":"o-1"},"shipment":{"id":"s-1"}"#,
+            r#""shipment.delivered","order":{"id":"o-1"},"shipment":{"id":"s-1"}"#,
+            r#""return.requested","order":{"id":"o-1"},"return":{"id":"r-1","items":[]}"#,
+            r#""return.received","order":{"id":"o-1"},"return":{"id":"r-1"}"#,
+            r#""refund.issued","order":{"id":"o-1"},"refund":{"id":"f-1","amount":"1","currency":"EUR"}"#,
+        ];
+        for body in follow_ups {
+            for customer in ["", r#","customer":null"#, r#","customer":{"id":null}"#] {
+                let raw = format!(
+                    r#"{{"event_id":"e","occurred_at":"2026-11-20T12:00:00Z"{customer},"type":{body}}}"#
+                );
+                let e = Event::decode(raw.as_bytes()).unwrap_or_else(|e| panic!("{raw}: {e}"));
+                assert_eq!(e.customer_id(), None, "{raw}");
+                assert_eq!(e.kind.order_id(), "o-1");
+            }
+        }
+        // What it says of the customer still counts, once they are known.
+        let raw = br#"{"event_id":"e","type":"shipment.delivered","occurred_at":"2026-11-20T12:00:00Z","customer":{"locale":"hy","email":"anna@example.com"},"order":{"id":"o-1"},"shipment":{"id":"s-1"}}"#;
+        let e = Event::decode(raw).unwrap();
+        assert_eq!(e.customer.locale.as_deref(), Some("hy"));
+        assert_eq!(e.customer.email.as_deref(), Some("anna@example.com"));
+        // Something that is no customer is not "no customer".
+        for junk in [json!("c-1"), json!(7), json!(["c-1"])] {
+            let mut v: Value = serde_json::from_slice(raw).unwrap();
+            v["customer"] = junk;
+            assert_eq!(refused_field(v.to_string().as_bytes()), "customer");
+        }
+        // An order is where the shop says whose it is.
+        let without_customer = with(|v| {
+            v.as_object_mut().unwrap().remove("customer");
+        });
+        let without_id = with(|v| {
+            v["customer"].as_object_mut().unwrap().remove("id");
+        });
+        for raw in [without_customer, without_id] {
+            assert_eq!(
+                Event::decode(&raw).unwrap_err(),
+                InvalidEvent::Missing("customer.id")
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_is_stepped_only_once_its_customer_is_settled() {
+        let named = Event::decode(&with(|_| {})).unwrap();
+        let as_stored = serde_json::to_string(&named).unwrap();
+        let event = named.named().unwrap();
+        assert_eq!(event.customer.id, "c-1");
+        // Serialized as before ids were optional: digests of events
+        // applied by earlier versions still match.
+        assert_eq!(serde_json::to_string(&event).unwrap(), as_stored);
+
+        let raw = br#"{"event_id":"e","type":"refund.issued","occurred_at":"2026-11-20T12:00:00Z","customer":{"name":"Anna"},"order":{"id":"o-1"},"refund":{"id":"f-1","amount":"1","currency":"EUR"}}"#;
+        let unnamed = Event::decode(raw).unwrap().named().unwrap_err();
+        let event = unnamed.clone().resolve("c-7".into());
+        assert_eq!(event.customer.id, "c-7");
+        assert_eq!(event.customer.name.as_deref(), Some("Anna"));
+        assert_eq!((event.id, event.kind), (unnamed.id, unnamed.kind));
+    }
+
+    #[test]
     fn rejections_name_the_field() {
         let cases: Vec<(Vec<u8>, InvalidEvent)> = vec![
             (
