@@ -1521,6 +1521,222 @@ mod tests {
         assert!(status_of(&mut p, "c-1/order_confirmation/o-9").is_none());
     }
 
+    /// `kind` of shipment s-1 of `order`, naming no customer.
+    fn unnamed(kind: &str, id: &str, at: &str, order: &str) -> Entry {
+        let raw = format!(
+            r#"{{"event_id":"{id}","type":"shipment.{kind}","occurred_at":"{at}","order":{{"id":"{order}"}},"shipment":{{"id":"s-1","carrier":"DHL","tracking_number":"T1"}}}}"#
+        );
+        Entry {
+            raw: raw.into_bytes(),
+            ..placed(id, at, order, None)
+        }
+    }
+
+    fn dead_letters(path: &std::path::Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_event_naming_its_order_only_is_applied_to_the_customer_who_placed_it() {
+        let mut p = pipeline();
+        let approved = applied_and_fired(
+            &mut p,
+            &[
+                placed(
+                    "e1",
+                    "2026-01-01T09:00:00Z",
+                    "o-1",
+                    Some("anna@example.com"),
+                ),
+                unnamed("dispatched", "e2", "2026-01-01T09:30:00Z", "o-1"),
+            ],
+        );
+        let update = approved
+            .iter()
+            .find(|e| e.key == "c-1/shipping_update/s-1")
+            .expect("the shipping update");
+        assert_eq!(update.recipient.as_deref(), Some("anna@example.com"));
+        assert_eq!((p.stats.events, p.stats.parked), (2, 0));
+        // Sent again, with or without the customer: the same event.
+        let again = [
+            unnamed("dispatched", "e2", "2026-01-01T09:30:00Z", "o-1"),
+            dispatched("e2", "2026-01-01T09:30:00Z", "o-1"),
+        ];
+        applied_and_fired(&mut p, &again);
+        assert_eq!((p.stats.events, p.stats.duplicates), (2, 2));
+    }
+
+    #[test]
+    fn events_before_their_order_wait_for_it_and_follow_it_in_event_order() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        // The delivery came first, then the dispatch: both before the order.
+        let early = [
+            unnamed("delivered", "e3", "2026-01-01T09:50:00Z", "o-1"),
+            unnamed("dispatched", "e2", "2026-01-01T09:40:00Z", "o-1"),
+            // Redelivered while they wait, once naming the customer.
+            unnamed("delivered", "e3", "2026-01-01T09:50:00Z", "o-1"),
+            dispatched("e2", "2026-01-01T09:40:00Z", "o-1"),
+        ];
+        p.ingest("test", &early, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(
+            (p.stats.parked, p.stats.duplicates, p.stats.events),
+            (2, 2, 0)
+        );
+        assert_eq!(
+            p.store().backlog(t("2026-01-01T10:00:00Z")).unwrap().parked,
+            2
+        );
+        assert!(status_of(&mut p, "c-1/shipping_update/s-1").is_none());
+
+        let order = [placed(
+            "e1",
+            "2026-01-01T09:30:00Z",
+            "o-1",
+            Some("anna@example.com"),
+        )];
+        p.ingest("test", &order, None, &mut dead, &mut approved)
+            .unwrap();
+        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        assert_eq!((p.stats.events, p.stats.unparked), (1, 2));
+        assert_eq!(
+            p.store().backlog(t("2026-01-01T10:00:00Z")).unwrap().parked,
+            0
+        );
+        // The dispatch was applied before the delivery: in the other order
+        // its update would be cancelled as news of a delivered parcel.
+        let keys: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"c-1/shipping_update/s-1"), "{keys:?}");
+        assert!(keys.contains(&"c-1/order_confirmation/o-1"), "{keys:?}");
+        assert_eq!(
+            status_of(&mut p, "c-1/review_request/o-1").map(|s| s.0),
+            Some(Status::Pending)
+        );
+        // Applied once: the parked events are not applied again.
+        p.ingest("test", &early, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!((p.stats.unparked, p.stats.duplicates), (2, 6));
+        assert_eq!(dead.written, 0);
+    }
+
+    #[test]
+    fn an_event_whose_order_never_comes_is_dead_lettered_after_the_wait_in_event_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        let mut p = pipeline().with_unknown_order_wait(SignedDuration::from_hours(2));
+        let mut approved = Vec::new();
+        let mut waiting = unnamed("dispatched", "e1", "2026-01-01T10:00:00Z", "o-9");
+        waiting.coordinates = json!({"path": "events.jsonl", "line": 7, "offset": 512});
+        let batch = [
+            waiting.clone(),
+            // Within the wait: it still waits.
+            placed(
+                "e2",
+                "2026-01-01T11:59:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+        ];
+        p.ingest("test", &batch, None, &mut dead, &mut approved)
+            .unwrap();
+        assert!(dead_letters(&path).is_empty());
+        // An event past the wait: the clock has moved past it first.
+        let later = [placed("e3", "2026-01-01T12:00:01Z", "o-2", None)];
+        p.ingest("test", &later, None, &mut dead, &mut approved)
+            .unwrap();
+        let records = dead_letters(&path);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(
+            records[0]["reason"],
+            "order o-9 not seen within 2h; the event names no customer"
+        );
+        assert_eq!(records[0]["coordinates"]["line"], 7);
+        assert_eq!(records[0]["coordinates"]["offset"], 512);
+        assert_eq!(
+            records[0]["raw"].as_str().map(str::as_bytes),
+            Some(waiting.raw.as_slice())
+        );
+        assert_eq!((p.stats.expired, p.stats.invalid), (1, 0));
+        assert_eq!(
+            p.store().backlog(t("2026-01-01T13:00:00Z")).unwrap().parked,
+            0
+        );
+
+        // The order comes too late: nothing waits for it any more...
+        let too_late = [placed("e4", "2026-01-01T12:30:00Z", "o-9", None)];
+        p.ingest("test", &too_late, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(p.stats.unparked, 0);
+        // ...and the event, never applied, may be sent again: now its order
+        // is known, it is applied.
+        p.ingest("test", &[waiting], None, &mut dead, &mut approved)
+            .unwrap();
+        p.fire(t("2026-01-01T13:00:00Z"), &mut approved).unwrap();
+        assert!(approved.iter().any(|e| e.key == "c-1/shipping_update/s-1"));
+    }
+
+    #[test]
+    fn waiting_events_expire_on_the_clock_the_timers_fire_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let waiting = [unnamed("dispatched", "e1", "2026-01-01T10:00:00Z", "o-9")];
+        p.ingest("test", &waiting, None, &mut dead, &mut approved)
+            .unwrap();
+        // As the worker does when its source is idle.
+        p.expire(t("2026-01-02T09:59:59Z"), &mut dead).unwrap();
+        assert_eq!(p.stats.expired, 0);
+        p.expire(t("2026-01-02T10:00:00Z"), &mut dead).unwrap();
+        assert_eq!(p.stats.expired, 1);
+        let records = dead_letters(&path);
+        assert_eq!(
+            records[0]["reason"],
+            "order o-9 not seen within 24h; the event names no customer"
+        );
+    }
+
+    #[test]
+    fn an_event_naming_another_customer_than_its_order_is_dead_lettered_with_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut other = raw("2", order("e2", "c-2", "o-1", "Ben"));
+        other.coordinates = json!({"line": 2});
+        let batch = [
+            raw("1", order("e1", "c-1", "o-1", "Anna")),
+            other,
+            raw(
+                "3",
+                json!({
+                    "event_id": "e3", "type": "shipment.dispatched",
+                    "occurred_at": "2026-01-01T10:00:00Z", "customer": {"id": "c-2"},
+                    "order": {"id": "o-1"}, "shipment": {"id": "s-1"},
+                }),
+            ),
+        ];
+        p.ingest("test", &batch, None, &mut dead, &mut approved)
+            .unwrap();
+        let reasons: Vec<String> = dead_letters(&path)
+            .iter()
+            .map(|r| r["reason"].as_str().unwrap().to_owned())
+            .collect();
+        let both = "order o-1 was placed by customer c-1; the event names customer c-2";
+        assert_eq!(reasons, [both, both]);
+        assert_eq!((p.stats.events, p.stats.invalid), (1, 2));
+        assert!(status_of(&mut p, "c-2/order_confirmation/o-1").is_none());
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let (first, max) = (
