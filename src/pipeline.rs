@@ -896,7 +896,10 @@ fn parked_entry(parked: &ParkedEvent) -> Entry {
 
 /// Why a parked event went to the dead letters.
 fn expiry_reason(parked: &ParkedEvent) -> String {
-    let waited = parked.expires_at.duration_since(parked.event.occurred_at);
+    // In the milliseconds the store keeps the expiry in.
+    let waited = SignedDuration::from_millis(
+        parked.expires_at.as_millisecond() - parked.event.occurred_at.as_millisecond(),
+    );
     format!(
         "order {} not seen within {waited:#}; the event names no customer",
         parked.event.kind.order_id()
