@@ -321,11 +321,9 @@ impl Unresolved {
     }
 
     /// The event as it came, if it names its customer.
-    pub fn named(mut self) -> Result<Event, Unresolved> {
-        match self.customer.id.take() {
-            Some(id) => Ok(self.resolve(id)),
-            None => Err(self),
-        }
+    pub fn named(mut self) -> Option<Event> {
+        let id = self.customer.id.take()?;
+        Some(self.resolve(id))
     }
 
     /// The event as `customer_id`'s, whatever it named (the caller has
@@ -920,7 +918,8 @@ mod tests {
         assert_eq!(serde_json::to_string(&event).unwrap(), as_stored);
 
         let raw = br#"{"event_id":"e","type":"refund.issued","occurred_at":"2026-11-20T12:00:00Z","customer":{"name":"Anna"},"order":{"id":"o-1"},"refund":{"id":"f-1","amount":"1","currency":"EUR"}}"#;
-        let unnamed = Event::decode(raw).unwrap().named().unwrap_err();
+        let unnamed = Event::decode(raw).unwrap();
+        assert_eq!(unnamed.clone().named(), None);
         let event = unnamed.clone().resolve("c-7".into());
         assert_eq!(event.customer.id, "c-7");
         assert_eq!(event.customer.name.as_deref(), Some("Anna"));

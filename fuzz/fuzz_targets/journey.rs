@@ -29,13 +29,14 @@ fuzz_target!(|data: &[u8]| {
         let Ok(event) = Event::decode(line) else {
             continue;
         };
-        let event = match event.named() {
-            Ok(event) => event,
-            Err(unnamed) => match orders.get(unnamed.kind.order_id()) {
-                Some(customer) => unnamed.resolve(customer.clone()),
+        let customer = match event.customer_id() {
+            Some(named) => named.to_owned(),
+            None => match orders.get(event.kind.order_id()) {
+                Some(owner) => owner.clone(),
                 None => continue,
             },
         };
+        let event = event.resolve(customer);
         if let EventKind::OrderPlaced { order } = &event.kind {
             orders
                 .entry(order.id.clone())
