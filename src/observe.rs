@@ -445,6 +445,9 @@ mod tests {
         o.delivery("delivered", Duration::from_millis(12));
         o.reload(false);
         o.backlog(7, 2);
+        o.parked_event("parked");
+        o.parked_event("expired");
+        o.parked_backlog(3);
         o.source_polled(SourceHealth {
             assigned: Some(2),
             lag: vec![("orders".into(), 0, 5), ("orders".into(), 1, 0)],
@@ -461,6 +464,9 @@ mod tests {
             "aftercare_template_reloads_total{result=\"failed\"} 1",
             "aftercare_emails_pending 7",
             "aftercare_emails_overdue 2",
+            "aftercare_parked_events_total{outcome=\"parked\"} 1",
+            "aftercare_parked_events_total{outcome=\"expired\"} 1",
+            "aftercare_events_parked 3",
             "aftercare_consumer_lag{topic=\"orders\",partition=\"0\"} 5",
             "aftercare_consumer_stalled 0",
         ] {

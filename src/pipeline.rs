@@ -339,6 +339,7 @@ impl<S: Store> Pipeline<S> {
         until: Timestamp,
         dead: &mut DeadLetters,
     ) -> Result<(), PipelineError> {
+        let mut held_since: Option<std::time::Instant> = None;
         while self.next_expiry.is_some_and(|t| t <= until) {
             let mut tx = self.store.begin()?;
             let expired = tx.expire_parked(until, self.streams.as_deref(), EXPIRE_BATCH)?;
@@ -361,9 +362,16 @@ impl<S: Store> Pipeline<S> {
             self.next_expiry = self.store.next_expiry(self.streams.as_deref())?;
             if expired.is_empty() {
                 // What is due is held by another worker's transaction
-                // (PostgreSQL), taking it for its order or expiring it:
-                // looked at again on a later call.
-                break;
+                // (PostgreSQL), taking it for its order: wait for that to
+                // end, briefly, as `fire` does, rather than spin; what is
+                // still held then is looked at on a later call.
+                let held = held_since.get_or_insert_with(std::time::Instant::now);
+                if held.elapsed() >= HELD_WAIT {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            } else {
+                held_since = None;
             }
         }
         Ok(())
