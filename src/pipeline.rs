@@ -344,21 +344,27 @@ impl<S: Store> Pipeline<S> {
             let mut tx = self.store.begin()?;
             let expired = tx.expire_parked(until, self.streams.as_deref(), EXPIRE_BATCH)?;
             for parked in &expired {
-                let reason = expiry_reason(parked);
-                let entry = parked_entry(parked);
-                self.stats.expired += 1;
-                if let Some(o) = &self.observer {
-                    o.invalid_event(source_label(&parked.source, &entry));
-                }
-                count_parked(&self.observer, "expired");
-                tracing::warn!(source = %parked.source, coordinates = %parked.coordinates, event_id = %parked.event.id, error = %reason, "Gave up on an event waiting for its order.");
-                write_dead(dead, &parked.source, &entry, &reason)?;
+                write_dead(
+                    dead,
+                    &parked.source,
+                    &parked_entry(parked),
+                    &expiry_reason(parked),
+                )?;
             }
             dead.sync().map_err(|error| PipelineError::DeadLetter {
                 place: dead.place(),
                 error,
             })?;
             tx.commit()?;
+            // Counted once committed: a failed attempt is made again whole.
+            for parked in &expired {
+                self.stats.expired += 1;
+                if let Some(o) = &self.observer {
+                    o.invalid_event(source_label(&parked.source, &parked_entry(parked)));
+                }
+                count_parked(&self.observer, "expired");
+                tracing::warn!(source = %parked.source, coordinates = %parked.coordinates, event_id = %parked.event.id, error = %expiry_reason(parked), "Gave up on an event waiting for its order.");
+            }
             self.next_expiry = self.store.next_expiry(self.streams.as_deref())?;
             if expired.is_empty() {
                 // What is due is held by another worker's transaction
