@@ -41,7 +41,10 @@ fn step(c: &mut Criterion) {
     let mut g = c.benchmark_group("step");
     g.throughput(Throughput::Elements(1));
     // A new customer's first order: confirmation, welcome, win-backs.
-    let first = Event::decode(&support::order_placed(1, "en", AT)).unwrap();
+    let first = Event::decode(&support::order_placed(1, "en", AT))
+        .unwrap()
+        .named()
+        .unwrap();
     g.bench_function("first_order", |b| {
         b.iter(|| journeys.step_with(None, black_box(&first), &shop).unwrap())
     });
@@ -54,10 +57,13 @@ fn step(c: &mut Criterion) {
             .replace("o-1", &format!("o-1-{n}"))
             .replace("bench-1", &format!("bench-1-{n}"))
             .replace("2026-03-01", &format!("2026-0{}-01", n + 1));
-        let event = Event::decode(raw.as_bytes()).unwrap();
+        let event = Event::decode(raw.as_bytes()).unwrap().named().unwrap();
         state = Some(journeys.step_with(state, &event, &shop).unwrap().state);
     }
-    let fifth = Event::decode(&support::order_placed(1, "en", "2026-06-01T10:00:00Z")).unwrap();
+    let fifth = Event::decode(&support::order_placed(1, "en", "2026-06-01T10:00:00Z"))
+        .unwrap()
+        .named()
+        .unwrap();
     g.bench_function("fifth_order", |b| {
         b.iter_batched(
             || state.clone(),

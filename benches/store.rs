@@ -42,7 +42,10 @@ fn sizes() -> Vec<u64> {
 /// journey schedules it.
 fn pending_data() -> String {
     let journeys = Journeys::from_config(&support::config());
-    let event = Event::decode(&support::order_placed(1, "en", "2026-03-01T10:00:00Z")).unwrap();
+    let event = Event::decode(&support::order_placed(1, "en", "2026-03-01T10:00:00Z"))
+        .unwrap()
+        .named()
+        .unwrap();
     let t = journeys
         .step_with(None, &event, &ShopStats::default())
         .unwrap();

@@ -108,6 +108,10 @@ pub struct SourceConfig {
     /// the dead letters, only its first bytes kept, and is never held
     /// whole in memory.
     pub max_event_bytes: usize,
+    /// How long, in event time, an event that names no customer waits for
+    /// the `order.placed` of its order before it goes to the dead letters.
+    #[serde(with = "humantime_serde")]
+    pub unknown_order_wait: Duration,
     pub kafka: KafkaConfig,
 }
 
@@ -1496,6 +1500,11 @@ impl Config {
             ("shutdown_grace", self.shutdown_grace, MAX_WAIT),
             ("source.batch_wait", self.source.batch_wait, MAX_WAIT),
             ("source.kafka.stall_timeout", k.stall_timeout, MAX_WAIT),
+            (
+                "source.unknown_order_wait",
+                self.source.unknown_order_wait,
+                MAX_SPAN,
+            ),
             ("mailer.smtp.timeout", smtp.timeout, MAX_WAIT),
             (
                 "mailer.smtp.transaction_timeout",
@@ -1893,6 +1902,10 @@ mod tests {
                 "source.kafka.stall_timeout",
             ),
             ("shutdown_grace = \"1000000y\"\n", "shutdown_grace"),
+            (
+                "[source]\nunknown_order_wait = \"11y\"\n",
+                "source.unknown_order_wait",
+            ),
             (&format!("{rule}delay = \"1000000y\"\n"), "journey[0].delay"),
             (
                 &format!("{rule}max_delay = \"1000000y\"\n"),

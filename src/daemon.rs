@@ -154,6 +154,9 @@ where
             source.committed();
             if batch.caught_up || batch.watermark.is_some() {
                 let until = if batch.caught_up { now } else { limit };
+                retrying(&ingest_stop, &observer, "expire", || {
+                    Ok(pipeline.expire(until, &mut dead)?)
+                })?;
                 retrying(&ingest_stop, &observer, "fire", || {
                     Ok(pipeline.fire(until, &mut approved)?)
                 })?;

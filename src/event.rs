@@ -63,20 +63,33 @@ impl InvalidEvent {
     }
 }
 
-/// A validated event.
+/// A validated event, whose customer is known: what a journey steps on.
+///
+/// The decoder gives an [`Unresolved`] event (`Event<Option<String>>`):
+/// follow-up events of real feeds (shipments, returns, refunds) often name
+/// the order only, and the pipeline finds the customer from the order. Only
+/// [`Unresolved::named`] and [`Unresolved::resolve`] make an `Event` of
+/// one, so no code can step a journey on an event whose customer it has
+/// not settled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Event {
+pub struct Event<CustomerId = String> {
     pub id: String,
     pub occurred_at: Timestamp,
-    pub customer: CustomerPatch,
+    pub customer: CustomerPatch<CustomerId>,
     pub kind: EventKind,
 }
+
+/// An event as decoded: the customer id is `None` when the event names
+/// none (never on `order.placed`). Serialized alike to [`Event`] when the
+/// id is there, so digests of events applied before ids were optional
+/// still match their redeliveries.
+pub type Unresolved = Event<Option<String>>;
 
 /// The customer fields an event carries. Each present field updates the
 /// customer; an absent one leaves what we know alone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CustomerPatch {
-    pub id: String,
+pub struct CustomerPatch<Id = String> {
+    pub id: Id,
     pub email: Option<String>,
     pub name: Option<String>,
     pub locale: Option<String>,
@@ -242,9 +255,9 @@ mod wire {
 
 use serde_json::Value;
 
-impl Event {
+impl Unresolved {
     /// Decodes and validates one raw event.
-    pub fn decode(raw: &[u8]) -> Result<Event, InvalidEvent> {
+    pub fn decode(raw: &[u8]) -> Result<Unresolved, InvalidEvent> {
         Self::decode_noting(raw, &mut Vec::new())
     }
 
@@ -252,12 +265,20 @@ impl Event {
     /// left out (a tracking URL, an estimated delivery, a locale, a time
     /// zone, an item's name): enrichment an email can go without, never
     /// the reason it is lost.
-    pub fn decode_noting(raw: &[u8], dropped: &mut Vec<Dropped>) -> Result<Event, InvalidEvent> {
+    pub fn decode_noting(
+        raw: &[u8],
+        dropped: &mut Vec<Dropped>,
+    ) -> Result<Unresolved, InvalidEvent> {
         let w: wire::Event = serde_json::from_slice(raw).map_err(InvalidEvent::json)?;
         let id = req_str(w.event_id.as_ref(), "event_id", Bound::Id)?;
         let type_name = req_str(w.kind.as_ref(), "type", Bound::Id)?;
         let occurred_at = req_time(w.occurred_at.as_ref(), "occurred_at")?;
         let customer = customer(w.customer.as_ref(), dropped)?;
+        // An order is where the shop tells us whose it is: every later
+        // event of the order may name the order alone.
+        if type_name == "order.placed" && customer.id.is_none() {
+            return Err(InvalidEvent::Missing("customer.id"));
+        }
         let order = w.order.as_ref();
         let kind = match type_name.as_str() {
             "order.placed" => EventKind::OrderPlaced {
@@ -298,6 +319,36 @@ impl Event {
             customer,
             kind,
         })
+    }
+
+    /// The customer the event names itself, if any.
+    pub fn customer_id(&self) -> Option<&str> {
+        self.customer.id.as_deref()
+    }
+
+    /// The event as it came, if it names its customer.
+    pub fn named(mut self) -> Option<Event> {
+        let id = self.customer.id.take()?;
+        Some(self.resolve(id))
+    }
+
+    /// The event as `customer_id`'s, whatever it named (the caller has
+    /// checked the two agree).
+    pub fn resolve(self, customer_id: String) -> Event {
+        let c = self.customer;
+        Event {
+            id: self.id,
+            occurred_at: self.occurred_at,
+            customer: CustomerPatch {
+                id: customer_id,
+                email: c.email,
+                name: c.name,
+                locale: c.locale,
+                timezone: c.timezone,
+                marketing_consent: c.marketing_consent,
+            },
+            kind: self.kind,
+        }
     }
 }
 
@@ -551,8 +602,16 @@ fn lenient<T>(value: Result<Option<T>, InvalidEvent>, dropped: &mut Vec<Dropped>
     }
 }
 
-fn customer(v: Option<&Value>, dropped: &mut Vec<Dropped>) -> Result<CustomerPatch, InvalidEvent> {
-    let id = req_str(field(v, "id"), "customer.id", Bound::Id)?;
+fn customer(
+    v: Option<&Value>,
+    dropped: &mut Vec<Dropped>,
+) -> Result<CustomerPatch<Option<String>>, InvalidEvent> {
+    // Absent (or null) is fine; anything but an object is a mistake that
+    // must not pass for "no customer named".
+    if v.is_some_and(|v| !v.is_object() && !v.is_null()) {
+        return Err(bad("customer", "must be an object"));
+    }
+    let id = opt_str(field(v, "id"), "customer.id", Bound::Id)?;
     let email = opt_str(field(v, "email"), "customer.email", SHORT)?
         .map(|e| address(&e))
         .transpose()?;
@@ -805,6 +864,72 @@ mod tests {
             assert_eq!(e.kind.type_name(), name);
             assert_eq!(e.kind.order_id(), "o-1");
         }
+    }
+
+    #[test]
+    fn the_customer_may_be_left_out_on_every_type_but_an_order_placed() {
+        let follow_ups = [
+            r#""order.cancelled","order":{"id":"o-1"}"#,
+            r#""shipment.dispatched","order":{"id":"o-1"},"shipment":{"id":"s-1"}"#,
+            r#""shipment.delayed","order":{"id":"o-1"},"shipment":{"id":"s-1"}"#,
+            r#""shipment.delivered","order":{"id":"o-1"},"shipment":{"id":"s-1"}"#,
+            r#""return.requested","order":{"id":"o-1"},"return":{"id":"r-1","items":[]}"#,
+            r#""return.received","order":{"id":"o-1"},"return":{"id":"r-1"}"#,
+            r#""refund.issued","order":{"id":"o-1"},"refund":{"id":"f-1","amount":"1","currency":"EUR"}"#,
+        ];
+        for body in follow_ups {
+            for customer in ["", r#","customer":null"#, r#","customer":{"id":null}"#] {
+                let raw = format!(
+                    r#"{{"event_id":"e","occurred_at":"2026-11-20T12:00:00Z"{customer},"type":{body}}}"#
+                );
+                let e = Event::decode(raw.as_bytes()).unwrap_or_else(|e| panic!("{raw}: {e}"));
+                assert_eq!(e.customer_id(), None, "{raw}");
+                assert_eq!(e.kind.order_id(), "o-1");
+            }
+        }
+        // What it says of the customer still counts, once they are known.
+        let raw = br#"{"event_id":"e","type":"shipment.delivered","occurred_at":"2026-11-20T12:00:00Z","customer":{"locale":"hy","email":"anna@example.com"},"order":{"id":"o-1"},"shipment":{"id":"s-1"}}"#;
+        let e = Event::decode(raw).unwrap();
+        assert_eq!(e.customer.locale.as_deref(), Some("hy"));
+        assert_eq!(e.customer.email.as_deref(), Some("anna@example.com"));
+        // Something that is no customer is not "no customer".
+        for junk in [json!("c-1"), json!(7), json!(["c-1"])] {
+            let mut v: Value = serde_json::from_slice(raw).unwrap();
+            v["customer"] = junk;
+            assert_eq!(refused_field(v.to_string().as_bytes()), "customer");
+        }
+        // An order is where the shop says whose it is.
+        let without_customer = with(|v| {
+            v.as_object_mut().unwrap().remove("customer");
+        });
+        let without_id = with(|v| {
+            v["customer"].as_object_mut().unwrap().remove("id");
+        });
+        for raw in [without_customer, without_id] {
+            assert_eq!(
+                Event::decode(&raw).unwrap_err(),
+                InvalidEvent::Missing("customer.id")
+            );
+        }
+    }
+
+    #[test]
+    fn an_event_is_stepped_only_once_its_customer_is_settled() {
+        let named = Event::decode(&with(|_| {})).unwrap();
+        let as_stored = serde_json::to_string(&named).unwrap();
+        let event = named.named().unwrap();
+        assert_eq!(event.customer.id, "c-1");
+        // Serialized as before ids were optional: digests of events
+        // applied by earlier versions still match.
+        assert_eq!(serde_json::to_string(&event).unwrap(), as_stored);
+
+        let raw = br#"{"event_id":"e","type":"refund.issued","occurred_at":"2026-11-20T12:00:00Z","customer":{"name":"Anna"},"order":{"id":"o-1"},"refund":{"id":"f-1","amount":"1","currency":"EUR"}}"#;
+        let unnamed = Event::decode(raw).unwrap();
+        assert_eq!(unnamed.clone().named(), None);
+        let event = unnamed.clone().resolve("c-7".into());
+        assert_eq!(event.customer.id, "c-7");
+        assert_eq!(event.customer.name.as_deref(), Some("Anna"));
+        assert_eq!((event.id, event.kind), (unnamed.id, unnamed.kind));
     }
 
     #[test]
@@ -1093,7 +1218,7 @@ mod tests {
         });
         let e = Event::decode(&raw).unwrap();
         assert_eq!(e.id, "9007199254740993");
-        assert_eq!(e.customer.id, "7");
+        assert_eq!(e.customer_id(), Some("7"));
         assert_eq!(e.kind.order_id(), "-1");
         for junk in [json!(1.5), json!(true), json!([1])] {
             let raw = with(|v| v["order"]["id"] = junk.clone());

@@ -230,7 +230,10 @@ async fn ready<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
 async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
     let now = jiff::Timestamp::now();
     match with_store(&state, move |s| s.backlog(now)).await {
-        Ok(b) => state.observer.backlog(b.pending, b.overdue),
+        Ok(b) => {
+            state.observer.backlog(b.pending, b.overdue);
+            state.observer.parked_backlog(b.parked);
+        }
         Err(e) => tracing::warn!(error = %e, "Backlog not read for /metrics."),
     }
     (

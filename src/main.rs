@@ -278,7 +278,10 @@ fn pipeline<S: Store>(
         context,
         config.sender.batch_size,
         lease,
-    )?)
+    )?
+    .with_unknown_order_wait(jiff::SignedDuration::try_from(
+        config.source.unknown_order_wait,
+    )?))
 }
 
 fn simulate_command(
@@ -310,13 +313,12 @@ fn simulate_command(
         serde_json::to_writer(&mut out, line)?;
         writeln!(out)?;
     }
-    if plan.stats.invalid > 0 {
+    // An event whose order never came went to the dead letters too.
+    let invalid = plan.stats.invalid + plan.stats.expired;
+    if invalid > 0 {
         return Err(fail(
             EX_DATAERR,
-            anyhow::anyhow!(
-                "{} invalid events (see the warnings above)",
-                plan.stats.invalid
-            ),
+            anyhow::anyhow!("{invalid} invalid events (see the warnings above)"),
         ));
     }
     Ok(ExitCode::SUCCESS)
@@ -642,7 +644,7 @@ fn print_summary(config: &Config, input: &str, dead: &str, s: &Summary) {
     let i = &s.ingest;
     println!(
         "Read {} events from {input} ({} duplicate{}, {} invalid{}).",
-        i.events + i.duplicates + i.invalid,
+        i.events + i.duplicates + i.invalid + i.parked,
         i.duplicates,
         if i.duplicates == 1 { "" } else { "s" },
         i.invalid,
@@ -652,6 +654,19 @@ fn print_summary(config: &Config, input: &str, dead: &str, s: &Summary) {
             String::new()
         }
     );
+    if i.parked + i.unparked + i.expired > 0 {
+        println!(
+            "Events naming no customer, waiting for their order: {} parked, {} applied when it came, {} given up{}.",
+            i.parked,
+            i.unparked,
+            i.expired,
+            if i.expired > 0 {
+                format!(": see {dead}")
+            } else {
+                String::new()
+            }
+        );
+    }
     let total: u64 = s.sent.values().sum();
     let place = match config.mailer.kind {
         MailerKind::Eml => config.outbox_dir().display().to_string(),

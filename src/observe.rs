@@ -66,6 +66,8 @@ pub struct Observer {
     registry: Registry,
     events: Family<Labels, Counter>,
     invalid: Family<Labels, Counter>,
+    parked: Family<Labels, Counter>,
+    parked_now: Gauge,
     dropped: Family<Labels, Counter>,
     emails: Family<Labels, Counter>,
     smtp: Family<Labels, Counter>,
@@ -104,6 +106,18 @@ impl Observer {
             "invalid_events",
             "Invalid events sent to the dead-letter topic or file, by source",
             invalid.clone(),
+        );
+        let parked = Family::<Labels, Counter>::default();
+        registry.register(
+            "parked_events",
+            "Events naming no customer and an order not placed yet, by outcome: parked, applied (the order came), expired (dead-lettered)",
+            parked.clone(),
+        );
+        let parked_now = Gauge::default();
+        registry.register(
+            "events_parked",
+            "Events waiting for their order now",
+            parked_now.clone(),
         );
         let dropped = Family::<Labels, Counter>::default();
         registry.register(
@@ -169,6 +183,8 @@ impl Observer {
             registry,
             events,
             invalid,
+            parked,
+            parked_now,
             dropped,
             emails,
             smtp,
@@ -196,6 +212,19 @@ impl Observer {
         self.events
             .get_or_create(&labels(&[("source", source), ("type", kind)]))
             .inc();
+    }
+
+    /// An event parked for its order, or its outcome (`parked`,
+    /// `applied`, `expired`).
+    pub fn parked_event(&self, outcome: &str) {
+        self.parked
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc();
+    }
+
+    /// How many events wait for their order, as the store has it now.
+    pub fn parked_backlog(&self, parked: u64) {
+        self.parked_now.set(parked as i64);
     }
 
     pub fn invalid_event(&self, source: &str) {
@@ -416,6 +445,9 @@ mod tests {
         o.delivery("delivered", Duration::from_millis(12));
         o.reload(false);
         o.backlog(7, 2);
+        o.parked_event("parked");
+        o.parked_event("expired");
+        o.parked_backlog(3);
         o.source_polled(SourceHealth {
             assigned: Some(2),
             lag: vec![("orders".into(), 0, 5), ("orders".into(), 1, 0)],
@@ -432,6 +464,9 @@ mod tests {
             "aftercare_template_reloads_total{result=\"failed\"} 1",
             "aftercare_emails_pending 7",
             "aftercare_emails_overdue 2",
+            "aftercare_parked_events_total{outcome=\"parked\"} 1",
+            "aftercare_parked_events_total{outcome=\"expired\"} 1",
+            "aftercare_events_parked 3",
             "aftercare_consumer_lag{topic=\"orders\",partition=\"0\"} 5",
             "aftercare_consumer_stalled 0",
         ] {

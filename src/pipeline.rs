@@ -11,6 +11,19 @@
 //! win-back due during a long outage goes out if no order came before it,
 //! and stays cancelled if one did, exactly as if the events had arrived
 //! live, and exactly as `simulate` plans it.
+//!
+//! An event may name its order and no customer (feeds of shipments,
+//! returns and refunds often do): it is applied to the customer who placed
+//! the order (the store's order index). One whose order is not placed yet
+//! is parked in the store and applied in the transaction of the
+//! `order.placed` that names its order, after it; if the order does not
+//! come within `source.unknown_order_wait` of the event's time, it goes to
+//! the dead letters ([`Pipeline::expire`]). That wait runs on event time,
+//! as timers do: a backlog replayed days late parks and resolves exactly
+//! as it did live, and `simulate`, which has no wall clock, plans the same.
+//! An event naming a customer other than the one who placed its order is
+//! dead-lettered with both ids: one of the two is wrong, and guessing
+//! which would send one customer's shipping news to another.
 
 use std::sync::Arc;
 
@@ -19,13 +32,15 @@ use serde_json::{Value, json};
 
 use crate::bounded::clip;
 use crate::config::{EmailClass, Trigger};
-use crate::event::Event;
+use crate::event::{Event, EventKind, Unresolved};
 use crate::journey::insight::Counted;
 use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict, later};
 use crate::observe::Observer;
 use crate::render::Locales;
 use crate::source::{DeadLetters, Entry, Position, REASON_MAX_BYTES};
-use crate::store::{Addressee, EmailRow, Lease, Status, Store, StoreError, Transaction};
+use crate::store::{
+    Addressee, EmailRow, Lease, ParkedEvent, Status, Store, StoreError, Transaction,
+};
 use crate::unsubscribe::Signer;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +68,14 @@ pub struct Stats {
     pub suppressed: u64,
     /// Marketing emails held back by a policy (counted per deferral).
     pub deferred: u64,
+    /// Events naming no customer and an order not placed yet, parked when
+    /// read (not in `events`).
+    pub parked: u64,
+    /// Parked events applied once their order came.
+    pub unparked: u64,
+    /// Parked events whose order did not come in time: dead-lettered (not
+    /// in `invalid`).
+    pub expired: u64,
 }
 
 /// What the templates need beyond the journey.
@@ -90,6 +113,11 @@ pub struct Pipeline<S: Store> {
     /// Earliest fire time of a pending email, kept so that the ingest loop
     /// need not ask the store before every event.
     next_fire: Option<Timestamp>,
+    /// Earliest expiry of a parked event (of `streams`), kept likewise.
+    next_expiry: Option<Timestamp>,
+    /// How long, in event time, an event naming no customer waits for the
+    /// order that names it.
+    unknown_order_wait: SignedDuration,
     pub stats: Stats,
     /// Metrics, when the process exports them.
     observer: Option<Arc<Observer>>,
@@ -99,7 +127,17 @@ enum Applied {
     New,
     Duplicate,
     Rejected(String),
+    /// Kept until its order comes, or `expires_at`.
+    Parked {
+        expires_at: Timestamp,
+    },
 }
+
+/// The default of `source.unknown_order_wait`.
+pub const UNKNOWN_ORDER_WAIT: SignedDuration = SignedDuration::from_hours(24);
+
+/// Parked events dead-lettered per transaction, at most.
+const EXPIRE_BATCH: usize = 500;
 
 impl<S: Store> Pipeline<S> {
     pub fn new(
@@ -110,6 +148,7 @@ impl<S: Store> Pipeline<S> {
         lease: LeasePolicy,
     ) -> Result<Pipeline<S>, StoreError> {
         let next_fire = store.next_fire(None)?;
+        let next_expiry = store.next_expiry(None)?;
         Ok(Pipeline {
             store,
             journeys,
@@ -118,9 +157,18 @@ impl<S: Store> Pipeline<S> {
             lease,
             streams: None,
             next_fire,
+            next_expiry,
+            unknown_order_wait: UNKNOWN_ORDER_WAIT,
             stats: Stats::default(),
             observer: None,
         })
+    }
+
+    /// How long an event naming no customer waits for its order
+    /// (`source.unknown_order_wait`; [`UNKNOWN_ORDER_WAIT`] unless set).
+    pub fn with_unknown_order_wait(mut self, wait: SignedDuration) -> Pipeline<S> {
+        self.unknown_order_wait = wait;
+        self
     }
 
     /// Counts events and decisions in `observer` from now on.
@@ -141,6 +189,7 @@ impl<S: Store> Pipeline<S> {
         if streams != self.streams {
             self.streams = streams;
             self.next_fire = self.store.next_fire(self.streams.as_deref())?;
+            self.next_expiry = self.store.next_expiry(self.streams.as_deref())?;
         }
         Ok(())
     }
@@ -164,6 +213,7 @@ impl<S: Store> Pipeline<S> {
                 .ingest_some(source, entries, &mut i, now, dead)
                 .inspect_err(|_| self.stats = counted)?;
             if let Some(until) = fire_until {
+                self.expire(until, dead)?;
                 self.fire(until, approved)?;
             }
         }
@@ -207,7 +257,10 @@ impl<S: Store> Pipeline<S> {
                 }
                 Ok(event) => {
                     let bound = now.map_or(event.occurred_at, |n| n.min(event.occurred_at));
-                    if self.next_fire.is_some_and(|t| t <= bound) {
+                    if [self.next_fire, self.next_expiry]
+                        .into_iter()
+                        .any(|t| t.is_some_and(|t| t <= bound))
+                    {
                         fire_until = Some(bound);
                         break;
                     }
@@ -224,9 +277,10 @@ impl<S: Store> Pipeline<S> {
                         (&mut shop, &mut shop_changed),
                         &self.observer,
                         &event,
-                        &entry.position.key,
-                        &mut self.next_fire,
+                        (source, entry, self.unknown_order_wait),
+                        (&mut self.next_fire, &mut self.next_expiry),
                         &mut self.stats,
+                        dead,
                     )?;
                     match applied {
                         Applied::New => {
@@ -245,8 +299,13 @@ impl<S: Store> Pipeline<S> {
                                 o.invalid_event(source_label(source, entry));
                             }
                             let reason = clip(&reason, REASON_MAX_BYTES);
-                            tracing::warn!(source, coordinates = %entry.coordinates, customer_id = %clip(&event.customer.id, ID_MAX_BYTES), error = %reason, "Skipped invalid event.");
+                            tracing::warn!(source, coordinates = %entry.coordinates, customer_id = %clip(event.customer_id().unwrap_or_default(), ID_MAX_BYTES), error = %reason, "Skipped invalid event.");
                             write_dead(dead, source, entry, &reason)?;
+                        }
+                        Applied::Parked { expires_at } => {
+                            self.stats.parked += 1;
+                            count_parked(&self.observer, "parked");
+                            tracing::info!(source, coordinates = %entry.coordinates, event_id = %event.id, order_id = %event.kind.order_id(), %expires_at, "Parked an event naming no customer until its order comes.");
                         }
                     }
                 }
@@ -269,6 +328,59 @@ impl<S: Store> Pipeline<S> {
         })?;
         tx.commit()?;
         Ok(fire_until)
+    }
+
+    /// Dead-letters the parked events (of this worker's streams) whose
+    /// order has not come by `until` (event time, as for [`Pipeline::fire`]),
+    /// each with its own coordinates, and forgets their ids so that the
+    /// shop can send them again.
+    pub fn expire(
+        &mut self,
+        until: Timestamp,
+        dead: &mut DeadLetters,
+    ) -> Result<(), PipelineError> {
+        let mut held_since: Option<std::time::Instant> = None;
+        while self.next_expiry.is_some_and(|t| t <= until) {
+            let mut tx = self.store.begin()?;
+            let expired = tx.expire_parked(until, self.streams.as_deref(), EXPIRE_BATCH)?;
+            for parked in &expired {
+                write_dead(
+                    dead,
+                    &parked.source,
+                    &parked_entry(parked),
+                    &expiry_reason(parked),
+                )?;
+            }
+            dead.sync().map_err(|error| PipelineError::DeadLetter {
+                place: dead.place(),
+                error,
+            })?;
+            tx.commit()?;
+            // Counted once committed: a failed attempt is made again whole.
+            for parked in &expired {
+                self.stats.expired += 1;
+                if let Some(o) = &self.observer {
+                    o.invalid_event(source_label(&parked.source, &parked_entry(parked)));
+                }
+                count_parked(&self.observer, "expired");
+                tracing::warn!(source = %parked.source, coordinates = %parked.coordinates, event_id = %parked.event.id, error = %expiry_reason(parked), "Gave up on an event waiting for its order.");
+            }
+            self.next_expiry = self.store.next_expiry(self.streams.as_deref())?;
+            if expired.is_empty() {
+                // What is due is held by another worker's transaction
+                // (PostgreSQL), taking it for its order: wait for that to
+                // end, briefly, as `fire` does, rather than spin; what is
+                // still held then is looked at on a later call.
+                let held = held_since.get_or_insert_with(std::time::Instant::now);
+                if held.elapsed() >= HELD_WAIT {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            } else {
+                held_since = None;
+            }
+        }
+        Ok(())
     }
 
     /// Claims emails approved but never recorded as sent: with `own`, this
@@ -551,6 +663,12 @@ fn addressee(locales: &Locales, journey: &Journey) -> Addressee {
     }
 }
 
+/// Where an event came from, and how long it may wait for its order.
+type Arrival<'a> = (&'a str, &'a Entry, SignedDuration);
+
+/// Applies one decoded event: finds its customer (named, or from its
+/// order), parks it if neither is known, steps the journey, and after an
+/// `order.placed` applies the events parked for that order.
 #[allow(clippy::too_many_arguments)]
 fn apply<T: Transaction>(
     tx: &mut T,
@@ -558,15 +676,23 @@ fn apply<T: Transaction>(
     locales: &Locales,
     (shop, shop_changed): (&mut ShopStats, &mut bool),
     observer: &Option<Arc<Observer>>,
-    event: &Event,
-    stream: &str,
-    next_fire: &mut Option<Timestamp>,
+    event: &Unresolved,
+    (source, entry, wait): Arrival<'_>,
+    (next_fire, next_expiry): (&mut Option<Timestamp>, &mut Option<Timestamp>),
     stats: &mut Stats,
-) -> Result<Applied, StoreError> {
+    dead: &mut DeadLetters,
+) -> Result<Applied, PipelineError> {
+    let order_id = event.kind.order_id();
+    // Looked up before the journey is read: on PostgreSQL this locks the
+    // order, and every transaction takes the order before the customer.
+    let owner = tx.order_customer(order_id)?;
     let digest = digest(event);
     match tx.seen(&event.id)? {
         // Applied before digests were kept: a redelivery, most likely.
-        Some(before) if before.is_empty() || before == digest => return Ok(Applied::Duplicate),
+        Some(before) if before.is_empty() => return Ok(Applied::Duplicate),
+        Some(before) if redelivered(event, owner.as_deref(), &before) => {
+            return Ok(Applied::Duplicate);
+        }
         Some(before) => {
             return Ok(Applied::Rejected(format!(
                 "event id already applied with different content (digest {before} then, {digest} now)"
@@ -574,64 +700,237 @@ fn apply<T: Transaction>(
         }
         None => {}
     }
-    let customer_id = &event.customer.id;
-    let state = tx.journey(customer_id)?;
-    let before = state.as_ref().map(Counted::of).unwrap_or_default();
-    // The step is pure: a panic in it (a bug, or a state no bound foresaw)
-    // leaves nothing half done, so the event goes to the dead letters and
-    // the events behind it are applied. Otherwise the worker would stop on
-    // it at every start.
-    let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        journeys.step_with(state, event, shop)
-    }));
-    let transition = match stepped {
-        Ok(Ok(t)) => t,
-        // Not recorded as seen: the shop may fix the event and send it again.
-        Ok(Err(rejection)) => return Ok(Applied::Rejected(rejection.to_string())),
-        Err(panic) => {
+    let customer = match (event.customer_id(), owner) {
+        (Some(named), Some(owner)) if named != owner => {
             return Ok(Applied::Rejected(format!(
-                "could not be applied (internal error: {})",
-                panic_message(panic.as_ref())
+                "order {order_id} was placed by customer {owner}; the event names customer {named}"
             )));
         }
+        (Some(named), _) => named.to_owned(),
+        (None, Some(owner)) => owner,
+        (None, None) => {
+            let parked = ParkedEvent {
+                event: event.clone(),
+                expires_at: later(event.occurred_at, wait),
+                raw: entry.raw.clone(),
+                key: entry.key.clone(),
+                source: source.to_owned(),
+                coordinates: entry.coordinates.clone(),
+                stream: entry.position.key.clone(),
+            };
+            if !tx.park(&parked)? {
+                return Ok(Applied::Duplicate);
+            }
+            // Its id is taken from now on: a redelivery while it waits is
+            // a duplicate, and so is one naming the customer.
+            tx.mark_seen(&event.id, &digest)?;
+            *next_expiry =
+                Some(next_expiry.map_or(parked.expires_at, |t| t.min(parked.expires_at)));
+            return Ok(Applied::Parked {
+                expires_at: parked.expires_at,
+            });
+        }
     };
-    tx.mark_seen(&event.id, &digest)?;
-    tx.save_journey(customer_id, &transition.state)?;
-    *shop_changed |= shop.record(&before, &Counted::of(&transition.state));
-    let to = addressee(locales, &transition.state);
-    for command in &transition.commands {
-        match command {
-            Command::Schedule(email) => {
-                if tx.schedule(email, stream)? {
-                    stats.scheduled += 1;
-                    *next_fire = Some(next_fire.map_or(email.due_at, |t| t.min(email.due_at)));
-                }
+    let event = event.clone().resolve(customer);
+    let mut journey = Journeying {
+        tx,
+        journeys,
+        locales,
+        shop,
+        shop_changed,
+        observer,
+        next_fire,
+        stats,
+    };
+    let applied = journey.step(&event, &entry.position.key, Some(&digest))?;
+    if matches!(applied, Applied::New) && matches!(event.kind, EventKind::OrderPlaced { .. }) {
+        journey.tx.index_order(order_id, &event.customer.id)?;
+        journey.unpark(order_id, &event.customer.id, dead)?;
+    }
+    Ok(applied)
+}
+
+/// Whether an event whose id was applied before with `before` (a digest)
+/// is that event again. Its digest is kept as the event came, so the same
+/// event is recognised with or without its customer id: one naming none
+/// where the first named the order's customer, or one naming its customer
+/// where the first (parked, or resolved by its order) named none.
+fn redelivered(event: &Unresolved, owner: Option<&str>, before: &str) -> bool {
+    if digest(event) == before {
+        return true;
+    }
+    let mut other = event.clone();
+    other.customer.id = match event.customer_id() {
+        Some(_) => None,
+        None => owner.map(str::to_owned),
+    };
+    other.customer.id.is_some() != event.customer.id.is_some() && digest(&other) == before
+}
+
+/// The pipeline's part that steps journeys in one transaction, borrowed
+/// apart from the store so that it can run within the store's transaction.
+struct Journeying<'a, T> {
+    tx: &'a mut T,
+    journeys: &'a Journeys,
+    locales: &'a Locales,
+    shop: &'a mut ShopStats,
+    shop_changed: &'a mut bool,
+    observer: &'a Option<Arc<Observer>>,
+    next_fire: &'a mut Option<Timestamp>,
+    stats: &'a mut Stats,
+}
+
+impl<T: Transaction> Journeying<'_, T> {
+    /// Steps the customer's journey on `event` and writes what it decided,
+    /// firing from `stream`. With `digest`, records the event as applied
+    /// (a parked event was recorded when it was parked).
+    fn step(
+        &mut self,
+        event: &Event,
+        stream: &str,
+        digest: Option<&str>,
+    ) -> Result<Applied, StoreError> {
+        let tx = &mut *self.tx;
+        let customer_id = &event.customer.id;
+        let state = tx.journey(customer_id)?;
+        let before = state.as_ref().map(Counted::of).unwrap_or_default();
+        let shop = &*self.shop;
+        // The step is pure: a panic in it (a bug, or a state no bound
+        // foresaw) leaves nothing half done, so the event goes to the dead
+        // letters and the events behind it are applied. Otherwise the
+        // worker would stop on it at every start.
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.journeys.step_with(state, event, shop)
+        }));
+        let transition = match stepped {
+            Ok(Ok(t)) => t,
+            // Not recorded as seen: the shop may fix the event and send it
+            // again.
+            Ok(Err(rejection)) => return Ok(Applied::Rejected(rejection.to_string())),
+            Err(panic) => {
+                return Ok(Applied::Rejected(format!(
+                    "could not be applied (internal error: {})",
+                    panic_message(panic.as_ref())
+                )));
             }
-            Command::Cancel { selector, reason } => {
-                for template in tx.cancel(selector, reason, &to)? {
-                    stats.cancelled += 1;
-                    count_email(observer, &template, "cancelled");
+        };
+        if let Some(digest) = digest {
+            tx.mark_seen(&event.id, digest)?;
+        }
+        tx.save_journey(customer_id, &transition.state)?;
+        *self.shop_changed |= self.shop.record(&before, &Counted::of(&transition.state));
+        let to = addressee(self.locales, &transition.state);
+        for command in &transition.commands {
+            match command {
+                Command::Schedule(email) => {
+                    if tx.schedule(email, stream)? {
+                        self.stats.scheduled += 1;
+                        *self.next_fire =
+                            Some(self.next_fire.map_or(email.due_at, |t| t.min(email.due_at)));
+                    }
                 }
-            }
-            Command::Decide {
-                email,
-                verdict,
-                reason,
-            } => {
-                if tx.record(email, *verdict, reason, &to)? {
-                    stats.cancelled += 1;
-                    count_email(observer, &email.template, Status::from(*verdict).as_str());
+                Command::Cancel { selector, reason } => {
+                    for template in tx.cancel(selector, reason, &to)? {
+                        self.stats.cancelled += 1;
+                        count_email(self.observer, &template, "cancelled");
+                    }
+                }
+                Command::Decide {
+                    email,
+                    verdict,
+                    reason,
+                } => {
+                    if tx.record(email, *verdict, reason, &to)? {
+                        self.stats.cancelled += 1;
+                        count_email(
+                            self.observer,
+                            &email.template,
+                            Status::from(*verdict).as_str(),
+                        );
+                    }
                 }
             }
         }
+        Ok(Applied::New)
     }
-    Ok(Applied::New)
+
+    /// Applies the events parked for `order_id`, now known to be
+    /// `customer_id`'s, in event order, each firing from its own stream.
+    fn unpark(
+        &mut self,
+        order_id: &str,
+        customer_id: &str,
+        dead: &mut DeadLetters,
+    ) -> Result<(), PipelineError> {
+        for parked in self.tx.unpark(order_id)? {
+            let event = parked.event.clone().resolve(customer_id.to_owned());
+            let entry = parked_entry(&parked);
+            let label = source_label(&parked.source, &entry);
+            match self.step(&event, &parked.stream, None)? {
+                Applied::Rejected(reason) => {
+                    // It stays recorded as applied (it was when parked): a
+                    // step rejects only an order without an address, or
+                    // panics on a bug, and the same event sent again would
+                    // meet the same.
+                    self.stats.invalid += 1;
+                    if let Some(o) = self.observer {
+                        o.invalid_event(label);
+                    }
+                    let reason = clip(&reason, REASON_MAX_BYTES);
+                    tracing::warn!(source = %parked.source, coordinates = %parked.coordinates, error = %reason, "Skipped invalid event.");
+                    write_dead(dead, &parked.source, &entry, &reason)?;
+                }
+                _ => {
+                    self.stats.unparked += 1;
+                    if let Some(o) = self.observer {
+                        o.event(label, event.kind.type_name());
+                    }
+                    count_parked(self.observer, "applied");
+                    tracing::info!(source = %parked.source, coordinates = %parked.coordinates, event_id = %event.id, order_id, "Applied an event that waited for its order.");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The source entry a parked event came as: what its dead letter holds.
+fn parked_entry(parked: &ParkedEvent) -> Entry {
+    Entry {
+        raw: parked.raw.clone(),
+        key: parked.key.clone(),
+        coordinates: parked.coordinates.clone(),
+        position: Position {
+            key: parked.stream.clone(),
+            value: String::new(),
+        },
+        oversized: None,
+    }
+}
+
+/// Why a parked event went to the dead letters.
+fn expiry_reason(parked: &ParkedEvent) -> String {
+    // In the milliseconds the store keeps the expiry in.
+    let waited = SignedDuration::from_millis(
+        parked.expires_at.as_millisecond() - parked.event.occurred_at.as_millisecond(),
+    );
+    format!(
+        "order {} not seen within {waited:#}; the event names no customer",
+        parked.event.kind.order_id()
+    )
+}
+
+fn count_parked(observer: &Option<Arc<Observer>>, outcome: &str) {
+    if let Some(o) = observer {
+        o.parked_event(outcome);
+    }
 }
 
 /// What an event says, as decoded: the same for a redelivery however its
 /// JSON is laid out, different for another event under the same id. The
-/// first 16 bytes of a SHA-256, in hex.
-fn digest(event: &Event) -> String {
+/// first 16 bytes of a SHA-256, in hex. An event naming its customer is
+/// serialized as before customer ids were optional, so its digest is too.
+fn digest(event: &Unresolved) -> String {
     use sha2::{Digest, Sha256};
     let json = serde_json::to_vec(event).unwrap_or_default();
     hex::encode(&Sha256::digest(&json)[..16])
@@ -1237,6 +1536,222 @@ mod tests {
         );
         assert_eq!(dead.written, 1);
         assert!(status_of(&mut p, "c-1/order_confirmation/o-9").is_none());
+    }
+
+    /// `kind` of shipment s-1 of `order`, naming no customer.
+    fn unnamed(kind: &str, id: &str, at: &str, order: &str) -> Entry {
+        let raw = format!(
+            r#"{{"event_id":"{id}","type":"shipment.{kind}","occurred_at":"{at}","order":{{"id":"{order}"}},"shipment":{{"id":"s-1","carrier":"DHL","tracking_number":"T1"}}}}"#
+        );
+        Entry {
+            raw: raw.into_bytes(),
+            ..placed(id, at, order, None)
+        }
+    }
+
+    fn dead_letters(path: &std::path::Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_event_naming_its_order_only_is_applied_to_the_customer_who_placed_it() {
+        let mut p = pipeline();
+        let approved = applied_and_fired(
+            &mut p,
+            &[
+                placed(
+                    "e1",
+                    "2026-01-01T09:00:00Z",
+                    "o-1",
+                    Some("anna@example.com"),
+                ),
+                unnamed("dispatched", "e2", "2026-01-01T09:30:00Z", "o-1"),
+            ],
+        );
+        let update = approved
+            .iter()
+            .find(|e| e.key == "c-1/shipping_update/s-1")
+            .expect("the shipping update");
+        assert_eq!(update.recipient.as_deref(), Some("anna@example.com"));
+        assert_eq!((p.stats.events, p.stats.parked), (2, 0));
+        // Sent again, with or without the customer: the same event.
+        let again = [
+            unnamed("dispatched", "e2", "2026-01-01T09:30:00Z", "o-1"),
+            dispatched("e2", "2026-01-01T09:30:00Z", "o-1"),
+        ];
+        applied_and_fired(&mut p, &again);
+        assert_eq!((p.stats.events, p.stats.duplicates), (2, 2));
+    }
+
+    #[test]
+    fn events_before_their_order_wait_for_it_and_follow_it_in_event_order() {
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        // The delivery came first, then the dispatch: both before the order.
+        let early = [
+            unnamed("delivered", "e3", "2026-01-01T09:50:00Z", "o-1"),
+            unnamed("dispatched", "e2", "2026-01-01T09:40:00Z", "o-1"),
+            // Redelivered while they wait, once naming the customer.
+            unnamed("delivered", "e3", "2026-01-01T09:50:00Z", "o-1"),
+            dispatched("e2", "2026-01-01T09:40:00Z", "o-1"),
+        ];
+        p.ingest("test", &early, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(
+            (p.stats.parked, p.stats.duplicates, p.stats.events),
+            (2, 2, 0)
+        );
+        assert_eq!(
+            p.store().backlog(t("2026-01-01T10:00:00Z")).unwrap().parked,
+            2
+        );
+        assert!(status_of(&mut p, "c-1/shipping_update/s-1").is_none());
+
+        let order = [placed(
+            "e1",
+            "2026-01-01T09:30:00Z",
+            "o-1",
+            Some("anna@example.com"),
+        )];
+        p.ingest("test", &order, None, &mut dead, &mut approved)
+            .unwrap();
+        p.fire(t("2026-01-01T10:00:00Z"), &mut approved).unwrap();
+        assert_eq!((p.stats.events, p.stats.unparked), (1, 2));
+        assert_eq!(
+            p.store().backlog(t("2026-01-01T10:00:00Z")).unwrap().parked,
+            0
+        );
+        // The dispatch was applied before the delivery: in the other order
+        // its update would be cancelled as news of a delivered parcel.
+        let keys: Vec<&str> = approved.iter().map(|e| e.key.as_str()).collect();
+        assert!(keys.contains(&"c-1/shipping_update/s-1"), "{keys:?}");
+        assert!(keys.contains(&"c-1/order_confirmation/o-1"), "{keys:?}");
+        assert_eq!(
+            status_of(&mut p, "c-1/review_request/o-1").map(|s| s.0),
+            Some(Status::Pending)
+        );
+        // Applied once: the parked events are not applied again.
+        p.ingest("test", &early, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!((p.stats.unparked, p.stats.duplicates), (2, 6));
+        assert_eq!(dead.written, 0);
+    }
+
+    #[test]
+    fn an_event_whose_order_never_comes_is_dead_lettered_after_the_wait_in_event_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        let mut p = pipeline().with_unknown_order_wait(SignedDuration::from_hours(2));
+        let mut approved = Vec::new();
+        let mut waiting = unnamed("dispatched", "e1", "2026-01-01T10:00:00Z", "o-9");
+        waiting.coordinates = json!({"path": "events.jsonl", "line": 7, "offset": 512});
+        let batch = [
+            waiting.clone(),
+            // Within the wait: it still waits.
+            placed(
+                "e2",
+                "2026-01-01T11:59:00Z",
+                "o-1",
+                Some("anna@example.com"),
+            ),
+        ];
+        p.ingest("test", &batch, None, &mut dead, &mut approved)
+            .unwrap();
+        assert!(dead_letters(&path).is_empty());
+        // An event past the wait: the clock has moved past it first.
+        let later = [placed("e3", "2026-01-01T12:00:01Z", "o-2", None)];
+        p.ingest("test", &later, None, &mut dead, &mut approved)
+            .unwrap();
+        let records = dead_letters(&path);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(
+            records[0]["reason"],
+            "order o-9 not seen within 2h; the event names no customer"
+        );
+        assert_eq!(records[0]["coordinates"]["line"], 7);
+        assert_eq!(records[0]["coordinates"]["offset"], 512);
+        assert_eq!(
+            records[0]["raw"].as_str().map(str::as_bytes),
+            Some(waiting.raw.as_slice())
+        );
+        assert_eq!((p.stats.expired, p.stats.invalid), (1, 0));
+        assert_eq!(
+            p.store().backlog(t("2026-01-01T13:00:00Z")).unwrap().parked,
+            0
+        );
+
+        // The order comes too late: nothing waits for it any more...
+        let too_late = [placed("e4", "2026-01-01T12:30:00Z", "o-9", None)];
+        p.ingest("test", &too_late, None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(p.stats.unparked, 0);
+        // ...and the event, never applied, may be sent again: now its order
+        // is known, it is applied.
+        p.ingest("test", &[waiting], None, &mut dead, &mut approved)
+            .unwrap();
+        p.fire(t("2026-01-01T13:00:00Z"), &mut approved).unwrap();
+        assert!(approved.iter().any(|e| e.key == "c-1/shipping_update/s-1"));
+    }
+
+    #[test]
+    fn waiting_events_expire_on_the_clock_the_timers_fire_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let waiting = [unnamed("dispatched", "e1", "2026-01-01T10:00:00Z", "o-9")];
+        p.ingest("test", &waiting, None, &mut dead, &mut approved)
+            .unwrap();
+        // As the worker does when its source is idle.
+        p.expire(t("2026-01-02T09:59:59Z"), &mut dead).unwrap();
+        assert_eq!(p.stats.expired, 0);
+        p.expire(t("2026-01-02T10:00:00Z"), &mut dead).unwrap();
+        assert_eq!(p.stats.expired, 1);
+        let records = dead_letters(&path);
+        assert_eq!(
+            records[0]["reason"],
+            "order o-9 not seen within 24h; the event names no customer"
+        );
+    }
+
+    #[test]
+    fn an_event_naming_another_customer_than_its_order_is_dead_lettered_with_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        let mut p = pipeline();
+        let mut approved = Vec::new();
+        let mut other = raw("2", order("e2", "c-2", "o-1", "Ben"));
+        other.coordinates = json!({"line": 2});
+        let batch = [
+            raw("1", order("e1", "c-1", "o-1", "Anna")),
+            other,
+            raw(
+                "3",
+                json!({
+                    "event_id": "e3", "type": "shipment.dispatched",
+                    "occurred_at": "2026-01-01T10:00:00Z", "customer": {"id": "c-2"},
+                    "order": {"id": "o-1"}, "shipment": {"id": "s-1"},
+                }),
+            ),
+        ];
+        p.ingest("test", &batch, None, &mut dead, &mut approved)
+            .unwrap();
+        let reasons: Vec<String> = dead_letters(&path)
+            .iter()
+            .map(|r| r["reason"].as_str().unwrap().to_owned())
+            .collect();
+        let both = "order o-1 was placed by customer c-1; the event names customer c-2";
+        assert_eq!(reasons, [both, both]);
+        assert_eq!((p.stats.events, p.stats.invalid), (1, 2));
+        assert!(status_of(&mut p, "c-2/order_confirmation/o-1").is_none());
     }
 
     #[test]

@@ -104,7 +104,7 @@ pub fn simulate(
             if let Some(Ok(event)) = decoded {
                 if until.is_some_and(|u| event.occurred_at > u) {
                     // The clock stops at `until`: later events never happen.
-                    return finish(pipeline, until, &mut approved);
+                    return finish(pipeline, until, &mut dead, &mut approved);
                 }
                 last = Some(last.map_or(event.occurred_at, |l| l.max(event.occurred_at)));
             }
@@ -124,6 +124,7 @@ pub fn simulate(
     finish(
         pipeline,
         until.or_else(|| last.map(|l| crate::journey::later(l, DEFAULT_HORIZON))),
+        &mut dead,
         &mut approved,
     )
 }
@@ -132,9 +133,12 @@ pub fn simulate(
 fn finish(
     mut pipeline: Pipeline<SqliteStore>,
     until: Option<Timestamp>,
+    dead: &mut DeadLetters,
     approved: &mut Vec<EmailRow>,
 ) -> Result<Plan, SimulateError> {
     if let Some(until) = until {
+        // Events still waiting for an order that never came give up.
+        pipeline.expire(until, dead)?;
         pipeline.fire(until, approved)?;
         deliver(&mut pipeline, approved)?;
     }

@@ -771,3 +771,91 @@ fn a_delivery_date_and_return_items_without_names_send_their_emails() {
     let instructions = text_of("return_instructions");
     assert!(instructions.contains("1 x TEA-01"), "{instructions}");
 }
+
+/// Follow-up events that name their order and no customer (real feeds of
+/// shipments, returns and refunds often do), through the real worker on
+/// the file source, over two runs sharing the store.
+#[test]
+fn events_naming_only_their_order_reach_its_customer_or_the_dead_letters() {
+    let work = Work::new("");
+    let now = jiff::Timestamp::now();
+    let ago = |hours: i64| (now - jiff::SignedDuration::from_hours(hours)).to_string();
+    let placed = |c: u32, at: &str| {
+        format!(
+            r#"{{"event_id":"placed-{c}","type":"order.placed","occurred_at":"{at}","customer":{{"id":"c-{c}","email":"c{c}@example.com"}},"order":{{"id":"o-{c}","total":"1.00","currency":"EUR","items":[]}}}}"#
+        )
+    };
+    let dispatched = |c: u32, at: &str| {
+        format!(
+            r#"{{"event_id":"dispatched-{c}","type":"shipment.dispatched","occurred_at":"{at}","order":{{"id":"o-{c}"}},"shipment":{{"id":"s-{c}","carrier":"DHL","tracking_number":"T{c}"}}}}"#
+        )
+    };
+    // c-1's dispatch after its order; c-2's before its order, which comes
+    // in the next run, within the wait.
+    let first = [
+        placed(1, &ago(5)),
+        dispatched(1, &ago(4)),
+        dispatched(2, &ago(2)),
+    ];
+    let log = work.path("first.jsonl");
+    common::write(&log, &(first.join("\n") + "\n"));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 parked, 0 applied when it came, 0 given up"),
+        "{}",
+        stdout(&out)
+    );
+    let sent = |work: &Work| -> Vec<String> {
+        work.emails()
+            .into_iter()
+            .filter(|(k, s)| k.contains("shipping_update") && s == "sent")
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert_eq!(sent(&work), ["c-1/shipping_update/s-1"]);
+
+    // c-3's dispatch names an order that never comes: three days old, it
+    // has waited its 24 hours by the end of the run.
+    let second = [placed(2, &ago(3)), dispatched(3, &ago(72))];
+    let log = work.path("second.jsonl");
+    common::write(&log, &(second.join("\n") + "\n"));
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("1 parked, 1 applied when it came, 1 given up"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        sent(&work),
+        ["c-1/shipping_update/s-1", "c-2/shipping_update/s-2"]
+    );
+    let shipping = work
+        .outbox()
+        .into_iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .filter(|m| m.contains("T2"))
+        .collect::<Vec<_>>();
+    assert_eq!(shipping.len(), 1);
+    assert!(
+        shipping[0].contains("To: c2@example.com"),
+        "{}",
+        shipping[0]
+    );
+
+    let dead = std::fs::read_to_string(work.path("data/dead-letter.jsonl")).unwrap();
+    let dead: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        dead[0]["reason"],
+        "order o-3 not seen within 24h; the event names no customer"
+    );
+    assert_eq!(dead[0]["raw"], second[1]);
+    assert_eq!(dead[0]["coordinates"]["line"], 2);
+    assert_eq!(dead[0]["coordinates"]["offset"], second[0].len() as u64 + 1);
+    assert_eq!(dead[0]["coordinates"]["path"], log.to_str().unwrap());
+}

@@ -213,6 +213,41 @@ fn the_schema_and_the_decoder_agree() {
             Invalid,
         ),
         (
+            "a dispatch naming its order only",
+            shipped(|v| {
+                v.as_object_mut().unwrap().remove("customer");
+            }),
+            Valid,
+        ),
+        (
+            "a refund with a customer and no id",
+            json!({
+                "event_id": "e", "type": "refund.issued", "occurred_at": "2026-11-20T12:00:00Z",
+                "customer": {"locale": "hy"}, "order": {"id": "o"},
+                "refund": {"id": "f", "amount": "1.00", "currency": "EUR"},
+            }),
+            Valid,
+        ),
+        (
+            "a customer that is a string",
+            shipped(|v| v["customer"] = json!("c-1")),
+            Invalid,
+        ),
+        (
+            "an order without a customer",
+            placed(|v| {
+                v.as_object_mut().unwrap().remove("customer");
+            }),
+            Invalid,
+        ),
+        (
+            "an order without a customer id",
+            placed(|v| {
+                v["customer"].as_object_mut().unwrap().remove("id");
+            }),
+            Invalid,
+        ),
+        (
             "a dispatch without a shipment",
             shipped(|v| {
                 v.as_object_mut().unwrap().remove("shipment");

@@ -199,3 +199,81 @@ fn the_worker_runs_on_postgres_and_a_second_run_sends_nothing_new() {
     );
     assert_eq!(work.outbox().len(), sent);
 }
+
+/// One event read from `stream`, at `offset`.
+fn entry(stream: &str, offset: u64, raw: String) -> aftercare::source::Entry {
+    aftercare::source::Entry {
+        raw: raw.into_bytes(),
+        key: None,
+        coordinates: serde_json::json!({"topic": stream, "partition": 0, "offset": offset}),
+        position: aftercare::source::Position {
+            key: stream.to_owned(),
+            value: offset.to_string(),
+        },
+        oversized: None,
+    }
+}
+
+#[test]
+fn a_shipment_parked_by_one_worker_is_applied_by_the_worker_that_reads_its_order() {
+    let schema = Schema::new();
+    let dir = tempfile::tempdir().unwrap();
+    let dead_path = dir.path().join("dead.jsonl");
+    let mut shipments = pipeline(open(&schema), "w1");
+    shipments
+        .set_streams(Some(vec!["shipments".to_owned()]))
+        .unwrap();
+    let mut orders = pipeline(open(&schema), "w2");
+    orders.set_streams(Some(vec!["orders".to_owned()])).unwrap();
+    let (mut dead, mut approved) = (DeadLetters::new(&dead_path, 1 << 20), Vec::new());
+    let dispatched = |n: u32, at: &str| {
+        format!(
+            r#"{{"event_id":"d-{n}","type":"shipment.dispatched","occurred_at":"{at}","order":{{"id":"o-{n}"}},"shipment":{{"id":"s-{n}","carrier":"DHL","tracking_number":"T{n}"}}}}"#
+        )
+    };
+    // Two dispatches before their orders; only o-1 is ever placed.
+    let early = [
+        entry("shipments", 0, dispatched(1, "2026-01-01T10:05:00Z")),
+        entry("shipments", 1, dispatched(2, "2026-01-01T10:06:00Z")),
+    ];
+    shipments
+        .ingest("kafka", &early, None, &mut dead, &mut approved)
+        .unwrap();
+    assert_eq!(shipments.stats.parked, 2);
+    let order = entry(
+        "orders",
+        0,
+        r#"{"event_id":"p-1","type":"order.placed","occurred_at":"2026-01-01T10:00:00Z","customer":{"id":"c-1","email":"anna@example.com"},"order":{"id":"o-1","total":"5.00","currency":"EUR","items":[]}}"#.to_owned(),
+    );
+    orders
+        .ingest("kafka", &[order], None, &mut dead, &mut approved)
+        .unwrap();
+    assert_eq!(orders.stats.unparked, 1);
+    let until: Timestamp = "2026-01-03T00:00:00Z".parse().unwrap();
+    // The orders' worker fires its own stream's emails and gives up on its
+    // own stream's waiting events only.
+    orders.expire(until, &mut dead).unwrap();
+    orders.fire(until, &mut approved).unwrap();
+    assert_eq!(orders.stats.expired, 0);
+    assert!(approved.iter().all(|e| e.template != "shipping_update"));
+    assert_eq!(orders.store().backlog(until).unwrap().parked, 1);
+    // The shipments' worker sends the update and gives up on o-2.
+    shipments.expire(until, &mut dead).unwrap();
+    shipments.fire(until, &mut approved).unwrap();
+    let update: Vec<&EmailRow> = approved
+        .iter()
+        .filter(|e| e.template == "shipping_update")
+        .collect();
+    assert_eq!(update.len(), 1);
+    assert_eq!(update[0].customer_id, "c-1");
+    assert_eq!(update[0].recipient.as_deref(), Some("anna@example.com"));
+    assert_eq!(shipments.stats.expired, 1);
+    let record: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&dead_path).unwrap().trim()).unwrap();
+    assert_eq!(
+        record["reason"],
+        "order o-2 not seen within 24h; the event names no customer"
+    );
+    assert_eq!(record["coordinates"]["offset"], 1);
+    assert_eq!(shipments.store().backlog(until).unwrap().parked, 0);
+}

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use aftercare::config::Config;
-use aftercare::event::Event;
+use aftercare::event::{Event, EventKind};
 use aftercare::journey::insight::Counted;
 use aftercare::journey::{Command, Journey, Journeys, ShopStats};
 use libfuzzer_sys::fuzz_target;
@@ -22,10 +22,26 @@ fn journeys() -> &'static Journeys {
 fuzz_target!(|data: &[u8]| {
     let mut shop = ShopStats::default();
     let mut states: HashMap<String, Journey> = HashMap::new();
+    // Whose each order is, as the store's index keeps it: an event naming
+    // its order only is stepped as that customer's.
+    let mut orders: HashMap<String, String> = HashMap::new();
     for line in data.split(|b| *b == b'\n') {
         let Ok(event) = Event::decode(line) else {
             continue;
         };
+        let customer = match event.customer_id() {
+            Some(named) => named.to_owned(),
+            None => match orders.get(event.kind.order_id()) {
+                Some(owner) => owner.clone(),
+                None => continue,
+            },
+        };
+        let event = event.resolve(customer);
+        if let EventKind::OrderPlaced { order } = &event.kind {
+            orders
+                .entry(order.id.clone())
+                .or_insert_with(|| event.customer.id.clone());
+        }
         let state = states.get(&event.customer.id).cloned();
         if let Ok(transition) = journeys().step_with(state, &event, &shop) {
             for command in &transition.commands {

@@ -19,6 +19,7 @@ use jiff::Timestamp;
 use serde_json::Value;
 
 use crate::config::EmailClass;
+use crate::event::Unresolved;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
 
 pub use postgres::{PostgresStore, PostgresTx};
@@ -35,6 +36,11 @@ pub enum StoreError {
     #[error("journey of customer `{customer}` cannot be read: {error}")]
     Corrupt {
         customer: String,
+        error: serde_json::Error,
+    },
+    #[error("event `{event_id}` waiting for its order cannot be read: {error}")]
+    CorruptParked {
+        event_id: String,
         error: serde_json::Error,
     },
     #[error("no random bytes for a secret: {0}")]
@@ -211,13 +217,72 @@ pub struct SentEmail {
     pub at: Timestamp,
 }
 
-/// Emails waiting, for the metrics.
+/// Emails and events waiting, for the metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
     pub pending: u64,
     /// Pending emails more than [`OVERDUE_AFTER`] past their fire time: the
     /// workers are not keeping up (or none is running).
     pub overdue: u64,
+    /// Events naming no customer that wait for their order.
+    pub parked: u64,
+}
+
+/// An event that names no customer and an order not placed yet, kept until
+/// the order comes or its wait is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParkedEvent {
+    /// What is applied once the order names the customer.
+    pub event: Unresolved,
+    /// When it stops waiting and goes to the dead letters.
+    pub expires_at: Timestamp,
+    /// The event as received (a source's `Entry::raw`), its message key
+    /// and where it came from: the dead-letter record, should the order
+    /// never come.
+    pub raw: Vec<u8>,
+    pub key: Option<Vec<u8>>,
+    pub source: String,
+    pub coordinates: Value,
+    /// The stream (position key) it came on: its reader gives up on it,
+    /// and fires the emails it schedules once applied.
+    pub stream: String,
+}
+
+impl ParkedEvent {
+    /// The event as stored (JSON text).
+    fn event_json(&self) -> Result<String> {
+        serde_json::to_string(&self.event).map_err(|error| StoreError::CorruptParked {
+            event_id: self.event.id.clone(),
+            error,
+        })
+    }
+
+    /// A parked event from its stored columns.
+    #[allow(clippy::too_many_arguments)]
+    fn from_stored(
+        event_id: &str,
+        event: &str,
+        expires_at: Timestamp,
+        raw: Vec<u8>,
+        key: Option<Vec<u8>>,
+        source: String,
+        coordinates: &str,
+        stream: String,
+    ) -> Result<ParkedEvent> {
+        let corrupt = |error| StoreError::CorruptParked {
+            event_id: event_id.to_owned(),
+            error,
+        };
+        Ok(ParkedEvent {
+            event: serde_json::from_str(event).map_err(corrupt)?,
+            expires_at,
+            raw,
+            key,
+            source,
+            coordinates: serde_json::from_str(coordinates).map_err(corrupt)?,
+            stream,
+        })
+    }
 }
 
 /// How late a pending email may be before it counts as overdue.
@@ -276,6 +341,29 @@ pub trait Transaction {
     fn decide(&mut self, id: i64, verdict: Verdict, reason: &str, to: &Addressee) -> Result<()>;
     fn is_suppressed(&mut self, address: &str) -> Result<bool>;
     fn set_position(&mut self, source: &str, position: &str) -> Result<()>;
+    /// The customer who placed `order_id`, if their `order.placed` was
+    /// applied. On PostgreSQL it waits for a transaction indexing the
+    /// order, so an event is never parked for an order being placed.
+    fn order_customer(&mut self, order_id: &str) -> Result<Option<String>>;
+    /// Records that `customer_id` placed `order_id`; the first customer to
+    /// place an order keeps it.
+    fn index_order(&mut self, order_id: &str, customer_id: &str) -> Result<()>;
+    /// Keeps an event until its order comes; `false` if an event of its id
+    /// waits already (nothing changes).
+    fn park(&mut self, parked: &ParkedEvent) -> Result<bool>;
+    /// Takes the events waiting for `order_id`, by event time, then in the
+    /// order they came.
+    fn unpark(&mut self, order_id: &str) -> Result<Vec<ParkedEvent>>;
+    /// Takes up to `limit` waiting events whose expiry is at or before
+    /// `until` (of `streams` only, when given), oldest expiry first, and
+    /// forgets their ids as applied: they were never applied, and the shop
+    /// may send them again.
+    fn expire_parked(
+        &mut self,
+        until: Timestamp,
+        streams: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>>;
     fn commit(self) -> Result<()>;
 }
 
@@ -290,6 +378,9 @@ pub trait Store: Send + 'static {
     fn position(&mut self, source: &str) -> Result<Option<String>>;
     /// The earliest fire time of a pending email (of `streams`, if given).
     fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>>;
+    /// The earliest expiry of an event waiting for its order (of
+    /// `streams`, if given).
+    fn next_expiry(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>>;
     /// Claims emails approved but not known to be sent, whose lease has
     /// expired (and, with `own`, those of `lease.owner` whatever their
     /// lease: a restarted worker's). They are delivered again with the same

@@ -49,8 +49,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, Result, SentEmail, Status, Store,
-    StoreError, Transaction,
+    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, ParkedEvent, Result, SentEmail, Status,
+    Store, StoreError, Transaction,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -689,6 +689,21 @@ impl Store for PostgresStore {
         Ok(next.map(from_ms))
     }
 
+    fn next_expiry(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
+        let streams = streams.map(<[String]>::to_vec);
+        let next: Option<i64> = self.conn.call(move |s| {
+            let rows = match &streams {
+                None => s.query("SELECT min(expires_at) FROM parked_events", &[])?,
+                Some(streams) => s.query(
+                    "SELECT min(expires_at) FROM parked_events WHERE stream = ANY($1)",
+                    &[streams],
+                )?,
+            };
+            Ok(rows.first().map(|r| r.try_get(0)).transpose()?.flatten())
+        })?;
+        Ok(next.map(from_ms))
+    }
+
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>> {
         let (owner, until, now) = (lease.owner.clone(), ms(lease.until), ms(now));
         let mut rows = self.conn.call(move |s| {
@@ -842,17 +857,19 @@ impl Store for PostgresStore {
         let overdue_before = ms(now - OVERDUE_AFTER);
         self.conn.call(move |s| {
             let rows = s.query(
-                "SELECT count(*), count(*) FILTER (WHERE fire_at < $1)
+                "SELECT count(*), count(*) FILTER (WHERE fire_at < $1),
+                     (SELECT count(*) FROM parked_events)
                  FROM emails WHERE status = 'pending'",
                 &[&overdue_before],
             )?;
-            let (pending, overdue): (i64, i64) = match rows.first() {
-                Some(r) => (r.try_get(0)?, r.try_get(1)?),
-                None => (0, 0),
+            let (pending, overdue, parked): (i64, i64, i64) = match rows.first() {
+                Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+                None => (0, 0, 0),
             };
             Ok(Backlog {
                 pending: u64::try_from(pending).unwrap_or(0),
                 overdue: u64::try_from(overdue).unwrap_or(0),
+                parked: u64::try_from(parked).unwrap_or(0),
             })
         })
     }
@@ -1266,10 +1283,164 @@ impl Transaction for PostgresTx<'_> {
         })
     }
 
+    fn order_customer(&mut self, order_id: &str) -> Result<Option<String>> {
+        let order = order_id.to_owned();
+        self.call(move |s| {
+            // Held to the commit, as `index_order` holds it: an order being
+            // placed by another transaction is waited for, then seen.
+            lock_order(s, &order)?;
+            let rows = s.query(
+                "SELECT customer_id FROM order_customers WHERE order_id = $1",
+                &[&order],
+            )?;
+            Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+        })
+    }
+
+    fn index_order(&mut self, order_id: &str, customer_id: &str) -> Result<()> {
+        let (order, customer) = (order_id.to_owned(), customer_id.to_owned());
+        self.call(move |s| {
+            lock_order(s, &order)?;
+            s.execute(
+                "INSERT INTO order_customers (order_id, customer_id) VALUES ($1, $2)
+                 ON CONFLICT (order_id) DO NOTHING",
+                &[&order, &customer],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn park(&mut self, parked: &ParkedEvent) -> Result<bool> {
+        let event = parked.event_json()?;
+        let event_id = parked.event.id.clone();
+        let order_id = parked.event.kind.order_id().to_owned();
+        let occurred_at = ms(parked.event.occurred_at);
+        let expires_at = ms(parked.expires_at);
+        let raw = parked.raw.clone();
+        let key = parked.key.clone();
+        let source = parked.source.clone();
+        let coordinates = parked.coordinates.to_string();
+        let stream = parked.stream.clone();
+        self.call(move |s| {
+            let n = s.execute(
+                "INSERT INTO parked_events (event_id, order_id, occurred_at, expires_at, event,
+                     raw, key, source, coordinates, stream)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (event_id) DO NOTHING",
+                &[
+                    &event_id,
+                    &order_id,
+                    &occurred_at,
+                    &expires_at,
+                    &event,
+                    &raw,
+                    &key,
+                    &source,
+                    &coordinates,
+                    &stream,
+                ],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn unpark(&mut self, order_id: &str) -> Result<Vec<ParkedEvent>> {
+        let order = order_id.to_owned();
+        let rows = self.call(move |s| {
+            s.query(
+                concat!(
+                    "DELETE FROM parked_events WHERE order_id = $1 RETURNING ",
+                    parked_columns!(),
+                    ", occurred_at, seq"
+                ),
+                &[&order],
+            )
+        })?;
+        parked_events(rows)
+    }
+
+    fn expire_parked(
+        &mut self,
+        until: Timestamp,
+        streams: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>> {
+        let until = ms(until);
+        let streams = streams.map(<[String]>::to_vec);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.call(move |s| {
+            // SKIP LOCKED: an event another worker's batch is taking for
+            // its order (or expiring) is left to it.
+            let rows = s.query(
+                concat!(
+                    "DELETE FROM parked_events WHERE event_id IN (
+                         SELECT event_id FROM parked_events
+                         WHERE expires_at <= $1 AND ($2::text[] IS NULL OR stream = ANY($2))
+                         ORDER BY expires_at, seq LIMIT $3
+                         FOR UPDATE SKIP LOCKED)
+                     RETURNING ",
+                    parked_columns!(),
+                    ", expires_at, seq"
+                ),
+                &[&until, &streams, &limit],
+            )?;
+            let ids: Vec<String> = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            s.execute(
+                "DELETE FROM processed_events WHERE event_id = ANY($1)",
+                &[&ids],
+            )?;
+            Ok(rows)
+        })?;
+        parked_events(rows)
+    }
+
     fn commit(mut self) -> Result<()> {
         self.open = false;
         self.call(|s| s.finish(true))
     }
+}
+
+/// The columns [`parked_events`] reads first, in its order.
+macro_rules! parked_columns {
+    () => {
+        "event_id, event, expires_at, raw, key, source, coordinates, stream"
+    };
+}
+use parked_columns;
+
+/// Parked events from rows of [`parked_columns`] and two sort keys (a time
+/// and the arrival order), in that order: `RETURNING` gives none.
+fn parked_events(rows: Vec<Row>) -> Result<Vec<ParkedEvent>> {
+    let mut keyed = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let event_id: String = r.try_get(0)?;
+        let event: String = r.try_get(1)?;
+        let coordinates: String = r.try_get(6)?;
+        let parked = ParkedEvent::from_stored(
+            &event_id,
+            &event,
+            from_ms(r.try_get(2)?),
+            r.try_get(3)?,
+            r.try_get(4)?,
+            r.try_get(5)?,
+            &coordinates,
+            r.try_get(7)?,
+        )?;
+        keyed.push(((r.try_get::<_, i64>(8)?, r.try_get::<_, i64>(9)?), parked));
+    }
+    keyed.sort_by_key(|(key, _)| *key);
+    Ok(keyed.into_iter().map(|(_, parked)| parked).collect())
+}
+
+/// Takes the transaction's lock on an order id: whoever indexes the order
+/// and whoever looks it up to park an event go one after the other.
+fn lock_order(s: &mut Session, order_id: &str) -> Result<()> {
+    let key = lock_key(&["order", &s.schema, order_id]);
+    s.execute("SELECT pg_advisory_xact_lock($1)", &[&key])?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1546,6 +1717,39 @@ mod tests {
         // An event applied before digests were kept reads as a redelivery.
         let mut tx = s.begin().unwrap();
         assert_eq!(tx.seen("e-1").unwrap().as_deref(), Some(""));
+    }
+
+    #[test]
+    fn the_order_index_is_filled_from_the_journeys_already_stored() {
+        let h = PostgresHarness::new();
+        let mut client = super::super::suite::postgres_config()
+            .connect(::postgres::NoTls)
+            .unwrap();
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA {0}; SET search_path TO {0}",
+                quote_ident(&h.schema)
+            ))
+            .unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(3))
+            .run(&mut client)
+            .unwrap();
+        for (customer, state) in super::super::suite::legacy_journeys() {
+            client
+                .execute(
+                    "INSERT INTO journeys (customer_id, state) VALUES ($1, $2)",
+                    &[&customer, &state],
+                )
+                .unwrap();
+        }
+        drop(client);
+        let mut s = h.open();
+        let mut tx = s.begin().unwrap();
+        assert_eq!(
+            super::super::suite::backfilled_index(&mut tx),
+            super::super::suite::expected_index()
+        );
     }
 
     #[test]

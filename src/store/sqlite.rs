@@ -13,8 +13,8 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use super::{
-    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, Result, SentEmail, Status, Store,
-    StoreError, Transaction,
+    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, ParkedEvent, Result, SentEmail, Status,
+    Store, StoreError, Transaction,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -92,6 +92,39 @@ const MIGRATIONS: &[M<'static>] = &[
     // What each applied event contained, to tell a reused id from a
     // redelivery.
     M::up("ALTER TABLE processed_events ADD COLUMN digest TEXT;"),
+    // The order -> customer index and the events waiting for their order:
+    // PostgreSQL's V4, with SQLite's JSON functions for the backfill.
+    M::up(
+        "CREATE TABLE order_customers (
+         order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL
+     ) WITHOUT ROWID;
+     -- Every order placed is in its customer's journey, with a placed_at.
+     -- An order id in two journeys (a shop's mistake) goes to the first
+     -- customer by id.
+     INSERT INTO order_customers (order_id, customer_id)
+     SELECT o.key, j.customer_id
+     FROM journeys j, json_each(j.state, '$.orders') AS o
+     WHERE json_extract(o.value, '$.placed_at') IS NOT NULL
+     ORDER BY j.customer_id
+     ON CONFLICT (order_id) DO NOTHING;
+     CREATE TABLE parked_events (
+         event_id TEXT PRIMARY KEY,
+         order_id TEXT NOT NULL,
+         occurred_at INTEGER NOT NULL,
+         expires_at INTEGER NOT NULL,
+         event TEXT NOT NULL,
+         raw BLOB NOT NULL,
+         key BLOB,
+         source TEXT NOT NULL,
+         coordinates TEXT NOT NULL,
+         stream TEXT NOT NULL,
+         -- Arrival order, for events of the same time.
+         seq INTEGER NOT NULL
+     );
+     CREATE INDEX parked_events_order ON parked_events (order_id);
+     CREATE INDEX parked_events_expiry ON parked_events (expires_at);
+     CREATE INDEX parked_events_stream ON parked_events (stream, expires_at);",
+    ),
 ];
 
 /// How long a worker waits for another's lock before it gives up.
@@ -322,6 +355,23 @@ impl Store for SqliteStore {
         Ok(next.map(from_ms))
     }
 
+    fn next_expiry(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
+        let next: Option<i64> = match streams {
+            None => self
+                .conn
+                .query_row("SELECT min(expires_at) FROM parked_events", [], |r| {
+                    r.get(0)
+                })?,
+            Some(streams) => self.conn.query_row(
+                "SELECT min(expires_at) FROM parked_events
+                 WHERE stream IN (SELECT value FROM json_each(?1))",
+                [json_list(streams)],
+                |r| r.get(0),
+            )?,
+        };
+        Ok(next.map(from_ms))
+    }
+
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>> {
         let tx = self
             .conn
@@ -450,9 +500,13 @@ impl Store for SqliteStore {
             [ms(now - OVERDUE_AFTER)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let parked: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM parked_events", [], |r| r.get(0))?;
         Ok(Backlog {
             pending: pending as u64,
             overdue: overdue as u64,
+            parked: parked as u64,
         })
     }
 
@@ -744,9 +798,138 @@ impl Transaction for SqliteTx<'_> {
         Ok(())
     }
 
+    fn order_customer(&mut self, order_id: &str) -> Result<Option<String>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT customer_id FROM order_customers WHERE order_id = ?1")?;
+        Ok(stmt.query_row([order_id], |r| r.get(0)).optional()?)
+    }
+
+    fn index_order(&mut self, order_id: &str, customer_id: &str) -> Result<()> {
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO order_customers (order_id, customer_id) VALUES (?1, ?2)
+             ON CONFLICT (order_id) DO NOTHING",
+        )?;
+        stmt.execute([order_id, customer_id])?;
+        Ok(())
+    }
+
+    fn park(&mut self, parked: &ParkedEvent) -> Result<bool> {
+        let event = parked.event_json()?;
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO parked_events (event_id, order_id, occurred_at, expires_at, event, raw,
+                 key, source, coordinates, stream, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+                 (SELECT coalesce(max(seq), 0) + 1 FROM parked_events))
+             ON CONFLICT (event_id) DO NOTHING",
+        )?;
+        let n = stmt.execute(params![
+            parked.event.id,
+            parked.event.kind.order_id(),
+            ms(parked.event.occurred_at),
+            ms(parked.expires_at),
+            event,
+            parked.raw,
+            parked.key,
+            parked.source,
+            parked.coordinates.to_string(),
+            parked.stream,
+        ])?;
+        Ok(n == 1)
+    }
+
+    fn unpark(&mut self, order_id: &str) -> Result<Vec<ParkedEvent>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "DELETE FROM parked_events WHERE order_id = ?1 RETURNING {PARKED_COLUMNS}, occurred_at, seq"
+        ))?;
+        let mut rows = stmt
+            .query_map([order_id], |r| {
+                Ok((parked_columns(r)?, r.get::<_, i64>(8)?, r.get::<_, i64>(9)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING gives no order.
+        rows.sort_by_key(|(_, at, seq)| (*at, *seq));
+        rows.into_iter().map(|(p, _, _)| parked_event(p)).collect()
+    }
+
+    fn expire_parked(
+        &mut self,
+        until: Timestamp,
+        streams: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<ParkedEvent>> {
+        let mut stmt = self.tx.prepare_cached(&format!(
+            "DELETE FROM parked_events WHERE event_id IN (
+                 SELECT event_id FROM parked_events
+                 WHERE expires_at <= ?1
+                   AND (?2 IS NULL OR stream IN (SELECT value FROM json_each(?2)))
+                 ORDER BY expires_at, seq LIMIT ?3)
+             RETURNING {PARKED_COLUMNS}, expires_at, seq"
+        ))?;
+        let mut rows = stmt
+            .query_map(
+                params![ms(until), streams.map(json_list), limit as i64],
+                |r| Ok((parked_columns(r)?, r.get::<_, i64>(8)?, r.get::<_, i64>(9)?)),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by_key(|(_, at, seq)| (*at, *seq));
+        let mut forget = self
+            .tx
+            .prepare_cached("DELETE FROM processed_events WHERE event_id = ?1")?;
+        rows.into_iter()
+            .map(|(p, _, _)| {
+                forget.execute([&p.0])?;
+                parked_event(p)
+            })
+            .collect()
+    }
+
     fn commit(self) -> Result<()> {
         Ok(self.tx.commit()?)
     }
+}
+
+/// The columns [`parked_columns`] reads, in its order.
+const PARKED_COLUMNS: &str = "event_id, event, expires_at, raw, key, source, coordinates, stream";
+
+/// A parked event's columns, as read.
+type ParkedColumns = (
+    String,
+    String,
+    i64,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    String,
+    String,
+    String,
+);
+
+fn parked_columns(r: &Row<'_>) -> rusqlite::Result<ParkedColumns> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn parked_event(
+    (event_id, event, expires_at, raw, key, source, coordinates, stream): ParkedColumns,
+) -> Result<ParkedEvent> {
+    ParkedEvent::from_stored(
+        &event_id,
+        &event,
+        from_ms(expires_at),
+        raw,
+        key,
+        source,
+        &coordinates,
+        stream,
+    )
 }
 
 #[cfg(test)]
@@ -833,6 +1016,35 @@ mod tests {
         assert_eq!(
             crate::journey::key_part("a/order_confirmation/o", &[]),
             "a%2Forder_confirmation%2Fo"
+        );
+    }
+
+    #[test]
+    fn the_order_index_is_filled_from_the_journeys_already_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aftercare.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let before = MIGRATIONS
+                .iter()
+                .position(|m| format!("{m:?}").contains("order_customers"))
+                .unwrap();
+            Migrations::from_slice(MIGRATIONS)
+                .to_version(&mut conn, before)
+                .unwrap();
+            for (customer, state) in super::super::suite::legacy_journeys() {
+                conn.execute(
+                    "INSERT INTO journeys (customer_id, state) VALUES (?1, ?2)",
+                    [customer, state],
+                )
+                .unwrap();
+            }
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let mut tx = s.begin().unwrap();
+        assert_eq!(
+            super::super::suite::backfilled_index(&mut tx),
+            super::super::suite::expected_index()
         );
     }
 

@@ -8,8 +8,11 @@
 use jiff::Timestamp;
 use serde_json::json;
 
-use super::{Addressee, Backlog, Lease, PostgresStore, SqliteStore, Status, Store, Transaction};
+use super::{
+    Addressee, Backlog, Lease, ParkedEvent, PostgresStore, SqliteStore, Status, Store, Transaction,
+};
 use crate::config::EmailClass;
+use crate::event::Unresolved;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
 
 /// A store implementation under test, with a place for its data.
@@ -153,6 +156,9 @@ suite!(
     a_failed_batch_leaves_nothing,
     the_backlog_counts_pending_and_overdue_emails,
     the_report_reads_every_journey_and_every_sent_email,
+    an_order_stays_with_the_first_customer_who_placed_it,
+    parked_events_come_out_for_their_order_in_event_order_as_they_went_in,
+    parked_events_expire_by_stream_oldest_first_and_their_ids_are_forgotten,
 );
 
 pub(super) fn t(s: &str) -> Timestamp {
@@ -757,7 +763,8 @@ fn the_backlog_counts_pending_and_overdue_emails(h: &impl Harness) {
         s.backlog(t("2026-01-02T00:14:59Z")).unwrap(),
         Backlog {
             pending: 3,
-            overdue: 1
+            overdue: 1,
+            parked: 0,
         }
     );
     let mut tx = s.begin().unwrap();
@@ -769,7 +776,8 @@ fn the_backlog_counts_pending_and_overdue_emails(h: &impl Harness) {
         s.backlog(t("2026-01-03T00:00:00Z")).unwrap(),
         Backlog {
             pending: 2,
-            overdue: 1
+            overdue: 1,
+            parked: 0,
         }
     );
 }
@@ -862,4 +870,231 @@ pub(super) fn migrated_keys() -> Vec<String> {
     .into();
     keys.sort();
     keys
+}
+
+fn an_order_stays_with_the_first_customer_who_placed_it(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    assert_eq!(tx.order_customer("o-1").unwrap(), None);
+    tx.index_order("o-1", "c-1").unwrap();
+    // Seen within the transaction that wrote it.
+    assert_eq!(tx.order_customer("o-1").unwrap().as_deref(), Some("c-1"));
+    tx.commit().unwrap();
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.index_order("o-1", "c-2").unwrap();
+    tx.index_order("o-2", "c-2").unwrap();
+    assert_eq!(tx.order_customer("o-1").unwrap().as_deref(), Some("c-1"));
+    assert_eq!(tx.order_customer("o-2").unwrap().as_deref(), Some("c-2"));
+    drop(tx);
+    // Rolled back.
+    let mut tx = s.begin().unwrap();
+    assert_eq!(tx.order_customer("o-2").unwrap(), None);
+}
+
+/// An event naming `order` and no customer, parked on `stream` until
+/// `expires`.
+pub(super) fn parked(id: &str, order: &str, at: &str, expires: &str, stream: &str) -> ParkedEvent {
+    let raw = format!(
+        r#"{{"event_id":"{id}","type":"shipment.dispatched","occurred_at":"{at}","order":{{"id":"{order}"}},"shipment":{{"id":"s-{id}","estimated_delivery":"2026-01-08","carrier":"DHL"}}}}"#
+    );
+    ParkedEvent {
+        event: Unresolved::decode(raw.as_bytes()).unwrap(),
+        expires_at: t(expires),
+        raw: raw.into_bytes(),
+        key: Some(format!("key-{id}").into_bytes()),
+        source: "shipments".into(),
+        coordinates: json!({"topic": "shipments", "partition": 1, "offset": id.len()}),
+        stream: stream.into(),
+    }
+}
+
+fn ids(events: &[ParkedEvent]) -> Vec<&str> {
+    events.iter().map(|p| p.event.id.as_str()).collect()
+}
+
+fn parked_events_come_out_for_their_order_in_event_order_as_they_went_in(h: &impl Harness) {
+    let mut s = h.open();
+    let later = parked(
+        "e-later",
+        "o-1",
+        "2026-01-01T12:00:00Z",
+        "2026-01-02T12:00:00Z",
+        "s1",
+    );
+    let mut unkeyed = parked(
+        "e-first",
+        "o-1",
+        "2026-01-01T10:00:00Z",
+        "2026-01-02T10:00:00Z",
+        "s2",
+    );
+    unkeyed.key = None;
+    // The same time as e-first, after it: the order they came in.
+    let tie = parked(
+        "e-tie",
+        "o-1",
+        "2026-01-01T10:00:00Z",
+        "2026-01-02T10:00:00Z",
+        "s1",
+    );
+    let other = parked(
+        "e-other",
+        "o-2",
+        "2026-01-01T09:00:00Z",
+        "2026-01-02T09:00:00Z",
+        "s1",
+    );
+    let mut tx = s.begin().unwrap();
+    for p in [&later, &unkeyed, &tie, &other] {
+        assert!(tx.park(p).unwrap());
+    }
+    assert!(!tx.park(&later).unwrap(), "parked once");
+    tx.commit().unwrap();
+
+    let mut s = h.open();
+    assert_eq!(s.backlog(t("2026-01-01T00:00:00Z")).unwrap().parked, 4);
+    assert_eq!(
+        s.next_expiry(None).unwrap(),
+        Some(t("2026-01-02T09:00:00Z"))
+    );
+    assert_eq!(
+        s.next_expiry(Some(&["s2".to_owned()])).unwrap(),
+        Some(t("2026-01-02T10:00:00Z"))
+    );
+    let mut tx = s.begin().unwrap();
+    let out = tx.unpark("o-1").unwrap();
+    assert_eq!(ids(&out), ["e-first", "e-tie", "e-later"]);
+    // Every field as it went in.
+    assert_eq!(out[0], unkeyed);
+    assert_eq!(out[2], later);
+    assert!(tx.unpark("o-1").unwrap().is_empty());
+    tx.commit().unwrap();
+    assert_eq!(s.backlog(t("2026-01-01T00:00:00Z")).unwrap().parked, 1);
+    assert_eq!(s.next_expiry(Some(&["s2".to_owned()])).unwrap(), None);
+}
+
+fn parked_events_expire_by_stream_oldest_first_and_their_ids_are_forgotten(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    for p in [
+        parked(
+            "a",
+            "o-1",
+            "2026-01-01T03:00:00Z",
+            "2026-01-02T03:00:00Z",
+            "s1",
+        ),
+        parked(
+            "b",
+            "o-2",
+            "2026-01-01T01:00:00Z",
+            "2026-01-02T01:00:00Z",
+            "s1",
+        ),
+        parked(
+            "c",
+            "o-3",
+            "2026-01-01T02:00:00Z",
+            "2026-01-02T02:00:00Z",
+            "s1",
+        ),
+        parked(
+            "d",
+            "o-4",
+            "2026-01-01T00:00:00Z",
+            "2026-01-02T00:00:00Z",
+            "s2",
+        ),
+        parked(
+            "e",
+            "o-5",
+            "2026-01-05T00:00:00Z",
+            "2026-01-06T00:00:00Z",
+            "s1",
+        ),
+    ] {
+        tx.park(&p).unwrap();
+        tx.mark_seen(&p.event.id, "digest").unwrap();
+    }
+    tx.commit().unwrap();
+
+    let s1 = ["s1".to_owned()];
+    let until = t("2026-01-02T03:00:00Z");
+    let mut tx = s.begin().unwrap();
+    let first = tx.expire_parked(until, Some(&s1), 2).unwrap();
+    assert_eq!(ids(&first), ["b", "c"]);
+    let rest = tx.expire_parked(until, Some(&s1), 2).unwrap();
+    assert_eq!(ids(&rest), ["a"]);
+    assert_eq!(first[0].coordinates["offset"], 1);
+    assert_eq!(
+        first[0],
+        parked(
+            "b",
+            "o-2",
+            "2026-01-01T01:00:00Z",
+            "2026-01-02T01:00:00Z",
+            "s1"
+        )
+    );
+    // Never applied: the shop may send them again.
+    assert_eq!(tx.seen("b").unwrap(), None);
+    assert_eq!(tx.seen("e").unwrap().as_deref(), Some("digest"));
+    tx.commit().unwrap();
+
+    // Another stream's, and those not yet due, wait on.
+    assert_eq!(
+        s.next_expiry(Some(&s1)).unwrap(),
+        Some(t("2026-01-06T00:00:00Z"))
+    );
+    let mut tx = s.begin().unwrap();
+    let all = tx
+        .expire_parked(t("2026-02-01T00:00:00Z"), None, 10)
+        .unwrap();
+    assert_eq!(ids(&all), ["d", "e"]);
+    tx.commit().unwrap();
+    assert_eq!(s.backlog(t("2026-01-01T00:00:00Z")).unwrap().parked, 0);
+}
+
+/// Journeys as an earlier version stored them (customer, state), before
+/// the order index: what its migration fills the index from.
+pub(super) fn legacy_journeys() -> Vec<(String, String)> {
+    use crate::journey::OrderState;
+    let journey = |orders: &[(&str, bool)]| {
+        let mut j = Journey::default();
+        for (id, placed) in orders {
+            j.orders.insert(
+                (*id).to_owned(),
+                OrderState {
+                    placed_at: placed.then(|| t("2026-01-01T00:00:00Z")),
+                    ..OrderState::default()
+                },
+            );
+        }
+        serde_json::to_string(&j).unwrap()
+    };
+    vec![
+        // o-9 is known from a shipment only: never placed.
+        ("c-2".to_owned(), journey(&[("o-3", true), ("o-1", true)])),
+        ("c-1".to_owned(), journey(&[("o-1", true), ("o-9", false)])),
+        ("c-3".to_owned(), journey(&[])),
+    ]
+}
+
+/// The index the migration makes of [`legacy_journeys`]: (order, customer).
+pub(super) fn backfilled_index(tx: &mut impl Transaction) -> Vec<(&'static str, Option<String>)> {
+    ["o-1", "o-3", "o-9"]
+        .into_iter()
+        .map(|o| (o, tx.order_customer(o).unwrap()))
+        .collect()
+}
+
+/// What [`backfilled_index`] must read: an order placed in two journeys
+/// goes to the first customer by id.
+pub(super) fn expected_index() -> Vec<(&'static str, Option<String>)> {
+    vec![
+        ("o-1", Some("c-1".to_owned())),
+        ("o-3", Some("c-2".to_owned())),
+        ("o-9", None),
+    ]
 }
