@@ -20,7 +20,17 @@ pub struct Preset {
 }
 
 /// Every preset: its name and its file's text.
-pub const PRESETS: &[(&str, &str)] = &[];
+pub const PRESETS: &[(&str, &str)] = &[
+    ("shopify", include_str!("presets/shopify.toml")),
+    ("woocommerce", include_str!("presets/woocommerce.toml")),
+    ("commercetools", include_str!("presets/commercetools.toml")),
+    ("segment", include_str!("presets/segment.toml")),
+    (
+        "debezium-outbox",
+        include_str!("presets/debezium-outbox.toml"),
+    ),
+    ("cloudevents", include_str!("presets/cloudevents.toml")),
+];
 
 /// The names `source.format` accepts: `native` and the presets.
 pub fn names() -> Vec<&'static str> {
