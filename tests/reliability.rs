@@ -210,12 +210,16 @@ fn poison(n: usize, at: &str) -> (String, bool) {
             placed("gen-0000001".into(), "p-7", "o-7", "1.00", "0.50", at),
             true,
         ),
-        // The key-collision pair: both valid, both confirmed.
+        // The key-collision pair: both valid, both confirmed. Joined with
+        // `/` unescaped, both keys would read
+        // `q-N/order_confirmation/o/order_confirmation/1-M`. (The order id
+        // is the shop's and unique: another customer's order of the same id
+        // is dead-lettered.)
         7 => (
             placed(
                 id,
                 &format!("q-{n}/order_confirmation/o"),
-                "1",
+                &format!("1-{}", n + 1),
                 "1.00",
                 "0.50",
                 at,
