@@ -204,7 +204,7 @@ fn worker_knowing_two() -> (Work, KillOnDrop, std::process::ChildStdin, u16) {
             placed(
                 &format!("e{n}"),
                 &format!("c-{n}"),
-                "o-1",
+                &format!("o-{n}"),
                 "2024-01-01T10:00:00Z",
                 true
             )
