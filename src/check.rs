@@ -9,7 +9,7 @@
 //! longer than `check.max_subject_chars` and customer data in triple
 //! braces, which would reach the HTML unescaped.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{Config, JourneyRule};
 use crate::journey::Journeys;
+use crate::mapping::{Mapper, MappingSet, presets, samples};
 use crate::render::{LoadOptions, PARTS, Problem, Problems, Rendered, Templates};
 
 /// What a passing check covered.
@@ -25,6 +26,9 @@ pub struct Checked {
     pub locales: usize,
     pub templates: usize,
     pub renders: usize,
+    /// Mapping rules (the config's and the preset's) and their samples run.
+    pub mappings: usize,
+    pub mapping_samples: usize,
 }
 
 /// One template in one locale (and variant), rendered with its sample data.
@@ -168,12 +172,87 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
 }
 
 pub fn check(config: &Config) -> Result<Checked, Problems> {
-    let (templates, samples) = render_samples(config)?;
+    let mappings = mapping_problems(config);
+    let mapping_set = config.mapping_set().ok().flatten();
+    let (templates, samples) = match render_samples(config) {
+        Ok(rendered) if mappings.is_empty() => rendered,
+        Ok(_) => return Err(Problems(mappings)),
+        Err(Problems(mut problems)) => {
+            problems.extend(mappings);
+            return Err(Problems(problems));
+        }
+    };
     Ok(Checked {
         locales: templates.locales().available().len(),
         templates: renderable(config).len(),
         renders: samples.len(),
+        mappings: mapping_set.as_ref().map_or(0, |s| s.rules.len()),
+        mapping_samples: mapping_set
+            .as_ref()
+            .map_or(0, |s| s.rules.iter().map(|r| r.samples.len()).sum()),
     })
+}
+
+/// Every mapping (the config's `[[mapping]]` rules, the preset of
+/// `source.format`) run on its samples: each failing one as
+/// `file:line: mapping "name": sample N: what`. The config's rules run in
+/// the whole set, with the config's `[mapping_vars]`; the preset's under
+/// its own defaults, as shipped.
+pub fn mapping_problems(config: &Config) -> Vec<Problem> {
+    let Ok(Some(set)) = config.mapping_set() else {
+        return Vec::new();
+    };
+    let own = config.mappings.len();
+    let mut problems = Vec::new();
+    let mut run = |set: &MappingSet, wanted: &dyn Fn(usize) -> bool, file: PathBuf, text: &str| {
+        let lines = samples::lines(text);
+        let mapper = match Mapper::start(set) {
+            Ok(mapper) => mapper,
+            // Validation compiled them: not reached.
+            Err(errors) => {
+                problems.extend(
+                    errors
+                        .iter()
+                        .map(|e| problem(&file, None, None, e.to_string())),
+                );
+                return;
+            }
+        };
+        for failure in samples::failures(set, &mapper, wanted) {
+            let line = lines
+                .get(failure.rule)
+                .and_then(|(_, samples)| samples.get(failure.sample).copied());
+            problems.push(problem(
+                &file,
+                line,
+                None,
+                format!(
+                    "mapping \"{}\": {}",
+                    set.rules[failure.rule].name, failure.message
+                ),
+            ));
+        }
+    };
+    if own > 0 {
+        // Rules set in the environment only have no file to point into.
+        let (file, text) = match &config.file {
+            Some(file) => (
+                file.clone(),
+                std::fs::read_to_string(file).unwrap_or_default(),
+            ),
+            None => (PathBuf::from("config"), String::new()),
+        };
+        run(&set, &|i| i < own, file, &text);
+    }
+    if let Some((name, text)) = presets::PRESETS
+        .iter()
+        .find(|(name, _)| *name == config.source.format)
+        && let Some(preset) = presets::get(name)
+    {
+        let alone = MappingSet::new(&[], Some(&preset), &BTreeMap::new(), set.timeout);
+        run(&alone, &|_| true, PathBuf::from(presets::path(name)), text);
+    }
+    problems
 }
 
 /// `{{{customer...}}}` puts what a customer typed into the HTML as it is.

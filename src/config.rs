@@ -15,6 +15,9 @@ use figment::providers::{Format, Toml};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::bounded::clip;
+use crate::mapping::{MappingRule, MappingSet, presets};
+
 /// The shipped configuration; also the embedded default.
 pub const DEFAULT_TOML: &str = include_str!("../config/aftercare.toml");
 
@@ -81,6 +84,16 @@ pub struct Config {
     /// The journey rules: which event sends which template, when.
     #[serde(rename = "journey")]
     pub journeys: Vec<JourneyRule>,
+    /// The shop's own mapping rules, tried before the preset's (see
+    /// `source.format`).
+    #[serde(rename = "mapping", default)]
+    pub mappings: Vec<MappingRule>,
+    /// `$vars` of the mappings, over the preset's defaults.
+    #[serde(default)]
+    pub mapping_vars: BTreeMap<String, serde_json::Value>,
+    /// The file given with `--config`, for messages that point into it.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -112,8 +125,24 @@ pub struct SourceConfig {
     /// the `order.placed` of its order before it goes to the dead letters.
     #[serde(with = "humantime_serde")]
     pub unknown_order_wait: Duration,
+    /// What the messages are: `native` (aftercare's own events, and any
+    /// message a `[[mapping]]` rule maps) or the name of a preset mapping
+    /// set (`shopify`, `woocommerce`...), tried after the `[[mapping]]`
+    /// rules.
+    #[serde(deserialize_with = "lenient::string")]
+    pub format: String,
+    /// The longest one mapping may run on one message.
+    #[serde(with = "humantime_serde")]
+    pub mapping_timeout: Duration,
     pub kafka: KafkaConfig,
 }
+
+/// The `source.format` of aftercare's own events.
+pub const NATIVE_FORMAT: &str = "native";
+
+/// Bounds of `source.mapping_timeout`.
+pub const MAPPING_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60);
 
 /// Bounds of `source.max_event_bytes`: below, a real order with a few items
 /// does not fit; above, one event would take a worker's memory.
@@ -1071,9 +1100,82 @@ impl Config {
                 value,
             });
         }
-        let config: Config = figment.extract().map_err(describe)?;
+        let mut config: Config = figment.extract().map_err(describe)?;
+        config.file = file.map(Path::to_path_buf);
         config.validate()?;
         Ok(config)
+    }
+
+    /// The mappings messages go through, if any: the `[[mapping]]` rules
+    /// and the preset of `source.format`.
+    pub fn mapping_set(&self) -> Result<Option<MappingSet>, ConfigError> {
+        let preset = match self.source.format.as_str() {
+            NATIVE_FORMAT => None,
+            name => Some(presets::get(name).ok_or_else(|| {
+                invalid(
+                    "source.format",
+                    format!(
+                        "`{}` is not a format; one of: {}",
+                        clip(name, 40),
+                        presets::names().join(", ")
+                    ),
+                )
+            })?),
+        };
+        if preset.is_none() && self.mappings.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(MappingSet::new(
+            &self.mappings,
+            preset.as_ref(),
+            &self.mapping_vars,
+            self.source.mapping_timeout,
+        )))
+    }
+
+    /// Checks the mapping rules and compiles them, naming the first that
+    /// does not compile.
+    fn validate_mappings(&self) -> Result<(), ConfigError> {
+        if !MAPPING_TIMEOUT_RANGE.contains(&self.source.mapping_timeout) {
+            return Err(invalid(
+                "source.mapping_timeout",
+                "must be between 1ms and 60s",
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, rule) in self.mappings.iter().enumerate() {
+            if rule.name.trim().is_empty() {
+                return Err(invalid(format!("mapping[{i}].name"), "must not be empty"));
+            }
+            if rule.name.len() > 100 || rule.name.chars().any(char::is_control) {
+                return Err(invalid(
+                    format!("mapping[{i}].name"),
+                    "must be at most 100 bytes, without control characters",
+                ));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(invalid(
+                    format!("mapping[{i}].name"),
+                    format!("`{}` names an earlier mapping too", rule.name),
+                ));
+            }
+        }
+        let Some(set) = self.mapping_set()? else {
+            return Ok(());
+        };
+        set.compile().map(drop).map_err(|errors| {
+            let first = &errors[0];
+            let key = if first.index < self.mappings.len() {
+                format!("mapping[{}].{}", first.index, first.part.key())
+            } else {
+                "source.format".to_owned()
+            };
+            let more = match errors.len() {
+                1 => String::new(),
+                n => format!(" (and {} more errors)", n - 1),
+            };
+            invalid(key, format!("{first}{more}"))
+        })
     }
 
     /// The embedded defaults alone.
@@ -1124,6 +1226,7 @@ impl Config {
                 }
             }
         }
+        self.validate_mappings()?;
         self.unsubscribe.keys()?;
         check_unsubscribe_url(&self.shop.unsubscribe_url)
             .map_err(|reason| invalid("shop.unsubscribe_url", reason))?;

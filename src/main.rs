@@ -13,6 +13,7 @@ use aftercare::config::{Config, EmailClass, LogFormat, MailerKind, SourceKind, S
 use aftercare::daemon::{self, Settings, Summary};
 use aftercare::journey::Journeys;
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
+use aftercare::mapping::Mapper;
 use aftercare::observe::{MailerProbe, Observer};
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Templates;
@@ -27,6 +28,9 @@ use arc_swap::ArcSwap;
 /// Exit codes, as DESIGN.md gives them (sysexits.h).
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
+
+/// The most of standard input `aftercare map` reads.
+const MAP_INPUT_BYTES: u64 = 64 << 20;
 
 #[derive(Parser)]
 #[command(
@@ -71,8 +75,29 @@ enum Command {
         #[arg(long)]
         with_ids: bool,
     },
-    /// Validate the config and render every template in every locale.
+    /// Validate the config, render every template in every locale and run
+    /// every mapping on its samples.
     Check,
+    /// Show what the worker makes of a message: the mapping chosen, the
+    /// native events it emits, the fields the decoder drops, and why one is
+    /// refused. Reads standard input: Kafka records as `kcat -J` prints
+    /// them, one per line, or else one message body.
+    Map {
+        /// Map as this format (`native` or a preset) instead of
+        /// `source.format`; the config's `[[mapping]]` rules still come
+        /// first.
+        #[arg(long, value_name = "NAME")]
+        format: Option<String>,
+        /// The topic of a body read as it is (`$topic`).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Its key (`$key`).
+        #[arg(long)]
+        key: Option<String>,
+        /// A header of it (`$headers`), repeatable.
+        #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+    },
     /// Retention, repeat purchases, lifetime value and what each email
     /// (and A/B variant) brought back, from the store.
     Report {
@@ -109,6 +134,13 @@ enum ReportFormat {
     Table,
     Json,
     Html,
+}
+
+/// `name=value`.
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
 }
 
 /// `2026-01-01` (midnight UTC) or an RFC 3339 time.
@@ -177,7 +209,49 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
                 "ok: {} templates x {} locales rendered ({} renders)",
                 checked.templates, checked.locales, checked.renders
             );
+            if checked.mappings > 0 {
+                println!(
+                    "ok: {} mappings ({}) mapped their {} samples",
+                    checked.mappings, config.source.format, checked.mapping_samples
+                );
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Map {
+            format,
+            topic,
+            key,
+            headers,
+        } => {
+            let mut config = config;
+            if let Some(format) = format {
+                config.source.format = format;
+            }
+            let set = config.mapping_set().map_err(|e| fail(EX_USAGE, e))?;
+            let mapper = mapper(&config)?;
+            let mut input = Vec::new();
+            use std::io::Read as _;
+            std::io::stdin()
+                .take(MAP_INPUT_BYTES)
+                .read_to_end(&mut input)?;
+            let template = aftercare::mapping::Record {
+                body: Vec::new(),
+                topic,
+                key: key.map(String::into_bytes),
+                headers: headers
+                    .into_iter()
+                    .map(|(name, value)| (name, value.into_bytes()))
+                    .collect(),
+            };
+            let messages = aftercare::mapping::explain::messages(&input, &template);
+            let (text, ok) =
+                aftercare::mapping::explain::explain(set.as_ref(), mapper.as_deref(), messages);
+            print!("{text}");
+            if ok {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(EX_DATAERR))
+            }
         }
         Command::Preview {
             out, serve: false, ..
@@ -234,6 +308,20 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
 /// exist in every locale: a missing one is a configuration error.
 fn templates(config: &Config) -> Result<Templates, Failure> {
     check::load(config).map_err(|e| fail(EX_USAGE, anyhow::anyhow!("templates:\n{e}")))
+}
+
+/// The thread that maps messages to native events, if mappings are
+/// configured (`source.format`, `[[mapping]]`). Validation compiled them.
+fn mapper(config: &Config) -> Result<Option<Arc<Mapper>>, Failure> {
+    let Some(set) = config.mapping_set().map_err(|e| fail(EX_USAGE, e))? else {
+        return Ok(None);
+    };
+    let mapper = Mapper::start(&set).map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        fail(EX_USAGE, anyhow::anyhow!("mappings: {}", list.join("; ")))
+    })?;
+    tracing::info!(format = %config.source.format, rules = set.rules.len(), "Mapping messages to native events.");
+    Ok(Some(Arc::new(mapper)))
 }
 
 /// What signs unsubscribe links: the newest configured key, accepting the
@@ -293,7 +381,8 @@ fn simulate_command(
     let templates = templates(config)?;
     let path = events.to_str().context("event log path is not UTF-8")?;
     let mut source = FileSource::open(path, Duration::ZERO, config.source.max_event_bytes)
-        .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("{}: {e}", events.display())))?;
+        .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("{}: {e}", events.display())))?
+        .with_mapper(mapper(config)?);
     let mut store = SqliteStore::in_memory()?;
     let signer = signer(config, &mut store)?;
     let pipeline = pipeline(config, &templates, store, signer)?;
@@ -462,7 +551,8 @@ async fn run_with<S: Store>(
                     EX_USAGE,
                     anyhow::anyhow!("config key `source.path` (or --input): {path}: {e}"),
                 )
-            })?;
+            })?
+            .with_mapper(mapper(&config)?);
             if let Some(position) = store.position(source.position_key())? {
                 source.seek(&position)?;
                 tracing::info!(source = source.name(), %position, "Resuming from the stored position.");
@@ -486,7 +576,8 @@ async fn run_with<S: Store>(
                 config.source.max_event_bytes,
                 lookup,
             )
-            .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?;
+            .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?
+            .with_mapper(mapper(&config)?);
             let dead = DeadLetters::kafka(&kafka::client_config(k), &k.dead_letter_topic)
                 .map_err(|e| fail(EX_USAGE, anyhow::anyhow!("config key `source.kafka`: {e}")))?;
             let place = format!("{} ({})", k.brokers, k.topics.all().join(", "));
@@ -654,6 +745,14 @@ fn print_summary(config: &Config, input: &str, dead: &str, s: &Summary) {
             String::new()
         }
     );
+    if i.skipped > 0 {
+        println!(
+            "Skipped {} message{} a mapping makes no event of (source.format = \"{}\").",
+            i.skipped,
+            if i.skipped == 1 { "" } else { "s" },
+            config.source.format
+        );
+    }
     if i.parked + i.unparked + i.expired > 0 {
         println!(
             "Events naming no customer, waiting for their order: {} parked, {} applied when it came, {} given up{}.",

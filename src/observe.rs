@@ -69,6 +69,7 @@ pub struct Observer {
     parked: Family<Labels, Counter>,
     parked_now: Gauge,
     dropped: Family<Labels, Counter>,
+    skipped: Family<Labels, Counter>,
     emails: Family<Labels, Counter>,
     smtp: Family<Labels, Counter>,
     send_seconds: Histogram,
@@ -124,6 +125,12 @@ impl Observer {
             "fields_dropped",
             "Malformed optional fields left out of events that were applied, by field",
             dropped.clone(),
+        );
+        let skipped = Family::<Labels, Counter>::default();
+        registry.register(
+            "events_skipped",
+            "Messages a mapping made no event of, on purpose, by mapping",
+            skipped.clone(),
         );
         let emails = Family::<Labels, Counter>::default();
         registry.register(
@@ -186,6 +193,7 @@ impl Observer {
             parked,
             parked_now,
             dropped,
+            skipped,
             emails,
             smtp,
             send_seconds,
@@ -237,6 +245,13 @@ impl Observer {
     pub fn field_dropped(&self, field: &str) {
         self.dropped
             .get_or_create(&labels(&[("field", field)]))
+            .inc();
+    }
+
+    /// Mapping `mapping` made no event of a message, on purpose.
+    pub fn event_skipped(&self, mapping: &str) {
+        self.skipped
+            .get_or_create(&labels(&[("mapping", mapping)]))
             .inc();
     }
 
@@ -441,6 +456,7 @@ mod tests {
         o.event("orders", "order.placed");
         o.invalid_event("returns");
         o.field_dropped("shipment.tracking_url");
+        o.event_skipped("orders/updated");
         o.email("welcome", "sent");
         o.delivery("delivered", Duration::from_millis(12));
         o.reload(false);
@@ -458,6 +474,7 @@ mod tests {
             "aftercare_events_total{source=\"orders\",type=\"order.placed\"} 2",
             "aftercare_invalid_events_total{source=\"returns\"} 1",
             "aftercare_fields_dropped_total{field=\"shipment.tracking_url\"} 1",
+            "aftercare_events_skipped_total{mapping=\"orders/updated\"} 1",
             "aftercare_emails_total{template=\"welcome\",status=\"sent\"} 1",
             "aftercare_smtp_outcomes_total{class=\"delivered\"} 1",
             "aftercare_send_duration_seconds_count 1",

@@ -37,7 +37,7 @@ use crate::journey::insight::Counted;
 use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict, later};
 use crate::observe::Observer;
 use crate::render::Locales;
-use crate::source::{DeadLetters, Entry, Position, REASON_MAX_BYTES};
+use crate::source::{DeadLetters, Entry, Mapped, Position, REASON_MAX_BYTES};
 use crate::store::{
     Addressee, EmailRow, Lease, ParkedEvent, Status, Store, StoreError, Transaction,
 };
@@ -76,6 +76,8 @@ pub struct Stats {
     /// Parked events whose order did not come in time: dead-lettered (not
     /// in `invalid`).
     pub expired: u64,
+    /// Messages a mapping made no event of, on purpose (not in `events`).
+    pub skipped: u64,
 }
 
 /// What the templates need beyond the journey.
@@ -241,9 +243,21 @@ impl<S: Store> Pipeline<S> {
             // An event over the size limit is not even parsed: the source
             // kept only its first bytes.
             let mut dropped = Vec::new();
-            let decoded = match entry.oversized {
-                Some(oversized) => Err(oversized.to_string()),
-                None => Event::decode_noting(&entry.raw, &mut dropped).map_err(|e| e.to_string()),
+            let decoded = match (entry.oversized, &entry.mapped) {
+                (Some(oversized), _) => Err(oversized.to_string()),
+                (None, Some(Mapped::Failed { reason })) => Err(reason.clone()),
+                (None, Some(Mapped::Skipped { rule })) => {
+                    self.stats.skipped += 1;
+                    if let Some(o) = &self.observer {
+                        o.event_skipped(rule);
+                    }
+                    tracing::debug!(source, coordinates = %entry.coordinates, mapping = %rule, "Skipped a message its mapping makes no event of.");
+                    advance(&mut positions, entry);
+                    *i += 1;
+                    continue;
+                }
+                (None, mapped) => Event::decode_noting(&entry.raw, &mut dropped)
+                    .map_err(|e| mapped_reason(mapped.as_ref(), &e.to_string())),
             };
             match decoded {
                 Err(invalid) => {
@@ -310,10 +324,7 @@ impl<S: Store> Pipeline<S> {
                     }
                 }
             }
-            match positions.iter_mut().find(|p| p.key == entry.position.key) {
-                Some(p) => *p = &entry.position,
-                None => positions.push(&entry.position),
-            }
+            advance(&mut positions, entry);
             *i += 1;
         }
         for position in positions {
@@ -894,6 +905,31 @@ impl<T: Transaction> Journeying<'_, T> {
     }
 }
 
+/// Notes the position `entry` moves its stream to, if it does.
+fn advance<'a>(positions: &mut Vec<&'a Position>, entry: &'a Entry) {
+    if !entry.advances() {
+        return;
+    }
+    match positions.iter_mut().find(|p| p.key == entry.position.key) {
+        Some(p) => *p = &entry.position,
+        None => positions.push(&entry.position),
+    }
+}
+
+/// Why an event is refused, naming the mapping that made it, if one did.
+fn mapped_reason(mapped: Option<&Mapped>, reason: &str) -> String {
+    match mapped {
+        Some(Mapped::Event { rule, count: 1, .. }) => format!("mapping \"{rule}\": {reason}"),
+        Some(Mapped::Event { rule, index, count }) => {
+            format!(
+                "mapping \"{rule}\", event {} of {count}: {reason}",
+                index + 1
+            )
+        }
+        _ => reason.to_owned(),
+    }
+}
+
 /// The source entry a parked event came as: what its dead letter holds.
 fn parked_entry(parked: &ParkedEvent) -> Entry {
     Entry {
@@ -905,6 +941,7 @@ fn parked_entry(parked: &ParkedEvent) -> Entry {
             value: String::new(),
         },
         oversized: None,
+        mapped: None,
     }
 }
 
@@ -1024,6 +1061,7 @@ mod tests {
                 value: id.to_owned(),
             },
             oversized: None,
+            mapped: None,
         }
     }
 

@@ -211,6 +211,7 @@ fn entry(stream: &str, offset: u64, raw: String) -> aftercare::source::Entry {
             value: offset.to_string(),
         },
         oversized: None,
+        mapped: None,
     }
 }
 

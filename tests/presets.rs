@@ -4,11 +4,13 @@
 //! of expected.jsonl, each of which the decoder accepts.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aftercare::event::Event;
-use aftercare::mapping::{Mapper, MappingRule, MappingSet, Outcome, presets, record};
+use aftercare::mapping::{Mapper, MappingRule, MappingSet, Outcome, presets, record, samples};
 use serde::Deserialize;
 
 /// The parts of a shop's config file a mapping set is made of.
@@ -31,30 +33,18 @@ fn json(text: &[u8]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(text)))
 }
 
-/// Runs every sample of `set` and says which do not give their `expect`.
-fn sample_failures(set: &MappingSet, mapper: &Mapper) -> Vec<String> {
-    let mut failures = Vec::new();
-    for (index, rule) in set.rules.iter().enumerate() {
-        for (n, sample) in rule.samples.iter().enumerate() {
-            let expected = json(sample.expect.as_bytes());
-            let outcome = mapper.map(vec![sample.record()]).remove(0);
-            let got = match &outcome {
-                Outcome::Events { rule: used, events } if *used == index => {
-                    serde_json::Value::Array(events.iter().map(|e| json(e)).collect())
-                }
-                other => serde_json::json!(format!("{other:?}")),
-            };
-            if got != expected {
-                failures.push(format!(
-                    "{}: mapping \"{}\", sample {}: expected {expected}, got {got}",
-                    set.origins[index],
-                    rule.name,
-                    n + 1
-                ));
-            }
-        }
-    }
-    failures
+/// Runs every sample of the rules of `set` that `wanted` selects.
+fn sample_failures(set: &MappingSet, wanted: impl Fn(usize) -> bool) -> Vec<String> {
+    let mapper = Mapper::start(set).unwrap_or_else(|e| panic!("{e:?}"));
+    samples::failures(set, &mapper, wanted)
+        .into_iter()
+        .map(|f| {
+            format!(
+                "{}: mapping \"{}\", {}",
+                set.origins[f.rule], set.rules[f.rule].name, f.message
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -78,11 +68,8 @@ fn every_preset_maps_its_samples_and_its_fixture_to_the_expected_events() {
         // The preset's samples hold under its own defaults; the shop's
         // rules' samples under the shop's vars.
         let alone = MappingSet::new(&[], Some(&preset), &BTreeMap::new(), Duration::from_secs(1));
-        let mut failures = sample_failures(&alone, &Mapper::start(&alone).unwrap());
-        failures.retain(|f| f.starts_with("preset"));
-        let mut own = sample_failures(&set, &mapper);
-        own.retain(|f| f.starts_with("config"));
-        failures.extend(own);
+        let mut failures = sample_failures(&alone, |_| true);
+        failures.extend(sample_failures(&set, |i| i < config.mapping.len()));
         assert!(failures.is_empty(), "{name}:\n{}", failures.join("\n"));
 
         let records = std::fs::read(dir.join("records.jsonl")).unwrap();
@@ -107,6 +94,7 @@ fn every_preset_maps_its_samples_and_its_fixture_to_the_expected_events() {
             match outcome {
                 Outcome::Events { events, .. } => got.extend(events.iter().map(|e| json(e))),
                 Outcome::Failed { reason, .. } => panic!("{name}: record {}: {reason}", i + 1),
+                Outcome::Native => panic!("{name}: record {}: read as native", i + 1),
             }
         }
         let expected: Vec<_> = std::fs::read(dir.join("expected.jsonl"))
@@ -125,4 +113,148 @@ fn every_preset_maps_its_samples_and_its_fixture_to_the_expected_events() {
         seen.push(*name);
     }
     assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+/// `aftercare check` and `aftercare map` with each fixture's config, as a
+/// shop's engineer runs them: the samples pass, and every record of the
+/// fixture maps to events the decoder accepts.
+#[test]
+fn check_and_map_pass_on_every_fixture() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, _) in presets::PRESETS {
+        let dir = root.join("tests/presets").join(name);
+        let config = dir.join("aftercare.toml");
+        let check = Command::new(env!("CARGO_BIN_EXE_aftercare"))
+            .current_dir(root)
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            check.status.success(),
+            "{name}: check: {stdout}{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("mappings ({name}) mapped their")),
+            "{name}: {stdout}"
+        );
+
+        let mut map = Command::new(env!("CARGO_BIN_EXE_aftercare"))
+            .current_dir(root)
+            .arg("--config")
+            .arg(&config)
+            .arg("map")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let records = std::fs::read(dir.join("records.jsonl")).unwrap();
+        map.stdin.take().unwrap().write_all(&records).unwrap();
+        let out = map.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: map:\n{text}");
+        let expected = std::fs::read_to_string(dir.join("expected.jsonl")).unwrap();
+        assert_eq!(
+            text.matches("\n  accepted: ").count(),
+            expected.lines().filter(|l| !l.trim().is_empty()).count(),
+            "{name}:\n{text}"
+        );
+    }
+}
+
+/// A shop's own mapping: a program that does not compile stops the config
+/// (exit 64, naming the key); a sample that does not give its events fails
+/// `check` (exit 65) at the sample's line.
+#[test]
+fn check_names_a_broken_mapping_and_a_failing_sample() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let run = |toml: &str| {
+        let config = dir.path().join("aftercare.toml");
+        std::fs::write(&config, toml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_aftercare"))
+            .current_dir(root)
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            config,
+        )
+    };
+    let (code, text, _) = run(r#"
+[[mapping]]
+name = "legacy"
+when = '$topic == "legacy"'
+emit = '{event_id: .id,'
+"#);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("config key `mapping[0].emit`"), "{text}");
+    assert!(text.contains("mapping \"legacy\""), "{text}");
+
+    let (code, text, _) = run(r#"
+[source]
+format = "shopfiy"
+"#);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(
+        text.contains(
+            "config key `source.format`: `shopfiy` is not a format; one of: native, shopify"
+        ),
+        "{text}"
+    );
+
+    let toml = r#"
+[[mapping]]
+name = "legacy"
+when = '$topic == "legacy"'
+emit = '{event_id: "legacy-\(.id)", type: "order.cancelled", occurred_at: .at, customer: {id: .who}, order: {id: .id}}'
+
+[[mapping.samples]]
+topic = "legacy"
+body = '{"id": 7, "at": "2026-01-05T10:00:00Z", "who": "c-1"}'
+expect = '[{"event_id": "legacy-7", "type": "order.cancelled", "occurred_at": "2026-01-05T10:00:00Z", "customer": {"id": "c-1"}, "order": {"id": 7}}]'
+
+[[mapping.samples]]
+topic = "legacy"
+body = '{"id": 8, "at": "2026-01-05T10:00:00Z", "who": "c-1"}'
+expect = '[{"event_id": "legacy-8", "type": "order.cancelled", "occurred_at": "2026-01-05T10:00:00Z", "customer": {"id": "c-1"}, "order": {"id": 8}}]'
+"#;
+    // The second sample fails: its id is a number, the program keeps it
+    // one; the first expects as much and passes.
+    let (code, text, config) =
+        run(&toml.replace("\"order\": {\"id\": 8}", "\"order\": {\"id\": \"8\"}"));
+    let line = toml
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("[[mapping.samples]]"))
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    assert_eq!(code, Some(65), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{}:{line}: mapping \"legacy\": sample 2: event 1: expected ",
+            config.display()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("sample 1"), "{text}");
+    let (code, text, _) = run(toml);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("ok: 1 mappings (native) mapped their 2 samples"),
+        "{text}"
+    );
 }

@@ -86,6 +86,7 @@ pub fn entry(raw: Vec<u8>, line: u64) -> Entry {
             value: line.to_string(),
         },
         oversized: None,
+        mapped: None,
     }
 }
 

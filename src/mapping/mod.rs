@@ -13,9 +13,11 @@
 //! worker: a message whose program fails or runs away is dead-lettered
 //! with the reason.
 
+pub mod explain;
 pub mod jq;
 pub mod presets;
 pub mod record;
+pub mod samples;
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -89,6 +91,9 @@ pub struct MappingSet {
     /// Where each rule comes from, for messages: `config` or `preset NAME`.
     pub origins: Vec<String>,
     pub timeout: Duration,
+    /// Whether a message no rule holds for is a native event (no preset:
+    /// the shop's own rules map some messages, the rest are native).
+    pub native_fallback: bool,
 }
 
 impl MappingSet {
@@ -102,6 +107,7 @@ impl MappingSet {
     ) -> MappingSet {
         let mut set = MappingSet {
             timeout,
+            native_fallback: preset.is_none(),
             ..MappingSet::default()
         };
         for rule in own {
@@ -206,6 +212,9 @@ pub enum Outcome {
     Events { rule: usize, events: Vec<Vec<u8>> },
     /// The message cannot be mapped: the dead-letter reason.
     Failed { rule: Option<usize>, reason: String },
+    /// No rule holds and the set has no preset: the message is a native
+    /// event, as it is.
+    Native,
 }
 
 /// The thread that runs mappings.
@@ -277,6 +286,8 @@ fn map_one(set: &MappingSet, compiled: &[Compiled], vars: &Val, record: &Record)
     let failed = |rule, reason: String| Outcome::Failed { rule, reason };
     let body: serde_json::Value = match serde_json::from_slice(&record.body) {
         Ok(body) => body,
+        // The decoder says what is wrong with it.
+        Err(_) if set.native_fallback => return Outcome::Native,
         Err(e) => {
             return failed(
                 None,
@@ -334,6 +345,9 @@ fn map_one(set: &MappingSet, compiled: &[Compiled], vars: &Val, record: &Record)
                 Outcome::Events { rule, events }
             }
         };
+    }
+    if set.native_fallback {
+        return Outcome::Native;
     }
     let tried: Vec<&str> = set.rules.iter().map(|r| r.name.as_str()).collect();
     failed(

@@ -413,6 +413,7 @@ mod tests {
                 value: "42".to_owned(),
             },
             oversized,
+            mapped: None,
         }
     }
 

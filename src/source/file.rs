@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{Batch, Entry, OVERSIZED_PREFIX, Oversized, Position, Source, SourceError};
+use super::{Batch, OVERSIZED_PREFIX, Oversized, Position, RawMessage, Source, SourceError};
+use crate::mapping::Mapper;
+use crate::mapping::record::{Record, parse_kcat};
 
 pub struct FileSource {
     name: String,
@@ -26,6 +28,8 @@ pub struct FileSource {
     line: u64,
     /// `source.max_event_bytes`: the most of one line held in memory.
     limit: usize,
+    /// Maps each line (or record) to native events (`source.format`).
+    mapper: Option<Arc<Mapper>>,
 }
 
 enum Input {
@@ -198,6 +202,7 @@ impl FileSource {
                 offset: 0,
                 line: 0,
                 limit: max_event_bytes,
+                mapper: None,
             });
         }
         let file = File::open(path)?;
@@ -209,7 +214,15 @@ impl FileSource {
             offset: 0,
             line: 0,
             limit: max_event_bytes,
+            mapper: None,
         })
+    }
+
+    /// Maps every line with `mapper` (lines that are Kafka records: their
+    /// payload, with their topic, key and headers) before handing it out.
+    pub fn with_mapper(mut self, mapper: Option<Arc<Mapper>>) -> FileSource {
+        self.mapper = mapper;
+        self
     }
 }
 
@@ -220,9 +233,10 @@ impl Source for FileSource {
 
     fn next_batch(&mut self, max: usize) -> Result<Batch, SourceError> {
         let mut batch = Batch::default();
+        let mut messages = Vec::new();
         let mut held = 0;
-        while batch.entries.len() < max && held < BATCH_BYTES {
-            let first = batch.entries.is_empty();
+        while messages.len() < max && held < BATCH_BYTES {
+            let first = messages.is_empty();
             let line = match &mut self.input {
                 Input::File(reader) => read_line(reader.as_mut(), self.limit),
                 Input::Stream {
@@ -276,14 +290,29 @@ impl Source for FileSource {
             if oversized.is_none() && raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let coordinates = match &self.path {
+            let mut coordinates = match &self.path {
                 Some(path) => json!({"path": path, "line": self.line, "offset": start}),
                 None => json!({"path": "-", "line": self.line, "offset": start}),
             };
             held += raw.len();
-            batch.entries.push(Entry {
-                raw,
-                key: None,
+            // A line that is a Kafka record (a topic dumped with `kcat -J`)
+            // stands for its message.
+            let record = match oversized.is_none().then(|| parse_kcat(&raw)).flatten() {
+                Some((record, origin)) => {
+                    coordinates["record"] = json!({
+                        "topic": origin.topic,
+                        "partition": origin.partition,
+                        "offset": origin.offset,
+                    });
+                    record
+                }
+                None => Record {
+                    body: raw,
+                    ..Record::default()
+                },
+            };
+            messages.push(RawMessage {
+                record,
                 coordinates,
                 position: Position {
                     key: self.name.clone(),
@@ -292,6 +321,7 @@ impl Source for FileSource {
                 oversized,
             });
         }
+        batch.entries = super::entries(self.mapper.as_deref(), messages);
         Ok(batch)
     }
 }
@@ -331,6 +361,7 @@ mod tests {
             offset: 0,
             line: 0,
             limit,
+            mapper: None,
         }
     }
 

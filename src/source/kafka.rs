@@ -39,14 +39,17 @@ use jiff::Timestamp;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Batch, Entry, OVERSIZED_PREFIX, Oversized, Position, Source, SourceError};
+use super::{
+    Batch, Entry, Mapped, OVERSIZED_PREFIX, Oversized, Position, RawMessage, Source, SourceError,
+};
 use crate::config::KafkaConfig;
+use crate::mapping::{Mapper, Record};
 
 /// Reads a committed store position (`None`: none yet).
 pub type PositionLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -419,7 +422,11 @@ fn merge(
         let state = partitions.get_mut(&key).expect("found above");
         let (time, entry) = state.queue.pop_front().expect("found above");
         state.queued_bytes = state.queued_bytes.saturating_sub(entry.raw.len());
-        if let Ok(next) = entry.position.value.parse::<i64>() {
+        if let Some(next) = entry
+            .advances()
+            .then(|| entry.position.value.parse::<i64>().ok())
+            .flatten()
+        {
             uncommitted.insert(key, next);
         }
         last = time.max(last);
@@ -465,6 +472,8 @@ struct Polled {
     partition: i32,
     offset: i64,
     key: Option<Vec<u8>>,
+    /// Read only by mappings (`$headers`).
+    headers: Vec<(String, Vec<u8>)>,
     payload: Vec<u8>,
     oversized: Option<Oversized>,
 }
@@ -482,6 +491,15 @@ impl Polled {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
+            headers: m
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             payload: kept.to_vec(),
             oversized,
         }
@@ -516,6 +534,8 @@ pub struct KafkaSource {
     pub recoveries: u64,
     /// `source.max_event_bytes`: a larger message is only dead-lettered.
     limit: usize,
+    /// Maps each message to native events (`source.format`).
+    mapper: Option<Arc<Mapper>>,
 }
 
 /// The librdkafka settings shared by the consumer and the dead-letter
@@ -566,6 +586,7 @@ impl KafkaSource {
             created: now,
             recoveries: 0,
             limit: max_event_bytes,
+            mapper: None,
         })
     }
 
@@ -626,6 +647,13 @@ impl KafkaSource {
     }
 
     /// Partitions behind their end: (topic, partition, messages behind).
+    /// Maps every message with `mapper` (`source.format`) before handing
+    /// it out.
+    pub fn with_mapper(mut self, mapper: Option<Arc<Mapper>>) -> KafkaSource {
+        self.mapper = mapper;
+        self
+    }
+
     pub fn lag(&self) -> Vec<(String, i32, Option<i64>)> {
         self.partitions
             .iter()
@@ -733,6 +761,7 @@ impl KafkaSource {
             partition,
             offset,
             key,
+            headers,
             payload,
             oversized,
         } = message;
@@ -757,25 +786,29 @@ impl KafkaSource {
             }
             Read::Again => return,
         }
-        // An oversized event has no time: it sorts first, to the dead
-        // letters.
-        let time = oversized
-            .is_none()
-            .then(|| serde_json::from_slice::<EventTime>(&payload).ok())
+        let message = RawMessage {
+            record: Record {
+                body: payload,
+                topic: Some(topic.to_owned()),
+                key,
+                headers,
+            },
+            coordinates: json!({"topic": topic, "partition": partition, "offset": offset}),
+            position,
+            oversized,
+        };
+        for entry in super::entries(self.mapper.as_deref(), vec![message]) {
+            // An event that is not one (oversized, unmappable, skipped) has
+            // no time: it sorts first, to the dead letters.
+            let time = (entry.oversized.is_none()
+                && matches!(entry.mapped, None | Some(Mapped::Event { .. })))
+            .then(|| serde_json::from_slice::<EventTime>(&entry.raw).ok())
             .flatten()
             .and_then(|e| e.occurred_at)
             .and_then(|at| at.parse::<Timestamp>().ok());
-        state.queued_bytes += payload.len();
-        state.queue.push_back((
-            time,
-            Entry {
-                raw: payload,
-                key,
-                coordinates: json!({"topic": topic, "partition": partition, "offset": offset}),
-                position,
-                oversized,
-            },
-        ));
+            state.queued_bytes += entry.raw.len();
+            state.queue.push_back((time, entry));
+        }
     }
 }
 
@@ -905,6 +938,7 @@ mod tests {
                 value: (offset + 1).to_string(),
             },
             oversized: None,
+            mapped: None,
         }
     }
 

@@ -18,6 +18,8 @@ use std::sync::atomic::AtomicBool;
 
 use jiff::Timestamp;
 
+use crate::mapping::{Mapper, Outcome, Record};
+
 pub use crate::observe::SourceHealth;
 use serde_json::Value;
 
@@ -39,6 +41,146 @@ pub struct Entry {
     /// The source never holds the whole of such an event, so one line or
     /// message cannot take the worker's memory.
     pub oversized: Option<Oversized>,
+    /// What a mapping made of the message, when mappings are configured
+    /// (`None`: the source's event as it is).
+    pub mapped: Option<Mapped>,
+}
+
+impl Entry {
+    /// Whether applying this entry moves its stream's position on: not for
+    /// an event a mapping emitted with more of the same message after it.
+    /// A message is then read again after a crash between its events, and
+    /// those already applied are duplicates.
+    pub fn advances(&self) -> bool {
+        match &self.mapped {
+            Some(Mapped::Event { index, count, .. }) => index + 1 >= *count,
+            _ => true,
+        }
+    }
+}
+
+/// What a mapping made of one message (see [`crate::mapping`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mapped {
+    /// `raw` is event `index` (from 0) of the `count` that mapping `rule`
+    /// emitted for the message.
+    Event {
+        rule: String,
+        index: usize,
+        count: usize,
+    },
+    /// No event, on purpose: mapping `rule` emitted none, or the message
+    /// is empty (a tombstone: `rule` is [`EMPTY_MESSAGE`]). Counted, not
+    /// dead-lettered.
+    Skipped { rule: String },
+    /// No event could be made: `raw` is the message, `reason` says why.
+    Failed { reason: String },
+}
+
+/// The `mapping` label of skipped empty messages (tombstones of compacted
+/// topics, a CloudEvent without data): no mapping is run on them.
+pub const EMPTY_MESSAGE: &str = "(empty message)";
+
+/// A message as a source read it, before mapping.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub record: Record,
+    pub coordinates: Value,
+    pub position: Position,
+    pub oversized: Option<Oversized>,
+}
+
+/// The entries the pipeline applies for `messages`, in order: each message
+/// as it is (no mapper: a native event), or the events its mapping made of
+/// it. Only the last entry of a message advances its position
+/// ([`Entry::advances`]).
+pub fn entries(mapper: Option<&Mapper>, messages: Vec<RawMessage>) -> Vec<Entry> {
+    let Some(mapper) = mapper else {
+        return messages
+            .into_iter()
+            .map(|m| Entry {
+                raw: m.record.body,
+                key: m.record.key,
+                coordinates: m.coordinates,
+                position: m.position,
+                oversized: m.oversized,
+                mapped: None,
+            })
+            .collect();
+    };
+    let mappable = |m: &RawMessage| m.oversized.is_none() && !is_empty(&m.record.body);
+    let records = messages
+        .iter()
+        .filter(|m| mappable(m))
+        .map(|m| m.record.clone())
+        .collect();
+    let mut outcomes = mapper.map(records).into_iter();
+    let mut entries = Vec::with_capacity(messages.len());
+    for m in messages {
+        let as_it_is = |mapped| Entry {
+            raw: m.record.body.clone(),
+            key: m.record.key.clone(),
+            coordinates: m.coordinates.clone(),
+            position: m.position.clone(),
+            oversized: m.oversized,
+            mapped,
+        };
+        if m.oversized.is_some() {
+            entries.push(as_it_is(None));
+            continue;
+        }
+        if !mappable(&m) {
+            entries.push(as_it_is(Some(Mapped::Skipped {
+                rule: EMPTY_MESSAGE.to_owned(),
+            })));
+            continue;
+        }
+        let outcome = outcomes.next().unwrap_or_else(|| Outcome::Failed {
+            rule: None,
+            reason: "the mapping thread gave no answer (internal error)".to_owned(),
+        });
+        match outcome {
+            Outcome::Native => entries.push(as_it_is(None)),
+            Outcome::Failed { reason, .. } => {
+                entries.push(as_it_is(Some(Mapped::Failed { reason })));
+            }
+            Outcome::Events { rule, events } if events.is_empty() => {
+                entries.push(as_it_is(Some(Mapped::Skipped {
+                    rule: mapper.name(rule).to_owned(),
+                })));
+            }
+            Outcome::Events { rule, events } => {
+                let name = mapper.name(rule);
+                let count = events.len();
+                for (index, raw) in events.into_iter().enumerate() {
+                    let mut coordinates = m.coordinates.clone();
+                    if let Value::Object(c) = &mut coordinates {
+                        c.insert("mapping".into(), name.into());
+                        if count > 1 {
+                            c.insert("event".into(), (index + 1).into());
+                        }
+                    }
+                    entries.push(Entry {
+                        raw,
+                        key: m.record.key.clone(),
+                        coordinates,
+                        position: m.position.clone(),
+                        oversized: None,
+                        mapped: Some(Mapped::Event {
+                            rule: name.to_owned(),
+                            index,
+                            count,
+                        }),
+                    });
+                }
+            }
+        }
+    }
+    entries
+}
+
+fn is_empty(body: &[u8]) -> bool {
+    body.iter().all(u8::is_ascii_whitespace)
 }
 
 /// How much of an oversized event is kept: enough to tell what it was.
