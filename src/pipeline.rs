@@ -1792,6 +1792,114 @@ mod tests {
         assert!(status_of(&mut p, "c-2/order_confirmation/o-1").is_none());
     }
 
+    /// An entry as a mapping made it: event `index` of `count`.
+    fn mapped(entry: Entry, rule: &str, index: usize, count: usize) -> Entry {
+        Entry {
+            mapped: Some(Mapped::Event {
+                rule: rule.into(),
+                index,
+                count,
+            }),
+            ..entry
+        }
+    }
+
+    #[test]
+    fn a_message_mapped_to_several_events_moves_its_position_after_the_last() {
+        let mut p = pipeline();
+        let first = mapped(
+            placed("m1", "2026-01-01T10:00:00Z", "o-1", Some("a@example.com")),
+            "two",
+            0,
+            2,
+        );
+        let second = mapped(
+            unnamed("delivered", "m1b", "2026-01-01T11:00:00Z", "o-1"),
+            "two",
+            1,
+            2,
+        );
+        let second = Entry {
+            position: first.position.clone(),
+            ..second
+        };
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        // Only the first event applied (a crash before the second, say):
+        // the message is read again, its first event then a duplicate.
+        p.ingest(
+            "test",
+            std::slice::from_ref(&first),
+            None,
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        assert_eq!(p.store().position("test").unwrap(), None);
+        p.ingest("test", &[first, second], None, &mut dead, &mut approved)
+            .unwrap();
+        assert_eq!(p.store().position("test").unwrap().as_deref(), Some("m1"));
+        assert_eq!((p.stats.events, p.stats.duplicates), (2, 1));
+    }
+
+    #[test]
+    fn skipped_messages_are_counted_and_failed_or_refused_ones_dead_lettered_with_their_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let mut dead = DeadLetters::new(&path, 1 << 20);
+        let mut p = pipeline();
+        let skipped = Entry {
+            raw: br#"{"status":"draft"}"#.to_vec(),
+            mapped: Some(Mapped::Skipped {
+                rule: "drafts".into(),
+            }),
+            ..placed("s1", "2026-01-01T10:00:00Z", "o", None)
+        };
+        let failed = Entry {
+            raw: br#"{"id":1}"#.to_vec(),
+            mapped: Some(Mapped::Failed {
+                reason: "no mapping matched (tried: orders)".into(),
+            }),
+            ..placed("s2", "2026-01-01T10:00:00Z", "o", None)
+        };
+        let refused = mapped(
+            raw("s3", json!({"event_id": "e-3", "type": "order.placed"})),
+            "orders",
+            1,
+            2,
+        );
+        let refused = Entry {
+            position: failed.position.clone(),
+            ..refused
+        };
+        let mut approved = Vec::new();
+        p.ingest(
+            "test",
+            &[skipped, failed, refused],
+            None,
+            &mut dead,
+            &mut approved,
+        )
+        .unwrap();
+        assert_eq!(
+            (p.stats.skipped, p.stats.invalid, p.stats.events),
+            (1, 2, 0)
+        );
+        // The last advancing entry is the failed message's.
+        assert_eq!(p.store().position("test").unwrap().as_deref(), Some("s2"));
+        let letters = dead_letters(&path);
+        let reasons: Vec<&str> = letters
+            .iter()
+            .map(|l| l["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(reasons[0], "no mapping matched (tried: orders)");
+        assert!(
+            reasons[1].starts_with("mapping \"orders\", event 2 of 2: missing required field"),
+            "{reasons:?}"
+        );
+        assert_eq!(letters.len(), 2);
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         let (first, max) = (

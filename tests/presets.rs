@@ -258,3 +258,74 @@ expect = '[{"event_id": "legacy-8", "type": "order.cancelled", "occurred_at": "2
         "{text}"
     );
 }
+
+fn aftercare(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_aftercare"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The README's promise: a Shopify topic dumped with `kcat -J`, read with
+/// `source.format = "shopify"`, plans the same emails as the equivalent
+/// native log, and `run` sends them.
+#[test]
+fn a_shopify_record_file_plans_and_sends_what_its_native_log_does() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/presets/shopify");
+    let config = dir.join("aftercare.toml");
+    let records = dir.join("records.jsonl");
+    let mapped = aftercare(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "simulate".as_ref(),
+        records.as_os_str(),
+    ]);
+    assert!(
+        mapped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mapped.stderr)
+    );
+    let native = aftercare(&["simulate".as_ref(), dir.join("expected.jsonl").as_os_str()]);
+    assert!(
+        native.status.success(),
+        "{}",
+        String::from_utf8_lossy(&native.stderr)
+    );
+    let plan = String::from_utf8(mapped.stdout).unwrap();
+    assert_eq!(plan, String::from_utf8(native.stdout).unwrap());
+    let planned = plan.lines().count();
+    assert!(planned >= 5, "{plan}");
+
+    // `run`: the emails of the plan due by now (every one of them: the
+    // fixture's events are months old, and nothing is sent twice).
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let run = Command::new(env!("CARGO_BIN_EXE_aftercare"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("AFTERCARE_DATA_DIR", &data)
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--input"])
+        .arg(&records)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let sent: Vec<String> = std::fs::read_dir(data.join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".eml"))
+        .collect();
+    let sent_plan = plan
+        .lines()
+        .filter(|line| line.contains("\"status\":\"sent\""))
+        .count();
+    assert_eq!(sent.len(), sent_plan, "{stdout}\n{plan}");
+    assert!(stdout.contains("0 invalid"), "{stdout}");
+    assert!(stdout.contains("Skipped "), "{stdout}");
+}

@@ -400,6 +400,10 @@ mod tests {
             &vars,
             Duration::from_secs(1),
         );
+        // As with a preset: what no rule holds for is not a native event.
+        let native = Mapper::start(&set).unwrap();
+        let mut set = set;
+        set.native_fallback = false;
         let mapper = Mapper::start(&set).unwrap();
         let outcomes = mapper.map(vec![
             record(r#"{"id": 9007199254740993, "status": "draft"}"#, "shop"),
@@ -447,6 +451,13 @@ mod tests {
             reason(&outcomes[5]).starts_with("the message is not valid JSON"),
             "{outcomes:?}"
         );
+        // Without a preset, a message no rule holds for is a native event,
+        // and the decoder says what is wrong with one that is not JSON.
+        assert_eq!(
+            native.map(vec![record("{}", "elsewhere"), record("{not json", "shop")]),
+            vec![Outcome::Native, Outcome::Native]
+        );
+        assert_eq!(native.map(vec![record("{}", "scalar")]), outcomes[3..4]);
     }
 
     #[test]
