@@ -642,3 +642,62 @@ fn a_recreated_consumer_reads_on_from_every_partition() {
         read.len() - got.len()
     );
 }
+
+/// Every preset's fixture (tests/presets/NAME: a topic dumped with
+/// `kcat -J`, headers and keys included) produced onto the broker and read
+/// by the Kafka source with the fixture's config: the worker sends what
+/// `simulate` plans for the record file, and dead-letters nothing.
+#[test]
+fn every_preset_fixture_read_from_the_broker_sends_its_plan() {
+    let tansu = common::tansu::Tansu::start();
+    for (name, _) in aftercare::mapping::presets::PRESETS {
+        let dir = common::repo().join("tests/presets").join(name);
+        let records = std::fs::read_to_string(dir.join("records.jsonl")).unwrap();
+        let topic = serde_json::from_str::<serde_json::Value>(records.lines().next().unwrap())
+            .unwrap()["topic"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (shipments, returns) = (format!("{name}-shipments"), format!("{name}-returns"));
+        tansu.create_topics(&[&topic, &shipments, &returns], 1);
+        tansu.create_topics(&[&format!("{name}-dead")], 1);
+        tansu.produce_kcat(&records);
+
+        // The fixture's config, its [source] read from the broker.
+        let shop = std::fs::read_to_string(dir.join("aftercare.toml")).unwrap();
+        assert!(shop.contains("[source]\n"), "{name}");
+        let config = format!(
+            "{}\n[source.kafka]\nbrokers = \"{}\"\ngroup_id = \"presets-{name}\"\n\
+             dead_letter_topic = \"{name}-dead\"\n\
+             [source.kafka.topics]\norders = \"{topic}\"\nshipments = \"{shipments}\"\nreturns = \"{returns}\"\n",
+            shop.replace(
+                "[source]\n",
+                "[source]\nkind = \"kafka\"\nbatch_size = 50\nbatch_wait = \"50ms\"\n"
+            ),
+            tansu.brokers()
+        );
+        let work = Work::new(&config);
+        let records_path = work.path("records.jsonl");
+        common::write(&records_path, &records);
+        let plan = planned(&work, &records_path);
+        assert!(!plan.is_empty(), "{name}");
+
+        let out = work.run(&["run", "--once"]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let expected = std::fs::read_to_string(dir.join("expected.jsonl")).unwrap();
+        let events = expected.lines().filter(|l| !l.trim().is_empty()).count();
+        assert!(
+            stdout(&out).contains(&format!("Read {events} events")),
+            "{name}: {}",
+            stdout(&out)
+        );
+        assert!(
+            stdout(&out).contains("0 invalid"),
+            "{name}: {}",
+            stdout(&out)
+        );
+        let approvals = work.approvals();
+        assert_same(&approvals, &plan);
+        assert_eq!(work.outbox().len(), plan.len(), "{name}");
+    }
+}

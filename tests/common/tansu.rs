@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{free_port, wait_for_port};
@@ -171,6 +171,44 @@ impl Tansu {
                         FutureRecord::to(topic).key(key).payload(payload),
                         Duration::from_secs(20),
                     )
+                    .await
+                    .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+            }
+        });
+        producer.flush(Duration::from_secs(10)).unwrap();
+    }
+
+    /// Produces records as `kcat -J` prints them (a dump of a topic: its
+    /// topic, key, headers and payload; the partition is the broker's
+    /// choice) in order, and waits for every ack.
+    pub fn produce_kcat(&self, lines: &str) {
+        let producer: FutureProducer = self
+            .client()
+            .set("message.timeout.ms", "20000")
+            .create()
+            .unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            for line in lines.lines().filter(|l| !l.trim().is_empty()) {
+                let r: serde_json::Value = serde_json::from_str(line).unwrap();
+                let topic = r["topic"].as_str().unwrap();
+                let mut headers = OwnedHeaders::new();
+                let list = r["headers"].as_array().cloned().unwrap_or_default();
+                for pair in list.chunks(2) {
+                    headers = headers.insert(Header {
+                        key: pair[0].as_str().unwrap(),
+                        value: pair.get(1).and_then(|v| v.as_str()),
+                    });
+                }
+                let mut record = FutureRecord::<str, str>::to(topic).headers(headers);
+                if let Some(key) = r["key"].as_str() {
+                    record = record.key(key);
+                }
+                if let Some(payload) = r["payload"].as_str() {
+                    record = record.payload(payload);
+                }
+                producer
+                    .send(record, Duration::from_secs(20))
                     .await
                     .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
             }
