@@ -329,3 +329,59 @@ fn a_shopify_record_file_plans_and_sends_what_its_native_log_does() {
     assert!(stdout.contains("0 invalid"), "{stdout}");
     assert!(stdout.contains("Skipped "), "{stdout}");
 }
+
+/// The README's worked mapping (examples/legacy-shop): its samples pass,
+/// and its messages plan the emails of two orders, one cancelled and
+/// refunded, with the stock message skipped.
+#[test]
+fn the_worked_custom_mapping_checks_and_plans() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/legacy-shop");
+    let config = dir.join("aftercare.toml");
+    let check = aftercare(&["--config".as_ref(), config.as_os_str(), "check".as_ref()]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        text.contains("ok: 4 mappings (native) mapped their 3 samples"),
+        "{text}"
+    );
+
+    let messages = dir.join("messages.jsonl");
+    let plan = aftercare(&[
+        "--config".as_ref(),
+        config.as_os_str(),
+        "simulate".as_ref(),
+        messages.as_os_str(),
+    ]);
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let plan: Vec<serde_json::Value> = String::from_utf8(plan.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| json(l.as_bytes()))
+        .collect();
+    let of = |template: &str, order: &str| {
+        plan.iter()
+            .find(|e| e["template"] == template && e["order_id"] == order)
+            .map(|e| {
+                (
+                    e["status"].as_str().unwrap().to_owned(),
+                    e["due_at"].as_str().unwrap().to_owned(),
+                )
+            })
+    };
+    // 09:05 in Berlin (CET) is 08:05 UTC.
+    assert_eq!(
+        of("order_confirmation", "100231"),
+        Some(("sent".into(), "2026-03-02T08:05:00Z".into()))
+    );
+    assert_eq!(of("shipping_update", "100231").unwrap().0, "sent");
+    assert_eq!(of("order_cancelled", "100232").unwrap().0, "sent");
+    assert_eq!(of("refund_issued", "100232").unwrap().0, "sent");
+}

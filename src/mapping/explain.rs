@@ -15,8 +15,9 @@ use crate::event::Event;
 use crate::source::{Entry, Mapped, Position, RawMessage, entries};
 
 /// The messages of `input`: one per line when every line is a Kafka
-/// record as `kcat -J` prints it, else the whole input as one message
-/// (with `template`'s topic, key and headers).
+/// record as `kcat -J` prints it; else the whole input as one message if
+/// it is one JSON value (pretty-printed, say), or one message per line
+/// (JSON lines); with `template`'s topic, key and headers.
 pub fn messages(input: &[u8], template: &Record) -> Vec<RawMessage> {
     let lines: Vec<&[u8]> = input
         .split(|b| *b == b'\n')
@@ -43,15 +44,30 @@ pub fn messages(input: &[u8], template: &Record) -> Vec<RawMessage> {
                 oversized: None,
             })
             .collect(),
-        _ => vec![RawMessage {
-            record: Record {
-                body: input.trim_ascii().to_vec(),
-                ..template.clone()
-            },
-            coordinates: json!({"message": 1}),
-            position,
-            oversized: None,
-        }],
+        _ if lines.len() <= 1 || serde_json::from_slice::<serde::de::IgnoredAny>(input).is_ok() => {
+            vec![RawMessage {
+                record: Record {
+                    body: input.trim_ascii().to_vec(),
+                    ..template.clone()
+                },
+                coordinates: json!({"message": 1}),
+                position,
+                oversized: None,
+            }]
+        }
+        _ => lines
+            .iter()
+            .enumerate()
+            .map(|(n, line)| RawMessage {
+                record: Record {
+                    body: line.trim_ascii().to_vec(),
+                    ..template.clone()
+                },
+                coordinates: json!({"message": n + 1}),
+                position: position.clone(),
+                oversized: None,
+            })
+            .collect(),
     }
 }
 
@@ -185,6 +201,33 @@ mod tests {
             text.contains("  accepted: order.placed of customer "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn input_is_records_one_json_value_or_json_lines() {
+        let template = Record {
+            topic: Some("t".into()),
+            ..Record::default()
+        };
+        let bodies = |input: &[u8]| -> Vec<String> {
+            messages(input, &template)
+                .into_iter()
+                .map(|m| {
+                    assert_eq!(m.record.topic.as_deref(), Some("t"));
+                    String::from_utf8(m.record.body).unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(bodies(b"{\n  \"a\": 1\n}\n"), ["{\n  \"a\": 1\n}"]);
+        assert_eq!(
+            bodies(b"{\"a\": 1}\n\n{\"a\": 2}\n"),
+            ["{\"a\": 1}", "{\"a\": 2}"]
+        );
+        assert_eq!(bodies(b"not json"), ["not json"]);
+        let record = br#"{"topic":"orders","partition":1,"offset":5,"key":"k","payload":"{}"}"#;
+        let from_record = messages(record, &template);
+        assert_eq!(from_record[0].record.topic.as_deref(), Some("orders"));
+        assert_eq!(from_record[0].coordinates["offset"], 5);
     }
 
     #[test]
