@@ -943,13 +943,15 @@ fn order_json(j: &Journey, order_id: &str) -> Value {
         .items
         .iter()
         .map(|i| {
-            let price = i.unit_price.unwrap_or_default();
             // Bounded by the decoder; `null` rather than a panic on a state
-            // written before the bounds.
-            let line_total = price.checked_mul(rust_decimal::Decimal::from(i.quantity));
+            // written before the bounds. An item sent without a price (or
+            // with one the decoder dropped) shows none.
+            let line_total = i
+                .unit_price
+                .and_then(|p| p.checked_mul(rust_decimal::Decimal::from(i.quantity)));
             json!({
                 "sku": i.sku, "name": i.name, "quantity": i.quantity,
-                "unit_price": price.to_string(),
+                "unit_price": i.unit_price.map(|p| p.to_string()),
                 "line_total": line_total.map(|t| t.to_string()),
             })
         })
