@@ -244,10 +244,23 @@ impl Mapper {
                 let compiled = set.compile().unwrap_or_default();
                 let vars = jq::from_json(&serde_json::Value::Object(set.vars.clone()));
                 for job in incoming {
+                    // A panic in the engine (a bug, past what jq.rs
+                    // bounds) costs its message only, never the thread.
                     let outcomes = job
                         .records
                         .iter()
-                        .map(|r| map_one(&set, &compiled, &vars, r))
+                        .map(|r| {
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                map_one(&set, &compiled, &vars, r)
+                            }))
+                            .unwrap_or_else(|payload| Outcome::Failed {
+                                rule: None,
+                                reason: format!(
+                                    "the mapping failed (internal error: {})",
+                                    crate::pipeline::panic_message(payload.as_ref())
+                                ),
+                            })
+                        })
                         .collect();
                     // The caller went away: nothing to tell it.
                     let _ = job.reply.send(outcomes);
