@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the event decoder (`decode`) and the journey machine on whole event
-# logs (`journey`) with cargo-fuzz (libFuzzer, AddressSanitizer), each for
+# Fuzzes the event decoder (`decode`), the journey machine on whole event
+# logs (`journey`) and the presets' mappings on messages (`mapping`)
+# with cargo-fuzz (libFuzzer, AddressSanitizer), each for
 # FUZZ_SECONDS (default 20: the short run, part of scripts/test.sh).
 #
 #   scripts/fuzz.sh                     # short: 20 s per target
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${FUZZ_SECONDS:-20}
-targets=${FUZZ_TARGETS:-decode journey}
+targets=${FUZZ_TARGETS:-decode journey mapping}
 cache=${AFTERCARE_CACHE:-$HOME/.cache/aftercare}
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
@@ -43,6 +44,16 @@ for target in $targets; do
   # Hostile events (extreme numbers and dates, ids that collided) as seeds,
   # and their values as a dictionary to splice anywhere.
   cp fuzz/seeds/hostile.jsonl "$corpus/hostile-log"
+  # Every preset fixture's records, one a seed (the mapping target reads
+  # a record line, headers and all).
+  for records in tests/presets/*/records.jsonl; do
+    preset=$(basename "$(dirname "$records")")
+    n=0
+    while IFS= read -r line; do
+      n=$((n + 1))
+      printf '%s\n' "$line" > "$corpus/$preset-$n"
+    done < "$records"
+  done
   echo "==> fuzz $target for ${seconds}s"
   out=$(mktemp)
   if ! cargo +nightly fuzz run --target-dir "$cache/fuzz-target" "$target" "$corpus" -- \
