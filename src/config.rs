@@ -81,9 +81,15 @@ pub struct Config {
     /// `tiers = true` (`loyalty_milestone`).
     #[serde(rename = "tier", default)]
     pub tiers: Vec<TierConfig>,
-    /// The journey rules: which event sends which template, when.
+    /// The journey rules: which event sends which template, when. A file's
+    /// `[[journey]]` rules replace the rules of the same template in the
+    /// layer under it and add the others (see [`Config::load_over`]).
     #[serde(rename = "journey")]
     pub journeys: Vec<JourneyRule>,
+    /// `false`: the file's `[[journey]]` list is the whole list, the
+    /// defaults' rules are not kept.
+    #[serde(default = "yes")]
+    pub default_journeys: bool,
     /// The shop's own mapping rules, tried before the preset's (see
     /// `source.format`).
     #[serde(rename = "mapping", default)]
@@ -94,6 +100,58 @@ pub struct Config {
     /// The file given with `--config`, for messages that point into it.
     #[serde(skip)]
     pub file: Option<PathBuf>,
+    /// The file the defaults came from, when not the compiled-in copy.
+    #[serde(skip)]
+    pub base_file: Option<PathBuf>,
+    /// Each journey rule's key in messages: `journey[2]` as its own file
+    /// numbers it, whichever layer it came from (empty: the list's index).
+    #[serde(skip)]
+    pub journey_keys: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Where `run`, `check` and `preview` look for the shipped configuration
+/// (relative to the working directory): when it is there, it is the
+/// defaults, so that editing it takes effect; else the compiled-in copy.
+pub const SHIPPED_FILE: &str = "config/aftercare.toml";
+
+/// The `[[journey]]` list of a TOML text, if it has one.
+fn journey_list(
+    text: &str,
+    name: &dyn std::fmt::Display,
+) -> Result<Option<Vec<JourneyRule>>, ConfigError> {
+    #[derive(Deserialize)]
+    struct Journeys {
+        journey: Option<Vec<JourneyRule>>,
+    }
+    toml::from_str::<Journeys>(text)
+        .map(|j| j.journey)
+        .map_err(|e| ConfigError::Parse(format!("{name}: {}", e.message())))
+}
+
+/// `over`'s rules replace `under`'s of the same template, in place; the
+/// others are added after them. Each rule keeps its key in its own file.
+fn merge_journeys(
+    under: Vec<JourneyRule>,
+    under_name: &str,
+    over: Vec<JourneyRule>,
+) -> Vec<(String, JourneyRule)> {
+    let mut merged: Vec<(String, JourneyRule)> = under
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| (format!("journey[{i}] (in {under_name})"), rule))
+        .collect();
+    for (i, rule) in over.into_iter().enumerate() {
+        let key = format!("journey[{i}]");
+        match merged.iter_mut().find(|(_, r)| r.template == rule.template) {
+            Some(slot) => *slot = (key, rule),
+            None => merged.push((key, rule)),
+        }
+    }
+    merged
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -782,6 +840,10 @@ pub struct JourneyRule {
     /// Another delay for customers in a segment (the first that applies).
     #[serde(default, with = "segment_delays")]
     pub delay_by_segment: BTreeMap<Segment, Duration>,
+    /// `false` removes the rule (of this template, from the layers under
+    /// the file too).
+    #[serde(default = "yes")]
+    pub enabled: bool,
 }
 
 /// Groups of customers by their history (see the README for the rules).
@@ -1072,12 +1134,39 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        Config::load_over(None, file, env)
+    }
+
+    /// [`Config::load`] over `base` (the shipped file on disk, see
+    /// [`SHIPPED_FILE`]) instead of the compiled-in defaults. The
+    /// `[[journey]]` lists merge by template: a rule of a later layer
+    /// replaces the earlier layer's rule of the same template and leaves
+    /// the others; `enabled = false` removes a rule; `default_journeys =
+    /// false` keeps the file's list alone.
+    pub fn load_over(
+        base: Option<&Path>,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let base_text = match base {
+            Some(base) => {
+                let text = std::fs::read_to_string(base)
+                    .map_err(|e| ConfigError::Parse(format!("{}: {e}", base.display())))?;
+                check_syntax(base, &text)?;
+                text
+            }
+            None => DEFAULT_TOML.to_owned(),
+        };
+        let mut figment = Figment::from(Toml::string(&base_text));
+        let mut file_journeys = None;
         if let Some(file) = file {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| ConfigError::Parse(format!("{}: {e}", file.display())))?;
             check_syntax(file, &text)?;
             figment = figment.merge(Toml::file_exact(file));
+            // Read again below, whole, to merge with the rules under it;
+            // a mistake in them is reported by the extraction first.
+            file_journeys = Some(text);
         }
         for (key, value) in env {
             let Some(path) = key.strip_prefix("AFTERCARE_") else {
@@ -1102,6 +1191,42 @@ impl Config {
         }
         let mut config: Config = figment.extract().map_err(describe)?;
         config.file = file.map(Path::to_path_buf);
+        config.base_file = base.map(Path::to_path_buf);
+        if let (Some(text), Some(file)) = (&file_journeys, file)
+            && config.default_journeys
+            && let Some(over) = journey_list(text, &file.display())?
+        {
+            let base_name = base.map_or("the compiled-in defaults".into(), |b| {
+                b.display().to_string()
+            });
+            let mut seen = BTreeSet::new();
+            for (i, rule) in over.iter().enumerate() {
+                if !seen.insert(rule.template.as_str()) {
+                    return Err(invalid(
+                        format!("journey[{i}].template"),
+                        format!("`{}` is used by two journey rules", rule.template),
+                    ));
+                }
+            }
+            let under = journey_list(&base_text, &base_name)?.unwrap_or_default();
+            let (keys, rules) = merge_journeys(under, &base_name, over)
+                .into_iter()
+                .filter(|(_, rule)| rule.enabled)
+                .unzip();
+            config.journey_keys = keys;
+            config.journeys = rules;
+        }
+        if config.journeys.iter().any(|rule| !rule.enabled) {
+            let (keys, rules) = config
+                .journeys
+                .drain(..)
+                .enumerate()
+                .filter(|(_, rule)| rule.enabled)
+                .map(|(i, rule)| (format!("journey[{i}]"), rule))
+                .unzip();
+            config.journey_keys = keys;
+            config.journeys = rules;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -1176,6 +1301,14 @@ impl Config {
             };
             invalid(key, format!("{first}{more}"))
         })
+    }
+
+    /// The key of journey rule `i` in messages.
+    fn journey_key(&self, i: usize) -> String {
+        self.journey_keys
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| format!("journey[{i}]"))
     }
 
     /// The embedded defaults alone.
@@ -1379,7 +1512,7 @@ impl Config {
         self.http.validate()?;
         let mut seen = BTreeSet::new();
         for (i, rule) in self.journeys.iter().enumerate() {
-            let key = |field: &str| format!("journey[{i}].{field}");
+            let key = |field: &str| format!("{}.{field}", self.journey_key(i));
             if !is_template_id(&rule.template) {
                 return Err(invalid(
                     key("template"),
@@ -1644,13 +1777,25 @@ impl Config {
         .map(|(key, value, max)| (key.to_owned(), value, max))
         .collect();
         for (i, rule) in self.journeys.iter().enumerate() {
-            spans.push((format!("journey[{i}].delay"), rule.delay, MAX_SPAN));
+            spans.push((
+                format!("{}.delay", self.journey_key(i)),
+                rule.delay,
+                MAX_SPAN,
+            ));
             if let Some(max_delay) = rule.max_delay {
-                spans.push((format!("journey[{i}].max_delay"), max_delay, MAX_SPAN));
+                spans.push((
+                    format!("{}.max_delay", self.journey_key(i)),
+                    max_delay,
+                    MAX_SPAN,
+                ));
             }
             for (segment, delay) in &rule.delay_by_segment {
                 spans.push((
-                    format!("journey[{i}].delay_by_segment.{}", segment.as_str()),
+                    format!(
+                        "{}.delay_by_segment.{}",
+                        self.journey_key(i),
+                        segment.as_str()
+                    ),
                     *delay,
                     MAX_SPAN,
                 ));
@@ -1782,7 +1927,117 @@ mod tests {
         let e = err(&rule("{ a = 0, b = 0 }"));
         assert!(e.contains("journey[0].variants"), "{e}");
         let config = load_str(&rule("{ a = 3, b = 1 }")).unwrap();
-        assert_eq!(config.journeys[0].variants["a"], 3);
+        let review = config
+            .journeys
+            .iter()
+            .find(|r| r.template == "review_request");
+        assert_eq!(review.unwrap().variants["a"], 3);
+    }
+
+    fn templates(config: &Config) -> Vec<&str> {
+        config
+            .journeys
+            .iter()
+            .map(|r| r.template.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_files_journeys_change_add_and_remove_rules_by_template_and_keep_the_others() {
+        let shipped = Config::embedded();
+        let config = load_str(
+            r#"
+[[journey]]
+template = "welcome"
+on = "order.placed"
+only = "first_order"
+class = "marketing"
+delay = "3d"
+
+[[journey]]
+template = "care_guide"
+on = "shipment.delivered"
+class = "marketing"
+delay = "10d"
+
+[[journey]]
+template = "win_back_final"
+on = "inactivity"
+class = "marketing"
+enabled = false
+"#,
+        )
+        .unwrap();
+        let mut want: Vec<&str> = templates(&shipped)
+            .into_iter()
+            .filter(|t| *t != "win_back_final")
+            .collect();
+        want.push("care_guide");
+        // In place: the changed rule where it was, the new one last.
+        assert_eq!(templates(&config), want);
+        let welcome = config
+            .journeys
+            .iter()
+            .find(|r| r.template == "welcome")
+            .unwrap();
+        assert_eq!(welcome.delay, Duration::from_secs(3 * 86_400));
+        let shipped_update = |c: &Config| {
+            c.journeys
+                .iter()
+                .find(|r| r.template == "shipping_update")
+                .cloned()
+                .map(|r| (r.on, r.delay))
+        };
+        assert_eq!(shipped_update(&config), shipped_update(&shipped));
+
+        // The file's list alone.
+        let alone = load_str(
+            r#"default_journeys = false
+[[journey]]
+template = "welcome"
+on = "order.placed"
+class = "marketing"
+"#,
+        )
+        .unwrap();
+        assert_eq!(templates(&alone), ["welcome"]);
+
+        // A mistake is named by the rule's place in its own file.
+        let e = load_str(
+            r#"[[journey]]
+template = "welcome"
+on = "order.placed"
+class = "marketing"
+[[journey]]
+template = "thank_you"
+on = "order.placed"
+class = "marketing"
+milestones = [0]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("config key `journey[1].milestones`"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_file_on_disk_is_the_defaults_when_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("aftercare.toml");
+        let edited = DEFAULT_TOML.replace("default_locale = \"en\"", "default_locale = \"hy\"");
+        assert_ne!(edited, DEFAULT_TOML);
+        std::fs::write(&base, edited).unwrap();
+        let config = Config::load_over(Some(&base), None, std::iter::empty()).unwrap();
+        assert_eq!(config.default_locale, "hy");
+        assert_eq!(config.base_file.as_deref(), Some(base.as_path()));
+        assert_eq!(templates(&config), templates(&Config::embedded()));
+
+        // A mistake in it names it, with its line.
+        std::fs::write(&base, "default_locale = \n").unwrap();
+        let e = Config::load_over(Some(&base), None, std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("{}, line 1", base.display())), "{e}");
     }
 
     #[test]

@@ -199,9 +199,21 @@ fn main() -> ExitCode {
 }
 
 fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
-    let config =
-        Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| fail(EX_USAGE, e))?;
+    // The shipped file, where it is, is the defaults: editing it works.
+    let shipped = std::path::Path::new(aftercare::config::SHIPPED_FILE);
+    let config = Config::load_over(
+        shipped.is_file().then_some(shipped),
+        cli.config.as_deref(),
+        std::env::vars(),
+    )
+    .map_err(|e| fail(EX_USAGE, e))?;
     init_logs(config.log.format);
+    match &config.base_file {
+        Some(base) => {
+            tracing::debug!(file = %base.display(), "Defaults read from the shipped file.")
+        }
+        None => tracing::debug!("Defaults compiled in (no config/aftercare.toml here)."),
+    }
     match cli.command {
         Command::Check => {
             let checked = check::check(&config).map_err(|e| fail(EX_DATAERR, e))?;
@@ -209,6 +221,24 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
                 "ok: {} templates x {} locales rendered ({} renders)",
                 checked.templates, checked.locales, checked.renders
             );
+            // Files no journey sends: a rule missing, or a name mistyped.
+            let used: Vec<String> = check::renderable(&config)
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            let templates = check::load(&config).map_err(|e| fail(EX_DATAERR, e))?;
+            for name in templates.names() {
+                if !used.iter().any(|u| u == name) {
+                    println!(
+                        "warning: template `{name}` ({}) is sent by no journey rule",
+                        config
+                            .templates_dir
+                            .join("*")
+                            .join(format!("{name}.*.hbs"))
+                            .display()
+                    );
+                }
+            }
             if checked.mappings > 0 {
                 println!(
                     "ok: {} mappings ({}) mapped their {} samples",

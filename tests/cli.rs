@@ -859,3 +859,55 @@ fn events_naming_only_their_order_reach_its_customer_or_the_dead_letters() {
     assert_eq!(dead[0]["coordinates"]["offset"], second[0].len() as u64 + 1);
     assert_eq!(dead[0]["coordinates"]["path"], log.to_str().unwrap());
 }
+
+/// The shipped `config/aftercare.toml`, where `aftercare` runs, is the
+/// defaults (editing it takes effect without `--config`); a file's
+/// `[[journey]]` rules replace the rules of their template and keep the
+/// others; `check` warns about templates no rule sends.
+#[test]
+fn the_shipped_file_on_disk_is_read_and_journey_rules_merge_by_template() {
+    let work = Work::new("");
+    let shipped = std::fs::read_to_string(common::repo().join("config/aftercare.toml")).unwrap();
+    let edited = shipped.replace("max_subject_chars = 78", "max_subject_chars = 5");
+    assert_ne!(edited, shipped);
+    std::fs::create_dir_all(work.path("config")).unwrap();
+    common::write(&work.path("config/aftercare.toml"), &edited);
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("more than check.max_subject_chars (5)"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(work.path("config/aftercare.toml")).unwrap();
+
+    // One rule changed: the others stay, so every template is still sent.
+    let changed = Work::new(
+        "[[journey]]\ntemplate = \"welcome\"\non = \"order.placed\"\nonly = \"first_order\"\nclass = \"marketing\"\ndelay = \"3d\"\n",
+    );
+    let out = changed.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ok: 15 templates"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("warning"), "{}", stdout(&out));
+
+    // One rule disabled: its template is sent by none, and check says so.
+    let disabled = Work::new(
+        "[[journey]]\ntemplate = \"win_back_final\"\non = \"inactivity\"\nclass = \"marketing\"\nenabled = false\n",
+    );
+    let out = disabled.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ok: 14 templates"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("warning: template `win_back_final`"),
+        "{}",
+        stdout(&out)
+    );
+}

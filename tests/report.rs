@@ -138,7 +138,7 @@ fn report(work: &Work, format: &str, out: Option<&str>) -> std::process::Output 
 fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     // Only the journeys the figures need: no welcome, no win-back noise.
     let work = Work::new(
-        "[[journey]]\ntemplate = \"order_confirmation\"\non = \"order.placed\"\nclass = \"transactional\"\n\
+        "default_journeys = false\n[[journey]]\ntemplate = \"order_confirmation\"\non = \"order.placed\"\nclass = \"transactional\"\n\
          [[journey]]\ntemplate = \"win_back\"\non = \"inactivity\"\nclass = \"marketing\"\ndelay = \"60d\"\n",
     );
     let log = work.path("events.jsonl");

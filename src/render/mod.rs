@@ -14,7 +14,7 @@ mod inline;
 pub use helpers::{format_date, format_money};
 pub use inline::{InlineError, inline_template};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -299,6 +299,17 @@ impl Templates {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Every template (and variant) with files in some locale:
+    /// `welcome`, `review_request.b`.
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.sets
+            .values()
+            .flat_map(|set| set.files.keys())
+            .filter(|name| !name.starts_with("partial:"))
+            .filter_map(|name| name.strip_suffix(".html"))
+            .collect()
     }
 
     /// The file a template part would be read from.
