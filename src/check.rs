@@ -79,6 +79,7 @@ fn names(renderable: &[Renderable]) -> Vec<&str> {
 pub fn load_options(config: &Config) -> LoadOptions {
     LoadOptions {
         default_locale: config.default_locale.clone(),
+        locales: Some(config.locales.clone()),
         fallbacks: config.locale_fallback.clone(),
         shop: serde_json::to_value(&config.shop).unwrap_or(Value::Null),
     }

@@ -46,6 +46,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The template folder: `<locale>/<template>.{subject,html,txt}.hbs`.
     pub templates_dir: PathBuf,
+    /// The locales emails are written in: each must have its template
+    /// folder, complete or with a `locale_fallback`.
+    pub locales: Vec<String>,
     /// Locale for customers without one, or with one we have no templates for.
     pub default_locale: String,
     /// Time zone for customers without one; dates in emails are shown in it.
@@ -1303,6 +1306,59 @@ impl Config {
         })
     }
 
+    /// `locales`, `default_locale` and `locale_fallback` agree.
+    fn validate_locales(&self) -> Result<(), ConfigError> {
+        if self.locales.is_empty() {
+            return Err(invalid("locales", "must name at least one locale"));
+        }
+        let mut seen = BTreeSet::new();
+        for locale in &self.locales {
+            let ok = !locale.is_empty()
+                && locale.len() <= 35
+                && locale
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !["partials", "samples"].contains(&locale.as_str());
+            if !ok {
+                return Err(invalid(
+                    "locales",
+                    format!(
+                        "`{}` is not a locale folder name like en or pt-BR",
+                        clip(locale, 40)
+                    ),
+                ));
+            }
+            if !seen.insert(locale) {
+                return Err(invalid("locales", format!("`{locale}` is listed twice")));
+            }
+        }
+        let listed = |l: &String| self.locales.contains(l);
+        if !listed(&self.default_locale) {
+            return Err(invalid(
+                "default_locale",
+                format!(
+                    "`{}` is not one of `locales`",
+                    clip(&self.default_locale, 40)
+                ),
+            ));
+        }
+        for (from, to) in &self.locale_fallback {
+            if from == to {
+                return Err(invalid(
+                    format!("locale_fallback.{from}"),
+                    "a locale cannot fall back to itself",
+                ));
+            }
+            if let Some(unlisted) = [from, to].into_iter().find(|l| !listed(l)) {
+                return Err(invalid(
+                    format!("locale_fallback.{from}"),
+                    format!("`{}` is not one of `locales`", clip(unlisted, 40)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The key of journey rule `i` in messages.
     fn journey_key(&self, i: usize) -> String {
         self.journey_keys
@@ -1372,14 +1428,7 @@ impl Config {
                 ));
             }
         }
-        for (from, to) in &self.locale_fallback {
-            if from == to {
-                return Err(invalid(
-                    format!("locale_fallback.{from}"),
-                    "a locale cannot fall back to itself",
-                ));
-            }
-        }
+        self.validate_locales()?;
         for (key, value) in [
             ("policy.quiet_hours.start", &self.policy.quiet_hours.start),
             ("policy.quiet_hours.end", &self.policy.quiet_hours.end),

@@ -911,3 +911,45 @@ fn the_shipped_file_on_disk_is_read_and_journey_rules_merge_by_template() {
         stdout(&out)
     );
 }
+
+/// The locales are configuration: a locale folder that disappears fails
+/// `check` (its customers would silently get another language), and a
+/// folder not listed is not used.
+#[test]
+fn a_configured_locale_without_its_folder_fails_check() {
+    let work = Work::new("");
+    let templates = work.path("templates");
+    common::copy_dir(&common::repo().join("templates"), &templates);
+    let config = format!("templates_dir = {:?}\n", templates);
+    let with = |extra: &str| {
+        common::write(&work.path("own.toml"), &format!("{config}{extra}"));
+        std::process::Command::new(env!("CARGO_BIN_EXE_aftercare"))
+            .current_dir(work.dir.path())
+            .args(["--config", work.path("own.toml").to_str().unwrap(), "check"])
+            .output()
+            .unwrap()
+    };
+    std::fs::remove_dir_all(templates.join("am")).unwrap();
+    let out = with("");
+    assert_eq!(out.status.code(), Some(65), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}: locale `am` is in `locales` but has no template folder",
+            templates.join("am").display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // Listed no more: the check passes on the two others.
+    let out = with("locales = [\"en\", \"hy\"]\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("x 2 locales"), "{}", stdout(&out));
+    // A locale the fallbacks name must be listed.
+    let out = with("locales = [\"en\", \"hy\"]\nlocale_fallback = { am = \"en\" }\n");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("config key `locale_fallback.am`: `am` is not one of `locales`"),
+        "{}",
+        stderr(&out)
+    );
+}

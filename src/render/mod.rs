@@ -39,6 +39,8 @@ const TEXT_WIDTH: usize = 78;
 pub struct LoadOptions {
     /// Customers without a locale we have templates for get this one.
     pub default_locale: String,
+    /// The locales expected, each with its folder (`None`: every folder).
+    pub locales: Option<Vec<String>>,
     /// Where a locale's missing templates come from (`am = "en"`). Without
     /// one, a template missing in a locale is a problem.
     pub fallbacks: BTreeMap<String, String>,
@@ -50,6 +52,7 @@ impl LoadOptions {
     pub fn new(default_locale: &str) -> LoadOptions {
         LoadOptions {
             default_locale: default_locale.to_owned(),
+            locales: None,
             fallbacks: BTreeMap::new(),
             shop: Value::Null,
         }
@@ -219,6 +222,25 @@ impl Templates {
                 }
             }
             Err(e) => return Err(Problems(vec![problem(dir, e.to_string())])),
+        }
+        if let Some(expected) = &options.locales {
+            // The configuration says which locales there are: a folder
+            // gone is a locale whose customers would silently get another.
+            for locale in expected {
+                if !locale_names.contains(locale) {
+                    problems.push(problem(
+                        dir.join(locale),
+                        format!("locale `{locale}` is in `locales` but has no template folder"),
+                    ));
+                }
+            }
+            locale_names.retain(|name| {
+                let wanted = expected.contains(name);
+                if !wanted {
+                    tracing::warn!(folder = %dir.join(name).display(), "A template folder not in `locales` is not used.");
+                }
+                wanted
+            });
         }
         if !locale_names.iter().any(|l| l == default_locale) {
             problems.push(problem(
