@@ -18,7 +18,7 @@ mod state;
 pub use data::Data;
 pub use insight::ShopStats;
 pub use policy::{Policy, Timing};
-pub use state::{Journey, OrderState, Profile, ReturnNote};
+pub use state::{Journey, OrderState, Profile, ReturnNote, ShipmentNote};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -552,15 +552,26 @@ impl Journeys {
             (Trigger::ShipmentDelayed, Some(eta)) => Scope::delayed(&shipment.id, eta),
             _ => Scope::of(&shipment.id),
         };
+        // What the parcel's earlier events said, under what this one says:
+        // a delay notice names the carrier and tracking of the dispatch.
+        let note = {
+            let note = j
+                .orders
+                .entry(order_id.to_owned())
+                .or_default()
+                .shipments
+                .entry(shipment.id.clone())
+                .or_default();
+            note.apply(shipment);
+            if trigger == Trigger::ShipmentDelayed {
+                // A delay without a new date voids the old one.
+                note.estimated_delivery = shipment.estimated_delivery;
+            }
+            note.clone()
+        };
         let data = Data::new(json!({
             "order": order_json(j, order_id),
-            "shipment": {
-                "id": shipment.id,
-                "carrier": shipment.carrier,
-                "tracking_number": shipment.tracking_number,
-                "tracking_url": shipment.tracking_url,
-                "estimated_delivery": shipment.estimated_delivery.map(|t| t.to_string()),
-            },
+            "shipment": shipment_json(&shipment.id, &note, note.estimated_delivery),
         }));
         if delivered {
             for rule in self.rules_on(trigger) {
@@ -594,15 +605,15 @@ impl Journeys {
             .or_default()
             .delivered_shipments
             .insert(shipment_id.to_owned());
+        // The carrier and tracking its dispatch gave; no estimate: it came.
+        let note = j.orders[order_id]
+            .shipments
+            .get(shipment_id)
+            .cloned()
+            .unwrap_or_default();
         let data = Data::new(json!({
             "order": order_json(j, order_id),
-            "shipment": {
-                "id": shipment_id,
-                "carrier": Value::Null,
-                "tracking_number": Value::Null,
-                "tracking_url": Value::Null,
-                "estimated_delivery": Value::Null,
-            },
+            "shipment": shipment_json(shipment_id, &note, None),
         }));
         for rule in self.rules_on(Trigger::ShipmentDelivered) {
             if rule.only == Some(Only::FirstDelivery) && !first_delivery {
@@ -932,6 +943,17 @@ fn order_data(j: &Journey, order_id: &str) -> Data {
 }
 
 /// The `order` object of the template data: what we know of the order.
+/// A parcel as the templates see it.
+fn shipment_json(id: &str, note: &ShipmentNote, estimated_delivery: Option<Eta>) -> Value {
+    json!({
+        "id": id,
+        "carrier": note.carrier,
+        "tracking_number": note.tracking_number,
+        "tracking_url": note.tracking_url,
+        "estimated_delivery": estimated_delivery.map(|t| t.to_string()),
+    })
+}
+
 fn order_json(j: &Journey, order_id: &str) -> Value {
     let Some(o) = j.orders.get(order_id).filter(|o| o.placed_at.is_some()) else {
         return json!({

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{CustomerPatch, Item};
+use crate::event::{CustomerPatch, Eta, Item, Shipment};
 
 /// One customer's journey. Stored as one row per customer; every field has a
 /// default so that rows written by an older version still load.
@@ -75,12 +75,43 @@ pub struct OrderState {
     pub cancelled: bool,
     pub return_requested: bool,
     pub delivered_shipments: BTreeSet<String>,
+    /// What the order's shipment events said of each parcel, so that a
+    /// later email (a delay, a delivery follow-up) knows the carrier and
+    /// tracking its dispatch gave.
+    pub shipments: BTreeMap<String, ShipmentNote>,
     /// The milestone this order reached, if any.
     pub milestone: Option<u32>,
     /// The tiers this order reached, the highest last.
     pub tiers_reached: Vec<String>,
     /// Returns requested for this order, for the retention report.
     pub returns: Vec<ReturnNote>,
+}
+
+/// A parcel as its events described it, the latest word on each field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShipmentNote {
+    pub carrier: Option<String>,
+    pub tracking_number: Option<String>,
+    pub tracking_url: Option<String>,
+    pub estimated_delivery: Option<Eta>,
+}
+
+impl ShipmentNote {
+    /// Takes what `shipment` says; keeps what it does not mention.
+    pub fn apply(&mut self, shipment: &Shipment) {
+        let take = |kept: &mut Option<String>, said: &Option<String>| {
+            if said.is_some() {
+                kept.clone_from(said);
+            }
+        };
+        take(&mut self.carrier, &shipment.carrier);
+        take(&mut self.tracking_number, &shipment.tracking_number);
+        take(&mut self.tracking_url, &shipment.tracking_url);
+        if shipment.estimated_delivery.is_some() {
+            self.estimated_delivery = shipment.estimated_delivery;
+        }
+    }
 }
 
 /// A return request as the report needs it.

@@ -375,6 +375,65 @@ fn dispatch_and_delay_are_sent_at_once() {
 }
 
 #[test]
+fn a_delay_and_a_delivery_know_the_carrier_and_tracking_their_dispatch_gave() {
+    let bare = |eta: Option<Eta>| Shipment {
+        id: "s-1".into(),
+        carrier: None,
+        tracking_number: None,
+        tracking_url: None,
+        estimated_delivery: eta,
+    };
+    let (_, steps) = run(&[
+        ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev(
+            "e2",
+            "2026-03-02T10:00:00Z",
+            EventKind::ShipmentDispatched {
+                order_id: "o-1".into(),
+                shipment: shipment("s-1"),
+            },
+        ),
+        ev(
+            "e3",
+            "2026-03-04T10:00:00Z",
+            EventKind::ShipmentDelayed {
+                order_id: "o-1".into(),
+                shipment: bare(Some(Eta::Time(t("2026-03-09T00:00:00Z")))),
+            },
+        ),
+        ev(
+            "e4",
+            "2026-03-08T10:00:00Z",
+            EventKind::ShipmentDelayed {
+                order_id: "o-1".into(),
+                shipment: bare(None),
+            },
+        ),
+        ev("e5", "2026-03-10T10:00:00Z", delivered("o-1", "s-1")),
+    ]);
+    let data = |step: &[Command], template: &str| {
+        step.iter()
+            .find_map(|c| match c {
+                Command::Schedule(e) if e.template == template => Some(e.data["shipment"].clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{template} in {step:?}"))
+    };
+    let first_delay = data(&steps[2], "shipping_delay");
+    assert_eq!(first_delay["carrier"], "DHL");
+    assert_eq!(first_delay["tracking_number"], "123");
+    assert_eq!(first_delay["tracking_url"], "https://track.example.com/123");
+    assert_eq!(first_delay["estimated_delivery"], "2026-03-09T00:00:00Z");
+    // A delay without a date: the tracking stays, the old date does not.
+    let second_delay = data(&steps[3], "shipping_delay");
+    assert_eq!(second_delay["carrier"], "DHL");
+    assert_eq!(second_delay["estimated_delivery"], serde_json::Value::Null);
+    let followup = data(&steps[4], "delivery_followup");
+    assert_eq!(followup["tracking_url"], "https://track.example.com/123");
+    assert_eq!(followup["estimated_delivery"], serde_json::Value::Null);
+}
+
+#[test]
 fn first_delivery_thanks_follows_up_and_asks_for_a_review() {
     let (_, steps) = run(&[
         ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
