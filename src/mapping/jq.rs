@@ -420,10 +420,63 @@ impl Program {
     }
 }
 
-/// jaq's error value, as the text of `error("...")` when it is a string.
+/// The longest error reason, in bytes.
+const REASON_BYTES: usize = 300;
+
+/// A failed run's reason: the value of `error(v)` (and of the helpers'
+/// errors) as a string's own text, or another value as compact JSON; jaq's
+/// own messages (type errors...) as they read. Never more of a large value
+/// is formatted than the reason shows.
 fn clean_error(e: &jaq_core::Error<Val>) -> String {
-    let text = e.to_string();
-    crate::bounded::clip(&text, 300).into_owned()
+    let text = if is_raised_value(e) {
+        match e.clone().into_val() {
+            Val::TStr(b) | Val::BStr(b) => {
+                String::from_utf8_lossy(crate::bounded::prefix(&b, REASON_BYTES + 1)).into_owned()
+            }
+            other => head(&other, REASON_BYTES + 1),
+        }
+    } else {
+        head(e, REASON_BYTES + 1)
+    };
+    crate::bounded::clip(&text, REASON_BYTES).into_owned()
+}
+
+/// Whether `e` is a value raised as it is (`error(v)`, `Error::str`)
+/// rather than a message jaq composed around values. jaq keeps that apart
+/// only in its `Debug` form, whose first bytes are read.
+fn is_raised_value(e: &jaq_core::Error<Val>) -> bool {
+    head(format_args!("{e:?}"), 10) == "Error(Val("
+}
+
+/// At most the first `max` bytes of `shown`'s text: formatting stops there.
+fn head(shown: impl std::fmt::Display, max: usize) -> String {
+    let mut head = Head {
+        text: String::new(),
+        max,
+    };
+    // An error means the text was cut: what was kept is the head.
+    let _ = std::fmt::Write::write_fmt(&mut head, format_args!("{shown}"));
+    head.text
+}
+
+/// A text that takes at most `max` bytes, then refuses the rest (which
+/// stops the formatting that writes into it).
+struct Head {
+    text: String,
+    max: usize,
+}
+
+impl std::fmt::Write for Head {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.max - self.text.len();
+        if s.len() <= room {
+            self.text.push_str(s);
+            Ok(())
+        } else {
+            self.text.push_str(&s[..s.floor_char_boundary(room)]);
+            Err(std::fmt::Error)
+        }
+    }
 }
 
 /// The default panic hook prints every panic; a stopped program is not a
@@ -640,16 +693,54 @@ mod tests {
 
     #[test]
     fn runaway_programs_are_stopped() {
+        let too_long = RunError::TooLong(Duration::from_millis(300));
+        let cases = [
+            ("def f: f; f", too_long.clone()),
+            ("last(range(1e18))", too_long),
+            ("def f: 1 + f; f", RunError::TooDeep),
+            ("repeat(1)", RunError::TooMany(10)),
+        ];
+        for (code, stopped) in cases {
+            assert_eq!(run_on(code, "null"), Err(stopped), "`{code}`");
+        }
+    }
+
+    #[test]
+    fn errors_read_as_their_text_or_compact_json() {
+        let failed = |code: &str| match run_on(code, "null") {
+            Err(RunError::Failed(reason)) => reason,
+            other => panic!("`{code}`: {other:?}"),
+        };
+        assert_eq!(failed(r#"error("some text")"#), "some text");
         assert_eq!(
-            run_on("def f: f; f", "null"),
-            Err(RunError::TooLong(Duration::from_millis(300)))
+            failed(r#"error("a \"quoted\" word\nand a line")"#),
+            "a \"quoted\" word\nand a line"
         );
         assert_eq!(
-            run_on("last(range(1e18))", "null"),
-            Err(RunError::TooLong(Duration::from_millis(300)))
+            failed(r#"error({a: 1, b: [null, "x"]})"#),
+            r#"{"a":1,"b":[null,"x"]}"#
         );
-        assert_eq!(run_on("def f: 1 + f; f", "null"), Err(RunError::TooDeep));
-        assert_eq!(run_on("repeat(1)", "null"), Err(RunError::TooMany(10)));
+        assert_eq!(failed("error(42)"), "42");
+        assert_eq!(failed("error(null)"), "null");
+        assert_eq!(
+            failed("{} | money"),
+            "money: expected a number or a decimal string, not an object"
+        );
+        // jaq's own messages read as before, values in them as JSON.
+        assert_eq!(failed("[] | .a"), r#"cannot index [] with "a""#);
+        // A large value is cut, never formatted whole.
+        let long = failed(r#"error("x" * 100000)"#);
+        assert!(
+            long.len() <= 300 && long.starts_with("xxx") && long.ends_with('…'),
+            "{long}"
+        );
+        let long = failed("[range(100000)] | error");
+        assert!(long.len() <= 300 && long.starts_with("[0,1,2,"), "{long}");
+        let long = failed("[range(100000)] | .a");
+        assert!(
+            long.len() <= 300 && long.starts_with("cannot index [0,1,"),
+            "{long}"
+        );
     }
 
     #[test]
