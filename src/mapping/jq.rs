@@ -14,6 +14,8 @@
 //! where the program was started. jaq is safe Rust over reference-counted
 //! values, so unwinding through it leaves nothing behind but dropped values.
 
+mod bounds;
+
 use std::cell::Cell;
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -132,6 +134,9 @@ pub enum RunError {
     TooMany(usize),
 }
 
+/// Natives of jaq replaced by bounded ones (see [`bounds`]).
+const REPLACED: [(&str, usize); 2] = [("range", 3), ("tojson", 0)];
+
 fn funs() -> impl Iterator<Item = Fun<Bounded>> {
     jaq_core::funs()
         .chain(jaq_std::funs())
@@ -139,8 +144,14 @@ fn funs() -> impl Iterator<Item = Fun<Bounded>> {
         .filter(|(name, args, _)| {
             !WITHOUT.contains(name) && !REFUSED.contains(&(*name, args.len()))
         })
-        .filter(|(name, args, _)| (*name, args.len()) != ("range", 3))
+        .filter(|(name, args, _)| !REPLACED.contains(&(*name, args.len())))
+        // Checked in prelude.jq before it runs.
+        .map(|(name, args, f)| match name {
+            "explode" => ("_explode", args, f),
+            _ => (name, args, f),
+        })
         .chain(helpers())
+        .chain(bounds::funs())
         .chain(REFUSED.iter().map(|&(name, arity)| {
             let refuse: jaq_core::RunPtr<Bounded> = |_| {
                 bome(Err(error(
@@ -344,19 +355,50 @@ fn type_name(v: &Val) -> &'static str {
     }
 }
 
+/// jaq's definitions and prelude.jq, [`bounds::bounded`]; jaq's
+/// `tostring` is a native here.
+fn definitions() -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
+    let prelude =
+        jaq_core::load::parse(include_str!("prelude.jq"), |p| p.defs()).expect("prelude.jq parses");
+    bounds::defs()
+        .chain(jaq_core::defs())
+        .filter(|d| !(d.name == "tostring" && d.args.is_empty()))
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs())
+        .chain(prelude)
+        .map(bounds::def)
+}
+
 impl Program {
     /// Compiles `code`, which may use the [`GLOBALS`] and the helpers.
     pub fn compile(code: &str) -> Result<Program, Vec<CompileError>> {
-        let prelude = jaq_core::load::parse(include_str!("prelude.jq"), |p| p.defs())
-            .expect("prelude.jq parses");
-        let defs = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs())
-            .chain(prelude);
         let arena = Arena::default();
-        let loader = Loader::new(defs);
-        let modules = loader
+        // Loaded as written for its errors, then compiled as its bounded
+        // form, a definition called as the main program.
+        Loader::new(definitions())
             .load(&arena, File { code, path: () })
+            .map_err(|errors| load_errors(code, errors))?;
+        let body = jaq_core::load::parse(code, |p| p.term()).ok_or_else(|| {
+            vec![CompileError {
+                line: 1,
+                column: 1,
+                message: "modules are not available in a mapping".to_owned(),
+            }]
+        })?;
+        let main = jaq_core::load::parse::Def {
+            name: "_mapping",
+            args: Vec::new(),
+            body: bounds::bounded(body),
+        };
+        let defs = definitions().map(|d| -> jaq_core::load::parse::Def<&str> { d });
+        let modules = Loader::new(defs.chain([main]))
+            .load(
+                &arena,
+                File {
+                    code: "_mapping",
+                    path: (),
+                },
+            )
             .map_err(|errors| load_errors(code, errors))?;
         let filter = jaq_core::Compiler::default()
             .with_funs(funs())
@@ -740,6 +782,119 @@ mod tests {
         assert!(
             long.len() <= 300 && long.starts_with("cannot index [0,1,"),
             "{long}"
+        );
+    }
+
+    #[test]
+    fn values_that_outgrow_a_bound_in_a_few_steps_are_refused() {
+        let cases = [
+            // A string repeated.
+            (
+                r#""x" * 100000000"#,
+                "*: a string of 100000000 bytes exceeds",
+            ),
+            (r#""xy" * 100000000000000000000000"#, "*: a string of"),
+            (
+                r#"{a: "x"} | .a *= 100000000 | .a | length"#,
+                "*: a string of",
+            ),
+            // Doubling, by `+`, `+=`, interpolation, `add`, `join`.
+            (
+                r#""x" | def f: . + . | f; f"#,
+                "+: a string of 33554432 bytes exceeds",
+            ),
+            (r#"{a: "x"} | def f: .a += .a | f; f"#, "+: a string of"),
+            (r#""x" | def f: "\(.)\(.)" | f; f"#, "tostring: a string of"),
+            (r#""x" | def f: [., .] | add | f; f"#, "+: a string of"),
+            (r#""x" | def f: [., .] | join("") | f; f"#, "+: a string of"),
+            (
+                r#"[1] | def f: . + . | f; f"#,
+                "+: an array of 2097152 items exceeds",
+            ),
+            // Written out: a value shared many times is large as text.
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | tojson"#,
+                "tojson: the text exceeds",
+            ),
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | tostring"#,
+                "tostring: the text exceeds",
+            ),
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | "\(.)""#,
+                "tostring: the text exceeds",
+            ),
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | @base64"#,
+                "tostring: the text exceeds",
+            ),
+            (
+                r#""x" * 2000000 | explode"#,
+                "explode: a string of more than",
+            ),
+        ];
+        for (code, refused) in cases {
+            let ran = run_on(code, "null");
+            assert!(
+                matches!(&ran, Err(RunError::Failed(e)) if e.starts_with(refused) && e.contains("exceeds")),
+                "`{code}`: {ran:?}"
+            );
+        }
+        // Arrays collected: each item is a step, so the deadline may come
+        // before the bound (as it does in a debug build).
+        for code in [
+            "[range(1e8)] | length",
+            "[limit(1e8; repeat(1))] | length",
+            "[1] | def f: [.[], .[]] | f; f",
+        ] {
+            let ran = run_on(code, "null");
+            assert!(
+                matches!(&ran, Err(RunError::TooLong(_)))
+                    || matches!(&ran, Err(RunError::Failed(e)) if e.starts_with("an array of more than 1048576 items")),
+                "`{code}`: {ran:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bounded_operators_do_what_jq_does() {
+        let cases = [
+            (r#"[(1, 2) + (10, 20)]"#, "[11,21,12,22]"),
+            (r#"[(1, 2) * (10, 20)]"#, "[10,20,20,40]"),
+            (r#""ab" * 3"#, r#""ababab""#),
+            (r#"3 * "ab""#, r#""ababab""#),
+            (r#""ab" * 0"#, "null"),
+            (r#""ab" * -100000000000000000000000"#, "null"),
+            (r#"{a: {b: 1}} * {a: {c: 2}}"#, r#"{"a":{"b":1,"c":2}}"#),
+            (r#"null + "x" + null"#, r#""x""#),
+            (r#"[1] + [2] + []"#, "[1,2]"),
+            (r#"{a: 1} + {b: 2}"#, r#"{"a":1,"b":2}"#),
+            (
+                r#"{a: [1], n: 2} | .a += [2] | .n *= 3 | .n += 1"#,
+                r#"{"a":[1,2],"n":7}"#,
+            ),
+            (r#"[.[]?, (1, 2)]"#, "[1,2]"),
+            (r#"[]"#, "[]"),
+            (
+                r#""id-\(1 + 1)-\([1, "a"])-\("x")""#,
+                r#""id-2-[1,\"a\"]-x""#,
+            ),
+            (r#"@base64 "\("hi")!""#, r#""aGk=!""#),
+            (
+                r#"[1, "é", null] | tojson, tostring"#,
+                r#""[1,\"é\",null]""#,
+            ),
+            (r#""é" | explode | implode"#, r#""é""#),
+            (r#"[1, 2, 3] | add, join("-")"#, "6"),
+            (r#"try ("x" * 1e18) catch "caught""#, r#""caught""#),
+        ];
+        for (code, first) in cases {
+            let out = run_on(code, "null").unwrap_or_else(|e| panic!("`{code}`: {e}"));
+            assert_eq!(out[0], first, "`{code}`: {out:?}");
+        }
+        assert_eq!(
+            run_on(r#"[1, 2, 3] | join("-")"#, "null"),
+            Ok(vec![r#""1-2-3""#.to_owned()])
         );
     }
 
