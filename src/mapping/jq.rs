@@ -832,6 +832,15 @@ mod tests {
                 r#""x" * 2000000 | explode"#,
                 "explode: a string of more than",
             ),
+            (
+                r#""x" * 2000000 | . / """#,
+                "/: a split into 2000000 parts exceeds",
+            ),
+            (
+                r#""x," * 2000000 | split(",")"#,
+                "/: a split into 2000001 parts exceeds",
+            ),
+            (r#"10 | def f: . * . | f; f"#, "*: a product of "),
         ];
         for (code, refused) in cases {
             let ran = run_on(code, "null");
@@ -886,6 +895,12 @@ mod tests {
             ),
             (r#""é" | explode | implode"#, r#""é""#),
             (r#"[1, 2, 3] | add, join("-")"#, "6"),
+            (
+                r#"[("a,b" / ","), ("ab" / ""), (7 / 2)]"#,
+                r#"[["a","b"],["a","b"],3.5]"#,
+            ),
+            (r#"[(4, 6) / (2, 1)]"#, "[2.0,4.0,3.0,6.0]"),
+            (r#"4294967296 * 4294967296"#, "18446744073709551616"),
             (r#"try ("x" * 1e18) catch "caught""#, r#""caught""#),
         ];
         for (code, first) in cases {

@@ -7,7 +7,9 @@
 //! more than a constant in one step refuse a string over [`MAX_TEXT`] bytes
 //! or an array over [`MAX_ITEMS`] items, with an error that dead-letters
 //! the message:
-//! - `+` and `+=` (strings and arrays), `*` and `*=` (a string repeated);
+//! - `+` and `+=` (strings and arrays), `*` and `*=` (a string repeated;
+//!   a product of integers over [`MAX_PRODUCT_BITS`], which would take long
+//!   in one step), `/` (a string split into more than [`MAX_ITEMS`] parts);
 //! - `[...]`, which also counts a step per item (a generator made in
 //!   native code, such as `.[]`, evaluates no term per item);
 //! - `tostring`, `tojson` and string interpolation, written into a bounded
@@ -67,6 +69,7 @@ pub fn bounded<'s>(t: Term<&'s str>) -> Term<&'s str> {
             match op {
                 BinaryOp::Math(Math::Add) => Term::Call("_plus", vec![l, r]),
                 BinaryOp::Math(Math::Mul) => Term::Call("_times", vec![l, r]),
+                BinaryOp::Math(Math::Div) => Term::Call("_divide", vec![l, r]),
                 BinaryOp::UpdateMath(Math::Add) => Term::Call("_plus_update", vec![l, r]),
                 BinaryOp::UpdateMath(Math::Mul) => Term::Call("_times_update", vec![l, r]),
                 BinaryOp::Pipe(Some(p)) => {
@@ -135,9 +138,10 @@ pub fn defs() -> impl Iterator<Item = Def<&'static str>> {
 /// The bounded natives.
 pub fn funs() -> impl Iterator<Item = Fun<Bounded>> {
     let f = |n: usize| -> Box<[Bind]> { (0..n).map(|_| Bind::Fun(())).collect() };
-    let natives: [jaq_core::native::Filter<jaq_core::RunPtr<Bounded>>; 5] = [
+    let natives: [jaq_core::native::Filter<jaq_core::RunPtr<Bounded>>; 6] = [
         ("_plus", f(2), |cv| math(cv, plus)),
         ("_times", f(2), |cv| math(cv, times)),
+        ("_divide", f(2), |cv| math(cv, divide)),
         ("_collect", f(1), |mut cv| {
             let budget: &Budget = cv.0.data();
             let (items, ctx) = cv.0.pop_fun();
@@ -214,7 +218,47 @@ fn times(l: Val, r: Val) -> Result<Val, jaq_core::Error<Val>> {
         let count = count.max(0).unsigned_abs();
         text_within(s.len().saturating_mul(count), "*")?;
     }
+    if let (Val::Num(a), Val::Num(b)) = (&l, &r) {
+        let bits = int_bits(a) + int_bits(b);
+        if bits > MAX_PRODUCT_BITS {
+            return Err(error(format!(
+                "*: a product of {bits} bits exceeds the limit of {MAX_PRODUCT_BITS}"
+            )));
+        }
+    }
     l * r
+}
+
+/// The most bits a product of integers may have: a larger one takes
+/// long in one step, where the deadline is not looked at.
+pub const MAX_PRODUCT_BITS: u64 = 1 << 20;
+
+fn int_bits(n: &Num) -> u64 {
+    match n {
+        Num::Int(i) => u64::from(isize::BITS - i.unsigned_abs().leading_zeros()),
+        Num::BigInt(i) => i.bits(),
+        _ => 0,
+    }
+}
+
+/// `l / r`; a string split into more than [`MAX_ITEMS`] parts is refused.
+fn divide(l: Val, r: Val) -> Result<Val, jaq_core::Error<Val>> {
+    if let (Val::TStr(s), Val::TStr(sep)) | (Val::BStr(s), Val::BStr(sep)) = (&l, &r) {
+        let parts = if sep.is_empty() {
+            match &l {
+                Val::TStr(_) => String::from_utf8_lossy(s).chars().count(),
+                _ => s.len(),
+            }
+        } else {
+            memchr::memmem::find_iter(s, &sep[..]).count() + 1
+        };
+        if parts > MAX_ITEMS {
+            return Err(error(format!(
+                "/: a split into {parts} parts exceeds the limit of {MAX_ITEMS} items"
+            )));
+        }
+    }
+    l / r
 }
 
 fn text_within(bytes: usize, name: &str) -> Result<(), jaq_core::Error<Val>> {
