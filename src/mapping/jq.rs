@@ -390,8 +390,9 @@ impl Program {
             args: Vec::new(),
             body: bounds::bounded(body),
         };
-        let defs = definitions().map(|d| -> jaq_core::load::parse::Def<&str> { d });
-        let modules = Loader::new(defs.chain([main]))
+        let mut defs: Vec<jaq_core::load::parse::Def<&str>> = definitions().collect();
+        defs.push(main);
+        let modules = Loader::new(defs)
             .load(
                 &arena,
                 File {

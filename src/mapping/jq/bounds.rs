@@ -105,14 +105,14 @@ pub fn bounded<'s>(t: Term<&'s str>) -> Term<&'s str> {
 }
 
 /// A definition with its body [`bounded`].
-pub fn def<'s>(d: Def<&'s str>) -> Def<&'s str> {
+pub fn def(d: Def<&str>) -> Def<&str> {
     Def {
         body: bounded(d.body),
         ..d
     }
 }
 
-fn pattern<'s>(p: Pattern<&'s str>) -> Pattern<&'s str> {
+fn pattern(p: Pattern<&str>) -> Pattern<&str> {
     match p {
         Pattern::Var(_) => p,
         Pattern::Arr(ps) => Pattern::Arr(ps.into_iter().map(pattern).collect()),
