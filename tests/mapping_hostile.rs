@@ -148,7 +148,7 @@ fn a_megabyte_string_is_carried_whole_to_the_decoder() {
 
 #[test]
 fn an_order_of_ten_thousand_items_maps_to_one_event_with_every_item() {
-    // About 13 MB of webhook: more than a debug build maps in the default
+    // About 7 MB of webhook: more than a debug build maps in the default
     // second (a release build takes a fraction of it, see BENCHMARKS.md).
     let mapper = mapper_within(Duration::from_secs(25));
     let outcome = map(
