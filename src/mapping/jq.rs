@@ -13,6 +13,10 @@
 //! Both stop the program by unwinding with a [`Runaway`] payload, caught
 //! where the program was started. jaq is safe Rust over reference-counted
 //! values, so unwinding through it leaves nothing behind but dropped values.
+//!
+//! A third bound is on size (src/mapping/jq/bounds.rs): the operations that can grow a
+//! value past 16 MiB of text or 2^20 items in one step fail instead, as an
+//! error of the program.
 
 mod bounds;
 
