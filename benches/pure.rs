@@ -1,23 +1,27 @@
 //! The pure parts, one core: decoding events, stepping journeys, rendering
-//! and building the MIME message, the Message-ID.
+//! and building the MIME message, the Message-ID, mapping a shop's webhook
+//! to an event.
 //!
 //! `cargo bench --bench pure`; figures and method in BENCHMARKS.md.
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::path::Path;
 use std::time::Duration;
 
 use aftercare::config::EmailClass;
 use aftercare::event::Event;
 use aftercare::journey::{Journey, Journeys, ShopStats};
 use aftercare::mailer;
+use aftercare::mapping::{Mapper, MappingSet, Outcome, presets, record};
 use aftercare::source::DeadLetters;
 use aftercare::store::{EmailRow, SqliteStore};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use jiff::Timestamp;
 use lettre::message::Mailbox;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const AT: &str = "2026-03-01T10:00:00Z";
 
@@ -176,6 +180,82 @@ fn render(c: &mut Criterion) {
     g.finish();
 }
 
+/// A Shopify `orders/create` webhook of four line items (the fixture's
+/// first order, its two items and two more like them).
+fn shopify_order() -> record::Record {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/presets/shopify");
+    let records = std::fs::read(root.join("records.jsonl")).unwrap();
+    let line = records.split(|b| *b == b'\n').next().unwrap();
+    let (mut record, _) = record::parse_kcat(line).unwrap();
+    let mut body: Value = serde_json::from_slice(&record.body).unwrap();
+    let items = body["line_items"].as_array().unwrap().clone();
+    let more = items.iter().enumerate().map(|(n, item)| {
+        let mut item = item.clone();
+        item["id"] = json!(466157049 + n as u64);
+        item["sku"] = json!(format!("TEA-1{n}"));
+        item
+    });
+    body["line_items"] = Value::Array(items.iter().cloned().chain(more).collect());
+    record.body = serde_json::to_vec(&body).unwrap();
+    record
+}
+
+/// The events of a mapped batch, decoded as the pipeline decodes them.
+fn decode_all(outcomes: Vec<Outcome>) -> usize {
+    let mut decoded = 0;
+    for outcome in outcomes {
+        let Outcome::Events { events, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        for event in events {
+            Event::decode_noting(&event, &mut Vec::new()).unwrap();
+            decoded += 1;
+        }
+    }
+    decoded
+}
+
+fn mapping(c: &mut Criterion) {
+    let preset = presets::get("shopify").unwrap();
+    let vars = BTreeMap::from([("currency".to_owned(), json!("USD"))]);
+    let set = MappingSet::new(&[], Some(&preset), &vars, Duration::from_secs(1));
+    let mapper = Mapper::start(&set).unwrap();
+    let order = shopify_order();
+    // The native event the webhook maps to: what a shop sending native
+    // events would send instead.
+    let native = match mapper.map(vec![order.clone()]).remove(0) {
+        Outcome::Events { mut events, .. } if events.len() == 1 => events.remove(0),
+        other => panic!("{other:?}"),
+    };
+    println!(
+        "mapping: webhook of {} bytes, native order.placed of {} bytes",
+        order.body.len(),
+        native.len()
+    );
+
+    let mut g = c.benchmark_group("mapping");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("native_order_placed_decode", |b| {
+        b.iter(|| Event::decode_noting(black_box(&native), &mut Vec::new()).unwrap())
+    });
+    g.bench_function("shopify_orders_create_map_decode", |b| {
+        b.iter_batched(
+            || vec![order.clone()],
+            |records| decode_all(mapper.map(records)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.throughput(Throughput::Elements(500));
+    g.bench_function("shopify_orders_create_batch_500", |b| {
+        b.iter_batched(
+            || vec![order.clone(); 500],
+            |records| assert_eq!(decode_all(mapper.map(records)), 500),
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
 fn criterion() -> Criterion {
     Criterion::default()
         .sample_size(30)
@@ -186,6 +266,6 @@ fn criterion() -> Criterion {
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = decode, step, render
+    targets = decode, step, render, mapping
 }
 criterion_main!(benches);

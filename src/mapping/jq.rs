@@ -13,6 +13,12 @@
 //! Both stop the program by unwinding with a [`Runaway`] payload, caught
 //! where the program was started. jaq is safe Rust over reference-counted
 //! values, so unwinding through it leaves nothing behind but dropped values.
+//!
+//! A third bound is on size (src/mapping/jq/bounds.rs): the operations that can grow a
+//! value past 16 MiB of text or 2^20 items in one step fail instead, as an
+//! error of the program.
+
+mod bounds;
 
 use std::cell::Cell;
 use std::sync::Once;
@@ -132,6 +138,9 @@ pub enum RunError {
     TooMany(usize),
 }
 
+/// Natives of jaq replaced by bounded ones (see [`bounds`]).
+const REPLACED: [(&str, usize); 2] = [("range", 3), ("tojson", 0)];
+
 fn funs() -> impl Iterator<Item = Fun<Bounded>> {
     jaq_core::funs()
         .chain(jaq_std::funs())
@@ -139,8 +148,14 @@ fn funs() -> impl Iterator<Item = Fun<Bounded>> {
         .filter(|(name, args, _)| {
             !WITHOUT.contains(name) && !REFUSED.contains(&(*name, args.len()))
         })
-        .filter(|(name, args, _)| (*name, args.len()) != ("range", 3))
+        .filter(|(name, args, _)| !REPLACED.contains(&(*name, args.len())))
+        // Checked in prelude.jq before it runs.
+        .map(|(name, args, f)| match name {
+            "explode" => ("_explode", args, f),
+            _ => (name, args, f),
+        })
         .chain(helpers())
+        .chain(bounds::funs())
         .chain(REFUSED.iter().map(|&(name, arity)| {
             let refuse: jaq_core::RunPtr<Bounded> = |_| {
                 bome(Err(error(
@@ -344,19 +359,51 @@ fn type_name(v: &Val) -> &'static str {
     }
 }
 
+/// jaq's definitions and prelude.jq, [`bounds::bounded`]; jaq's
+/// `tostring` is a native here.
+fn definitions() -> impl Iterator<Item = jaq_core::load::parse::Def<&'static str>> {
+    let prelude =
+        jaq_core::load::parse(include_str!("prelude.jq"), |p| p.defs()).expect("prelude.jq parses");
+    bounds::defs()
+        .chain(jaq_core::defs())
+        .filter(|d| !(d.name == "tostring" && d.args.is_empty()))
+        .chain(jaq_std::defs())
+        .chain(jaq_json::defs())
+        .chain(prelude)
+        .map(bounds::def)
+}
+
 impl Program {
     /// Compiles `code`, which may use the [`GLOBALS`] and the helpers.
     pub fn compile(code: &str) -> Result<Program, Vec<CompileError>> {
-        let prelude = jaq_core::load::parse(include_str!("prelude.jq"), |p| p.defs())
-            .expect("prelude.jq parses");
-        let defs = jaq_core::defs()
-            .chain(jaq_std::defs())
-            .chain(jaq_json::defs())
-            .chain(prelude);
         let arena = Arena::default();
-        let loader = Loader::new(defs);
-        let modules = loader
+        // Loaded as written for its errors, then compiled as its bounded
+        // form, a definition called as the main program.
+        Loader::new(definitions())
             .load(&arena, File { code, path: () })
+            .map_err(|errors| load_errors(code, errors))?;
+        let body = jaq_core::load::parse(code, |p| p.term()).ok_or_else(|| {
+            vec![CompileError {
+                line: 1,
+                column: 1,
+                message: "modules are not available in a mapping".to_owned(),
+            }]
+        })?;
+        let main = jaq_core::load::parse::Def {
+            name: "_mapping",
+            args: Vec::new(),
+            body: bounds::bounded(body),
+        };
+        let mut defs: Vec<jaq_core::load::parse::Def<&str>> = definitions().collect();
+        defs.push(main);
+        let modules = Loader::new(defs)
+            .load(
+                &arena,
+                File {
+                    code: "_mapping",
+                    path: (),
+                },
+            )
             .map_err(|errors| load_errors(code, errors))?;
         let filter = jaq_core::Compiler::default()
             .with_funs(funs())
@@ -420,10 +467,63 @@ impl Program {
     }
 }
 
-/// jaq's error value, as the text of `error("...")` when it is a string.
+/// The longest error reason, in bytes.
+const REASON_BYTES: usize = 300;
+
+/// A failed run's reason: the value of `error(v)` (and of the helpers'
+/// errors) as a string's own text, or another value as compact JSON; jaq's
+/// own messages (type errors...) as they read. Never more of a large value
+/// is formatted than the reason shows.
 fn clean_error(e: &jaq_core::Error<Val>) -> String {
-    let text = e.to_string();
-    crate::bounded::clip(&text, 300).into_owned()
+    let text = if is_raised_value(e) {
+        match e.clone().into_val() {
+            Val::TStr(b) | Val::BStr(b) => {
+                String::from_utf8_lossy(crate::bounded::prefix(&b, REASON_BYTES + 1)).into_owned()
+            }
+            other => head(&other, REASON_BYTES + 1),
+        }
+    } else {
+        head(e, REASON_BYTES + 1)
+    };
+    crate::bounded::clip(&text, REASON_BYTES).into_owned()
+}
+
+/// Whether `e` is a value raised as it is (`error(v)`, `Error::str`)
+/// rather than a message jaq composed around values. jaq keeps that apart
+/// only in its `Debug` form, whose first bytes are read.
+fn is_raised_value(e: &jaq_core::Error<Val>) -> bool {
+    head(format_args!("{e:?}"), 10) == "Error(Val("
+}
+
+/// At most the first `max` bytes of `shown`'s text: formatting stops there.
+fn head(shown: impl std::fmt::Display, max: usize) -> String {
+    let mut head = Head {
+        text: String::new(),
+        max,
+    };
+    // An error means the text was cut: what was kept is the head.
+    let _ = std::fmt::Write::write_fmt(&mut head, format_args!("{shown}"));
+    head.text
+}
+
+/// A text that takes at most `max` bytes, then refuses the rest (which
+/// stops the formatting that writes into it).
+struct Head {
+    text: String,
+    max: usize,
+}
+
+impl std::fmt::Write for Head {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.max - self.text.len();
+        if s.len() <= room {
+            self.text.push_str(s);
+            Ok(())
+        } else {
+            self.text.push_str(&s[..s.floor_char_boundary(room)]);
+            Err(std::fmt::Error)
+        }
+    }
 }
 
 /// The default panic hook prints every panic; a stopped program is not a
@@ -640,16 +740,182 @@ mod tests {
 
     #[test]
     fn runaway_programs_are_stopped() {
+        let too_long = RunError::TooLong(Duration::from_millis(300));
+        let cases = [
+            ("def f: f; f", too_long.clone()),
+            ("last(range(1e18))", too_long),
+            ("def f: 1 + f; f", RunError::TooDeep),
+            ("repeat(1)", RunError::TooMany(10)),
+        ];
+        for (code, stopped) in cases {
+            assert_eq!(run_on(code, "null"), Err(stopped), "`{code}`");
+        }
+    }
+
+    #[test]
+    fn errors_read_as_their_text_or_compact_json() {
+        let failed = |code: &str| match run_on(code, "null") {
+            Err(RunError::Failed(reason)) => reason,
+            other => panic!("`{code}`: {other:?}"),
+        };
+        assert_eq!(failed(r#"error("some text")"#), "some text");
         assert_eq!(
-            run_on("def f: f; f", "null"),
-            Err(RunError::TooLong(Duration::from_millis(300)))
+            failed(r#"error("a \"quoted\" word\nand a line")"#),
+            "a \"quoted\" word\nand a line"
         );
         assert_eq!(
-            run_on("last(range(1e18))", "null"),
-            Err(RunError::TooLong(Duration::from_millis(300)))
+            failed(r#"error({a: 1, b: [null, "x"]})"#),
+            r#"{"a":1,"b":[null,"x"]}"#
         );
-        assert_eq!(run_on("def f: 1 + f; f", "null"), Err(RunError::TooDeep));
-        assert_eq!(run_on("repeat(1)", "null"), Err(RunError::TooMany(10)));
+        assert_eq!(failed("error(42)"), "42");
+        assert_eq!(failed("error(null)"), "null");
+        assert_eq!(
+            failed("{} | money"),
+            "money: expected a number or a decimal string, not an object"
+        );
+        // jaq's own messages read as before, values in them as JSON.
+        assert_eq!(failed("[] | .a"), r#"cannot index [] with "a""#);
+        // A large value is cut, never formatted whole.
+        let long = failed(r#"error("x" * 100000)"#);
+        assert!(
+            long.len() <= 300 && long.starts_with("xxx") && long.ends_with('…'),
+            "{long}"
+        );
+        let long = failed("[range(100000)] | error");
+        assert!(long.len() <= 300 && long.starts_with("[0,1,2,"), "{long}");
+        let long = failed("[range(100000)] | .a");
+        assert!(
+            long.len() <= 300 && long.starts_with("cannot index [0,1,"),
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn values_that_outgrow_a_bound_in_a_few_steps_are_refused() {
+        let cases = [
+            // A string repeated.
+            (
+                r#""x" * 100000000"#,
+                "*: a string of 100000000 bytes exceeds",
+            ),
+            (r#""xy" * 100000000000000000000000"#, "*: a string of"),
+            (
+                r#"{a: "x"} | .a *= 100000000 | .a | length"#,
+                "*: a string of",
+            ),
+            // Doubling, by `+`, `+=`, interpolation, `add`, `join`.
+            (
+                r#""x" | def f: . + . | f; f"#,
+                "+: a string of 33554432 bytes exceeds",
+            ),
+            (r#"{a: "x"} | def f: .a += .a | f; f"#, "+: a string of"),
+            (r#""x" | def f: "\(.)\(.)" | f; f"#, "tostring: a string of"),
+            (r#""x" | def f: [., .] | add | f; f"#, "+: a string of"),
+            (r#""x" | def f: [., .] | join("") | f; f"#, "+: a string of"),
+            (
+                r#"[1] | def f: . + . | f; f"#,
+                "+: an array of 2097152 items exceeds",
+            ),
+            // Written out: a value shared many times is large as text.
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | tojson"#,
+                "tojson: the text exceeds",
+            ),
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | tostring"#,
+                "tostring: the text exceeds",
+            ),
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | "\(.)""#,
+                "tostring: the text exceeds",
+            ),
+            (
+                r#""x" * 1000 | reduce range(20) as $i (.; [., .]) | @base64"#,
+                "tostring: the text exceeds",
+            ),
+            (
+                r#""x" * 2000000 | explode"#,
+                "explode: a string of more than",
+            ),
+            (
+                r#""x" * 2000000 | . / """#,
+                "/: a split into 2000000 parts exceeds",
+            ),
+            (
+                r#""x," * 2000000 | split(",")"#,
+                "/: a split into 2000001 parts exceeds",
+            ),
+            (r#"10 | def f: . * . | f; f"#, "*: a product of "),
+        ];
+        for (code, refused) in cases {
+            let ran = run_on(code, "null");
+            assert!(
+                matches!(&ran, Err(RunError::Failed(e)) if e.starts_with(refused) && e.contains("exceeds")),
+                "`{code}`: {ran:?}"
+            );
+        }
+        // Arrays collected: each item is a step, so the deadline may come
+        // before the bound (as it does in a debug build).
+        for code in [
+            "[range(1e8)] | length",
+            "[limit(1e8; repeat(1))] | length",
+            "[1] | def f: [.[], .[]] | f; f",
+        ] {
+            let ran = run_on(code, "null");
+            assert!(
+                matches!(&ran, Err(RunError::TooLong(_)))
+                    || matches!(&ran, Err(RunError::Failed(e)) if e.starts_with("an array of more than 1048576 items")),
+                "`{code}`: {ran:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_bounded_operators_do_what_jq_does() {
+        let cases = [
+            (r#"[(1, 2) + (10, 20)]"#, "[11,21,12,22]"),
+            (r#"[(1, 2) * (10, 20)]"#, "[10,20,20,40]"),
+            (r#""ab" * 3"#, r#""ababab""#),
+            (r#"3 * "ab""#, r#""ababab""#),
+            (r#""ab" * 0"#, "null"),
+            (r#""ab" * -100000000000000000000000"#, "null"),
+            (r#"{a: {b: 1}} * {a: {c: 2}}"#, r#"{"a":{"b":1,"c":2}}"#),
+            (r#"null + "x" + null"#, r#""x""#),
+            (r#"[1] + [2] + []"#, "[1,2]"),
+            (r#"{a: 1} + {b: 2}"#, r#"{"a":1,"b":2}"#),
+            (
+                r#"{a: [1], n: 2} | .a += [2] | .n *= 3 | .n += 1"#,
+                r#"{"a":[1,2],"n":7}"#,
+            ),
+            (r#"[.[]?, (1, 2)]"#, "[1,2]"),
+            (r#"[]"#, "[]"),
+            (
+                r#""id-\(1 + 1)-\([1, "a"])-\("x")""#,
+                r#""id-2-[1,\"a\"]-x""#,
+            ),
+            (r#"@base64 "\("hi")!""#, r#""aGk=!""#),
+            (
+                r#"[1, "é", null] | tojson, tostring"#,
+                r#""[1,\"é\",null]""#,
+            ),
+            (r#""é" | explode | implode"#, r#""é""#),
+            (r#"[1, 2, 3] | add, join("-")"#, "6"),
+            (
+                r#"[("a,b" / ","), ("ab" / ""), (7 / 2)]"#,
+                r#"[["a","b"],["a","b"],3.5]"#,
+            ),
+            (r#"[(4, 6) / (2, 1)]"#, "[2.0,4.0,3.0,6.0]"),
+            (r#"4294967296 * 4294967296"#, "18446744073709551616"),
+            (r#"try ("x" * 1e18) catch "caught""#, r#""caught""#),
+        ];
+        for (code, first) in cases {
+            let out = run_on(code, "null").unwrap_or_else(|e| panic!("`{code}`: {e}"));
+            assert_eq!(out[0], first, "`{code}`: {out:?}");
+        }
+        assert_eq!(
+            run_on(r#"[1, 2, 3] | join("-")"#, "null"),
+            Ok(vec![r#""1-2-3""#.to_owned()])
+        );
     }
 
     #[test]

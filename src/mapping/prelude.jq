@@ -13,3 +13,8 @@ def compact:
 
 # A header's value by name, in any case (`$headers` has lower-cased names).
 def header($name): $headers[$name | ascii_downcase];
+
+# `explode`, checked first (src/mapping/jq/bounds.rs).
+def explode:
+  if length > 1048576 then error("explode: a string of more than 1048576 characters exceeds the limit")
+  else _explode end;
