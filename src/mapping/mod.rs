@@ -253,12 +253,14 @@ impl Mapper {
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 map_one(&set, &compiled, &vars, r)
                             }))
-                            .unwrap_or_else(|payload| Outcome::Failed {
-                                rule: None,
-                                reason: format!(
-                                    "the mapping failed (internal error: {})",
-                                    crate::pipeline::panic_message(payload.as_ref())
-                                ),
+                            .unwrap_or_else(|payload| {
+                                Outcome::Failed {
+                                    rule: None,
+                                    reason: format!(
+                                        "the mapping failed (internal error: {})",
+                                        crate::pipeline::panic_message(payload.as_ref())
+                                    ),
+                                }
                             })
                         })
                         .collect();
