@@ -32,7 +32,10 @@ fn fails_with(work: &Work, file: &str, at: &str, message: &str) {
     let out = work.run(&["check"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(65), "{err}");
-    let want = format!("{}:{at}: {message}", work.path("templates").join(file).display());
+    let want = format!(
+        "{}:{at}: {message}",
+        work.path("templates").join(file).display()
+    );
     assert!(err.contains(&want), "want {want}\ngot:\n{err}");
 }
 
@@ -58,7 +61,11 @@ fn a_typo_in_a_branch_no_sample_reaches_fails_check() {
 #[test]
 fn a_typo_in_a_condition_fails_check() {
     let work = broken("en/shipping_update.html.hbs", |t| {
-        replace_once(t, "{{#if shipment.tracking_url}}", "{{#if shipment.traking_url}}")
+        replace_once(
+            t,
+            "{{#if shipment.tracking_url}}",
+            "{{#if shipment.traking_url}}",
+        )
     });
     fails_with(
         &work,
@@ -130,7 +137,9 @@ fn an_optional_path_outside_a_guard_fails_check() {
 #[test]
 fn a_path_of_another_trigger_fails_check() {
     // Welcome emails are about an order, not a parcel.
-    let work = broken("en/welcome.txt.hbs", |t| format!("{{{{shipment.id}}}}\n{t}"));
+    let work = broken("en/welcome.txt.hbs", |t| {
+        format!("{{{{shipment.id}}}}\n{t}")
+    });
     fails_with(
         &work,
         "en/welcome.txt.hbs",

@@ -858,3 +858,219 @@ pub fn markdown(rules: &[JourneyRule]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jiff::{SignedDuration, Timestamp};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::journey::Journeys;
+    use crate::pipeline::{Context, LeasePolicy, Pipeline};
+    use crate::render::Locales;
+    use crate::source::{DeadLetters, FileSource, Source};
+    use crate::store::SqliteStore;
+    use crate::unsubscribe::Signer;
+
+    fn pointer(path: &str) -> String {
+        format!("/{}", path.replace('.', "/"))
+    }
+
+    /// What of `value` (at `path`) the schema does not allow.
+    fn against(schema: &TemplateSchema, path: &str, value: &Value, wrong: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    if schema.field(&child).is_none() {
+                        wrong.push(format!("`{child}` is not in the schema"));
+                        continue;
+                    }
+                    against(schema, &child, v, wrong);
+                }
+                for field in schema.children(path) {
+                    let key = field.path.rsplit('.').next().unwrap_or_default();
+                    match map.get(key) {
+                        None => wrong.push(format!("`{}` is missing", field.path)),
+                        Some(Value::Null) if !schema.optional(field.path) => {
+                            wrong.push(format!("`{}` is required and null", field.path))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            Value::Array(items) => {
+                let element = format!("{path}[]");
+                match schema.field(&element) {
+                    None => wrong.push(format!("`{element}` is not in the schema")),
+                    Some(_) => items.iter().for_each(|v| {
+                        if v.is_null() && !schema.optional(&element) {
+                            wrong.push(format!("`{element}` is required and null"));
+                        }
+                        against(schema, &element, v, wrong);
+                    }),
+                }
+            }
+            _ => {}
+        }
+        if path.is_empty() {
+            for group in TOGETHER {
+                let nulls = group
+                    .iter()
+                    .filter(|p| value.pointer(&pointer(p)).is_none_or(Value::is_null))
+                    .count();
+                if nulls != 0 && nulls != group.len() {
+                    wrong.push(format!("{group:?} are not null together"));
+                }
+            }
+            for (list, implied) in ELEMENTS_IMPLY {
+                let has = value
+                    .pointer(&pointer(list))
+                    .and_then(Value::as_array)
+                    .is_some_and(|l| !l.is_empty());
+                for p in implied.iter() {
+                    if has && value.pointer(&pointer(p)).is_none_or(Value::is_null) {
+                        wrong.push(format!("`{list}` has elements and `{p}` is null"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The data the pipeline really builds for every email of the example
+    /// log (every template is sent there, see tests/cli.rs), with `shop` as
+    /// the sender adds it.
+    fn pipeline_data(config: &Config) -> Vec<(String, Value)> {
+        let context = Context {
+            locales: Locales::new(vec!["en".into(), "hy".into(), "am".into()], "en"),
+            default_timezone: "UTC".into(),
+            unsubscribe_url: config.shop.unsubscribe_url.clone(),
+            signer: Signer::new(b"schema test secret"),
+        };
+        let mut pipeline = Pipeline::new(
+            SqliteStore::in_memory().unwrap(),
+            Journeys::from_config(config),
+            context,
+            100,
+            LeasePolicy {
+                owner: "test".into(),
+                duration: SignedDuration::from_mins(5),
+            },
+        )
+        .unwrap();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/events.jsonl");
+        let mut source = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        loop {
+            let batch = source.next_batch(100).unwrap();
+            pipeline
+                .ingest("test", &batch.entries, None, &mut dead, &mut approved)
+                .unwrap();
+            if batch.finished {
+                break;
+            }
+        }
+        let end: Timestamp = "2027-06-01T00:00:00Z".parse().unwrap();
+        pipeline.fire(end, &mut approved).unwrap();
+        let shop = serde_json::to_value(&config.shop).unwrap();
+        approved
+            .into_iter()
+            .map(|e| {
+                let mut data = e.data;
+                data["shop"] = shop.clone();
+                (e.template, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_data_the_pipeline_builds_for_every_template_holds_to_the_schema() {
+        let config = Config::embedded();
+        let emails = pipeline_data(&config);
+        for rule in &config.journeys {
+            let of_rule: Vec<&Value> = emails
+                .iter()
+                .filter(|(t, _)| *t == rule.template)
+                .map(|(_, d)| d)
+                .collect();
+            assert!(!of_rule.is_empty(), "no {} in the examples", rule.template);
+            let schema = TemplateSchema::of(rule);
+            for data in of_rule {
+                let mut wrong = Vec::new();
+                against(&schema, "", data, &mut wrong);
+                assert!(wrong.is_empty(), "{}: {wrong:?}\n{data:#}", rule.template);
+            }
+        }
+    }
+
+    #[test]
+    fn the_check_of_data_against_the_schema_can_fail() {
+        let config = Config::embedded();
+        let rule = config
+            .journeys
+            .iter()
+            .find(|r| r.template == "shipping_delay");
+        let schema = TemplateSchema::of(rule.unwrap());
+        let (_, mut data) = pipeline_data(&config)
+            .into_iter()
+            .find(|(t, _)| t == "shipping_delay")
+            .unwrap();
+        data["shipment"]["carier"] = "DHL".into();
+        data["shipment"]["id"] = Value::Null;
+        data["order"]["currency"] = Value::Null;
+        let mut wrong = Vec::new();
+        against(&schema, "", &data, &mut wrong);
+        wrong.sort();
+        assert_eq!(
+            wrong,
+            [
+                "[\"order.total\", \"order.currency\", \"order.placed_at\"] are not null together",
+                "`order.items` has elements and `order.currency` is null",
+                "`shipment.carier` is not in the schema",
+                "`shipment.id` is required and null",
+            ]
+        );
+    }
+
+    const BEGIN: &str = "<!-- generated from src/render/schema.rs: begin -->\n";
+    const END: &str = "<!-- generated from src/render/schema.rs: end -->";
+
+    #[test]
+    fn the_tables_of_templates_readme_are_the_schema() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/templates/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme.find(BEGIN).expect("begin marker") + BEGIN.len();
+        let end = readme.find(END).expect("end marker");
+        let expected = markdown(&Config::embedded().journeys);
+        if std::env::var_os("UPDATE_TEMPLATES_README").is_some() {
+            let updated = format!("{}{expected}{}", &readme[..start], &readme[end..]);
+            std::fs::write(path, updated).unwrap();
+            return;
+        }
+        assert!(
+            readme[start..end] == expected,
+            "templates/README.md differs from the schema (UPDATE_TEMPLATES_README=1 writes it); between the markers it should read:\n\n{expected}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_path_finds_the_one_meant_and_a_different_name_does_not() {
+        let config = Config::embedded();
+        let rule = config
+            .journeys
+            .iter()
+            .find(|r| r.template == "shipping_delay");
+        let schema = TemplateSchema::of(rule.unwrap());
+        assert_eq!(schema.nearest("shipment.carier"), Some("shipment.carrier"));
+        assert_eq!(schema.nearest("customer.nmae"), Some("customer.name"));
+        assert_eq!(schema.nearest("shipment.weight"), None);
+    }
+}
