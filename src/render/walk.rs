@@ -235,6 +235,14 @@ impl<'a> Walk<'a> {
         for (i, p) in params.iter().enumerate() {
             let v = self.param(p, accepts_null(name, i), file, state, pos);
             tainted |= self.tainted(&v);
+            // `lookup` reads into what it is given: an event's object
+            // gives event data.
+            if let (Val::Path(path), "lookup", 0) = (&v, name, i) {
+                tainted |= self
+                    .schema
+                    .field(path)
+                    .is_some_and(|f| f.origin == Origin::Event);
+            }
         }
         let mut keys: Vec<&String> = hash.keys().collect();
         keys.sort();
@@ -679,6 +687,113 @@ mod tests {
         assert_eq!(
             at("ա {{^x}}").as_deref(),
             Some("1:3: `{{^x}}` is never closed")
+        );
+    }
+
+    use crate::config::Config;
+    use crate::render::schema::TemplateSchema;
+    use crate::render::{LoadOptions, Templates};
+
+    /// What the walk reports for `html` as `template`'s HTML part in `en`,
+    /// with `partials` (`name.html.hbs`, text) shared.
+    fn walked(template: &str, html: &str, partials: &[(&str, &str)]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let en = dir.path().join("en");
+        std::fs::create_dir_all(&en).unwrap();
+        std::fs::create_dir_all(dir.path().join("partials")).unwrap();
+        std::fs::write(en.join(format!("{template}.subject.hbs")), "s").unwrap();
+        std::fs::write(en.join(format!("{template}.html.hbs")), html).unwrap();
+        for (name, text) in partials {
+            std::fs::write(dir.path().join("partials").join(name), text).unwrap();
+        }
+        let templates = Templates::load(dir.path(), &LoadOptions::new("en")).unwrap();
+        let config = Config::embedded();
+        let rule = config
+            .journeys
+            .iter()
+            .find(|r| r.template == template)
+            .unwrap();
+        templates
+            .walk("en", template, template, &TemplateSchema::of(rule))
+            .into_iter()
+            .map(|p| {
+                let file = p.file.file_name().unwrap().to_string_lossy().into_owned();
+                format!(
+                    "{file}:{}:{}: {}",
+                    p.line.unwrap(),
+                    p.column.unwrap(),
+                    p.message
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn guards_hold_in_their_branch_only() {
+        let html = "{{#if customer.name}}{{customer.name}}{{else}}{{customer.name}}{{/if}}\n\
+                    {{#unless shipment.carrier}}{{shipment.carrier}}{{else}}{{shipment.carrier}}{{/unless}}\n\
+                    {{#with shipment.tracking_url}}{{url this}}{{/with}}{{url shipment.tracking_url}}";
+        assert_eq!(
+            walked("shipping_update", html, &[]),
+            [
+                "shipping_update.html.hbs:1:47: `customer.name` may be null in `shipping_update`: use it inside {{#if customer.name}}",
+                "shipping_update.html.hbs:2:29: `shipment.carrier` may be null in `shipping_update`: use it inside {{#if shipment.carrier}}",
+                "shipping_update.html.hbs:3:53: `shipment.tracking_url` may be null in `shipping_update`: use it inside {{#if shipment.tracking_url}}",
+            ]
+        );
+    }
+
+    #[test]
+    fn each_scopes_resolve_this_parents_the_root_and_block_params() {
+        let html = "{{#each order.items}}{{this.name}} {{@index}} {{../order.id}} \
+                    {{@root.customer.id}} {{nmae}}{{/each}}\n\
+                    {{#each order.items as |item i|}}{{item.quantity}} {{i}} {{item.price}}{{/each}}\n\
+                    {{@index}}";
+        assert_eq!(
+            walked("order_confirmation", html, &[]),
+            [
+                "order_confirmation.html.hbs:1:85: `nmae` is not in the data of `order_confirmation`: did you mean `name`?",
+                "order_confirmation.html.hbs:2:58: `item.price` is not in the data of `order_confirmation`",
+                "order_confirmation.html.hbs:3:1: `@index` is only set inside {{#each}}",
+            ]
+        );
+    }
+
+    #[test]
+    fn helpers_take_null_where_they_can_and_their_output_is_judged() {
+        let html = "{{#if (eq customer.name \"x\")}}{{/if}}{{len customer.name}}\
+                    {{money order.total order.currency}}{{date order.placed_at}}\n\
+                    {{{money order.total order.currency}}}{{{lookup order \"id\"}}}{{nope 1}}";
+        assert_eq!(
+            walked("order_cancelled", html, &[]),
+            [
+                "order_cancelled.html.hbs:1:59: `order.total` may be null in `order_cancelled`: use it inside {{#if order.total}}",
+                "order_cancelled.html.hbs:1:59: `order.currency` may be null in `order_cancelled`: use it inside {{#if order.currency}}",
+                "order_cancelled.html.hbs:1:95: `order.placed_at` may be null in `order_cancelled`: use it inside {{#if order.placed_at}}",
+                "order_cancelled.html.hbs:2:1: `order.total` may be null in `order_cancelled`: use it inside {{#if order.total}}",
+                "order_cancelled.html.hbs:2:1: `order.currency` may be null in `order_cancelled`: use it inside {{#if order.currency}}",
+                "order_cancelled.html.hbs:2:39: customer data in triple braces is not HTML-escaped: event data comes from an event; write it in double braces",
+                "order_cancelled.html.hbs:2:62: unknown helper `nope`",
+            ]
+        );
+    }
+
+    #[test]
+    fn partials_see_their_parameters_and_the_callers_guards() {
+        let partials = [
+            ("raw.html.hbs", "{{{text}}} {{{label}}} {{missing}}"),
+            ("frame.html.hbs", "<div>{{> @partial-block}}</div>"),
+        ];
+        let html = "{{#if customer.name}}{{> raw text=customer.name label=\"ok\"}}{{/if}}\n\
+                    {{#> frame}}{{shipment.id}}{{/frame}}{{> nothing}}";
+        assert_eq!(
+            walked("welcome", html, &partials),
+            [
+                "raw.html.hbs:1:1: customer data in triple braces is not HTML-escaped: `customer.name` comes from an event; write it in double braces",
+                "raw.html.hbs:1:24: `missing` is not in the data of `welcome`",
+                "welcome.html.hbs:2:13: `shipment.id` is not in the data of `welcome`",
+                "welcome.html.hbs:2:38: missing partial `nothing`",
+            ]
         );
     }
 
