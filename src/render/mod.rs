@@ -7,6 +7,9 @@
 //!
 //! Errors are reported as `file:line:column: what`, naming the missing
 //! variable or partial, so `aftercare check` points a marketer at the spot.
+//!
+//! [`schema`] says what data each template gets; [`Templates::walk`] checks
+//! a template against it in every branch and partial, without rendering.
 
 mod helpers;
 mod inline;
@@ -383,7 +386,7 @@ impl Templates {
     }
 
     /// Walks every part of `name` (a template or variant) as `locale` renders
-    /// it, against the data `schema` says it gets: see [`walk`]. `id` is the
+    /// it, against the data `schema` says it gets: see the `walk` module. `id` is the
     /// template id the messages name.
     pub fn walk(
         &self,
