@@ -386,8 +386,8 @@ impl Templates {
     }
 
     /// Walks every part of `name` (a template or variant) as `locale` renders
-    /// it, against the data `schema` says it gets: see the `walk` module. `id` is the
-    /// template id the messages name.
+    /// it, against the data `schema` says it gets (see the `walk` module).
+    /// `id` is the template id the messages name.
     pub fn walk(
         &self,
         locale: &str,
