@@ -4,10 +4,13 @@
 //! `templates/samples/<template>.json` (the customer's locale set to the
 //! locale under test, `shop` from the config, a signed-looking unsubscribe
 //! link on marketing templates). Every problem is reported, not just the
-//! first, each as `file:line:column: what`. Besides what rendering finds
-//! (a missing variable, partial or helper), `check` refuses a subject
-//! longer than `check.max_subject_chars` and customer data in triple
-//! braces, which would reach the HTML unescaped.
+//! first, each as `file:line:column: what`. Before rendering, every
+//! template is walked against the schema of its data (`render::schema`):
+//! every branch and partial, for a path the data does not have, one that
+//! may be `null` used outside a guard, and event data in triple braces,
+//! which would reach the HTML unescaped. Besides what rendering finds (a
+//! missing variable, partial or helper), `check` refuses a subject longer
+//! than `check.max_subject_chars`.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +21,8 @@ use std::collections::BTreeMap;
 use crate::config::{Config, JourneyRule};
 use crate::journey::Journeys;
 use crate::mapping::{Mapper, MappingSet, presets, samples};
-use crate::render::{LoadOptions, PARTS, Problem, Problems, Rendered, Templates};
+use crate::render::schema::TemplateSchema;
+use crate::render::{LoadOptions, Problem, Problems, Rendered, Templates};
 
 /// What a passing check covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +113,13 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
     let shop = serde_json::to_value(&config.shop).unwrap_or(Value::Null);
     let renderable = renderable(config);
     let journeys = Journeys::from_config(config);
-    let mut problems = unescaped_customer_data(&templates, &names(&renderable));
+    let mut problems = walk_templates(config, &templates, &renderable);
+    // What the walk found, a render with the sample finds again where the
+    // sample reaches it: say it once, as the walk does.
+    let walked: Vec<(PathBuf, Option<usize>, Option<usize>)> = problems
+        .iter()
+        .map(|p| (p.file.clone(), p.line, p.column))
+        .collect();
     // Each template's sample, read once for all its variants.
     let mut read: BTreeMap<&str, Option<Value>> = BTreeMap::new();
     let mut samples = Vec::new();
@@ -161,7 +171,15 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
                         fallback: templates.fallback_for(locale, name).map(str::to_owned),
                     });
                 }
-                Err(Problems(found)) => problems.extend(found),
+                Err(Problems(found)) => {
+                    for p in found {
+                        if !walked.contains(&(p.file.clone(), p.line, p.column))
+                            && !problems.contains(&p)
+                        {
+                            problems.push(p);
+                        }
+                    }
+                }
             }
         }
     }
@@ -256,33 +274,24 @@ pub fn mapping_problems(config: &Config) -> Vec<Problem> {
     problems
 }
 
-/// `{{{customer...}}}` puts what a customer typed into the HTML as it is.
-fn unescaped_customer_data(templates: &Templates, ids: &[&str]) -> Vec<Problem> {
+/// Every part of every template, in every locale, walked against the data
+/// its journey rule gets (see `render::schema` and `render::walk`): every
+/// branch, partial and `#each`, not only what the sample reaches.
+fn walk_templates(
+    config: &Config,
+    templates: &Templates,
+    renderable: &[Renderable],
+) -> Vec<Problem> {
     let mut problems = Vec::new();
-    for locale in templates.locales().available() {
-        for id in ids {
-            for part in PARTS {
-                let file = templates.file(locale, id, part);
-                let Ok(text) = std::fs::read_to_string(&file) else {
-                    continue;
-                };
-                for (n, line) in text.lines().enumerate() {
-                    let mut rest = line;
-                    let mut offset = 0;
-                    while let Some(at) = rest.find("{{{") {
-                        let inner = rest[at + 3..].trim_start_matches(['~', ' ', '&']);
-                        if inner.starts_with("customer.") || inner.starts_with("customer ") {
-                            problems.push(problem(
-                                &file,
-                                Some(n + 1),
-                                Some(offset + at + 1),
-                                "customer data in triple braces is not HTML-escaped: use {{...}}"
-                                    .to_owned(),
-                            ));
-                        }
-                        offset += at + 3;
-                        rest = &rest[at + 3..];
-                    }
+    for r in renderable {
+        let Some(rule) = config.journeys.iter().find(|j| j.template == r.template) else {
+            continue;
+        };
+        let schema = TemplateSchema::of(rule);
+        for locale in templates.locales().available() {
+            for p in templates.walk(locale, &r.name, &r.template, &schema) {
+                if !problems.contains(&p) {
+                    problems.push(p);
                 }
             }
         }

@@ -8,7 +8,8 @@
 //!   transaction per batch.
 //! - [`source`]: event sources (JSONL file, stdin) and the dead-letter file.
 //! - [`pipeline`]: ingest batches, fire due emails, check them again.
-//! - [`render`]: the handlebars template set, helpers, locales.
+//! - [`render`]: the handlebars template set, helpers, locales; the schema
+//!   of the template data and the walk `check` makes of every template.
 //! - [`reload`]: hot reload of the templates (file watch, SIGHUP).
 //! - [`mailer`]: MIME building; `.eml` files and SMTP.
 //! - [`sender`]: render, send, record the outcome.

@@ -142,7 +142,9 @@ fn check_names_file_line_and_the_missing_variable() {
     assert_eq!(out.status.code(), Some(65));
     let err = stderr(&out);
     assert!(
-        err.contains("templates/hy/welcome.html.hbs:2:6: missing variable `customer.nmae`"),
+        err.contains(
+            "templates/hy/welcome.html.hbs:2:6: `customer.nmae` is not in the data of `welcome`: did you mean `customer.name`?"
+        ),
         "{err}"
     );
 }

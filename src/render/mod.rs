@@ -7,18 +7,24 @@
 //!
 //! Errors are reported as `file:line:column: what`, naming the missing
 //! variable or partial, so `aftercare check` points a marketer at the spot.
+//!
+//! [`schema`] says what data each template gets; [`Templates::walk`] checks
+//! a template against it in every branch and partial, without rendering.
 
 mod helpers;
 mod inline;
+pub mod schema;
+mod walk;
 
 pub use helpers::{format_date, format_money};
 pub use inline::{InlineError, inline_template};
+pub use walk::{HELPERS, accepts_null};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use handlebars::{Handlebars, RenderError, RenderErrorReason, TemplateError};
+use handlebars::{Handlebars, RenderError, RenderErrorReason, TemplateError, TemplateErrorReason};
 use serde_json::Value;
 
 /// The three parts of every email template.
@@ -202,6 +208,26 @@ fn template_error(file: &Path, e: &TemplateError) -> Problem {
         line,
         column,
         message: e.reason().to_string(),
+    }
+}
+
+/// A syntax error of `source`; a block left open is reported at its
+/// opening tag (`{{#if}}` is never closed), not where the parser gave up.
+fn syntax_error(file: &Path, e: &TemplateError, source: &str) -> Problem {
+    let unbalanced = matches!(
+        e.reason(),
+        TemplateErrorReason::InvalidSyntax(_)
+            | TemplateErrorReason::MismatchingClosedHelper(..)
+            | TemplateErrorReason::MismatchingClosedDecorator(..)
+    );
+    match walk::unclosed_block(source).filter(|_| unbalanced) {
+        Some((line, column, message)) => Problem {
+            file: file.to_owned(),
+            line: Some(line),
+            column: Some(column),
+            message,
+        },
+        None => template_error(file, e),
     }
 }
 
@@ -392,6 +418,53 @@ impl Templates {
         }
     }
 
+    /// Walks every part of `name` (a template or variant) as `locale` renders
+    /// it, against the data `schema` says it gets (see the `walk` module).
+    /// `id` is the template id the messages name.
+    pub fn walk(
+        &self,
+        locale: &str,
+        name: &str,
+        id: &str,
+        schema: &schema::TemplateSchema,
+    ) -> Vec<Problem> {
+        let source = self.source_locale(locale, name).unwrap_or(locale);
+        let Some(set) = self.sets.get(source) else {
+            return Vec::new();
+        };
+        let mut problems = Vec::new();
+        for part in PARTS {
+            let key = format!("{name}.{part}");
+            if !set.files.contains_key(&key) {
+                continue;
+            }
+            // HTML as written: positions point into the file.
+            let (registry, ext) = match part {
+                "html" => (&set.html_as_written, "html"),
+                _ => (&set.text, "txt"),
+            };
+            let Some(template) = registry.get_template(&key) else {
+                continue;
+            };
+            let partial_file =
+                |partial: &str| set.files.get(&format!("partial:{partial}.{ext}")).cloned();
+            let mut walk = walk::Walk {
+                schema,
+                template: id,
+                registry,
+                partial_file: &partial_file,
+                problems: Vec::new(),
+            };
+            walk.run(template, &self.file(source, name, part));
+            for p in walk.problems {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+        }
+        problems
+    }
+
     /// Renders one email. `locale` must be one of [`Locales::available`];
     /// a template it lacks comes from its fallback locale.
     pub fn render(&self, template: &str, locale: &str, data: &Value) -> Result<Rendered, Problems> {
@@ -490,7 +563,7 @@ impl LocaleSet {
         if part == "html" {
             // As written first: syntax errors point into the file.
             register(&mut self.html_as_written, &name, partial, source.clone())
-                .map_err(|e| template_error(file, &e))?;
+                .map_err(|e| syntax_error(file, &e, &source))?;
             source = inline_template(&source, css)
                 .map_err(|e| problem(file, format!("inlining the stylesheet: {e}")))?;
         }
@@ -504,7 +577,15 @@ impl LocaleSet {
                 ));
             }
         };
-        register(hb, &name, partial, source).map_err(|e| template_error(file, &e))?;
+        let written = if part == "html" {
+            None
+        } else {
+            Some(source.clone())
+        };
+        register(hb, &name, partial, source).map_err(|e| match &written {
+            Some(source) => syntax_error(file, &e, source),
+            None => template_error(file, &e),
+        })?;
         self.files.insert(
             if partial {
                 format!("partial:{name}.{part}")

@@ -1,0 +1,149 @@
+//! `aftercare check` against the schema of the template data: each mistake
+//! of issue 18 that rendering with the samples let through is now found,
+//! with its file, line and column.
+
+mod common;
+
+use common::{Work, repo, stderr};
+
+/// A copy of the shipped templates with `edit` applied to one file, and a
+/// config whose `templates_dir` points there.
+fn broken(file: &str, edit: impl FnOnce(String) -> String) -> Work {
+    let work = Work::new("");
+    let templates = work.path("templates");
+    common::copy_dir(&repo().join("templates"), &templates);
+    let path = templates.join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit of {file} changed nothing");
+    std::fs::write(&path, edited).unwrap();
+    let config = format!(
+        "data_dir = {:?}\ntemplates_dir = {:?}\n",
+        work.path("data"),
+        templates
+    );
+    std::fs::write(work.config(), config).unwrap();
+    work
+}
+
+/// `check` exits 65 and names `file:line:col: message` (file relative to
+/// the copied templates folder).
+fn fails_with(work: &Work, file: &str, at: &str, message: &str) {
+    let out = work.run(&["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    let want = format!(
+        "{}:{at}: {message}",
+        work.path("templates").join(file).display()
+    );
+    assert!(err.contains(&want), "want {want}\ngot:\n{err}");
+}
+
+fn replace_once(text: String, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "{from}");
+    text.replacen(from, to, 1)
+}
+
+#[test]
+fn a_typo_in_a_branch_no_sample_reaches_fails_check() {
+    // The sample has an estimated delivery: this branch is never rendered.
+    let work = broken("en/shipping_delay.html.hbs", |t| {
+        replace_once(t, "{{/unless}}", "<p>{{shipment.carier}}</p>\n{{/unless}}")
+    });
+    fails_with(
+        &work,
+        "en/shipping_delay.html.hbs",
+        "19:4",
+        "`shipment.carier` is not in the data of `shipping_delay`: did you mean `shipment.carrier`?",
+    );
+}
+
+#[test]
+fn a_typo_in_a_condition_fails_check() {
+    let work = broken("en/shipping_update.html.hbs", |t| {
+        replace_once(
+            t,
+            "{{#if shipment.tracking_url}}",
+            "{{#if shipment.traking_url}}",
+        )
+    });
+    fails_with(
+        &work,
+        "en/shipping_update.html.hbs",
+        "17:1",
+        "`shipment.traking_url` is not in the data of `shipping_update`: did you mean `shipment.tracking_url`?",
+    );
+}
+
+#[test]
+fn customer_data_in_triple_braces_in_a_partial_fails_check() {
+    let work = broken("en/partials/greeting.html.hbs", |t| {
+        replace_once(t, "Hi {{customer.name}}", "Hi {{{customer.name}}}")
+    });
+    fails_with(
+        &work,
+        "en/partials/greeting.html.hbs",
+        "1:28",
+        "customer data in triple braces is not HTML-escaped: `customer.name` comes from an event; write it in double braces",
+    );
+}
+
+#[test]
+fn an_item_name_in_triple_braces_inside_each_fails_check() {
+    let work = broken("partials/order_items.html.hbs", |t| {
+        replace_once(t, "align=\"left\">{{name}}", "align=\"left\">{{{name}}}")
+    });
+    fails_with(
+        &work,
+        "partials/order_items.html.hbs",
+        "10:36",
+        "customer data in triple braces is not HTML-escaped: `order.items[].name` comes from an event; write it in double braces",
+    );
+}
+
+#[test]
+fn an_unclosed_if_is_reported_at_its_opening_tag() {
+    let work = broken("hy/welcome.html.hbs", |t| {
+        replace_once(t, "{{/layout}}", "{{#if customer.name}}\n{{/layout}}")
+    });
+    let line = std::fs::read_to_string(work.path("templates/hy/welcome.html.hbs"))
+        .unwrap()
+        .lines()
+        .position(|l| l == "{{#if customer.name}}")
+        .unwrap()
+        + 1;
+    fails_with(
+        &work,
+        "hy/welcome.html.hbs",
+        &format!("{line}:1"),
+        "`{{#if}}` is never closed",
+    );
+}
+
+#[test]
+fn an_optional_path_outside_a_guard_fails_check() {
+    // A delay without a date is a real event: `date` would fail on null.
+    let work = broken("am/shipping_delay.txt.hbs", |t| {
+        format!("{{{{date shipment.estimated_delivery}}}}\n{t}")
+    });
+    fails_with(
+        &work,
+        "am/shipping_delay.txt.hbs",
+        "1:1",
+        "`shipment.estimated_delivery` may be null in `shipping_delay`: use it inside {{#if shipment.estimated_delivery}}",
+    );
+}
+
+#[test]
+fn a_path_of_another_trigger_fails_check() {
+    // Welcome emails are about an order, not a parcel.
+    let work = broken("en/welcome.txt.hbs", |t| {
+        format!("{{{{shipment.id}}}}\n{t}")
+    });
+    fails_with(
+        &work,
+        "en/welcome.txt.hbs",
+        "1:1",
+        "`shipment.id` is not in the data of `welcome`",
+    );
+}
