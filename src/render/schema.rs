@@ -529,7 +529,7 @@ pub const FIELDS: &[Field] = &[
         Optional,
         Event,
         When::On(SHIPMENTS),
-        "the carrier (`null` in delivery follow-ups)",
+        "the carrier: on a delay or a delivery, as the parcel's dispatch gave it",
     ),
     f(
         "shipment.tracking_number",
@@ -553,7 +553,7 @@ pub const FIELDS: &[Field] = &[
         Optional,
         Event,
         When::On(SHIPMENTS),
-        "the expected day, for `date`",
+        "the expected day, for `date` (`null` after a delay without a new date, and once delivered)",
     ),
     f(
         "return",
