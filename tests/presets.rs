@@ -267,6 +267,22 @@ fn aftercare(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
+/// `aftercare [--config CONFIG] simulate LOG`'s plan; it must succeed.
+fn simulate(config: Option<&Path>, log: &Path) -> String {
+    let mut args: Vec<&std::ffi::OsStr> = Vec::new();
+    if let Some(config) = config {
+        args.extend(["--config".as_ref(), config.as_os_str()]);
+    }
+    args.extend(["simulate".as_ref(), log.as_os_str()]);
+    let out = aftercare(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The README's promise: a Shopify topic dumped with `kcat -J`, read with
 /// `source.format = "shopify"`, plans the same emails as the equivalent
 /// native log, and `run` sends them.
@@ -275,25 +291,8 @@ fn a_shopify_record_file_plans_and_sends_what_its_native_log_does() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/presets/shopify");
     let config = dir.join("aftercare.toml");
     let records = dir.join("records.jsonl");
-    let mapped = aftercare(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "simulate".as_ref(),
-        records.as_os_str(),
-    ]);
-    assert!(
-        mapped.status.success(),
-        "{}",
-        String::from_utf8_lossy(&mapped.stderr)
-    );
-    let native = aftercare(&["simulate".as_ref(), dir.join("expected.jsonl").as_os_str()]);
-    assert!(
-        native.status.success(),
-        "{}",
-        String::from_utf8_lossy(&native.stderr)
-    );
-    let plan = String::from_utf8(mapped.stdout).unwrap();
-    assert_eq!(plan, String::from_utf8(native.stdout).unwrap());
+    let plan = simulate(Some(&config), &records);
+    assert_eq!(plan, simulate(None, &dir.join("expected.jsonl")));
     let planned = plan.lines().count();
     assert!(planned >= 5, "{plan}");
 
@@ -350,19 +349,7 @@ fn the_worked_custom_mapping_checks_and_plans() {
     );
 
     let messages = dir.join("messages.jsonl");
-    let plan = aftercare(&[
-        "--config".as_ref(),
-        config.as_os_str(),
-        "simulate".as_ref(),
-        messages.as_os_str(),
-    ]);
-    assert!(
-        plan.status.success(),
-        "{}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
-    let plan: Vec<serde_json::Value> = String::from_utf8(plan.stdout)
-        .unwrap()
+    let plan: Vec<serde_json::Value> = simulate(Some(&config), &messages)
         .lines()
         .map(|l| json(l.as_bytes()))
         .collect();

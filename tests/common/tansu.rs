@@ -156,13 +156,16 @@ impl Tansu {
         }
     }
 
-    /// Produces `(topic, key, payload)` in order and waits for every ack.
-    pub fn produce(&self, records: &[(String, String, String)]) {
-        let producer: FutureProducer = self
-            .client()
+    fn producer(&self) -> FutureProducer {
+        self.client()
             .set("message.timeout.ms", "20000")
             .create()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Produces `(topic, key, payload)` in order and waits for every ack.
+    pub fn produce(&self, records: &[(String, String, String)]) {
+        let producer = self.producer();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             for (topic, key, payload) in records {
@@ -182,11 +185,7 @@ impl Tansu {
     /// topic, key, headers and payload; the partition is the broker's
     /// choice) in order, and waits for every ack.
     pub fn produce_kcat(&self, lines: &str) {
-        let producer: FutureProducer = self
-            .client()
-            .set("message.timeout.ms", "20000")
-            .create()
-            .unwrap();
+        let producer = self.producer();
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             for line in lines.lines().filter(|l| !l.trim().is_empty()) {
