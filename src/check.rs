@@ -1,9 +1,10 @@
 //! `aftercare check`: the whole template set against its sample data.
 //!
-//! Every template of the journeys, in every locale, rendered with
-//! `templates/samples/<template>.json` (the customer's locale set to the
-//! locale under test, `shop` from the config, a signed-looking unsubscribe
-//! link on marketing templates). Every problem is reported, not just the
+//! Every template of the journeys, in every locale, rendered with each of
+//! its samples, `templates/samples/<locale>/<template>.json` (the
+//! customer's locale set to the locale under test, `shop` from the config).
+//! Every branch of every template must be rendered by some sample: one
+//! none reaches is reported with its opening tag (`render::coverage`). Every problem is reported, not just the
 //! first, each as `file:line:column: what`. Before rendering, every
 //! template is walked against the schema of its data (`render::schema`):
 //! every branch and partial, for a path the data does not have, one that
@@ -16,13 +17,13 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::config::{Config, JourneyRule};
 use crate::journey::Journeys;
 use crate::mapping::{Mapper, MappingSet, presets, samples};
 use crate::render::schema::TemplateSchema;
-use crate::render::{LoadOptions, Problem, Problems, Rendered, Templates};
+use crate::render::{LoadOptions, Problem, Problems, Rendered, Templates, coverage};
 
 /// What a passing check covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub struct Sample {
     /// The journey's template id, variant and the name rendered.
     pub renderable: Renderable,
     pub locale: String,
+    /// The sample's name in its file.
+    pub sample: String,
     pub rendered: Rendered,
     /// The locale whose files rendered it, when the template falls back.
     pub fallback: Option<String>,
@@ -86,6 +89,7 @@ pub fn load_options(config: &Config) -> LoadOptions {
         locales: Some(config.locales.clone()),
         fallbacks: config.locale_fallback.clone(),
         shop: serde_json::to_value(&config.shop).unwrap_or(Value::Null),
+        record_branches: false,
     }
 }
 
@@ -106,10 +110,14 @@ fn problem(file: &Path, line: Option<usize>, column: Option<usize>, message: Str
     }
 }
 
-/// Renders every template in every locale with its sample data; fails with
-/// every problem found.
+/// Renders every template in every locale with each of its samples (see
+/// [`samples_of`]); fails with every problem found, a branch no sample
+/// renders included.
 pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Problems> {
-    let templates = load(config)?;
+    let mut options = load_options(config);
+    options.record_branches = true;
+    let templates = Templates::load(&config.templates_dir, &options)?;
+    templates.require(&names(&renderable(config)))?;
     let shop = serde_json::to_value(&config.shop).unwrap_or(Value::Null);
     let renderable = renderable(config);
     let journeys = Journeys::from_config(config);
@@ -120,67 +128,80 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
         .iter()
         .map(|p| (p.file.clone(), p.line, p.column))
         .collect();
-    // Each template's sample, read once for all its variants.
-    let mut read: BTreeMap<&str, Option<Value>> = BTreeMap::new();
+    // Each template's samples in each locale, read once for all variants.
+    let mut read: BTreeMap<(String, String), Option<Vec<(String, Value)>>> = BTreeMap::new();
     let mut samples = Vec::new();
+    let mut branches = Vec::new();
+    let mut reached = HashSet::new();
     for r in &renderable {
         let (id, name) = (r.template.as_str(), r.name.as_str());
-        let sample = read.entry(id).or_insert_with(|| {
-            let path = config
-                .templates_dir
-                .join("samples")
-                .join(format!("{id}.json"));
-            read_sample(&path).map_err(|p| problems.push(p)).ok()
-        });
-        let Some(sample) = sample else {
-            continue;
-        };
         for locale in templates.locales().available() {
-            let mut data = sample.clone();
-            data["shop"] = shop.clone();
-            if data["customer"].is_object() {
-                data["customer"]["locale"] = Value::String(locale.clone());
-            }
-            // Tiers speak the customer's language, as when sent.
-            for pointer in ["/tier", "/customer/tier"] {
-                if let Some(tier) = data.pointer_mut(pointer)
-                    && let Some(id) = tier["id"].as_str()
-                    && let Some(words) = journeys.tier_by_id(id, locale)
-                {
-                    *tier = words;
-                }
-            }
-            match templates.render(name, locale, &data) {
-                Ok(rendered) => {
-                    let chars = rendered.subject.chars().count();
-                    if chars > config.check.max_subject_chars {
-                        problems.push(problem(
-                            &templates.file(locale, name, "subject"),
-                            None,
-                            None,
-                            format!(
-                                "subject is {chars} characters, more than check.max_subject_chars ({})",
-                                config.check.max_subject_chars
-                            ),
-                        ));
+            branches.extend(templates.branches(locale, name));
+            let named = read
+                .entry((id.to_owned(), locale.clone()))
+                .or_insert_with(|| {
+                    samples_of(config, &templates, id, locale)
+                        .map_err(|p| {
+                            if !problems.contains(&p) {
+                                problems.push(p)
+                            }
+                        })
+                        .ok()
+                });
+            let Some(named) = named else {
+                continue;
+            };
+            for (sample, data) in named.iter() {
+                let data = sample_data(data, &shop, locale, &journeys);
+                reached.extend(templates.reach(name, locale, &data));
+                match templates.render(name, locale, &data) {
+                    Ok(rendered) => {
+                        let chars = rendered.subject.chars().count();
+                        if chars > config.check.max_subject_chars {
+                            problems.push(problem(
+                                &templates.file(locale, name, "subject"),
+                                None,
+                                None,
+                                format!(
+                                    "subject is {chars} characters with sample \"{sample}\", more than check.max_subject_chars ({})",
+                                    config.check.max_subject_chars
+                                ),
+                            ));
+                        }
+                        samples.push(Sample {
+                            renderable: r.clone(),
+                            locale: locale.clone(),
+                            sample: sample.clone(),
+                            rendered,
+                            fallback: templates.fallback_for(locale, name).map(str::to_owned),
+                        });
                     }
-                    samples.push(Sample {
-                        renderable: r.clone(),
-                        locale: locale.clone(),
-                        rendered,
-                        fallback: templates.fallback_for(locale, name).map(str::to_owned),
-                    });
-                }
-                Err(Problems(found)) => {
-                    for p in found {
-                        if !walked.contains(&(p.file.clone(), p.line, p.column))
-                            && !problems.contains(&p)
-                        {
-                            problems.push(p);
+                    Err(Problems(found)) => {
+                        for mut p in found {
+                            if !walked.contains(&(p.file.clone(), p.line, p.column))
+                                && !problems.contains(&p)
+                            {
+                                p.message = format!("{} (sample \"{sample}\")", p.message);
+                                problems.push(p);
+                            }
                         }
                     }
                 }
             }
+        }
+    }
+    // Only a set that rendered is worth a coverage report.
+    if problems.is_empty() {
+        for b in coverage::unreached(&branches, &reached) {
+            problems.push(problem(
+                &b.file,
+                Some(b.line),
+                Some(b.column),
+                format!(
+                    "no sample renders this branch ({}): add a sample that does to templates/samples/",
+                    b.what
+                ),
+            ));
         }
     }
     if problems.is_empty() {
@@ -188,6 +209,100 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
     } else {
         Err(Problems(problems))
     }
+}
+
+/// A sample as it is rendered in `locale`: the shop from the config (a
+/// sample may override single keys, a shop without a logo), the customer's
+/// locale set to `locale`, tiers in that locale's words, as when sent.
+fn sample_data(sample: &Value, shop: &Value, locale: &str, journeys: &Journeys) -> Value {
+    let mut data = sample.clone();
+    let mut shop = shop.clone();
+    if let (Some(shop), Some(own)) = (shop.as_object_mut(), sample["shop"].as_object()) {
+        shop.extend(own.clone());
+    }
+    data["shop"] = shop;
+    if data["customer"].is_object() {
+        data["customer"]["locale"] = Value::String(locale.to_owned());
+    }
+    for pointer in ["/tier", "/customer/tier"] {
+        if let Some(tier) = data.pointer_mut(pointer)
+            && let Some(id) = tier["id"].as_str()
+            && let Some(words) = journeys.tier_by_id(id, locale)
+        {
+            *tier = words;
+        }
+    }
+    data
+}
+
+/// The samples of template `id` in `locale`, by name:
+/// `templates/samples/<locale>/<id>.json`; for a locale without one, the
+/// samples of the locale its templates fall back to
+/// (`locale_fallback`), else `templates/samples/<id>.json`, shared by
+/// every locale without its own.
+pub fn samples_of(
+    config: &Config,
+    templates: &Templates,
+    id: &str,
+    locale: &str,
+) -> Result<Vec<(String, Value)>, Problem> {
+    let dir = config.templates_dir.join("samples");
+    let mut tried = Vec::new();
+    let mut at = Some(locale.to_owned());
+    while let Some(l) = at.take() {
+        if tried.len() > config.locale_fallback.len() {
+            break;
+        }
+        let path = dir.join(&l).join(format!("{id}.json"));
+        if path.is_file() {
+            return read_samples(&path);
+        }
+        tried.push(path);
+        at = templates
+            .fallback_for(&l, id)
+            .map(str::to_owned)
+            .or_else(|| config.locale_fallback.get(&l).cloned());
+    }
+    let shared = dir.join(format!("{id}.json"));
+    if shared.is_file() {
+        return read_samples(&shared);
+    }
+    Err(problem(
+        &tried.into_iter().next().unwrap_or(shared),
+        None,
+        None,
+        format!("missing sample data for `{id}` in `{locale}`"),
+    ))
+}
+
+/// A sample file: an object of named samples, each an object of template
+/// data. A file holding one sample's data itself (the former form, with
+/// `customer` at the top) is that one sample.
+fn read_samples(path: &Path) -> Result<Vec<(String, Value)>, Problem> {
+    let value = read_sample(path)?;
+    let Value::Object(map) = value else {
+        unreachable!("read_sample checks for an object")
+    };
+    if map.contains_key("customer") {
+        return Ok(vec![("sample".to_owned(), Value::Object(map))]);
+    }
+    if map.is_empty() {
+        return Err(problem(path, None, None, "no samples in the file".to_owned()));
+    }
+    map.into_iter()
+        .map(|(name, data)| {
+            if data.is_object() {
+                Ok((name, data))
+            } else {
+                Err(problem(
+                    path,
+                    None,
+                    None,
+                    format!("sample \"{name}\" must be a JSON object of template data"),
+                ))
+            }
+        })
+        .collect()
 }
 
 pub fn check(config: &Config) -> Result<Checked, Problems> {

@@ -18,16 +18,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use handlebars::html_escape;
 
-use crate::check::{Renderable, render_samples, renderable};
+use crate::check::{Renderable, Sample, render_samples, renderable};
 use crate::config::Config;
 use crate::reload::FolderWatch;
 use crate::render::Problems;
 
 /// `aftercare preview`: a static gallery of every template in every locale.
 ///
-/// `DIR/index.html` links a page per template and locale, which shows the
-/// subject, the HTML part in an iframe (`DIR/<locale>/<template>.html`, the
-/// email as sent) and the text part.
+/// `DIR/index.html` links a page per template, locale and sample, which
+/// shows the subject, the HTML part in an iframe
+/// (`DIR/<locale>/<template>.html` for the first sample,
+/// `<template>--<sample>.html` for the others: the email as sent), the text
+/// part and links to the other samples.
 pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewError> {
     let (templates, samples) = render_samples(config).map_err(PreviewError::Templates)?;
     let write = |path: &Path, text: &str| {
@@ -39,20 +41,36 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
     let locales = templates.locales().available().to_vec();
     for s in &samples {
         let dir = out.join(&s.locale);
-        write(
-            &dir.join(format!("{}.html", s.renderable.name)),
-            &s.rendered.html,
-        )?;
+        let file = page_name(&samples, s);
+        write(&dir.join(format!("{file}.html")), &s.rendered.html)?;
+        // The other samples of this template and locale, to switch to.
+        let siblings: String = samples
+            .iter()
+            .filter(|o| o.renderable.name == s.renderable.name && o.locale == s.locale)
+            .map(|o| {
+                let name = html_escape(&o.sample);
+                if std::ptr::eq(o, s) {
+                    format!("<strong>{name}</strong> ")
+                } else {
+                    format!(
+                        "<a href=\"{}.page.html\">{name}</a> ",
+                        html_escape(&page_name(&samples, o))
+                    )
+                }
+            })
+            .collect();
         let page = format!(
             "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{template} ({locale})</title>\
              <style>body{{font-family:sans-serif;margin:1.5em}}iframe{{width:100%;height:70vh;\
              border:1px solid #ccc}}pre{{white-space:pre-wrap;background:#f6f6f6;padding:1em}}\
              </style></head><body><p><a href=\"../index.html\">All templates</a></p>\
              <h1>{template} <small>({locale}{fallback})</small></h1>\
+             <p class=\"samples\">Samples: {siblings}</p>\
              <p><strong>Subject:</strong> <span class=\"subject\">{subject}</span></p>\
-             <h2>HTML</h2><iframe src=\"{template}.html\" title=\"HTML part\"></iframe>\
+             <h2>HTML</h2><iframe src=\"{file}.html\" title=\"HTML part\"></iframe>\
              <h2>Text</h2><pre class=\"text\">{text}</pre></body></html>",
             template = html_escape(&s.renderable.name),
+            file = html_escape(&file),
             locale = html_escape(&s.locale),
             fallback = s
                 .fallback
@@ -61,22 +79,27 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
             subject = html_escape(&s.rendered.subject),
             text = html_escape(&s.rendered.text),
         );
-        write(&dir.join(format!("{}.page.html", s.renderable.name)), &page)?;
+        write(&dir.join(format!("{file}.page.html")), &page)?;
     }
     let mut rows = String::new();
     let renderable = renderable(config);
     for Renderable { name, .. } in &renderable {
         rows.push_str(&format!("<tr><th>{}</th>", html_escape(name)));
         for locale in &locales {
-            let subject = samples
+            rows.push_str("<td>");
+            for s in samples
                 .iter()
-                .find(|s| &s.renderable.name == name && &s.locale == locale)
-                .map_or(String::new(), |s| html_escape(&s.rendered.subject));
-            rows.push_str(&format!(
-                "<td><a href=\"{locale}/{name}.page.html\">{subject}</a></td>",
-                locale = html_escape(locale),
-                name = html_escape(name),
-            ));
+                .filter(|s| &s.renderable.name == name && &s.locale == locale)
+            {
+                rows.push_str(&format!(
+                    "<a href=\"{locale}/{file}.page.html\" title=\"{sample}\">{subject}</a><br>",
+                    locale = html_escape(locale),
+                    file = html_escape(&page_name(&samples, s)),
+                    sample = html_escape(&s.sample),
+                    subject = html_escape(&s.rendered.subject),
+                ));
+            }
+            rows.push_str("</td>");
         }
         rows.push_str("</tr>");
     }
@@ -89,7 +112,7 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
          <style>body{{font-family:sans-serif;margin:1.5em}}td,th{{padding:.4em .8em;\
          text-align:left;border-bottom:1px solid #ddd}}</style></head><body>\
          <h1>Email previews</h1><p>{n} templates in {l} locales, rendered with the sample \
-         data in <code>templates/samples/</code>.</p>\
+         data in <code>templates/samples/</code>, one line per sample.</p>\
          <table><tr><th>template</th>{header}</tr>{rows}</table></body></html>",
         n = renderable.len(),
         l = locales.len(),
@@ -97,6 +120,25 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
     let index_path = out.join("index.html");
     write(&index_path, &index)?;
     Ok(index_path)
+}
+
+/// The file name of a sample's pages: the template's for its first sample
+/// (`order_confirmation`), the sample's name after it for the others
+/// (`order_confirmation--big-order`).
+fn page_name(samples: &[Sample], s: &Sample) -> String {
+    let first = samples
+        .iter()
+        .find(|o| o.renderable.name == s.renderable.name && o.locale == s.locale);
+    if first.is_some_and(|f| std::ptr::eq(f, s)) {
+        return s.renderable.name.clone();
+    }
+    let slug: String = s
+        .sample
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let slug: Vec<&str> = slug.split('-').filter(|p| !p.is_empty()).collect();
+    format!("{}--{}", s.renderable.name, slug.join("-"))
 }
 
 #[derive(Debug, thiserror::Error)]

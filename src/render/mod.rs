@@ -13,6 +13,7 @@
 
 mod helpers;
 mod inline;
+pub mod coverage;
 pub mod schema;
 mod walk;
 
@@ -20,7 +21,7 @@ pub use helpers::{format_date, format_money};
 pub use inline::{InlineError, inline_template};
 pub use walk::{HELPERS, accepts_null};
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,9 @@ pub struct LoadOptions {
     pub fallbacks: BTreeMap<String, String>,
     /// The brand settings the stylesheet is rendered with (`shop.*`).
     pub shop: Value,
+    /// Note which branches rendering reaches ([`coverage`]): for `check`,
+    /// never for sending.
+    pub record_branches: bool,
 }
 
 impl LoadOptions {
@@ -61,6 +65,7 @@ impl LoadOptions {
             locales: None,
             fallbacks: BTreeMap::new(),
             shop: Value::Null,
+            record_branches: false,
         }
     }
 }
@@ -167,13 +172,16 @@ pub struct Templates {
     fallbacks: BTreeMap<String, String>,
 }
 
-fn registry(escape: bool) -> Handlebars<'static> {
+fn registry(escape: bool, record_branches: bool) -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
     if !escape {
         hb.register_escape_fn(handlebars::no_escape);
     }
     helpers::register(&mut hb);
+    if record_branches {
+        coverage::register(&mut hb);
+    }
     hb
 }
 
@@ -303,9 +311,10 @@ impl Templates {
         let mut sets = BTreeMap::new();
         for locale in &locale_names {
             let mut set = LocaleSet {
-                html: registry(true),
-                html_as_written: registry(true),
-                text: registry(false),
+                html: registry(true, false),
+                // The walk and the branch listing read these two.
+                html_as_written: registry(true, options.record_branches),
+                text: registry(false, options.record_branches),
                 files: HashMap::new(),
             };
             let own_partials = hbs_files(&dir.join(locale).join("partials"));
@@ -465,6 +474,54 @@ impl Templates {
         problems
     }
 
+    /// Every branch of every part of `name` as `locale` renders it, and of
+    /// the partials they include (see the `coverage` module).
+    pub fn branches(&self, locale: &str, name: &str) -> Vec<coverage::Branch> {
+        let source = self.source_locale(locale, name).unwrap_or(locale);
+        let Some(set) = self.sets.get(source) else {
+            return Vec::new();
+        };
+        let mut branches = Vec::new();
+        for part in PARTS {
+            let key = format!("{name}.{part}");
+            let (registry, ext) = match part {
+                "html" => (&set.html_as_written, "html"),
+                _ => (&set.text, "txt"),
+            };
+            let Some(template) = registry.get_template(&key) else {
+                continue;
+            };
+            let partial_file =
+                |partial: &str| set.files.get(&format!("partial:{partial}.{ext}")).cloned();
+            branches.extend(coverage::blocks(
+                registry,
+                template,
+                &self.file(source, name, part),
+                &partial_file,
+            ));
+        }
+        branches
+    }
+
+    /// The branches rendering `name` in `locale` with `data` goes through,
+    /// on a set loaded with [`LoadOptions::record_branches`] (empty
+    /// otherwise). Errors are [`Templates::render`]'s to report.
+    pub fn reach(&self, name: &str, locale: &str, data: &Value) -> HashSet<coverage::BranchId> {
+        let source = self.source_locale(locale, name).unwrap_or(locale);
+        let Some(set) = self.sets.get(source) else {
+            return HashSet::new();
+        };
+        let recorder = coverage::Recorder::start();
+        for part in PARTS {
+            let registry = match part {
+                "html" => &set.html_as_written,
+                _ => &set.text,
+            };
+            let _ = registry.render(&format!("{name}.{part}"), data);
+        }
+        recorder.finish()
+    }
+
     /// Renders one email. `locale` must be one of [`Locales::available`];
     /// a template it lacks comes from its fallback locale.
     pub fn render(&self, template: &str, locale: &str, data: &Value) -> Result<Rendered, Problems> {
@@ -521,7 +578,7 @@ fn stylesheet(dir: &Path, shop: &Value) -> Result<String, Problem> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
         Err(e) => return Err(problem(&file, e.to_string())),
     };
-    let mut hb = registry(false);
+    let mut hb = registry(false, false);
     hb.register_template_string(STYLESHEET, source)
         .map_err(|e| template_error(&file, &e))?;
     hb.render(STYLESHEET, &serde_json::json!({ "shop": shop }))

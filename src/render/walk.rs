@@ -629,7 +629,7 @@ fn line_column(source: &str, at: usize) -> (usize, usize) {
     (line, before[start..].chars().count() + 1)
 }
 
-fn p_raw(path: &handlebars::Path) -> &str {
+pub(super) fn p_raw(path: &handlebars::Path) -> &str {
     match path {
         handlebars::Path::Relative((_, raw)) => raw,
         handlebars::Path::Local((_, _, raw)) => raw,
