@@ -26,7 +26,7 @@ use crate::render::Problems;
 /// `aftercare preview`: a static gallery of every template in every locale.
 ///
 /// `DIR/index.html` links a page per template and locale, which shows the
-/// subject, the HTML part in an iframe (`DIR/<locale>/<template>.html`, the
+/// subject and preheader, the HTML part in an iframe (`DIR/<locale>/<template>.html`, the
 /// email as sent) and the text part.
 pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewError> {
     let (templates, samples) = render_samples(config).map_err(PreviewError::Templates)?;
@@ -50,6 +50,7 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
              </style></head><body><p><a href=\"../index.html\">All templates</a></p>\
              <h1>{template} <small>({locale}{fallback})</small></h1>\
              <p><strong>Subject:</strong> <span class=\"subject\">{subject}</span></p>\
+             <p><strong>Preheader:</strong> <span class=\"preheader\">{preheader}</span></p>\
              <h2>HTML</h2><iframe src=\"{template}.html\" title=\"HTML part\"></iframe>\
              <h2>Text</h2><pre class=\"text\">{text}</pre></body></html>",
             template = html_escape(&s.renderable.name),
@@ -59,6 +60,7 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
                 .as_ref()
                 .map_or(String::new(), |f| format!(", from {}", html_escape(f))),
             subject = html_escape(&s.rendered.subject),
+            preheader = html_escape(&s.rendered.preheader),
             text = html_escape(&s.rendered.text),
         );
         write(&dir.join(format!("{}.page.html", s.renderable.name)), &page)?;
