@@ -79,7 +79,8 @@ fn renders_html_escaped_and_text_verbatim() {
     let (preheader, html) = r.html.split_once("</div>").unwrap();
     assert!(
         preheader.starts_with("<div class=\"preheader\" style=\"display:none;")
-            && preheader.contains(">Your tea is on its way, &lt;Anna &amp; &quot;Co&quot;&gt;&zwnj;&nbsp;"),
+            && preheader
+                .contains(">Your tea is on its way, &lt;Anna &amp; &quot;Co&quot;&gt;&zwnj;&nbsp;"),
         "{preheader}"
     );
     assert_eq!(
@@ -122,7 +123,9 @@ fn the_preheader_is_the_first_thing_in_the_body_hidden_and_not_in_the_text_part(
         assert!(block.contains(style), "{style}: {block}");
     }
     assert!(
-        block.contains(">Your tea is on its way, &lt;Anna &amp; &quot;Co&quot;&gt;&zwnj;&nbsp;&zwnj;&nbsp;"),
+        block.contains(
+            ">Your tea is on its way, &lt;Anna &amp; &quot;Co&quot;&gt;&zwnj;&nbsp;&zwnj;&nbsp;"
+        ),
         "escaped, then padded: {block}"
     );
     assert!(block.trim_end().ends_with("&zwnj;&nbsp;</div>"), "{block}");
@@ -174,7 +177,11 @@ fn a_preheader_error_points_into_its_file() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].file, dir.path().join("en/hello.preheader.hbs"));
     assert_eq!(problems[0].line, Some(2), "{:?}", problems[0]);
-    assert!(problems[0].message.contains("customer.nmae"), "{:?}", problems[0]);
+    assert!(
+        problems[0].message.contains("customer.nmae"),
+        "{:?}",
+        problems[0]
+    );
 }
 
 #[test]
