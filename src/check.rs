@@ -11,7 +11,8 @@
 //! may be `null` used outside a guard, and event data in triple braces,
 //! which would reach the HTML unescaped. Besides what rendering finds (a
 //! missing variable, partial or helper), `check` refuses a subject longer
-//! than `check.max_subject_chars`.
+//! than `check.max_subject_chars`, and a preheader that is empty or longer
+//! than `check.max_preheader_chars`.
 
 use std::path::{Path, PathBuf};
 
@@ -166,6 +167,22 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
                                     "subject is {chars} characters with sample \"{sample}\", more than check.max_subject_chars ({})",
                                     config.check.max_subject_chars
                                 ),
+                            ));
+                        }
+                        let chars = rendered.preheader.chars().count();
+                        let max = config.check.max_preheader_chars;
+                        if chars == 0 || chars > max {
+                            problems.push(problem(
+                                &templates.file(locale, name, "preheader"),
+                                None,
+                                None,
+                                if chars == 0 {
+                                    format!("preheader is empty with sample \"{sample}\": write the line an inbox shows after the subject")
+                                } else {
+                                    format!(
+                                        "preheader is {chars} characters with sample \"{sample}\", more than check.max_preheader_chars ({max})"
+                                    )
+                                },
                             ));
                         }
                         samples.push(Sample {

@@ -604,6 +604,11 @@ pub struct CheckConfig {
     /// Longest subject, in characters, with the sample data: mail clients
     /// cut long ones.
     pub max_subject_chars: usize,
+    /// Longest preheader (the inbox preview text), in characters, with the
+    /// sample data: inboxes show the first 40 to 140 or so, and a longer
+    /// one only pushes the padding that keeps the body out of the preview
+    /// further down.
+    pub max_preheader_chars: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -693,6 +698,10 @@ pub struct ShopConfig {
     pub returns_url: String,
     /// Brand colours, used by the stylesheet `templates/style.css.hbs`.
     pub colors: BrandColors,
+    /// The same colours for a reader whose mail client is in dark mode
+    /// (`prefers-color-scheme: dark`): the layout declares both schemes
+    /// rather than forcing light, so the client does not invert it itself.
+    pub dark_colors: BrandColors,
     /// Public base of the unsubscribe link on marketing emails: the signed
     /// token is appended (`<unsubscribe_url>/<token>`).
     pub unsubscribe_url: String,
@@ -1420,12 +1429,17 @@ impl Config {
         check_unsubscribe_url(&self.shop.unsubscribe_url)
             .map_err(|reason| invalid("shop.unsubscribe_url", reason))?;
         self.check_durations()?;
-        for (name, color) in self.shop.colors.each() {
-            if !is_hex_color(color) {
-                return Err(invalid(
-                    format!("shop.colors.{name}"),
-                    format!("`{color}` is not a colour like #2f4a3a"),
-                ));
+        for (table, colors) in [
+            ("colors", &self.shop.colors),
+            ("dark_colors", &self.shop.dark_colors),
+        ] {
+            for (name, color) in colors.each() {
+                if !is_hex_color(color) {
+                    return Err(invalid(
+                        format!("shop.{table}.{name}"),
+                        format!("`{color}` is not a colour like #2f4a3a"),
+                    ));
+                }
             }
         }
         self.validate_locales()?;
@@ -1963,6 +1977,9 @@ mod tests {
         let e = err("[shop.colors]\nprimary = \"red; background: url(x)\"\n");
         assert!(e.contains("shop.colors.primary"), "{e}");
         assert!(load_str("[shop.colors]\nprimary = \"#a0b\"\n").is_ok());
+        let e = err("[shop.dark_colors]\nsurface = \"#1f2321; color: red\"\n");
+        assert!(e.contains("shop.dark_colors.surface"), "{e}");
+        assert!(load_str("[shop.dark_colors]\nsurface = \"#000\"\n").is_ok());
         let e = err("locale_fallback = { am = \"am\" }\n");
         assert!(e.contains("locale_fallback.am"), "{e}");
         let rule = |variants: &str| {

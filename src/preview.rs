@@ -26,7 +26,7 @@ use crate::render::Problems;
 /// `aftercare preview`: a static gallery of every template in every locale.
 ///
 /// `DIR/index.html` links a page per template, locale and sample, which
-/// shows the subject, the HTML part in an iframe
+/// shows the subject and preheader, the HTML part in an iframe
 /// (`DIR/<locale>/<template>.html` for the first sample,
 /// `<template>--<sample>.html` for the others: the email as sent), the text
 /// part and links to the other samples.
@@ -67,6 +67,7 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
              <h1>{template} <small>({locale}{fallback})</small></h1>\
              <p class=\"samples\">Samples: {siblings}</p>\
              <p><strong>Subject:</strong> <span class=\"subject\">{subject}</span></p>\
+             <p><strong>Preheader:</strong> <span class=\"preheader\">{preheader}</span></p>\
              <h2>HTML</h2><iframe src=\"{file}.html\" title=\"HTML part\"></iframe>\
              <h2>Text</h2><pre class=\"text\">{text}</pre></body></html>",
             template = html_escape(&s.renderable.name),
@@ -77,6 +78,7 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
                 .as_ref()
                 .map_or(String::new(), |f| format!(", from {}", html_escape(f))),
             subject = html_escape(&s.rendered.subject),
+            preheader = html_escape(&s.rendered.preheader),
             text = html_escape(&s.rendered.text),
         );
         write(&dir.join(format!("{file}.page.html")), &page)?;

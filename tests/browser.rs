@@ -1,31 +1,35 @@
 //! The preview gallery in a real browser: every page opened in headless
 //! Chromium (Debian's `chromium`, driven by `playwright-core` from
 //! `tests/browser/`; `scripts/test.sh` installs both). Every page must load
-//! and show its subject, with no broken image and no console error.
-//! Screenshots of a few emails are kept in `target/test-artifacts/preview/`.
+//! and show its subject, with no broken image and no console error; every
+//! email must hold at 320, 375 and 600 px without anything reaching past
+//! the right edge. Screenshots of every email at each width are kept in
+//! `target/test-artifacts/preview/<width>/<locale>/`.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
+use aftercare::config::Config;
 use common::repo;
 
-/// Runs `tests/browser/gallery.mjs`; `(exit ok, its JSON report)`.
-fn gallery(broken_logo: bool) -> (bool, serde_json::Value) {
+/// Runs `tests/browser/gallery.mjs` on `templates` with `env`; `(exit ok,
+/// its JSON report)`.
+fn gallery(templates: &Path, artifacts: &Path, env: &[(&str, &str)]) -> (bool, serde_json::Value) {
     let browser = repo().join("tests/browser");
     assert!(
         browser.join("node_modules/playwright-core").is_dir(),
         "playwright-core is not installed: run scripts/test.sh (or npm ci in tests/browser)"
     );
     let work = tempfile::tempdir().unwrap();
-    let artifacts = repo().join("target/test-artifacts/preview");
     let out = Command::new("node")
         .arg(browser.join("gallery.mjs"))
         .arg(common::BIN)
-        .arg(repo().join("templates"))
+        .arg(templates)
         .arg(work.path())
-        .arg(&artifacts)
-        .env("BROKEN_LOGO", if broken_logo { "1" } else { "0" })
+        .arg(artifacts)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "warn")
         .output()
         .expect("node is installed");
@@ -43,40 +47,176 @@ fn gallery(broken_logo: bool) -> (bool, serde_json::Value) {
     (out.status.success(), report)
 }
 
-#[test]
-fn every_gallery_page_loads_in_chromium_with_its_subject_and_images() {
-    let (ok, report) = gallery(false);
-    assert!(ok, "{report}");
-    // 14 templates, review_request in two variants, three locales.
-    assert_eq!(report["pages"], 45, "{report}");
-    assert_eq!(report["images"], 45, "one logo per email: {report}");
-    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
-    for shot in [
-        "en-order_confirmation.png",
-        "hy-review_request.b.png",
-        "am-shipping_update.png",
-    ] {
-        let path = repo().join("target/test-artifacts/preview").join(shot);
-        let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(png.starts_with(b"\x89PNG"), "{shot}");
-    }
-}
-
-#[test]
-fn a_broken_image_is_noticed() {
-    let (ok, report) = gallery(true);
-    assert!(!ok, "{report}");
-    let problems: Vec<&str> = report["problems"]
+fn strings(value: &serde_json::Value) -> Vec<&str> {
+    value
         .as_array()
         .unwrap()
         .iter()
         .map(|p| p.as_str().unwrap())
+        .collect()
+}
+
+/// A copy of the shipped templates with `edit` applied to one file.
+fn edited_templates(file: &str, edit: impl FnOnce(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&repo().join("templates"), dir.path());
+    let path = dir.path().join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(text)).unwrap();
+    dir
+}
+
+/// `#rrggbb` as the browser computes it: `rgb(r, g, b)`.
+fn rgb(hex: &str) -> String {
+    let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).unwrap();
+    format!("rgb({}, {}, {})", byte(1), byte(3), byte(5))
+}
+
+#[test]
+fn every_email_of_the_gallery_loads_and_holds_at_phone_and_desktop_widths() {
+    let artifacts = repo().join("target/test-artifacts/preview");
+    let (ok, report) = gallery(&repo().join("templates"), &artifacts, &[]);
+    assert!(ok, "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    // What the index links: at least one page for every template (and
+    // variant) of the journeys in every locale, however many samples each.
+    let config = Config::load(None, []).unwrap();
+    let links: Vec<&str> = report["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["page"].as_str().unwrap())
         .collect();
+    assert_eq!(report["pages"], links.len(), "{report}");
+    for r in aftercare::check::renderable(&config) {
+        for locale in &config.locales {
+            let prefix = format!("{locale}/{}.", r.name);
+            assert!(
+                links
+                    .iter()
+                    .any(|l| l.starts_with(&prefix) && l.ends_with(".page.html")),
+                "no page for {prefix}: {links:?}"
+            );
+        }
+    }
+    assert_eq!(
+        report["images"],
+        links.len(),
+        "one logo per email: {report}"
+    );
+    // Every email screenshot at every width.
+    let shots = strings(&report["shots"]);
+    assert_eq!(shots.len(), links.len() * 3, "{report}");
+    for width in ["320", "375", "600"] {
+        let path = artifacts.join(width).join("hy/order_confirmation.png");
+        let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(png.starts_with(b"\x89PNG"), "{}", path.display());
+    }
+    for shot in shots {
+        assert!(artifacts.join(shot).is_file(), "{shot}");
+    }
+    // In dark mode the reader gets [shop.dark_colors], not light forced.
+    let dark = report["dark"].as_array().unwrap();
+    assert_eq!(dark.len(), config.locales.len(), "{report}");
+    for email in dark {
+        assert_eq!(
+            email["body"],
+            rgb(&config.shop.dark_colors.background),
+            "{report}"
+        );
+        assert_eq!(
+            email["card"],
+            rgb(&config.shop.dark_colors.surface),
+            "{report}"
+        );
+    }
+}
+
+#[test]
+fn a_big_order_with_long_names_and_six_digit_amounts_holds_at_320_px() {
+    // The confirmation's sample, in drams and birr, with names that do not
+    // break at spaces.
+    let templates = edited_templates("samples/order_confirmation.json", |text| {
+        let mut sample: serde_json::Value = serde_json::from_str(&text).unwrap();
+        sample["order"]["currency"] = "AMD".into();
+        sample["order"]["total"] = "1431999.99".into();
+        sample["order"]["items"] = serde_json::json!([
+            {"sku": "SAM-5", "name": "Ձեռագործ պղնձե սամովար «Արարատ», 5 լիտր",
+             "quantity": 6, "unit_price": "185000.00", "line_total": "1110000.00"},
+            {"sku": "DAR-1", "name": "Premium-Darjeeling-First-Flush-Single-Estate-Castleton-FTGFOP1-Muscatel",
+             "quantity": 12, "unit_price": "18500.00", "line_total": "222000.00"},
+            {"sku": "SET-6", "name": "ሙሉየሻይማፍያስብስብከስድስትስኒዎችጋርናከእንጨትትሪጋር",
+             "quantity": 1, "unit_price": "99999.99", "line_total": "99999.99"},
+        ]);
+        serde_json::to_string(&sample).unwrap()
+    });
+    let artifacts = tempfile::tempdir().unwrap();
+    let (ok, report) = gallery(
+        templates.path(),
+        artifacts.path(),
+        &[
+            (
+                "ONLY",
+                "en/order_confirmation.,hy/order_confirmation.,am/order_confirmation.",
+            ),
+            ("WIDTHS", "320,375"),
+        ],
+    );
+    assert!(ok, "{report}");
+    assert_eq!(report["pages"], 3, "{report}");
+}
+
+#[test]
+fn an_email_wider_than_the_screen_is_noticed_with_its_element() {
+    // A marketer's fixed-width block in one email.
+    let templates = edited_templates("hy/welcome.html.hbs", |text| {
+        text.replace(
+            "{{> signoff}}",
+            "<p style=\"width:640px\">Լայն պարբերություն</p>\n{{> signoff}}",
+        )
+    });
+    let artifacts = tempfile::tempdir().unwrap();
+    let (ok, report) = gallery(
+        templates.path(),
+        artifacts.path(),
+        &[("ONLY", "hy/welcome.,en/welcome.")],
+    );
+    assert!(!ok, "{report}");
+    let problems = strings(&report["problems"]);
+    // At every width the paragraph is named, not the cells it widens; the
+    // English email is fine.
+    for width in ["320", "375", "600"] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(&format!(
+                "hy/welcome.html at {width}px: overflow: <p> \"Լայն պարբերություն\" reaches"
+            ))),
+            "{report}"
+        );
+    }
+    assert!(
+        problems.len() == 3
+            && problems
+                .iter()
+                .all(|p| p.starts_with("hy/welcome.html at ")),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_broken_image_is_noticed() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let (ok, report) = gallery(
+        &repo().join("templates"),
+        artifacts.path(),
+        &[("BROKEN_LOGO", "1"), ("WIDTHS", "375")],
+    );
+    assert!(!ok, "{report}");
+    let problems = strings(&report["problems"]);
     let broken = problems
         .iter()
         .filter(|p| p.contains("broken image"))
         .count();
-    assert_eq!(broken, 45, "one per email: {report}");
+    assert_eq!(broken, report["pages"], "one per email: {report}");
     // The failed load is also seen on the console.
     assert!(problems.iter().any(|p| p.contains("console:")), "{report}");
 }

@@ -658,6 +658,64 @@ fn check_refuses_a_subject_longer_than_the_limit() {
 }
 
 #[test]
+fn check_names_a_missing_preheader() {
+    let work = broken_templates("en/welcome.txt.hbs", |t| t);
+    std::fs::remove_file(work.path("templates/hy/shipping_delay.preheader.hbs")).unwrap();
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "templates/hy/shipping_delay.preheader.hbs: missing: template `shipping_delay` has no preheader part in locale `hy`"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_refuses_a_preheader_too_long_or_empty() {
+    let work = broken_templates("am/win_back.preheader.hbs", |_| {
+        // Blank: nothing once whitespace is folded.
+        " \n  \n".to_owned()
+    });
+    let shipped = std::fs::read_to_string(work.config()).unwrap();
+    std::fs::write(
+        work.config(),
+        format!("{shipped}[check]\nmax_preheader_chars = 60\n"),
+    )
+    .unwrap();
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains("templates/am/win_back.preheader.hbs: preheader is empty"),
+        "{err}"
+    );
+    // The English preheader of the confirmation, with its sample, is longer.
+    assert!(
+        err.contains("templates/en/order_confirmation.preheader.hbs: preheader is")
+            && err.contains("more than check.max_preheader_chars (60)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_walks_the_preheader_like_the_subject() {
+    let work = broken_templates("en/shipping_update.preheader.hbs", |t| {
+        format!("{{{{shipment.carier}}}} {t}")
+    });
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "templates/en/shipping_update.preheader.hbs:1:1: `shipment.carier` is not in the data of `shipping_update`: did you mean `shipment.carrier`?"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_refuses_customer_data_in_triple_braces() {
     let work = broken_templates("en/welcome.html.hbs", |t| {
         format!("{t}\n<p>Hello {{{{{{customer.name}}}}}}</p>\n")

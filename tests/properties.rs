@@ -497,7 +497,7 @@ proptest! {
         subject in "[a-zA-Z \\r\\n:]{1,40}",
     ) {
         let from: lettre::message::Mailbox = "Shop <shop@example.com>".parse().unwrap();
-        let rendered = Rendered { subject, html: "<p>x</p>".into(), text: "x".into() };
+        let rendered = Rendered { subject, preheader: String::new(), html: "<p>x</p>".into(), text: "x".into() };
         let message = aftercare::mailer::build(
             &from,
             None,

@@ -147,6 +147,7 @@ mod tests {
     fn rendered(subject: &str) -> Rendered {
         Rendered {
             subject: subject.to_owned(),
+            preheader: "Թեյը ճանապարհին է".to_owned(),
             html: "<p>Բարեւ</p>".to_owned(),
             text: "Բարեւ & <hi>".to_owned(),
         }

@@ -17,6 +17,11 @@
 //! Rules apply file by file: a partial is inlined on its own, so a selector
 //! matches by the element's own tag, class or id (`.button`, `td.price`),
 //! not by ancestors in another file.
+//!
+//! `@media` rules (narrow screens, dark mode) cannot go into a `style`
+//! attribute: they stay in a `<style>` at the end of the `<head>` of the
+//! whole document (the layout), where they match across files; a fragment
+//! (a template, a partial) drops them, since the layout carries them.
 
 use css_inline::CSSInliner;
 
@@ -61,12 +66,48 @@ pub fn inline_template(source: &str, css: &str) -> Result<String, InlineError> {
     });
     let inlined = if whole_document {
         let with_sheet = inject_sheet(&masked, css);
-        inliner.inline(&with_sheet)
+        inliner
+            .inline(&with_sheet)
+            .map(|html| kept_rules_last(&html))
     } else {
         inliner.inline_fragment(&masked, css)
     }
     .map_err(|e| InlineError::Css(e.to_string()))?;
     Ok(unmask(&inlined, &holes))
+}
+
+/// The inliner writes the rules it keeps (`@media`) first in `<head>`:
+/// moved to its end, after `<meta charset>` (which must come in the first
+/// 1024 bytes) and the other metas, one line each.
+fn kept_rules_last(html: &str) -> String {
+    const OPEN: &str = "<head><style>";
+    let Some(start) = html.find(OPEN).map(|at| at + "<head>".len()) else {
+        return html.to_owned();
+    };
+    let Some(len) = html[start..]
+        .find("</style>")
+        .map(|end| end + "</style>".len())
+    else {
+        return html.to_owned();
+    };
+    let Some(head_end) = html[start + len..]
+        .find("</head>")
+        .map(|at| at + start + len)
+    else {
+        return html.to_owned();
+    };
+    let style: String = html[start..start + len]
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!(
+        "{}{}{style}\n{}",
+        &html[..start],
+        &html[start + len..head_end],
+        &html[head_end..]
+    )
 }
 
 /// Puts the stylesheet in the document's head, for the inliner to apply.
@@ -230,6 +271,35 @@ mod tests {
             out.contains("<p style=\"margin:0\">{{> @partial-block}}</p>"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn media_rules_survive_at_the_end_of_the_head_and_only_there() {
+        let css = "td.cell { padding: 24px } \
+                   @media only screen and (max-width: 480px) {\n  td.cell { padding: 8px !important; }\n}\n\
+                   @media (prefers-color-scheme: dark) { td.cell { color: #eee !important; } }";
+        let source = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\n<title>{{shop.name}}</title>\n</head>\
+                      <body><table><tr><td class=\"cell\">{{> @partial-block}}</td></tr></table></body></html>";
+        let out = inline_template(source, css).unwrap();
+        assert!(
+            out.contains("<td class=\"cell\" style=\"padding:24px\">"),
+            "{out}"
+        );
+        let head = &out[..out.find("</head>").unwrap()];
+        let meta = head.find("<meta charset").unwrap();
+        let narrow = head
+            .find("@media only screen and (max-width: 480px) {")
+            .unwrap();
+        let dark = head.find("@media (prefers-color-scheme: dark)").unwrap();
+        assert!(meta < narrow && narrow < dark, "{out}");
+        assert!(
+            head.contains("td.cell { padding: 8px !important; }"),
+            "{out}"
+        );
+        assert!(head.trim_end().ends_with("</style>"), "{out}");
+        // A fragment gets the plain rules; the layout carries the others.
+        let out = inline_template("<p><td class=\"cell\">x</td></p>", css).unwrap();
+        assert!(!out.contains("@media") && !out.contains("<style"), "{out}");
     }
 
     #[test]

@@ -28,12 +28,17 @@ use std::path::{Path, PathBuf};
 use handlebars::{Handlebars, RenderError, RenderErrorReason, TemplateError, TemplateErrorReason};
 use serde_json::Value;
 
-/// The three parts of every email template.
-pub const PARTS: [&str; 3] = ["subject", "html", "txt"];
+/// The parts of every email template. The preheader is the line an inbox
+/// shows after the subject; it is written as plain text, like the subject,
+/// and put at the top of the HTML part, hidden (see [`preheader_block`]).
+pub const PARTS: [&str; 4] = ["subject", "preheader", "html", "txt"];
 
 /// The parts a template must have; the text part, when missing, is derived
 /// from the HTML.
-const REQUIRED_PARTS: [&str; 2] = ["subject", "html"];
+const REQUIRED_PARTS: [&str; 3] = ["subject", "preheader", "html"];
+
+/// The parts rendered as one line of plain text, whitespace folded.
+const LINE_PARTS: [&str; 2] = ["subject", "preheader"];
 
 /// The brand stylesheet, inlined into every HTML template at load time.
 pub const STYLESHEET: &str = "style.css.hbs";
@@ -114,6 +119,9 @@ pub struct Problems(pub Vec<Problem>);
 pub struct Rendered {
     /// One line: newlines and runs of spaces folded.
     pub subject: String,
+    /// The inbox preview text, one line like the subject (empty when the
+    /// template has none); already at the top of `html`, hidden.
+    pub preheader: String,
     pub html: String,
     pub text: String,
 }
@@ -170,6 +178,61 @@ pub struct Templates {
     locales: Locales,
     sets: BTreeMap<String, LocaleSet>,
     fallbacks: BTreeMap<String, String>,
+    /// The hidden preheader `<div>`, styled by the stylesheet, with
+    /// [`PREHEADER_TEXT`] where the text goes.
+    preheader: String,
+}
+
+/// Where the preheader's text goes in [`PREHEADER_BLOCK`].
+const PREHEADER_TEXT: &str = "{{preheader}}";
+
+/// The preheader as every inbox expects it: the first text of the body,
+/// never shown in the email itself. The hiding is written here, not in the
+/// stylesheet, so that a shop's own stylesheet cannot make it visible; the
+/// stylesheet adds the rest (`div.preheader`: the font).
+const PREHEADER_BLOCK: &str = "<div class=\"preheader\" style=\"display:none;font-size:1px;line-height:1px;\
+     max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all\">{{preheader}}</div>";
+
+/// After the preheader: without it, an inbox fills the rest of the preview
+/// with the first words of the body ("View in browser", the greeting).
+/// Zero-width non-joiners and no-break spaces show as nothing.
+const PREHEADER_PADDING: &str = "&zwnj;&nbsp;";
+
+/// How many [`PREHEADER_PADDING`]s follow the text: enough for the longest
+/// preview an inbox shows (about 200 characters) after a short preheader.
+const PREHEADER_PADDING_COUNT: usize = 100;
+
+/// `preheader` as the hidden block `block` (see [`PREHEADER_BLOCK`]),
+/// HTML-escaped and padded.
+fn preheader_block(block: &str, preheader: &str) -> String {
+    let text = format!(
+        "{}{}",
+        handlebars::html_escape(preheader),
+        PREHEADER_PADDING.repeat(PREHEADER_PADDING_COUNT)
+    );
+    block.replacen(PREHEADER_TEXT, &text, 1)
+}
+
+/// `html` with `block` as the first thing in its `<body>` (or at the start,
+/// for a template without one).
+fn insert_after_body_tag(html: &str, block: &str) -> String {
+    let lower = html.to_ascii_lowercase();
+    let at = lower
+        .match_indices("<body")
+        .find(|(i, _)| {
+            lower[i + 5..]
+                .chars()
+                .next()
+                .is_some_and(|c| c == '>' || c.is_ascii_whitespace())
+        })
+        .and_then(|(i, _)| lower[i..].find('>').map(|end| i + end + 1))
+        .unwrap_or(0);
+    format!("{}{block}{}", &html[..at], &html[at..])
+}
+
+/// Folds newlines and runs of spaces into one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn registry(escape: bool, record_branches: bool) -> Handlebars<'static> {
@@ -301,6 +364,13 @@ impl Templates {
                 String::new()
             }
         };
+        let preheader = inline_template(PREHEADER_BLOCK, &css).unwrap_or_else(|e| {
+            problems.push(problem(
+                dir.join(STYLESHEET),
+                format!("inlining the stylesheet into the preheader: {e}"),
+            ));
+            PREHEADER_BLOCK.to_owned()
+        });
         let shared = match hbs_files(&dir.join("partials")) {
             Ok(files) => files,
             Err(p) => {
@@ -347,6 +417,7 @@ impl Templates {
             locales: Locales::new(locale_names, default_locale),
             sets,
             fallbacks: options.fallbacks.clone(),
+            preheader,
         })
     }
 
@@ -537,6 +608,13 @@ impl Templates {
                 .map_err(|e| set.render_problem(&self.file(source, template, part), &e))
         };
         let subject = part(&set.text, "subject");
+        let preheader = if set.files.contains_key(&format!("{template}.preheader")) {
+            part(&set.text, "preheader").map(|p| one_line(&p))
+        } else {
+            // `require` (and so `check` and `run`) refuse a template without
+            // one; a set loaded without it renders none.
+            Ok(String::new())
+        };
         let html = part(&set.html, "html").map_err(|inlined| {
             // Same data, same failure: take its position in the file as
             // written.
@@ -556,14 +634,23 @@ impl Templates {
                 Err(_) => Ok(String::new()),
             }
         };
-        match (subject, html, text) {
-            (Ok(subject), Ok(html), Ok(text)) => Ok(Rendered {
-                subject: subject.split_whitespace().collect::<Vec<_>>().join(" "),
-                html,
+        match (subject, preheader, html, text) {
+            (Ok(subject), Ok(preheader), Ok(html), Ok(text)) => Ok(Rendered {
+                subject: one_line(&subject),
+                // After the text part is derived: the preheader is not in it.
+                html: if preheader.is_empty() {
+                    html
+                } else {
+                    insert_after_body_tag(&html, &preheader_block(&self.preheader, &preheader))
+                },
+                preheader,
                 text,
             }),
-            (s, h, t) => Err(Problems(
-                [s.err(), h.err(), t.err()].into_iter().flatten().collect(),
+            (s, p, h, t) => Err(Problems(
+                [s.err(), p.err(), h.err(), t.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             )),
         }
     }
@@ -609,7 +696,10 @@ fn register(
 impl LocaleSet {
     fn add(&mut self, file: &Path, partial: bool, css: &str) -> Result<(), Problem> {
         let Some((stem, part)) = split_name(file) else {
-            return Err(problem(file, "not named <template>.<subject|html|txt>.hbs"));
+            return Err(problem(
+                file,
+                "not named <template>.<subject|preheader|html|txt>.hbs",
+            ));
         };
         let mut source = std::fs::read_to_string(file).map_err(|e| problem(file, e.to_string()))?;
         let name = if partial {
@@ -626,11 +716,12 @@ impl LocaleSet {
         }
         let hb = match part.as_str() {
             "html" => &mut self.html,
-            "txt" | "subject" if !(partial && part == "subject") => &mut self.text,
+            "txt" => &mut self.text,
+            line if LINE_PARTS.contains(&line) && !partial => &mut self.text,
             _ => {
                 return Err(problem(
                     file,
-                    format!("unknown part `{part}`: use subject, html or txt"),
+                    format!("unknown part `{part}`: use subject, preheader, html or txt"),
                 ));
             }
         };

@@ -31,6 +31,10 @@ const GOOD: &[(&str, &str)] = &[
     ("en/partials/footer.txt.hbs", "{{shop.name}}"),
     ("en/hello.subject.hbs", "Hello\n  {{customer.name}}"),
     (
+        "en/hello.preheader.hbs",
+        "Your tea\n  is on   its way, {{customer.name}}\n",
+    ),
+    (
         "en/hello.html.hbs",
         "{{#> layout}}<b>{{customer.name}}</b> {{money total \"EUR\"}}{{/layout}}",
     ),
@@ -41,6 +45,7 @@ const GOOD: &[(&str, &str)] = &[
     ("hy/partials/footer.html.hbs", "<p>{{shop.name}}</p>"),
     ("hy/partials/footer.txt.hbs", "{{shop.name}}"),
     ("hy/hello.subject.hbs", "Բարեւ {{customer.name}}"),
+    ("hy/hello.preheader.hbs", "Թեյը ճանապարհին է"),
     (
         "hy/hello.html.hbs",
         "{{#> layout}}{{money total \"EUR\"}}{{/layout}}",
@@ -69,20 +74,125 @@ fn renders_html_escaped_and_text_verbatim() {
     let dir = fixture(GOOD);
     let r = load(dir.path()).render("hello", "en", &data("en")).unwrap();
     assert_eq!(r.subject, "Hello <Anna & \"Co\">");
+    assert_eq!(r.preheader, "Your tea is on its way, <Anna & \"Co\">");
+    // No <body>: the hidden preheader comes first.
+    let (preheader, html) = r.html.split_once("</div>").unwrap();
+    assert!(
+        preheader.starts_with("<div class=\"preheader\" style=\"display:none;")
+            && preheader
+                .contains(">Your tea is on its way, &lt;Anna &amp; &quot;Co&quot;&gt;&zwnj;&nbsp;"),
+        "{preheader}"
+    );
     assert_eq!(
-        r.html,
+        html,
         "<html><b>&lt;Anna &amp; &quot;Co&quot;&gt;</b> €1,234.50<p>Tea &amp; Kettle</p></html>"
     );
     assert_eq!(r.text, "Hi <Anna & \"Co\">, items -- Tea & Kettle");
+}
+
+/// A layout as the shipped one: a whole document with a `<body>`.
+const DOCUMENT_LAYOUT: &str = "<!DOCTYPE html>\n<html><head><title>{{shop.name}}</title></head>\n\
+     <body class=\"email\">\n<table class=\"wrapper\"><tr><td>{{> @partial-block}}</td></tr></table>\n</body></html>";
+
+#[test]
+fn the_preheader_is_the_first_thing_in_the_body_hidden_and_not_in_the_text_part() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "partials/layout.html.hbs" && *p != "en/hello.txt.hbs");
+    files.push(("partials/layout.html.hbs", DOCUMENT_LAYOUT));
+    files.push((
+        "style.css.hbs",
+        "div.preheader { font-family: 'Noto Sans Armenian', sans-serif } \
+         table.wrapper { width: 100% }",
+    ));
+    let dir = fixture(&files);
+    let mut options = LoadOptions::new("en");
+    options.shop = json!({});
+    let t = Templates::load(dir.path(), &options).unwrap();
+    t.require(&["hello"]).unwrap();
+    let r = t.render("hello", "en", &data("en")).unwrap();
+    let body = r.html.find("<body class=\"email\">").unwrap() + "<body class=\"email\">".len();
+    let block = &r.html[body..r.html.find("<table").unwrap()];
+    // Hidden in every client, Outlook's too; the stylesheet adds the font.
+    for style in [
+        "display:none",
+        "max-height:0",
+        "overflow:hidden",
+        "mso-hide:all",
+        "font-family:'Noto Sans Armenian'",
+    ] {
+        assert!(block.contains(style), "{style}: {block}");
+    }
+    assert!(
+        block.contains(
+            ">Your tea is on its way, &lt;Anna &amp; &quot;Co&quot;&gt;&zwnj;&nbsp;&zwnj;&nbsp;"
+        ),
+        "escaped, then padded: {block}"
+    );
+    assert!(block.trim_end().ends_with("&zwnj;&nbsp;</div>"), "{block}");
+    // The text part made from the HTML is the email, without the preview.
+    assert!(r.text.contains("€1,234.50"), "{}", r.text);
+    assert!(!r.text.contains("Your tea"), "{}", r.text);
+    // The other locale has its own.
+    let r = t.render("hello", "hy", &data("hy")).unwrap();
+    assert_eq!(r.preheader, "Թեյը ճանապարհին է");
+    assert!(r.html.contains(">Թեյը ճանապարհին է&zwnj;"), "{}", r.html);
+}
+
+#[test]
+fn a_missing_preheader_is_named_like_a_missing_subject() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "hy/hello.preheader.hbs");
+    let dir = fixture(&files);
+    let t = load(dir.path());
+    let Problems(problems) = t.require(&["hello"]).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].file, dir.path().join("hy/hello.preheader.hbs"));
+    assert!(
+        problems[0]
+            .message
+            .contains("no preheader part in locale `hy`"),
+        "{}",
+        problems[0].message
+    );
+    // A fallback covers it, as it covers the other parts.
+    files.retain(|(p, _)| !p.starts_with("hy/hello."));
+    let dir = fixture(&files);
+    let mut options = LoadOptions::new("en");
+    options.fallbacks.insert("hy".into(), "en".into());
+    let t = Templates::load(dir.path(), &options).unwrap();
+    t.require(&["hello"]).unwrap();
+    let r = t.render("hello", "hy", &data("hy")).unwrap();
+    assert_eq!(r.preheader, "Your tea is on its way, <Anna & \"Co\">");
+}
+
+#[test]
+fn a_preheader_error_points_into_its_file() {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != "en/hello.preheader.hbs");
+    files.push(("en/hello.preheader.hbs", "Hi\n{{customer.nmae}}"));
+    let dir = fixture(&files);
+    let Problems(problems) = load(dir.path())
+        .render("hello", "en", &data("en"))
+        .unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].file, dir.path().join("en/hello.preheader.hbs"));
+    assert_eq!(problems[0].line, Some(2), "{:?}", problems[0]);
+    assert!(
+        problems[0].message.contains("customer.nmae"),
+        "{:?}",
+        problems[0]
+    );
 }
 
 #[test]
 fn locale_helpers_follow_the_data() {
     let dir = fixture(GOOD);
     let r = load(dir.path()).render("hello", "hy", &data("hy")).unwrap();
-    assert_eq!(
-        r.html,
-        "<html>1\u{a0}234,50\u{a0}€<p>Tea &amp; Kettle</p></html>"
+    assert!(
+        r.html
+            .ends_with("</div><html>1\u{a0}234,50\u{a0}€<p>Tea &amp; Kettle</p></html>"),
+        "{}",
+        r.html
     );
 }
 
