@@ -231,7 +231,7 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
 /// A sample as it is rendered in `locale`: the shop from the config (a
 /// sample may override single keys, a shop without a logo), the customer's
 /// locale set to `locale`, tiers in that locale's words, as when sent.
-fn sample_data(sample: &Value, shop: &Value, locale: &str, journeys: &Journeys) -> Value {
+pub fn sample_data(sample: &Value, shop: &Value, locale: &str, journeys: &Journeys) -> Value {
     let mut data = sample.clone();
     let mut shop = shop.clone();
     if let (Some(shop), Some(own)) = (shop.as_object_mut(), sample["shop"].as_object()) {
@@ -304,7 +304,12 @@ fn read_samples(path: &Path) -> Result<Vec<(String, Value)>, Problem> {
         return Ok(vec![("sample".to_owned(), Value::Object(map))]);
     }
     if map.is_empty() {
-        return Err(problem(path, None, None, "no samples in the file".to_owned()));
+        return Err(problem(
+            path,
+            None,
+            None,
+            "no samples in the file".to_owned(),
+        ));
     }
     map.into_iter()
         .map(|(name, data)| {

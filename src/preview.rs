@@ -137,7 +137,13 @@ fn page_name(samples: &[Sample], s: &Sample) -> String {
     let slug: String = s
         .sample
         .chars()
-        .map(|c| if c.is_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let slug: Vec<&str> = slug.split('-').filter(|p| !p.is_empty()).collect();
     format!("{}--{}", s.renderable.name, slug.join("-"))

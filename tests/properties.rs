@@ -186,8 +186,8 @@ fn sent_at(line: &PlanLine) -> Timestamp {
         .unwrap()
 }
 
-/// Every template the journeys send, in every locale, with its sample data
-/// (`templates/samples`), as `check` renders them.
+/// Every template the journeys send, in every locale, with each of its
+/// samples (`templates/samples/<locale>/`), as `check` renders them.
 struct Gallery {
     templates: aftercare::render::Templates,
     /// `(registered name, locale, data)`.
@@ -200,19 +200,16 @@ fn gallery() -> &'static Gallery {
         let config = Config::embedded();
         let templates = check::load(&config).unwrap();
         let shop = serde_json::to_value(&config.shop).unwrap();
+        let journeys = aftercare::journey::Journeys::from_config(&config);
         let mut renders = Vec::new();
         for r in check::renderable(&config) {
-            let path = config
-                .templates_dir
-                .join("samples")
-                .join(format!("{}.json", r.template));
-            let sample: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
             for locale in templates.locales().available() {
-                let mut data = sample.clone();
-                data["shop"] = shop.clone();
-                data["customer"]["locale"] = locale.clone().into();
-                renders.push((r.name.clone(), locale.clone(), data));
+                for (_, sample) in
+                    check::samples_of(&config, &templates, &r.template, locale).unwrap()
+                {
+                    let data = check::sample_data(&sample, &shop, locale, &journeys);
+                    renders.push((r.name.clone(), locale.clone(), data));
+                }
             }
         }
         Gallery { templates, renders }

@@ -109,30 +109,12 @@ fn list(
                     if recorded && seen.insert(id(body)) {
                         found.push(branch(body, what));
                     }
-                    list(
-                        registry,
-                        body,
-                        file,
-                        partial_file,
-                        pos,
-                        depth,
-                        seen,
-                        found,
-                    );
+                    list(registry, body, file, partial_file, pos, depth, seen, found);
                 }
             }
             TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
                 if let Some(body) = &d.template {
-                    list(
-                        registry,
-                        body,
-                        file,
-                        partial_file,
-                        pos,
-                        depth,
-                        seen,
-                        found,
-                    );
+                    list(registry, body, file, partial_file, pos, depth, seen, found);
                 }
                 let Some(name) = d.name.as_name() else {
                     continue;

@@ -11,9 +11,9 @@
 //! [`schema`] says what data each template gets; [`Templates::walk`] checks
 //! a template against it in every branch and partial, without rendering.
 
+pub mod coverage;
 mod helpers;
 mod inline;
-pub mod coverage;
 pub mod schema;
 mod walk;
 
