@@ -92,6 +92,11 @@ pub struct CustomerPatch<Id = String> {
     pub id: Id,
     pub email: Option<String>,
     pub name: Option<String>,
+    /// The given name, when the shop knows it apart from the full name
+    /// (greetings and subjects use it; without it, it is derived from
+    /// `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
     pub locale: Option<String>,
     pub timezone: Option<String>,
     pub marketing_consent: Option<bool>,
@@ -343,6 +348,7 @@ impl Unresolved {
                 id: customer_id,
                 email: c.email,
                 name: c.name,
+                first_name: c.first_name,
                 locale: c.locale,
                 timezone: c.timezone,
                 marketing_consent: c.marketing_consent,
@@ -624,6 +630,7 @@ fn customer(
         id,
         email,
         name: opt_str(field(v, "name"), "customer.name", SHORT)?,
+        first_name: opt_str(field(v, "first_name"), "customer.first_name", SHORT)?,
         locale: lenient(
             opt_str(field(v, "locale"), "customer.locale", Bound::Chars(35)),
             dropped,
@@ -814,6 +821,22 @@ mod tests {
     }
 
     #[test]
+    fn a_first_name_is_decoded_and_absent_from_the_digest_without_one() {
+        let e = Event::decode(&with(|v| v["customer"]["first_name"] = "Ani".into())).unwrap();
+        assert_eq!(e.customer.first_name.as_deref(), Some("Ani"));
+        let without = Event::decode(PLACED.as_bytes()).unwrap();
+        assert_eq!(without.customer.first_name, None);
+        // Events applied before first names existed keep their digest.
+        let stored = serde_json::to_string(&without).unwrap();
+        assert!(!stored.contains("first_name"), "{stored}");
+        assert!(
+            serde_json::to_string(&e)
+                .unwrap()
+                .contains(r#""first_name":"Ani""#)
+        );
+    }
+
+    #[test]
     fn decodes_the_design_example_with_decimal_money() {
         let e = Event::decode(PLACED.as_bytes()).unwrap();
         assert_eq!(e.id, "evt-1");
@@ -930,6 +953,7 @@ mod tests {
         let event = unnamed.clone().resolve("c-7".into());
         assert_eq!(event.customer.id, "c-7");
         assert_eq!(event.customer.name.as_deref(), Some("Anna"));
+        assert_eq!(event.customer.first_name, None);
         assert_eq!((event.id, event.kind), (unnamed.id, unnamed.kind));
     }
 
@@ -1138,6 +1162,10 @@ mod tests {
             (
                 with(|v| v["customer"]["name"] = long.clone().into()),
                 "customer.name",
+            ),
+            (
+                with(|v| v["customer"]["first_name"] = long.clone().into()),
+                "customer.first_name",
             ),
             (
                 with(|v| v["order"]["items"][0]["sku"] = long.clone().into()),
@@ -1366,6 +1394,14 @@ mod tests {
             (
                 with(|v| v["customer"]["name"] = "Anna\r\nBcc: x@evil".into()),
                 "customer.name",
+            ),
+            (
+                with(|v| v["customer"]["first_name"] = "Anna\r\nBcc: x@evil".into()),
+                "customer.first_name",
+            ),
+            (
+                with(|v| v["customer"]["first_name"] = "".into()),
+                "customer.first_name",
             ),
             (
                 with(|v| v["customer"]["marketing_consent"] = "yes".into()),

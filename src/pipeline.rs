@@ -599,6 +599,7 @@ fn template_data(
             "id": email.customer_id,
             "email": to.recipient,
             "name": p.name,
+            "first_name": p.first_name(),
             "locale": to.locale,
             "timezone": timezone,
         });

@@ -86,9 +86,21 @@ pub enum SimulateError {
 
 /// Plans `source` through `pipeline` (which must be on a fresh store).
 pub fn simulate(
+    pipeline: Pipeline<SqliteStore>,
+    source: &mut dyn Source,
+    until: Option<Timestamp>,
+) -> Result<Plan, SimulateError> {
+    simulate_with(pipeline, source, until, &mut |_| {})
+}
+
+/// As [`simulate`], handing each approved email, with the template data
+/// the daemon renders it from, to `on_approved` before it counts as sent:
+/// what a test sends to prove that no event can fail an email.
+pub fn simulate_with(
     mut pipeline: Pipeline<SqliteStore>,
     source: &mut dyn Source,
     until: Option<Timestamp>,
+    on_approved: &mut dyn FnMut(&EmailRow),
 ) -> Result<Plan, SimulateError> {
     let mut dead = DeadLetters::discard();
     let mut approved = Vec::new();
@@ -104,7 +116,7 @@ pub fn simulate(
             if let Some(Ok(event)) = decoded {
                 if until.is_some_and(|u| event.occurred_at > u) {
                     // The clock stops at `until`: later events never happen.
-                    return finish(pipeline, until, &mut dead, &mut approved);
+                    return finish(pipeline, until, &mut dead, &mut approved, on_approved);
                 }
                 last = Some(last.map_or(event.occurred_at, |l| l.max(event.occurred_at)));
             }
@@ -116,7 +128,7 @@ pub fn simulate(
             &mut dead,
             &mut approved,
         )?;
-        deliver(&mut pipeline, &mut approved)?;
+        deliver(&mut pipeline, &mut approved, on_approved)?;
         if batch.finished {
             break;
         }
@@ -126,6 +138,7 @@ pub fn simulate(
         until.or_else(|| last.map(|l| crate::journey::later(l, DEFAULT_HORIZON))),
         &mut dead,
         &mut approved,
+        on_approved,
     )
 }
 
@@ -135,12 +148,13 @@ fn finish(
     until: Option<Timestamp>,
     dead: &mut DeadLetters,
     approved: &mut Vec<EmailRow>,
+    on_approved: &mut dyn FnMut(&EmailRow),
 ) -> Result<Plan, SimulateError> {
     if let Some(until) = until {
         // Events still waiting for an order that never came give up.
         pipeline.expire(until, dead)?;
         pipeline.fire(until, approved)?;
-        deliver(&mut pipeline, approved)?;
+        deliver(&mut pipeline, approved, on_approved)?;
     }
     let lines = pipeline
         .store()
@@ -159,8 +173,10 @@ fn finish(
 fn deliver(
     pipeline: &mut Pipeline<SqliteStore>,
     approved: &mut Vec<EmailRow>,
+    on_approved: &mut dyn FnMut(&EmailRow),
 ) -> Result<(), StoreError> {
     for email in approved.drain(..) {
+        on_approved(&email);
         pipeline
             .store()
             .mark_sent(email.id, email.due_at, "simulated")?;

@@ -275,6 +275,31 @@ fn the_schema_and_the_decoder_agree() {
             Dropped,
         ),
         (
+            "a first name beside the name",
+            placed(|v| v["customer"]["first_name"] = json!("Անի")),
+            Valid,
+        ),
+        (
+            "a first name with a line break",
+            placed(|v| v["customer"]["first_name"] = json!("Ani\r\nBcc: x@evil")),
+            Invalid,
+        ),
+        (
+            "a blank first name",
+            placed(|v| v["customer"]["first_name"] = json!("  ")),
+            Invalid,
+        ),
+        (
+            "a first name of 501 characters",
+            placed(|v| v["customer"]["first_name"] = json!("x".repeat(501))),
+            Invalid,
+        ),
+        (
+            "a first name that is a number",
+            placed(|v| v["customer"]["first_name"] = json!(7)),
+            Invalid,
+        ),
+        (
             "an item name with an ESC, beside a sku",
             placed(|v| v["order"]["items"][0]["name"] = json!("Tea\u{1b}")),
             Dropped,

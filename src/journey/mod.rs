@@ -18,7 +18,7 @@ mod state;
 pub use data::Data;
 pub use insight::ShopStats;
 pub use policy::{Policy, Timing};
-pub use state::{Journey, OrderState, Profile, ReturnNote, ShipmentNote};
+pub use state::{Journey, OrderState, Profile, ReturnNote, ShipmentNote, first_name_of};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};

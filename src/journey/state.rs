@@ -36,6 +36,10 @@ pub struct Journey {
 pub struct Profile {
     pub email: Option<String>,
     pub name: Option<String>,
+    /// The given name as an event gave it; `None` when events gave only
+    /// the full name (see [`Profile::first_name`]). Absent in rows written
+    /// before it existed.
+    pub first_name: Option<String>,
     pub locale: Option<String>,
     pub timezone: Option<String>,
     pub marketing_consent: bool,
@@ -50,7 +54,15 @@ impl Profile {
             self.email = Some(email.clone());
         }
         if let Some(name) = &patch.name {
+            // A new full name without a given name: the one kept went with
+            // the old name (a corrected or changed name), so derive again.
+            if patch.first_name.is_none() && self.name.as_ref() != Some(name) {
+                self.first_name = None;
+            }
             self.name = Some(name.clone());
+        }
+        if let Some(first_name) = &patch.first_name {
+            self.first_name = Some(first_name.clone());
         }
         if let Some(locale) = &patch.locale {
             self.locale = Some(locale.clone());
@@ -62,6 +74,36 @@ impl Profile {
             self.marketing_consent = consent;
         }
     }
+
+    /// What greetings and subjects call the customer: the given name an
+    /// event gave, else one derived from the full name
+    /// ([`first_name_of`]), else `None`.
+    pub fn first_name(&self) -> Option<String> {
+        self.first_name
+            .clone()
+            .or_else(|| self.name.as_deref().and_then(first_name_of))
+    }
+}
+
+/// The given name in a full name, for a shop whose customers (English,
+/// Armenian, Amharic) write the given name first: the first word of
+/// `name`, or of what follows the comma in `Family, Given`. Words are
+/// separated by white space or the Ethiopic wordspace `፡`. A name of one
+/// word is its own first name. `None` when there is no word, or when the
+/// first word is an initial or an abbreviated title (`J. Smith`,
+/// `Dr. Anna Smith`, `A Smith`): "Hello" reads better than "Hi Dr.".
+pub fn first_name_of(name: &str) -> Option<String> {
+    let given = match name.split_once(',') {
+        Some((_, given)) if !given.trim().is_empty() => given,
+        Some((family, _)) => family,
+        None => name,
+    };
+    let mut words = given
+        .split(|c: char| c.is_whitespace() || c == '\u{1361}')
+        .filter(|w| !w.is_empty());
+    let first = words.next()?;
+    let initial = first.chars().count() == 1 && words.next().is_some();
+    (!first.ends_with('.') && !initial).then(|| first.to_owned())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -127,5 +169,78 @@ impl OrderState {
     /// Whether the order counts as one of the customer's orders.
     pub fn counts(&self) -> bool {
         self.placed_at.is_some() && !self.cancelled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_name_of_a_full_name() {
+        let cases = [
+            ("Anna", Some("Anna")),
+            ("Anna Miller", Some("Anna")),
+            ("  Anna   Miller ", Some("Anna")),
+            ("Anna-Maria von Berg", Some("Anna-Maria")),
+            ("Miller, Anna", Some("Anna")),
+            ("Miller,Anna Sophie", Some("Anna")),
+            ("Miller,", Some("Miller")),
+            ("Անի Սարգսյան", Some("Անի")),
+            ("Սարգսյան, Անի", Some("Անի")),
+            ("አበበ በቀለ", Some("አበበ")),
+            ("አበበ፡በቀለ", Some("አበበ")),
+            ("Anna\u{a0}Miller", Some("Anna")),
+            ("J. Smith", None),
+            ("Dr. Anna Smith", None),
+            ("A Smith", None),
+            ("Q", Some("Q")),
+            (",", None),
+            ("", None),
+            ("   ", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(first_name_of(name).as_deref(), want, "{name:?}");
+        }
+    }
+
+    fn patch(name: Option<&str>, first_name: Option<&str>) -> CustomerPatch {
+        CustomerPatch {
+            id: "c-1".into(),
+            name: name.map(Into::into),
+            first_name: first_name.map(Into::into),
+            ..CustomerPatch::default()
+        }
+    }
+
+    #[test]
+    fn the_given_first_name_wins_until_the_full_name_changes_without_one() {
+        let mut p = Profile::default();
+        assert_eq!(p.first_name(), None);
+        p.apply(&patch(Some("Miller Anna"), None));
+        assert_eq!(p.first_name().as_deref(), Some("Miller"));
+        p.apply(&patch(Some("Miller Anna"), Some("Anna")));
+        assert_eq!(p.first_name().as_deref(), Some("Anna"));
+        // Later events without names, or with the same name, keep it.
+        p.apply(&patch(None, None));
+        p.apply(&patch(Some("Miller Anna"), None));
+        assert_eq!(p.first_name().as_deref(), Some("Anna"));
+        // A first name alone updates it.
+        p.apply(&patch(None, Some("Ani")));
+        assert_eq!(p.first_name().as_deref(), Some("Ani"));
+        // A new full name alone: the kept first name was the old name's.
+        p.apply(&patch(Some("Maria Petrosyan"), None));
+        assert_eq!(p.first_name.as_deref(), None);
+        assert_eq!(p.first_name().as_deref(), Some("Maria"));
+    }
+
+    #[test]
+    fn a_profile_stored_before_first_names_loads_and_derives_one() {
+        let stored = r#"{"email":"anna@example.com","name":"Anna Miller","locale":"hy","timezone":null,"marketing_consent":true,"unsubscribed":false}"#;
+        let p: Profile = serde_json::from_str(stored).unwrap();
+        assert_eq!(p.first_name, None);
+        assert_eq!(p.first_name().as_deref(), Some("Anna"));
+        let again: Profile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(again, p);
     }
 }

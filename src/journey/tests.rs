@@ -18,6 +18,7 @@ fn customer(consent: Option<bool>) -> CustomerPatch {
         id: "c-1".into(),
         email: Some("anna@example.com".into()),
         name: Some("Anna".into()),
+        first_name: None,
         locale: Some("hy".into()),
         timezone: None,
         marketing_consent: consent,

@@ -150,6 +150,14 @@ pub const FIELDS: &[Field] = &[
     ),
     f("customer.name", Text, Optional, Event, EVERY, "their name"),
     f(
+        "customer.first_name",
+        Text,
+        Optional,
+        Event,
+        EVERY,
+        "their given name: the event's `first_name`, else the first word of `name` (after the comma in `Family, Given`); for greetings and subjects",
+    ),
+    f(
         "customer.locale",
         Locale,
         Always,

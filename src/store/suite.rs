@@ -419,6 +419,8 @@ fn dedup_journeys_and_positions_survive_reopening(h: &impl Harness) {
         tx.mark_seen("e-1", "d").unwrap();
         let mut j = Journey::default();
         j.profile.email = Some("anna@example.com".into());
+        j.profile.name = Some("Սարգսյան, Անի".into());
+        j.profile.first_name = Some("Անի".into());
         tx.save_journey("c-1", &j).unwrap();
         tx.set_position("file:x", "100:2").unwrap();
         tx.set_position("file:x", "120:3").unwrap();
@@ -438,6 +440,8 @@ fn dedup_journeys_and_positions_survive_reopening(h: &impl Harness) {
     assert!(tx.seen("e-2").unwrap().is_none());
     let j = tx.journey("c-1").unwrap().unwrap();
     assert_eq!(j.profile.email.as_deref(), Some("anna@example.com"));
+    assert_eq!(j.profile.name.as_deref(), Some("Սարգսյան, Անի"));
+    assert_eq!(j.profile.first_name.as_deref(), Some("Անի"));
     assert!(tx.journey("c-2").unwrap().is_none());
 }
 
