@@ -9,14 +9,21 @@ use common::{Work, repo, stderr};
 /// A copy of the shipped templates with `edit` applied to one file, and a
 /// config whose `templates_dir` points there.
 fn broken(file: &str, edit: impl FnOnce(String) -> String) -> Work {
-    let work = Work::new("");
-    let templates = work.path("templates");
-    common::copy_dir(&repo().join("templates"), &templates);
-    let path = templates.join(file);
+    let work = copied();
+    let path = work.path("templates").join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     let edited = edit(text.clone());
     assert_ne!(edited, text, "the edit of {file} changed nothing");
     std::fs::write(&path, edited).unwrap();
+    work
+}
+
+/// A copy of the shipped templates and a config whose `templates_dir`
+/// points there.
+fn copied() -> Work {
+    let work = Work::new("");
+    let templates = work.path("templates");
+    common::copy_dir(&repo().join("templates"), &templates);
     let config = format!(
         "data_dir = {:?}\ntemplates_dir = {:?}\n",
         work.path("data"),
@@ -150,4 +157,109 @@ fn a_path_of_another_trigger_fails_check() {
         "1:1",
         "`shipment.id` is not in the data of `welcome`",
     );
+}
+
+/// A sample file edited as JSON.
+fn edit_samples(work: &Work, file: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = work.path("templates/samples").join(file);
+    let mut samples: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut samples);
+    std::fs::write(&path, serde_json::to_string_pretty(&samples).unwrap()).unwrap();
+}
+
+#[test]
+fn a_branch_no_sample_renders_fails_check_at_its_opening_tag() {
+    let work = copied();
+    edit_samples(&work, "en/shipping_delay.json", |s| {
+        s.as_object_mut()
+            .unwrap()
+            .remove("delay without a date")
+            .unwrap();
+    });
+    fails_with(
+        &work,
+        "en/shipping_delay.html.hbs",
+        "17:1",
+        "no sample renders this branch ({{#unless shipment.estimated_delivery}})",
+    );
+    // The other locales still have their sample without a date.
+    let err = stderr(&work.run(&["check"]));
+    assert!(!err.contains("hy/shipping_delay"), "{err}");
+}
+
+#[test]
+fn the_else_of_a_shared_partial_counts_as_reached_by_any_template() {
+    // Only the welcome sample "shop without a logo" renders the layout's
+    // {{else}}: without it, the shared partial's branch is unreached.
+    let work = copied();
+    for locale in ["en", "hy", "am"] {
+        edit_samples(&work, &format!("{locale}/welcome.json"), |s| {
+            s.as_object_mut()
+                .unwrap()
+                .remove("shop without a logo")
+                .unwrap();
+        });
+    }
+    fails_with(
+        &work,
+        "partials/layout.html.hbs",
+        "20:1",
+        "no sample renders this branch ({{else}} of {{#if shop.logo_url}})",
+    );
+}
+
+#[test]
+fn samples_in_each_locale_fall_back_to_a_shared_file_and_a_missing_one_fails() {
+    let work = copied();
+    let samples = work.path("templates/samples");
+    // A shared file serves a locale without its own, in the former form (one
+    // sample, the data itself).
+    let mut one: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(samples.join("am/welcome.json")).unwrap())
+            .unwrap();
+    let mut data = one["new customer"].take();
+    data["shop"] = serde_json::json!({"logo_url": null});
+    std::fs::remove_file(samples.join("am/welcome.json")).unwrap();
+    std::fs::write(samples.join("welcome.json"), data.to_string()).unwrap();
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Without either, the locale's samples are missing.
+    std::fs::remove_file(samples.join("welcome.json")).unwrap();
+    let out = work.run(&["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    let want = format!(
+        "{}: missing sample data for `welcome` in `am`",
+        samples.join("am/welcome.json").display()
+    );
+    assert!(err.contains(&want), "want {want}\ngot:\n{err}");
+}
+
+/// `check` renders with helpers that note the branches they take; what it
+/// shows (and the gallery shows) is what the worker sends, for every
+/// sample of the repo.
+#[test]
+fn every_sample_renders_the_same_in_check_as_when_sent() {
+    let config = aftercare::config::Config::embedded();
+    let (_, samples) = aftercare::check::render_samples(&config).unwrap();
+    let sending = aftercare::check::load(&config).unwrap();
+    let shop = serde_json::to_value(&config.shop).unwrap();
+    let journeys = aftercare::journey::Journeys::from_config(&config);
+    assert!(samples.len() > 45, "{} samples", samples.len());
+    for s in &samples {
+        let all =
+            aftercare::check::samples_of(&config, &sending, &s.renderable.template, &s.locale)
+                .unwrap();
+        let (_, data) = all.iter().find(|(name, _)| *name == s.sample).unwrap();
+        let data = aftercare::check::sample_data(data, &shop, &s.locale, &journeys);
+        let sent = sending
+            .render(&s.renderable.name, &s.locale, &data)
+            .unwrap();
+        assert_eq!(
+            sent, s.rendered,
+            "{} {} {}",
+            s.renderable.name, s.locale, s.sample
+        );
+    }
 }

@@ -425,3 +425,85 @@ fn unknown_helper_is_named() {
         .unwrap_err();
     assert!(problems[0].message.contains("shout"), "{:?}", problems[0]);
 }
+
+/// The recording `if`, `unless`, `each` and `with` render exactly as
+/// handlebars' own, block parameters, `@index`, `@key`, `../`, `{{else}}`
+/// and strict mode included.
+#[test]
+fn recording_branches_renders_as_the_built_in_helpers() {
+    let files: &[(&str, &str)] = &[
+        ("en/t.subject.hbs", "{{#if a}}A{{else}}not A{{/if}}"),
+        (
+            "en/t.html.hbs",
+            "{{#each items as |item i|}}{{i}}:{{item.n}}{{#if @first}}F{{/if}}{{#if @last}}L{{/if}}\
+             {{@index}}{{../top}} {{/each}}{{#each obj}}{{@key}}={{this}}@{{@index}} {{/each}}\
+             {{#each empty}}x{{else}}none{{/each}}{{#with w as |ww|}}{{ww.v}}{{v}}{{@root.top}}{{/with}}\
+             {{#with nothing}}y{{else}}no w{{/with}}{{#unless a}}U{{else}}not U{{/unless}}\
+             {{#each items}}{{#each ../obj}}{{../n}}{{this}}{{/each}}{{/each}}",
+        ),
+    ];
+    let dir = fixture(files);
+    let plain = Templates::load(dir.path(), &LoadOptions::new("en")).unwrap();
+    let mut options = LoadOptions::new("en");
+    options.record_branches = true;
+    let recording = Templates::load(dir.path(), &options).unwrap();
+    for data in [
+        json!({"a": true, "top": "T", "items": [{"n": 1}, {"n": 2}], "obj": {"k": "v", "l": 2},
+               "empty": [], "w": {"v": "V"}, "nothing": null}),
+        json!({"a": 0, "top": "", "items": [], "obj": {}, "empty": [1], "w": {"v": 3}, "nothing": false}),
+    ] {
+        let want = plain.render("t", "en", &data).unwrap();
+        let got = recording.render("t", "en", &data).unwrap();
+        assert_eq!((got.subject, got.html), (want.subject, want.html));
+        // And the text registry, which `reach` records with.
+        assert!(!recording.reach("t", "en", &data).is_empty());
+    }
+    // Strict mode as before: `each` over a missing list fails both ways.
+    let missing = json!({"a": true, "top": "T", "obj": {}, "empty": [], "w": {}, "nothing": null});
+    assert!(plain.render("t", "en", &missing).is_err());
+    assert!(recording.render("t", "en", &missing).is_err());
+}
+
+/// Every branch is listed with its opening tag; `reach` names the bodies
+/// one rendering goes through.
+#[test]
+fn branches_are_listed_and_reached_by_what_the_data_holds() {
+    let dir = fixture(&[
+        ("en/t.subject.hbs", "s"),
+        (
+            "en/t.html.hbs",
+            "{{#if a}}\n  A{{else}}B{{/if}}\n{{#each items}}{{this}}{{/each}}{{> p}}",
+        ),
+        ("partials/p.html.hbs", "{{#unless a}}not a{{/unless}}"),
+    ]);
+    let mut options = LoadOptions::new("en");
+    options.record_branches = true;
+    let t = Templates::load(dir.path(), &options).unwrap();
+    let branches = t.branches("en", "t");
+    let what: Vec<(usize, usize, &str)> = branches
+        .iter()
+        .map(|b| (b.line, b.column, b.what.as_str()))
+        .collect();
+    assert_eq!(
+        what,
+        [
+            (1, 1, "{{#if a}}"),
+            (1, 1, "{{else}} of {{#if a}}"),
+            (3, 1, "{{#each items}}"),
+            (1, 1, "{{#unless a}}"),
+        ]
+    );
+    assert!(branches[3].file.ends_with("partials/p.html.hbs"));
+    let reached = t.reach("t", "en", &json!({"a": true, "items": []}));
+    let unreached: Vec<&str> = coverage::unreached(&branches, &reached)
+        .iter()
+        .map(|b| b.what.as_str())
+        .collect();
+    assert_eq!(
+        unreached,
+        ["{{else}} of {{#if a}}", "{{#each items}}", "{{#unless a}}"]
+    );
+    let more = t.reach("t", "en", &json!({"a": false, "items": [1]}));
+    let all: HashSet<_> = reached.union(&more).copied().collect();
+    assert!(coverage::unreached(&branches, &all).is_empty());
+}
