@@ -297,12 +297,14 @@ pub fn samples_of(
 /// `customer` at the top) is that one sample.
 fn read_samples(path: &Path) -> Result<Vec<(String, Value)>, Problem> {
     let value = read_sample(path)?;
-    let Value::Object(map) = value else {
-        unreachable!("read_sample checks for an object")
-    };
-    if map.contains_key("customer") {
-        return Ok(vec![("sample".to_owned(), Value::Object(map))]);
+    if value.get("customer").is_some() {
+        return Ok(vec![("sample".to_owned(), value)]);
     }
+    // Again, keeping the samples in the file's order: the first is the
+    // gallery's page of the template.
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let map: indexmap::IndexMap<String, Value> = serde_json::from_str(&text)
+        .map_err(|e| problem(path, Some(e.line()), Some(e.column()), e.to_string()))?;
     if map.is_empty() {
         return Err(problem(
             path,

@@ -747,8 +747,34 @@ fn preview_writes_a_gallery_of_every_template_and_locale() {
         .skip(1)
         .map(|rest| &rest[..rest.find('"').unwrap()])
         .collect();
-    // 14 templates, review_request in two A/B variants.
-    assert_eq!(links.len(), 15 * 3, "{index}");
+    // 14 templates, review_request in two A/B variants, in three locales,
+    // a page for each sample of each: as many as the sample files hold.
+    let samples: usize = ["en", "hy", "am"]
+        .iter()
+        .flat_map(|l| std::fs::read_dir(repo().join("templates/samples").join(l)).unwrap())
+        .map(|f| {
+            let path = f.unwrap().path();
+            let named: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            // review_request's samples serve its variant b too.
+            let variants = if path.ends_with("review_request.json") {
+                2
+            } else {
+                1
+            };
+            named.len() * variants
+        })
+        .sum();
+    assert!(samples > 15 * 3, "{samples}");
+    assert_eq!(links.len(), samples, "{index}");
+    // Each page links the other samples of its template and locale.
+    let page = std::fs::read_to_string(out_dir.join("en/shipping_delay.page.html")).unwrap();
+    assert!(
+        page.contains(
+            "<a href=\"shipping_delay--delay-without-a-date.page.html\">delay without a date</a>"
+        ),
+        "{page}"
+    );
     for link in links {
         let page =
             std::fs::read_to_string(out_dir.join(link)).unwrap_or_else(|e| panic!("{link}: {e}"));
