@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Work, repo, stderr};
+use common::{Work, repo, stderr, stdout};
 
 /// A copy of the shipped templates with `edit` applied to one file, and a
 /// config whose `templates_dir` points there.
@@ -262,4 +262,85 @@ fn every_sample_renders_the_same_in_check_as_when_sent() {
             s.renderable.name, s.locale, s.sample
         );
     }
+}
+
+/// templates/README.md's "Add a new email", followed step by step: the
+/// files in every language, samples, a journey rule; `check` passes, the
+/// gallery has the email, `simulate` plans it. Each step left out is named.
+#[test]
+fn a_new_email_added_as_the_templates_readme_says_is_checked_previewed_and_planned() {
+    let work = copied();
+    let templates = work.path("templates");
+    let rule = "\n[[journey]]\ntemplate = \"restock_reminder\"\non = \"shipment.delivered\"\n\
+                class = \"marketing\"\ndelay = \"30d\"\ncancel_on = [\"return.requested\"]\n";
+    let config = std::fs::read_to_string(work.config()).unwrap();
+    // 3 before 1: the rule first, so check names every missing piece.
+    std::fs::write(work.config(), format!("{config}{rule}")).unwrap();
+    let err = stderr(&work.run(&["check"]));
+    assert!(
+        err.contains("restock_reminder") && err.contains("templates/en"),
+        "{err}"
+    );
+    // 1. The files in every language, from an email of the same trigger.
+    for locale in ["en", "hy", "am"] {
+        for part in ["subject", "preheader", "html", "txt"] {
+            let from = templates.join(format!("{locale}/delivery_followup.{part}.hbs"));
+            let text = std::fs::read_to_string(&from).unwrap();
+            let text = if part == "subject" {
+                format!("{} ({locale})", text.trim())
+            } else {
+                text
+            };
+            std::fs::write(
+                templates.join(format!("{locale}/restock_reminder.{part}.hbs")),
+                text,
+            )
+            .unwrap();
+        }
+    }
+    let out = work.run(&["check"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(
+        err.contains("missing sample data for `restock_reminder` in `en`"),
+        "{err}"
+    );
+    // 2. Samples in every locale.
+    for locale in ["en", "hy", "am"] {
+        std::fs::copy(
+            templates.join(format!("samples/{locale}/delivery_followup.json")),
+            templates.join(format!("samples/{locale}/restock_reminder.json")),
+        )
+        .unwrap();
+    }
+    // 4. check.
+    let out = work.run(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("16 templates x 3 locales"),
+        "{}",
+        stdout(&out)
+    );
+    // 5. preview.
+    let gallery = work.path("gallery");
+    let out = work.run(&["preview", "--out", gallery.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for locale in ["en", "hy", "am"] {
+        let page =
+            std::fs::read_to_string(gallery.join(format!("{locale}/restock_reminder.page.html")))
+                .unwrap();
+        assert!(page.contains(&format!("({locale})</span>")), "{page}");
+    }
+    // 6. simulate: a month after each first delivery.
+    let out = work.run(&[
+        "simulate",
+        repo().join("examples/events.jsonl").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planned: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["template"] == "restock_reminder")
+        .collect();
+    assert!(!planned.is_empty(), "{}", stdout(&out));
 }
