@@ -600,6 +600,10 @@ fn template_data(
             "email": to.recipient,
             "name": p.name,
             "locale": to.locale,
+            // The region of the customer's own tag (`US` of `en-US`): the
+            // template folder is the language's, money and dates follow
+            // the region.
+            "region": p.locale.as_deref().and_then(crate::render::region_of),
             "timezone": timezone,
         });
         if let (Value::Object(c), Value::Object(more)) = (
