@@ -22,9 +22,9 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use fixed_decimal::Decimal as FixedDecimal;
+use icu_calendar::{Date, Gregorian};
 use icu_datetime::FixedCalendarDateTimeFormatter;
 use icu_datetime::fieldsets::YMD;
-use icu_calendar::{Date, Gregorian};
 use icu_datetime::pattern::{DateTimePattern, FixedCalendarDateTimeNames, MonthNameLength};
 use icu_decimal::DecimalFormatter;
 use icu_experimental::dimension::currency::CurrencyType;
@@ -229,24 +229,23 @@ fn fallback_money(amount: Decimal, currency: &str, locale: &Locale) -> String {
     format!("{code}\u{a0}{number}")
 }
 
+/// Kept one per thread and locale, so the sizes of the two do not matter.
+#[allow(clippy::large_enum_variant)]
 enum DateFormat {
     Cldr(FixedCalendarDateTimeFormatter<Gregorian, YMD>),
-    Own(
-        Box<FixedCalendarDateTimeNames<Gregorian, YMD>>,
-        DateTimePattern,
-    ),
+    Own(FixedCalendarDateTimeNames<Gregorian, YMD>, DateTimePattern),
 }
 
 fn date_format(locale: &Locale) -> Option<DateFormat> {
     let language = locale.id.language.as_str();
     if let Some((_, pattern)) = DATE_OVERRIDES.iter().find(|(l, _)| *l == language) {
         let own = (|| {
-            let mut names = FixedCalendarDateTimeNames::<Gregorian, YMD>::try_new(locale.into())
-                .ok()?;
+            let mut names =
+                FixedCalendarDateTimeNames::<Gregorian, YMD>::try_new(locale.into()).ok()?;
             names.include_month_names(MonthNameLength::Wide).ok()?;
             names.include_decimal_formatter().ok()?;
             let pattern = DateTimePattern::try_from_pattern_str(pattern).ok()?;
-            Some(DateFormat::Own(Box::new(names), pattern))
+            Some(DateFormat::Own(names, pattern))
         })();
         if own.is_some() {
             return own;
@@ -266,11 +265,9 @@ pub fn format_date(ts: Timestamp, tz: &TimeZone, tag: &str) -> String {
 /// `en-US`, `6 December 2026` in `en` and `en-GB`.
 pub fn format_day(day: jiff::civil::Date, tag: &str) -> String {
     let iso = || format!("{day}");
-    let Ok(date) = Date::try_new_gregorian(
-        i32::from(day.year()),
-        day.month() as u8,
-        day.day() as u8,
-    ) else {
+    let Ok(date) =
+        Date::try_new_gregorian(i32::from(day.year()), day.month() as u8, day.day() as u8)
+    else {
         return iso();
     };
     let locale = locale(tag);
@@ -361,7 +358,10 @@ mod tests {
         // A code CLDR does not know: the code, as CLDR writes one.
         assert_eq!(format_money(d("1500.5"), "QZZ", "en"), "QZZ\u{a0}1,500.50");
         // Not a code at all (not from the event decoder, which refuses it).
-        assert_eq!(format_money(d("1500.5"), "euro", "en"), "euro\u{a0}1,500.50");
+        assert_eq!(
+            format_money(d("1500.5"), "euro", "en"),
+            "euro\u{a0}1,500.50"
+        );
         assert_eq!(format_money(d("2.5"), "EUR", "not a tag"), "€2.50");
         assert_eq!(format_money(d("2.5"), "EUR", "zz"), "€\u{a0}2.50");
     }

@@ -201,10 +201,7 @@ mod tests {
         let odd = serde_json::json!({"locale": "en", "region": "<b>"});
         assert_eq!(render(t, odd), "US$1,500.00 6 December 2026");
         let yerevan = serde_json::json!({"locale": "hy", "timezone": "Asia/Yerevan"});
-        assert_eq!(
-            render("{{money total \"AMD\"}}", yerevan),
-            "1500\u{a0}դր."
-        );
+        assert_eq!(render("{{money total \"AMD\"}}", yerevan), "1500\u{a0}դր.");
     }
 
     #[test]
@@ -280,5 +277,4 @@ mod tests {
             .unwrap();
         assert_eq!(out, r##"<a href="#">x</a>"##);
     }
-
 }

@@ -81,10 +81,7 @@ fn locale_helpers_follow_the_data() {
     let dir = fixture(GOOD);
     let r = load(dir.path()).render("hello", "hy", &data("hy")).unwrap();
     // CLDR groups Armenian numbers from five digits on.
-    assert_eq!(
-        r.html,
-        "<html>1234,50\u{a0}€<p>Tea &amp; Kettle</p></html>"
-    );
+    assert_eq!(r.html, "<html>1234,50\u{a0}€<p>Tea &amp; Kettle</p></html>");
 }
 
 #[test]
