@@ -601,6 +601,10 @@ fn template_data(
             "name": p.name,
             "first_name": p.first_name(),
             "locale": to.locale,
+            // The region of the customer's own tag (`US` of `en-US`): the
+            // template folder is the language's, money and dates follow
+            // the region.
+            "region": p.locale.as_deref().and_then(crate::render::region_of),
             "timezone": timezone,
         });
         if let (Value::Object(c), Value::Object(more)) = (

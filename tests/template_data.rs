@@ -60,6 +60,7 @@ fn scalar(field: &Field, rule: &JourneyRule) -> BoxedStrategy<Value> {
             .boxed(),
         // Set to the locale rendered.
         Kind::Locale => Just(Value::String("en".into())).boxed(),
+        Kind::Region => one_of(&["US", "GB", "AM", "ET", "DE", "001", "ZZ"]),
         Kind::TimeZone => one_of(&[
             "UTC",
             "Europe/Berlin",

@@ -7,11 +7,12 @@
 use handlebars::{
     Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
 };
-use intl_pluralrules::{PluralCategory, PluralRuleType, PluralRules};
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use rust_decimal::Decimal;
 use serde_json::Value;
+
+use super::format::{format_day, format_money, formatting_tag, is_one};
 
 pub fn register(hb: &mut Handlebars<'_>) {
     hb.register_helper("money", Box::new(money));
@@ -77,8 +78,13 @@ fn root_str<'a>(ctx: &'a Context, pointer: &str) -> Option<&'a str> {
     ctx.data().pointer(pointer).and_then(Value::as_str)
 }
 
-fn locale(ctx: &Context) -> &str {
-    root_str(ctx, "/customer/locale").unwrap_or("en")
+/// The locale to format in: the email's (`customer.locale`) with the
+/// customer's region (`customer.region`) when known, `en-US` say.
+fn locale(ctx: &Context) -> String {
+    formatting_tag(
+        root_str(ctx, "/customer/locale").unwrap_or("en"),
+        root_str(ctx, "/customer/region"),
+    )
 }
 
 fn param<'a>(
@@ -91,7 +97,8 @@ fn param<'a>(
         .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, i))
 }
 
-/// `{{money amount currency}}`: `€59.90` in English, `59,90 €` in Armenian.
+/// `{{money amount currency}}`: `€59.90` in English, `18 500 դր.` in
+/// Armenian, `1,500.00 ብር` in Amharic (see [`format_money`]).
 fn money(
     h: &Helper<'_>,
     _: &Handlebars<'_>,
@@ -108,47 +115,8 @@ fn money(
     let currency = param(h, "money", 1)?
         .as_str()
         .ok_or(RenderErrorReason::InvalidParamType("currency code"))?;
-    out.write(&format_money(amount, currency, locale(ctx)))?;
+    out.write(&format_money(amount, currency, &locale(ctx)))?;
     Ok(())
-}
-
-pub fn format_money(amount: Decimal, currency: &str, locale: &str) -> String {
-    let symbol = match (currency, locale) {
-        ("EUR", _) => "€",
-        ("USD", _) => "$",
-        ("GBP", _) => "£",
-        ("AMD", _) => "֏",
-        ("ETB", "am") => "ብር",
-        ("ETB", _) => "Br",
-        (code, _) => code,
-    };
-    let digits = if currency == "AMD" { 0 } else { 2 };
-    let amount = amount.round_dp(digits);
-    let negative = amount.is_sign_negative() && !amount.is_zero();
-    let plain = format!("{:.*}", digits as usize, amount.abs());
-    let (int, frac) = plain.split_once('.').unwrap_or((&plain, ""));
-    let (group, decimal) = match locale {
-        // CLDR: Armenian groups with a no-break space and uses a comma.
-        "hy" => ('\u{a0}', ','),
-        _ => (',', '.'),
-    };
-    let mut grouped = String::new();
-    for (i, c) in int.chars().enumerate() {
-        if i > 0 && (int.len() - i) % 3 == 0 {
-            grouped.push(group);
-        }
-        grouped.push(c);
-    }
-    if !frac.is_empty() {
-        grouped.push(decimal);
-        grouped.push_str(frac);
-    }
-    let sign = if negative { "-" } else { "" };
-    match locale {
-        "hy" => format!("{sign}{grouped}\u{a0}{symbol}"),
-        _ if symbol.chars().count() == 1 => format!("{sign}{symbol}{grouped}"),
-        _ => format!("{sign}{symbol}\u{a0}{grouped}"),
-    }
 }
 
 /// `{{date timestamp}}`: the day in the customer's time zone and locale.
@@ -177,66 +145,8 @@ fn date(
             .parse::<jiff::civil::Date>()
             .map_err(|_| RenderErrorReason::InvalidParamType("RFC 3339 timestamp or date"))?,
     };
-    out.write(&format_day(day, locale(ctx)))?;
+    out.write(&format_day(day, &locale(ctx)))?;
     Ok(())
-}
-
-const MONTHS_EN: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-/// Genitive month names, as Armenian dates use them.
-const MONTHS_HY: [&str; 12] = [
-    "հունվարի",
-    "փետրվարի",
-    "մարտի",
-    "ապրիլի",
-    "մայիսի",
-    "հունիսի",
-    "հուլիսի",
-    "օգոստոսի",
-    "սեպտեմբերի",
-    "հոկտեմբերի",
-    "նոյեմբերի",
-    "դեկտեմբերի",
-];
-const MONTHS_AM: [&str; 12] = [
-    "ጃንዋሪ",
-    "ፌብሩዋሪ",
-    "ማርች",
-    "ኤፕሪል",
-    "ሜይ",
-    "ጁን",
-    "ጁላይ",
-    "ኦገስት",
-    "ሴፕቴምበር",
-    "ኦክቶበር",
-    "ኖቬምበር",
-    "ዲሴምበር",
-];
-
-pub fn format_date(ts: Timestamp, tz: &TimeZone, locale: &str) -> String {
-    format_day(ts.to_zoned(tz.clone()).date(), locale)
-}
-
-/// A day as `locale` writes it.
-pub fn format_day(d: jiff::civil::Date, locale: &str) -> String {
-    let m = (d.month() - 1) as usize;
-    match locale {
-        "hy" => format!("{} {} {} թ.", d.day(), MONTHS_HY[m], d.year()),
-        "am" => format!("{} {} {}", MONTHS_AM[m], d.day(), d.year()),
-        _ => format!("{} {} {}", d.day(), MONTHS_EN[m], d.year()),
-    }
 }
 
 /// `{{plural count "item" "items"}}`: the word for the count, by the
@@ -253,41 +163,65 @@ fn plural(
         .ok_or(RenderErrorReason::InvalidParamType("count"))?;
     let one = param(h, "plural", 1)?.as_str().unwrap_or_default();
     let other = param(h, "plural", 2)?.as_str().unwrap_or_default();
-    let word = if is_one(n, locale(ctx)) { one } else { other };
+    let word = if is_one(n, &locale(ctx)) { one } else { other };
     out.write(word)?;
     Ok(())
-}
-
-fn is_one(n: u64, locale: &str) -> bool {
-    let lang: unic_langid::LanguageIdentifier = locale.parse().unwrap_or_default();
-    match PluralRules::create(lang, PluralRuleType::CARDINAL) {
-        Ok(rules) => rules.select(n) == Ok(PluralCategory::ONE),
-        Err(_) => n == 1,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn render(template: &str, customer: serde_json::Value) -> String {
+        let mut hb = Handlebars::new();
+        register(&mut hb);
+        hb.register_template_string("t", template).unwrap();
+        hb.render(
+            "t",
+            &serde_json::json!({
+                "customer": customer,
+                "total": "1500",
+                "at": "2026-12-06T10:00:00Z",
+            }),
+        )
+        .unwrap()
+    }
+
     #[test]
-    fn money_by_locale() {
-        let d = |s: &str| s.parse::<Decimal>().unwrap();
-        assert_eq!(format_money(d("59.90"), "EUR", "en"), "€59.90");
-        assert_eq!(format_money(d("1234.5"), "USD", "en"), "$1,234.50");
-        assert_eq!(format_money(d("59.90"), "EUR", "hy"), "59,90\u{a0}€");
-        assert_eq!(format_money(d("25000"), "AMD", "hy"), "25\u{a0}000\u{a0}֏");
-        assert_eq!(format_money(d("59.9"), "ETB", "am"), "ብር\u{a0}59.90");
-        assert_eq!(format_money(d("-5"), "EUR", "en"), "-€5.00");
+    fn the_helpers_write_as_the_customers_region_does() {
+        let t = "{{money total \"USD\"}} {{date at}}";
+        let us = serde_json::json!({"locale": "en", "region": "US"});
+        assert_eq!(render(t, us), "$1,500.00 December 6, 2026");
+        let gb = serde_json::json!({"locale": "en", "region": "GB"});
+        assert_eq!(render(t, gb), "US$1,500.00 6 December 2026");
+        // No region: English as written outside the US.
+        let en = serde_json::json!({"locale": "en", "region": null});
+        assert_eq!(render(t, en), "US$1,500.00 6 December 2026");
+        // A region that is not one is ignored.
+        let odd = serde_json::json!({"locale": "en", "region": "<b>"});
+        assert_eq!(render(t, odd), "US$1,500.00 6 December 2026");
+        let yerevan = serde_json::json!({"locale": "hy", "timezone": "Asia/Yerevan"});
+        assert_eq!(render("{{money total \"AMD\"}}", yerevan), "1500\u{a0}դր.");
     }
 
     #[test]
     fn dates_in_the_customers_zone() {
-        let ts: Timestamp = "2026-11-24T22:30:00Z".parse().unwrap();
-        let yerevan = TimeZone::get("Asia/Yerevan").unwrap();
-        assert_eq!(format_date(ts, &TimeZone::UTC, "en"), "24 November 2026");
-        assert_eq!(format_date(ts, &yerevan, "hy"), "25 նոյեմբերի 2026 թ.");
-        assert_eq!(format_date(ts, &yerevan, "am"), "ኖቬምበር 25 2026");
+        let t = "{{date at}}";
+        let at = |customer: serde_json::Value| {
+            let mut hb = Handlebars::new();
+            register(&mut hb);
+            hb.register_template_string("t", t).unwrap();
+            hb.render(
+                "t",
+                &serde_json::json!({"customer": customer, "at": "2026-11-24T22:30:00Z"}),
+            )
+            .unwrap()
+        };
+        assert_eq!(at(serde_json::json!({"locale": "en"})), "24 November 2026");
+        assert_eq!(
+            at(serde_json::json!({"locale": "am", "timezone": "Africa/Addis_Ababa"})),
+            "ኖቬምበር 25 ቀን 2026"
+        );
     }
 
     #[test]
@@ -342,14 +276,5 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, r##"<a href="#">x</a>"##);
-    }
-
-    #[test]
-    fn plural_rules_differ_by_locale() {
-        assert!(is_one(1, "en"));
-        assert!(!is_one(0, "en"));
-        assert!(is_one(0, "am"));
-        assert!(is_one(1, "hy"));
-        assert!(!is_one(2, "hy"));
     }
 }

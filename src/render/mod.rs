@@ -12,12 +12,13 @@
 //! a template against it in every branch and partial, without rendering.
 
 pub mod coverage;
+mod format;
 mod helpers;
 mod inline;
 pub mod schema;
 mod walk;
 
-pub use helpers::{format_date, format_money};
+pub use format::{format_date, format_day, format_money, formatting_tag, region_of};
 pub use inline::{InlineError, inline_template};
 pub use walk::{HELPERS, accepts_null};
 

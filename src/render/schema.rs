@@ -25,6 +25,8 @@ pub enum Kind {
     Email,
     /// `en`, `hy`, `am`: the locale the email is rendered in.
     Locale,
+    /// A region code (`US`, `GB`, `AM`, `419`).
+    Region,
     /// An IANA time zone name.
     TimeZone,
     /// A whole number (a count, a quantity, days).
@@ -164,6 +166,14 @@ pub const FIELDS: &[Field] = &[
         Aftercare,
         EVERY,
         "the locale the email is rendered in (`en`, `hy`, `am`)",
+    ),
+    f(
+        "customer.region",
+        Region,
+        Optional,
+        Event,
+        EVERY,
+        "the region of their locale tag (`US` of `en-US`), if it has one; `money` and `date` write as that region does",
     ),
     f(
         "customer.timezone",

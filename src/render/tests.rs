@@ -188,9 +188,10 @@ fn a_preheader_error_points_into_its_file() {
 fn locale_helpers_follow_the_data() {
     let dir = fixture(GOOD);
     let r = load(dir.path()).render("hello", "hy", &data("hy")).unwrap();
+    // CLDR groups Armenian numbers from five digits on.
     assert!(
         r.html
-            .ends_with("</div><html>1\u{a0}234,50\u{a0}€<p>Tea &amp; Kettle</p></html>"),
+            .ends_with("</div><html>1234,50\u{a0}€<p>Tea &amp; Kettle</p></html>"),
         "{}",
         r.html
     );
@@ -312,7 +313,7 @@ fn a_locale_with_an_explicit_fallback_sends_the_other_locale_s_template() {
     let r = t.render("hello", "hy", &data("hy")).unwrap();
     assert_eq!(r.subject, "Hello <Anna & \"Co\">", "the English subject");
     // The helpers still format for the customer's locale.
-    assert!(r.html.contains("1\u{a0}234,50\u{a0}€"), "{}", r.html);
+    assert!(r.html.contains("1234,50\u{a0}€"), "{}", r.html);
     // A fallback to a locale that does not exist is refused.
     options.fallbacks.insert("hy".into(), "fr".into());
     let Problems(problems) = Templates::load(dir.path(), &options).err().unwrap();
