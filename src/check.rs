@@ -37,6 +37,9 @@ pub struct Checked {
     pub mapping_samples: usize,
 }
 
+/// A template's samples in one locale: name and data, in the file's order.
+pub type NamedSamples = Vec<(String, Value)>;
+
 /// One template in one locale (and variant), rendered with its sample data.
 pub struct Sample {
     /// The journey's template id, variant and the name rendered.
@@ -130,7 +133,7 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
         .map(|p| (p.file.clone(), p.line, p.column))
         .collect();
     // Each template's samples in each locale, read once for all variants.
-    let mut read: BTreeMap<(String, String), Option<Vec<(String, Value)>>> = BTreeMap::new();
+    let mut read: BTreeMap<(String, String), Option<NamedSamples>> = BTreeMap::new();
     let mut samples = Vec::new();
     let mut branches = Vec::new();
     let mut reached = HashSet::new();
@@ -262,7 +265,7 @@ pub fn samples_of(
     templates: &Templates,
     id: &str,
     locale: &str,
-) -> Result<Vec<(String, Value)>, Problem> {
+) -> Result<NamedSamples, Problem> {
     let dir = config.templates_dir.join("samples");
     let mut tried = Vec::new();
     let mut at = Some(locale.to_owned());
@@ -295,7 +298,7 @@ pub fn samples_of(
 /// A sample file: an object of named samples, each an object of template
 /// data. A file holding one sample's data itself (the former form, with
 /// `customer` at the top) is that one sample.
-fn read_samples(path: &Path) -> Result<Vec<(String, Value)>, Problem> {
+fn read_samples(path: &Path) -> Result<NamedSamples, Problem> {
     let value = read_sample(path)?;
     if value.get("customer").is_some() {
         return Ok(vec![("sample".to_owned(), value)]);
