@@ -509,53 +509,48 @@ impl Templates {
         id: &str,
         schema: &schema::TemplateSchema,
     ) -> Vec<Problem> {
-        let source = self.source_locale(locale, name).unwrap_or(locale);
-        let Some(set) = self.sets.get(source) else {
-            return Vec::new();
-        };
         let mut problems = Vec::new();
-        for part in PARTS {
-            let key = format!("{name}.{part}");
-            if !set.files.contains_key(&key) {
-                continue;
-            }
-            // HTML as written: positions point into the file.
-            let (registry, ext) = match part {
-                "html" => (&set.html_as_written, "html"),
-                _ => (&set.text, "txt"),
-            };
-            let Some(template) = registry.get_template(&key) else {
-                continue;
-            };
-            let partial_file =
-                |partial: &str| set.files.get(&format!("partial:{partial}.{ext}")).cloned();
+        self.each_part_as_written(locale, name, |file, registry, template, partial_file| {
             let mut walk = walk::Walk {
                 schema,
                 template: id,
                 registry,
-                partial_file: &partial_file,
+                partial_file,
                 problems: Vec::new(),
             };
-            walk.run(template, &self.file(source, name, part));
+            walk.run(template, file);
             for p in walk.problems {
                 if !problems.contains(&p) {
                     problems.push(p);
                 }
             }
-        }
+        });
         problems
     }
 
-    /// Every branch of every part of `name` as `locale` renders it, and of
-    /// the partials they include (see the `coverage` module).
-    pub fn branches(&self, locale: &str, name: &str) -> Vec<coverage::Branch> {
+    /// Calls `f` with each part of `name` as `locale` renders it, as
+    /// written (positions point into the files): its file, its registry,
+    /// its syntax tree, and a partial's file by the partial's name.
+    fn each_part_as_written(
+        &self,
+        locale: &str,
+        name: &str,
+        mut f: impl FnMut(
+            &Path,
+            &'_ Handlebars<'static>,
+            &'_ handlebars::Template,
+            &dyn Fn(&str) -> Option<PathBuf>,
+        ),
+    ) {
         let source = self.source_locale(locale, name).unwrap_or(locale);
         let Some(set) = self.sets.get(source) else {
-            return Vec::new();
+            return;
         };
-        let mut branches = Vec::new();
         for part in PARTS {
             let key = format!("{name}.{part}");
+            if !set.files.contains_key(&key) {
+                continue;
+            }
             let (registry, ext) = match part {
                 "html" => (&set.html_as_written, "html"),
                 _ => (&set.text, "txt"),
@@ -565,13 +560,22 @@ impl Templates {
             };
             let partial_file =
                 |partial: &str| set.files.get(&format!("partial:{partial}.{ext}")).cloned();
-            branches.extend(coverage::blocks(
+            f(
+                &self.file(source, name, part),
                 registry,
                 template,
-                &self.file(source, name, part),
                 &partial_file,
-            ));
+            );
         }
+    }
+
+    /// Every branch of every part of `name` as `locale` renders it, and of
+    /// the partials they include (see the `coverage` module).
+    pub fn branches(&self, locale: &str, name: &str) -> Vec<coverage::Branch> {
+        let mut branches = Vec::new();
+        self.each_part_as_written(locale, name, |file, registry, template, partial_file| {
+            branches.extend(coverage::blocks(registry, template, file, partial_file));
+        });
         branches
     }
 
