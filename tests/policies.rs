@@ -163,6 +163,71 @@ fn adaptive_win_back_for_a_weekly_and_a_yearly_buyer() {
 }
 
 #[test]
+fn win_backs_re_anchored_after_their_time_go_out_after_the_cancel_under_the_policies() {
+    // Two orders a minute apart, without consent; consent given 120 days
+    // later (a replay of the first order that carries it); the second order
+    // cancelled 140 days on, at 06:54 UTC. The first order's win-backs come
+    // back, both their waits run out: they go out after the cancel (when
+    // the customer has consented), not at their old times, outside quiet
+    // hours, and the cap keeps them apart.
+    let refusing =
+        r#"{"id":"c-0","email":"c-0@example.com","timezone":"UTC","marketing_consent":false}"#;
+    let silent = r#"{"id":"c-0","email":"c-0@example.com","timezone":"UTC"}"#;
+    let consenting =
+        r#"{"id":"c-0","email":"c-0@example.com","timezone":"UTC","marketing_consent":true}"#;
+    let events = [
+        placed("e1", "2025-01-06T09:00:00Z", refusing, "o-9", "1.00"),
+        placed("e2", "2025-01-06T09:01:00Z", silent, "o-0", "1.00"),
+        placed("e3", "2025-05-06T09:01:00Z", consenting, "o-9", "1.00"),
+        format!(
+            r#"{{"event_id":"e4","type":"order.cancelled","occurred_at":"2025-05-26T06:54:00Z","customer":{silent},"order":{{"id":"o-0"}}}}"#
+        ),
+    ];
+    let plan = plan("", &events, "2025-07-01T00:00:00Z");
+    let back = |template: &str| {
+        plan.iter()
+            .find(|l| l["template"] == template && l["status"] == "sent")
+            .unwrap_or_else(|| panic!("no {template} sent in {plan:#?}"))
+            .clone()
+    };
+    let time =
+        |l: &Value, field: &str| -> jiff::Timestamp { l[field].as_str().unwrap().parse().unwrap() };
+
+    let first = back("win_back");
+    assert_eq!(first["order_id"], "o-9");
+    assert_eq!(first["due_at"], "2025-05-26T06:54:00Z", "{first}");
+    assert!(
+        first["deferred_to"]
+            .as_str()
+            .unwrap()
+            .starts_with("2025-05-26T08:"),
+        "{first}"
+    );
+    assert_eq!(first["deferred"], "quiet hours 21:00-08:00 UTC");
+
+    let last = back("win_back_final");
+    assert_eq!(last["due_at"], "2025-05-26T06:54:00Z", "{last}");
+    assert!(
+        time(&last, "deferred_to").duration_since(time(&first, "deferred_to"))
+            >= jiff::SignedDuration::from_hours(20),
+        "{first}\n{last}"
+    );
+    assert!(
+        last["deferred"]
+            .as_str()
+            .unwrap()
+            .starts_with("frequency cap: one marketing email per 20h"),
+        "{last}"
+    );
+    // Before the consent, every marketing email was held back.
+    for l in &plan {
+        if l["class"] == "marketing" && time(l, "due_at") < time(&first, "due_at") {
+            assert_ne!(l["status"], "sent", "{l}");
+        }
+    }
+}
+
+#[test]
 fn a_rule_for_vip_customers_reaches_them_only() {
     let big = customer("c-big", "UTC");
     let small = customer("c-small", "UTC");

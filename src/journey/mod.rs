@@ -41,6 +41,9 @@ pub struct NewEmail {
     pub template: String,
     pub class: EmailClass,
     pub order_id: Option<String>,
+    /// Never before the event that scheduled it: the pipeline decides an
+    /// email as of its due time (consent, quiet hours, the frequency cap),
+    /// and an email cannot go out before it exists.
     pub due_at: Timestamp,
     /// The trigger's part of the template data (`order`, `shipment`, ...).
     pub data: Data,
@@ -294,6 +297,7 @@ impl Journeys {
         j.profile.apply(&event.customer);
         let mut out = Out {
             customer_id: &event.customer.id,
+            at: event.occurred_at,
             commands: Vec::new(),
             shop,
         };
@@ -784,6 +788,9 @@ pub fn assign_variant(customer_id: &str, rule: &JourneyRule) -> Option<String> {
 /// Collects the commands of one step.
 struct Out<'a> {
     customer_id: &'a str,
+    /// When the event of the step happened: the earliest an email it
+    /// schedules may fall due.
+    at: Timestamp,
     commands: Vec<Command>,
     /// What segments compare the customer with.
     shop: &'a ShopStats,
@@ -823,6 +830,10 @@ impl Out<'_> {
         due_at: Timestamp,
         data: Data,
     ) {
+        // A wait counted from an earlier moment (the win-backs of an order
+        // an earlier one left, re-anchored when the later is cancelled) may
+        // have run out already: then the email falls due now.
+        let due_at = due_at.max(self.at);
         let email = self.email(rule, order_id, scope, due_at, data);
         self.commands.push(Command::Schedule(email));
     }

@@ -326,6 +326,62 @@ fn cancelling_the_win_back_anchor_falls_back_to_the_previous_order() {
 }
 
 #[test]
+fn win_backs_re_anchored_after_their_time_fall_due_at_the_cancel_not_before() {
+    // o-2 put off the win-backs of o-1; it is cancelled 140 days on, past
+    // both waits (60 and 120 days) counted from o-1. Due at their old
+    // times, they would be decided as of a moment before they existed
+    // (consent, quiet hours and the frequency cap of then).
+    let cancel_at = "2026-05-21T06:54:00Z";
+    let (_, steps) = run(&[
+        ev("e1", "2026-01-01T09:00:00Z", placed("o-1")),
+        ev("e2", "2026-01-01T09:01:00Z", placed("o-2")),
+        ev(
+            "e3",
+            cancel_at,
+            EventKind::OrderCancelled {
+                order_id: "o-2".into(),
+            },
+        ),
+    ]);
+    assert_eq!(
+        scheduled(&steps[2]),
+        [
+            s("order_cancelled", "c-1/order_cancelled/o-2", cancel_at),
+            s("win_back", "c-1/win_back/o-1~o-2", cancel_at),
+            s("win_back_final", "c-1/win_back_final/o-1~o-2", cancel_at),
+        ]
+    );
+}
+
+#[test]
+fn a_re_anchored_win_back_still_ahead_keeps_its_time() {
+    // Cancelled 90 days on: the first wait has run out, the final one has
+    // not, and stays 120 days after o-1.
+    let (_, steps) = run(&[
+        ev("e1", "2026-01-01T09:00:00Z", placed("o-1")),
+        ev("e2", "2026-01-01T09:01:00Z", placed("o-2")),
+        ev(
+            "e3",
+            "2026-04-01T12:00:00Z",
+            EventKind::OrderCancelled {
+                order_id: "o-2".into(),
+            },
+        ),
+    ]);
+    assert_eq!(
+        scheduled(&steps[2])[1..],
+        [
+            s("win_back", "c-1/win_back/o-1~o-2", "2026-04-01T12:00:00Z"),
+            s(
+                "win_back_final",
+                "c-1/win_back_final/o-1~o-2",
+                "2026-05-01T09:00:00Z"
+            ),
+        ]
+    );
+}
+
+#[test]
 fn dispatch_and_delay_are_sent_at_once() {
     let mut delayed = shipment("s-1");
     delayed.estimated_delivery = Some(Eta::Time(t("2026-03-09T00:00:00Z")));
