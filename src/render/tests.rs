@@ -69,6 +69,19 @@ fn load(dir: &Path) -> Templates {
     Templates::load(dir, &LoadOptions::new("en")).unwrap()
 }
 
+/// `GOOD` with `file` written as `source`: the folder, and the problems of
+/// rendering `hello` in English.
+fn render_en_with(file: &str, source: &str) -> (tempfile::TempDir, Vec<Problem>) {
+    let mut files = GOOD.to_vec();
+    files.retain(|(p, _)| *p != file);
+    files.push((file, source));
+    let dir = fixture(&files);
+    let Problems(problems) = load(dir.path())
+        .render("hello", "en", &data("en"))
+        .unwrap_err();
+    (dir, problems)
+}
+
 #[test]
 fn renders_html_escaped_and_text_verbatim() {
     let dir = fixture(GOOD);
@@ -167,13 +180,7 @@ fn a_missing_preheader_is_named_like_a_missing_subject() {
 
 #[test]
 fn a_preheader_error_points_into_its_file() {
-    let mut files = GOOD.to_vec();
-    files.retain(|(p, _)| *p != "en/hello.preheader.hbs");
-    files.push(("en/hello.preheader.hbs", "Hi\n{{customer.nmae}}"));
-    let dir = fixture(&files);
-    let Problems(problems) = load(dir.path())
-        .render("hello", "en", &data("en"))
-        .unwrap_err();
+    let (dir, problems) = render_en_with("en/hello.preheader.hbs", "Hi\n{{customer.nmae}}");
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].file, dir.path().join("en/hello.preheader.hbs"));
     assert_eq!(problems[0].line, Some(2), "{:?}", problems[0]);
@@ -254,13 +261,7 @@ fn missing_variable_inside_a_partial_points_at_the_partial() {
 
 #[test]
 fn missing_partial_is_named() {
-    let mut files = GOOD.to_vec();
-    files.retain(|(p, _)| *p != "en/hello.txt.hbs");
-    files.push(("en/hello.txt.hbs", "Hi\n{{> signature}}"));
-    let dir = fixture(&files);
-    let Problems(problems) = load(dir.path())
-        .render("hello", "en", &data("en"))
-        .unwrap_err();
+    let (dir, problems) = render_en_with("en/hello.txt.hbs", "Hi\n{{> signature}}");
     let p = &problems[0];
     assert_eq!(p.file, dir.path().join("en/hello.txt.hbs"));
     assert_eq!(p.line, Some(2));
@@ -417,13 +418,7 @@ fn the_default_locale_must_exist() {
 
 #[test]
 fn unknown_helper_is_named() {
-    let mut files = GOOD.to_vec();
-    files.retain(|(p, _)| *p != "en/hello.subject.hbs");
-    files.push(("en/hello.subject.hbs", "{{shout customer.name}}"));
-    let dir = fixture(&files);
-    let Problems(problems) = load(dir.path())
-        .render("hello", "en", &data("en"))
-        .unwrap_err();
+    let (_dir, problems) = render_en_with("en/hello.subject.hbs", "{{shout customer.name}}");
     assert!(problems[0].message.contains("shout"), "{:?}", problems[0]);
 }
 
