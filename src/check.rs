@@ -299,15 +299,15 @@ pub fn samples_of(
 /// data. A file holding one sample's data itself (the former form, with
 /// `customer` at the top) is that one sample.
 fn read_samples(path: &Path) -> Result<NamedSamples, Problem> {
-    let value = read_sample(path)?;
-    if value.get("customer").is_some() {
-        return Ok(vec![("sample".to_owned(), value)]);
+    // Read once, in the file's order: the first is the gallery's page of
+    // the template.
+    let map = read_sample(path)?;
+    if map.contains_key("customer") {
+        return Ok(vec![(
+            "sample".to_owned(),
+            Value::Object(map.into_iter().collect()),
+        )]);
     }
-    // Again, keeping the samples in the file's order: the first is the
-    // gallery's page of the template.
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let map: indexmap::IndexMap<String, Value> = serde_json::from_str(&text)
-        .map_err(|e| problem(path, Some(e.line()), Some(e.column()), e.to_string()))?;
     if map.is_empty() {
         return Err(problem(
             path,
@@ -441,24 +441,23 @@ fn walk_templates(
     problems
 }
 
-fn read_sample(path: &Path) -> Result<Value, Problem> {
+/// A sample file's top-level object, keys in the file's order.
+fn read_sample(path: &Path) -> Result<indexmap::IndexMap<String, Value>, Problem> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| problem(path, None, None, format!("missing sample data: {e}")))?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| {
-        problem(
-            path,
-            Some(e.line()),
-            Some(e.column()),
-            format!("not valid JSON: {e}"),
-        )
-    })?;
-    if !value.is_object() {
-        return Err(problem(
+    serde_json::from_str(&text).map_err(|e| match e.classify() {
+        // Valid JSON of another kind: an array, a string.
+        serde_json::error::Category::Data => problem(
             path,
             None,
             None,
             "sample data must be a JSON object".to_owned(),
-        ));
-    }
-    Ok(value)
+        ),
+        _ => problem(
+            path,
+            Some(e.line()),
+            Some(e.column()),
+            format!("not valid JSON: {e}"),
+        ),
+    })
 }

@@ -128,14 +128,27 @@ pub fn write_gallery(config: &Config, out: &Path) -> Result<PathBuf, PreviewErro
 /// (`order_confirmation`), the sample's name after it for the others
 /// (`order_confirmation--big-order`).
 fn page_name(samples: &[Sample], s: &Sample) -> String {
-    let first = samples
+    let siblings: Vec<&Sample> = samples
         .iter()
-        .find(|o| o.renderable.name == s.renderable.name && o.locale == s.locale);
-    if first.is_some_and(|f| std::ptr::eq(f, s)) {
-        return s.renderable.name.clone();
+        .filter(|o| o.renderable.name == s.renderable.name && o.locale == s.locale)
+        .collect();
+    let index = match siblings.iter().position(|o| std::ptr::eq(*o, s)) {
+        None | Some(0) => return s.renderable.name.clone(),
+        Some(index) => index,
+    };
+    // Names that make the same slug ("Big order", "big order!") or none
+    // ("!!!") get their place in the file too, so no page overwrites another.
+    let own = slug(&s.sample);
+    let shared = siblings[..index].iter().any(|o| slug(&o.sample) == own);
+    match (own.is_empty(), shared) {
+        (false, false) => format!("{}--{own}", s.renderable.name),
+        _ => format!("{}--{own}-{}", s.renderable.name, index + 1),
     }
-    let slug: String = s
-        .sample
+}
+
+/// `Big order, no name` -> `big-order-no-name`.
+fn slug(name: &str) -> String {
+    let dashed: String = name
         .chars()
         .map(|c| {
             if c.is_alphanumeric() {
@@ -145,8 +158,11 @@ fn page_name(samples: &[Sample], s: &Sample) -> String {
             }
         })
         .collect();
-    let slug: Vec<&str> = slug.split('-').filter(|p| !p.is_empty()).collect();
-    format!("{}--{}", s.renderable.name, slug.join("-"))
+    dashed
+        .split('-')
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,4 +299,49 @@ async fn file(State(state): State<Arc<RwLock<Served>>>, uri: Uri) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::Rendered;
+
+    fn sample(name: &str) -> Sample {
+        Sample {
+            renderable: Renderable {
+                template: "welcome".into(),
+                variant: None,
+                name: "welcome".into(),
+            },
+            locale: "en".into(),
+            sample: name.into(),
+            rendered: Rendered {
+                subject: String::new(),
+                preheader: String::new(),
+                html: String::new(),
+                text: String::new(),
+            },
+            fallback: None,
+        }
+    }
+
+    /// Every sample gets a page of its own, whatever its name.
+    #[test]
+    fn sample_names_that_make_one_slug_or_none_get_pages_of_their_own() {
+        let samples: Vec<Sample> = ["first", "Big order", "big order!", "!!!", "Անուն"]
+            .into_iter()
+            .map(sample)
+            .collect();
+        let pages: Vec<String> = samples.iter().map(|s| page_name(&samples, s)).collect();
+        assert_eq!(
+            pages,
+            [
+                "welcome",
+                "welcome--big-order",
+                "welcome--big-order-3",
+                "welcome---4",
+                "welcome--Անուն",
+            ]
+        );
+    }
 }
