@@ -78,6 +78,10 @@ pub struct Config {
     pub report: ReportConfig,
     /// When marketing emails may go out: frequency cap, quiet hours.
     pub policy: PolicyConfig,
+    /// The go-live cut-off and the clock lateness is measured on
+    /// (`[journeys]`; the rules themselves are `[[journey]]`).
+    #[serde(rename = "journeys", default)]
+    pub catch_up: CatchUpConfig,
     /// How customers are grouped by their history.
     pub segments: SegmentsConfig,
     /// Loyalty tiers, lowest first: reaching one sends the rules with
@@ -511,6 +515,37 @@ pub struct PolicyConfig {
     pub adaptive_win_back: AdaptiveWinBackConfig,
 }
 
+/// What is done with emails that fell due long ago: before the shop went
+/// live, or longer ago than their rule's `expires_after`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatchUpConfig {
+    /// Emails due before this moment are not sent (they end `suppressed`,
+    /// `before go-live`); the events before it still build the journeys.
+    /// Default: the store's first start, recorded then.
+    #[serde(default)]
+    pub send_from: Option<jiff::Timestamp>,
+    /// What an email's lateness is measured against.
+    #[serde(default)]
+    pub clock: ClockKind,
+}
+
+/// The clock an email's lateness is measured on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockKind {
+    /// Real time: an email decided or delivered later than its due time
+    /// plus `expires_after` expires, and the frequency cap and quiet hours
+    /// hold in real time too. Emails due before the first start are not
+    /// sent unless `send_from` says otherwise.
+    #[default]
+    Wall,
+    /// The events' own time, as `simulate` plans: a log replayed now sends
+    /// what it would have sent when it happened (a replay into a test
+    /// mailbox). No first-start cut-off; `send_from` still applies.
+    Events,
+}
+
 /// The first win-back at the customer's own rhythm instead of a fixed wait.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -842,6 +877,12 @@ pub struct JourneyRule {
     /// Overrides `policy.max_delay` for this template (marketing only).
     #[serde(with = "humantime_serde", default)]
     pub max_delay: Option<Duration>,
+    /// An email of this rule that would go out later than its due time
+    /// plus this is not sent (`suppressed`, `expired`), whatever made it
+    /// late. Default: [`JourneyRule::DEFAULT_EXPIRY_TRANSACTIONAL`] or
+    /// [`JourneyRule::DEFAULT_EXPIRY_MARKETING`].
+    #[serde(with = "humantime_serde", default)]
+    pub expires_after: Option<Duration>,
     /// For `order.placed`: send when the order makes the customer reach a
     /// loyalty tier (`[[tier]]`).
     #[serde(default)]
@@ -1126,6 +1167,21 @@ mod segment_delays {
 }
 
 impl JourneyRule {
+    /// How late a transactional email may still go out, unless its rule
+    /// says otherwise.
+    pub const DEFAULT_EXPIRY_TRANSACTIONAL: Duration = Duration::from_secs(2 * 86_400);
+    /// How late a marketing email may still go out, unless its rule says
+    /// otherwise.
+    pub const DEFAULT_EXPIRY_MARKETING: Duration = Duration::from_secs(7 * 86_400);
+
+    /// `expires_after`, or the default of the rule's class.
+    pub fn expiry(&self) -> Duration {
+        self.expires_after.unwrap_or(match self.class {
+            EmailClass::Transactional => Self::DEFAULT_EXPIRY_TRANSACTIONAL,
+            EmailClass::Marketing => Self::DEFAULT_EXPIRY_MARKETING,
+        })
+    }
+
     /// The template to render for `variant`: `review_request` for `a` (or
     /// none), `review_request.b` for `b`.
     pub fn variant_template(template: &str, variant: Option<&str>) -> String {
@@ -1384,6 +1440,14 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.source.batch_size == 0 {
             return Err(invalid("source.batch_size", "must be at least 1"));
+        }
+        if let Some(from) = self.catch_up.send_from
+            && !(crate::event::limits::EARLIEST..crate::event::limits::LATEST).contains(&from)
+        {
+            return Err(invalid(
+                "journeys.send_from",
+                "must be between 1970 and 2199, as event times are",
+            ));
         }
         if !MAX_EVENT_BYTES_RANGE.contains(&self.source.max_event_bytes) {
             return Err(invalid(
@@ -1849,6 +1913,13 @@ impl Config {
                 spans.push((
                     format!("{}.max_delay", self.journey_key(i)),
                     max_delay,
+                    MAX_SPAN,
+                ));
+            }
+            if let Some(expiry) = rule.expires_after {
+                spans.push((
+                    format!("{}.expires_after", self.journey_key(i)),
+                    expiry,
                     MAX_SPAN,
                 ));
             }

@@ -59,6 +59,8 @@ pub struct Summary {
     pub sent: BTreeMap<String, u64>,
     pub retried: u64,
     pub failed: u64,
+    /// Approved emails that were too late by the time they were to go out.
+    pub expired: u64,
     /// Emails handed to the mailer again after an earlier run stopped.
     pub resumed: u64,
     /// The grace period ended with work still running.
@@ -222,6 +224,7 @@ where
             summary.sent = done.sent;
             summary.retried = done.retried;
             summary.failed = done.failed;
+            summary.expired = done.expired;
         }
         Some(Err(_)) => return Err(DaemonError::Panicked),
         None => {
@@ -276,6 +279,7 @@ struct Delivered {
     sent: BTreeMap<String, u64>,
     retried: u64,
     failed: u64,
+    expired: u64,
 }
 
 impl Delivered {
@@ -286,16 +290,20 @@ impl Delivered {
     ) -> Result<(), StoreError> {
         let outcome = outcome?;
         let (class, status) = match &outcome {
-            Outcome::Sent { .. } => ("delivered", "sent"),
-            Outcome::Retry { .. } => ("transient", "retried"),
-            Outcome::Deferred { .. } => ("deferred", "retried"),
-            Outcome::Ambiguous { .. } => ("ambiguous", "retried"),
-            Outcome::Failed { .. } | Outcome::Bounced { .. } => ("permanent", "failed"),
+            Outcome::Sent { .. } => (Some("delivered"), "sent"),
+            Outcome::Retry { .. } => (Some("transient"), "retried"),
+            Outcome::Deferred { .. } => (Some("deferred"), "retried"),
+            Outcome::Ambiguous { .. } => (Some("ambiguous"), "retried"),
+            Outcome::Failed { .. } | Outcome::Bounced { .. } => (Some("permanent"), "failed"),
+            Outcome::Expired { .. } => (None, crate::journey::late::EXPIRED),
         };
-        observer.delivery(class, took);
+        if let Some(class) = class {
+            observer.delivery(class, took);
+        }
         observer.email(&email.template, status);
         match outcome {
             Outcome::Sent { reply } => {
+                observer.sent_late(jiff::Timestamp::now().duration_since(email.due_at));
                 tracing::info!(template = %email.template, customer_id = %email.customer_id, key = %email.key, "Sent email.");
                 tracing::debug!(to = ?email.recipient, %reply, "Sent email.");
                 *self.sent.entry(email.template).or_default() += 1;
@@ -309,6 +317,10 @@ impl Delivered {
             Outcome::Failed { reason } => {
                 tracing::error!(key = %email.key, reason = %redact(&reason), "Delivery failed for good.");
                 self.failed += 1;
+            }
+            Outcome::Expired { reason } => {
+                tracing::warn!(key = %email.key, %reason, "Email too late to go out; not sent.");
+                self.expired += 1;
             }
             Outcome::Bounced { reason, .. } => {
                 tracing::warn!(key = %email.key, customer_id = %email.customer_id, reason = %redact(&reason), "Mailbox does not exist; address suppressed.");

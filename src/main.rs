@@ -9,9 +9,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 
+use aftercare::config::ClockKind;
 use aftercare::config::{Config, EmailClass, LogFormat, MailerKind, SourceKind, StoreLocation};
 use aftercare::daemon::{self, Settings, Summary};
-use aftercare::journey::Journeys;
+use aftercare::journey::late::BEFORE_GO_LIVE;
+use aftercare::journey::{Clock, Journeys, Lateness};
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
 use aftercare::mapping::Mapper;
 use aftercare::observe::{MailerProbe, Observer};
@@ -74,6 +76,16 @@ enum Command {
         /// `mailer.from`): the oracle a delivery checker compares with.
         #[arg(long)]
         with_ids: bool,
+        /// Plan as if every event had arrived this late (`2d`, `6h`): what
+        /// an outage or a backlog that long would send, each email
+        /// decided that long after it fell due (expiry, quiet hours and
+        /// the cap judged then).
+        #[arg(long, value_name = "DURATION", value_parser = parse_lag)]
+        lag: Option<jiff::SignedDuration>,
+        /// Go live at this time (a date or RFC 3339): emails due before it
+        /// are not sent. Default: `journeys.send_from`, else no cut-off.
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        send_from: Option<Timestamp>,
     },
     /// Validate the config, render every template in every locale and run
     /// every mapping on its samples.
@@ -141,6 +153,15 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))
+}
+
+/// `2d`, `6h 30m`: at most ten years, as config durations.
+fn parse_lag(s: &str) -> Result<jiff::SignedDuration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}` is not a duration: {e}"))?;
+    if d > Duration::from_secs(315_576_000) {
+        return Err(format!("`{s}` is longer than ten years"));
+    }
+    jiff::SignedDuration::try_from(d).map_err(|e| e.to_string())
 }
 
 /// `2026-01-01` (midnight UTC) or an RFC 3339 time.
@@ -316,7 +337,17 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
             events,
             until,
             with_ids,
-        } => simulate_command(&config, &events, until, with_ids),
+            lag,
+            send_from,
+        } => {
+            let lateness = Lateness {
+                go_live: send_from.or(config.catch_up.send_from),
+                clock: Clock::Events {
+                    lag: lag.unwrap_or_default(),
+                },
+            };
+            simulate_command(&config, &events, until, with_ids, lateness)
+        }
         Command::Report {
             from,
             to,
@@ -402,11 +433,76 @@ fn pipeline<S: Store>(
     )?))
 }
 
+/// The go-live cut-off and the clock of a run; on the machine's clock, the
+/// first start is recorded, and a word is said about the emails overdue.
+fn lateness<S: Store>(config: &Config, store: &mut S) -> Result<Lateness, Failure> {
+    let send_from = config.catch_up.send_from;
+    if config.catch_up.clock == ClockKind::Events {
+        tracing::info!(
+            send_from = ?send_from,
+            "journeys.clock = \"events\": emails are judged at their own time, none expires."
+        );
+        return Ok(Lateness {
+            go_live: send_from,
+            clock: Clock::EVENTS,
+        });
+    }
+    let now = Timestamp::now();
+    let first_start = store.go_live(now)?;
+    let go_live = send_from.unwrap_or(first_start);
+    match send_from {
+        Some(from) => {
+            tracing::info!(send_from = %from, first_start = %first_start, "Sending emails due from journeys.send_from on.")
+        }
+        None if first_start.as_millisecond() == now.as_millisecond() => {
+            tracing::info!(go_live = %go_live, "First start: this shop goes live now. Events before it build the journeys; emails due before it are not sent (set journeys.send_from to backfill).")
+        }
+        None => tracing::info!(go_live = %go_live, "Sending emails due since the first start."),
+    }
+    let journeys = Journeys::from_config(config);
+    let overdue = store.overdue(now)?;
+    if !overdue.is_empty() {
+        let (mut before, mut expired) = (0, 0);
+        for (template, due_at) in &overdue {
+            let class = journeys
+                .rule(template)
+                .map_or(EmailClass::Transactional, |r| r.class);
+            if *due_at < go_live {
+                before += 1;
+            } else if aftercare::journey::late::expired(
+                *due_at,
+                now,
+                journeys.expiry(template, class),
+            )
+            .is_some()
+            {
+                expired += 1;
+            }
+        }
+        let oldest = overdue.iter().map(|(_, due)| *due).min();
+        let go = overdue.len() - before - expired;
+        tracing::warn!(
+            overdue = overdue.len(),
+            oldest_due = ?oldest,
+            will_expire = expired,
+            before_go_live = before,
+            will_go = go,
+            frequency_cap = ?config.policy.frequency_cap,
+            "Emails are overdue: {expired} are past their rule's expires_after and will not be sent, {before} were due {BEFORE_GO_LIVE} and will not be sent, {go} go out now (marketing ones at most one per customer per frequency_cap and outside quiet hours, the most relevant first)."
+        );
+    }
+    Ok(Lateness {
+        go_live: Some(go_live),
+        clock: Clock::Wall,
+    })
+}
+
 fn simulate_command(
     config: &Config,
     events: &std::path::Path,
     until: Option<Timestamp>,
     with_ids: bool,
+    lateness: Lateness,
 ) -> Result<ExitCode, Failure> {
     let templates = templates(config)?;
     let path = events.to_str().context("event log path is not UTF-8")?;
@@ -415,7 +511,7 @@ fn simulate_command(
         .with_mapper(mapper(config)?);
     let mut store = SqliteStore::in_memory()?;
     let signer = signer(config, &mut store)?;
-    let pipeline = pipeline(config, &templates, store, signer)?;
+    let pipeline = pipeline(config, &templates, store, signer)?.with_lateness(lateness);
     let mut plan = simulate::simulate(pipeline, &mut source, until)?;
     let from: lettre::message::Mailbox = config.mailer.from.parse()?;
     let mut out = std::io::stdout().lock();
@@ -626,7 +722,8 @@ async fn run_with<S: Store>(
         Some(_) => Some(store.reopen()?),
         None => None,
     };
-    let pipeline = pipeline(&config, &templates, store, signer.clone())?;
+    let lateness = lateness(&config, &mut store)?;
+    let pipeline = pipeline(&config, &templates, store, signer.clone())?.with_lateness(lateness);
     let outbox = config.outbox_dir();
     let mailer = match config.mailer.kind {
         MailerKind::Eml => AnyMailer::Eml(
@@ -801,14 +898,31 @@ fn print_summary(config: &Config, input: &str, dead: &str, s: &Summary) {
         MailerKind::Eml => config.outbox_dir().display().to_string(),
         MailerKind::Smtp => format!("{}:{}", config.mailer.smtp.host, config.mailer.smtp.port),
     };
-    println!("Sent {total} emails to {place}:");
+    if total == 0 {
+        println!("Sent no emails to {place}.");
+    } else {
+        println!(
+            "Sent {total} email{} to {place}:",
+            if total == 1 { "" } else { "s" }
+        );
+    }
     for (template, n) in &s.sent {
         println!("  {template:<22} {n}");
     }
     println!(
         "Not sent: {} cancelled, {} suppressed; {} to retry, {} failed.",
-        i.cancelled, i.suppressed, s.retried, s.failed
+        i.cancelled,
+        i.suppressed + s.expired,
+        s.retried,
+        s.failed
     );
+    if i.before_go_live + i.emails_expired + s.expired > 0 {
+        println!(
+            "  of the suppressed: {} due before go-live (history builds journeys, not emails), {} expired (too late for their rule's expires_after).",
+            i.before_go_live,
+            i.emails_expired + s.expired
+        );
+    }
     if s.resumed > 0 {
         println!("Delivered again after an earlier stop: {}.", s.resumed);
     }

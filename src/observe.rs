@@ -73,6 +73,7 @@ pub struct Observer {
     emails: Family<Labels, Counter>,
     smtp: Family<Labels, Counter>,
     send_seconds: Histogram,
+    send_lag: Histogram,
     reloads: Family<Labels, Counter>,
     retried_steps: Family<Labels, Counter>,
     pending: Gauge,
@@ -135,7 +136,7 @@ impl Observer {
         let emails = Family::<Labels, Counter>::default();
         registry.register(
             "emails",
-            "Email decisions and outcomes, by template and status (sent, failed, cancelled, suppressed, deferred, retried)",
+            "Email decisions and outcomes, by template and status (sent, failed, cancelled, suppressed, deferred, retried, expired); emails due before go-live are suppressed with reason=\"before go-live\"",
             emails.clone(),
         );
         let smtp = Family::<Labels, Counter>::default();
@@ -149,6 +150,13 @@ impl Observer {
             "send_duration_seconds",
             "Time to render, build and hand one email to the mailer",
             send_seconds.clone(),
+        );
+        // From a second to about 48 days, each bucket four times the last.
+        let send_lag = Histogram::new(exponential_buckets(1.0, 4.0, 13));
+        registry.register(
+            "send_lag_seconds",
+            "How long after its due time each email went out (catching up after an outage or a backlog shows here)",
+            send_lag.clone(),
         );
         let reloads = Family::<Labels, Counter>::default();
         registry.register(
@@ -197,6 +205,7 @@ impl Observer {
             emails,
             smtp,
             send_seconds,
+            send_lag,
             reloads,
             retried_steps,
             pending,
@@ -256,10 +265,22 @@ impl Observer {
     }
 
     /// An email reached `status` (sent, failed, cancelled, suppressed,
-    /// deferred, retried).
+    /// deferred, retried, expired).
     pub fn email(&self, template: &str, status: &str) {
         self.emails
             .get_or_create(&labels(&[("template", template), ("status", status)]))
+            .inc();
+    }
+
+    /// An email not sent for a `reason` worth a series of its own
+    /// (`before go-live`): counted as `suppressed`, with the reason.
+    pub fn email_not_sent(&self, template: &str, reason: &str) {
+        self.emails
+            .get_or_create(&labels(&[
+                ("template", template),
+                ("status", "suppressed"),
+                ("reason", reason),
+            ]))
             .inc();
     }
 
@@ -267,6 +288,11 @@ impl Observer {
     pub fn delivery(&self, class: &str, took: Duration) {
         self.smtp.get_or_create(&labels(&[("class", class)])).inc();
         self.send_seconds.observe(took.as_secs_f64());
+    }
+
+    /// An email went out this long after its due time.
+    pub fn sent_late(&self, late: jiff::SignedDuration) {
+        self.send_lag.observe(late.as_secs_f64().max(0.0));
     }
 
     pub fn reload(&self, ok: bool) {

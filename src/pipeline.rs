@@ -34,7 +34,10 @@ use crate::bounded::clip;
 use crate::config::{EmailClass, Trigger};
 use crate::event::{Event, EventKind, Unresolved};
 use crate::journey::insight::Counted;
-use crate::journey::{Command, Journey, Journeys, ShopStats, Timing, Verdict, later};
+use crate::journey::late::{self, BEFORE_GO_LIVE};
+use crate::journey::{
+    Clock, Command, Due, Journey, Journeys, Lateness, ShopStats, Timing, Verdict, later,
+};
 use crate::observe::Observer;
 use crate::render::Locales;
 use crate::source::{DeadLetters, Entry, Mapped, Position, REASON_MAX_BYTES};
@@ -78,6 +81,11 @@ pub struct Stats {
     pub expired: u64,
     /// Messages a mapping made no event of, on purpose (not in `events`).
     pub skipped: u64,
+    /// Emails due before the shop went live, not sent (in `suppressed`).
+    pub before_go_live: u64,
+    /// Emails that would have gone out later than their rule's
+    /// `expires_after`, not sent (in `suppressed`).
+    pub emails_expired: u64,
 }
 
 /// What the templates need beyond the journey.
@@ -120,6 +128,8 @@ pub struct Pipeline<S: Store> {
     /// How long, in event time, an event naming no customer waits for the
     /// order that names it.
     unknown_order_wait: SignedDuration,
+    /// The go-live cut-off and the clock lateness is measured on.
+    lateness: Lateness,
     pub stats: Stats,
     /// Metrics, when the process exports them.
     observer: Option<Arc<Observer>>,
@@ -161,6 +171,7 @@ impl<S: Store> Pipeline<S> {
             next_fire,
             next_expiry,
             unknown_order_wait: UNKNOWN_ORDER_WAIT,
+            lateness: Lateness::NONE,
             stats: Stats::default(),
             observer: None,
         })
@@ -170,6 +181,13 @@ impl<S: Store> Pipeline<S> {
     /// (`source.unknown_order_wait`; [`UNKNOWN_ORDER_WAIT`] unless set).
     pub fn with_unknown_order_wait(mut self, wait: SignedDuration) -> Pipeline<S> {
         self.unknown_order_wait = wait;
+        self
+    }
+
+    /// Judges lateness by `lateness` ([`Lateness::NONE`] unless set: no
+    /// cut-off, every email decided at its own due time).
+    pub fn with_lateness(mut self, lateness: Lateness) -> Pipeline<S> {
+        self.lateness = lateness;
         self
     }
 
@@ -439,9 +457,33 @@ impl<S: Store> Pipeline<S> {
             held_since = None;
             let shop = tx.shop_stats()?;
             let mut batch = Vec::with_capacity(due.len());
+            let now = Timestamp::now();
             for mut email in due {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
                 let to = addressee(&self.context.locales, &journey);
+                // The real time it would go out at: too late for it, and
+                // nothing else matters.
+                let at = self.lateness.clock.decided_at(email.fire_at, now);
+                let expiry = self.journeys.expiry(&email.template, email.class);
+                // A retry waits on the machine's clock: on the events'
+                // clock its lateness is not the events' (and a plan has
+                // none).
+                let judged = self.lateness.clock == Clock::Wall || email.first_attempt_at.is_none();
+                if let Some(reason) = self
+                    .lateness
+                    .too_late(email.due_at, at, expiry)
+                    .filter(|_| judged)
+                {
+                    not_sent(
+                        &mut tx,
+                        (&mut self.stats, &self.observer),
+                        &email,
+                        &to,
+                        Verdict::Suppressed,
+                        &reason,
+                    )?;
+                    continue;
+                }
                 // The events of a customer come on three topics: a
                 // shipment's can be applied before the order that brings
                 // the address, or the order itself. Wait for them a while;
@@ -473,34 +515,64 @@ impl<S: Store> Pipeline<S> {
                     })
                     .unwrap_or_else(|e| Some((Verdict::Suppressed, e))),
                 };
+                // Among the customer's marketing emails due with it, the
+                // most relevant goes first; then the cap and quiet hours,
+                // at the real time it is decided at. A retry holds the
+                // place it took under the cap already.
+                let retry = email.first_attempt_at.is_some();
                 let mut verdict = match verdict {
                     Some(v) => Some(v),
-                    None => match guarded(|| {
+                    None if email.class == EmailClass::Transactional || retry => None,
+                    None => {
+                        let rules = (&self.journeys, &self.lateness);
+                        match turn(&mut tx, rules, &email, &journey, now)? {
+                            None => None,
+                            Some(Turn::Not(v, reason)) => Some((v, reason)),
+                            Some(Turn::Wait { fire_at, reason }) => {
+                                wait(
+                                    &mut tx,
+                                    (&mut self.stats, &self.observer),
+                                    &email,
+                                    fire_at,
+                                    &reason,
+                                )?;
+                                // The rest again, in time order.
+                                break;
+                            }
+                        }
+                    }
+                };
+                if verdict.is_none() {
+                    let timing = guarded(|| {
                         self.journeys.timing(
                             &journey,
                             &email.template,
                             &email.customer_id,
                             email.due_at,
-                            email.fire_at,
+                            (at, !retry),
                         )
                     })
-                    .unwrap_or_else(|reason| Timing::Skip { reason })
-                    {
-                        Timing::Now => None,
-                        Timing::Skip { reason } => Some((Verdict::Suppressed, reason)),
+                    .unwrap_or_else(|reason| Timing::Skip { reason });
+                    match timing {
+                        Timing::Now => {}
+                        Timing::Skip { reason } => verdict = Some((Verdict::Suppressed, reason)),
                         Timing::Defer { to, reason } => {
-                            tracing::debug!(key = %email.key, %to, %reason, "Email deferred.");
-                            tx.postpone(email.id, to, &reason)?;
-                            self.stats.deferred += 1;
-                            count_email(&self.observer, &email.template, "deferred");
+                            let fire_at = self.lateness.clock.fire_at_for(to);
+                            wait(
+                                &mut tx,
+                                (&mut self.stats, &self.observer),
+                                &email,
+                                fire_at,
+                                &reason,
+                            )?;
                             // The rest of the batch may fall due after the
                             // new time: take it again in time order, or a
                             // later email would go first and hold this one
                             // back under the cap.
                             break;
                         }
-                    },
-                };
+                    }
+                }
                 let data = match verdict {
                     Some(_) => None,
                     None => match guarded(|| {
@@ -514,21 +586,14 @@ impl<S: Store> Pipeline<S> {
                     },
                 };
                 if let Some((verdict, reason)) = verdict {
-                    if reason.starts_with(INTERNAL_ERROR) {
-                        tracing::error!(key = %email.key, %reason, "Email not sent.");
-                    } else {
-                        tracing::debug!(key = %email.key, %reason, "Email not sent.");
-                    }
-                    tx.decide(email.id, verdict, &reason, &to)?;
-                    match verdict {
-                        Verdict::Cancelled => self.stats.cancelled += 1,
-                        Verdict::Suppressed => self.stats.suppressed += 1,
-                    }
-                    count_email(
-                        &self.observer,
-                        &email.template,
-                        Status::from(verdict).as_str(),
-                    );
+                    not_sent(
+                        &mut tx,
+                        (&mut self.stats, &self.observer),
+                        &email,
+                        &to,
+                        verdict,
+                        &reason,
+                    )?;
                     continue;
                 }
                 email.data = data.unwrap_or_default();
@@ -536,7 +601,7 @@ impl<S: Store> Pipeline<S> {
                 if email.class == EmailClass::Marketing {
                     // The frequency cap counts from here.
                     let mut journey = journey;
-                    journey.last_marketing_at = Some(email.fire_at);
+                    journey.last_marketing_at = Some(at);
                     tx.save_journey(&email.customer_id, &journey)?;
                 }
                 email.status = Status::Sending;
@@ -548,6 +613,134 @@ impl<S: Store> Pipeline<S> {
             tx.commit()?;
             approved.append(&mut batch);
         }
+    }
+}
+
+/// What becomes of a marketing email among the customer's others due
+/// with it, when not its turn (see [`turn`]).
+enum Turn {
+    Not(Verdict, String),
+    /// Looked at again at `fire_at`.
+    Wait {
+        fire_at: Timestamp,
+        reason: String,
+    },
+}
+
+/// Puts `email` back to wait until `fire_at`, for `reason`, and counts it.
+fn wait<T: Transaction>(
+    tx: &mut T,
+    (stats, observer): (&mut Stats, &Option<Arc<Observer>>),
+    email: &EmailRow,
+    fire_at: Timestamp,
+    reason: &str,
+) -> Result<(), StoreError> {
+    tracing::debug!(key = %email.key, %fire_at, %reason, "Email deferred.");
+    tx.postpone(email.id, fire_at, reason)?;
+    stats.deferred += 1;
+    count_email(observer, &email.template, "deferred");
+    Ok(())
+}
+
+/// Records that `email` is not sent, for `reason`, and counts it.
+fn not_sent<T: Transaction>(
+    tx: &mut T,
+    (stats, observer): (&mut Stats, &Option<Arc<Observer>>),
+    email: &EmailRow,
+    to: &Addressee,
+    verdict: Verdict,
+    reason: &str,
+) -> Result<(), StoreError> {
+    if reason.starts_with(INTERNAL_ERROR) {
+        tracing::error!(key = %email.key, %reason, "Email not sent.");
+    } else {
+        tracing::debug!(key = %email.key, %reason, "Email not sent.");
+    }
+    tx.decide(email.id, verdict, reason, to)?;
+    match verdict {
+        Verdict::Cancelled => stats.cancelled += 1,
+        Verdict::Suppressed => stats.suppressed += 1,
+    }
+    if reason == BEFORE_GO_LIVE {
+        stats.before_go_live += 1;
+        if let Some(o) = observer {
+            o.email_not_sent(&email.template, BEFORE_GO_LIVE);
+        }
+    } else if reason.starts_with(late::EXPIRED) {
+        stats.emails_expired += 1;
+        count_email(observer, &email.template, late::EXPIRED);
+    } else {
+        count_email(observer, &email.template, Status::from(verdict).as_str());
+    }
+    Ok(())
+}
+
+/// Whether a marketing email that may go out by its own rules has its turn
+/// among the customer's marketing emails due with it (`None`: it has), the
+/// machine's clock reading `now`: every one overdue, even those a backlog
+/// has not reached yet (after an outage they would all go out in the same
+/// minute). A later email of the same
+/// win-back series makes it pointless; a more relevant one goes first, and
+/// this one is looked at again just after it, once the events up to it
+/// are applied: by then it went and the cap holds this one, or it did not
+/// and this one goes.
+fn turn<T: Transaction>(
+    tx: &mut T,
+    (journeys, lateness): (&Journeys, &Lateness),
+    email: &EmailRow,
+    journey: &Journey,
+    now: Timestamp,
+) -> Result<Option<Turn>, StoreError> {
+    // In a plan each email is decided at its own time (plus a lag the
+    // same for all): none is overdue together with another.
+    if !journeys.take_turns() || lateness.clock != Clock::Wall {
+        return Ok(None);
+    }
+    // Only those not decided yet: one falling due earlier and still
+    // pending is another worker's (a stream it reads, or held by its
+    // transaction), and waiting for it could wait forever.
+    let others: Vec<EmailRow> = tx
+        .pending_of(&email.customer_id, now)?
+        .into_iter()
+        .filter(|o| {
+            o.id != email.id
+                && o.class == EmailClass::Marketing
+                && (o.fire_at, o.id) > (email.fire_at, email.id)
+        })
+        .collect();
+    let me = due_of(email);
+    if let Some(later) = others.iter().find(|o| journeys.supersedes(&due_of(o), &me)) {
+        return Ok(Some(Turn::Not(
+            Verdict::Cancelled,
+            format!(
+                "superseded by {} (due {}), due with it",
+                later.template, later.due_at
+            ),
+        )));
+    }
+    let first = others
+        .iter()
+        .max_by_key(|o| journeys.relevance(journey, &due_of(o)));
+    Ok(match first {
+        Some(first)
+            if journeys.relevance(journey, &due_of(first)) > journeys.relevance(journey, &me) =>
+        {
+            Some(Turn::Wait {
+                fire_at: later(first.fire_at, SignedDuration::from_millis(1)),
+                reason: format!("{} goes first", first.template),
+            })
+        }
+        _ => None,
+    })
+}
+
+/// An email as the journey compares it with the customer's others.
+fn due_of(email: &EmailRow) -> Due<'_> {
+    Due {
+        id: email.id,
+        template: &email.template,
+        order_id: email.order_id.as_deref(),
+        due_at: email.due_at,
     }
 }
 
@@ -1025,6 +1218,9 @@ pub fn backoff(
     let secs = base.min(max.as_secs_f64()) * (1.0 + 0.2 * jitter.clamp(0.0, 1.0));
     SignedDuration::from_secs_f64(secs)
 }
+
+#[cfg(test)]
+mod catch_up_tests;
 
 #[cfg(test)]
 mod tests {

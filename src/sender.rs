@@ -1,7 +1,9 @@
 //! Delivery: an approved email rendered, built and handed to the mailer,
 //! and the outcome written back to the store.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -9,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use lettre::message::Mailbox;
 use serde_json::Value;
 
-use crate::config::{Config, EmailClass, JourneyRule, RetryConfig};
+use crate::config::{ClockKind, Config, EmailClass, JourneyRule, RetryConfig};
 use crate::domains::{Domains, domain_of, is_deferral};
 use crate::journey::later;
 use crate::mailer::{self, MailError, Mailer, Outgoing};
@@ -48,6 +50,12 @@ pub enum Outcome {
         at: Timestamp,
         reply: String,
     },
+    /// Too late to go out any more (its rule's `expires_after` passed
+    /// while it waited: a crash, a queue, a slow server): `suppressed`,
+    /// nothing sent.
+    Expired {
+        reason: String,
+    },
 }
 
 /// Whether a permanent reply says the mailbox does not exist: an enhanced
@@ -74,6 +82,9 @@ pub struct Sender<M: Mailer> {
     shop: Value,
     retry: RetryConfig,
     domains: Domains,
+    /// Each template's `expires_after`, on the machine's clock
+    /// (`journeys.clock = "wall"`); `None`: nothing expires here.
+    expiry: Option<HashMap<String, Duration>>,
 }
 
 impl<M: Mailer> Sender<M> {
@@ -89,12 +100,35 @@ impl<M: Mailer> Sender<M> {
             shop: serde_json::to_value(&config.shop).unwrap_or(Value::Null),
             retry: config.sender.retry.clone(),
             domains: Domains::new(config.sender.domains.clone()),
+            expiry: (config.catch_up.clock == ClockKind::Wall).then(|| {
+                config
+                    .journeys
+                    .iter()
+                    .map(|rule| (rule.template.clone(), rule.expiry()))
+                    .collect()
+            }),
         }
+    }
+
+    /// Why `email` may not go out at `now` any more, if it may not.
+    fn expired(&self, email: &EmailRow, now: Timestamp) -> Option<String> {
+        let expiry = self.expiry.as_ref()?;
+        let expiry = expiry
+            .get(&email.template)
+            .copied()
+            .unwrap_or(match email.class {
+                EmailClass::Transactional => JourneyRule::DEFAULT_EXPIRY_TRANSACTIONAL,
+                EmailClass::Marketing => JourneyRule::DEFAULT_EXPIRY_MARKETING,
+            });
+        crate::journey::late::expired(email.due_at, now, expiry)
     }
 
     /// Renders and sends one approved email. Never panics, never loses the
     /// email: every path ends in an [`Outcome`].
     pub async fn deliver(&self, email: &EmailRow, now: Timestamp) -> Outcome {
+        if let Some(reason) = self.expired(email, now) {
+            return Outcome::Expired { reason };
+        }
         let Some(recipient) = email.recipient.clone() else {
             return Outcome::Failed {
                 reason: "no recipient".to_owned(),
@@ -248,6 +282,7 @@ async fn record<S: Store>(
             Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
             Outcome::Ambiguous { at, reply } => store.mark_ambiguous(id, at, &reply),
             Outcome::Failed { reason } => store.mark_failed(id, &reason),
+            Outcome::Expired { reason } => store.mark_expired(id, &reason),
             Outcome::Bounced { address, reason } => {
                 store.mark_failed(id, &reason)?;
                 store.suppress(&address, &reason)

@@ -209,7 +209,7 @@ fn configurations_run_cannot_use_are_refused_by_check_and_run() {
 
 #[test]
 fn a_toml_syntax_error_names_file_line_and_column_without_echoing_the_line() {
-    let work = Work::new("[unsubscribe]\nsecret = \"Zq3vN8kP2xW7mR4t-not-closed\n");
+    let work = Work::on_wall_clock("[unsubscribe]\nsecret = \"Zq3vN8kP2xW7mR4t-not-closed\n");
     let out = work.run(&["check"]);
     assert_eq!(out.status.code(), Some(64));
     let err = stderr(&out);

@@ -297,12 +297,14 @@ fn a_shopify_record_file_plans_and_sends_what_its_native_log_does() {
     assert!(planned >= 5, "{plan}");
 
     // `run`: the emails of the plan due by now (every one of them: the
-    // fixture's events are months old, and nothing is sent twice).
+    // fixture's events are months old, replayed on their own clock, and
+    // nothing is sent twice).
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
     let run = Command::new(env!("CARGO_BIN_EXE_aftercare"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("AFTERCARE_DATA_DIR", &data)
+        .env("AFTERCARE_JOURNEYS__CLOCK", "events")
         .arg("--config")
         .arg(&config)
         .args(["run", "--input"])

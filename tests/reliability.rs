@@ -484,22 +484,9 @@ fn the_checker_tells_lost_withdrawn_and_duplicates_in_and_outside_the_gap() {
     assert!(broken.contains("1 duplicated outside the gap"), "{broken}");
 }
 
-/// `aftercare ARGS` in `work` with the wall clock `days` days behind
-/// (libfaketime; monotonic time left alone, so timeouts still work).
+/// `aftercare ARGS` in `work` with the wall clock `days` days behind.
 fn run_days_ago(work: &Work, days: u32, args: &[&str]) -> std::process::Output {
-    let faketime = ["/usr/bin/faketime", "/usr/local/bin/faketime"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("faketime not found: install Debian's faketime package (scripts/test.sh does)");
-    std::process::Command::new(faketime)
-        .args(["-f", &format!("-{days}d"), common::BIN, "--config"])
-        .arg(work.config())
-        .args(args)
-        .current_dir(work.dir.path())
-        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
+    common::run_shifted(work, &format!("-{days}d"), args)
 }
 
 #[test]

@@ -41,7 +41,7 @@ fn an_edit_is_picked_up_and_a_broken_one_is_refused_without_a_restart() {
     std::fs::write(
         work.config(),
         format!(
-            "data_dir = {:?}\ntemplates_dir = {:?}\n[source]\nbatch_wait = \"50ms\"\n",
+            "data_dir = {:?}\ntemplates_dir = {:?}\njourneys.clock = \"events\"\n[source]\nbatch_wait = \"50ms\"\n",
             work.path("data"),
             templates
         ),

@@ -12,11 +12,13 @@
 
 mod data;
 pub mod insight;
+pub mod late;
 mod policy;
 mod state;
 
 pub use data::Data;
 pub use insight::ShopStats;
+pub use late::{Clock, Lateness};
 pub use policy::{Policy, Timing};
 pub use state::{Journey, OrderState, Profile, ReturnNote, ShipmentNote, first_name_of};
 
@@ -49,6 +51,16 @@ pub struct NewEmail {
     pub data: Data,
     /// The A/B variant this customer gets, when the rule has variants.
     pub variant: Option<String>,
+}
+
+/// A pending email as [`Journeys::relevance`] and [`Journeys::supersedes`]
+/// compare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due<'a> {
+    pub id: i64,
+    pub template: &'a str,
+    pub order_id: Option<&'a str>,
+    pub due_at: Timestamp,
 }
 
 /// Which pending emails a [`Command::Cancel`] applies to.
@@ -131,20 +143,68 @@ impl Journeys {
         }
     }
 
-    /// When an email of `template` that fell due at `at` may go out (see
-    /// [`Policy::timing`]).
+    /// When an email of `template` due at `due_at` may go out, decided at
+    /// `at` (see [`Policy::timing`]).
     pub fn timing(
         &self,
         j: &Journey,
         template: &str,
         customer_id: &str,
         due_at: Timestamp,
-        at: Timestamp,
+        at: (Timestamp, bool),
     ) -> Timing {
         match self.rule(template) {
             Some(rule) => self.policy.timing(rule, j, customer_id, due_at, at),
             None => Timing::Now,
         }
+    }
+
+    /// How late an email of `template` may still go out: its rule's
+    /// `expires_after`, or the default of its class when the rule is gone.
+    pub fn expiry(&self, template: &str, class: EmailClass) -> std::time::Duration {
+        match self.rule(template) {
+            Some(rule) => rule.expiry(),
+            None => match class {
+                EmailClass::Transactional => JourneyRule::DEFAULT_EXPIRY_TRANSACTIONAL,
+                EmailClass::Marketing => JourneyRule::DEFAULT_EXPIRY_MARKETING,
+            },
+        }
+    }
+
+    /// Whether a customer's marketing emails due together must take turns:
+    /// only under a frequency cap.
+    pub fn take_turns(&self) -> bool {
+        self.policy.has_cap()
+    }
+
+    /// Which of two marketing emails of one customer due together is the
+    /// more relevant, and goes first: the one about the newer order (by
+    /// when it was placed), then the one due later (a later win-back
+    /// before an earlier one), then the one created later.
+    pub fn relevance(&self, j: &Journey, email: &Due<'_>) -> (Option<Timestamp>, Timestamp, i64) {
+        let placed = email
+            .order_id
+            .and_then(|order| j.orders.get(order))
+            .and_then(|o| o.placed_at);
+        (placed, email.due_at, email.id)
+    }
+
+    /// Whether `later` makes `earlier` pointless, both due: a later email of
+    /// the same win-back series (inactivity rules counting from the same
+    /// order, the one with the longer wait). "We miss you", then "a last
+    /// word" at once, helps nobody; the last word alone does.
+    pub fn supersedes(&self, later: &Due<'_>, earlier: &Due<'_>) -> bool {
+        let wait = |template: &str| {
+            self.rule(template)
+                .filter(|r| r.on == Trigger::Inactivity)
+                .map(|r| r.delay)
+        };
+        later.order_id.is_some()
+            && later.order_id == earlier.order_id
+            && matches!(
+                (wait(later.template), wait(earlier.template)),
+                (Some(l), Some(e)) if l > e
+            )
     }
 
     /// The wait after the last order before the first win-back: the

@@ -26,7 +26,7 @@ pub enum Timing {
         to: Timestamp,
         reason: String,
     },
-    /// The next allowed moment is past the template's maximum delay.
+    /// The next allowed moment is past the rule's expiry or maximum delay.
     Skip {
         reason: String,
     },
@@ -69,22 +69,53 @@ impl Policy {
         }
     }
 
-    /// Whether an email of `rule`, due at `due_at` and falling due at `at`
-    /// (later than `due_at` if it waited already), may go out at `at`.
+    /// Whether an email of `rule`, due at `due_at`, may go out at `at`
+    /// (the real time it is decided at: the machine's clock, or in a plan
+    /// the event time it falls due at). `with_cap = false` leaves the cap
+    /// out: a retry holds its place under it already.
     pub fn timing(
         &self,
         rule: &JourneyRule,
         journey: &Journey,
         customer_id: &str,
         due_at: Timestamp,
-        at: Timestamp,
+        (at, with_cap): (Timestamp, bool),
     ) -> Timing {
         if rule.class == EmailClass::Transactional {
             return Timing::Now;
         }
+        let last = journey.last_marketing_at.filter(|_| with_cap);
+        let Some((next, reason)) = self.hold(journey, last, customer_id, at) else {
+            return Timing::Now;
+        };
+        if let Some(expired) = super::late::held_past_expiry(due_at, next, rule.expiry(), &reason) {
+            return Timing::Skip { reason: expired };
+        }
+        let max_delay = signed(rule.max_delay.unwrap_or(self.max_delay));
+        if next > later(due_at, max_delay) {
+            return Timing::Skip {
+                reason: format!(
+                    "{reason}: the next allowed time, {next}, is past the max delay of {}",
+                    human(max_delay)
+                ),
+            };
+        }
+        Timing::Defer { to: next, reason }
+    }
+
+    /// The first moment from `at` that the cap (counting from `last`) and
+    /// the customer's quiet hours allow, with the reasons it is not `at`;
+    /// `None` when that is `at` itself.
+    fn hold(
+        &self,
+        journey: &Journey,
+        last: Option<Timestamp>,
+        customer_id: &str,
+        at: Timestamp,
+    ) -> Option<(Timestamp, String)> {
         let mut next = at;
         let mut reasons = Vec::new();
-        if let (Some(cap), Some(last)) = (self.cap, journey.last_marketing_at)
+        if let (Some(cap), Some(last)) = (self.cap, last)
             && later(last, cap) > next
         {
             next = later(last, cap);
@@ -110,20 +141,13 @@ impl Policy {
                 tz.iana_name().unwrap_or("UTC")
             ));
         }
-        if next == at {
-            return Timing::Now;
-        }
-        let reason = reasons.join(", ");
-        let max_delay = signed(rule.max_delay.unwrap_or(self.max_delay));
-        if next > later(due_at, max_delay) {
-            return Timing::Skip {
-                reason: format!(
-                    "{reason}: the next allowed time, {next}, is past the max delay of {}",
-                    human(max_delay)
-                ),
-            };
-        }
-        Timing::Defer { to: next, reason }
+        (next != at).then(|| (next, reasons.join(", ")))
+    }
+
+    /// Whether a frequency cap is set: only then does the order of a
+    /// customer's marketing emails due together matter.
+    pub fn has_cap(&self) -> bool {
+        self.cap.is_some()
     }
 
     /// The end of the quiet window `at` falls in, in `tz`; `None` when
@@ -199,7 +223,7 @@ mod tests {
 
     /// The time an email due (and falling due) at `at` goes out, if it does.
     fn goes_at(j: &Journey, template: &str, at: &str) -> Option<Timestamp> {
-        match policy().timing(&rule(template), j, "c-1", t(at), t(at)) {
+        match policy().timing(&rule(template), j, "c-1", t(at), (t(at), true)) {
             Timing::Now => Some(t(at)),
             Timing::Defer { to, .. } => Some(to),
             Timing::Skip { .. } => None,
@@ -323,7 +347,7 @@ mod tests {
             &j,
             "c-1",
             t("2026-02-10T12:00:00Z"),
-            t("2026-02-10T12:00:00Z"),
+            (t("2026-02-10T12:00:00Z"), true),
         );
         let Timing::Skip { reason } = timing else {
             panic!("{timing:?}");
@@ -362,7 +386,7 @@ mod tests {
         config.quiet_hours.jitter = Duration::ZERO;
         let p = Policy::new(&config, "UTC");
         let j = customer(None, None);
-        let at = |s: &str| p.timing(&rule("welcome"), &j, "c-1", t(s), t(s));
+        let at = |s: &str| p.timing(&rule("welcome"), &j, "c-1", t(s), (t(s), true));
         assert_eq!(at("2026-02-10T12:59:00Z"), Timing::Now);
         assert!(
             matches!(at("2026-02-10T13:30:00Z"), Timing::Defer { to, .. } if to == t("2026-02-10T14:00:00Z"))

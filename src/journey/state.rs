@@ -25,8 +25,10 @@ pub struct Journey {
     pub tiers: BTreeSet<String>,
     /// The order inactivity timers count from, and when it was placed.
     pub last_order: Option<(String, Timestamp)>,
-    /// When the last marketing email went out (approved at its fire
-    /// time): the frequency cap counts from it.
+    /// When the last marketing email went out: the frequency cap counts
+    /// from it. The time it was approved at: on the machine's clock, the
+    /// real time, so that a backlog does not send a customer several
+    /// marketing emails at once; in a plan, its fire time.
     pub last_marketing_at: Option<Timestamp>,
 }
 

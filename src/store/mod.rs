@@ -337,6 +337,9 @@ pub trait Transaction {
     fn save_shop_stats(&mut self, stats: &ShopStats) -> Result<()>;
     /// Makes a pending email wait until `fire_at`, for `reason`.
     fn postpone(&mut self, id: i64, fire_at: Timestamp, reason: &str) -> Result<()>;
+    /// The customer's pending emails that fall due by `until`: those due
+    /// together with one being decided.
+    fn pending_of(&mut self, customer_id: &str, until: Timestamp) -> Result<Vec<EmailRow>>;
     /// Ends a pending email as cancelled or suppressed.
     fn decide(&mut self, id: i64, verdict: Verdict, reason: &str, to: &Addressee) -> Result<()>;
     fn is_suppressed(&mut self, address: &str) -> Result<bool>;
@@ -418,6 +421,16 @@ pub trait Store: Send + 'static {
     /// fault: no attempt is counted.
     fn mark_deferred(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
     fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()>;
+    /// An approved email that is too late to go out any more: `suppressed`
+    /// with `reason` (its rule's `expires_after` passed).
+    fn mark_expired(&mut self, id: i64, reason: &str) -> Result<()>;
+    /// When this shop went live: recorded on the first call (`now`, or the
+    /// Unix epoch for a store that holds journeys already: one that went
+    /// live before this was recorded), the same ever after.
+    fn go_live(&mut self, now: Timestamp) -> Result<Timestamp>;
+    /// The pending emails whose fire time is past `now`: template and due
+    /// time, for the word at start on what will become of them.
+    fn overdue(&mut self, now: Timestamp) -> Result<Vec<(String, Timestamp)>>;
     /// No email goes to `address` any more, transactional ones included
     /// (a hard bounce: the mailbox does not exist).
     fn suppress(&mut self, address: &str, reason: &str) -> Result<()>;

@@ -822,6 +822,54 @@ impl Store for PostgresStore {
         })
     }
 
+    fn mark_expired(&mut self, id: i64, reason: &str) -> Result<()> {
+        let reason = reason.to_owned();
+        self.conn.call(move |s| {
+            s.execute(
+                concat!(
+                    "UPDATE emails SET status = 'suppressed', reason = $2, decided_at = ",
+                    now_ms!(),
+                    " WHERE id = $1"
+                ),
+                &[&id, &reason],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn go_live(&mut self, now: Timestamp) -> Result<Timestamp> {
+        let now = ms(now);
+        self.conn.call(move |s| {
+            s.execute(
+                "INSERT INTO meta (key, value)
+                 SELECT 'go_live', convert_to(
+                     CASE WHEN EXISTS (SELECT 1 FROM journeys) THEN '0' ELSE $1::bigint::text END,
+                     'UTF8')
+                 ON CONFLICT DO NOTHING",
+                &[&now],
+            )?;
+            let rows = s.query("SELECT value FROM meta WHERE key = 'go_live'", &[])?;
+            let value: Vec<u8> = match rows.first() {
+                Some(row) => row.try_get(0)?,
+                None => Vec::new(),
+            };
+            Ok(from_ms(super::sqlite::meta_ms(&value)))
+        })
+    }
+
+    fn overdue(&mut self, now: Timestamp) -> Result<Vec<(String, Timestamp)>> {
+        let now = ms(now);
+        self.conn.call(move |s| {
+            let rows = s.query(
+                "SELECT template, due_at FROM emails WHERE status = 'pending' AND fire_at <= $1",
+                &[&now],
+            )?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, from_ms(r.try_get(1)?))))
+                .collect()
+        })
+    }
+
     fn suppress(&mut self, address: &str, reason: &str) -> Result<()> {
         let (address, reason) = (address.to_lowercase(), reason.to_owned());
         self.conn.call(move |s| {
@@ -1229,6 +1277,22 @@ impl Transaction for PostgresTx<'_> {
             read.locked = true;
         }
         Ok(())
+    }
+
+    fn pending_of(&mut self, customer_id: &str, until: Timestamp) -> Result<Vec<EmailRow>> {
+        let (customer_id, until) = (customer_id.to_owned(), ms(until));
+        self.call(move |s| {
+            let rows = s.query(
+                concat!(
+                    "SELECT ",
+                    email_columns!(),
+                    " FROM emails WHERE status = 'pending' AND customer_id = $1 AND fire_at <= $2
+                      ORDER BY fire_at, id"
+                ),
+                &[&customer_id, &until],
+            )?;
+            email_rows(&rows)
+        })
     }
 
     fn postpone(&mut self, id: i64, fire_at: Timestamp, reason: &str) -> Result<()> {

@@ -287,6 +287,15 @@ fn ms(t: Timestamp) -> i64 {
     t.as_millisecond()
 }
 
+/// A time kept in `meta`: milliseconds as decimal text (0 when unreadable:
+/// the earliest time, which cuts off nothing).
+pub(super) fn meta_ms(value: &[u8]) -> i64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn from_ms(ms: i64) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(Timestamp::MAX)
 }
@@ -475,6 +484,41 @@ impl Store for SqliteStore {
             params![id, reason],
         )?;
         Ok(())
+    }
+
+    fn mark_expired(&mut self, id: i64, reason: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE emails SET status = 'suppressed', reason = ?2,
+                 decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+             WHERE id = ?1",
+            params![id, reason],
+        )?;
+        Ok(())
+    }
+
+    fn go_live(&mut self, now: Timestamp) -> Result<Timestamp> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value)
+             SELECT 'go_live', CAST(CASE WHEN EXISTS (SELECT 1 FROM journeys) THEN 0 ELSE ?1 END AS BLOB)
+             ON CONFLICT DO NOTHING",
+            [ms(now)],
+        )?;
+        let value: Vec<u8> =
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = 'go_live'", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(from_ms(meta_ms(&value)))
+    }
+
+    fn overdue(&mut self, now: Timestamp) -> Result<Vec<(String, Timestamp)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT template, due_at FROM emails WHERE status = 'pending' AND fire_at <= ?1",
+        )?;
+        let rows = stmt.query_map([ms(now)], |r| {
+            Ok((r.get::<_, String>(0)?, from_ms(r.get(1)?)))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn suppress(&mut self, address: &str, reason: &str) -> Result<()> {
@@ -772,6 +816,19 @@ impl Transaction for SqliteTx<'_> {
         )?;
         stmt.execute([serde_json::to_vec(stats).unwrap_or_default()])?;
         Ok(())
+    }
+
+    fn pending_of(&mut self, customer_id: &str, until: Timestamp) -> Result<Vec<EmailRow>> {
+        let sql = format!(
+            "SELECT {EMAIL_COLUMNS} FROM emails
+             WHERE status = 'pending' AND customer_id = ?1 AND fire_at <= ?2
+             ORDER BY fire_at, id"
+        );
+        let mut stmt = self.tx.prepare_cached(&sql)?;
+        let rows = stmt
+            .query_map(params![customer_id, ms(until)], email_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
     }
 
     fn postpone(&mut self, id: i64, fire_at: Timestamp, reason: &str) -> Result<()> {

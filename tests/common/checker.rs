@@ -3,7 +3,9 @@
 //!
 //! - lost: expected, never received (unless the store shows it withdrawn:
 //!   a marketing email retried after an outage is checked again, and an
-//!   event applied meanwhile may have cancelled it, with the reason);
+//!   event applied meanwhile may have cancelled it, with the reason; or
+//!   expired: too late to go out when it was to, which a scenario that
+//!   stops the worker long enough checks against the email's due time);
 //! - refused: expected, never received, and the store shows the server
 //!   refused it for good (a 5xx reply): it ends `failed`, as it should;
 //! - unexpected: received, not expected;
@@ -79,6 +81,30 @@ fn plan(work: &Work, log: &Path, until: Option<&str>, invalid: bool) -> BTreeMap
         .collect()
 }
 
+/// The due time of every email `simulate` plans to send for `log` by
+/// `until`, by key.
+pub fn planned_due(work: &Work, log: &Path, until: &str) -> BTreeMap<String, jiff::Timestamp> {
+    let out = work.run(&[
+        "simulate",
+        log.to_str().unwrap(),
+        "--with-ids",
+        "--until",
+        until,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["status"] == "sent")
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap().to_owned(),
+                v["due_at"].as_str().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[derive(Debug, Default)]
 pub struct Checked {
     pub expected: usize,
@@ -90,6 +116,11 @@ pub struct Checked {
     pub lost: Vec<(String, Option<String>)>,
     /// Keys of expected emails the store shows withdrawn, with the reason.
     pub withdrawn: Vec<(String, Option<String>)>,
+    /// Keys of expected emails the store shows expired (too late for their
+    /// rule's `expires_after` when they were to go out), with the reason:
+    /// not lost, if they really were that late, which the scenario checks
+    /// against their due times ([`planned_due`]).
+    pub expired: Vec<(String, Option<String>)>,
     /// Keys of expected emails the server refused for good (a 5xx reply),
     /// with the reply: they end `failed`, as they should.
     pub refused: Vec<(String, Option<String>)>,
@@ -126,6 +157,12 @@ pub fn check(
             continue;
         }
         match status(key) {
+            Some((s, reason))
+                if s == "suppressed"
+                    && reason.as_deref().is_some_and(|r| r.starts_with("expired")) =>
+            {
+                checked.expired.push((key.clone(), reason));
+            }
             Some((s, reason)) if s == "cancelled" || s == "suppressed" => {
                 checked.withdrawn.push((key.clone(), reason));
             }

@@ -26,7 +26,21 @@ pub struct Work {
 }
 
 impl Work {
+    /// A work directory whose worker judges emails on the events' own
+    /// clock (`journeys.clock = "events"`): the generated logs are from
+    /// 2024, and what these tests check is what the events make, as
+    /// `simulate` plans it, not how late it is.
     pub fn new(extra_config: &str) -> Work {
+        Work::with_config(&format!("journeys.clock = \"events\"\n{extra_config}"))
+    }
+
+    /// A work directory on the shipped defaults: the machine's clock, the
+    /// first start as go-live, each rule's expiry.
+    pub fn on_wall_clock(extra_config: &str) -> Work {
+        Work::with_config(extra_config)
+    }
+
+    fn with_config(extra_config: &str) -> Work {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "data_dir = {:?}\ntemplates_dir = {:?}\n{extra_config}",
@@ -292,6 +306,25 @@ pub fn live_events(customers: usize, start: jiff::Timestamp, span: Duration) -> 
         }
     }
     lines.join("\n") + "\n"
+}
+
+/// `aftercare ARGS` in `work` with the wall clock moved by `offset`
+/// (libfaketime's `-2d`, `+21h`; monotonic time left alone, so timeouts
+/// still work).
+pub fn run_shifted(work: &Work, offset: &str, args: &[&str]) -> Output {
+    let faketime = ["/usr/bin/faketime", "/usr/local/bin/faketime"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("faketime not found: install Debian's faketime package (scripts/test.sh does)");
+    Command::new(faketime)
+        .args(["-f", offset, BIN, "--config"])
+        .arg(work.config())
+        .args(args)
+        .current_dir(work.dir.path())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 /// A free loopback port (the listener is closed before the server binds).
