@@ -47,10 +47,13 @@ for i in range(int(sys.argv[1])):
     }))
 PY
 
-# One journey: each event makes exactly one email.
+# One journey: each event makes exactly one email. The events are from
+# 2024: replayed on their own clock, or they would all be before go-live.
 config() {
   cat <<TOML
 data_dir = "$work/data-$1"
+[journeys]
+clock = "events"
 [mailer]
 kind = "$2"
 [mailer.smtp]

@@ -263,6 +263,10 @@ fn bad_config_exits_64_naming_the_key() {
             "[[journey]]\ntemplate = \"nope\"\non = \"order.placed\"\nclass = \"marketing\"\n",
             "nope",
         ),
+        (
+            "[[journey]]\ntemplate = \"welcome\"\non = \"order.placed\"\nclass = \"marketing\"\nexpires_after = \"11y\"\n",
+            "journey[0].expires_after",
+        ),
     ];
     for (toml, key) in cases {
         let work = Work::new(toml);
@@ -281,6 +285,169 @@ fn bad_config_exits_64_naming_the_key() {
             assert!(stderr(&out).contains(key), "{toml}: {}", stderr(&out));
         }
     }
+}
+
+#[test]
+fn a_go_live_or_clock_that_is_not_one_exits_64_naming_the_key() {
+    for (toml, key) in [
+        ("[journeys]\nsend_from = \"soon\"\n", "journeys.send_from"),
+        (
+            "[journeys]\nsend_from = 1970-01-01T00:00:00Z\n",
+            "journeys.send_from",
+        ),
+        (
+            "[journeys]\nsend_from = \"2200-01-01T00:00:00Z\"\n",
+            "journeys.send_from",
+        ),
+        ("[journeys]\nclock = \"sundial\"\n", "journeys.clock"),
+    ] {
+        let work = Work::on_wall_clock(toml);
+        for args in [&["check"][..], &["run"][..]] {
+            let out = work.run(args);
+            assert_eq!(
+                out.status.code(),
+                Some(64),
+                "{toml} {args:?}: {}",
+                stderr(&out)
+            );
+            assert!(stderr(&out).contains(key), "{toml}: {}", stderr(&out));
+        }
+    }
+    let out = Work::new("")
+        .command(&["simulate", "x.jsonl", "--lag", "a while"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--lag"), "{}", stderr(&out));
+}
+
+/// The README's quick start, on the shipped defaults: the example log is
+/// history, the first start is the go-live, nothing is sent, and the
+/// summary and the log say why.
+#[test]
+fn the_quick_start_sends_nothing_due_before_go_live_and_says_why() {
+    let work = Work::on_wall_clock("");
+    let examples = repo().join("examples/events.jsonl");
+    let out = work
+        .command(&["run", "--input", examples.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = stdout(&out);
+    assert!(summary.contains("Sent no emails"), "{summary}");
+    assert!(work.outbox().is_empty());
+    assert!(stderr(&out).contains("First start: this shop goes live now"));
+    // Every email the plan sends or suppresses is due before go-live; the
+    // cancelled ones stay cancelled, for their own reasons.
+    let plan: Vec<serde_json::Value> = EXPECTED_PLAN
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let not_cancelled = plan.iter().filter(|v| v["status"] != "cancelled").count();
+    assert!(
+        summary.contains(&format!("{not_cancelled} due before go-live")),
+        "{summary}"
+    );
+    for e in work.stored() {
+        match e.status.as_str() {
+            "suppressed" => assert_eq!(e.reason.as_deref(), Some("before go-live"), "{}", e.key),
+            "cancelled" | "pending" => {}
+            other => panic!("{} is {other}", e.key),
+        }
+    }
+    // The journeys were built all the same: every customer's orders are
+    // there, and a second run reads nothing new.
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let orders: usize = conn
+        .prepare("SELECT state FROM journeys")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|state| {
+            let state: serde_json::Value = serde_json::from_str(&state.unwrap()).unwrap();
+            state["orders"].as_object().map_or(0, |o| o.len())
+        })
+        .sum();
+    let placed = std::fs::read_to_string(&examples)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"type\":\"order.placed\""))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["order"]["id"].as_str().unwrap().to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert_eq!(orders, placed);
+    let again = work.run(&["run", "--input", examples.to_str().unwrap()]);
+    assert!(
+        stdout(&again).contains("Read 0 events"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[test]
+fn simulate_with_a_lag_expires_what_would_be_too_old_and_send_from_cuts_off_before_it() {
+    let work = Work::new("");
+    let examples = repo().join("examples/events.jsonl");
+    let plan = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["simulate", examples.to_str().unwrap()];
+        all.extend(args);
+        let out = work.run(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let on_time = plan(&[]);
+    // Two days late: every confirmation (1 day) and shipping update (2
+    // days, and a little more) expires; no review request (14 days) does.
+    let late = plan(&["--lag", "2d"]);
+    assert_eq!(late.len(), on_time.len());
+    let expired = |template: &str| {
+        late.iter()
+            .filter(|v| v["template"] == template)
+            .filter(|v| {
+                v["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("expired: 2days late"))
+            })
+            .count()
+    };
+    let sent = |lines: &[serde_json::Value], template: &str| {
+        lines
+            .iter()
+            .filter(|v| v["template"] == template && v["status"] == "sent")
+            .count()
+    };
+    assert_eq!(
+        expired("order_confirmation"),
+        sent(&on_time, "order_confirmation")
+    );
+    assert!(expired("order_confirmation") > 0);
+    assert_eq!(
+        sent(&late, "review_request"),
+        sent(&on_time, "review_request")
+    );
+    // Going live on 1 May: what is due before is suppressed, the rest as
+    // planned.
+    let cut = plan(&["--send-from", "2026-05-01"]);
+    let may: jiff::Timestamp = "2026-05-01T00:00:00Z".parse().unwrap();
+    for (a, b) in on_time.iter().zip(&cut) {
+        let due: jiff::Timestamp = a["due_at"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            (&a["template"], &a["customer_id"], &a["order_id"]),
+            (&b["template"], &b["customer_id"], &b["order_id"])
+        );
+        if due < may && a["status"] != "cancelled" {
+            assert_eq!(b["reason"], "before go-live", "{a}\n{b}");
+        } else if due >= may {
+            assert_ne!(b["reason"], "before go-live", "{a}\n{b}");
+        }
+    }
+    assert!(cut.iter().any(|v| v["reason"] == "before go-live"));
+    assert!(cut.iter().any(|v| v["status"] == "sent"));
 }
 
 #[test]
