@@ -38,6 +38,7 @@ for run in $(seq "$RUNS"); do
 done
 long --test kafka a_fresh_group_replaying_from_offset_zero
 long --test reliability after_a_long_downtime
+long --test catch_up a_worker_stopped_two_days
 
 {
   cat <<'MD'
@@ -84,7 +85,14 @@ The scenarios:
   libfaketime 100 days in the past, stopped, and started again at today's
   date with the downtime's events waiting: overdue emails go out once, a
   win-back cancelled by an order of the downtime stays cancelled, a second
-  start sends nothing.
+  start sends nothing. On the events' clock (`journeys.clock = "events"`):
+  what is checked is event-time order, not lateness.
+- **worker stopped 2 days** (`tests/catch_up.rs`): on the machine's clock,
+  a worker run under libfaketime two days in the past, started again now
+  with the stop's events waiting, then 21 hours later: what is still
+  useful goes out once, what is older than its rule's `expires_after`
+  expires (each checked to be as late as it says), and no customer gets
+  two marketing emails within the frequency cap.
 
 The columns:
 
@@ -94,6 +102,10 @@ The columns:
   new order) took its reason away, or the frequency cap now holds it past
   its max delay. Counted apart; each ends `cancelled` or `suppressed` with
   the reason;
+- *expired*: planned, never received, because it would have gone out later
+  than its rule's `expires_after` (`suppressed`, `expired: ...`): right
+  only where the worker was stopped that long, which the scenario checks
+  against each email's due time;
 - *refused*: planned, never received, because the server refused it for
   good (the 500 fault): it ends `failed` with the reply, as it should;
   every `failed` email must have been refused by the server (a 5xx);
@@ -105,8 +117,8 @@ The columns:
   than the deliveries in flight at the kills plus the unacknowledged ones.
   A scenario without kills or unacknowledged messages must have none.
 
-| scenario | suite | seed | customers | kills | faults | expected | received | lost | withdrawn | refused | duplicated | time |
-|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| scenario | suite | seed | customers | kills | faults | expected | received | lost | withdrawn | expired | refused | duplicated | time |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 MD
   cat "$figures"
   echo

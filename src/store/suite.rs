@@ -159,6 +159,10 @@ suite!(
     an_order_stays_with_the_first_customer_who_placed_it,
     parked_events_come_out_for_their_order_in_event_order_as_they_went_in,
     parked_events_expire_by_stream_oldest_first_and_their_ids_are_forgotten,
+    go_live_is_recorded_once,
+    a_store_in_use_before_go_live_was_recorded_went_live_at_the_epoch,
+    a_customers_pending_emails_and_the_overdue_ones_are_listed,
+    an_approved_email_that_expired_ends_suppressed_with_the_reason,
 );
 
 pub(super) fn t(s: &str) -> Timestamp {
@@ -784,6 +788,80 @@ fn the_backlog_counts_pending_and_overdue_emails(h: &impl Harness) {
             parked: 0,
         }
     );
+}
+
+fn go_live_is_recorded_once(h: &impl Harness) {
+    let first = t("2026-12-01T10:00:00.123Z");
+    let mut s = h.open();
+    assert_eq!(s.go_live(first).unwrap(), first);
+    // Later starts, this handle or another, find the same.
+    assert_eq!(s.go_live(t("2026-12-05T00:00:00Z")).unwrap(), first);
+    assert_eq!(h.open().go_live(t("2027-01-01T00:00:00Z")).unwrap(), first);
+}
+
+fn a_store_in_use_before_go_live_was_recorded_went_live_at_the_epoch(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.save_journey("c-9", &Journey::default()).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        s.go_live(t("2027-01-01T00:00:00Z")).unwrap(),
+        Timestamp::UNIX_EPOCH
+    );
+}
+
+fn a_customers_pending_emails_and_the_overdue_ones_are_listed(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(&email("b", "o-1", "thank_you", "2026-01-03T00:00:00Z"), "s")
+        .unwrap();
+    tx.schedule(
+        &email("c", "o-1", "review_request", "2026-01-09T00:00:00Z"),
+        "s",
+    )
+    .unwrap();
+    let mut other = email("d", "o-2", "welcome", "2026-01-02T00:00:00Z");
+    other.customer_id = "c-2".into();
+    tx.schedule(&other, "s").unwrap();
+    let pending = tx.pending_of("c-1", t("2026-01-05T00:00:00Z")).unwrap();
+    let keys: Vec<&str> = pending.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    tx.commit().unwrap();
+    let mut overdue = s.overdue(t("2026-01-05T00:00:00Z")).unwrap();
+    overdue.sort();
+    assert_eq!(
+        overdue,
+        [
+            ("thank_you".to_owned(), t("2026-01-03T00:00:00Z")),
+            ("welcome".to_owned(), t("2026-01-02T00:00:00Z")),
+            ("welcome".to_owned(), t("2026-01-02T00:00:00Z")),
+        ]
+    );
+}
+
+fn an_approved_email_that_expired_ends_suppressed_with_the_reason(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    tx.approve(due[0].id, &to(), &json!({}), &lease("w1"))
+        .unwrap();
+    tx.commit().unwrap();
+    let reason = "expired: 4days late, past its expires_after of 3days";
+    s.mark_expired(due[0].id, reason).unwrap();
+    assert_eq!(
+        s.email_statuses(),
+        [(
+            "a".to_owned(),
+            "suppressed".to_owned(),
+            Some(reason.to_owned())
+        )]
+    );
+    let log: Vec<String> = s.email_log().into_iter().map(|(_, st)| st).collect();
+    assert_eq!(log, ["pending", "sending", "suppressed"]);
 }
 
 #[test]

@@ -276,7 +276,7 @@ impl Figures<'_> {
     pub fn record(&self) {
         let c = self.checked;
         let row = format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
             self.scenario,
             if long() { "long" } else { "short" },
             self.seed.map_or("-".to_owned(), |s| s.to_string()),
@@ -287,6 +287,7 @@ impl Figures<'_> {
             c.received,
             c.lost.len(),
             c.withdrawn.len(),
+            c.expired.len(),
             c.refused.len(),
             c.duplicated(),
             self.took.as_secs_f64()
