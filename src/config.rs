@@ -506,9 +506,10 @@ pub struct PolicyConfig {
     /// cap). One over the cap waits for the next allowed moment.
     #[serde(with = "humantime_serde")]
     pub frequency_cap: Duration,
-    /// How late a marketing email may go out, after its due time, because
-    /// of the cap or quiet hours; later than that it is skipped. A journey
-    /// rule may set its own `max_delay`.
+    /// How long the cap or quiet hours may hold a marketing email: from its
+    /// due time in a plan, from the moment it is decided on the machine's
+    /// clock (its rule's `expires_after` bounds the whole lateness); longer
+    /// and it is skipped. A journey rule may set its own `max_delay`.
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     pub quiet_hours: QuietHoursConfig,

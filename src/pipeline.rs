@@ -36,7 +36,7 @@ use crate::event::{Event, EventKind, Unresolved};
 use crate::journey::insight::Counted;
 use crate::journey::late::{self, BEFORE_GO_LIVE};
 use crate::journey::{
-    Clock, Command, Due, Journey, Journeys, Lateness, ShopStats, Timing, Verdict, later,
+    Clock, Command, Due, Journey, Journeys, Lateness, Moment, ShopStats, Timing, Verdict, later,
 };
 use crate::observe::Observer;
 use crate::render::Locales;
@@ -549,7 +549,14 @@ impl<S: Store> Pipeline<S> {
                             &email.template,
                             &email.customer_id,
                             email.due_at,
-                            (at, !retry),
+                            Moment {
+                                at,
+                                with_cap: !retry,
+                                hold_from: match self.lateness.clock {
+                                    Clock::Wall => at,
+                                    Clock::Events { .. } => email.due_at,
+                                },
+                            },
                         )
                     })
                     .unwrap_or_else(|reason| Timing::Skip { reason });

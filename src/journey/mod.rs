@@ -19,7 +19,7 @@ mod state;
 pub use data::Data;
 pub use insight::ShopStats;
 pub use late::{Clock, Lateness};
-pub use policy::{Policy, Timing};
+pub use policy::{Moment, Policy, Timing};
 pub use state::{Journey, OrderState, Profile, ReturnNote, ShipmentNote, first_name_of};
 
 use jiff::{SignedDuration, Timestamp};
@@ -144,17 +144,17 @@ impl Journeys {
     }
 
     /// When an email of `template` due at `due_at` may go out, decided at
-    /// `at` (see [`Policy::timing`]).
+    /// `moment` (see [`Policy::timing`]).
     pub fn timing(
         &self,
         j: &Journey,
         template: &str,
         customer_id: &str,
         due_at: Timestamp,
-        at: (Timestamp, bool),
+        moment: Moment,
     ) -> Timing {
         match self.rule(template) {
-            Some(rule) => self.policy.timing(rule, j, customer_id, due_at, at),
+            Some(rule) => self.policy.timing(rule, j, customer_id, due_at, moment),
             None => Timing::Now,
         }
     }

@@ -32,6 +32,33 @@ pub enum Timing {
     },
 }
 
+/// When, and how, an email is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    /// The real time it is decided at: the machine's clock, or in a plan
+    /// the event time it falls due at (plus a lag).
+    pub at: Timestamp,
+    /// `false` leaves the cap out: a retry holds its place under it
+    /// already.
+    pub with_cap: bool,
+    /// What `max_delay` counts from: the due time in a plan (so a hold
+    /// that follows another is bounded with it); on the machine's clock,
+    /// the moment of the decision, since a backlog made it late already,
+    /// and `expires_after` bounds the whole of its lateness.
+    pub hold_from: Timestamp,
+}
+
+impl Moment {
+    /// Decided at its due time, as a plan without lag does.
+    pub fn due(at: Timestamp) -> Moment {
+        Moment {
+            at,
+            with_cap: true,
+            hold_from: at,
+        }
+    }
+}
+
 /// The policies of the configuration, ready to apply.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -69,18 +96,21 @@ impl Policy {
         }
     }
 
-    /// Whether an email of `rule`, due at `due_at`, may go out at `at`
-    /// (the real time it is decided at: the machine's clock, or in a plan
-    /// the event time it falls due at). `with_cap = false` leaves the cap
-    /// out: a retry holds its place under it already.
+    /// Whether an email of `rule`, due at `due_at`, may go out at the
+    /// moment it is decided (see [`Moment`]).
     pub fn timing(
         &self,
         rule: &JourneyRule,
         journey: &Journey,
         customer_id: &str,
         due_at: Timestamp,
-        (at, with_cap): (Timestamp, bool),
+        moment: Moment,
     ) -> Timing {
+        let Moment {
+            at,
+            with_cap,
+            hold_from,
+        } = moment;
         if rule.class == EmailClass::Transactional {
             return Timing::Now;
         }
@@ -92,7 +122,7 @@ impl Policy {
             return Timing::Skip { reason: expired };
         }
         let max_delay = signed(rule.max_delay.unwrap_or(self.max_delay));
-        if next > later(due_at, max_delay) {
+        if next > later(hold_from, max_delay) {
             return Timing::Skip {
                 reason: format!(
                     "{reason}: the next allowed time, {next}, is past the max delay of {}",
@@ -223,7 +253,7 @@ mod tests {
 
     /// The time an email due (and falling due) at `at` goes out, if it does.
     fn goes_at(j: &Journey, template: &str, at: &str) -> Option<Timestamp> {
-        match policy().timing(&rule(template), j, "c-1", t(at), (t(at), true)) {
+        match policy().timing(&rule(template), j, "c-1", t(at), Moment::due(t(at))) {
             Timing::Now => Some(t(at)),
             Timing::Defer { to, .. } => Some(to),
             Timing::Skip { .. } => None,
@@ -338,6 +368,39 @@ mod tests {
     }
 
     #[test]
+    fn on_the_machines_clock_max_delay_bounds_the_hold_and_expiry_the_lateness() {
+        // A review request due four days ago (a backlog), held by the cap
+        // for 19 hours more (until 09:00, outside quiet hours): past `max_delay` (3 days) counted from its due
+        // time, as a plan counts, but the hold itself is 19 hours, and 4
+        // days 19 hours is inside its 14-day expiry: it waits.
+        let j = customer(Some("UTC"), Some("2026-02-10T13:00:00Z"));
+        let rule = rule("review_request");
+        let due = t("2026-02-06T14:00:00Z");
+        let now = t("2026-02-10T14:00:00Z");
+        let decided = |hold_from| Moment {
+            at: now,
+            with_cap: true,
+            hold_from,
+        };
+        let planned = policy().timing(&rule, &j, "c-1", due, decided(due));
+        assert!(matches!(planned, Timing::Skip { .. }), "{planned:?}");
+        let real = policy().timing(&rule, &j, "c-1", due, decided(now));
+        assert_eq!(
+            real,
+            Timing::Defer {
+                to: t("2026-02-11T09:00:00Z"),
+                reason: "frequency cap: one marketing email per 20h".into()
+            }
+        );
+        // Held past its expiry, it is skipped as expired.
+        let old = t("2026-01-28T00:00:00Z");
+        let Timing::Skip { reason } = policy().timing(&rule, &j, "c-1", old, decided(now)) else {
+            panic!("not skipped");
+        };
+        assert!(reason.starts_with("expired: frequency cap"), "{reason}");
+    }
+
+    #[test]
     fn an_email_that_would_slip_past_its_max_delay_is_skipped_with_the_reason() {
         let mut rule = rule("thank_you");
         rule.max_delay = Some(Duration::from_secs(3600));
@@ -347,7 +410,7 @@ mod tests {
             &j,
             "c-1",
             t("2026-02-10T12:00:00Z"),
-            (t("2026-02-10T12:00:00Z"), true),
+            Moment::due(t("2026-02-10T12:00:00Z")),
         );
         let Timing::Skip { reason } = timing else {
             panic!("{timing:?}");
@@ -386,7 +449,7 @@ mod tests {
         config.quiet_hours.jitter = Duration::ZERO;
         let p = Policy::new(&config, "UTC");
         let j = customer(None, None);
-        let at = |s: &str| p.timing(&rule("welcome"), &j, "c-1", t(s), (t(s), true));
+        let at = |s: &str| p.timing(&rule("welcome"), &j, "c-1", t(s), Moment::due(t(s)));
         assert_eq!(at("2026-02-10T12:59:00Z"), Timing::Now);
         assert!(
             matches!(at("2026-02-10T13:30:00Z"), Timing::Defer { to, .. } if to == t("2026-02-10T14:00:00Z"))
