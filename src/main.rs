@@ -21,7 +21,6 @@ use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Templates;
 use aftercare::sender::Sender;
 use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
-use aftercare::store::Transaction as _;
 use aftercare::store::{PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
 use aftercare::{check, http, preview, reload, report, simulate};
@@ -146,6 +145,8 @@ enum ReportFormat {
     Table,
     Json,
     Html,
+    /// One row per figure (`section,group,figure,value`), for a spreadsheet.
+    Csv,
 }
 
 /// `name=value`.
@@ -567,6 +568,7 @@ fn report_command(
         ReportFormat::Table => report::render::table(&report),
         ReportFormat::Json => report::render::json(&report),
         ReportFormat::Html => report::render::html(&report, &config.shop.name),
+        ReportFormat::Csv => report::render::csv(&report),
     };
     match out {
         Some(path) => {
@@ -579,7 +581,7 @@ fn report_command(
 }
 
 /// Reads the histories and sent emails from the store, with each
-/// customer's segment at the end of the period.
+/// customer's segment as it was at the end of the period.
 fn build_report<S: Store>(
     config: &Config,
     mut store: S,
@@ -587,36 +589,7 @@ fn build_report<S: Store>(
     to: Timestamp,
 ) -> Result<report::Report, Failure> {
     let journeys = Journeys::from_config(config);
-    let shop = {
-        let mut tx = store.begin()?;
-        tx.shop_stats()?
-    };
-    let customers: Vec<report::Customer> = store
-        .journeys()?
-        .into_iter()
-        .map(|(id, j)| report::Customer {
-            segment: journeys.segments_of(&j, to, &shop)[0],
-            orders: j
-                .orders
-                .iter()
-                .filter_map(|(order_id, o)| {
-                    Some(report::Order {
-                        id: order_id.clone(),
-                        placed_at: o.placed_at?,
-                        total: o.total?,
-                        currency: o.currency.clone()?,
-                        cancelled: o.cancelled,
-                        returns: o
-                            .returns
-                            .iter()
-                            .filter_map(|r| Some((r.requested_at?, r.reason.clone())))
-                            .collect(),
-                    })
-                })
-                .collect(),
-            id,
-        })
-        .collect();
+    let customers = report::as_of::customers(store.journeys()?, &journeys, to);
     let emails: Vec<report::SentEmail> = store
         .sent_emails()?
         .into_iter()
@@ -633,6 +606,8 @@ fn build_report<S: Store>(
         to,
         active_window: jiff::SignedDuration::try_from(config.report.active_window)?,
         attribution_window: jiff::SignedDuration::try_from(config.report.attribution_window)?,
+        // The journeys do not keep refunds: unknown rather than zero.
+        refunds_recorded: false,
     };
     Ok(report::compute(&customers, &emails, &settings))
 }

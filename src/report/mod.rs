@@ -7,28 +7,37 @@
 //! HTML page with SVG charts. Money is never added across currencies: each
 //! money figure is per currency.
 //!
-//! Definitions (the README says the same for the shop):
+//! Definitions (the README says the same for the shop, with a worked
+//! example of each):
 //! - an order *counts* when it was placed and not cancelled;
 //! - a customer is *active* at a moment when they have an order that counts
 //!   in the `active_window` (default 180 days) before it;
-//! - S: active at the start of the period, E: active at its end, N: new
-//!   customers (first order in the period); retention rate
-//!   CRR = (E - N) / S x 100, churn rate = 100 - CRR;
+//! - S: active at the start of the period; of them, K (kept) are still
+//!   active at its end and L (lost) are not; N: new customers (first order
+//!   in the period) and R: won back (not active at the start, an order
+//!   before the period and one in it), both counted when active at the
+//!   end; E: active at the end, so E = K + N + R;
+//! - retention rate CRR = K / S x 100 = (E - N - R) / S x 100; churn rate
+//!   = L / S x 100 = 100 - CRR;
 //! - repeat purchase rate: customers with two or more orders in the period,
-//!   of those with one; purchase frequency: orders per ordering customer;
-//!   average order value: revenue / orders; lifetime value: AOV x
-//!   frequency x expected lifespan, the lifespan being 1 / churn (in
-//!   periods);
+//!   of those with one; purchase frequency: orders per ordering customer
+//!   (per currency for money figures); average order value: gross revenue
+//!   / orders; lifetime value: AOV x frequency x expected lifespan, the
+//!   lifespan being S / L periods, unrounded until shown;
+//! - gross revenue: totals of the orders in the period that count; refunds:
+//!   refunds issued in the period; net revenue: gross - refunds;
 //! - an order is attributed to the last marketing email sent to the
 //!   customer in the `attribution_window` (default 5 days) before it (last
-//!   touch); an email converted if an order was attributed to it.
-//!   Transactional emails are counted as sent, never credited. Conversion rates carry a
-//!   95 % Wilson interval; A/B variants are compared with a two-proportion
-//!   z-test.
+//!   touch); an email sent in the period converted if an order was
+//!   attributed to it, including an order placed after the period's end
+//!   within the window. Transactional emails are counted as sent, never
+//!   credited. Conversion rates carry a 95 % Wilson interval; A/B variants
+//!   are compared with a two-proportion z-test.
 
+pub mod as_of;
 pub mod render;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
@@ -46,6 +55,17 @@ pub struct Order {
     pub cancelled: bool,
     /// Return requests: when, and the reason given.
     pub returns: Vec<(Timestamp, Option<String>)>,
+    /// Refunds issued on the order.
+    pub refunds: Vec<Refund>,
+}
+
+/// Money given back on an order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refund {
+    pub at: Timestamp,
+    pub amount: Decimal,
+    /// Its own: a refund says its currency, as an order does.
+    pub currency: String,
 }
 
 /// A customer's history.
@@ -53,7 +73,7 @@ pub struct Order {
 pub struct Customer {
     pub id: String,
     pub orders: Vec<Order>,
-    /// The customer's segment at the end of the period.
+    /// The customer's segment at the end of the period (see [`as_of`]).
     pub segment: Segment,
 }
 
@@ -77,6 +97,9 @@ pub struct Settings {
     pub to: Timestamp,
     pub active_window: SignedDuration,
     pub attribution_window: SignedDuration,
+    /// Whether the histories carry refunds: without them, refunds and net
+    /// revenue are unknown (`null`), not zero.
+    pub refunds_recorded: bool,
 }
 
 /// Customer counts and rates for a group of customers (all, a segment).
@@ -84,12 +107,20 @@ pub struct Settings {
 pub struct Retention {
     /// S: active at the start.
     pub active_at_start: u64,
-    /// N: first order within the period.
+    /// K: of S, still active at the end.
+    pub kept: u64,
+    /// L: of S, no longer active at the end (S = K + L).
+    pub lost: u64,
+    /// N: first order within the period, active at the end.
     pub new_customers: u64,
-    /// E: active at the end.
+    /// R: won back: not active at the start, an order before the period
+    /// and one in it, active at the end.
+    pub won_back: u64,
+    /// E: active at the end (E = K + N + R).
     pub active_at_end: u64,
-    /// (E - N) / S x 100; `null` without S.
+    /// K / S x 100, the same as (E - N - R) / S x 100; `null` without S.
     pub retention_rate: Option<f64>,
+    /// L / S x 100; `null` without S.
     pub churn_rate: Option<f64>,
     /// Customers who ordered in the period.
     pub ordering_customers: u64,
@@ -100,12 +131,25 @@ pub struct Retention {
     pub money: BTreeMap<String, Money>,
 }
 
+/// The money figures of one currency.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Money {
+    /// Orders in the period in this currency, and the customers who placed
+    /// them.
     pub orders: u64,
+    pub customers: u64,
+    /// Gross: the totals of those orders.
     pub revenue: Decimal,
+    /// Refunds issued in the period; `null` when the histories carry none.
+    pub refunds: Option<Decimal>,
+    /// Gross revenue - refunds; `null` with refunds unknown.
+    pub net_revenue: Option<Decimal>,
+    /// Gross revenue / orders, to two decimals.
     pub average_order_value: Decimal,
-    /// AOV x purchase frequency x lifespan; `null` without churn.
+    /// Orders / customers of this currency.
+    pub purchase_frequency: Option<f64>,
+    /// AOV x purchase frequency x S / L (lifespan in periods), from the
+    /// unrounded figures, to two decimals; `null` without churn.
     pub lifetime_value: Option<Decimal>,
 }
 
@@ -153,6 +197,10 @@ pub struct Report {
     pub to: Timestamp,
     pub active_window_days: f64,
     pub attribution_window_days: f64,
+    /// Emails sent in the period are judged on orders up to here: `to` plus
+    /// the attribution window. A report run before then sees the last
+    /// emails' conversions only so far.
+    pub attribution_until: Timestamp,
     pub customers: Retention,
     pub segments: BTreeMap<String, Retention>,
     pub emails: Vec<EmailResult>,
@@ -182,60 +230,84 @@ fn in_period(t: Timestamp, s: &Settings) -> bool {
     s.from <= t && t < s.to
 }
 
+/// `to` plus the attribution window, or the end of time.
+fn attribution_until(s: &Settings) -> Timestamp {
+    s.to.checked_add(s.attribution_window)
+        .unwrap_or(Timestamp::MAX)
+}
+
 fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) -> Retention {
     let mut r = Retention::default();
     let mut per_customer_orders = Vec::new();
+    // Customers of each currency who ordered in the period.
+    let mut currency_customers: BTreeMap<&str, u64> = BTreeMap::new();
     for c in customers {
-        if active(c, s.from, s.active_window) {
-            r.active_at_start += 1;
-        }
-        if active(c, s.to, s.active_window) {
-            r.active_at_end += 1;
-        }
-        let first = counting(c).map(|o| o.placed_at).min();
-        if first.is_some_and(|f| in_period(f, s)) {
-            r.new_customers += 1;
-        }
+        let at_start = active(c, s.from, s.active_window);
+        let at_end = active(c, s.to, s.active_window);
+        let before = counting(c).any(|o| o.placed_at < s.from);
         let orders: Vec<&Order> = counting(c).filter(|o| in_period(o.placed_at, s)).collect();
+        match (at_start, at_end) {
+            (true, true) => r.kept += 1,
+            (true, false) => r.lost += 1,
+            (false, true) if before => r.won_back += 1,
+            (false, true) => r.new_customers += 1,
+            (false, false) => {}
+        }
         if !orders.is_empty() {
             per_customer_orders.push(orders.len() as u64);
+        }
+        let currencies: BTreeSet<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
+        for currency in currencies {
+            *currency_customers.entry(currency).or_default() += 1;
         }
         for o in orders {
             let m = r.money.entry(o.currency.clone()).or_default();
             m.orders += 1;
             m.revenue = m.revenue.saturating_add(o.total);
         }
+        // Refunds of the period, whatever the order's date (a refund in
+        // March of a December order is March's money going out).
+        for f in c.orders.iter().flat_map(|o| &o.refunds) {
+            if s.refunds_recorded && in_period(f.at, s) {
+                let m = r.money.entry(f.currency.clone()).or_default();
+                m.refunds = Some(m.refunds.unwrap_or_default().saturating_add(f.amount));
+            }
+        }
     }
+    r.active_at_start = r.kept + r.lost;
+    r.active_at_end = r.kept + r.new_customers + r.won_back;
+    r.retention_rate = percent(r.kept as f64, r.active_at_start as f64);
+    r.churn_rate = percent(r.lost as f64, r.active_at_start as f64);
     r.ordering_customers = per_customer_orders.len() as u64;
     r.orders = per_customer_orders.iter().sum();
-    let (s_, e, n) = (
-        r.active_at_start as f64,
-        r.active_at_end as f64,
-        r.new_customers as f64,
-    );
-    r.retention_rate = percent(e - n, s_);
-    r.churn_rate = r.retention_rate.map(|crr| round2(100.0 - crr));
     let repeat = per_customer_orders.iter().filter(|n| **n >= 2).count() as f64;
     r.repeat_purchase_rate = percent(repeat, r.ordering_customers as f64);
     r.purchase_frequency =
         (r.ordering_customers > 0).then(|| round2(r.orders as f64 / r.ordering_customers as f64));
-    let frequency = Decimal::from(r.orders) / Decimal::from(r.ordering_customers.max(1));
-    let lifespan = r
-        .churn_rate
-        .filter(|c| *c > 0.0)
-        .and_then(|c| Decimal::try_from(100.0 / c).ok());
-    for m in r.money.values_mut() {
-        m.average_order_value = (m.revenue / Decimal::from(m.orders.max(1))).round_dp(2);
+    // Expected lifespan in periods: 1 / churn = S / L.
+    let lifespan = (r.lost > 0).then(|| Decimal::from(r.active_at_start) / Decimal::from(r.lost));
+    for (currency, m) in r.money.iter_mut() {
+        m.customers = currency_customers
+            .get(currency.as_str())
+            .copied()
+            .unwrap_or(0);
+        if s.refunds_recorded {
+            let refunds = m.refunds.unwrap_or_default();
+            m.refunds = Some(refunds);
+            m.net_revenue = Some(m.revenue.saturating_sub(refunds));
+        }
+        if m.orders == 0 {
+            // Refunds only, no order in this currency.
+            continue;
+        }
+        let aov = m.revenue / Decimal::from(m.orders);
+        m.average_order_value = aov.round_dp(2);
+        m.purchase_frequency = Some(round2(m.orders as f64 / m.customers.max(1) as f64));
+        let frequency = Decimal::from(m.orders) / Decimal::from(m.customers.max(1));
         // `None` rather than a panic where the product overflows (amounts
         // stored before the decoder bounded them).
-        m.lifetime_value = lifespan.and_then(|l| {
-            Some(
-                m.average_order_value
-                    .checked_mul(frequency)?
-                    .checked_mul(l)?
-                    .round_dp(2),
-            )
-        });
+        m.lifetime_value =
+            lifespan.and_then(|l| Some(aov.checked_mul(frequency)?.checked_mul(l)?.round_dp(2)));
     }
     r
 }
@@ -295,12 +367,16 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
         );
     }
 
-    // Last touch: each order in the period to the latest email before it,
-    // within the attribution window.
+    // Last touch: each order to the latest marketing email before it within
+    // the attribution window, whenever that email went out; only emails
+    // sent in the period are credited, on orders up to the attribution
+    // window past its end, so that the last days' emails have their full
+    // window too.
     let mut sent_by_customer: BTreeMap<&str, Vec<&SentEmail>> = BTreeMap::new();
-    for e in emails.iter().filter(|e| e.marketing && in_period(e.at, s)) {
+    for e in emails.iter().filter(|e| e.marketing) {
         sent_by_customer.entry(&e.customer_id).or_default().push(e);
     }
+    let until = attribution_until(s);
     let key = |e: &SentEmail| -> EmailKey { (e.template.clone(), e.variant.clone()) };
     let mut results: BTreeMap<EmailKey, EmailResult> = BTreeMap::new();
     for e in emails.iter().filter(|e| in_period(e.at, s)) {
@@ -319,13 +395,14 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
         let Some(sent) = sent_by_customer.get(c.id.as_str()) else {
             continue;
         };
-        for o in counting(c).filter(|o| in_period(o.placed_at, s)) {
+        for o in counting(c).filter(|o| s.from <= o.placed_at && o.placed_at < until) {
             let touch = sent
                 .iter()
                 .filter(|e| {
                     e.at < o.placed_at && o.placed_at.duration_since(e.at) <= s.attribution_window
                 })
-                .max_by_key(|e| e.at);
+                .max_by_key(|e| e.at)
+                .filter(|e| in_period(e.at, s));
             if let Some(e) = touch {
                 let r = results.get_mut(&key(e)).expect("counted above");
                 r.attributed_orders += 1;
@@ -338,8 +415,7 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
             }
         }
     }
-    let marketing: std::collections::BTreeSet<EmailKey> =
-        emails.iter().filter(|e| e.marketing).map(key).collect();
+    let marketing: BTreeSet<EmailKey> = emails.iter().filter(|e| e.marketing).map(key).collect();
     for (k, r) in results.iter_mut() {
         if !marketing.contains(k) {
             continue;
@@ -405,6 +481,7 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
         to: s.to,
         active_window_days: s.active_window.as_secs_f64() / 86_400.0,
         attribution_window_days: s.attribution_window.as_secs_f64() / 86_400.0,
+        attribution_until: until,
         customers: retention(customers.iter(), s),
         segments,
         emails,

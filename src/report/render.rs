@@ -1,13 +1,26 @@
-//! The report as a table for a terminal, JSON for a pipeline, or one
-//! self-contained HTML page with SVG charts (charts-rs; no script, no
-//! network), readable offline.
+//! The report as a table for a terminal, JSON for a pipeline, CSV for a
+//! spreadsheet, or one self-contained HTML page with SVG charts (charts-rs;
+//! no script, no network), readable offline.
 
 use std::fmt::Write as _;
 
 use charts_rs::{BarChart, HorizontalBarChart, Series};
 use handlebars::html_escape;
+use rust_decimal::Decimal;
 
 use super::{EmailResult, Report, Retention};
+use crate::render::format_money;
+
+/// An amount as written in the text formats: the number, then the code.
+fn plain(amount: Decimal, currency: &str) -> String {
+    format!("{amount} {currency}")
+}
+
+/// An amount for the page: the currency's usual decimals and symbol, as the
+/// emails write it in English (`€6,800.00`, `AMD 23,500`).
+fn shown(amount: Decimal, currency: &str) -> String {
+    format_money(amount, currency, "en")
+}
 
 fn rate(r: Option<f64>) -> String {
     r.map_or_else(|| "-".to_owned(), |r| format!("{r:.2} %"))
@@ -24,13 +37,32 @@ fn variant_name(e: &EmailResult) -> String {
     }
 }
 
-/// S, N, E, retention, repeat purchases, orders: one segment's row.
-fn segment_cells(r: &Retention) -> [String; 6] {
+/// The columns of a segment's row.
+const SEGMENT_COLUMNS: [&str; 10] = [
+    "S",
+    "K",
+    "L",
+    "N",
+    "R",
+    "E",
+    "retention",
+    "churn",
+    "repeat",
+    "orders",
+];
+
+/// S, K, L, N, R, E, retention, churn, repeat purchases, orders: one
+/// segment's row.
+fn segment_cells(r: &Retention) -> [String; 10] {
     [
         r.active_at_start.to_string(),
+        r.kept.to_string(),
+        r.lost.to_string(),
         r.new_customers.to_string(),
+        r.won_back.to_string(),
         r.active_at_end.to_string(),
         rate(r.retention_rate),
+        rate(r.churn_rate),
         rate(r.repeat_purchase_rate),
         r.orders.to_string(),
     ]
@@ -44,38 +76,55 @@ fn interval(e: &EmailResult) -> String {
     }
 }
 
-fn retention_rows(r: &Retention) -> Vec<(String, String)> {
+/// The figures of all customers, label and value, with money written by
+/// `money`.
+fn retention_rows(r: &Retention, money: fn(Decimal, &str) -> String) -> Vec<(String, String)> {
+    let count = |label: &str, n: u64| (label.to_owned(), n.to_string());
     let mut rows = vec![
+        count("Active at the start (S)", r.active_at_start),
+        count("  still active at the end (K)", r.kept),
+        count("  no longer active (L)", r.lost),
+        count("New, active at the end (N)", r.new_customers),
+        count("Won back, active at the end (R)", r.won_back),
+        count("Active at the end (E = K+N+R)", r.active_at_end),
         (
-            "Active at the start (S)".to_owned(),
-            r.active_at_start.to_string(),
+            "Retention rate K/S = (E-N-R)/S".to_owned(),
+            rate(r.retention_rate),
         ),
-        (
-            "New in the period (N)".to_owned(),
-            r.new_customers.to_string(),
-        ),
-        (
-            "Active at the end (E)".to_owned(),
-            r.active_at_end.to_string(),
-        ),
-        ("Retention rate (E-N)/S".to_owned(), rate(r.retention_rate)),
-        ("Churn rate".to_owned(), rate(r.churn_rate)),
+        ("Churn rate L/S".to_owned(), rate(r.churn_rate)),
         (
             "Repeat purchase rate".to_owned(),
             rate(r.repeat_purchase_rate),
         ),
         ("Purchase frequency".to_owned(), num(r.purchase_frequency)),
-        ("Orders".to_owned(), r.orders.to_string()),
+        count("Orders", r.orders),
     ];
+    let unknown = || "not recorded".to_owned();
     for (currency, m) in &r.money {
-        rows.push((format!("Revenue ({currency})"), m.revenue.to_string()));
+        rows.push((
+            format!("Gross revenue ({currency})"),
+            money(m.revenue, currency),
+        ));
+        rows.push((
+            format!("Refunds ({currency})"),
+            m.refunds.map_or_else(unknown, |v| money(v, currency)),
+        ));
+        rows.push((
+            format!("Net revenue ({currency})"),
+            m.net_revenue.map_or_else(unknown, |v| money(v, currency)),
+        ));
         rows.push((
             format!("Average order value ({currency})"),
-            m.average_order_value.to_string(),
+            money(m.average_order_value, currency),
+        ));
+        rows.push((
+            format!("Purchase frequency ({currency})"),
+            num(m.purchase_frequency),
         ));
         rows.push((
             format!("Customer lifetime value ({currency})"),
-            m.lifetime_value.map_or("-".to_owned(), |v| v.to_string()),
+            m.lifetime_value
+                .map_or_else(|| "-".to_owned(), |v| money(v, currency)),
         ));
     }
     rows
@@ -86,24 +135,29 @@ pub fn table(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Retention report {} to {} (active: an order in the last {} days; attribution: {} days)\n",
-        report.from, report.to, report.active_window_days, report.attribution_window_days
+        "Retention report {} to {} (active: an order in the last {} days; attribution: {} days, \
+         orders up to {})\n",
+        report.from,
+        report.to,
+        report.active_window_days,
+        report.attribution_window_days,
+        report.attribution_until
     );
-    for (label, value) in retention_rows(&report.customers) {
-        let _ = writeln!(out, "  {label:<34} {value:>12}");
+    for (label, value) in retention_rows(&report.customers, plain) {
+        let _ = writeln!(out, "  {label:<38} {value:>16}");
     }
     if !report.segments.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n  {:<16} {:>6} {:>6} {:>6} {:>10} {:>10} {:>8}",
-            "segment", "S", "N", "E", "retention", "repeat", "orders"
-        );
+        let _ = write!(out, "\n  {:<20}", "segment (at the end)");
+        for (i, column) in SEGMENT_COLUMNS.iter().enumerate() {
+            let _ = write!(out, " {column:>w$}", w = if i < 6 { 6 } else { 9 });
+        }
+        let _ = writeln!(out);
         for (name, r) in &report.segments {
-            let [s, n, e, retention, repeat, orders] = segment_cells(r);
-            let _ = writeln!(
-                out,
-                "  {name:<16} {s:>6} {n:>6} {e:>6} {retention:>10} {repeat:>10} {orders:>8}"
-            );
+            let _ = write!(out, "  {name:<20}");
+            for (i, cell) in segment_cells(r).iter().enumerate() {
+                let _ = write!(out, " {cell:>w$}", w = if i < 6 { 6 } else { 9 });
+            }
+            let _ = writeln!(out);
         }
     }
     let _ = writeln!(
@@ -179,18 +233,24 @@ pub fn html(report: &Report, shop: &str) -> String {
                 "Customers".into(),
                 vec![
                     c.active_at_start as f32,
+                    c.kept as f32,
+                    c.lost as f32,
                     c.new_customers as f32,
+                    c.won_back as f32,
                     c.active_at_end as f32,
                 ],
             )],
             vec![
                 "Active at start".into(),
+                "Kept".into(),
+                "Lost".into(),
                 "New".into(),
+                "Won back".into(),
                 "Active at end".into(),
             ],
         );
         chart.title.text = "Customers".into();
-        chart.width = 560.0;
+        chart.width = 760.0;
         chart.height = 320.0;
         chart.series_list[0].label_show = true;
         svg(chart.svg())
@@ -210,6 +270,8 @@ pub fn html(report: &Report, shop: &str) -> String {
             .collect(),
         "No marketing email was sent in the period.",
     );
+    // The chart draws its first row at the bottom: the most frequent reason
+    // goes last, to read first.
     let returns_chart = bars(
         "Return reasons",
         "Returns",
@@ -217,12 +279,13 @@ pub fn html(report: &Report, shop: &str) -> String {
             .returns
             .reasons
             .iter()
+            .rev()
             .map(|(reason, n)| (reason.clone(), *n as f64))
             .collect(),
         "No return was requested in the period.",
     );
     let mut summary = String::new();
-    for (label, value) in retention_rows(c) {
+    for (label, value) in retention_rows(c, shown) {
         let _ = write!(
             summary,
             "<tr><th>{}</th><td>{}</td></tr>",
@@ -240,7 +303,7 @@ pub fn html(report: &Report, shop: &str) -> String {
     }
     let mut emails = String::new();
     for e in &report.emails {
-        let revenue: Vec<String> = e.revenue.iter().map(|(c, v)| format!("{v} {c}")).collect();
+        let revenue: Vec<String> = e.revenue.iter().map(|(c, v)| shown(*v, c)).collect();
         let _ = write!(
             emails,
             "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -279,11 +342,12 @@ th:first-child{{text-align:left}}figure{{margin:1.5em 0}}.chart svg{{max-width:1
 </style></head><body>\
 <h1>Retention report: {shop}</h1>\
 <p>From {from} to {to}. A customer is active with an order in the last {active} days; \
-an order is credited to the last email in the {attribution} days before it.</p>\
+an order is credited to the last marketing email in the {attribution} days before it, \
+orders up to {until} included (the period's last emails have their whole window).</p>\
 <h2>Customers</h2><table>{summary}</table>\
 <figure class=\"chart\" id=\"customers-chart\">{customers_chart}</figure>\
-<h2>By segment</h2><table><tr><th>segment</th><th>S</th><th>N</th><th>E</th>\
-<th>retention</th><th>repeat</th><th>orders</th></tr>{segments}</table>\
+<h2>By segment (as of the period's end)</h2><table><tr><th>segment</th>{segment_columns}</tr>\
+{segments}</table>\
 <h2>Emails</h2><table><tr><th>email</th><th>sent</th><th>converted</th><th>orders</th>\
 <th>revenue</th><th>rate</th><th>95 % interval</th></tr>{emails}</table>\
 <ul>{tests}</ul>\
@@ -296,8 +360,147 @@ an order is credited to the last email in the {attribution} days before it.</p>\
         to = report.to,
         active = report.active_window_days,
         attribution = report.attribution_window_days,
+        until = report.attribution_until,
+        segment_columns = SEGMENT_COLUMNS
+            .iter()
+            .map(|c| format!("<th>{c}</th>"))
+            .collect::<String>(),
         returned = report.returns.returned_orders,
         orders = report.returns.orders,
         return_rate = rate(report.returns.return_rate),
     )
+}
+
+/// One CSV field, quoted when it must be (RFC 4180).
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(String::new, |v| v.to_string())
+}
+
+/// The report as CSV: one row per figure, `section,group,figure,value`, so
+/// that one table holds every section and a pivot gives any view of it.
+/// Rates are in %, money in the currency's units; an unknown figure is an
+/// empty value.
+pub fn csv(report: &Report) -> String {
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut row = |section: &str, group: &str, figure: &str, value: String| {
+        rows.push([section.into(), group.into(), figure.into(), value]);
+    };
+    row("period", "", "from", report.from.to_string());
+    row("period", "", "to", report.to.to_string());
+    row(
+        "period",
+        "",
+        "active_window_days",
+        report.active_window_days.to_string(),
+    );
+    row(
+        "period",
+        "",
+        "attribution_window_days",
+        report.attribution_window_days.to_string(),
+    );
+    row(
+        "period",
+        "",
+        "attribution_until",
+        report.attribution_until.to_string(),
+    );
+    let groups = std::iter::once(("all", &report.customers))
+        .chain(report.segments.iter().map(|(n, r)| (n.as_str(), r)));
+    for (group, r) in groups {
+        let section = if group == "all" {
+            "customers"
+        } else {
+            "segment"
+        };
+        for (figure, value) in [
+            ("active_at_start", r.active_at_start.to_string()),
+            ("kept", r.kept.to_string()),
+            ("lost", r.lost.to_string()),
+            ("new_customers", r.new_customers.to_string()),
+            ("won_back", r.won_back.to_string()),
+            ("active_at_end", r.active_at_end.to_string()),
+            ("retention_rate", opt(r.retention_rate)),
+            ("churn_rate", opt(r.churn_rate)),
+            ("ordering_customers", r.ordering_customers.to_string()),
+            ("orders", r.orders.to_string()),
+            ("repeat_purchase_rate", opt(r.repeat_purchase_rate)),
+            ("purchase_frequency", opt(r.purchase_frequency)),
+        ] {
+            row(section, group, figure, value);
+        }
+        for (currency, m) in &r.money {
+            let group = format!("{group} {currency}");
+            for (figure, value) in [
+                ("orders", m.orders.to_string()),
+                ("customers", m.customers.to_string()),
+                ("revenue", m.revenue.to_string()),
+                ("refunds", opt(m.refunds)),
+                ("net_revenue", opt(m.net_revenue)),
+                ("average_order_value", m.average_order_value.to_string()),
+                ("purchase_frequency", opt(m.purchase_frequency)),
+                ("lifetime_value", opt(m.lifetime_value)),
+            ] {
+                row("money", &group, figure, value);
+            }
+        }
+    }
+    for e in &report.emails {
+        let name = variant_name(e);
+        for (figure, value) in [
+            ("sent", e.sent.to_string()),
+            ("converted", e.converted.to_string()),
+            ("attributed_orders", e.attributed_orders.to_string()),
+            ("conversion_rate", opt(e.conversion_rate)),
+            ("conversion_low", opt(e.conversion_low)),
+            ("conversion_high", opt(e.conversion_high)),
+        ] {
+            row("email", &name, figure, value);
+        }
+        for (currency, v) in &e.revenue {
+            row(
+                "email",
+                &name,
+                &format!("revenue {currency}"),
+                v.to_string(),
+            );
+        }
+    }
+    for t in &report.ab_tests {
+        row("ab_test", &t.template, "leader", t.leader.clone());
+        row("ab_test", &t.template, "runner_up", t.runner_up.clone());
+        row(
+            "ab_test",
+            &t.template,
+            "confidence",
+            t.confidence.to_string(),
+        );
+    }
+    let r = &report.returns;
+    row("returns", "all", "orders", r.orders.to_string());
+    row(
+        "returns",
+        "all",
+        "returned_orders",
+        r.returned_orders.to_string(),
+    );
+    row("returns", "all", "return_rate", opt(r.return_rate));
+    for (reason, n) in &r.reasons {
+        row("return_reason", reason, "requests", n.to_string());
+    }
+    let mut out = String::from("section,group,figure,value\n");
+    for r in rows {
+        let line: Vec<String> = r.iter().map(|f| field(f)).collect();
+        out.push_str(&line.join(","));
+        out.push('\n');
+    }
+    out
 }

@@ -14,6 +14,7 @@ fn order(id: &str, at: &str, total: &str) -> Order {
         currency: "EUR".into(),
         cancelled: false,
         returns: Vec::new(),
+        refunds: Vec::new(),
     }
 }
 
@@ -31,11 +32,12 @@ fn settings() -> Settings {
         to: t("2026-04-01T00:00:00Z"),
         active_window: SignedDuration::from_hours(180 * 24),
         attribution_window: SignedDuration::from_hours(5 * 24),
+        refunds_recorded: true,
     }
 }
 
-/// S = 500 active at the start (400 who stay, 100 whose last order falls
-/// out of the window), N = 50 new, E = 400 + 50 = 450.
+/// S = 500 active at the start (K = 400 who stay, L = 100 whose last order
+/// falls out of the window), N = 50 new, R = 0, E = 400 + 50 = 450.
 fn worked_example() -> Vec<Customer> {
     let mut all = Vec::new();
     for i in 0..400 {
@@ -66,10 +68,9 @@ fn worked_example() -> Vec<Customer> {
 #[test]
 fn the_retention_rate_of_the_worked_example_is_80_percent() {
     let r = compute(&worked_example(), &[], &settings()).customers;
-    assert_eq!(
-        (r.active_at_start, r.new_customers, r.active_at_end),
-        (500, 50, 450)
-    );
+    assert_eq!((r.active_at_start, r.kept, r.lost), (500, 400, 100));
+    assert_eq!((r.new_customers, r.won_back, r.active_at_end), (50, 0, 450));
+    // K / S = 400 / 500 = (E - N - R) / S = (450 - 50 - 0) / 500.
     assert_eq!(r.retention_rate, Some(80.0));
     assert_eq!(r.churn_rate, Some(20.0));
     // 150 customers ordered in the period (50 new, 100 returning), 170
@@ -80,7 +81,12 @@ fn the_retention_rate_of_the_worked_example_is_80_percent() {
     let eur = &r.money["EUR"];
     assert_eq!(eur.revenue, "6800.00".parse::<Decimal>().unwrap());
     assert_eq!(eur.average_order_value, "40.00".parse::<Decimal>().unwrap());
-    // 40 x 170/150 x (1 / 0.20) = 226.666...
+    assert_eq!(eur.purchase_frequency, Some(1.13));
+    // No refund: net = gross.
+    assert_eq!(eur.refunds, Some(Decimal::ZERO));
+    assert_eq!(eur.net_revenue, Some("6800.00".parse().unwrap()));
+    // 40 x 170/150 x (1 / 0.20) = 226.666..., from the unrounded 170/150
+    // (1.13 would give 226.00).
     assert_eq!(eur.lifetime_value, Some("226.67".parse().unwrap()));
 }
 
@@ -255,4 +261,239 @@ fn amounts_stored_before_the_decoder_bounded_them_do_not_stop_the_report() {
     let eur = &r.money["EUR"];
     assert_eq!(eur.orders, 2);
     assert_eq!(eur.revenue, Decimal::MAX);
+}
+
+fn amd(id: &str, at: &str, total: &str) -> Order {
+    Order {
+        currency: "AMD".into(),
+        ..order(id, at, total)
+    }
+}
+
+fn refund(at: &str, amount: &str) -> Refund {
+    Refund {
+        at: t(at),
+        amount: amount.parse().unwrap(),
+        currency: "EUR".into(),
+    }
+}
+
+/// A shop with customers won back, orders and refunds after the period,
+/// and two currencies. The period is 2026-01-01 to 2026-04-01 (90 days),
+/// active: an order in the last 180 days.
+/// - stay-0..9: an order on 2025-12-01 (31 days before the start, 121
+///   before the end): active at both ends, K = 10. stay-0..3 order again on
+///   2026-02-10, 50 EUR. stay-0 orders on 2026-04-10 too (after the
+///   period: counted nowhere), and stay-1 was refunded 10 EUR on
+///   2026-02-20 (in the period) and 5 EUR on 2026-04-05 (after it).
+/// - lost-0..4: an order on 2025-08-01 (153 days before the start, 243
+///   before the end): L = 5, so S = 15.
+/// - back-0..2: an order on 2025-03-01 (306 days before the start: not
+///   active), and one on 2026-03-01, 30 EUR: won back, R = 3.
+/// - new-0, new-1: first orders in AMD, 8,000 each: new-0 on 2026-02-15
+///   and 2026-03-15, new-1 on 2026-02-15. N = 2.
+/// - later: a first order on 2026-05-01, after the period: nowhere.
+fn shop_with_won_back_customers() -> Vec<Customer> {
+    let mut all = Vec::new();
+    for i in 0..10 {
+        let mut orders = vec![order("a", "2025-12-01T10:00:00Z", "25.00")];
+        if i < 4 {
+            orders.push(order("b", "2026-02-10T10:00:00Z", "50.00"));
+        }
+        if i == 0 {
+            orders.push(order("c", "2026-04-10T10:00:00Z", "70.00"));
+        }
+        if i == 1 {
+            orders[1].refunds = vec![
+                refund("2026-02-20T10:00:00Z", "10.00"),
+                refund("2026-04-05T10:00:00Z", "5.00"),
+            ];
+        }
+        all.push(customer(format!("stay-{i}"), orders));
+    }
+    for i in 0..5 {
+        all.push(customer(
+            format!("lost-{i}"),
+            vec![order("a", "2025-08-01T10:00:00Z", "25.00")],
+        ));
+    }
+    for i in 0..3 {
+        all.push(customer(
+            format!("back-{i}"),
+            vec![
+                order("a", "2025-03-01T10:00:00Z", "25.00"),
+                order("b", "2026-03-01T10:00:00Z", "30.00"),
+            ],
+        ));
+    }
+    all.push(customer(
+        "new-0".into(),
+        vec![
+            amd("a", "2026-02-15T10:00:00Z", "8000"),
+            amd("b", "2026-03-15T10:00:00Z", "8000"),
+        ],
+    ));
+    all.push(customer(
+        "new-1".into(),
+        vec![amd("a", "2026-02-15T10:00:00Z", "8000")],
+    ));
+    all.push(customer(
+        "later".into(),
+        vec![order("a", "2026-05-01T10:00:00Z", "99.00")],
+    ));
+    all
+}
+
+#[test]
+fn customers_won_back_are_not_counted_as_retained() {
+    let r = compute(&shop_with_won_back_customers(), &[], &settings()).customers;
+    assert_eq!((r.active_at_start, r.kept, r.lost), (15, 10, 5));
+    assert_eq!((r.new_customers, r.won_back), (2, 3));
+    // E = K + N + R = 10 + 2 + 3.
+    assert_eq!(r.active_at_end, 15);
+    // CRR = K / S = 10 / 15 = 66.67 %, and (E - N - R) / S = (15 - 2 - 3)
+    // / 15 the same. The old (E - N) / S gave 13 / 15 = 86.67 %, crediting
+    // the three won back as kept.
+    assert_eq!(r.retention_rate, Some(66.67));
+    assert_eq!(r.churn_rate, Some(33.33));
+    // In the period: stay-0..3 (1 each), back-0..2 (1 each), new-0 (2),
+    // new-1 (1): 9 customers, 10 orders, 1 repeat.
+    assert_eq!((r.ordering_customers, r.orders), (9, 10));
+    assert_eq!(r.repeat_purchase_rate, Some(11.11));
+    assert_eq!(r.purchase_frequency, Some(1.11));
+}
+
+#[test]
+fn money_figures_are_per_currency_and_lifetime_value_uses_each_currencys_frequency() {
+    let r = compute(&shop_with_won_back_customers(), &[], &settings()).customers;
+    let d = |s: &str| s.parse::<Decimal>().unwrap();
+    // EUR: 4 x 50 + 3 x 30 = 290 gross in 7 orders by 7 customers; the
+    // refund of 2026-02-20 (10) is in the period, that of 2026-04-05 not.
+    let eur = &r.money["EUR"];
+    assert_eq!((eur.orders, eur.customers), (7, 7));
+    assert_eq!(eur.revenue, d("290.00"));
+    assert_eq!(eur.refunds, Some(d("10.00")));
+    assert_eq!(eur.net_revenue, Some(d("280.00")));
+    // AOV 290 / 7 = 41.428571...
+    assert_eq!(eur.average_order_value, d("41.43"));
+    assert_eq!(eur.purchase_frequency, Some(1.0));
+    // Lifespan 1 / churn = S / L = 15 / 5 = 3 periods. CLV = 290/7 x 7/7
+    // x 3 = 124.2857...: 124.29 (the rounded AOV would give 124.29 too,
+    // but 41.43 x 10/9 x 3 = 138.10 with the shop-wide frequency).
+    assert_eq!(eur.lifetime_value, Some(d("124.29")));
+    // AMD: 3 orders of 8,000 by 2 customers, frequency 1.5, no refund.
+    let amd = &r.money["AMD"];
+    assert_eq!((amd.orders, amd.customers), (3, 2));
+    assert_eq!(amd.revenue, d("24000"));
+    assert_eq!(amd.refunds, Some(Decimal::ZERO));
+    assert_eq!(amd.average_order_value, d("8000"));
+    assert_eq!(amd.purchase_frequency, Some(1.5));
+    // 8,000 x 3/2 x 3 = 36,000 (the shop-wide 10/9 would give 26,666.67).
+    assert_eq!(amd.lifetime_value, Some(d("36000")));
+}
+
+#[test]
+fn without_recorded_refunds_net_revenue_is_unknown_not_gross() {
+    let s = Settings {
+        refunds_recorded: false,
+        ..settings()
+    };
+    let r = compute(&shop_with_won_back_customers(), &[], &s).customers;
+    assert_eq!(r.money["EUR"].refunds, None);
+    assert_eq!(r.money["EUR"].net_revenue, None);
+    assert_eq!(r.money["EUR"].revenue, "290.00".parse::<Decimal>().unwrap());
+}
+
+#[test]
+fn segments_use_the_same_definitions_and_stay_between_0_and_100_percent() {
+    // A segment of two kept, one lost and three won back: the old formula
+    // gave (E - N) / S = (2 + 3) / 3 = 166.67 % and a churn of -66.67 %.
+    let mut customers = shop_with_won_back_customers();
+    for c in &mut customers {
+        if ["stay-0", "stay-1", "lost-0", "back-0", "back-1", "back-2"].contains(&c.id.as_str()) {
+            c.segment = Segment::Vip;
+        }
+    }
+    let report = compute(&customers, &[], &settings());
+    let vip = &report.segments["vip"];
+    assert_eq!(
+        (
+            vip.active_at_start,
+            vip.kept,
+            vip.lost,
+            vip.won_back,
+            vip.active_at_end
+        ),
+        (3, 2, 1, 3, 5)
+    );
+    // 2 / 3 and 1 / 3; lifespan 3 / 1 = 3 periods: stay-0, stay-1 (50 each)
+    // and back-0..2 (30 each) ordered: 190 / 5 x 1 x 3 = 114.
+    assert_eq!(
+        (vip.retention_rate, vip.churn_rate),
+        (Some(66.67), Some(33.33))
+    );
+    assert_eq!(
+        vip.money["EUR"].lifetime_value,
+        Some("114".parse().unwrap())
+    );
+    let regular = &report.segments["regular"];
+    // stay-2..9 kept, lost-1..4 lost, new-0/1 new: 8 / 12.
+    assert_eq!(
+        (
+            regular.active_at_start,
+            regular.kept,
+            regular.new_customers,
+            regular.won_back
+        ),
+        (12, 8, 2, 0)
+    );
+    assert_eq!(regular.retention_rate, Some(66.67));
+}
+
+#[test]
+fn the_last_emails_of_the_period_are_judged_on_their_whole_window() {
+    let customers = vec![
+        customer(
+            "c-1".into(),
+            vec![order("o-1", "2026-04-02T10:00:00Z", "30.00")],
+        ),
+        customer(
+            "c-2".into(),
+            vec![order("o-2", "2026-04-03T10:00:00Z", "20.00")],
+        ),
+        customer(
+            "c-3".into(),
+            vec![order("o-3", "2026-04-08T10:00:00Z", "20.00")],
+        ),
+    ];
+    let emails = vec![
+        // Two days before its order, sent on the period's last day: its
+        // order falls after --to but within 5 days: converted.
+        sent("c-1", "win_back", None, "2026-03-31T10:00:00Z"),
+        // In the period, but a later email (after it) is the last touch.
+        sent("c-2", "win_back", None, "2026-03-31T10:00:00Z"),
+        sent("c-2", "welcome", None, "2026-04-01T05:00:00Z"),
+        // Eight days before the order: outside the window.
+        sent("c-3", "win_back", None, "2026-03-31T10:00:00Z"),
+    ];
+    let report = compute(&customers, &emails, &settings());
+    assert_eq!(report.attribution_until, t("2026-04-06T00:00:00Z"));
+    let win_back = report
+        .emails
+        .iter()
+        .find(|e| e.template == "win_back")
+        .unwrap();
+    assert_eq!(
+        (
+            win_back.sent,
+            win_back.converted,
+            win_back.attributed_orders
+        ),
+        (3, 1, 1)
+    );
+    assert_eq!(win_back.revenue["EUR"], "30.00".parse::<Decimal>().unwrap());
+    // Sent after the period: not in it, and its order credits nobody.
+    assert!(report.emails.iter().all(|e| e.template != "welcome"));
+    // The period's own figures do not take these orders in.
+    assert_eq!(report.customers.orders, 0);
 }
