@@ -23,18 +23,28 @@ fn returned(event: &str, at: &str, customer: &str, order: &str, reason: &str) ->
 }
 
 /// The period is 2026-01-01 to 2026-04-01, customers are active with an
-/// order in the last 180 days:
+/// order in the last 180 days; every order is 40 EUR:
 /// - 400 customers ordered on 2025-12-10 (active at both ends); 100 of
-///   them order again on 2026-03-05, 20 of those once more on 2026-03-20;
+///   them order again on 2026-03-05, 20 of those once more on 2026-03-20,
+///   and 10 once more on 2026-04-15, after the period;
 /// - 100 customers ordered only on 2025-09-15: active at the start (108
 ///   days), not at the end (198 days);
-/// - 50 new customers order on 2026-02-01.
+/// - 50 new customers order on 2026-02-01;
+/// - 10 new customers order on 2026-01-29; their win-back goes out 60 days
+///   later, on 2026-03-30, and 5 of them order on 2026-04-02, after the
+///   period but 3 days after the email;
+/// - 30 customers ordered on 2025-03-01 (306 days before the start: not
+///   active) and again on 2026-03-10: won back.
 ///
-/// So S = 500, N = 50, E = 450: CRR = (450 - 50) / 500 = 80 %, churn 20 %.
-/// 150 customers order in the period, 170 orders at 40 EUR: revenue
-/// 6,800.00, AOV 40.00, frequency 170/150 = 1.13, repeat purchase rate
-/// 20/150 = 13.33 %, CLV = 40 x 170/150 x 1/0.20 = 226.67.
-/// Returns: 3 of the 170 orders, 2 "too small", 1 "damaged": 1.76 %.
+/// So S = 500: K = 400 kept, L = 100 lost; N = 50 + 10 = 60, R = 30,
+/// E = 400 + 60 + 30 = 490. CRR = K / S = 400 / 500 = 80 % = (490 - 60 -
+/// 30) / 500, churn 20 % (the old (E - N) / S gave 430 / 500 = 86 %).
+/// In the period 100 + 50 + 10 + 30 = 190 customers order 170 + 10 + 30 =
+/// 210 times: revenue 8,400.00, AOV 40.00, frequency 210/190 = 1.11,
+/// repeat purchase rate 20/190 = 10.53 %, CLV = 40 x 210/190 x 1/0.20 =
+/// 221.05 (221.0526...). The store keeps no refunds: refunds and net
+/// revenue unknown.
+/// Returns: 3 of the 210 orders, 2 "too small", 1 "damaged": 1.43 %.
 fn shop() -> String {
     let mut lines = Vec::new();
     let mut n = 0;
@@ -66,6 +76,49 @@ fn shop() -> String {
             "2026-02-01T10:00:00Z",
             &format!("new-{i}"),
             &format!("new-{i}-1"),
+            "40.00",
+        ));
+    }
+    for i in 0..10 {
+        lines.push(placed(
+            &id(),
+            "2026-01-29T10:00:00Z",
+            &format!("late-{i}"),
+            &format!("late-{i}-1"),
+            "40.00",
+        ));
+    }
+    for i in 0..5 {
+        lines.push(placed(
+            &id(),
+            "2026-04-02T10:00:00Z",
+            &format!("late-{i}"),
+            &format!("late-{i}-2"),
+            "40.00",
+        ));
+    }
+    for i in 0..30 {
+        lines.push(placed(
+            &id(),
+            "2025-03-01T10:00:00Z",
+            &format!("back-{i}"),
+            &format!("back-{i}-1"),
+            "40.00",
+        ));
+        lines.push(placed(
+            &id(),
+            "2026-03-10T10:00:00Z",
+            &format!("back-{i}"),
+            &format!("back-{i}-2"),
+            "40.00",
+        ));
+    }
+    for i in 0..10 {
+        lines.push(placed(
+            &id(),
+            "2026-04-15T10:00:00Z",
+            &format!("stay-{i}"),
+            &format!("stay-{i}-4"),
             "40.00",
         ));
     }
@@ -151,48 +204,117 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let c = &r["customers"];
     assert_eq!(c["active_at_start"], 500);
-    assert_eq!(c["new_customers"], 50);
-    assert_eq!(c["active_at_end"], 450);
+    assert_eq!(c["kept"], 400);
+    assert_eq!(c["lost"], 100);
+    assert_eq!(c["new_customers"], 60);
+    assert_eq!(c["won_back"], 30);
+    assert_eq!(c["active_at_end"], 490);
     assert_eq!(c["retention_rate"], 80.0);
     assert_eq!(c["churn_rate"], 20.0);
-    assert_eq!(c["ordering_customers"], 150);
-    assert_eq!(c["orders"], 170);
-    assert_eq!(c["repeat_purchase_rate"], 13.33);
-    assert_eq!(c["purchase_frequency"], 1.13);
+    assert_eq!(c["ordering_customers"], 190);
+    assert_eq!(c["orders"], 210);
+    assert_eq!(c["repeat_purchase_rate"], 10.53);
+    assert_eq!(c["purchase_frequency"], 1.11);
     assert_eq!(
         c["money"]["EUR"],
-        json!({"orders": 170, "revenue": "6800.00", "average_order_value": "40.00", "lifetime_value": "226.67"})
+        json!({"orders": 210, "customers": 190, "revenue": "8400.00", "refunds": null,
+               "net_revenue": null, "average_order_value": "40.00",
+               "purchase_frequency": 1.11, "lifetime_value": "221.05"})
     );
-    assert_eq!(r["returns"]["orders"], 170);
+    assert_eq!(r["returns"]["orders"], 210);
     assert_eq!(r["returns"]["returned_orders"], 3);
-    assert_eq!(r["returns"]["return_rate"], 1.76);
+    assert_eq!(r["returns"]["return_rate"], 1.43);
     assert_eq!(
         r["returns"]["reasons"],
         json!([["too small", 2], ["damaged", 1]])
     );
 
+    // Segments as they were at --to. Spend then: 40 for the one-order
+    // customers (460 of them: lost, 300 stay, 60 new), 80 for 110 (the
+    // stay-20..99 and the 30 won back), 120 for stay-0..19. The top 5 %
+    // starts at the 561st of 590: the 80s, so those 130 are VIP. Lapsed
+    // (60 days without an order, before VIP no, after it yes): the lost,
+    // stay-100..399 and the 10 of 2026-01-29. New: the 50 of 2026-02-01.
+    // late-0..4, VIP with their order of 2026-04-02, were lapsed then.
+    let vip = &r["segments"]["vip"];
+    assert_eq!(
+        [
+            &vip["active_at_start"],
+            &vip["kept"],
+            &vip["lost"],
+            &vip["new_customers"],
+            &vip["won_back"],
+            &vip["active_at_end"]
+        ],
+        [100, 100, 0, 0, 30, 130],
+        "{vip}"
+    );
+    // K / S = 100 %, not (E - N) / S = 130 %.
+    assert_eq!(vip["retention_rate"], 100.0);
+    let lapsed = &r["segments"]["lapsed"];
+    assert_eq!(
+        [
+            &lapsed["active_at_start"],
+            &lapsed["kept"],
+            &lapsed["lost"],
+            &lapsed["new_customers"],
+            &lapsed["active_at_end"]
+        ],
+        [400, 300, 100, 10, 310],
+        "{lapsed}"
+    );
+    assert_eq!(lapsed["retention_rate"], 75.0);
+    assert_eq!(r["segments"]["new"]["new_customers"], 50);
+    assert_eq!(
+        r["segments"].as_object().unwrap().len(),
+        3,
+        "{}",
+        r["segments"]
+    );
+
     // Win-backs in the period: the 400 of 2025-12-10 on 2026-02-08 (those
     // of 2025-09-15 went out in November, before it; the new customers'
-    // fall in April). None of them got an order within 5 days.
+    // fall in April) and the 10 of 2026-01-29 on 2026-03-30. Those of
+    // February got no order within 5 days; 5 of March's did, on
+    // 2026-04-02, after the period but within their window.
+    assert_eq!(r["attribution_until"], "2026-04-06T00:00:00Z");
     let emails = r["emails"].as_array().unwrap();
     let win_back = emails.iter().find(|e| e["template"] == "win_back").unwrap();
-    assert_eq!(win_back["sent"], 400, "{win_back}");
-    assert_eq!(win_back["attributed_orders"], 0);
-    assert_eq!(win_back["conversion_rate"], 0.0);
-    assert_eq!(win_back["conversion_low"], 0.0);
-    // Wilson, 0 of 400: 1.96^2 / (400 + 1.96^2) = 0.95 %.
-    assert_eq!(win_back["conversion_high"], 0.95);
+    assert_eq!(win_back["sent"], 410, "{win_back}");
+    assert_eq!(win_back["converted"], 5);
+    assert_eq!(win_back["attributed_orders"], 5);
+    assert_eq!(win_back["revenue"], json!({"EUR": "200.00"}));
+    // 5 / 410 = 1.2195 %.
+    assert_eq!(win_back["conversion_rate"], 1.22);
     let confirmations = emails
         .iter()
         .find(|e| e["template"] == "order_confirmation")
         .unwrap();
-    assert_eq!(confirmations["sent"], 170, "one per order in the period");
+    assert_eq!(confirmations["sent"], 210, "one per order in the period");
     assert_eq!(confirmations["conversion_rate"], Value::Null);
+
+    // CSV: one row per figure.
+    let out = report(&work, "csv", None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = stdout(&out);
+    assert!(csv.starts_with("section,group,figure,value\n"), "{csv}");
+    for row in [
+        "customers,all,won_back,30",
+        "customers,all,retention_rate,80",
+        "segment,vip,retention_rate,100",
+        "money,all EUR,lifetime_value,221.05",
+        "money,all EUR,refunds,",
+        "email,win_back,converted,5",
+        "return_reason,too small,requests,2",
+    ] {
+        assert!(csv.lines().any(|l| l == row), "{row} in\n{csv}");
+    }
 
     // The table says the same for a person.
     let out = report(&work, "table", None);
     let table = stdout(&out);
-    assert!(table.contains("Retention rate (E-N)/S"), "{table}");
+    assert!(table.contains("Retention rate K/S = (E-N-R)/S"), "{table}");
+    assert!(table.contains("Won back, active at the end (R)"), "{table}");
     assert!(table.contains("80.00 %"), "{table}");
 
     // The HTML page: charts visible in a real browser.
@@ -202,6 +324,9 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<svg").count(), 3, "three charts");
     assert!(!page.contains("<script"), "no script, nothing fetched");
+    assert!(page.contains("<th>Won back, active at the end (R)</th><td>30</td>"));
+    assert!(page.contains("€8,400.00"), "money as the emails write it");
+    assert!(page.contains("last marketing email"));
     let browser = repo().join("tests/browser");
     assert!(
         browser.join("node_modules/playwright-core").is_dir(),

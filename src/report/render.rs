@@ -82,8 +82,8 @@ fn retention_rows(r: &Retention, money: fn(Decimal, &str) -> String) -> Vec<(Str
     let count = |label: &str, n: u64| (label.to_owned(), n.to_string());
     let mut rows = vec![
         count("Active at the start (S)", r.active_at_start),
-        count("  still active at the end (K)", r.kept),
-        count("  no longer active (L)", r.lost),
+        count("Kept: of S, active at the end (K)", r.kept),
+        count("Lost: of S, not active at the end (L)", r.lost),
         count("New, active at the end (N)", r.new_customers),
         count("Won back, active at the end (R)", r.won_back),
         count("Active at the end (E = K+N+R)", r.active_at_end),
