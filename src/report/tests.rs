@@ -497,3 +497,84 @@ fn the_last_emails_of_the_period_are_judged_on_their_whole_window() {
     // The period's own figures do not take these orders in.
     assert_eq!(report.customers.orders, 0);
 }
+
+#[test]
+fn the_page_writes_money_with_each_currencys_usual_decimals() {
+    let page = render::html(
+        &compute(&shop_with_won_back_customers(), &[], &settings()),
+        "Shop",
+    );
+    // 24,000 drams without decimals, euros with two.
+    assert!(page.contains("<td>AMD\u{a0}24,000</td>"), "{page}");
+    assert!(page.contains("<td>€290.00</td>"), "{page}");
+    assert!(page.contains("<td>€10.00</td>"), "refunds: {page}");
+    assert!(page.contains("<td>€124.29</td>"), "lifetime value: {page}");
+    assert!(page.contains("<th>Won back, active at the end (R)</th><td>3</td>"));
+}
+
+#[test]
+fn unknown_refunds_read_not_recorded_in_the_table_and_empty_in_csv() {
+    let s = Settings {
+        refunds_recorded: false,
+        ..settings()
+    };
+    let report = compute(&shop_with_won_back_customers(), &[], &s);
+    let table = render::table(&report);
+    let refunds = table.lines().find(|l| l.contains("Refunds (EUR)")).unwrap();
+    assert!(refunds.ends_with("not recorded"), "{refunds}");
+    let csv = render::csv(&report);
+    assert!(csv.lines().any(|l| l == "money,all EUR,refunds,"), "{csv}");
+    assert!(
+        csv.lines().any(|l| l == "money,all AMD,revenue,24000"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn csv_quotes_a_field_with_a_comma_or_a_quote() {
+    let mut o = order("o-1", "2026-02-01T10:00:00Z", "10");
+    o.returns = vec![
+        (
+            t("2026-02-05T10:00:00Z"),
+            Some("too big, and \"scratchy\"".into()),
+        ),
+        (t("2026-02-06T10:00:00Z"), Some("damaged".into())),
+        (t("2026-02-07T10:00:00Z"), Some("damaged".into())),
+    ];
+    let csv = render::csv(&compute(&[customer("c".into(), vec![o])], &[], &settings()));
+    let reasons: Vec<&str> = csv
+        .lines()
+        .filter(|l| l.starts_with("return_reason,"))
+        .collect();
+    // Most frequent first, as everywhere.
+    assert_eq!(
+        reasons,
+        [
+            "return_reason,damaged,requests,2",
+            r#"return_reason,"too big, and ""scratchy""",requests,1"#
+        ]
+    );
+    assert_eq!(csv.lines().next(), Some("section,group,figure,value"));
+}
+
+#[test]
+fn the_return_reasons_chart_puts_the_most_frequent_on_top() {
+    let mut o = order("o-1", "2026-02-01T10:00:00Z", "10");
+    o.returns = vec![
+        (t("2026-02-05T10:00:00Z"), Some("zzz-rare".into())),
+        (t("2026-02-06T10:00:00Z"), Some("aaa-often".into())),
+        (t("2026-02-07T10:00:00Z"), Some("aaa-often".into())),
+    ];
+    let page = render::html(
+        &compute(&[customer("c".into(), vec![o])], &[], &settings()),
+        "Shop",
+    );
+    let chart = &page[page.find("id=\"returns-chart\"").unwrap()..];
+    // charts-rs draws its first row at the bottom, and the SVG lists the
+    // labels from the top: the most frequent must come first.
+    let (often, rare) = (
+        chart.find("aaa-often").unwrap(),
+        chart.find("zzz-rare").unwrap(),
+    );
+    assert!(often < rare, "{chart}");
+}
