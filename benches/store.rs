@@ -1,5 +1,6 @@
 //! The durable SQLite store: finding due emails among many pending ones,
-//! restarting on a large store, and ingest throughput.
+//! restarting on a large store, ingest throughput, and deciding a backlog
+//! of overdue emails on the events' clock and on the machine's.
 //!
 //! `cargo bench --bench store`. The databases with 1,000 and 1,000,000
 //! pending emails are built once into `target/bench-data/` and reused (a
@@ -12,11 +13,15 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use aftercare::config::Config;
 use aftercare::event::Event;
-use aftercare::journey::{Command, Journeys, ShopStats};
+use aftercare::journey::{Clock, Command, Journeys, Lateness, ShopStats};
+use aftercare::pipeline::Stats;
 use aftercare::source::DeadLetters;
 use aftercare::store::{Lease, SqliteStore, Store, Transaction};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use jiff::{SignedDuration, Timestamp};
 use rusqlite::{Connection, params};
 
@@ -282,5 +287,144 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, timers, ingest);
+/// Emails of each catch-up customer due by now: the order confirmation
+/// (transactional), the welcome, thank-you, delivery follow-up and review
+/// request (marketing).
+const CATCH_UP_DUE: u64 = 5;
+
+/// Customers in the catch-up backlog.
+fn catch_up_customers() -> u64 {
+    if support::benchmarking() { 2_000 } else { 50 }
+}
+
+/// The shipped configuration (20h frequency cap) with quiet hours off, so
+/// that nothing depends on the hour the bench runs at, and every rule's
+/// `expires_after` and `policy.max_delay` at 30 days, so that the backlog
+/// is decided by the turns and the cap, not expired.
+fn catch_up_config() -> Config {
+    const MONTH: Duration = Duration::from_secs(30 * 86_400);
+    let mut config = support::config();
+    config.policy.quiet_hours.enabled = false;
+    config.policy.max_delay = MONTH;
+    for rule in &mut config.journeys {
+        rule.expires_after = Some(MONTH);
+    }
+    config
+}
+
+/// `path`: a SQLite store into which `n` customers' first orders (placed
+/// about 10 days before `now`, a second apart) and their deliveries (12
+/// hours later) were ingested, with nothing fired: `CATCH_UP_DUE` emails
+/// of each customer due, as after an outage or on a first start that
+/// reads the topics from ten days back.
+fn catch_up_db(path: &Path, config: &Config, n: u64, now: Timestamp) {
+    let first_order = now - SignedDuration::from_hours(24 * 10);
+    let mut pipeline = support::pipeline(config, SqliteStore::open(path).unwrap());
+    let entries: Vec<_> = (0..n)
+        .flat_map(|i| {
+            let placed = first_order + SignedDuration::from_secs(i as i64);
+            let delivered = placed + SignedDuration::from_hours(12);
+            let locale = support::LOCALES[(i % 3) as usize];
+            [
+                support::order_placed(i, locale, &placed.to_string()),
+                support::shipment_delivered(i, &delivered.to_string()),
+            ]
+        })
+        .enumerate()
+        .map(|(line, raw)| support::entry(raw, line as u64))
+        .collect();
+    let mut dead = DeadLetters::discard();
+    let mut approved = Vec::new();
+    // The machine's clock read before the first order: nothing fires.
+    let before = first_order - SignedDuration::from_hours(1);
+    for chunk in entries.chunks(500) {
+        pipeline
+            .ingest("bench", chunk, Some(before), &mut dead, &mut approved)
+            .unwrap();
+    }
+    assert!(approved.is_empty());
+    assert_eq!(pipeline.stats.invalid, 0);
+    drop(pipeline);
+    let conn = Connection::open(path).unwrap();
+    let due: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM emails WHERE status = 'pending' AND fire_at <= ?1",
+            [now.as_millisecond()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(due as u64, CATCH_UP_DUE * n, "emails due in the backlog");
+}
+
+/// `Pipeline::fire` deciding a backlog of overdue emails (`catch_up_db`)
+/// at once, on the events' clock (`Lateness::NONE`: each email judged at
+/// its own due time, no turns) and on the machine's (each marketing email
+/// first looks up the customer's other pending ones, `turn`; the cap is
+/// judged at the real time). Each iteration decides a fresh copy of the
+/// ingested file (WAL, as `aftercare run` opens it); the copy and the
+/// opening are not timed, nor is closing the store.
+fn catch_up(c: &mut Criterion) {
+    let config = catch_up_config();
+    let n = catch_up_customers();
+    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    let dir = tempfile::tempdir_in(support::data_dir()).unwrap();
+    let ingested = dir.path().join("ingested.db");
+    catch_up_db(&ingested, &config, n, now);
+    let mut g = c.benchmark_group("catch_up");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .throughput(Throughput::Elements(CATCH_UP_DUE * n));
+    let wall = Lateness {
+        go_live: None,
+        clock: Clock::Wall,
+    };
+    let mut copies = 0u64;
+    for (name, lateness) in [("events_clock", Lateness::NONE), ("wall_clock", wall)] {
+        // A fresh copy of the ingested store, opened: the previous one is
+        // closed by now (criterion drops a routine's output before the
+        // next setup), and removed.
+        let mut fresh = || {
+            for suffix in ["", "-wal", "-shm"] {
+                let old = dir.path().join(format!("run-{copies}.db{suffix}"));
+                let _ = std::fs::remove_file(old);
+            }
+            copies += 1;
+            let path = dir.path().join(format!("run-{copies}.db"));
+            std::fs::copy(&ingested, &path).unwrap();
+            support::pipeline(&config, SqliteStore::open(&path).unwrap()).with_lateness(lateness)
+        };
+        let decide = |mut pipeline: aftercare::pipeline::Pipeline<SqliteStore>| {
+            let mut approved = Vec::new();
+            pipeline.fire(Timestamp::now(), &mut approved).unwrap();
+            (pipeline, approved)
+        };
+        // Once, untimed: what becomes of the backlog.
+        let (mut pipeline, approved) = decide(fresh());
+        let left = pipeline.store().next_fire(None).unwrap();
+        assert!(left.is_none_or(|t| t > Timestamp::now()), "all decided");
+        let Stats {
+            approved: sent,
+            deferred,
+            suppressed,
+            cancelled,
+            ..
+        } = pipeline.stats;
+        assert_eq!(approved.len() as u64, sent);
+        println!(
+            "catch_up/{name}: {} due emails of {n} customers: {sent} approved, {suppressed} \
+             suppressed, {cancelled} cancelled, {deferred} deferrals (each a re-take, or a \
+             wait past now)",
+            CATCH_UP_DUE * n
+        );
+        drop(pipeline);
+        g.bench_function(name, |b| {
+            b.iter_batched(&mut fresh, decide, BatchSize::PerIteration)
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, timers, ingest, catch_up);
 criterion_main!(benches);
