@@ -1177,10 +1177,17 @@ impl JourneyRule {
 
     /// `expires_after`, or the default of the rule's class.
     pub fn expiry(&self) -> Duration {
-        self.expires_after.unwrap_or(match self.class {
+        self.expires_after
+            .unwrap_or_else(|| Self::default_expiry(self.class))
+    }
+
+    /// How late an email of `class` may go out when no rule says: a rule
+    /// without `expires_after`, or an email whose rule was removed.
+    pub fn default_expiry(class: EmailClass) -> Duration {
+        match class {
             EmailClass::Transactional => Self::DEFAULT_EXPIRY_TRANSACTIONAL,
             EmailClass::Marketing => Self::DEFAULT_EXPIRY_MARKETING,
-        })
+        }
     }
 
     /// The template to render for `variant`: `review_request` for `a` (or

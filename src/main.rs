@@ -460,6 +460,10 @@ fn lateness<S: Store>(config: &Config, store: &mut S) -> Result<Lateness, Failur
         }
         None => tracing::info!(go_live = %go_live, "Sending emails due since the first start."),
     }
+    let lateness = Lateness {
+        go_live: Some(go_live),
+        clock: Clock::Wall,
+    };
     let journeys = Journeys::from_config(config);
     let overdue = store.overdue(now)?;
     if !overdue.is_empty() {
@@ -468,16 +472,10 @@ fn lateness<S: Store>(config: &Config, store: &mut S) -> Result<Lateness, Failur
             let class = journeys
                 .rule(template)
                 .map_or(EmailClass::Transactional, |r| r.class);
-            if *due_at < go_live {
-                before += 1;
-            } else if aftercare::journey::late::expired(
-                *due_at,
-                now,
-                journeys.expiry(template, class),
-            )
-            .is_some()
-            {
-                expired += 1;
+            match lateness.too_late(*due_at, now, journeys.expiry(template, class)) {
+                Some(reason) if reason == BEFORE_GO_LIVE => before += 1,
+                Some(_) => expired += 1,
+                None => {}
             }
         }
         let oldest = overdue.iter().map(|(_, due)| *due).min();
@@ -492,10 +490,7 @@ fn lateness<S: Store>(config: &Config, store: &mut S) -> Result<Lateness, Failur
             "Emails are overdue: {expired} are past their rule's expires_after and will not be sent, {before} were due {BEFORE_GO_LIVE} and will not be sent, {go} go out now (marketing ones at most one per customer per frequency_cap and outside quiet hours, the most relevant first)."
         );
     }
-    Ok(Lateness {
-        go_live: Some(go_live),
-        clock: Clock::Wall,
-    })
+    Ok(lateness)
 }
 
 fn simulate_command(

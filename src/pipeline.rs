@@ -552,10 +552,7 @@ impl<S: Store> Pipeline<S> {
                             Moment {
                                 at,
                                 with_cap: !retry,
-                                hold_from: match self.lateness.clock {
-                                    Clock::Wall => at,
-                                    Clock::Events { .. } => email.due_at,
-                                },
+                                hold_from: self.lateness.clock.hold_from(email.due_at, at),
                             },
                         )
                     })

@@ -116,10 +116,7 @@ impl<M: Mailer> Sender<M> {
         let expiry = expiry
             .get(&email.template)
             .copied()
-            .unwrap_or(match email.class {
-                EmailClass::Transactional => JourneyRule::DEFAULT_EXPIRY_TRANSACTIONAL,
-                EmailClass::Marketing => JourneyRule::DEFAULT_EXPIRY_MARKETING,
-            });
+            .unwrap_or_else(|| JourneyRule::default_expiry(email.class));
         crate::journey::late::expired(email.due_at, now, expiry)
     }
 

@@ -44,6 +44,17 @@ impl Clock {
         }
     }
 
+    /// What a policy hold of an email due at `due_at`, decided at `at`,
+    /// counts from (see [`super::Moment::hold_from`]): its due time in a
+    /// plan; on the machine's clock the decision, since a backlog made it
+    /// late already and its expiry bounds the whole lateness.
+    pub fn hold_from(self, due_at: Timestamp, at: Timestamp) -> Timestamp {
+        match self {
+            Clock::Wall => at,
+            Clock::Events { .. } => due_at,
+        }
+    }
+
     /// The fire time at which an email held until real time `at` is looked
     /// at again.
     pub fn fire_at_for(self, at: Timestamp) -> Timestamp {

@@ -162,13 +162,8 @@ impl Journeys {
     /// How late an email of `template` may still go out: its rule's
     /// `expires_after`, or the default of its class when the rule is gone.
     pub fn expiry(&self, template: &str, class: EmailClass) -> std::time::Duration {
-        match self.rule(template) {
-            Some(rule) => rule.expiry(),
-            None => match class {
-                EmailClass::Transactional => JourneyRule::DEFAULT_EXPIRY_TRANSACTIONAL,
-                EmailClass::Marketing => JourneyRule::DEFAULT_EXPIRY_MARKETING,
-            },
-        }
+        self.rule(template)
+            .map_or_else(|| JourneyRule::default_expiry(class), JourneyRule::expiry)
     }
 
     /// Whether a customer's marketing emails due together must take turns:
