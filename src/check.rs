@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::config::{Config, JourneyRule};
+use crate::config::{Config, HOLDOUT_VARIANT, JourneyRule};
 use crate::journey::Journeys;
 use crate::mapping::{Mapper, MappingSet, presets, samples};
 use crate::render::schema::TemplateSchema;
@@ -71,7 +71,13 @@ pub fn renderable(config: &Config) -> Vec<Renderable> {
             let variants: Vec<Option<String>> = if rule.variants.is_empty() {
                 vec![None]
             } else {
-                rule.variants.keys().cloned().map(Some).collect()
+                // The holdout sends nothing: no files to render.
+                rule.variants
+                    .keys()
+                    .filter(|v| *v != HOLDOUT_VARIANT)
+                    .cloned()
+                    .map(Some)
+                    .collect()
             };
             variants.into_iter().map(|variant| Renderable {
                 name: JourneyRule::variant_template(&rule.template, variant.as_deref()),

@@ -1203,6 +1203,10 @@ impl JourneyRule {
 /// The variant whose files are the template's own.
 pub const BASE_VARIANT: &str = "a";
 
+/// The variant that sends nothing: its customers are the holdout group the
+/// report compares the senders with (marketing rules only).
+pub const HOLDOUT_VARIANT: &str = "holdout";
+
 impl Config {
     /// Loads the layers and validates the result. `env` is passed in so that
     /// tests do not have to touch the process environment.
@@ -1699,10 +1703,21 @@ impl Config {
                     ));
                 }
             }
-            if !rule.variants.is_empty() && rule.variants.values().all(|w| *w == 0) {
+            if !rule.variants.is_empty()
+                && rule
+                    .variants
+                    .iter()
+                    .all(|(name, w)| *w == 0 || name == HOLDOUT_VARIANT)
+            {
                 return Err(invalid(
                     key("variants"),
-                    "at least one variant needs a weight above 0",
+                    "at least one variant that sends needs a weight above 0",
+                ));
+            }
+            if rule.variants.contains_key(HOLDOUT_VARIANT) && rule.class != EmailClass::Marketing {
+                return Err(invalid(
+                    key(&format!("variants.{HOLDOUT_VARIANT}")),
+                    "only a marketing email can be held out: a transactional one is owed",
                 ));
             }
             if let Some(bad) = rule
@@ -2071,6 +2086,17 @@ mod tests {
         assert!(e.contains("journey[0].variants.B-2"), "{e}");
         let e = err(&rule("{ a = 0, b = 0 }"));
         assert!(e.contains("journey[0].variants"), "{e}");
+        // A holdout sends nothing: it needs a variant that does, and a
+        // marketing email (a transactional one is owed).
+        let e = err(&rule("{ holdout = 1 }"));
+        assert!(e.contains("journey[0].variants"), "{e}");
+        assert!(e.contains("that sends"), "{e}");
+        let e = err(
+            "[[journey]]\ntemplate = \"order_confirmation\"\non = \"order.placed\"\n\
+             class = \"transactional\"\nvariants = { a = 9, holdout = 1 }\n",
+        );
+        assert!(e.contains("journey[0].variants.holdout"), "{e}");
+        assert!(load_str(&rule("{ a = 9, holdout = 1 }")).is_ok());
         let config = load_str(&rule("{ a = 3, b = 1 }")).unwrap();
         let review = config
             .journeys

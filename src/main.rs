@@ -594,6 +594,7 @@ fn build_report<S: Store>(
             marketing: e.class == EmailClass::Marketing,
             variant: e.variant,
             at: e.at,
+            held_out: e.held_out,
         })
         .collect();
     let settings = report::Settings {
@@ -601,8 +602,6 @@ fn build_report<S: Store>(
         to,
         active_window: jiff::SignedDuration::try_from(config.report.active_window)?,
         attribution_window: jiff::SignedDuration::try_from(config.report.attribution_window)?,
-        // The journeys do not keep refunds: unknown rather than zero.
-        refunds_recorded: false,
     };
     Ok(report::compute(&customers, &emails, &settings))
 }
@@ -891,6 +890,12 @@ fn print_summary(config: &Config, input: &str, dead: &str, s: &Summary) {
             "  of the suppressed: {} due before go-live (history builds journeys, not emails), {} expired (too late for their rule's expires_after).",
             i.before_go_live,
             i.emails_expired + s.expired
+        );
+    }
+    if i.held_out > 0 {
+        println!(
+            "Not sent by design: {} held out (the holdout groups the report compares with).",
+            i.held_out
         );
     }
     if s.resumed > 0 {

@@ -31,7 +31,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use crate::bounded::clip;
-use crate::config::{EmailClass, Trigger};
+use crate::config::{EmailClass, HOLDOUT_VARIANT, Trigger};
 use crate::event::{Event, EventKind, Unresolved};
 use crate::journey::insight::Counted;
 use crate::journey::late::{self, BEFORE_GO_LIVE};
@@ -86,6 +86,9 @@ pub struct Stats {
     /// Emails that would have gone out later than their rule's
     /// `expires_after`, not sent (in `suppressed`).
     pub emails_expired: u64,
+    /// Emails of a rule's holdout group: decided, not sent (a sent one's
+    /// control group in the report).
+    pub held_out: u64,
 }
 
 /// What the templates need beyond the journey.
@@ -577,6 +580,21 @@ impl<S: Store> Pipeline<S> {
                         }
                     }
                 }
+                // Everything a sent email passes, passed: its holdout group
+                // stops here, as though it went (the cap counts it too, so
+                // that the groups differ by this email alone).
+                if verdict.is_none() && email.variant.as_deref() == Some(HOLDOUT_VARIANT) {
+                    not_sent(
+                        &mut tx,
+                        (&mut self.stats, &self.observer),
+                        &email,
+                        &to,
+                        Verdict::HeldOut,
+                        "held out: the rule's holdout group",
+                    )?;
+                    under_cap(&mut tx, &email, journey, at)?;
+                    continue;
+                }
                 let data = match verdict {
                     Some(_) => None,
                     None => match guarded(|| {
@@ -602,12 +620,7 @@ impl<S: Store> Pipeline<S> {
                 }
                 email.data = data.unwrap_or_default();
                 tx.approve(email.id, &to, &email.data, &lease)?;
-                if email.class == EmailClass::Marketing {
-                    // The frequency cap counts from here.
-                    let mut journey = journey;
-                    journey.last_marketing_at = Some(at);
-                    tx.save_journey(&email.customer_id, &journey)?;
-                }
+                under_cap(&mut tx, &email, journey, at)?;
                 email.status = Status::Sending;
                 email.recipient = to.recipient;
                 email.locale = Some(to.locale);
@@ -629,6 +642,21 @@ enum Turn {
         fire_at: Timestamp,
         reason: String,
     },
+}
+
+/// A marketing email approved (or held out) `at`: the customer's frequency
+/// cap counts from then.
+fn under_cap<T: Transaction>(
+    tx: &mut T,
+    email: &EmailRow,
+    mut journey: Journey,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    if email.class == EmailClass::Marketing {
+        journey.last_marketing_at = Some(at);
+        tx.save_journey(&email.customer_id, &journey)?;
+    }
+    Ok(())
 }
 
 /// Puts `email` back to wait until `fire_at`, for `reason`, and counts it.
@@ -664,6 +692,7 @@ fn not_sent<T: Transaction>(
     match verdict {
         Verdict::Cancelled => stats.cancelled += 1,
         Verdict::Suppressed => stats.suppressed += 1,
+        Verdict::HeldOut => stats.held_out += 1,
     }
     if reason == BEFORE_GO_LIVE {
         stats.before_go_live += 1;
@@ -1576,6 +1605,61 @@ mod tests {
         assert_eq!(customer["lifetime_spend"], "5.00");
         assert_eq!(customer["expected_next_order_at"], Value::Null);
         assert_eq!(customer["tier"], Value::Null);
+    }
+
+    #[test]
+    fn a_held_out_email_is_decided_like_a_sent_one_and_never_approved() {
+        // Every customer in the welcome's holdout (a config the loader
+        // refuses, which needs a variant that sends: here the draw is sure).
+        let mut rules = Config::embedded().journeys;
+        let welcome = rules.iter_mut().find(|r| r.template == "welcome").unwrap();
+        welcome.variants = [(HOLDOUT_VARIANT.to_owned(), 1)].into();
+        let mut p = pipeline();
+        p.journeys = Journeys::new(rules);
+        let mut approved = Vec::new();
+        let batch = [placed(
+            "e1",
+            "2026-01-01T10:00:00Z",
+            "o-1",
+            Some("anna@example.com"),
+        )];
+        p.ingest(
+            "test",
+            &batch,
+            None,
+            &mut DeadLetters::discard(),
+            &mut approved,
+        )
+        .unwrap();
+        p.fire(t("2026-01-20T10:00:00Z"), &mut approved).unwrap();
+        let sent: Vec<&str> = approved.iter().map(|e| e.template.as_str()).collect();
+        assert!(sent.contains(&"order_confirmation"), "{sent:?}");
+        assert!(!sent.contains(&"welcome"), "{sent:?}");
+        let welcome = p
+            .store()
+            .decisions()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.template == "welcome")
+            .unwrap();
+        assert_eq!(welcome.status, Status::HeldOut);
+        assert_eq!(welcome.variant.as_deref(), Some(HOLDOUT_VARIANT));
+        assert_eq!(welcome.recipient.as_deref(), Some("anna@example.com"));
+        assert_eq!(p.stats.held_out, 1);
+        // The cap counts it as though it went: the groups differ by this
+        // email alone.
+        let journey = p.store().begin().unwrap().journey("c-1").unwrap().unwrap();
+        assert_eq!(journey.last_marketing_at, Some(welcome.fire_at));
+        // The report reads it as held out.
+        let held: Vec<bool> = p
+            .store()
+            .sent_emails()
+            .unwrap()
+            .iter()
+            .filter(|e| e.template == "welcome")
+            .map(|e| e.held_out)
+            .collect();
+        assert_eq!(held, [true]);
     }
 
     #[test]

@@ -595,6 +595,81 @@ fn each_customer_gets_the_review_request_variant_that_simulate_plans() {
 }
 
 #[test]
+fn a_holdout_group_is_planned_checked_stored_and_never_sent() {
+    let work = Work::new(
+        "[[journey]]\ntemplate = \"review_request\"\non = \"shipment.delivered\"\n\
+         class = \"marketing\"\ndelay = \"7d\"\nvariants = { a = 1, b = 1, holdout = 1 }\n",
+    );
+    // The holdout has no files, and needs none.
+    let out = work.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = work.path("events.jsonl");
+    common::write(&log, &common::generated_events(40));
+    let plan = work.run(&["simulate", log.to_str().unwrap()]);
+    assert!(plan.status.success(), "{}", stderr(&plan));
+    let planned: Vec<serde_json::Value> = stdout(&plan)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["template"] == "review_request")
+        .collect();
+    let held_out = planned.iter().filter(|v| v["status"] == "held_out").count();
+    assert!(held_out > 0, "a third are held out: {planned:?}");
+    // Held out only after every check a sent one passes: without consent,
+    // a holdout customer's email is suppressed like anyone's.
+    assert!(
+        planned
+            .iter()
+            .all(|v| v["status"] != "held_out" || v["variant"] == "holdout"),
+        "{planned:?}"
+    );
+    assert!(
+        planned
+            .iter()
+            .filter(|v| v["variant"] == "holdout")
+            .all(|v| v["status"] == "held_out" || v["reason"] == "no marketing consent"),
+        "{planned:?}"
+    );
+    assert!(
+        planned
+            .iter()
+            .any(|v| v["variant"] == "holdout" && v["status"] == "suppressed"),
+        "the log has holdout customers without consent: {planned:?}"
+    );
+
+    let out = work.run(&["run", "--input", log.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conn = rusqlite::Connection::open(work.path("data/aftercare.db")).unwrap();
+    let stored: Vec<(String, String, Option<String>)> = conn
+        .prepare("SELECT key, status, variant FROM emails WHERE template = 'review_request'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let stored_held_out: Vec<&String> = stored
+        .iter()
+        .filter(|(_, status, _)| status == "held_out")
+        .map(|(key, _, _)| key)
+        .collect();
+    assert_eq!(stored_held_out.len(), held_out, "as planned: {stored:?}");
+    for (key, status, variant) in &stored {
+        let file = work
+            .path("data/outbox")
+            .join(aftercare::mailer::EmlMailer::file_name(key));
+        assert_eq!(
+            file.exists(),
+            status == "sent",
+            "{key} {status} {variant:?}"
+        );
+    }
+    assert!(
+        stdout(&out).contains(&format!("{held_out} held out")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn run_reads_standard_input_and_dedups_a_replay() {
     let work = Work::new("");
     let examples = std::fs::read(repo().join("examples/events.jsonl")).unwrap();

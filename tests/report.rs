@@ -42,9 +42,25 @@ fn returned(event: &str, at: &str, customer: &str, order: &str, reason: &str) ->
 /// In the period 100 + 50 + 10 + 30 = 190 customers order 170 + 10 + 30 =
 /// 210 times: revenue 8,400.00, AOV 40.00, frequency 210/190 = 1.11,
 /// repeat purchase rate 20/190 = 10.53 %, CLV = 40 x 210/190 x 1/0.20 =
-/// 221.05 (221.0526...). The store keeps no refunds: refunds and net
-/// revenue unknown.
+/// 221.05 (221.0526...).
 /// Returns: 3 of the 210 orders, 2 "too small", 1 "damaged": 1.43 %.
+/// Holdout: the win-back keeps one customer in ten out (`variants = { a =
+/// 9, holdout = 1 }`, drawn by a hash of customer and template): 43 of the
+/// 400 of 2025-12-10 and none of the 10 of 2026-01-29 (counted apart with
+/// the same hash). So 367 win-backs are sent in the period, 5 followed by
+/// an order within 5 days (1.36 %), and 43 held out, none followed by one
+/// (0 %): lift +1.36 pp, 95 % interval -6.88 to +3.15 (Newcombe): no
+/// difference shown yet.
+/// Refunds: the three returned orders are refunded 40 EUR each in March
+/// (one of them delivered twice under two event ids: counted once, by its
+/// refund id), and one more on 2026-04-03, after the period: refunds
+/// 120.00, net revenue 8,400 - 120 = 8,280.00.
+fn refunded(event: &str, at: &str, customer: &str, order: &str, refund: &str) -> String {
+    format!(
+        r#"{{"event_id":"{event}","type":"refund.issued","occurred_at":"{at}","customer":{{"id":"{customer}"}},"order":{{"id":"{order}"}},"refund":{{"id":"{refund}","amount":"40.00","currency":"EUR"}}}}"#
+    )
+}
+
 fn shop() -> String {
     let mut lines = Vec::new();
     let mut n = 0;
@@ -164,6 +180,21 @@ fn shop() -> String {
         "stay-3-3",
         "damaged",
     ));
+    for (at, customer, order) in [
+        ("2026-03-15T10:00:00Z", "stay-1", "stay-1-2"),
+        ("2026-03-16T10:00:00Z", "stay-2", "stay-2-2"),
+        ("2026-03-28T10:00:00Z", "stay-3", "stay-3-3"),
+        ("2026-04-03T10:00:00Z", "stay-4", "stay-4-2"),
+    ] {
+        lines.push(refunded(&id(), at, customer, order, &format!("f-{order}")));
+    }
+    lines.push(refunded(
+        &id(),
+        "2026-03-15T10:00:00Z",
+        "stay-1",
+        "stay-1-2",
+        "f-stay-1-2",
+    ));
     lines.sort_by_key(|l| {
         let v: Value = serde_json::from_str(l).unwrap();
         v["occurred_at"].as_str().unwrap().to_owned()
@@ -192,7 +223,8 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     // Only the journeys the figures need: no welcome, no win-back noise.
     let work = Work::new(
         "default_journeys = false\n[[journey]]\ntemplate = \"order_confirmation\"\non = \"order.placed\"\nclass = \"transactional\"\n\
-         [[journey]]\ntemplate = \"win_back\"\non = \"inactivity\"\nclass = \"marketing\"\ndelay = \"60d\"\n",
+         [[journey]]\ntemplate = \"win_back\"\non = \"inactivity\"\nclass = \"marketing\"\ndelay = \"60d\"\n\
+         variants = { a = 9, holdout = 1 }\n",
     );
     let log = work.path("events.jsonl");
     common::write(&log, &shop());
@@ -217,8 +249,8 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     assert_eq!(c["purchase_frequency"], 1.11);
     assert_eq!(
         c["money"]["EUR"],
-        json!({"orders": 210, "customers": 190, "revenue": "8400.00", "refunds": null,
-               "net_revenue": null, "average_order_value": "40.00",
+        json!({"orders": 210, "customers": 190, "revenue": "8400.00", "refunds": "120.00",
+               "net_revenue": "8280.00", "average_order_value": "40.00",
                "purchase_frequency": 1.11, "lifetime_value": "221.05"})
     );
     assert_eq!(r["returns"]["orders"], 210);
@@ -274,18 +306,30 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
 
     // Win-backs in the period: the 400 of 2025-12-10 on 2026-02-08 (those
     // of 2025-09-15 went out in November, before it; the new customers'
-    // fall in April) and the 10 of 2026-01-29 on 2026-03-30. Those of
-    // February got no order within 5 days; 5 of March's did, on
-    // 2026-04-02, after the period but within their window.
+    // fall in April) and the 10 of 2026-01-29 on 2026-03-30, less the 43
+    // held out. Those of February got no order within 5 days; 5 of
+    // March's did, on 2026-04-02, after the period but within their
+    // window.
     assert_eq!(r["attribution_until"], "2026-04-06T00:00:00Z");
     let emails = r["emails"].as_array().unwrap();
+    assert!(
+        emails.iter().all(|e| e["variant"] != "holdout"),
+        "held out is not sent: {emails:?}"
+    );
     let win_back = emails.iter().find(|e| e["template"] == "win_back").unwrap();
-    assert_eq!(win_back["sent"], 410, "{win_back}");
+    assert_eq!(win_back["variant"], "a");
+    assert_eq!(win_back["sent"], 367, "{win_back}");
     assert_eq!(win_back["converted"], 5);
     assert_eq!(win_back["attributed_orders"], 5);
     assert_eq!(win_back["revenue"], json!({"EUR": "200.00"}));
-    // 5 / 410 = 1.2195 %.
-    assert_eq!(win_back["conversion_rate"], 1.22);
+    // 5 / 367 = 1.3624 %.
+    assert_eq!(win_back["conversion_rate"], 1.36);
+    assert_eq!(
+        r["holdouts"],
+        json!([{"template": "win_back", "sent": 367, "sent_ordered": 5, "sent_rate": 1.36,
+                "held_out": 43, "held_out_ordered": 0, "held_out_rate": 0.0,
+                "lift": 1.36, "lift_low": -6.88, "lift_high": 3.15}])
+    );
     let confirmations = emails
         .iter()
         .find(|e| e["template"] == "order_confirmation")
@@ -303,8 +347,11 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
         "customers,all,retention_rate,80",
         "segment,vip,retention_rate,100",
         "money,all EUR,lifetime_value,221.05",
-        "money,all EUR,refunds,",
-        "email,win_back,converted,5",
+        "money,all EUR,refunds,120.00",
+        "money,all EUR,net_revenue,8280.00",
+        "email,win_back (a),converted,5",
+        "holdout,win_back,held_out,43",
+        "holdout,win_back,lift_low,-6.88",
         "return_reason,too small,requests,2",
     ] {
         assert!(csv.lines().any(|l| l == row), "{row} in\n{csv}");
@@ -316,6 +363,7 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     assert!(table.contains("Retention rate K/S = (E-N-R)/S"), "{table}");
     assert!(table.contains("Won back, active at the end (R)"), "{table}");
     assert!(table.contains("80.00 %"), "{table}");
+    assert!(table.contains("+1.36 pp (-6.88 to +3.15)"), "{table}");
 
     // The HTML page: charts visible in a real browser.
     let html = work.path("report.html");
@@ -326,7 +374,13 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     assert!(!page.contains("<script"), "no script, nothing fetched");
     assert!(page.contains("<th>Won back, active at the end (R)</th><td>30</td>"));
     assert!(page.contains("€8,400.00"), "money as the emails write it");
+    assert!(page.contains("<td>€120.00</td>"), "refunds");
+    assert!(page.contains("<td>€8,280.00</td>"), "net revenue");
     assert!(page.contains("last marketing email"));
+    assert!(
+        page.contains("<td>+1.36 pp (-6.88 to +3.15)</td>"),
+        "holdout"
+    );
     let browser = repo().join("tests/browser");
     assert!(
         browser.join("node_modules/playwright-core").is_dir(),
@@ -342,6 +396,7 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let seen: Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
     assert_eq!(seen["charts"], 3, "{seen}");
+    assert_eq!(seen["holdoutRows"], 2, "the header and win_back: {seen}");
     assert!(seen["problems"].as_array().unwrap().is_empty(), "{seen}");
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
 }

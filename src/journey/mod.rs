@@ -20,7 +20,9 @@ pub use data::Data;
 pub use insight::ShopStats;
 pub use late::{Clock, Lateness};
 pub use policy::{Moment, Policy, Timing};
-pub use state::{Journey, OrderState, Profile, ReturnNote, ShipmentNote, first_name_of};
+pub use state::{
+    Journey, MAX_NOTES, OrderState, Profile, RefundNote, ReturnNote, ShipmentNote, first_name_of,
+};
 
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
@@ -79,6 +81,10 @@ pub enum Verdict {
     Cancelled,
     /// The customer may not get it (no consent, unsubscribed, bounced).
     Suppressed,
+    /// Would have gone out, but the customer is in the rule's holdout
+    /// group (its `holdout` variant): recorded, never sent, so that the
+    /// report can compare them with those who got it.
+    HeldOut,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -385,7 +391,7 @@ impl Journeys {
             EventKind::ReturnRequested { order_id, ret } => {
                 let o = j.orders.entry(order_id.clone()).or_default();
                 o.return_requested = true;
-                if !o.returns.iter().any(|r| r.id == ret.id) {
+                if o.returns.len() < MAX_NOTES && !o.returns.iter().any(|r| r.id == ret.id) {
                     o.returns.push(ReturnNote {
                         id: ret.id.clone(),
                         reason: ret.reason.clone(),
@@ -438,6 +444,15 @@ impl Journeys {
                 );
             }
             EventKind::RefundIssued { order_id, refund } => {
+                let o = j.orders.entry(order_id.clone()).or_default();
+                if o.refunds.len() < MAX_NOTES && !o.refunds.iter().any(|r| r.id == refund.id) {
+                    o.refunds.push(RefundNote {
+                        id: refund.id.clone(),
+                        amount: refund.amount,
+                        currency: refund.currency.clone(),
+                        issued_at: Some(at),
+                    });
+                }
                 let data = Data::new(json!({
                     "order": order_json(&j, order_id),
                     "refund": {"id": refund.id, "amount": refund.amount.to_string(), "currency": refund.currency},

@@ -127,9 +127,19 @@ pub struct OrderState {
     pub milestone: Option<u32>,
     /// The tiers this order reached, the highest last.
     pub tiers_reached: Vec<String>,
-    /// Returns requested for this order, for the retention report.
+    /// Returns requested for this order, for the retention report; at most
+    /// [`MAX_NOTES`].
     pub returns: Vec<ReturnNote>,
+    /// Refunds issued on this order, for the retention report's refunds and
+    /// net revenue; at most [`MAX_NOTES`].
+    pub refunds: Vec<RefundNote>,
 }
+
+/// The most return requests, and the most refunds, one order keeps. A real
+/// order has a handful; a feed sending thousands of ids for one order must
+/// not grow the customer's row without end (the row is read and written
+/// with every event of the customer). What is past it is not reported.
+pub const MAX_NOTES: usize = 100;
 
 /// A parcel as its events described it, the latest word on each field.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -165,6 +175,18 @@ pub struct ReturnNote {
     pub id: String,
     pub reason: Option<String>,
     pub requested_at: Option<Timestamp>,
+}
+
+/// A refund as the report needs it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RefundNote {
+    pub id: String,
+    pub amount: Decimal,
+    /// The refund's own: a refund says its currency, as an order does.
+    pub currency: String,
+    /// The event's time.
+    pub issued_at: Option<Timestamp>,
 }
 
 impl OrderState {

@@ -612,6 +612,70 @@ fn return_received_and_refund_are_sent_at_once() {
     assert_eq!(refund.data["refund"]["amount"], "9.95");
 }
 
+fn refund(order: &str, id: &str, amount: &str) -> EventKind {
+    EventKind::RefundIssued {
+        order_id: order.into(),
+        refund: Refund {
+            id: id.into(),
+            amount: amount.parse().unwrap(),
+            currency: "EUR".into(),
+        },
+    }
+}
+
+#[test]
+fn refunds_are_kept_on_their_order_once_each_for_the_report() {
+    let (state, _) = run(&[
+        // Before its order: kept all the same, the order joins it.
+        ev("e1", "2026-03-01T09:00:00Z", refund("o-1", "f-0", "1.00")),
+        ev("e2", "2026-03-01T10:00:00Z", placed("o-1")),
+        ev("e3", "2026-03-09T10:00:00Z", refund("o-1", "f-1", "9.95")),
+        // The same refund under another event id: one refund.
+        ev("e4", "2026-03-10T10:00:00Z", refund("o-1", "f-1", "9.95")),
+    ]);
+    let o = &state.orders["o-1"];
+    assert!(o.counts(), "the order placed after its refund");
+    let kept: Vec<(&str, String, Option<Timestamp>)> = o
+        .refunds
+        .iter()
+        .map(|f| (f.id.as_str(), f.amount.to_string(), f.issued_at))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("f-0", "1.00".to_owned(), Some(t("2026-03-01T09:00:00Z"))),
+            ("f-1", "9.95".to_owned(), Some(t("2026-03-09T10:00:00Z")))
+        ]
+    );
+}
+
+#[test]
+fn an_order_keeps_at_most_max_notes_refunds_and_returns() {
+    let mut events = vec![ev("e-0", "2026-03-01T10:00:00Z", placed("o-1"))];
+    for i in 0..MAX_NOTES + 5 {
+        events.push(ev(
+            &format!("f-{i}"),
+            "2026-03-02T10:00:00Z",
+            refund("o-1", &format!("f-{i}"), "1"),
+        ));
+        events.push(ev(
+            &format!("r-{i}"),
+            "2026-03-02T10:00:00Z",
+            EventKind::ReturnRequested {
+                order_id: "o-1".into(),
+                ret: Return {
+                    id: format!("r-{i}"),
+                    reason: None,
+                    items: Vec::new(),
+                },
+            },
+        ));
+    }
+    let (state, _) = run(&events);
+    assert_eq!(state.orders["o-1"].refunds.len(), MAX_NOTES);
+    assert_eq!(state.orders["o-1"].returns.len(), MAX_NOTES);
+}
+
 #[test]
 fn delivery_before_dispatch_cancels_the_stale_shipping_update() {
     let (_, steps) = run(&[

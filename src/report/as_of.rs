@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use crate::journey::insight::Counted;
 use crate::journey::{Journey, Journeys, ShopStats};
 
-use super::{Customer, Order};
+use super::{Customer, Order, Refund};
 
 /// `j` as it stood at `to`: only the orders placed before it, and the
 /// latest of those that count as the one inactivity counts from.
@@ -77,8 +77,17 @@ fn orders(j: &Journey) -> Vec<Order> {
                     .iter()
                     .filter_map(|r| Some((r.requested_at?, r.reason.clone())))
                     .collect(),
-                // The store keeps no refunds yet (see `Settings::refunds_recorded`).
-                refunds: Vec::new(),
+                refunds: o
+                    .refunds
+                    .iter()
+                    .filter_map(|f| {
+                        Some(Refund {
+                            at: f.issued_at?,
+                            amount: f.amount,
+                            currency: f.currency.clone(),
+                        })
+                    })
+                    .collect(),
             })
         })
         .collect()

@@ -35,6 +35,7 @@
 //!   are compared with a two-proportion z-test.
 
 pub mod as_of;
+pub mod holdout;
 pub mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -88,6 +89,9 @@ pub struct SentEmail {
     pub variant: Option<String>,
     /// When it went out (its fire time, in event time).
     pub at: Timestamp,
+    /// In its rule's holdout group: never sent, counted only against those
+    /// sent (see [`holdout`]), neither sent nor credited.
+    pub held_out: bool,
 }
 
 /// What the report covers and how it counts.
@@ -97,9 +101,6 @@ pub struct Settings {
     pub to: Timestamp,
     pub active_window: SignedDuration,
     pub attribution_window: SignedDuration,
-    /// Whether the histories carry refunds: without them, refunds and net
-    /// revenue are unknown (`null`), not zero.
-    pub refunds_recorded: bool,
 }
 
 /// Customer counts and rates for a group of customers (all, a segment).
@@ -140,10 +141,10 @@ pub struct Money {
     pub customers: u64,
     /// Gross: the totals of those orders.
     pub revenue: Decimal,
-    /// Refunds issued in the period; `null` when the histories carry none.
-    pub refunds: Option<Decimal>,
-    /// Gross revenue - refunds; `null` with refunds unknown.
-    pub net_revenue: Option<Decimal>,
+    /// Refunds issued in the period, in this currency.
+    pub refunds: Decimal,
+    /// Gross revenue - refunds.
+    pub net_revenue: Decimal,
     /// Gross revenue / orders, to two decimals.
     pub average_order_value: Decimal,
     /// Orders / customers of this currency.
@@ -206,6 +207,9 @@ pub struct Report {
     pub emails: Vec<EmailResult>,
     pub ab_tests: Vec<AbTest>,
     pub returns: Returns,
+    /// The templates with a holdout group in the period: senders against
+    /// holdout, and the lift.
+    pub holdouts: Vec<holdout::Holdout>,
 }
 
 /// A percentage with two decimals: what people read, and what a test can
@@ -268,9 +272,9 @@ fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) ->
         // Refunds of the period, whatever the order's date (a refund in
         // March of a December order is March's money going out).
         for f in c.orders.iter().flat_map(|o| &o.refunds) {
-            if s.refunds_recorded && in_period(f.at, s) {
+            if in_period(f.at, s) {
                 let m = r.money.entry(f.currency.clone()).or_default();
-                m.refunds = Some(m.refunds.unwrap_or_default().saturating_add(f.amount));
+                m.refunds = m.refunds.saturating_add(f.amount);
             }
         }
     }
@@ -291,11 +295,7 @@ fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) ->
             .get(currency.as_str())
             .copied()
             .unwrap_or(0);
-        if s.refunds_recorded {
-            let refunds = m.refunds.unwrap_or_default();
-            m.refunds = Some(refunds);
-            m.net_revenue = Some(m.revenue.saturating_sub(refunds));
-        }
+        m.net_revenue = m.revenue.saturating_sub(m.refunds);
         if m.orders == 0 {
             // Refunds only, no order in this currency.
             continue;
@@ -312,8 +312,8 @@ fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) ->
     r
 }
 
-/// The 95 % Wilson score interval of `k` successes in `n`, in %.
-fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
+/// The 95 % Wilson score interval of `k` successes in `n`, as fractions.
+fn wilson_bounds(k: u64, n: u64) -> Option<(f64, f64)> {
     if n == 0 {
         return None;
     }
@@ -322,10 +322,13 @@ fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
     let p = k / n;
     let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
     let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
-    Some((
-        round2((centre - half).max(0.0) * 100.0),
-        round2((centre + half).min(1.0) * 100.0),
-    ))
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// The same in %, to two decimals.
+fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
+    let (low, high) = wilson_bounds(k, n)?;
+    Some((round2(low * 100.0), round2(high * 100.0)))
 }
 
 /// The standard normal distribution function.
@@ -353,8 +356,12 @@ fn confidence(a: &EmailResult, b: &EmailResult) -> f64 {
 type EmailKey = (String, Option<String>);
 
 /// Computes the report of `customers` and `emails` over `settings`.
-pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings) -> Report {
+pub fn compute(customers: &[Customer], all_emails: &[SentEmail], settings: &Settings) -> Report {
     let s = settings;
+    let holdouts = holdout::holdouts(customers, all_emails, s);
+    // A held-out email was never in the customer's inbox: no touch, no
+    // send.
+    let emails: Vec<&SentEmail> = all_emails.iter().filter(|e| !e.held_out).collect();
     let mut segments: BTreeMap<String, Retention> = BTreeMap::new();
     let mut by_segment: BTreeMap<Segment, Vec<&Customer>> = BTreeMap::new();
     for c in customers {
@@ -374,7 +381,7 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
     // window too.
     let mut sent_by_customer: BTreeMap<&str, Vec<&SentEmail>> = BTreeMap::new();
     for e in emails.iter().filter(|e| e.marketing) {
-        sent_by_customer.entry(&e.customer_id).or_default().push(e);
+        sent_by_customer.entry(&e.customer_id).or_default().push(*e);
     }
     let until = attribution_until(s);
     let key = |e: &SentEmail| -> EmailKey { (e.template.clone(), e.variant.clone()) };
@@ -415,7 +422,11 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
             }
         }
     }
-    let marketing: BTreeSet<EmailKey> = emails.iter().filter(|e| e.marketing).map(key).collect();
+    let marketing: BTreeSet<EmailKey> = emails
+        .iter()
+        .filter(|e| e.marketing)
+        .map(|e| key(e))
+        .collect();
     for (k, r) in results.iter_mut() {
         if !marketing.contains(k) {
             continue;
@@ -487,6 +498,7 @@ pub fn compute(customers: &[Customer], emails: &[SentEmail], settings: &Settings
         emails,
         ab_tests,
         returns,
+        holdouts,
     }
 }
 

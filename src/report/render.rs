@@ -8,6 +8,7 @@ use charts_rs::{BarChart, HorizontalBarChart, Series};
 use handlebars::html_escape;
 use rust_decimal::Decimal;
 
+use super::holdout::Holdout;
 use super::{EmailResult, Report, Retention};
 use crate::render::format_money;
 
@@ -36,6 +37,39 @@ fn variant_name(e: &EmailResult) -> String {
         None => e.template.clone(),
     }
 }
+
+/// The lift of a holdout comparison and its interval, in percentage
+/// points: `+9.00 pp (-2.08 to +15.85)`.
+fn lift(h: &Holdout) -> String {
+    match (h.lift, h.lift_low, h.lift_high) {
+        (Some(l), Some(low), Some(high)) => format!("{l:+.2} pp ({low:+.2} to {high:+.2})"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// A holdout comparison's figures, as its table's cells: sent, ordered,
+/// rate; held out, ordered, rate; lift.
+fn holdout_cells(h: &Holdout) -> [String; 7] {
+    [
+        h.sent.to_string(),
+        h.sent_ordered.to_string(),
+        rate(h.sent_rate),
+        h.held_out.to_string(),
+        h.held_out_ordered.to_string(),
+        rate(h.held_out_rate),
+        lift(h),
+    ]
+}
+
+const HOLDOUT_COLUMNS: [&str; 7] = [
+    "sent",
+    "ordered",
+    "rate",
+    "held out",
+    "ordered",
+    "rate",
+    "lift, 95 % interval",
+];
 
 /// The columns of a segment's row.
 const SEGMENT_COLUMNS: [&str; 10] = [
@@ -99,19 +133,15 @@ fn retention_rows(r: &Retention, money: fn(Decimal, &str) -> String) -> Vec<(Str
         ("Purchase frequency".to_owned(), num(r.purchase_frequency)),
         count("Orders", r.orders),
     ];
-    let unknown = || "not recorded".to_owned();
     for (currency, m) in &r.money {
         rows.push((
             format!("Gross revenue ({currency})"),
             money(m.revenue, currency),
         ));
-        rows.push((
-            format!("Refunds ({currency})"),
-            m.refunds.map_or_else(unknown, |v| money(v, currency)),
-        ));
+        rows.push((format!("Refunds ({currency})"), money(m.refunds, currency)));
         rows.push((
             format!("Net revenue ({currency})"),
-            m.net_revenue.map_or_else(unknown, |v| money(v, currency)),
+            money(m.net_revenue, currency),
         ));
         rows.push((
             format!("Average order value ({currency})"),
@@ -183,6 +213,20 @@ pub fn table(report: &Report) -> String {
             "\n  A/B {}: {} leads {} with {:.2} % confidence",
             t.template, t.leader, t.runner_up, t.confidence
         );
+    }
+    if !report.holdouts.is_empty() {
+        let _ = write!(out, "\n  {:<22}", "holdout");
+        for column in HOLDOUT_COLUMNS {
+            let _ = write!(out, " {column:>9}");
+        }
+        let _ = writeln!(out);
+        for h in &report.holdouts {
+            let _ = write!(out, "  {:<22}", h.template);
+            for cell in holdout_cells(h) {
+                let _ = write!(out, " {cell:>9}");
+            }
+            let _ = writeln!(out, "\n  {:<22} {}", "", h.verdict());
+        }
     }
     let r = &report.returns;
     let _ = writeln!(
@@ -332,6 +376,7 @@ pub fn html(report: &Report, shop: &str) -> String {
             }
         );
     }
+    let holdouts = holdouts_html(report);
     format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -352,6 +397,7 @@ orders up to {until} included (the period's last emails have their whole window)
 <th>revenue</th><th>rate</th><th>95 % interval</th></tr>{emails}</table>\
 <ul>{tests}</ul>\
 <figure class=\"chart\" id=\"conversion-chart\">{conversion_chart}</figure>\
+{holdouts}\
 <h2>Returns</h2><p>{returned} of {orders} orders ({return_rate}).</p>\
 <figure class=\"chart\" id=\"returns-chart\">{returns_chart}</figure>\
 </body></html>",
@@ -368,6 +414,40 @@ orders up to {until} included (the period's last emails have their whole window)
         returned = report.returns.returned_orders,
         orders = report.returns.orders,
         return_rate = rate(report.returns.return_rate),
+    )
+}
+
+/// The holdout section of the page: nothing when no rule holds customers
+/// out.
+fn holdouts_html(report: &Report) -> String {
+    if report.holdouts.is_empty() {
+        return String::new();
+    }
+    let mut rows = String::new();
+    for h in &report.holdouts {
+        let cells: String = holdout_cells(h)
+            .iter()
+            .map(|c| format!("<td>{}</td>", html_escape(c)))
+            .collect();
+        let _ = write!(
+            rows,
+            "<tr><th>{}</th>{cells}<td>{}</td></tr>",
+            html_escape(&h.template),
+            html_escape(h.verdict())
+        );
+    }
+    let columns: String = HOLDOUT_COLUMNS
+        .iter()
+        .map(|c| format!("<th>{}</th>", html_escape(c)))
+        .collect();
+    format!(
+        "<h2>Did the emails cause the orders? (holdout)</h2>\
+<p>Each template's customers in its holdout group were decided like the others and sent \
+nothing. Ordered: an order within {days} days after the email (or the moment it would have \
+gone). The lift is the senders' rate minus the holdout's, in percentage points, with its \
+95 % interval: above 0 throughout, the email brings orders.</p>\
+<table id=\"holdouts\"><tr><th>email</th>{columns}<th>verdict</th></tr>{rows}</table>",
+        days = report.attribution_window_days
     )
 }
 
@@ -443,8 +523,8 @@ pub fn csv(report: &Report) -> String {
                 ("orders", m.orders.to_string()),
                 ("customers", m.customers.to_string()),
                 ("revenue", m.revenue.to_string()),
-                ("refunds", opt(m.refunds)),
-                ("net_revenue", opt(m.net_revenue)),
+                ("refunds", m.refunds.to_string()),
+                ("net_revenue", m.net_revenue.to_string()),
                 ("average_order_value", m.average_order_value.to_string()),
                 ("purchase_frequency", opt(m.purchase_frequency)),
                 ("lifetime_value", opt(m.lifetime_value)),
@@ -483,6 +563,21 @@ pub fn csv(report: &Report) -> String {
             "confidence",
             t.confidence.to_string(),
         );
+    }
+    for h in &report.holdouts {
+        for (figure, value) in [
+            ("sent", h.sent.to_string()),
+            ("sent_ordered", h.sent_ordered.to_string()),
+            ("sent_rate", opt(h.sent_rate)),
+            ("held_out", h.held_out.to_string()),
+            ("held_out_ordered", h.held_out_ordered.to_string()),
+            ("held_out_rate", opt(h.held_out_rate)),
+            ("lift", opt(h.lift)),
+            ("lift_low", opt(h.lift_low)),
+            ("lift_high", opt(h.lift_high)),
+        ] {
+            row("holdout", &h.template, figure, value);
+        }
     }
     let r = &report.returns;
     row("returns", "all", "orders", r.orders.to_string());

@@ -130,6 +130,8 @@ pub enum Status {
     Cancelled,
     Suppressed,
     Failed,
+    /// In its rule's holdout group: decided like a sent email, not sent.
+    HeldOut,
 }
 
 impl Status {
@@ -141,6 +143,7 @@ impl Status {
             Self::Cancelled => "cancelled",
             Self::Suppressed => "suppressed",
             Self::Failed => "failed",
+            Self::HeldOut => "held_out",
         }
     }
 
@@ -152,6 +155,7 @@ impl Status {
             Self::Cancelled,
             Self::Suppressed,
             Self::Failed,
+            Self::HeldOut,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -163,6 +167,7 @@ impl From<Verdict> for Status {
         match v {
             Verdict::Cancelled => Status::Cancelled,
             Verdict::Suppressed => Status::Suppressed,
+            Verdict::HeldOut => Status::HeldOut,
         }
     }
 }
@@ -207,7 +212,8 @@ pub struct Lease {
     pub until: Timestamp,
 }
 
-/// An email that went out, as the report counts it.
+/// An email that went out, or was held out (its rule's holdout group), as
+/// the report counts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SentEmail {
     pub customer_id: String,
@@ -215,6 +221,8 @@ pub struct SentEmail {
     pub class: EmailClass,
     pub variant: Option<String>,
     pub at: Timestamp,
+    /// Held out: decided as a sent one would have been, never sent.
+    pub held_out: bool,
 }
 
 /// Emails and events waiting, for the metrics.

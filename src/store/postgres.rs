@@ -892,7 +892,7 @@ impl Store for PostgresStore {
                 concat!(
                     "SELECT ",
                     email_columns!(),
-                    " FROM emails WHERE status IN ('sent', 'cancelled', 'suppressed')
+                    " FROM emails WHERE status IN ('sent', 'cancelled', 'suppressed', 'held_out')
                       ORDER BY due_at, id"
                 ),
                 &[],
@@ -946,8 +946,8 @@ impl Store for PostgresStore {
     fn sent_emails(&mut self) -> Result<Vec<SentEmail>> {
         self.conn.call(|s| {
             let rows = s.query(
-                "SELECT customer_id, template, variant, fire_at, class FROM emails
-                 WHERE status = 'sent' ORDER BY fire_at, id",
+                "SELECT customer_id, template, variant, fire_at, class, status FROM emails
+                 WHERE status IN ('sent', 'held_out') ORDER BY fire_at, id",
                 &[],
             )?;
             rows.iter()
@@ -958,6 +958,7 @@ impl Store for PostgresStore {
                         variant: r.try_get(2)?,
                         at: from_ms(r.try_get(3)?),
                         class: EmailClass::from_stored(&r.try_get::<_, String>(4)?),
+                        held_out: r.try_get::<_, String>(5)? == Status::HeldOut.as_str(),
                     })
                 })
                 .collect()

@@ -533,7 +533,7 @@ impl Store for SqliteStore {
 
     fn decisions(&mut self) -> Result<Vec<EmailRow>> {
         self.emails_where(
-            "status IN ('sent', 'cancelled', 'suppressed') ORDER BY due_at, id",
+            "status IN ('sent', 'cancelled', 'suppressed', 'held_out') ORDER BY due_at, id",
             [],
         )
     }
@@ -573,8 +573,8 @@ impl Store for SqliteStore {
 
     fn sent_emails(&mut self) -> Result<Vec<SentEmail>> {
         let mut stmt = self.conn.prepare(
-            "SELECT customer_id, template, variant, fire_at, class FROM emails
-             WHERE status = 'sent' ORDER BY fire_at, id",
+            "SELECT customer_id, template, variant, fire_at, class, status FROM emails
+             WHERE status IN ('sent', 'held_out') ORDER BY fire_at, id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(SentEmail {
@@ -583,6 +583,7 @@ impl Store for SqliteStore {
                 variant: r.get(2)?,
                 at: from_ms(r.get(3)?),
                 class: EmailClass::from_stored(&r.get::<_, String>(4)?),
+                held_out: r.get::<_, String>(5)? == Status::HeldOut.as_str(),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -891,13 +891,26 @@ fn the_report_reads_every_journey_and_every_sent_email(h: &impl Harness) {
         .unwrap();
     tx.schedule(&email("c", "o-1", "win_back", "2026-03-01T00:00:00Z"), "s")
         .unwrap();
+    let mut held = email("d", "o-1", "review_request", "2026-01-03T00:00:00Z");
+    held.variant = Some("holdout".into());
+    tx.schedule(&held, "s").unwrap();
+    tx.schedule(&email("e", "o-1", "thank_you", "2026-01-04T00:00:00Z"), "s")
+        .unwrap();
     tx.commit().unwrap();
     let mut tx = s.begin().unwrap();
-    let due = tx.due(t("2026-01-05T00:00:00Z"), None, 10).unwrap();
+    let mut due = tx.due(t("2026-01-05T00:00:00Z"), None, 10).unwrap();
     for e in &due {
-        tx.approve(e.id, &to(), &json!({}), &lease("w1")).unwrap();
+        match e.template.as_str() {
+            "thank_you" => tx.decide(e.id, Verdict::Suppressed, "no consent", &to()),
+            _ if e.variant.as_deref() == Some("holdout") => {
+                tx.decide(e.id, Verdict::HeldOut, "held out", &to())
+            }
+            _ => tx.approve(e.id, &to(), &json!({}), &lease("w1")),
+        }
+        .unwrap();
     }
     tx.commit().unwrap();
+    due.retain(|e| e.template != "thank_you" && e.variant.as_deref() != Some("holdout"));
     for e in &due {
         s.mark_sent(e.id, t("2026-01-05T00:00:00Z"), "250 ok")
             .unwrap();
@@ -905,17 +918,28 @@ fn the_report_reads_every_journey_and_every_sent_email(h: &impl Harness) {
     let customers: Vec<String> = s.journeys().unwrap().into_iter().map(|(c, _)| c).collect();
     assert_eq!(customers, ["c-1", "c-2"]);
     let sent = s.sent_emails().unwrap();
-    let seen: Vec<(&str, Option<&str>, Timestamp)> = sent
+    let seen: Vec<(&str, Option<&str>, Timestamp, bool)> = sent
         .iter()
-        .map(|e| (e.template.as_str(), e.variant.as_deref(), e.at))
+        .map(|e| (e.template.as_str(), e.variant.as_deref(), e.at, e.held_out))
         .collect();
     assert_eq!(
         seen,
         [
-            ("welcome", None, t("2026-01-01T00:00:00Z")),
-            ("review_request", Some("b"), t("2026-01-02T00:00:00Z")),
+            ("welcome", None, t("2026-01-01T00:00:00Z"), false),
+            (
+                "review_request",
+                Some("b"),
+                t("2026-01-02T00:00:00Z"),
+                false
+            ),
+            (
+                "review_request",
+                Some("holdout"),
+                t("2026-01-03T00:00:00Z"),
+                true
+            ),
         ],
-        "sent ones only, at their fire time, in time order"
+        "sent and held-out ones only, at their fire time, in time order"
     );
 }
 

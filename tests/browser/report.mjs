@@ -21,6 +21,7 @@ const timer = setTimeout(() => {
 
 const browser = await launch();
 let charts = 0;
+let holdoutRows = 0;
 try {
   const tab = await browser.newPage({ viewport: { width: 1000, height: 1400 } });
   tab.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
@@ -40,11 +41,15 @@ try {
     else if (size.shapes < 3) problems.push(`chart ${i} draws nothing`);
     else charts += 1;
   }
+  // The holdout table's rows (its header included), drawn with a size.
+  holdoutRows = await tab.$$eval('table#holdouts tr', (rows) =>
+    rows.filter((r) => r.getBoundingClientRect().height > 0 && r.getBoundingClientRect().width > 0).length,
+  );
   mkdirSync(dirname(shot), { recursive: true });
   await tab.screenshot({ path: shot, fullPage: true });
 } finally {
   await browser.close();
   clearTimeout(timer);
 }
-console.log(JSON.stringify({ charts, problems }));
+console.log(JSON.stringify({ charts, holdoutRows, problems }));
 process.exit(problems.length === 0 ? 0 : 1);
