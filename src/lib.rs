@@ -53,3 +53,4 @@ pub mod simulate;
 pub mod source;
 pub mod store;
 pub mod unsubscribe;
+pub mod webhook;
