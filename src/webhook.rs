@@ -174,7 +174,10 @@ mod tests {
     fn a_missing_or_garbled_signature_is_refused_for_what_it_is() {
         let v = Verifier::new(Scheme::shopify(), &["hush"]);
         assert_eq!(v.verify(None, BODY), Err(Refused::Missing));
-        assert_eq!(v.verify(Some(b"not base64!"), BODY), Err(Refused::Malformed));
+        assert_eq!(
+            v.verify(Some(b"not base64!"), BODY),
+            Err(Refused::Malformed)
+        );
         assert_eq!(v.verify(Some(&[0xff, 0xfe]), BODY), Err(Refused::Malformed));
         // A truncated tag is no match (never a prefix comparison).
         assert_eq!(

@@ -22,6 +22,12 @@ fn returned(event: &str, at: &str, customer: &str, order: &str, reason: &str) ->
     )
 }
 
+fn refunded(event: &str, at: &str, customer: &str, order: &str, refund: &str) -> String {
+    format!(
+        r#"{{"event_id":"{event}","type":"refund.issued","occurred_at":"{at}","customer":{{"id":"{customer}"}},"order":{{"id":"{order}"}},"refund":{{"id":"{refund}","amount":"40.00","currency":"EUR"}}}}"#
+    )
+}
+
 /// The period is 2026-01-01 to 2026-04-01, customers are active with an
 /// order in the last 180 days; every order is 40 EUR:
 /// - 400 customers ordered on 2025-12-10 (active at both ends); 100 of
@@ -55,12 +61,25 @@ fn returned(event: &str, at: &str, customer: &str, order: &str, reason: &str) ->
 /// (one of them delivered twice under two event ids: counted once, by its
 /// refund id), and one more on 2026-04-03, after the period: refunds
 /// 120.00, net revenue 8,400 - 120 = 8,280.00.
-fn refunded(event: &str, at: &str, customer: &str, order: &str, refund: &str) -> String {
-    format!(
-        r#"{{"event_id":"{event}","type":"refund.issued","occurred_at":"{at}","customer":{{"id":"{customer}"}},"order":{{"id":"{order}"}},"refund":{{"id":"{refund}","amount":"40.00","currency":"EUR"}}}}"#
-    )
-}
-
+///
+/// Cohorts: the period's last instant is in March 2026, so the rows are
+/// April 2025 to March 2026; --to is the first of April, so no month is
+/// cut short (no partial cell). By month of first order: 2025-09 the 100
+/// lost (no later order: months 1-6 at 0 %), 2025-12 the 400 (100 back in
+/// March, month 3: 25 %; January and February 0 %; April's orders are
+/// after --to), 2026-01 the 10 late (months 1-2 at 0 %, their April order
+/// is after --to), 2026-02 the 50 new (month 1 at 0 %); the 30 won back
+/// first ordered in March 2025, before the first row, and are in none.
+/// Rows with customers have 6 + 3 + 2 + 1 = 12 cells with a rate.
+///
+/// Time between orders, the later order in the period: stay-0..99
+/// 2025-12-10 to 2026-03-05 = 21 + 31 + 28 + 5 = 85 days (100 gaps),
+/// stay-0..19 2026-03-05 to 2026-03-20 = 15 days (20), back 2025-03-01 to
+/// 2026-03-10 = 365 + 9 = 374 days (30): 150 gaps, sorted 20 x 15, 100 x
+/// 85, 30 x 374. Quantiles at positions 149 x q (from 0): p25 at 37.25,
+/// the median at 74.5, p75 at 111.75, all among the 85s (20 to 119).
+/// Buckets: 7-30 20, 60-90 100, 365+ 30. Every gap is a VIP's (stay-0..99
+/// and back are VIP); lapsed and new customers closed none.
 fn shop() -> String {
     let mut lines = Vec::new();
     let mut n = 0;
@@ -337,6 +356,58 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     assert_eq!(confirmations["sent"], 210, "one per order in the period");
     assert_eq!(confirmations["conversion_rate"], Value::Null);
 
+    // Cohorts, worked out in `shop`'s comment.
+    let cohorts = r["cohorts"].as_array().unwrap();
+    let months: Vec<&str> = cohorts
+        .iter()
+        .map(|c| c["month"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        months,
+        [
+            "2025-04", "2025-05", "2025-06", "2025-07", "2025-08", "2025-09", "2025-10", "2025-11",
+            "2025-12", "2026-01", "2026-02", "2026-03"
+        ]
+    );
+    let sizes: Vec<u64> = cohorts
+        .iter()
+        .map(|c| c["customers"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, [0, 0, 0, 0, 0, 100, 0, 0, 400, 10, 50, 0]);
+    let cell = |offset: u32, customers: u64, rate: f64| json!({"offset": offset, "customers": customers, "rate": rate, "partial": false});
+    assert_eq!(
+        cohorts[8]["months"],
+        json!([cell(1, 0, 0.0), cell(2, 0, 0.0), cell(3, 100, 25.0)])
+    );
+    assert_eq!(
+        cohorts[5]["months"],
+        json!((1..=6).map(|k| cell(k, 0, 0.0)).collect::<Vec<_>>())
+    );
+    assert_eq!(
+        cohorts[9]["months"],
+        json!([cell(1, 0, 0.0), cell(2, 0, 0.0)])
+    );
+    assert_eq!(cohorts[10]["months"], json!([cell(1, 0, 0.0)]));
+    // An empty month keeps its row and its cells, without rates.
+    assert_eq!(
+        cohorts[0]["months"][10],
+        json!({"offset": 11, "customers": 0, "rate": null, "partial": false})
+    );
+    assert_eq!(cohorts[11]["months"], json!([]));
+
+    // Time between orders, worked out in `shop`'s comment.
+    let gaps = json!({"count": 150, "median_days": 85.0, "p25_days": 85.0, "p75_days": 85.0,
+        "buckets": [["0-7", 0], ["7-30", 20], ["30-60", 0], ["60-90", 100], ["90-180", 0],
+                    ["180-365", 0], ["365+", 30]]});
+    assert_eq!(r["time_between_orders"], gaps);
+    let by_segment = &r["time_between_orders_by_segment"];
+    assert_eq!(by_segment["vip"], gaps);
+    for segment in ["lapsed", "new"] {
+        assert_eq!(by_segment[segment]["count"], 0, "{by_segment}");
+        assert_eq!(by_segment[segment]["median_days"], Value::Null);
+    }
+    assert_eq!(by_segment.as_object().unwrap().len(), 3);
+
     // CSV: one row per figure.
     let out = report(&work, "csv", None);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -353,6 +424,13 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
         "holdout,win_back,held_out,43",
         "holdout,win_back,lift_low,-6.88",
         "return_reason,too small,requests,2",
+        "cohort,2025-12,customers,400",
+        "cohort,2025-12,month_3,25",
+        "cohort,2025-04,month_1,",
+        "time_between_orders,all,gaps,150",
+        "time_between_orders,all,median_days,85",
+        "time_between_orders,vip,days_365+,30",
+        "time_between_orders,lapsed,median_days,",
     ] {
         assert!(csv.lines().any(|l| l == row), "{row} in\n{csv}");
     }
@@ -364,13 +442,33 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
     assert!(table.contains("Won back, active at the end (R)"), "{table}");
     assert!(table.contains("80.00 %"), "{table}");
     assert!(table.contains("+1.36 pp (-6.88 to +3.15)"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["2025-12", "400", "0.00", "0.00", "25.00"]),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "all", "150", "85.00", "85.00", "85.00", "0", "20", "0", "100", "0", "0", "30"
+                ]),
+        "{table}"
+    );
 
     // The HTML page: charts visible in a real browser.
     let html = work.path("report.html");
     let out = report(&work, "html", Some(html.to_str().unwrap()));
     assert!(out.status.success(), "{}", stderr(&out));
     let page = std::fs::read_to_string(&html).unwrap();
-    assert_eq!(page.matches("<svg").count(), 3, "three charts");
+    assert_eq!(
+        page.matches("<svg").count(),
+        4,
+        "customers, conversion, returns, time between orders"
+    );
     assert!(!page.contains("<script"), "no script, nothing fetched");
     assert!(page.contains("<th>Won back, active at the end (R)</th><td>30</td>"));
     assert!(page.contains("€8,400.00"), "money as the emails write it");
@@ -395,8 +493,10 @@ fn the_report_of_a_generated_shop_matches_the_figures_worked_out_by_hand() {
         .expect("node is installed");
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let seen: Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
-    assert_eq!(seen["charts"], 3, "{seen}");
+    assert_eq!(seen["charts"], 4, "{seen}");
     assert_eq!(seen["holdoutRows"], 2, "the header and win_back: {seen}");
+    // The heat map: a tinted, visible cell for each rate (see `shop`).
+    assert_eq!(seen["heat_cells"], 12, "{seen}");
     assert!(seen["problems"].as_array().unwrap().is_empty(), "{seen}");
     assert!(std::fs::read(&shot).unwrap().starts_with(b"\x89PNG"));
 }

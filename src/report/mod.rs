@@ -32,9 +32,15 @@
 //!   attributed to it, including an order placed after the period's end
 //!   within the window. Transactional emails are counted as sent, never
 //!   credited. Conversion rates carry a 95 % Wilson interval; A/B variants
-//!   are compared with a two-proportion z-test.
+//!   are compared with a two-proportion z-test;
+//! - cohorts: customers by the month of their first order that counts, and
+//!   the share of them ordering again in each later month ([`cohorts`]);
+//! - time between orders: the gaps the period's orders closed, all
+//!   customers and per segment ([`gaps`]).
 
 pub mod as_of;
+pub mod cohorts;
+pub mod gaps;
 pub mod holdout;
 pub mod render;
 
@@ -210,6 +216,15 @@ pub struct Report {
     /// The templates with a holdout group in the period: senders against
     /// holdout, and the lift.
     pub holdouts: Vec<holdout::Holdout>,
+    /// Retention by month of first order: the twelve months ending with the
+    /// period's last (all of the period's months when it is longer, up to
+    /// ten years), the oldest first.
+    pub cohorts: Vec<cohorts::Cohort>,
+    /// Time between orders of all customers...
+    pub time_between_orders: gaps::Gaps,
+    /// ...and of each segment (as of the period's end), every segment of the
+    /// `segments` figures.
+    pub time_between_orders_by_segment: BTreeMap<String, gaps::Gaps>,
 }
 
 /// A percentage with two decimals: what people read, and what a test can
@@ -363,15 +378,15 @@ pub fn compute(customers: &[Customer], all_emails: &[SentEmail], settings: &Sett
     // send.
     let emails: Vec<&SentEmail> = all_emails.iter().filter(|e| !e.held_out).collect();
     let mut segments: BTreeMap<String, Retention> = BTreeMap::new();
+    let mut segment_gaps: BTreeMap<String, gaps::Gaps> = BTreeMap::new();
     let mut by_segment: BTreeMap<Segment, Vec<&Customer>> = BTreeMap::new();
     for c in customers {
         by_segment.entry(c.segment).or_default().push(c);
     }
     for (segment, members) in by_segment {
-        segments.insert(
-            segment.as_str().to_owned(),
-            retention(members.into_iter(), s),
-        );
+        let name = segment.as_str().to_owned();
+        segment_gaps.insert(name.clone(), gaps::gaps(members.iter().copied(), s));
+        segments.insert(name, retention(members.into_iter(), s));
     }
 
     // Last touch: each order to the latest marketing email before it within
@@ -499,6 +514,9 @@ pub fn compute(customers: &[Customer], all_emails: &[SentEmail], settings: &Sett
         ab_tests,
         returns,
         holdouts,
+        cohorts: cohorts::cohorts(customers, s),
+        time_between_orders: gaps::gaps(customers.iter(), s),
+        time_between_orders_by_segment: segment_gaps,
     }
 }
 

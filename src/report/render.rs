@@ -2,6 +2,9 @@
 //! spreadsheet, or one self-contained HTML page with SVG charts (charts-rs;
 //! no script, no network), readable offline.
 
+mod cohorts;
+mod gaps;
+
 use std::fmt::Write as _;
 
 use charts_rs::{BarChart, HorizontalBarChart, Series};
@@ -239,6 +242,8 @@ pub fn table(report: &Report) -> String {
     for (reason, n) in &r.reasons {
         let _ = writeln!(out, "    {n:>5}  {reason}");
     }
+    cohorts::table(&mut out, &report.cohorts);
+    gaps::table(&mut out, report);
     out
 }
 
@@ -384,6 +389,9 @@ pub fn html(report: &Report, shop: &str) -> String {
 body{{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}}\
 table{{border-collapse:collapse;margin:1em 0}}th,td{{padding:.35em .8em;border-bottom:1px solid #ddd;text-align:right}}\
 th:first-child{{text-align:left}}figure{{margin:1.5em 0}}.chart svg{{max-width:100%;height:auto}}\
+caption{{caption-side:bottom;text-align:left;color:#555;padding-top:.5em}}\
+table.cohorts td{{text-align:center;min-width:3em;border:1px solid #fff}}\
+table.cohorts td.partial{{font-style:italic;outline:1px dashed #555;outline-offset:-3px}}\
 </style></head><body>\
 <h1>Retention report: {shop}</h1>\
 <p>From {from} to {to}. A customer is active with an order in the last {active} days; \
@@ -400,7 +408,7 @@ orders up to {until} included (the period's last emails have their whole window)
 {holdouts}\
 <h2>Returns</h2><p>{returned} of {orders} orders ({return_rate}).</p>\
 <figure class=\"chart\" id=\"returns-chart\">{returns_chart}</figure>\
-</body></html>",
+{cohorts}{gaps}</body></html>",
         shop = html_escape(shop),
         from = report.from,
         to = report.to,
@@ -414,6 +422,8 @@ orders up to {until} included (the period's last emails have their whole window)
         returned = report.returns.returned_orders,
         orders = report.returns.orders,
         return_rate = rate(report.returns.return_rate),
+        cohorts = cohorts::html(&report.cohorts),
+        gaps = gaps::html(report),
     )
 }
 
@@ -458,6 +468,11 @@ fn field(s: &str) -> String {
     } else {
         s.to_owned()
     }
+}
+
+/// One row of the CSV's `section,group,figure,value`.
+fn csv_row(section: &str, group: &str, figure: &str, value: String) -> [String; 4] {
+    [section.into(), group.into(), figure.into(), value]
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -591,6 +606,8 @@ pub fn csv(report: &Report) -> String {
     for (reason, n) in &r.reasons {
         row("return_reason", reason, "requests", n.to_string());
     }
+    rows.extend(cohorts::csv(&report.cohorts));
+    rows.extend(gaps::csv(report));
     let mut out = String::from("section,group,figure,value\n");
     for r in rows {
         let line: Vec<String> = r.iter().map(|f| field(f)).collect();

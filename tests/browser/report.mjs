@@ -1,6 +1,8 @@
 // Opens the retention report's HTML page in headless Chromium and checks
 // what a reader would: the page loads from disk with no console error, and
-// each chart is drawn with a visible size. Keeps a screenshot.
+// each chart is drawn with a visible size, and so is each cell of the
+// cohort heat map that has a rate (a background colour that is not
+// transparent, and a size). Keeps a screenshot.
 //
 //   node report.mjs REPORT.html SCREENSHOT.png
 //
@@ -22,6 +24,7 @@ const timer = setTimeout(() => {
 const browser = await launch();
 let charts = 0;
 let holdoutRows = 0;
+let heatCells = 0;
 try {
   const tab = await browser.newPage({ viewport: { width: 1000, height: 1400 } });
   tab.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
@@ -45,11 +48,24 @@ try {
   holdoutRows = await tab.$$eval('table#holdouts tr', (rows) =>
     rows.filter((r) => r.getBoundingClientRect().height > 0 && r.getBoundingClientRect().width > 0).length,
   );
+  const cells = await tab.$$eval('table.cohorts td[data-rate]', (tds) =>
+    tds.map((td) => {
+      const box = td.getBoundingClientRect();
+      const background = getComputedStyle(td).backgroundColor;
+      const alpha = background.startsWith('rgba') ? Number(background.split(',')[3].replace(')', '')) : 1;
+      return { width: box.width, height: box.height, background, alpha };
+    }),
+  );
+  for (const [i, cell] of cells.entries()) {
+    if (cell.width < 10 || cell.height < 10) problems.push(`heat map cell ${i} is ${cell.width}x${cell.height}`);
+    else if (cell.background === 'transparent' || !(cell.alpha > 0)) problems.push(`heat map cell ${i} has no colour`);
+    else heatCells += 1;
+  }
   mkdirSync(dirname(shot), { recursive: true });
   await tab.screenshot({ path: shot, fullPage: true });
 } finally {
   await browser.close();
   clearTimeout(timer);
 }
-console.log(JSON.stringify({ charts, holdoutRows, problems }));
+console.log(JSON.stringify({ charts, holdoutRows, heat_cells: heatCells, problems }));
 process.exit(problems.length === 0 ? 0 : 1);
