@@ -518,9 +518,10 @@ pub trait Store: Send + 'static {
     /// Every email sent: customer, template, variant and when it went out
     /// (its fire time), for the report.
     fn sent_emails(&mut self) -> Result<Vec<SentEmail>>;
-    /// Stores one webhook delivery, durably: it is committed on its own, so
-    /// on return a crash (of the worker, or on PostgreSQL and SQLite alike
-    /// of the machine) loses nothing, and the HTTP handler may answer 2xx.
+    /// Stores one webhook delivery, durably: it is committed on its own
+    /// before the call returns, so that a crash of the worker or of its
+    /// machine after the HTTP handler answered 2xx (the platform will not
+    /// send it again) loses nothing.
     ///
     /// With a delivery id, a second delivery of the same (source,
     /// delivery id) while its row is kept, applied or not, is

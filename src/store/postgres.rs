@@ -2083,6 +2083,42 @@ mod tests {
     }
 
     #[test]
+    fn of_two_batches_applying_the_same_delivery_the_second_waits_then_cannot_commit() {
+        // A worker whose intake lease ran out mid-batch, and the one that
+        // took over, apply the same delivery at the same time.
+        let h = PostgresHarness::new();
+        let (mut first, mut second) = (h.open(), h.open());
+        let at = t("2026-03-01T10:00:00Z");
+        let Accepted::Stored(id) = first
+            .intake_put("shop", Some("d-1"), None, b"{}", at)
+            .unwrap()
+        else {
+            panic!("a new delivery taken for a duplicate");
+        };
+        let mut tx = first.begin().unwrap();
+        tx.intake_applied(&[id], at).unwrap();
+        std::thread::scope(|scope| {
+            let late = scope.spawn(|| {
+                let mut tx = second.begin().unwrap();
+                tx.mark_seen("e-1", "d").unwrap();
+                let marked = tx.intake_applied(&[id], at);
+                (marked, tx.commit())
+            });
+            // Long enough for the second to be waiting on the row.
+            std::thread::sleep(Duration::from_millis(200));
+            tx.commit().unwrap();
+            let (marked, committed) = late.join().unwrap();
+            assert!(
+                matches!(marked, Err(StoreError::IntakeTakenOver { ref ids }) if ids == &[id]),
+                "{marked:?}"
+            );
+            assert!(committed.is_err());
+        });
+        assert!(first.begin().unwrap().seen("e-1").unwrap().is_none());
+        assert_eq!(first.intake_depth().unwrap(), 0);
+    }
+
+    #[test]
     fn batches_of_two_workers_lose_no_update_of_the_shop_figures() {
         let h = PostgresHarness::new();
         let (mut a, mut b) = (h.open(), h.open());

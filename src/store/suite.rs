@@ -173,6 +173,7 @@ suite!(
     purging_deletes_only_deliveries_applied_before_the_cut,
     the_intake_lease_has_one_holder_until_it_expires,
     workers_racing_for_the_intake_lease_get_it_once,
+    a_delivery_retried_to_several_workers_at_once_is_stored_once,
 );
 
 pub(super) fn t(s: &str) -> Timestamp {
@@ -1481,4 +1482,40 @@ fn workers_racing_for_the_intake_lease_get_it_once(h: &impl Harness) {
             "round {round}: {won:?}"
         );
     }
+}
+
+fn a_delivery_retried_to_several_workers_at_once_is_stored_once(h: &impl Harness) {
+    // The platform retried while the first worker was still storing it;
+    // the balancer sent the retries elsewhere.
+    let mut workers: Vec<_> = (0..4).map(|_| h.open()).collect();
+    for round in 0..10 {
+        let delivery = format!("d-{round}");
+        let barrier = std::sync::Barrier::new(workers.len());
+        let accepted: Vec<Accepted> = std::thread::scope(|scope| {
+            let racing: Vec<_> = workers
+                .iter_mut()
+                .map(|w| {
+                    let (barrier, delivery) = (&barrier, &delivery);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        w.intake_put(
+                            "shop",
+                            Some(delivery),
+                            None,
+                            b"{}",
+                            t("2026-03-01T10:00:00Z"),
+                        )
+                        .unwrap()
+                    })
+                })
+                .collect();
+            racing.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let stored = accepted
+            .iter()
+            .filter(|a| matches!(a, Accepted::Stored(_)))
+            .count();
+        assert_eq!(stored, 1, "round {round}: {accepted:?}");
+    }
+    assert_eq!(workers[0].intake_depth().unwrap(), 10);
 }
