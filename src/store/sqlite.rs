@@ -1242,6 +1242,29 @@ mod tests {
     }
 
     #[test]
+    fn storing_a_delivery_leaves_the_connection_syncing_as_before() {
+        // Synced for the delivery only: the batches keep their cheaper
+        // commits. 1 is NORMAL, 2 FULL.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
+        let synchronous = |s: &SqliteStore| -> i64 {
+            s.conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&s), 1);
+        let at = Timestamp::UNIX_EPOCH;
+        s.intake_put("shop", Some("d-1"), None, b"{}", at).unwrap();
+        assert_eq!(synchronous(&s), 1);
+        // A duplicate too, and a put that fails.
+        s.intake_put("shop", Some("d-1"), None, b"{}", at).unwrap();
+        assert_eq!(synchronous(&s), 1);
+        s.conn.execute_batch("DROP TABLE intake").unwrap();
+        assert!(s.intake_put("shop", None, None, b"{}", at).is_err());
+        assert_eq!(synchronous(&s), 1);
+    }
+
+    #[test]
     fn an_in_memory_store_works_but_cannot_be_reopened() {
         let mut s = SqliteStore::in_memory().unwrap();
         let mut tx = s.begin().unwrap();
