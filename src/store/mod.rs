@@ -71,6 +71,12 @@ pub enum StoreError {
     /// panicked): this handle can do nothing more.
     #[error("postgres: the connection's thread stopped")]
     PostgresThreadGone,
+    /// A batch marked webhook deliveries applied that another worker's
+    /// batch had applied first: this worker's lease on the intake ran out
+    /// while it worked and another took over. Its batch must roll back, or
+    /// they would take effect twice; read the intake again.
+    #[error("webhook deliveries {ids:?} were applied by another worker meanwhile")]
+    IntakeTakenOver { ids: Vec<i64> },
 }
 
 impl From<::postgres::Error> for StoreError {
@@ -97,6 +103,7 @@ impl StoreError {
             ),
             Self::Postgres(e) => postgres::is_transient(e),
             Self::PostgresSession(_) => true,
+            Self::IntakeTakenOver { .. } => true,
             Self::At { error, .. } => error.is_transient(),
             _ => false,
         }
@@ -296,6 +303,56 @@ impl ParkedEvent {
 /// How late a pending email may be before it counts as overdue.
 pub const OVERDUE_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
 
+/// A webhook delivery as received, waiting to be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeRow {
+    /// Arrival order: deliveries are applied by it.
+    pub id: i64,
+    /// Which shop connection (webhook endpoint) it came on.
+    pub source: String,
+    /// The platform's id of the delivery (Shopify's `X-Shopify-Webhook-Id`,
+    /// WooCommerce's `X-WC-Webhook-Delivery-ID`), the same on its retries;
+    /// `None` when the request carried none (then never a duplicate).
+    pub delivery_id: Option<String>,
+    /// What it is about, as the platform named it (`orders/create`).
+    pub topic: Option<String>,
+    /// The request body, byte for byte as signed.
+    pub body: Vec<u8>,
+    pub received_at: Timestamp,
+}
+
+/// What became of a delivery handed to [`Store::intake_put`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored under this id: it will be applied.
+    Stored(i64),
+    /// Its (source, delivery id) was stored before: a retry of a delivery
+    /// whose answer the platform did not get. Nothing stored; answer 2xx
+    /// all the same, or the platform keeps retrying.
+    Duplicate,
+}
+
+/// The lease that makes one worker at a time the intake's consumer.
+const INTAKE_LEASE: &str = "intake";
+
+/// The error for deliveries among `ids` that an `UPDATE ... WHERE
+/// applied_at IS NULL` did not mark (`marked`): another worker's batch
+/// applied them. Ids that were never stored, or were purged, count too:
+/// nothing of this batch's must commit for them either.
+fn taken_over(ids: &[i64], marked: &[i64]) -> Result<()> {
+    let marked: std::collections::BTreeSet<i64> = marked.iter().copied().collect();
+    let ids: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !marked.contains(id))
+        .collect();
+    if ids.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::IntakeTakenOver { ids })
+    }
+}
+
 /// Who an email goes to, fixed when it is approved or decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Addressee {
@@ -375,6 +432,15 @@ pub trait Transaction {
         streams: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<ParkedEvent>>;
+    /// Marks these deliveries applied at `at`, with the effects of the
+    /// batch that applied them: their bodies are dropped, their rows kept
+    /// (for [`Store::intake_put`]'s duplicates) until
+    /// [`Store::intake_purge`].
+    ///
+    /// Fails with [`StoreError::IntakeTakenOver`] if one of them was
+    /// applied already, by a worker that took the intake over when this
+    /// one's lease ran out: the batch must not commit.
+    fn intake_applied(&mut self, ids: &[i64], at: Timestamp) -> Result<()>;
     fn commit(self) -> Result<()>;
 }
 
@@ -452,6 +518,48 @@ pub trait Store: Send + 'static {
     /// Every email sent: customer, template, variant and when it went out
     /// (its fire time), for the report.
     fn sent_emails(&mut self) -> Result<Vec<SentEmail>>;
+    /// Stores one webhook delivery, durably: it is committed on its own
+    /// before the call returns, so that a crash of the worker or of its
+    /// machine after the HTTP handler answered 2xx (the platform will not
+    /// send it again) loses nothing.
+    ///
+    /// With a delivery id, a second delivery of the same (source,
+    /// delivery id) while its row is kept, applied or not, is
+    /// [`Accepted::Duplicate`] and stores nothing: a retried webhook has
+    /// effect once.
+    fn intake_put(
+        &mut self,
+        source: &str,
+        delivery_id: Option<&str>,
+        topic: Option<&str>,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Accepted>;
+    /// How many deliveries are stored and not applied yet: the HTTP side
+    /// answers 503 past a limit (the platform retries later) and reports it
+    /// as a metric.
+    fn intake_depth(&mut self) -> Result<u64>;
+    /// Takes or renews, for `owner`, the right to consume the intake until
+    /// `until`; `true` when `owner` holds it now (it was free, expired at
+    /// or before `now`, or `owner`'s already). One holder at a time among
+    /// the workers sharing the store, so deliveries are applied in arrival
+    /// order; a holder that dies is replaced once its lease expires.
+    ///
+    /// `now` is the caller's wall clock: workers whose clocks disagree by
+    /// more than the margin between renewing and `until` may overlap, which
+    /// [`Transaction::intake_applied`] turns into a failed batch rather
+    /// than a delivery applied twice.
+    fn intake_lease(&mut self, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool>;
+    /// Up to `max` deliveries not applied yet, in arrival (id) order.
+    ///
+    /// Read by their mark, not from a position: on PostgreSQL a delivery
+    /// may commit after a later one was read (its id taken first), and it
+    /// is then the next one returned rather than skipped.
+    fn intake_next(&mut self, max: usize) -> Result<Vec<IntakeRow>>;
+    /// Deletes the deliveries applied before `before`; how many. They are
+    /// kept until then so that a late retry is still a duplicate (Shopify
+    /// retries for 48 hours).
+    fn intake_purge(&mut self, before: Timestamp) -> Result<u64>;
     /// A second handle on the same store, for the delivery workers.
     fn reopen(&self) -> Result<Self>
     where

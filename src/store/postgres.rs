@@ -21,6 +21,12 @@
 //!   the event dedup) is lost. A transaction that claimed emails first (the
 //!   firing of timers, which only reads the figures) reads them without the
 //!   lock; should it write them, it checks nobody changed them meanwhile.
+//! - `intake_lease()` is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE`:
+//!   the lease's row is locked and its holder checked on its latest
+//!   version, so of workers racing for it exactly one gets it.
+//!   `intake_applied()` marks only rows nobody marked, waiting for a batch
+//!   that is marking them: of two workers applying the same deliveries
+//!   (a lease that ran out mid-batch), one batch fails.
 //!
 //! So a transaction holding claimed emails never waits for another one,
 //! and the pipeline's transactions cannot deadlock. Should other uses of
@@ -49,8 +55,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, ParkedEvent, Result, SentEmail, Status,
-    Store, StoreError, Transaction,
+    Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER,
+    ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, taken_over,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -965,6 +971,94 @@ impl Store for PostgresStore {
         })
     }
 
+    /// Committed on its own; durable at commit as PostgreSQL's default
+    /// `synchronous_commit = on` makes it (a server set to `off` may lose
+    /// the last moments' commits to a crash of its machine).
+    fn intake_put(
+        &mut self,
+        source: &str,
+        delivery_id: Option<&str>,
+        topic: Option<&str>,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Accepted> {
+        let (source, delivery_id) = (source.to_owned(), delivery_id.map(str::to_owned));
+        let (topic, body, received_at) = (topic.map(str::to_owned), body.to_vec(), ms(received_at));
+        let id: Option<i64> = self.conn.call(move |s| {
+            let rows = s.query(
+                "INSERT INTO intake (source, delivery_id, topic, body, received_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT DO NOTHING
+                 RETURNING id",
+                &[&source, &delivery_id, &topic, &body, &received_at],
+            )?;
+            Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+        })?;
+        Ok(id.map_or(Accepted::Duplicate, Accepted::Stored))
+    }
+
+    fn intake_depth(&mut self) -> Result<u64> {
+        self.conn.call(|s| {
+            let rows = s.query("SELECT count(*) FROM intake WHERE applied_at IS NULL", &[])?;
+            let n: i64 = match rows.first() {
+                Some(r) => r.try_get(0)?,
+                None => 0,
+            };
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn intake_lease(&mut self, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool> {
+        let (owner, now, until) = (owner.to_owned(), ms(now), ms(until));
+        self.conn.call(move |s| {
+            // The conflicting row is locked and its condition checked on
+            // its latest version: of two workers racing, the second waits
+            // for the first's commit, then finds the lease taken.
+            let rows = s.query(
+                "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $4)
+                 ON CONFLICT (name) DO UPDATE
+                     SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE leases.holder = excluded.holder OR leases.expires_at <= $3
+                 RETURNING holder",
+                &[&INTAKE_LEASE, &owner, &now, &until],
+            )?;
+            Ok(!rows.is_empty())
+        })
+    }
+
+    fn intake_next(&mut self, max: usize) -> Result<Vec<IntakeRow>> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.conn.call(move |s| {
+            let rows = s.query(
+                "SELECT id, source, delivery_id, topic, body, received_at FROM intake
+                 WHERE applied_at IS NULL ORDER BY id LIMIT $1",
+                &[&max],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(IntakeRow {
+                        id: r.try_get(0)?,
+                        source: r.try_get(1)?,
+                        delivery_id: r.try_get(2)?,
+                        topic: r.try_get(3)?,
+                        body: r.try_get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                        received_at: from_ms(r.try_get(5)?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn intake_purge(&mut self, before: Timestamp) -> Result<u64> {
+        let before = ms(before);
+        self.conn.call(move |s| {
+            s.execute(
+                "DELETE FROM intake WHERE applied_at IS NOT NULL AND applied_at < $1",
+                &[&before],
+            )
+        })
+    }
+
     fn reopen(&self) -> Result<PostgresStore> {
         Ok(PostgresStore {
             conn: Connection::open(Arc::clone(&self.settings), false)?,
@@ -1460,6 +1554,27 @@ impl Transaction for PostgresTx<'_> {
             Ok(rows)
         })?;
         parked_events(rows)
+    }
+
+    fn intake_applied(&mut self, ids: &[i64], at: Timestamp) -> Result<()> {
+        let (list, at) = (ids.to_vec(), ms(at));
+        // Checked on the connection's thread: failed there, the
+        // transaction can no longer commit.
+        self.call(move |s| {
+            // A row another worker's open batch marks is waited for, then
+            // seen applied (READ COMMITTED reads it again): not marked here.
+            let rows = s.query(
+                "UPDATE intake SET applied_at = $2, body = NULL
+                 WHERE id = ANY($1) AND applied_at IS NULL
+                 RETURNING id",
+                &[&list, &at],
+            )?;
+            let marked: Vec<i64> = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            taken_over(&list, &marked)
+        })
     }
 
     fn commit(mut self) -> Result<()> {
@@ -1965,6 +2080,42 @@ mod tests {
             })
             .unwrap();
         }
+    }
+
+    #[test]
+    fn of_two_batches_applying_the_same_delivery_the_second_waits_then_cannot_commit() {
+        // A worker whose intake lease ran out mid-batch, and the one that
+        // took over, apply the same delivery at the same time.
+        let h = PostgresHarness::new();
+        let (mut first, mut second) = (h.open(), h.open());
+        let at = t("2026-03-01T10:00:00Z");
+        let Accepted::Stored(id) = first
+            .intake_put("shop", Some("d-1"), None, b"{}", at)
+            .unwrap()
+        else {
+            panic!("a new delivery taken for a duplicate");
+        };
+        let mut tx = first.begin().unwrap();
+        tx.intake_applied(&[id], at).unwrap();
+        std::thread::scope(|scope| {
+            let late = scope.spawn(|| {
+                let mut tx = second.begin().unwrap();
+                tx.mark_seen("e-1", "d").unwrap();
+                let marked = tx.intake_applied(&[id], at);
+                (marked, tx.commit())
+            });
+            // Long enough for the second to be waiting on the row.
+            std::thread::sleep(Duration::from_millis(200));
+            tx.commit().unwrap();
+            let (marked, committed) = late.join().unwrap();
+            assert!(
+                matches!(marked, Err(StoreError::IntakeTakenOver { ref ids }) if ids == &[id]),
+                "{marked:?}"
+            );
+            assert!(committed.is_err());
+        });
+        assert!(first.begin().unwrap().seen("e-1").unwrap().is_none());
+        assert_eq!(first.intake_depth().unwrap(), 0);
     }
 
     #[test]

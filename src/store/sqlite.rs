@@ -13,8 +13,8 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use super::{
-    Addressee, Backlog, EmailRow, Lease, OVERDUE_AFTER, ParkedEvent, Result, SentEmail, Status,
-    Store, StoreError, Transaction,
+    Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER,
+    ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, taken_over,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -124,6 +124,27 @@ const MIGRATIONS: &[M<'static>] = &[
      CREATE INDEX parked_events_order ON parked_events (order_id);
      CREATE INDEX parked_events_expiry ON parked_events (expires_at);
      CREATE INDEX parked_events_stream ON parked_events (stream, expires_at);",
+    ),
+    // The webhook intake and the lease on consuming it: PostgreSQL's V5.
+    M::up(
+        "CREATE TABLE intake (
+         -- AUTOINCREMENT: an id is never reused once purged.
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         source TEXT NOT NULL,
+         delivery_id TEXT,
+         topic TEXT,
+         -- NULL once applied: the row stays for the duplicates only.
+         body BLOB,
+         received_at INTEGER NOT NULL,
+         applied_at INTEGER
+     );
+     CREATE UNIQUE INDEX intake_delivery ON intake (source, delivery_id)
+         WHERE delivery_id IS NOT NULL;
+     CREATE INDEX intake_unapplied ON intake (id) WHERE applied_at IS NULL;
+     CREATE INDEX intake_applied ON intake (applied_at) WHERE applied_at IS NOT NULL;
+     CREATE TABLE leases (
+         name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL
+     ) WITHOUT ROWID;",
     ),
 ];
 
@@ -589,6 +610,107 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The connection runs `synchronous = NORMAL`, which in WAL mode keeps
+    /// a commit through a crash of the process but may lose it to one of
+    /// the machine (power, kernel): the WAL is not synced at each commit.
+    /// A delivery answered 2xx is not sent again, so this commit is made
+    /// `FULL` (the WAL synced before it returns), then the connection goes
+    /// back to `NORMAL`.
+    fn intake_put(
+        &mut self,
+        source: &str,
+        delivery_id: Option<&str>,
+        topic: Option<&str>,
+        body: &[u8],
+        received_at: Timestamp,
+    ) -> Result<Accepted> {
+        self.conn.pragma_update(None, "synchronous", "full")?;
+        let stored = (|| -> Result<Option<i64>> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let id = tx
+                .prepare_cached(
+                    "INSERT INTO intake (source, delivery_id, topic, body, received_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT DO NOTHING
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![source, delivery_id, topic, body, ms(received_at)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            tx.commit()?;
+            Ok(id)
+        })();
+        let restored = self.conn.pragma_update(None, "synchronous", "normal");
+        let stored = stored?;
+        restored?;
+        Ok(stored.map_or(Accepted::Duplicate, Accepted::Stored))
+    }
+
+    fn intake_depth(&mut self) -> Result<u64> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM intake WHERE applied_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    fn intake_lease(&mut self, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool> {
+        // One statement under the write lock (IMMEDIATE, waiting out other
+        // workers' writes): the holder is read and replaced at once.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let held = tx
+            .prepare_cached(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?4)
+                 ON CONFLICT (name) DO UPDATE
+                     SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE leases.holder = excluded.holder OR leases.expires_at <= ?3
+                 RETURNING holder",
+            )?
+            .query_row(params![INTAKE_LEASE, owner, ms(now), ms(until)], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?;
+        tx.commit()?;
+        Ok(held.is_some())
+    }
+
+    fn intake_next(&mut self, max: usize) -> Result<Vec<IntakeRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, source, delivery_id, topic, body, received_at FROM intake
+             WHERE applied_at IS NULL ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([i64::try_from(max).unwrap_or(i64::MAX)], |r| {
+            Ok(IntakeRow {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                delivery_id: r.get(2)?,
+                topic: r.get(3)?,
+                body: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
+                received_at: from_ms(r.get(5)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn intake_purge(&mut self, before: Timestamp) -> Result<u64> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
+            "DELETE FROM intake WHERE applied_at IS NOT NULL AND applied_at < ?1",
+            [ms(before)],
+        )?;
+        tx.commit()?;
+        Ok(n as u64)
+    }
+
     fn reopen(&self) -> Result<SqliteStore> {
         let Some(path) = &self.path else {
             // An in-memory database is private to its connection.
@@ -942,6 +1064,19 @@ impl Transaction for SqliteTx<'_> {
             .collect()
     }
 
+    fn intake_applied(&mut self, ids: &[i64], at: Timestamp) -> Result<()> {
+        let list = serde_json::to_string(ids).unwrap_or_default();
+        let mut stmt = self.tx.prepare_cached(
+            "UPDATE intake SET applied_at = ?2, body = NULL
+             WHERE id IN (SELECT value FROM json_each(?1)) AND applied_at IS NULL
+             RETURNING id",
+        )?;
+        let marked = stmt
+            .query_map(params![list, ms(at)], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        taken_over(ids, &marked)
+    }
+
     fn commit(self) -> Result<()> {
         Ok(self.tx.commit()?)
     }
@@ -1104,6 +1239,29 @@ mod tests {
             super::super::suite::backfilled_index(&mut tx),
             super::super::suite::expected_index()
         );
+    }
+
+    #[test]
+    fn storing_a_delivery_leaves_the_connection_syncing_as_before() {
+        // Synced for the delivery only: the batches keep their cheaper
+        // commits. 1 is NORMAL, 2 FULL.
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
+        let synchronous = |s: &SqliteStore| -> i64 {
+            s.conn
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&s), 1);
+        let at = Timestamp::UNIX_EPOCH;
+        s.intake_put("shop", Some("d-1"), None, b"{}", at).unwrap();
+        assert_eq!(synchronous(&s), 1);
+        // A duplicate too, and a put that fails.
+        s.intake_put("shop", Some("d-1"), None, b"{}", at).unwrap();
+        assert_eq!(synchronous(&s), 1);
+        s.conn.execute_batch("DROP TABLE intake").unwrap();
+        assert!(s.intake_put("shop", None, None, b"{}", at).is_err());
+        assert_eq!(synchronous(&s), 1);
     }
 
     #[test]

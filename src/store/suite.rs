@@ -9,7 +9,8 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::{
-    Addressee, Backlog, Lease, ParkedEvent, PostgresStore, SqliteStore, Status, Store, Transaction,
+    Accepted, Addressee, Backlog, IntakeRow, Lease, ParkedEvent, PostgresStore, SqliteStore,
+    Status, Store, StoreError, Transaction,
 };
 use crate::config::EmailClass;
 use crate::event::Unresolved;
@@ -163,6 +164,16 @@ suite!(
     a_store_in_use_before_go_live_was_recorded_went_live_at_the_epoch,
     a_customers_pending_emails_and_the_overdue_ones_are_listed,
     an_approved_email_that_expired_ends_suppressed_with_the_reason,
+    a_retried_webhook_delivery_is_stored_once_per_source,
+    the_intake_depth_counts_deliveries_not_applied,
+    the_intake_comes_in_arrival_order_without_the_applied,
+    deliveries_marked_applied_in_a_batch_that_rolls_back_stay_unapplied,
+    a_delivery_applied_by_another_worker_fails_the_batch,
+    an_applied_delivery_is_a_duplicate_until_purged,
+    purging_deletes_only_deliveries_applied_before_the_cut,
+    the_intake_lease_has_one_holder_until_it_expires,
+    workers_racing_for_the_intake_lease_get_it_once,
+    a_delivery_retried_to_several_workers_at_once_is_stored_once,
 );
 
 pub(super) fn t(s: &str) -> Timestamp {
@@ -1203,4 +1214,308 @@ pub(super) fn expected_index() -> Vec<(&'static str, Option<String>)> {
         ("o-3", Some("c-2".to_owned())),
         ("o-9", None),
     ]
+}
+
+/// Stores a delivery of `body` received at `at`; its id.
+fn put(s: &mut impl Store, source: &str, delivery: Option<&str>, body: &str, at: &str) -> i64 {
+    match s
+        .intake_put(
+            source,
+            delivery,
+            Some("orders/create"),
+            body.as_bytes(),
+            t(at),
+        )
+        .unwrap()
+    {
+        Accepted::Stored(id) => id,
+        Accepted::Duplicate => panic!("{source}/{delivery:?} taken for a duplicate"),
+    }
+}
+
+/// Marks deliveries applied in a batch of their own, committed.
+fn apply(s: &mut impl Store, ids: &[i64], at: &str) {
+    let mut tx = s.begin().unwrap();
+    tx.intake_applied(ids, t(at)).unwrap();
+    tx.commit().unwrap();
+}
+
+/// Whether a delivery of `delivery` on "shop" is taken for a duplicate.
+fn duplicate(s: &mut impl Store, delivery: &str, at: &str) -> bool {
+    let accepted = s
+        .intake_put("shop", Some(delivery), None, b"{}", t(at))
+        .unwrap();
+    accepted == Accepted::Duplicate
+}
+
+fn bodies(rows: &[IntakeRow]) -> Vec<&str> {
+    rows.iter()
+        .map(|r| std::str::from_utf8(&r.body).unwrap())
+        .collect()
+}
+
+fn a_retried_webhook_delivery_is_stored_once_per_source(h: &impl Harness) {
+    let mut s = h.open();
+    let at = t("2026-03-01T10:00:00.250Z");
+    let first = s
+        .intake_put("shop-a", Some("d-1"), Some("orders/create"), b"{}", at)
+        .unwrap();
+    assert!(matches!(first, Accepted::Stored(_)));
+    // The retry, even with another body or topic, is the same delivery;
+    // another handle (another worker behind the balancer) sees it too.
+    assert_eq!(
+        h.open()
+            .intake_put("shop-a", Some("d-1"), Some("orders/updated"), b"[]", at)
+            .unwrap(),
+        Accepted::Duplicate
+    );
+    // Another shop's delivery ids are its own.
+    put(&mut s, "shop-b", Some("d-1"), "{}", "2026-03-01T10:00:01Z");
+    // Without an id nothing tells a retry apart: each is stored.
+    let a = put(&mut s, "shop-a", None, "{}", "2026-03-01T10:00:02Z");
+    let b = put(&mut s, "shop-a", None, "{}", "2026-03-01T10:00:02Z");
+    assert_ne!(a, b);
+    let rows = s.intake_next(10).unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows[0],
+        IntakeRow {
+            id: match first {
+                Accepted::Stored(id) => id,
+                Accepted::Duplicate => unreachable!(),
+            },
+            source: "shop-a".into(),
+            delivery_id: Some("d-1".into()),
+            topic: Some("orders/create".into()),
+            body: b"{}".to_vec(),
+            received_at: at,
+        }
+    );
+    assert_eq!(rows[2].delivery_id, None);
+}
+
+fn the_intake_depth_counts_deliveries_not_applied(h: &impl Harness) {
+    let mut s = h.open();
+    assert_eq!(s.intake_depth().unwrap(), 0);
+    let ids: Vec<i64> = (0..3)
+        .map(|i| {
+            put(
+                &mut s,
+                "shop",
+                Some(&format!("d-{i}")),
+                "{}",
+                "2026-03-01T10:00:00Z",
+            )
+        })
+        .collect();
+    assert_eq!(s.intake_depth().unwrap(), 3);
+    apply(&mut s, &ids[..2], "2026-03-01T10:00:05Z");
+    assert_eq!(s.intake_depth().unwrap(), 1);
+}
+
+fn the_intake_comes_in_arrival_order_without_the_applied(h: &impl Harness) {
+    let mut s = h.open();
+    let mut other = h.open();
+    let ids = [
+        put(&mut s, "shop-b", Some("x"), "first", "2026-03-01T10:00:09Z"),
+        put(
+            &mut other,
+            "shop-a",
+            Some("y"),
+            "second",
+            "2026-03-01T10:00:01Z",
+        ),
+        put(&mut s, "shop-a", None, "third", "2026-03-01T10:00:05Z"),
+        put(
+            &mut other,
+            "shop-b",
+            Some("z"),
+            "fourth",
+            "2026-03-01T10:00:02Z",
+        ),
+    ];
+    // By arrival (id), not by source nor by the time a worker's clock said.
+    assert_eq!(
+        bodies(&s.intake_next(10).unwrap()),
+        ["first", "second", "third", "fourth"]
+    );
+    assert_eq!(bodies(&s.intake_next(2).unwrap()), ["first", "second"]);
+    apply(&mut s, &[ids[0], ids[2]], "2026-03-01T10:01:00Z");
+    assert_eq!(
+        bodies(&other.intake_next(10).unwrap()),
+        ["second", "fourth"]
+    );
+    apply(&mut s, &[ids[1], ids[3]], "2026-03-01T10:01:00Z");
+    assert!(s.intake_next(10).unwrap().is_empty());
+}
+
+fn deliveries_marked_applied_in_a_batch_that_rolls_back_stay_unapplied(h: &impl Harness) {
+    let mut s = h.open();
+    let a = put(&mut s, "shop", Some("a"), "a", "2026-03-01T10:00:00Z");
+    let b = put(&mut s, "shop", Some("b"), "b", "2026-03-01T10:00:01Z");
+    {
+        let mut tx = s.begin().unwrap();
+        tx.intake_applied(&[a, b], t("2026-03-01T10:00:05Z"))
+            .unwrap();
+        tx.mark_seen("e-1", "d").unwrap();
+        // Dropped: the batch's effects and the marks go together.
+    }
+    assert_eq!(s.intake_depth().unwrap(), 2);
+    assert_eq!(bodies(&s.intake_next(10).unwrap()), ["a", "b"]);
+    assert!(s.begin().unwrap().seen("e-1").unwrap().is_none());
+    // The same deliveries applied by the next batch, with its effects.
+    let mut tx = s.begin().unwrap();
+    tx.intake_applied(&[a, b], t("2026-03-01T10:00:06Z"))
+        .unwrap();
+    tx.mark_seen("e-1", "d").unwrap();
+    tx.commit().unwrap();
+    assert_eq!(s.intake_depth().unwrap(), 0);
+    assert!(s.begin().unwrap().seen("e-1").unwrap().is_some());
+}
+
+fn a_delivery_applied_by_another_worker_fails_the_batch(h: &impl Harness) {
+    // A worker whose lease ran out mid-batch, and the one that took over:
+    // both read the same deliveries; only the first batch to mark them
+    // may commit.
+    let mut slow = h.open();
+    let mut next = h.open();
+    let a = put(&mut slow, "shop", Some("a"), "a", "2026-03-01T10:00:00Z");
+    let b = put(&mut slow, "shop", Some("b"), "b", "2026-03-01T10:00:01Z");
+    apply(&mut next, &[a], "2026-03-01T10:00:30Z");
+    let mut tx = slow.begin().unwrap();
+    tx.mark_seen("e-1", "d").unwrap();
+    match tx.intake_applied(&[a, b], t("2026-03-01T10:00:31Z")) {
+        Err(e @ StoreError::IntakeTakenOver { .. }) => {
+            assert!(e.is_transient());
+            assert!(matches!(e, StoreError::IntakeTakenOver { ids } if ids == [a]));
+        }
+        other => panic!("expected IntakeTakenOver, got {other:?}"),
+    }
+    drop(tx);
+    assert!(slow.begin().unwrap().seen("e-1").unwrap().is_none());
+    assert_eq!(bodies(&slow.intake_next(10).unwrap()), ["b"]);
+}
+
+fn an_applied_delivery_is_a_duplicate_until_purged(h: &impl Harness) {
+    let mut s = h.open();
+    let id = put(&mut s, "shop", Some("d-1"), "{}", "2026-03-01T10:00:00Z");
+    apply(&mut s, &[id], "2026-03-01T10:00:05Z");
+    // Shopify retries for 48 hours: a late retry has no effect.
+    assert!(duplicate(&mut s, "d-1", "2026-03-02T09:00:00Z"));
+    assert_eq!(s.intake_depth().unwrap(), 0);
+    assert_eq!(s.intake_purge(t("2026-03-01T10:00:06Z")).unwrap(), 1);
+    // Forgotten once purged: the same id is a new delivery, after the
+    // others (an id is never reused).
+    let again = put(&mut s, "shop", Some("d-1"), "{}", "2026-03-02T09:00:00Z");
+    assert!(again > id);
+    assert_eq!(s.intake_depth().unwrap(), 1);
+}
+
+fn purging_deletes_only_deliveries_applied_before_the_cut(h: &impl Harness) {
+    let mut s = h.open();
+    let old = put(&mut s, "shop", Some("old"), "{}", "2026-03-01T10:00:00Z");
+    let recent = put(&mut s, "shop", Some("recent"), "{}", "2026-03-01T10:00:01Z");
+    let at_cut = put(&mut s, "shop", Some("at-cut"), "{}", "2026-03-01T10:00:02Z");
+    // Received long ago, never applied: kept, whatever its age.
+    put(
+        &mut s,
+        "shop",
+        Some("waiting"),
+        "{}",
+        "2026-02-01T00:00:00Z",
+    );
+    apply(&mut s, &[old], "2026-03-01T11:00:00Z");
+    apply(&mut s, &[recent], "2026-03-03T11:00:00Z");
+    apply(&mut s, &[at_cut], "2026-03-03T10:00:00Z");
+    let cut = t("2026-03-03T10:00:00Z");
+    assert_eq!(s.intake_purge(cut).unwrap(), 1);
+    assert_eq!(s.intake_purge(cut).unwrap(), 0);
+    let later = "2026-03-03T12:00:00Z";
+    assert!(!duplicate(&mut s, "old", later));
+    assert!(duplicate(&mut s, "recent", later));
+    assert!(duplicate(&mut s, "at-cut", later));
+    assert!(duplicate(&mut s, "waiting", later));
+    assert_eq!(s.intake_depth().unwrap(), 2);
+}
+
+fn the_intake_lease_has_one_holder_until_it_expires(h: &impl Harness) {
+    let (mut w1, mut w2) = (h.open(), h.open());
+    let at = |m: u32| t(&format!("2026-03-01T10:{m:02}:00Z"));
+    // Free: the first to ask takes it; its holder renews it.
+    assert!(w1.intake_lease("w1", at(0), at(1)).unwrap());
+    assert!(!w2.intake_lease("w2", at(0), at(1)).unwrap());
+    assert!(w1.intake_lease("w1", at(0), at(2)).unwrap());
+    // Live until its expiry, renewed or not.
+    assert!(!w2.intake_lease("w2", at(1), at(3)).unwrap());
+    // Expired (at its time, as an email's lease): anyone takes it over...
+    assert!(w2.intake_lease("w2", at(2), at(4)).unwrap());
+    // ...and the old holder, back (paused, not dead), renews nothing.
+    assert!(!w1.intake_lease("w1", at(2), at(5)).unwrap());
+    assert!(!w1.intake_lease("w1", at(3), at(5)).unwrap());
+    assert!(w2.intake_lease("w2", at(3), at(5)).unwrap());
+}
+
+fn workers_racing_for_the_intake_lease_get_it_once(h: &impl Harness) {
+    let mut workers: Vec<_> = (0..4).map(|_| h.open()).collect();
+    for round in 0..20u32 {
+        // Each round after the last one's lease expired.
+        let now = t("2026-03-01T10:00:00Z") + jiff::SignedDuration::from_mins(i64::from(round));
+        let until = now + jiff::SignedDuration::from_secs(30);
+        let barrier = std::sync::Barrier::new(workers.len());
+        let won: Vec<bool> = std::thread::scope(|scope| {
+            let racing: Vec<_> = workers
+                .iter_mut()
+                .enumerate()
+                .map(|(i, w)| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        w.intake_lease(&format!("w{i}"), now, until).unwrap()
+                    })
+                })
+                .collect();
+            racing.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: {won:?}"
+        );
+    }
+}
+
+fn a_delivery_retried_to_several_workers_at_once_is_stored_once(h: &impl Harness) {
+    // The platform retried while the first worker was still storing it;
+    // the balancer sent the retries elsewhere.
+    let mut workers: Vec<_> = (0..4).map(|_| h.open()).collect();
+    for round in 0..10 {
+        let delivery = format!("d-{round}");
+        let barrier = std::sync::Barrier::new(workers.len());
+        let accepted: Vec<Accepted> = std::thread::scope(|scope| {
+            let racing: Vec<_> = workers
+                .iter_mut()
+                .map(|w| {
+                    let (barrier, delivery) = (&barrier, &delivery);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        w.intake_put(
+                            "shop",
+                            Some(delivery),
+                            None,
+                            b"{}",
+                            t("2026-03-01T10:00:00Z"),
+                        )
+                        .unwrap()
+                    })
+                })
+                .collect();
+            racing.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        let stored = accepted
+            .iter()
+            .filter(|a| matches!(a, Accepted::Stored(_)))
+            .count();
+        assert_eq!(stored, 1, "round {round}: {accepted:?}");
+    }
+    assert_eq!(workers[0].intake_depth().unwrap(), 10);
 }
