@@ -166,6 +166,7 @@ fn merge_journeys(
 pub enum SourceKind {
     File,
     Kafka,
+    Webhook,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -200,6 +201,179 @@ pub struct SourceConfig {
     #[serde(with = "humantime_serde")]
     pub mapping_timeout: Duration,
     pub kafka: KafkaConfig,
+    pub webhook: WebhookConfig,
+}
+
+/// `source.kind = "webhook"`: the shop posts its webhooks to the worker's
+/// HTTP server (`http.listen`), at `/webhooks/<endpoint>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The endpoints by name: `[source.webhook.endpoints.shopify]` takes
+    /// `POST /webhooks/shopify`.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, WebhookEndpoint>,
+    /// Deliveries stored and not applied yet, at most: beyond, a delivery
+    /// is answered 503 with `Retry-After` (the shop retries later) rather
+    /// than stored without end while the worker is behind.
+    pub max_depth: u64,
+    /// What a 503 asks the sender to wait.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+    /// Requests one client address may make in a minute (burst included);
+    /// more get 429 with `Retry-After`.
+    pub per_address_per_minute: u32,
+    /// How long an applied delivery's id is kept to know a redelivery of
+    /// it (Shopify retries for 48 hours).
+    #[serde(with = "humantime_serde")]
+    pub keep_applied: Duration,
+}
+
+/// One webhook endpoint: whose signature it checks, with which secrets.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    /// `shopify`, `woocommerce`, or `hmac` (a shop's own sender: set
+    /// `header`, and `encoding` and `prefix` if not base64 and none).
+    pub signature: SignatureKind,
+    /// Environment variables, each holding one secret: the current one
+    /// first, then one being rotated out.
+    #[serde(default, deserialize_with = "lenient::string_list")]
+    pub secrets_env: Vec<String>,
+    /// Or a file of secrets, one a line (a systemd credential, a mounted
+    /// Kubernetes Secret).
+    pub secrets_file: Option<PathBuf>,
+    /// `hmac` only: the signature's header, its encoding and what comes
+    /// before it (`sha256=`).
+    pub header: Option<String>,
+    #[serde(default = "base64_encoding")]
+    pub encoding: crate::webhook::Encoding,
+    #[serde(default)]
+    pub prefix: String,
+    /// The header naming the delivery (kept across the sender's retries):
+    /// a second delivery with the same id has no effect. Default: Shopify's
+    /// `X-Shopify-Webhook-Id`, WooCommerce's `X-WC-Webhook-Delivery-ID`.
+    pub id_header: Option<String>,
+}
+
+fn base64_encoding() -> crate::webhook::Encoding {
+    crate::webhook::Encoding::Base64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureKind {
+    Shopify,
+    Woocommerce,
+    Hmac,
+}
+
+impl WebhookEndpoint {
+    /// How its deliveries are signed.
+    pub fn scheme(&self) -> crate::webhook::Scheme {
+        use crate::webhook::Scheme;
+        match self.signature {
+            SignatureKind::Shopify => Scheme::shopify(),
+            SignatureKind::Woocommerce => Scheme::woocommerce(),
+            SignatureKind::Hmac => Scheme {
+                header: self.header.clone().unwrap_or_default(),
+                encoding: self.encoding,
+                prefix: self.prefix.clone(),
+            },
+        }
+    }
+
+    /// The header naming a delivery, if the sender has one.
+    pub fn delivery_id_header(&self) -> Option<&str> {
+        self.id_header.as_deref().or(match self.signature {
+            SignatureKind::Shopify => Some("X-Shopify-Webhook-Id"),
+            SignatureKind::Woocommerce => Some("X-WC-Webhook-Delivery-ID"),
+            SignatureKind::Hmac => None,
+        })
+    }
+
+    /// The secrets, newest first, read from where the config says; `name`
+    /// is the endpoint's, for the messages. Never logged.
+    pub fn secrets(&self, name: &str) -> Result<Vec<String>, ConfigError> {
+        let key = |field: &str| format!("source.webhook.endpoints.{name}.{field}");
+        let mut secrets = Vec::new();
+        for var in &self.secrets_env {
+            let secret = std::env::var(var).map_err(|_| {
+                invalid(
+                    key("secrets_env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?;
+            secrets.push(secret);
+        }
+        if let Some(file) = &self.secrets_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| invalid(key("secrets_file"), format!("{}: {e}", file.display())))?;
+            secrets.extend(
+                text.lines()
+                    .map(|l| l.trim_end_matches('\r'))
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        if secrets.is_empty() {
+            return Err(invalid(
+                key("secrets_env"),
+                "no secret: set secrets_env or secrets_file (an unsigned webhook is never accepted)",
+            ));
+        }
+        if let Some(i) = secrets.iter().position(|s| s.trim().len() < 8) {
+            return Err(invalid(
+                key(if i < self.secrets_env.len() {
+                    "secrets_env"
+                } else {
+                    "secrets_file"
+                }),
+                format!("secret {} is shorter than 8 characters", i + 1),
+            ));
+        }
+        Ok(secrets)
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("source.webhook.endpoints.{name}.{field}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                key(""),
+                "an endpoint name is a-z, A-Z, 0-9, - and _ (it is a path segment)",
+            ));
+        }
+        match (self.signature, &self.header) {
+            (SignatureKind::Hmac, None) => {
+                return Err(invalid(
+                    key("header"),
+                    "`hmac` needs the signature's header",
+                ));
+            }
+            (SignatureKind::Hmac, Some(h))
+                if axum::http::HeaderName::try_from(h.as_str()).is_err() =>
+            {
+                return Err(invalid(key("header"), "not a header name"));
+            }
+            (SignatureKind::Shopify | SignatureKind::Woocommerce, Some(_)) => {
+                return Err(invalid(
+                    key("header"),
+                    "only for `hmac`: Shopify and WooCommerce name their own",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(h) = &self.id_header
+            && axum::http::HeaderName::try_from(h.as_str()).is_err()
+        {
+            return Err(invalid(key("id_header"), "not a header name"));
+        }
+        self.secrets(name).map(|_| ())
+    }
 }
 
 /// The `source.format` of aftercare's own events.
@@ -1471,6 +1645,39 @@ impl Config {
                 ),
             ));
         }
+        if self.source.kind == SourceKind::Webhook {
+            let w = &self.source.webhook;
+            if self.http.listen.is_none() {
+                return Err(invalid(
+                    "http.listen",
+                    "source.kind = \"webhook\" takes the webhooks on the HTTP server: set its address",
+                ));
+            }
+            if w.endpoints.is_empty() {
+                return Err(invalid(
+                    "source.webhook.endpoints",
+                    "no endpoint: add [source.webhook.endpoints.<name>]",
+                ));
+            }
+            for (name, endpoint) in &w.endpoints {
+                endpoint.validate(name)?;
+            }
+            if w.max_depth == 0 {
+                return Err(invalid("source.webhook.max_depth", "must be at least 1"));
+            }
+            if w.per_address_per_minute == 0 {
+                return Err(invalid(
+                    "source.webhook.per_address_per_minute",
+                    "must be at least 1",
+                ));
+            }
+            if w.retry_after.is_zero() || w.retry_after > Duration::from_secs(3600) {
+                return Err(invalid(
+                    "source.webhook.retry_after",
+                    "must be more than zero and at most 1h",
+                ));
+            }
+        }
         if self.source.kind == SourceKind::Kafka {
             let k = &self.source.kafka;
             for (key, value) in [
@@ -2103,6 +2310,53 @@ mod tests {
             .iter()
             .find(|r| r.template == "review_request");
         assert_eq!(review.unwrap().variants["a"], 3);
+    }
+
+    #[test]
+    fn a_webhook_source_names_what_it_lacks() {
+        let err = |toml: &str| load_str(toml).unwrap_err().to_string();
+        let webhook = "[source]\nkind = \"webhook\"\n";
+        let e = err(webhook);
+        assert!(e.contains("http.listen"), "{e}");
+        let listening = format!("{webhook}[http]\nlisten = \"127.0.0.1:1\"\n");
+        let e = err(&listening);
+        assert!(e.contains("source.webhook.endpoints"), "{e}");
+        let endpoint = |body: &str| format!("{listening}[source.webhook.endpoints.shop]\n{body}");
+        let e = err(&endpoint("signature = \"shopify\"\n"));
+        assert!(
+            e.contains("source.webhook.endpoints.shop.secrets_env"),
+            "{e}"
+        );
+        assert!(e.contains("no secret"), "{e}");
+        let e = err(&endpoint(
+            "signature = \"shopify\"\nsecrets_env = [\"AFTERCARE_NO_SUCH_VARIABLE_SET\"]\n",
+        ));
+        assert!(e.contains("AFTERCARE_NO_SUCH_VARIABLE_SET"), "{e}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_owned();
+        std::fs::write(&path, "short\n").unwrap();
+        let with_file =
+            |body: &str| endpoint(&format!("{body}secrets_file = \"{}\"\n", path.display()));
+        let e = err(&with_file("signature = \"shopify\"\n"));
+        assert!(e.contains("secrets_file"), "{e}");
+        assert!(e.contains("shorter than 8"), "{e}");
+        std::fs::write(&path, "short\na long enough secret\n").unwrap();
+        let e = err(&with_file("signature = \"hmac\"\n"));
+        assert!(e.contains("source.webhook.endpoints.shop.header"), "{e}");
+        let e = err(&with_file("signature = \"shopify\"\nheader = \"X-Sig\"\n"));
+        assert!(e.contains("source.webhook.endpoints.shop.header"), "{e}");
+        // The short line is still there: refused until it goes.
+        let e = err(&with_file("signature = \"hmac\"\nheader = \"X-Sig\"\n"));
+        assert!(e.contains("shorter than 8"), "{e}");
+        std::fs::write(&path, "a long enough secret\nanother long one\n").unwrap();
+        let config = load_str(&with_file("signature = \"hmac\"\nheader = \"X-Sig\"\n")).unwrap();
+        let shop = &config.source.webhook.endpoints["shop"];
+        assert_eq!(shop.secrets("shop").unwrap().len(), 2);
+        assert_eq!(shop.delivery_id_header(), None);
+        let e = err(&format!(
+            "{listening}[source.webhook.endpoints.\"a/b\"]\nsignature = \"shopify\"\n"
+        ));
+        assert!(e.contains("source.webhook.endpoints.a/b"), "{e}");
     }
 
     fn templates(config: &Config) -> Vec<&str> {

@@ -22,6 +22,7 @@
 //! in size: see the `listener` module.
 
 mod listener;
+pub mod webhooks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,10 @@ pub struct HttpState<S> {
     /// For the pages.
     pub shop_name: String,
     pub observer: Arc<Observer>,
+    /// `source.kind = "webhook"`: the endpoints taking the shop's
+    /// webhooks, and the largest body they take.
+    pub webhooks: Option<Arc<webhooks::Webhooks>>,
+    pub webhook_body_limit: usize,
     /// What clients did wrong since it was last logged.
     tally: Arc<Tally>,
 }
@@ -68,8 +73,17 @@ impl<S> HttpState<S> {
             signer,
             shop_name,
             observer,
+            webhooks: None,
+            webhook_body_limit: BODY_LIMIT,
             tally: Arc::default(),
         }
+    }
+
+    /// Takes the shop's webhooks too, bodies up to `body_limit` bytes.
+    pub fn with_webhooks(mut self, webhooks: webhooks::Webhooks, body_limit: usize) -> Self {
+        self.webhooks = Some(Arc::new(webhooks));
+        self.webhook_body_limit = body_limit;
+        self
     }
 }
 
@@ -172,7 +186,14 @@ impl Tally {
 }
 
 pub fn router<S: Store>(state: Arc<HttpState<S>>) -> Router {
+    // A webhook body may be as large as an event; the rest take a few
+    // bytes (the route's own limit is the one that counts).
+    let webhook_limit = DefaultBodyLimit::max(state.webhook_body_limit);
     Router::new()
+        .route(
+            "/webhooks/{endpoint}",
+            axum::routing::post(webhooks::receive::<S>).layer(webhook_limit),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready::<S>))
         .route("/metrics", get(metrics::<S>))
@@ -233,6 +254,7 @@ async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
         Ok(b) => {
             state.observer.backlog(b.pending, b.overdue);
             state.observer.parked_backlog(b.parked);
+            state.observer.intake_backlog(b.intake);
         }
         Err(e) => tracing::warn!(error = %e, "Backlog not read for /metrics."),
     }

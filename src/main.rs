@@ -20,7 +20,8 @@ use aftercare::observe::{MailerProbe, Observer};
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Templates;
 use aftercare::sender::Sender;
-use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, kafka};
+use aftercare::source::webhook::Doorbell;
+use aftercare::source::{DeadLetters, FileSource, KafkaSource, Source, WebhookSource, kafka};
 use aftercare::store::{PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
 use aftercare::{check, http, preview, reload, report, simulate};
@@ -633,7 +634,30 @@ async fn run_with<S: Store>(
     } else {
         config.source.kind
     };
+    // Rung by the webhook handler when it stored a delivery: the intake's
+    // reader wakes at once.
+    let doorbell = Arc::new(Doorbell::default());
     let (source, dead, place): (Box<dyn Source>, DeadLetters, String) = match kind {
+        SourceKind::Webhook => {
+            let source = WebhookSource::new(
+                store.reopen()?,
+                config.worker_id(),
+                Arc::clone(&doorbell),
+                (config.source.batch_wait, config.source.webhook.keep_applied),
+            )
+            .with_mapper(mapper(&config)?);
+            let dead = DeadLetters::new(&config.dead_letter_path(), config.source.max_event_bytes);
+            let addr = config
+                .http
+                .listen
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            (
+                Box::new(source),
+                dead,
+                format!("webhooks at http://{addr}/webhooks/"),
+            )
+        }
         SourceKind::File => {
             let path = input.unwrap_or_else(|| config.source.path.clone());
             let mut source = FileSource::open(
@@ -746,12 +770,22 @@ async fn run_with<S: Store>(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("config key `http.listen`: binding {addr}"))?;
-            let state = Arc::new(http::HttpState::new(
+            let mut state = http::HttpState::new(
                 store,
                 signer,
                 config.shop.name.clone(),
                 Arc::clone(&observer),
-            ));
+            );
+            if kind == SourceKind::Webhook {
+                let webhooks = http::webhooks::Webhooks::new(&config.source.webhook, doorbell)
+                    .map_err(|e| fail(EX_USAGE, e))?;
+                tracing::info!(
+                    endpoints = ?config.source.webhook.endpoints.keys().collect::<Vec<_>>(),
+                    "Taking webhooks."
+                );
+                state = state.with_webhooks(webhooks, config.source.max_event_bytes);
+            }
+            let state = Arc::new(state);
             let limits = http::Limits::new(&config.http);
             tracing::info!(
                 %addr,

@@ -80,6 +80,8 @@ pub struct Observer {
     overdue: Gauge,
     lag: Family<Labels, Gauge>,
     stalled: Gauge,
+    webhooks: Family<Labels, Counter>,
+    intake: Gauge,
     source: Mutex<(SourceHealth, Option<Instant>)>,
     mailer: MailerProbe,
     /// The last mailer probe, kept a few seconds: probes are not free.
@@ -194,6 +196,18 @@ impl Observer {
             "1 while a partition with unread messages sends nothing",
             stalled.clone(),
         );
+        let webhooks = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook requests by endpoint and outcome (accepted, duplicate, ping, bad_signature, rate_limited, full, store_failed, unknown_endpoint)",
+            webhooks.clone(),
+        );
+        let intake = Gauge::default();
+        registry.register(
+            "webhook_intake",
+            "Webhook deliveries stored and not applied yet",
+            intake.clone(),
+        );
         Observer {
             registry,
             events,
@@ -212,6 +226,8 @@ impl Observer {
             overdue,
             lag,
             stalled,
+            webhooks,
+            intake,
             source: Mutex::new((SourceHealth::default(), None)),
             mailer,
             mailer_checked: Mutex::new(None),
@@ -323,6 +339,18 @@ impl Observer {
         self.retried_steps
             .get_or_create(&labels(&[("step", step)]))
             .inc();
+    }
+
+    /// One webhook request and what became of it.
+    pub fn webhook(&self, endpoint: &str, outcome: &str) {
+        self.webhooks
+            .get_or_create(&labels(&[("endpoint", endpoint), ("outcome", outcome)]))
+            .inc();
+    }
+
+    /// Webhook deliveries waiting, as the store has it now.
+    pub fn intake_backlog(&self, waiting: u64) {
+        self.intake.set(waiting as i64);
     }
 
     /// The backlog as the store has it now.

@@ -40,6 +40,7 @@ use crate::journey::{
 };
 use crate::observe::Observer;
 use crate::render::Locales;
+use crate::source::webhook::INTAKE_STREAM;
 use crate::source::{DeadLetters, Entry, Mapped, Position, REASON_MAX_BYTES};
 use crate::store::{
     Addressee, EmailRow, Lease, ParkedEvent, Status, Store, StoreError, Transaction,
@@ -255,6 +256,7 @@ impl<S: Store> Pipeline<S> {
         dead: &mut DeadLetters,
     ) -> Result<Option<Timestamp>, PipelineError> {
         let mut fire_until = None;
+        let start = *i;
         let mut positions: Vec<&Position> = Vec::new();
         let mut tx = self.store.begin()?;
         let mut shop = tx.shop_stats()?;
@@ -350,6 +352,16 @@ impl<S: Store> Pipeline<S> {
         }
         for position in positions {
             tx.set_position(&position.key, &position.value)?;
+        }
+        // Webhook deliveries are consumed each by its own mark, with the
+        // effects of their events (the last event of one, as a position).
+        let delivered: Vec<i64> = entries[start..*i]
+            .iter()
+            .filter(|e| e.position.key == INTAKE_STREAM && e.advances())
+            .filter_map(|e| e.position.value.parse().ok())
+            .collect();
+        if !delivered.is_empty() {
+            tx.intake_applied(&delivered, Timestamp::now())?;
         }
         if shop_changed {
             tx.save_shop_stats(&shop)?;

@@ -219,9 +219,9 @@ pub async fn serve(
         tokio::time::interval_at(tokio::time::Instant::now() + REPORT_EVERY, REPORT_EVERY);
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(error) => {
                     tally.accept_failed(&error);
                     tokio::time::sleep(ACCEPT_PAUSE).await;
@@ -253,8 +253,12 @@ pub async fn serve(
         let admitted = open.lock().unwrap_or_else(|p| p.into_inner()).admit();
         let answering = admitted.answering;
         let router = TowerToHyperService::new(app.clone());
-        let service = service_fn(move |request: hyper::Request<Incoming>| {
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
             answering.store(true, Ordering::Relaxed);
+            // Who is asking, for the per-address limits.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             router.call(request)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));

@@ -8,10 +8,12 @@
 mod dead_letter;
 mod file;
 pub mod kafka;
+pub mod webhook;
 
 pub use dead_letter::{DeadLetters, REASON_MAX_BYTES};
 pub use file::FileSource;
 pub use kafka::KafkaSource;
+pub use webhook::WebhookSource;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -241,6 +241,8 @@ pub struct Backlog {
     pub overdue: u64,
     /// Events naming no customer that wait for their order.
     pub parked: u64,
+    /// Webhook deliveries stored and not applied yet.
+    pub intake: u64,
 }
 
 /// An event that names no customer and an order not placed yet, kept until
@@ -315,7 +317,8 @@ pub struct IntakeRow {
     /// `None` when the request carried none (then never a duplicate).
     pub delivery_id: Option<String>,
     /// What it is about, as the platform named it (`orders/create`).
-    pub topic: Option<String>,
+    /// The request's headers, as the mappings read a message's.
+    pub headers: Vec<(String, Vec<u8>)>,
     /// The request body, byte for byte as signed.
     pub body: Vec<u8>,
     pub received_at: Timestamp,
@@ -333,7 +336,7 @@ pub enum Accepted {
 }
 
 /// The lease that makes one worker at a time the intake's consumer.
-const INTAKE_LEASE: &str = "intake";
+pub const INTAKE_LEASE: &str = "intake";
 
 /// The error for deliveries among `ids` that an `UPDATE ... WHERE
 /// applied_at IS NULL` did not mark (`marked`): another worker's batch
@@ -531,7 +534,7 @@ pub trait Store: Send + 'static {
         &mut self,
         source: &str,
         delivery_id: Option<&str>,
-        topic: Option<&str>,
+        headers: &[(String, Vec<u8>)],
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Accepted>;
@@ -564,4 +567,24 @@ pub trait Store: Send + 'static {
     fn reopen(&self) -> Result<Self>
     where
         Self: Sized;
+}
+
+/// A delivery's headers as the intake keeps them: JSON `[[name, value]]`,
+/// values as text (header values are ASCII; anything else is replaced).
+fn headers_json(headers: &[(String, Vec<u8>)]) -> String {
+    let pairs: Vec<(&str, std::borrow::Cow<'_, str>)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value)))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The headers [`headers_json`] kept (none for a row without).
+fn headers_from_json(stored: Option<String>) -> Vec<(String, Vec<u8>)> {
+    stored
+        .and_then(|s| serde_json::from_str::<Vec<(String, String)>>(&s).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
+        .collect()
 }

@@ -56,7 +56,8 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER,
-    ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, taken_over,
+    ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
+    headers_json, taken_over,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -912,18 +913,20 @@ impl Store for PostgresStore {
         self.conn.call(move |s| {
             let rows = s.query(
                 "SELECT count(*), count(*) FILTER (WHERE fire_at < $1),
-                     (SELECT count(*) FROM parked_events)
+                     (SELECT count(*) FROM parked_events),
+                     (SELECT count(*) FROM intake WHERE applied_at IS NULL)
                  FROM emails WHERE status = 'pending'",
                 &[&overdue_before],
             )?;
-            let (pending, overdue, parked): (i64, i64, i64) = match rows.first() {
-                Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
-                None => (0, 0, 0),
+            let (pending, overdue, parked, intake): (i64, i64, i64, i64) = match rows.first() {
+                Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?),
+                None => (0, 0, 0, 0),
             };
             Ok(Backlog {
                 pending: u64::try_from(pending).unwrap_or(0),
                 overdue: u64::try_from(overdue).unwrap_or(0),
                 parked: u64::try_from(parked).unwrap_or(0),
+                intake: u64::try_from(intake).unwrap_or(0),
             })
         })
     }
@@ -978,19 +981,19 @@ impl Store for PostgresStore {
         &mut self,
         source: &str,
         delivery_id: Option<&str>,
-        topic: Option<&str>,
+        headers: &[(String, Vec<u8>)],
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Accepted> {
         let (source, delivery_id) = (source.to_owned(), delivery_id.map(str::to_owned));
-        let (topic, body, received_at) = (topic.map(str::to_owned), body.to_vec(), ms(received_at));
+        let (headers, body, received_at) = (headers_json(headers), body.to_vec(), ms(received_at));
         let id: Option<i64> = self.conn.call(move |s| {
             let rows = s.query(
-                "INSERT INTO intake (source, delivery_id, topic, body, received_at)
+                "INSERT INTO intake (source, delivery_id, headers, body, received_at)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT DO NOTHING
                  RETURNING id",
-                &[&source, &delivery_id, &topic, &body, &received_at],
+                &[&source, &delivery_id, &headers, &body, &received_at],
             )?;
             Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
         })?;
@@ -1030,7 +1033,7 @@ impl Store for PostgresStore {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.conn.call(move |s| {
             let rows = s.query(
-                "SELECT id, source, delivery_id, topic, body, received_at FROM intake
+                "SELECT id, source, delivery_id, headers, body, received_at FROM intake
                  WHERE applied_at IS NULL ORDER BY id LIMIT $1",
                 &[&max],
             )?;
@@ -1040,7 +1043,7 @@ impl Store for PostgresStore {
                         id: r.try_get(0)?,
                         source: r.try_get(1)?,
                         delivery_id: r.try_get(2)?,
-                        topic: r.try_get(3)?,
+                        headers: headers_from_json(r.try_get(3)?),
                         body: r.try_get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
                         received_at: from_ms(r.try_get(5)?),
                     })
@@ -2090,7 +2093,7 @@ mod tests {
         let (mut first, mut second) = (h.open(), h.open());
         let at = t("2026-03-01T10:00:00Z");
         let Accepted::Stored(id) = first
-            .intake_put("shop", Some("d-1"), None, b"{}", at)
+            .intake_put("shop", Some("d-1"), &[], b"{}", at)
             .unwrap()
         else {
             panic!("a new delivery taken for a duplicate");

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use super::{
     Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER,
-    ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, taken_over,
+    ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
+    headers_json, taken_over,
 };
 use crate::config::EmailClass;
 use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -132,7 +133,8 @@ const MIGRATIONS: &[M<'static>] = &[
          id INTEGER PRIMARY KEY AUTOINCREMENT,
          source TEXT NOT NULL,
          delivery_id TEXT,
-         topic TEXT,
+         -- The request's headers: JSON [[name, value], ...].
+         headers TEXT,
          -- NULL once applied: the row stays for the duplicates only.
          body BLOB,
          received_at INTEGER NOT NULL,
@@ -572,6 +574,7 @@ impl Store for SqliteStore {
             pending: pending as u64,
             overdue: overdue as u64,
             parked: parked as u64,
+            intake: self.intake_depth()?,
         })
     }
 
@@ -620,7 +623,7 @@ impl Store for SqliteStore {
         &mut self,
         source: &str,
         delivery_id: Option<&str>,
-        topic: Option<&str>,
+        headers: &[(String, Vec<u8>)],
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Accepted> {
@@ -631,13 +634,19 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let id = tx
                 .prepare_cached(
-                    "INSERT INTO intake (source, delivery_id, topic, body, received_at)
+                    "INSERT INTO intake (source, delivery_id, headers, body, received_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT DO NOTHING
                      RETURNING id",
                 )?
                 .query_row(
-                    params![source, delivery_id, topic, body, ms(received_at)],
+                    params![
+                        source,
+                        delivery_id,
+                        headers_json(headers),
+                        body,
+                        ms(received_at)
+                    ],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -683,7 +692,7 @@ impl Store for SqliteStore {
 
     fn intake_next(&mut self, max: usize) -> Result<Vec<IntakeRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, source, delivery_id, topic, body, received_at FROM intake
+            "SELECT id, source, delivery_id, headers, body, received_at FROM intake
              WHERE applied_at IS NULL ORDER BY id LIMIT ?1",
         )?;
         let rows = stmt.query_map([i64::try_from(max).unwrap_or(i64::MAX)], |r| {
@@ -691,7 +700,7 @@ impl Store for SqliteStore {
                 id: r.get(0)?,
                 source: r.get(1)?,
                 delivery_id: r.get(2)?,
-                topic: r.get(3)?,
+                headers: headers_from_json(r.get(3)?),
                 body: r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default(),
                 received_at: from_ms(r.get(5)?),
             })
@@ -1254,13 +1263,13 @@ mod tests {
         };
         assert_eq!(synchronous(&s), 1);
         let at = Timestamp::UNIX_EPOCH;
-        s.intake_put("shop", Some("d-1"), None, b"{}", at).unwrap();
+        s.intake_put("shop", Some("d-1"), &[], b"{}", at).unwrap();
         assert_eq!(synchronous(&s), 1);
         // A duplicate too, and a put that fails.
-        s.intake_put("shop", Some("d-1"), None, b"{}", at).unwrap();
+        s.intake_put("shop", Some("d-1"), &[], b"{}", at).unwrap();
         assert_eq!(synchronous(&s), 1);
         s.conn.execute_batch("DROP TABLE intake").unwrap();
-        assert!(s.intake_put("shop", None, None, b"{}", at).is_err());
+        assert!(s.intake_put("shop", None, &[], b"{}", at).is_err());
         assert_eq!(synchronous(&s), 1);
     }
 

@@ -784,6 +784,7 @@ fn the_backlog_counts_pending_and_overdue_emails(h: &impl Harness) {
             pending: 3,
             overdue: 1,
             parked: 0,
+            intake: 0,
         }
     );
     let mut tx = s.begin().unwrap();
@@ -797,6 +798,7 @@ fn the_backlog_counts_pending_and_overdue_emails(h: &impl Harness) {
             pending: 2,
             overdue: 1,
             parked: 0,
+            intake: 0,
         }
     );
 }
@@ -1222,7 +1224,7 @@ fn put(s: &mut impl Store, source: &str, delivery: Option<&str>, body: &str, at:
         .intake_put(
             source,
             delivery,
-            Some("orders/create"),
+            &topic("orders/create"),
             body.as_bytes(),
             t(at),
         )
@@ -1243,7 +1245,7 @@ fn apply(s: &mut impl Store, ids: &[i64], at: &str) {
 /// Whether a delivery of `delivery` on "shop" is taken for a duplicate.
 fn duplicate(s: &mut impl Store, delivery: &str, at: &str) -> bool {
     let accepted = s
-        .intake_put("shop", Some(delivery), None, b"{}", t(at))
+        .intake_put("shop", Some(delivery), &[], b"{}", t(at))
         .unwrap();
     accepted == Accepted::Duplicate
 }
@@ -1258,14 +1260,14 @@ fn a_retried_webhook_delivery_is_stored_once_per_source(h: &impl Harness) {
     let mut s = h.open();
     let at = t("2026-03-01T10:00:00.250Z");
     let first = s
-        .intake_put("shop-a", Some("d-1"), Some("orders/create"), b"{}", at)
+        .intake_put("shop-a", Some("d-1"), &topic("orders/create"), b"{}", at)
         .unwrap();
     assert!(matches!(first, Accepted::Stored(_)));
     // The retry, even with another body or topic, is the same delivery;
     // another handle (another worker behind the balancer) sees it too.
     assert_eq!(
         h.open()
-            .intake_put("shop-a", Some("d-1"), Some("orders/updated"), b"[]", at)
+            .intake_put("shop-a", Some("d-1"), &topic("orders/updated"), b"[]", at)
             .unwrap(),
         Accepted::Duplicate
     );
@@ -1286,7 +1288,7 @@ fn a_retried_webhook_delivery_is_stored_once_per_source(h: &impl Harness) {
             },
             source: "shop-a".into(),
             delivery_id: Some("d-1".into()),
-            topic: Some("orders/create".into()),
+            headers: topic("orders/create"),
             body: b"{}".to_vec(),
             received_at: at,
         }
@@ -1309,8 +1311,10 @@ fn the_intake_depth_counts_deliveries_not_applied(h: &impl Harness) {
         })
         .collect();
     assert_eq!(s.intake_depth().unwrap(), 3);
+    assert_eq!(s.backlog(t("2026-03-01T10:00:00Z")).unwrap().intake, 3);
     apply(&mut s, &ids[..2], "2026-03-01T10:00:05Z");
     assert_eq!(s.intake_depth().unwrap(), 1);
+    assert_eq!(s.backlog(t("2026-03-01T10:00:05Z")).unwrap().intake, 1);
 }
 
 fn the_intake_comes_in_arrival_order_without_the_applied(h: &impl Harness) {
@@ -1501,7 +1505,7 @@ fn a_delivery_retried_to_several_workers_at_once_is_stored_once(h: &impl Harness
                         w.intake_put(
                             "shop",
                             Some(delivery),
-                            None,
+                            &[],
                             b"{}",
                             t("2026-03-01T10:00:00Z"),
                         )
@@ -1518,4 +1522,9 @@ fn a_delivery_retried_to_several_workers_at_once_is_stored_once(h: &impl Harness
         assert_eq!(stored, 1, "round {round}: {accepted:?}");
     }
     assert_eq!(workers[0].intake_depth().unwrap(), 10);
+}
+
+/// A delivery's headers naming its topic.
+fn topic(topic: &str) -> Vec<(String, Vec<u8>)> {
+    vec![("x-shopify-topic".to_owned(), topic.as_bytes().to_vec())]
 }

@@ -11,7 +11,8 @@ CREATE TABLE intake (
     source TEXT NOT NULL,
     -- The platform's delivery id, the same on its retries (NULL: none sent).
     delivery_id TEXT,
-    topic TEXT,
+    -- The request's headers: JSON [[name, value], ...].
+    headers TEXT,
     -- The body as signed; NULL once applied (the row stays for duplicates).
     body BYTEA,
     received_at BIGINT NOT NULL,
