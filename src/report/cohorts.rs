@@ -137,38 +137,13 @@ pub fn cohorts(customers: &[Customer], s: &Settings) -> Vec<Cohort> {
 mod tests {
     use super::*;
     use crate::config::Segment;
-    use crate::report::Order;
-
-    fn t(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    fn order(at: Timestamp, cancelled: bool) -> Order {
-        Order {
-            id: at.to_string(),
-            placed_at: at,
-            total: "10".parse().unwrap(),
-            currency: "EUR".into(),
-            cancelled,
-            returns: Vec::new(),
-            refunds: Vec::new(),
-        }
-    }
+    use crate::report::fixtures::{order_at, period, t};
 
     fn customer(id: &str, orders: &[&str]) -> Customer {
         Customer {
             id: id.into(),
-            orders: orders.iter().map(|at| order(t(at), false)).collect(),
+            orders: orders.iter().map(|at| order_at(t(at), false)).collect(),
             segment: Segment::Regular,
-        }
-    }
-
-    fn period(from: &str, to: &str) -> Settings {
-        Settings {
-            from: t(from),
-            to: t(to),
-            active_window: SignedDuration::from_hours(180 * 24),
-            attribution_window: SignedDuration::from_hours(5 * 24),
         }
     }
 
@@ -288,7 +263,7 @@ mod tests {
         // The first order cancelled: the customer's cohort is February.
         a.orders[0].cancelled = true;
         let mut b = customer("b", &["2026-01-10T10:00:00Z"]);
-        b.orders.push(order(t("2026-02-10T10:00:00Z"), true));
+        b.orders.push(order_at(t("2026-02-10T10:00:00Z"), true));
         // Only an order on --to itself: not a customer of the period yet.
         let c = customer("c", &["2026-04-01T00:00:00Z"]);
         let table = cohorts(&[a, b, c], &s);
@@ -324,17 +299,17 @@ mod tests {
         let oldest = Customer {
             id: "oldest".into(),
             orders: vec![
-                order(Timestamp::MIN, false),
-                order(t("9999-03-01T00:00:00Z"), false),
+                order_at(Timestamp::MIN, false),
+                order_at(t("9999-03-01T00:00:00Z"), false),
             ],
             segment: Segment::Regular,
         };
         let last = Customer {
             id: "last".into(),
             orders: vec![
-                order(t("9999-01-31T10:00:00Z"), false),
-                order(Timestamp::MAX, false),
-                order(t("9999-12-01T00:00:00Z"), false),
+                order_at(t("9999-01-31T10:00:00Z"), false),
+                order_at(Timestamp::MAX, false),
+                order_at(t("9999-12-01T00:00:00Z"), false),
             ],
             segment: Segment::Regular,
         };
@@ -361,8 +336,8 @@ mod tests {
         let first = Customer {
             id: "first".into(),
             orders: vec![
-                order(Timestamp::MIN, false),
-                order(t("-009999-02-01T00:00:00Z"), false),
+                order_at(Timestamp::MIN, false),
+                order_at(t("-009999-02-01T00:00:00Z"), false),
             ],
             segment: Segment::Regular,
         };

@@ -103,21 +103,10 @@ mod tests {
     use super::*;
     use crate::config::Segment;
     use crate::report::Order;
-
-    fn t(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::report::fixtures::{order_at, period, t};
 
     fn order(at: Timestamp) -> Order {
-        Order {
-            id: at.to_string(),
-            placed_at: at,
-            total: "10".parse().unwrap(),
-            currency: "EUR".into(),
-            cancelled: false,
-            returns: Vec::new(),
-            refunds: Vec::new(),
-        }
+        order_at(at, false)
     }
 
     /// A customer ordering at `start` and then after each of `days`.
@@ -138,12 +127,7 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        Settings {
-            from: t("2026-01-01T00:00:00Z"),
-            to: t("2026-04-01T00:00:00Z"),
-            active_window: SignedDuration::from_hours(180 * 24),
-            attribution_window: SignedDuration::from_hours(5 * 24),
-        }
+        period("2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z")
     }
 
     fn counts(g: &Gaps) -> Vec<u64> {

@@ -521,4 +521,6 @@ pub fn compute(customers: &[Customer], all_emails: &[SentEmail], settings: &Sett
 }
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;

@@ -2,9 +2,7 @@
 
 use super::*;
 
-fn t(s: &str) -> Timestamp {
-    s.parse().unwrap()
-}
+use super::fixtures::{period, t};
 
 fn order(id: &str, at: &str, total: &str) -> Order {
     Order {
@@ -27,12 +25,7 @@ fn customer(id: String, orders: Vec<Order>) -> Customer {
 }
 
 fn settings() -> Settings {
-    Settings {
-        from: t("2026-01-01T00:00:00Z"),
-        to: t("2026-04-01T00:00:00Z"),
-        active_window: SignedDuration::from_hours(180 * 24),
-        attribution_window: SignedDuration::from_hours(5 * 24),
-    }
+    period("2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z")
 }
 
 /// S = 500 active at the start (K = 400 who stay, L = 100 whose last order
