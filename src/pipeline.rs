@@ -1571,9 +1571,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn approved_emails_carry_the_whole_template_data() {
-        let mut p = pipeline();
+    /// Anna's first order (2026-01-01), applied; the emails approved up
+    /// to `until`.
+    fn anna_orders(p: &mut Pipeline<SqliteStore>, until: &str) -> Vec<EmailRow> {
         let mut approved = Vec::new();
         let batch = [placed(
             "e1",
@@ -1589,7 +1589,14 @@ mod tests {
             &mut approved,
         )
         .unwrap();
-        p.fire(t("2026-03-05T10:00:00Z"), &mut approved).unwrap();
+        p.fire(t(until), &mut approved).unwrap();
+        approved
+    }
+
+    #[test]
+    fn approved_emails_carry_the_whole_template_data() {
+        let mut p = pipeline();
+        let approved = anna_orders(&mut p, "2026-03-05T10:00:00Z");
         let welcome = approved.iter().find(|e| e.template == "welcome").unwrap();
         assert_eq!(welcome.locale.as_deref(), Some("hy"));
         assert_eq!(welcome.recipient.as_deref(), Some("anna@example.com"));
@@ -1628,22 +1635,7 @@ mod tests {
         welcome.variants = [(HOLDOUT_VARIANT.to_owned(), 1)].into();
         let mut p = pipeline();
         p.journeys = Journeys::new(rules);
-        let mut approved = Vec::new();
-        let batch = [placed(
-            "e1",
-            "2026-01-01T10:00:00Z",
-            "o-1",
-            Some("anna@example.com"),
-        )];
-        p.ingest(
-            "test",
-            &batch,
-            None,
-            &mut DeadLetters::discard(),
-            &mut approved,
-        )
-        .unwrap();
-        p.fire(t("2026-01-20T10:00:00Z"), &mut approved).unwrap();
+        let approved = anna_orders(&mut p, "2026-01-20T10:00:00Z");
         let sent: Vec<&str> = approved.iter().map(|e| e.template.as_str()).collect();
         assert!(sent.contains(&"order_confirmation"), "{sent:?}");
         assert!(!sent.contains(&"welcome"), "{sent:?}");

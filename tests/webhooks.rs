@@ -64,6 +64,15 @@ fn expected_event_ids(preset: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// A client that reads any status as an answer, bounded in time.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
 fn sign(secret: &str, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body.as_bytes());
@@ -135,12 +144,7 @@ impl Worker {
         delivery: &Delivery,
         secret: &str,
     ) -> Result<(u16, Option<String>), ureq::Error> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let mut request = agent.post(format!(
+        let mut request = agent().post(format!(
             "http://127.0.0.1:{}/webhooks/{}",
             self.port, self.preset
         ));
@@ -262,10 +266,7 @@ fn shopify_webhooks_signed_with_the_secret_are_applied_and_send_their_emails() {
 #[test]
 fn woocommerce_webhooks_and_its_unsigned_ping_are_taken() {
     let worker = Worker::new("woocommerce", "");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let ping = agent
         .post(format!(
             "http://127.0.0.1:{}/webhooks/woocommerce",
@@ -341,10 +342,7 @@ fn a_burst_beyond_the_intake_gets_503_and_is_taken_on_retry_and_a_kill_loses_not
 #[test]
 fn an_unknown_endpoint_is_404_and_a_body_over_the_limit_is_413() {
     let worker = Worker::new("shopify", "");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = agent();
     let unknown = agent
         .post(format!("http://127.0.0.1:{}/webhooks/other", worker.port))
         .send("{}")
