@@ -22,7 +22,7 @@ use serde_json::json;
 use super::{Batch, Position, RawMessage, Source, SourceError, entries};
 use crate::mapping::Mapper;
 use crate::mapping::record::Record;
-use crate::store::{IntakeRow, Store};
+use crate::store::{IntakeRow, Store, StoreError};
 
 /// The stream (position key) of webhook deliveries: the emails their
 /// events schedule belong to it.
@@ -72,6 +72,8 @@ pub struct WebhookSource<S> {
     keep_applied: Duration,
     /// When they were last purged.
     purged: Option<Instant>,
+    /// The store failed the last read (said once, not at every poll).
+    unavailable: bool,
     mapper: Option<Arc<Mapper>>,
 }
 
@@ -92,6 +94,7 @@ impl<S: Store> WebhookSource<S> {
             wait,
             keep_applied,
             purged: None,
+            unavailable: false,
             mapper: None,
         }
     }
@@ -104,17 +107,33 @@ impl<S: Store> WebhookSource<S> {
     /// Up to `max` deliveries, if this worker holds (or now takes) the
     /// intake's lease.
     fn read(&mut self, max: usize) -> Result<Vec<IntakeRow>, SourceError> {
+        match self.try_read(max) {
+            Ok(rows) => {
+                if std::mem::take(&mut self.unavailable) {
+                    tracing::info!("The webhook intake answers again.");
+                }
+                Ok(rows)
+            }
+            // A store that is away for a while (a PostgreSQL restart, a
+            // failover) stops nothing: the deliveries wait in it, the HTTP
+            // side answers 503 meanwhile, and the next poll tries again.
+            Err(e) if e.is_transient() => {
+                if !std::mem::replace(&mut self.unavailable, true) {
+                    tracing::warn!(error = %e, "The webhook intake cannot be read; trying again.");
+                }
+                Ok(Vec::new())
+            }
+            Err(e) => Err(SourceError::Io {
+                name: INTAKE_STREAM.to_owned(),
+                error: std::io::Error::other(e.to_string()),
+            }),
+        }
+    }
+
+    fn try_read(&mut self, max: usize) -> Result<Vec<IntakeRow>, StoreError> {
         let now = Timestamp::now();
         let until = now.checked_add(INTAKE_LEASE).unwrap_or(Timestamp::MAX);
-        let store_error = |e: crate::store::StoreError| SourceError::Io {
-            name: INTAKE_STREAM.to_owned(),
-            error: std::io::Error::other(e.to_string()),
-        };
-        if !self
-            .store
-            .intake_lease(&self.owner, now, until)
-            .map_err(store_error)?
-        {
+        if !self.store.intake_lease(&self.owner, now, until)? {
             return Ok(Vec::new());
         }
         if self.purged.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
@@ -124,12 +143,12 @@ impl<S: Store> WebhookSource<S> {
                     SignedDuration::try_from(self.keep_applied).unwrap_or(SignedDuration::MAX),
                 )
                 .unwrap_or(Timestamp::MIN);
-            let purged = self.store.intake_purge(before).map_err(store_error)?;
+            let purged = self.store.intake_purge(before)?;
             if purged > 0 {
                 tracing::debug!(purged, "Purged applied webhook deliveries.");
             }
         }
-        self.store.intake_next(max).map_err(store_error)
+        self.store.intake_next(max)
     }
 }
 
