@@ -35,6 +35,7 @@ RELIABILITY_SEED=20261125 long --test reliability poison_events_among_kills_and_
 for run in $(seq "$RUNS"); do
   long --test cluster three_workers_killed_in_turn
   long --test cluster broker_outages_and_a_worker_joining_and_leaving
+  long --test reliability webhooks_to_two_workers_killed_in_turn
 done
 long --test kafka a_fresh_group_replaying_from_offset_zero
 long --test reliability after_a_long_downtime
@@ -73,6 +74,14 @@ The scenarios:
   group sharing a PostgreSQL store, one killed with SIGKILL in turn and
   started again, each next kill 2 s after the restarted worker is back in
   the group.
+- **webhooks to 2 workers on PostgreSQL, killed in turn**
+  (`tests/reliability.rs`): live events posted as signed webhooks (a
+  shop's own HMAC endpoint) when they happen, to one worker or the other
+  as a load balancer would, while each in turn is killed with SIGKILL
+  every 1 to 3 s (milliseconds after its last 200) and started again. A
+  delivery without a 200 is sent again to the other worker, as Shopify
+  retries. Each delivery must be stored once and applied once, and its
+  emails sent once.
 - **broker outages and restarts, a worker joining and leaving**
   (`tests/cluster.rs`): live events; the broker stopped for 4 s, or
   restarted at once, every two rounds of three, while a second worker

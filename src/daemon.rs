@@ -134,59 +134,64 @@ where
     let observer = Arc::clone(&settings.observer);
     let mut ingest = tokio::task::spawn_blocking(move || -> Result<Stats, DaemonError> {
         let mut last_reclaim = Instant::now();
-        while !ingest_stop.load(Ordering::Relaxed) {
-            let batch = source.next_batch(batch_size)?;
-            observer.source_polled(source.health());
-            let now = Timestamp::now();
-            let limit = batch.watermark.map_or(now, |w| w.min(now));
-            let mut approved = Vec::new();
-            // This worker fires the timers of the streams it reads, up to
-            // the earliest event of theirs not yet applied.
-            retrying(&ingest_stop, &observer, "ingest", || {
-                pipeline.set_streams(source.streams())?;
-                let result = pipeline.ingest(
-                    source.name(),
-                    &batch.entries,
-                    Some(limit),
-                    &mut dead,
-                    &mut approved,
-                );
-                Ok(result?)
-            })?;
-            source.committed();
-            if batch.caught_up || batch.watermark.is_some() {
-                let until = if batch.caught_up { now } else { limit };
-                retrying(&ingest_stop, &observer, "expire", || {
-                    Ok(pipeline.expire(until, &mut dead)?)
-                })?;
-                retrying(&ingest_stop, &observer, "fire", || {
-                    Ok(pipeline.fire(until, &mut approved)?)
-                })?;
-            }
-            if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
-                last_reclaim = Instant::now();
-                let taken = retrying(&ingest_stop, &observer, "reclaim", || {
-                    Ok(pipeline.reclaim(false)?)
-                })?;
-                if !taken.is_empty() {
-                    tracing::warn!(
-                        count = taken.len(),
-                        "Took over emails whose worker's lease expired."
+        let mut read = || -> Result<(), DaemonError> {
+            while !ingest_stop.load(Ordering::Relaxed) {
+                let batch = source.next_batch(batch_size)?;
+                observer.source_polled(source.health());
+                let now = Timestamp::now();
+                let limit = batch.watermark.map_or(now, |w| w.min(now));
+                let mut approved = Vec::new();
+                // This worker fires the timers of the streams it reads, up to
+                // the earliest event of theirs not yet applied.
+                retrying(&ingest_stop, &observer, "ingest", || {
+                    pipeline.set_streams(source.streams())?;
+                    let result = pipeline.ingest(
+                        source.name(),
+                        &batch.entries,
+                        Some(limit),
+                        &mut dead,
+                        &mut approved,
                     );
+                    Ok(result?)
+                })?;
+                source.committed();
+                if batch.caught_up || batch.watermark.is_some() {
+                    let until = if batch.caught_up { now } else { limit };
+                    retrying(&ingest_stop, &observer, "expire", || {
+                        Ok(pipeline.expire(until, &mut dead)?)
+                    })?;
+                    retrying(&ingest_stop, &observer, "fire", || {
+                        Ok(pipeline.fire(until, &mut approved)?)
+                    })?;
                 }
-                approved.extend(taken);
-            }
-            for email in approved {
-                if tx.blocking_send(email).is_err() {
-                    return Ok(pipeline.stats);
+                if last_reclaim.elapsed() >= RECLAIM_INTERVAL {
+                    last_reclaim = Instant::now();
+                    let taken = retrying(&ingest_stop, &observer, "reclaim", || {
+                        Ok(pipeline.reclaim(false)?)
+                    })?;
+                    if !taken.is_empty() {
+                        tracing::warn!(
+                            count = taken.len(),
+                            "Took over emails whose worker's lease expired."
+                        );
+                    }
+                    approved.extend(taken);
+                }
+                for email in approved {
+                    if tx.blocking_send(email).is_err() {
+                        return Ok(());
+                    }
+                }
+                // A source that waits for events (Kafka) waits in next_batch.
+                if batch.finished || (once && batch.caught_up) {
+                    break;
                 }
             }
-            // A source that waits for events (Kafka) waits in next_batch.
-            if batch.finished || (once && batch.caught_up) {
-                break;
-            }
-        }
-        Ok(pipeline.stats)
+            Ok(())
+        };
+        let read = read();
+        source.stopped();
+        read.map(|()| pipeline.stats)
     });
 
     tokio::pin!(shutdown);

@@ -33,20 +33,12 @@ type Record = (String, String, String);
 /// Hands `records` to `produce` each when it happens (its `occurred_at`),
 /// in order, a few at a time, until all are out.
 fn produce_live(records: &[Record], produce: impl Fn(&[Record])) {
-    let at = |event: &str| {
-        let v: serde_json::Value = serde_json::from_str(event).unwrap();
-        v["occurred_at"]
-            .as_str()
-            .unwrap()
-            .parse::<jiff::Timestamp>()
-            .unwrap()
-    };
     let mut next = 0;
     while next < records.len() {
         let now = jiff::Timestamp::now();
         let due = records[next..]
             .iter()
-            .take_while(|(_, _, event)| at(event) <= now)
+            .take_while(|(_, _, event)| common::occurred_at(event) <= now)
             .count();
         if due > 0 {
             produce(&records[next..next + due]);
@@ -54,28 +46,6 @@ fn produce_live(records: &[Record], produce: impl Fn(&[Record])) {
         next += due;
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-/// The time of the last event of `log`.
-fn last_event(log: &str) -> jiff::Timestamp {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["occurred_at"].as_str()?.parse::<jiff::Timestamp>().ok())
-        .max()
-        .unwrap()
-}
-
-/// `status, reason` of email `key` in the schema's store.
-fn stored_status(schema: &Schema, key: &str) -> Option<(String, Option<String>)> {
-    let mut client = schema.client();
-    let sql = format!(
-        "SELECT status, reason FROM {}.emails WHERE key = $1",
-        schema.0
-    );
-    client
-        .query_opt(&sql, &[&key])
-        .unwrap()
-        .map(|r| (r.get(0), r.get(1)))
 }
 
 /// The two columns of `sql`'s rows, `{}` in it standing for the schema.
@@ -125,7 +95,7 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     common::write(&log_path, &log);
     // The oracle: what is due by a minute after the last event (the
     // emails sent at once; the delayed ones are not due in this test).
-    let until = (last_event(&log) + Duration::from_secs(60)).to_string();
+    let until = (common::last_event(&log) + Duration::from_secs(60)).to_string();
     let expected = checker::expected_until(&work, &log_path, Some(&until));
     assert!(expected.len() > customers * 2, "{} emails", expected.len());
 
@@ -196,7 +166,7 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     }
 
     let checked = checker::check(&expected, &sink.deliveries(), &kills, |key| {
-        stored_status(&schema, key)
+        schema.email_status(key)
     });
     eprintln!(
         "cluster: {WORKERS} workers, {} kills, {} events; {} emails expected, {} received, \
@@ -440,7 +410,7 @@ fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() 
     let work = Work::new(&brokers_config);
     let log_path = work.path("events.jsonl");
     common::write(&log_path, &log);
-    let until = (last_event(&log) + Duration::from_secs(60)).to_string();
+    let until = (common::last_event(&log) + Duration::from_secs(60)).to_string();
     let expected = checker::expected_until(&work, &log_path, Some(&until));
     assert!(expected.len() > customers * 2, "{} emails", expected.len());
 

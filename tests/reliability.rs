@@ -25,10 +25,12 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::checker::{self, Delivery};
-use common::{Silent, SmtpSink, Work, stderr};
+use common::postgres::Schema;
+use common::{KillOnDrop, Silent, SmtpSink, Work, stderr};
 
 struct Suite {
     customers: usize,
@@ -596,4 +598,179 @@ fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_canc
             Some(&("cancelled".to_owned(), Some(format!("new order {b}-2"))))
         );
     }
+}
+
+/// Webhooks under kills: two workers sharing a PostgreSQL store take live
+/// events as signed webhooks (a shop's own HMAC endpoint, native events),
+/// each posted when it happens to either worker, as a load balancer would,
+/// while each worker in turn is killed with SIGKILL and started again. A
+/// kill lands milliseconds after the victim's last 200, often before the
+/// intake's reader applied the delivery. The poster does what Shopify does:
+/// a delivery without a 200 (refused, reset, timed out, 503) is sent again,
+/// here to the other worker. Every delivery must send its emails once, and
+/// be stored once.
+#[test]
+fn webhooks_to_two_workers_killed_in_turn_lose_nothing() {
+    const SECRET: &str = "a reliability webhook secret";
+    // Live events over 30 s (long: 2 minutes).
+    let (customers, span) = if checker::long() {
+        (800, 120)
+    } else {
+        (200, 30)
+    };
+    let mut rng = Lcg(20_261_206);
+    let sink = SmtpSink::start(&[]);
+    let work = Work::new(&format!(
+        "[source]\nkind = \"webhook\"\nbatch_size = 25\nbatch_wait = \"50ms\"\n\
+         [source.webhook.endpoints.shop]\nsignature = \"hmac\"\nheader = \"X-Shop-Signature\"\n\
+         encoding = \"hex\"\nsecrets_file = \"webhook-secret\"\nid_header = \"X-Shop-Delivery\"\n\
+         [sender]\nlease = \"3s\"\n\
+         [mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\n\
+         port = {}\npool_size = {POOL}\n\
+         [http]\nlisten = \"127.0.0.1:1\"\n",
+        sink.port
+    ));
+    common::write(&work.path("webhook-secret"), &format!("{SECRET}\n"));
+    let start = jiff::Timestamp::now() + Duration::from_secs(3);
+    let events = common::live_events(customers, start, Duration::from_secs(span));
+    let log = work.path("events.jsonl");
+    common::write(&log, &events);
+    // The oracle: what is due by a minute after the last event (the emails
+    // sent at once; the delayed ones are not due in this test).
+    let until = (common::last_event(&events) + Duration::from_secs(60)).to_string();
+    let expected = checker::expected_until(&work, &log, Some(&until));
+    assert!(expected.len() > customers * 2, "{} emails", expected.len());
+
+    let schema = Schema::new();
+    let store_url = schema.store_url(None);
+    let ports = [common::free_port(), common::free_port()];
+    // Each worker's own address and id (the same again after a kill).
+    let start_worker = |n: usize| {
+        let worker = common::spawn(
+            work.command(&["run"])
+                .env("AFTERCARE_STORE__URL", &store_url)
+                .env("AFTERCARE_WORKER_ID", format!("w{n}"))
+                .env("AFTERCARE_HTTP__LISTEN", format!("127.0.0.1:{}", ports[n])),
+        );
+        common::wait_for_port(ports[n], Duration::from_secs(30));
+        worker
+    };
+    let started = Instant::now();
+    let mut workers: Vec<KillOnDrop> = (0..2).map(start_worker).collect();
+
+    let lines: Vec<&str> = events.lines().filter(|l| !l.is_empty()).collect();
+    let posting = AtomicBool::new(true);
+    let (kills, taken_by) = std::thread::scope(|scope| {
+        let poster = scope.spawn(|| {
+            let taken_by = post_live(&lines, &ports, SECRET);
+            posting.store(false, Ordering::SeqCst);
+            taken_by
+        });
+        let mut kills = Vec::new();
+        let mut n = 0;
+        while posting.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1_000 + rng.next(2_000)));
+            let at = SystemTime::now();
+            workers[n].0.kill().unwrap();
+            if workers[n].0.wait().unwrap().code().is_none() {
+                kills.push(at);
+            }
+            workers[n] = start_worker(n);
+            n = 1 - n;
+        }
+        (kills, poster.join().unwrap())
+    });
+
+    // Every delivery applied, every email sent.
+    let complete = common::wait_until(Duration::from_secs(120), || {
+        schema.count("SELECT count(*) FROM {}.intake WHERE applied_at IS NULL") == 0
+            && sink.distinct_message_ids() >= expected.len()
+    });
+    // A little longer, for any late duplicate to arrive.
+    std::thread::sleep(Duration::from_secs(3));
+    for worker in &mut workers {
+        common::sigterm(&worker.0);
+    }
+    for worker in &mut workers {
+        let status = common::wait_exit(&mut worker.0, Duration::from_secs(20)).expect("stopped");
+        assert!(status.success(), "{status:?}");
+    }
+    let checked = checker::check(&expected, &sink.deliveries(), &kills, |key| {
+        schema.email_status(key)
+    });
+    checker::Figures {
+        scenario: "webhooks to 2 workers on PostgreSQL, killed in turn",
+        seed: None,
+        customers,
+        kills: kills.len(),
+        faults: 0,
+        checked: &checked,
+        took: started.elapsed(),
+    }
+    .record();
+    checked.assert_promise_kept();
+    assert!(checked.withdrawn.is_empty(), "{:?}", checked.withdrawn);
+    assert!(complete, "incomplete, yet nothing lost or withdrawn?");
+    assert!(kills.len() >= 4, "{} kills", kills.len());
+    assert!(
+        checked.duplicated() <= kills.len() * POOL,
+        "{} duplicates from {} kills",
+        checked.duplicated(),
+        kills.len()
+    );
+    // Each delivery stored once, however often it was sent, and applied.
+    assert_eq!(
+        schema.count("SELECT count(*) FROM {}.intake"),
+        lines.len() as i64
+    );
+    assert_eq!(
+        schema.count("SELECT count(*) FROM {}.processed_events"),
+        lines.len() as i64
+    );
+    // Both workers took webhooks.
+    assert!(taken_by.iter().all(|&n| n > 0), "{taken_by:?}");
+}
+
+/// Posts each of `lines` as a signed webhook when it happens (its
+/// `occurred_at`), in order, until one of the workers on `ports` answers
+/// 200; a delivery that got anything else is sent again to the other.
+/// How many each worker took.
+fn post_live(lines: &[&str], ports: &[u16; 2], secret: &str) -> [usize; 2] {
+    use hmac::Mac as _;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut taken_by = [0; 2];
+    for (i, line) in lines.iter().enumerate() {
+        let wait = common::occurred_at(line).duration_since(jiff::Timestamp::now());
+        if wait.is_positive() {
+            std::thread::sleep(wait.unsigned_abs());
+        }
+        let id = serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(line.as_bytes());
+        let signature = hex::encode(mac.finalize().into_bytes());
+        for attempt in 0.. {
+            assert!(Instant::now() < deadline, "delivery {i} never taken");
+            let n = (i + attempt) % 2;
+            let answer = agent
+                .post(format!("http://127.0.0.1:{}/webhooks/shop", ports[n]))
+                .header("X-Shop-Signature", &signature)
+                .header("X-Shop-Delivery", &id)
+                .header("Content-Type", "application/json")
+                .send(line.as_bytes());
+            if answer.is_ok_and(|r| r.status() == 200) {
+                taken_by[n] += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    taken_by
 }

@@ -265,7 +265,7 @@ fn shopify_webhooks_signed_with_the_secret_are_applied_and_send_their_emails() {
 
 #[test]
 fn woocommerce_webhooks_and_its_unsigned_ping_are_taken() {
-    let worker = Worker::new("woocommerce", "");
+    let mut worker = Worker::new("woocommerce", "");
     let agent = agent();
     let ping = agent
         .post(format!(
@@ -287,6 +287,24 @@ fn woocommerce_webhooks_and_its_unsigned_ping_are_taken() {
         worker.applied_events(),
         expected_event_ids("woocommerce")
     );
+    // Stopped with SIGTERM, the reader lets go of the intake's lease: a
+    // worker sharing the store reads on at once, not after 30 s.
+    let db = worker.db();
+    let lease_ends = || -> i64 {
+        db.query_row(
+            "SELECT expires_at FROM leases WHERE name = ?1",
+            [INTAKE_LEASE_NAME],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let now_ms = || jiff::Timestamp::now().as_millisecond();
+    assert!(lease_ends() > now_ms() + 20_000, "held while running");
+    let mut process = worker.process.take().unwrap();
+    common::sigterm(&process.0);
+    let status = common::wait_exit(&mut process.0, Duration::from_secs(20)).expect("stopped");
+    assert!(status.success(), "{status:?}");
+    assert!(lease_ends() <= now_ms(), "released at the stop");
 }
 
 #[test]

@@ -272,4 +272,8 @@ pub trait Source: Send {
     fn broker_up(&self) -> Option<Arc<AtomicBool>> {
         None
     }
+    /// The worker reads no more: a source holding something other workers
+    /// wait for (the webhook intake's lease) lets go of it now rather than
+    /// when it would expire.
+    fn stopped(&mut self) {}
 }

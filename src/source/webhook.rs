@@ -74,6 +74,8 @@ pub struct WebhookSource<S> {
     purged: Option<Instant>,
     /// The store failed the last read (said once, not at every poll).
     unavailable: bool,
+    /// This worker held the intake's lease at the last read.
+    holding: bool,
     mapper: Option<Arc<Mapper>>,
 }
 
@@ -95,6 +97,7 @@ impl<S: Store> WebhookSource<S> {
             keep_applied,
             purged: None,
             unavailable: false,
+            holding: false,
             mapper: None,
         }
     }
@@ -133,7 +136,9 @@ impl<S: Store> WebhookSource<S> {
     fn try_read(&mut self, max: usize) -> Result<Vec<IntakeRow>, StoreError> {
         let now = Timestamp::now();
         let until = now.checked_add(INTAKE_LEASE).unwrap_or(Timestamp::MAX);
-        if !self.store.intake_lease(&self.owner, now, until)? {
+        let held = self.store.intake_lease(&self.owner, now, until);
+        self.holding = matches!(held, Ok(true));
+        if !held? {
             return Ok(Vec::new());
         }
         if self.purged.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
@@ -199,5 +204,29 @@ impl<S: Store> Source for WebhookSource<S> {
             watermark: None,
             entries: entries(self.mapper.as_deref(), messages),
         })
+    }
+
+    /// The timers of webhook events are the intake reader's to fire, as a
+    /// Kafka partition's are its reader's: the other workers only take
+    /// deliveries.
+    fn streams(&self) -> Option<Vec<String>> {
+        Some(if self.holding {
+            vec![INTAKE_STREAM.to_owned()]
+        } else {
+            Vec::new()
+        })
+    }
+
+    /// Ends the lease now (renewed to expire at once), so that another
+    /// worker reads on without waiting out [`INTAKE_LEASE`].
+    fn stopped(&mut self) {
+        if !std::mem::take(&mut self.holding) {
+            return;
+        }
+        let now = Timestamp::now();
+        match self.store.intake_lease(&self.owner, now, now) {
+            Ok(_) => tracing::debug!("Released the webhook intake's lease."),
+            Err(e) => tracing::warn!(error = %e, "Releasing the webhook intake's lease failed."),
+        }
     }
 }

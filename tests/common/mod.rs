@@ -308,6 +308,21 @@ pub fn live_events(customers: usize, start: jiff::Timestamp, span: Duration) -> 
     lines.join("\n") + "\n"
 }
 
+/// The `occurred_at` of an event line.
+pub fn occurred_at(event: &str) -> jiff::Timestamp {
+    let v: serde_json::Value = serde_json::from_str(event).unwrap();
+    v["occurred_at"].as_str().unwrap().parse().unwrap()
+}
+
+/// The time of the last event of `log`.
+pub fn last_event(log: &str) -> jiff::Timestamp {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(occurred_at)
+        .max()
+        .unwrap()
+}
+
 /// `aftercare ARGS` in `work` with the wall clock moved by `offset`
 /// (libfaketime's `-2d`, `+21h`; monotonic time left alone, so timeouts
 /// still work).

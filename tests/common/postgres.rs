@@ -47,6 +47,27 @@ impl Schema {
     pub fn client(&self) -> postgres::Client {
         postgres::Client::connect(&url(), postgres::NoTls).unwrap()
     }
+
+    /// `status, reason` of email `key` in this schema's store.
+    pub fn email_status(&self, key: &str) -> Option<(String, Option<String>)> {
+        let sql = format!(
+            "SELECT status, reason FROM {}.emails WHERE key = $1",
+            self.0
+        );
+        self.client()
+            .query_opt(&sql, &[&key])
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+    }
+
+    /// The first column of `sql`'s single row, `{}` in it standing for the
+    /// schema.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .query_one(&sql.replace("{}", &self.0), &[])
+            .unwrap()
+            .get(0)
+    }
 }
 
 impl Drop for Schema {
