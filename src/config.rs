@@ -496,9 +496,10 @@ pub struct SmtpConfig {
 pub struct SenderConfig {
     /// Emails decided per store transaction.
     pub batch_size: usize,
-    /// How long an approved email is this worker's to deliver; after that
-    /// (a crash) another worker takes it over. Must exceed the longest
-    /// delivery, queue wait included.
+    /// How long an approved email is this worker's to deliver without a
+    /// renewal: the claim is renewed when its delivery starts and every
+    /// third of this while it runs, so it bounds how soon another worker
+    /// takes over from one that died, not how long a delivery may take.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     pub retry: RetryConfig,

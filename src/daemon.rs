@@ -12,7 +12,7 @@
 //! whatever still runs when the grace period ends is left: those emails
 //! stay `sending` and go out on the next start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,12 +21,13 @@ use jiff::Timestamp;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
+use crate::journey::later;
 use crate::mailer::Mailer;
 use crate::observe::{Observer, redact};
-use crate::pipeline::{Pipeline, PipelineError, Stats, outage_pause};
+use crate::pipeline::{LeasePolicy, Pipeline, PipelineError, Stats, outage_pause};
 use crate::sender::{Outcome, Sender};
 use crate::source::{DeadLetters, Source, SourceError};
-use crate::store::{EmailRow, Store, StoreError};
+use crate::store::{EmailRow, Lease, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -119,6 +120,7 @@ where
         rx,
         Arc::clone(&sender),
         Arc::clone(&delivery_store),
+        pipeline.lease().clone(),
         settings.concurrency,
         Arc::clone(&stop),
         Arc::clone(&settings.observer),
@@ -293,7 +295,9 @@ impl Delivered {
         (email, outcome, took): Delivery,
         observer: &Observer,
     ) -> Result<(), StoreError> {
-        let outcome = outcome?;
+        let Some(outcome) = outcome? else {
+            return Ok(());
+        };
         let (class, status) = match &outcome {
             Outcome::Sent { .. } => (Some("delivered"), "sent"),
             Outcome::Retry { .. } => (Some("transient"), "retried"),
@@ -336,8 +340,116 @@ impl Delivered {
     }
 }
 
-/// An email, what became of it, and how long that took.
-type Delivery = (EmailRow, Result<Outcome, StoreError>, Duration);
+/// An email, what became of it (`None`: another worker took it over
+/// while it waited here, and delivers it), and how long that took.
+type Delivery = (EmailRow, Result<Option<Outcome>, StoreError>, Duration);
+
+/// Renews this worker's lease on `ids` (see [`Store::renew`]), waiting out
+/// a store that is away: the ids it still holds.
+async fn renew<S: Store>(
+    store: &Arc<Mutex<S>>,
+    ids: Vec<i64>,
+    lease: &LeasePolicy,
+) -> Result<Vec<i64>, StoreError> {
+    let mut failures = 0;
+    loop {
+        let claim = Lease {
+            owner: lease.owner.clone(),
+            until: later(Timestamp::now(), lease.duration),
+        };
+        let ids = ids.clone();
+        match crate::store::blocking(store, move |s| s.renew(&ids, &claim)).await {
+            Err(error) if error.is_transient() => {
+                let pause = outage_pause(failures);
+                failures += 1;
+                tracing::error!(%error, retry_in = ?pause, "Renewing leases failed; trying again.");
+                tokio::time::sleep(pause).await;
+            }
+            renewed => return renewed,
+        }
+    }
+}
+
+/// Keeps this worker's claim on the emails it is delivering, renewed every
+/// third of the lease: a slow server or a long queue at the mailer never
+/// lets another worker take over an email this one is still sending. Only
+/// a worker that stops (killed, frozen for a whole lease) loses its claim.
+struct Heartbeat {
+    in_flight: Arc<Mutex<BTreeSet<i64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start<S: Store>(store: Arc<Mutex<S>>, lease: LeasePolicy) -> Heartbeat {
+        let in_flight: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+        let beating = Arc::clone(&in_flight);
+        let every = (lease.duration.unsigned_abs() / 3).max(Duration::from_millis(100));
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let ids: Vec<i64> = lock(&beating).iter().copied().collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                match renew(&store, ids.clone(), &lease).await {
+                    Ok(renewed) => {
+                        // Of those not renewed, the ones still being sent
+                        // (the others finished meanwhile).
+                        let in_flight = lock(&beating);
+                        let lost = ids
+                            .iter()
+                            .filter(|id| !renewed.contains(id) && in_flight.contains(id))
+                            .count();
+                        if lost > 0 {
+                            tracing::warn!(
+                                lost,
+                                "Emails being sent were taken over by another worker: this one \
+                                 stalled for longer than sender.lease."
+                            );
+                        }
+                    }
+                    Err(error) => tracing::error!(%error, "Renewing leases failed."),
+                }
+            }
+        });
+        Heartbeat { in_flight, task }
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Delivers `email` unless another worker took it over while it waited in
+/// this worker's queue (its lease ran out): the claim is renewed first, and
+/// kept by `heartbeat` while the delivery runs.
+async fn deliver_one<S: Store, M: Mailer>(
+    email: &EmailRow,
+    sender: &Sender<M>,
+    store: &Arc<Mutex<S>>,
+    lease: &LeasePolicy,
+    heartbeat: &Mutex<BTreeSet<i64>>,
+) -> Result<Option<Outcome>, StoreError> {
+    if renew(store, vec![email.id], lease).await?.is_empty() {
+        tracing::info!(key = %email.key, "Another worker took this email over; not sending it here.");
+        return Ok(None);
+    }
+    lock(heartbeat).insert(email.id);
+    let outcome = sender.deliver(email, Timestamp::now()).await;
+    // Once the outcome is known the claim has done its work (and the
+    // heartbeat, seeing the email no longer `sending`, would take it for
+    // lost).
+    lock(heartbeat).remove(&email.id);
+    sender.record(email, outcome, store).await.map(Some)
+}
 
 /// Delivers what comes down the channel, `concurrency` at a time. Once
 /// `stop` is set, what has not started is released for other workers (or
@@ -346,10 +458,12 @@ async fn deliver_all<S: Store, M: Mailer>(
     mut rx: mpsc::Receiver<EmailRow>,
     sender: Arc<Sender<M>>,
     store: Arc<Mutex<S>>,
+    lease: LeasePolicy,
     concurrency: usize,
     stop: Arc<AtomicBool>,
     observer: Arc<Observer>,
 ) -> Result<Delivered, StoreError> {
+    let heartbeat = Heartbeat::start(Arc::clone(&store), lease.clone());
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running: JoinSet<Delivery> = JoinSet::new();
     let mut done = Delivered::default();
@@ -379,10 +493,11 @@ async fn deliver_all<S: Store, M: Mailer>(
             .await
             .expect("the semaphore is never closed");
         let (sender, store) = (Arc::clone(&sender), Arc::clone(&store));
+        let (lease, in_flight) = (lease.clone(), Arc::clone(&heartbeat.in_flight));
         running.spawn(async move {
             let _permit = permit;
             let start = Instant::now();
-            let outcome = sender.deliver_and_record(&email, &store).await;
+            let outcome = deliver_one(&email, &sender, &store, &lease, &in_flight).await;
             (email, outcome, start.elapsed())
         });
     }
@@ -391,16 +506,194 @@ async fn deliver_all<S: Store, M: Mailer>(
             count = released.len(),
             "Released undelivered emails to other workers."
         );
-        let store = Arc::clone(&store);
-        tokio::task::spawn_blocking(move || {
-            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-            store.release(&released)
-        })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        crate::store::blocking(&store, move |s| s.release(&released)).await?;
     }
     while let Some(result) = running.join_next().await {
         done.record(unwrap(result), &observer)?;
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::journey::Journeys;
+    use crate::mailer::{MailError, Outgoing};
+    use crate::observe::MailerProbe;
+    use crate::pipeline::Context;
+    use crate::source::{Entry, Position};
+    use crate::store::SqliteStore;
+    use crate::unsubscribe::Signer;
+
+    /// Takes `delay` over each message and keeps the keys it took.
+    struct SlowMailer {
+        delay: Duration,
+        sent: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Mailer for SlowMailer {
+        async fn send(&self, email: &Outgoing) -> Result<String, MailError> {
+            tokio::time::sleep(self.delay).await;
+            lock(&self.sent).push(email.key.clone());
+            Ok("250 2.0.0 Ok".into())
+        }
+    }
+
+    /// Worker `owner`'s pipeline on the SQLite store in `dir`, leasing for
+    /// `lease`.
+    fn worker(dir: &std::path::Path, owner: &str, lease: Duration) -> Pipeline<SqliteStore> {
+        let config = Config::embedded();
+        let context = Context {
+            locales: crate::render::Locales::new(vec!["en".into()], "en"),
+            default_timezone: "UTC".into(),
+            unsubscribe_url: "https://shop.example.com/unsubscribe".into(),
+            signer: Signer::new(b"test secret"),
+        };
+        Pipeline::new(
+            SqliteStore::open(&dir.join("aftercare.db")).unwrap(),
+            Journeys::from_config(&config),
+            context,
+            10,
+            LeasePolicy {
+                owner: owner.into(),
+                duration: SignedDuration::try_from(lease).unwrap(),
+            },
+        )
+        .unwrap()
+    }
+
+    /// An order placed now: its confirmation, approved by `p`.
+    fn confirmation(p: &mut Pipeline<SqliteStore>, order: &str) -> EmailRow {
+        let at = Timestamp::now();
+        let raw = json!({
+            "event_id": format!("e-{order}"), "type": "order.placed", "occurred_at": at.to_string(),
+            "customer": {"id": format!("c-{order}"), "email": "anna@example.com", "locale": "en"},
+            "order": {"id": order, "total": "5.00", "currency": "EUR",
+                      "items": [{"sku": "TEA-01", "name": "Tea", "quantity": 1, "unit_price": "5.00"}]}
+        });
+        let entry = Entry {
+            raw: raw.to_string().into_bytes(),
+            key: None,
+            coordinates: json!({"line": 1}),
+            position: Position {
+                key: "test".into(),
+                value: order.into(),
+            },
+            oversized: None,
+            mapped: None,
+        };
+        let mut approved = Vec::new();
+        let mut dead = DeadLetters::discard();
+        p.ingest("test", &[entry], None, &mut dead, &mut approved)
+            .unwrap();
+        p.fire(at, &mut approved).unwrap();
+        approved.retain(|e| e.template == "order_confirmation");
+        assert_eq!(approved.len(), 1, "{approved:?}");
+        approved.remove(0)
+    }
+
+    /// The shipped templates, loaded once (slow in a debug build: before
+    /// any lease is taken).
+    fn templates() -> Arc<arc_swap::ArcSwap<crate::render::Templates>> {
+        static LOADED: std::sync::OnceLock<Arc<arc_swap::ArcSwap<crate::render::Templates>>> =
+            std::sync::OnceLock::new();
+        Arc::clone(LOADED.get_or_init(|| {
+            let templates =
+                crate::check::load(&Config::embedded()).expect("the shipped templates load");
+            Arc::new(arc_swap::ArcSwap::from_pointee(templates))
+        }))
+    }
+
+    /// Delivers `emails` as worker `p` does, through `mailer`.
+    async fn deliver(
+        p: &mut Pipeline<SqliteStore>,
+        emails: Vec<EmailRow>,
+        mailer: SlowMailer,
+    ) -> Delivered {
+        let sender = Arc::new(Sender::new(&Config::embedded(), templates(), mailer));
+        let (tx, rx) = mpsc::channel(16);
+        for email in emails {
+            tx.send(email).await.unwrap();
+        }
+        drop(tx);
+        let observer = Arc::new(Observer::new(
+            MailerProbe::Folder(".".into()),
+            Duration::from_secs(60),
+        ));
+        let store = Arc::new(Mutex::new(p.store().reopen().unwrap()));
+        let stop = Arc::new(AtomicBool::new(false));
+        deliver_all(rx, sender, store, p.lease().clone(), 1, stop, observer)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_email_taken_over_while_it_waited_in_the_queue_is_not_sent_here() {
+        templates();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w1 = worker(dir.path(), "w1", Duration::from_millis(200));
+        let email = confirmation(&mut w1, "o-1");
+        // w1's lease runs out while the email waits behind a slow delivery;
+        // w2 takes it over.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
+        let taken = w2.reclaim(false).unwrap();
+        assert_eq!(taken.len(), 1);
+        let sent = Arc::<Mutex<Vec<String>>>::default();
+        let mailer = SlowMailer {
+            delay: Duration::ZERO,
+            sent: Arc::clone(&sent),
+        };
+        let done = deliver(&mut w1, vec![email], mailer).await;
+        assert!(lock(&sent).is_empty(), "sent by both: {:?}", lock(&sent));
+        assert!(done.sent.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lease_that_ran_out_unclaimed_is_renewed_and_the_email_sent() {
+        templates();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w1 = worker(dir.path(), "w1", Duration::from_millis(200));
+        let email = confirmation(&mut w1, "o-1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = Arc::<Mutex<Vec<String>>>::default();
+        let mailer = SlowMailer {
+            delay: Duration::ZERO,
+            sent: Arc::clone(&sent),
+        };
+        let done = deliver(&mut w1, vec![email.clone()], mailer).await;
+        assert_eq!(*lock(&sent), [email.key]);
+        assert_eq!(done.sent.get("order_confirmation"), Some(&1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_delivery_keeps_its_claim_against_other_workers() {
+        templates();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w1 = worker(dir.path(), "w1", Duration::from_millis(300));
+        let email = confirmation(&mut w1, "o-1");
+        let sent = Arc::<Mutex<Vec<String>>>::default();
+        // Three leases long: renewed every 100 ms meanwhile.
+        let mailer = SlowMailer {
+            delay: Duration::from_millis(900),
+            sent: Arc::clone(&sent),
+        };
+        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
+        let other = tokio::spawn(async move {
+            let mut taken = 0;
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                taken += tokio::task::block_in_place(|| w2.reclaim(false).unwrap().len());
+            }
+            taken
+        });
+        let done = deliver(&mut w1, vec![email.clone()], mailer).await;
+        assert_eq!(other.await.unwrap(), 0, "taken over while being sent");
+        assert_eq!(*lock(&sent), [email.key]);
+        assert_eq!(done.sent.get("order_confirmation"), Some(&1));
+    }
 }

@@ -210,13 +210,7 @@ async fn with_store<S: Store, T: Send + 'static>(
     state: &HttpState<S>,
     f: impl FnOnce(&mut S) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    let store = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || {
-        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut store)
-    })
-    .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+    crate::store::blocking(&state.store, f).await
 }
 
 async fn ready<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
@@ -437,15 +431,9 @@ async fn unsubscribe<S: Store>(
             );
         }
     }
-    let store = Arc::clone(&state.store);
     let id = customer_id.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        store.unsubscribe(&id)
-    })
-    .await;
-    match done {
-        Ok(Ok(true)) => {
+    match with_store(&state, move |store| store.unsubscribe(&id)).await {
+        Ok(true) => {
             tracing::info!(%customer_id, "Customer unsubscribed.");
             page(
                 StatusCode::OK,
@@ -454,12 +442,12 @@ async fn unsubscribe<S: Store>(
                  Emails about your orders still reach you.</p>",
             )
         }
-        Ok(Ok(false)) => page(
+        Ok(false) => page(
             StatusCode::NOT_FOUND,
             "We do not know this address",
             "<p>There is nothing to unsubscribe.</p>",
         ),
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(%customer_id, error = %e, "Unsubscribe not recorded.");
             page(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -467,6 +455,5 @@ async fn unsubscribe<S: Store>(
                 "<p>We could not record this just now.</p>",
             )
         }
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }

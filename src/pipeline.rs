@@ -109,8 +109,8 @@ pub struct LeasePolicy {
     /// The worker's id: the same after a restart, distinct between workers
     /// that share a store.
     pub owner: String,
-    /// Long enough for the longest delivery, including its wait in the
-    /// delivery queue.
+    /// How long a claim lasts unless renewed (the delivery workers renew
+    /// it as a delivery starts and while it runs).
     pub duration: SignedDuration,
 }
 
@@ -198,6 +198,11 @@ impl<S: Store> Pipeline<S> {
     /// Counts events and decisions in `observer` from now on.
     pub fn observe(&mut self, observer: Arc<Observer>) {
         self.observer = Some(observer);
+    }
+
+    /// How this worker claims the emails it approves.
+    pub fn lease(&self) -> &LeasePolicy {
+        &self.lease
     }
 
     pub fn store(&mut self) -> &mut S {

@@ -235,20 +235,20 @@ impl<M: Mailer> Sender<M> {
         }
     }
 
-    /// Delivers and records the outcome in `store`.
-    pub async fn deliver_and_record<S: Store>(
+    /// Records what became of `email` in `store`.
+    pub async fn record<S: Store>(
         &self,
         email: &EmailRow,
+        outcome: Outcome,
         store: &Arc<Mutex<S>>,
     ) -> Result<Outcome, StoreError> {
-        let outcome = self.deliver(email, Timestamp::now()).await;
         // The outcome is kept until the store takes it: an email the server
         // accepted and the store did not record would go out again once its
         // lease expired. A shutdown cuts the wait; the email then stays
         // `sending` and is delivered again on the next start.
         let mut failures = 0;
         loop {
-            match record(email.id, &outcome, store).await {
+            match write_outcome(email.id, &outcome, store).await {
                 Err(error) if error.is_transient() => {
                     let pause = outage_pause(failures);
                     failures += 1;
@@ -262,32 +262,25 @@ impl<M: Mailer> Sender<M> {
 }
 
 /// Writes what became of email `id` to the store.
-async fn record<S: Store>(
+async fn write_outcome<S: Store>(
     id: i64,
     outcome: &Outcome,
     store: &Arc<Mutex<S>>,
 ) -> Result<(), StoreError> {
-    let store = Arc::clone(store);
     let outcome = outcome.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut store = store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match outcome {
-            Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
-            Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
-            Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
-            Outcome::Ambiguous { at, reply } => store.mark_ambiguous(id, at, &reply),
-            Outcome::Failed { reason } => store.mark_failed(id, &reason),
-            Outcome::Expired { reason } => store.mark_expired(id, &reason),
-            Outcome::Bounced { address, reason } => {
-                store.mark_failed(id, &reason)?;
-                store.suppress(&address, &reason)
-            }
+    crate::store::blocking(store, move |store| match outcome {
+        Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
+        Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
+        Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
+        Outcome::Ambiguous { at, reply } => store.mark_ambiguous(id, at, &reply),
+        Outcome::Failed { reason } => store.mark_failed(id, &reason),
+        Outcome::Expired { reason } => store.mark_expired(id, &reason),
+        Outcome::Bounced { address, reason } => {
+            store.mark_failed(id, &reason)?;
+            store.suppress(&address, &reason)
         }
     })
     .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// Jitter that differs per email and attempt but needs no random source.

@@ -129,6 +129,25 @@ fn sqlite_reason(error: &rusqlite::Error) -> String {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Runs `f` on a store shared by async tasks, off the async threads: a
+/// blocking-pool thread takes the lock (a poisoned one too: a panic there
+/// left no transaction open) and makes the synchronous calls. A panic in
+/// `f` goes on in the caller.
+pub async fn blocking<S: Store, T: Send + 'static>(
+    store: &std::sync::Arc<std::sync::Mutex<S>>,
+    f: impl FnOnce(&mut S) -> T + Send + 'static,
+) -> T {
+    let store = std::sync::Arc::clone(store);
+    tokio::task::spawn_blocking(move || {
+        let mut store = store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut store)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Pending,
@@ -488,6 +507,13 @@ pub trait Store: Send + 'static {
     /// Gives up this worker's claim on approved emails it will not deliver
     /// (shutting down): any worker may take them at once.
     fn release(&mut self, ids: &[i64]) -> Result<()>;
+    /// Extends `lease.owner`'s claim on the approved emails `ids` to
+    /// `lease.until`, for those it still holds (`sending` and its own,
+    /// whether or not the lease ran out meanwhile): the ids renewed. One
+    /// missing was taken over by another worker, whose lease had run out
+    /// while it waited in this one's delivery queue: this worker must not
+    /// send it.
+    fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>>;
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()>;
     /// Puts an email back to wait until `fire_at` after a transient failure.
     fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;

@@ -769,6 +769,24 @@ impl Store for PostgresStore {
         })
     }
 
+    fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>> {
+        let (ids, owner, until) = (ids.to_vec(), lease.owner.clone(), ms(lease.until));
+        self.conn.call(move |s| {
+            // A row another worker is taking over is waited for, then seen
+            // with its new owner (READ COMMITTED reads it again).
+            let rows = s.query(
+                "UPDATE emails SET lease_until = $3
+                 WHERE id = ANY($1) AND status = 'sending' AND lease_owner = $2
+                 RETURNING id",
+                &[&ids, &owner, &until],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?)
+        })
+    }
+
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()> {
         let (at, reply) = (ms(at), reply.to_owned());
         self.conn.call(move |s| {

@@ -464,6 +464,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>> {
+        let list = serde_json::to_string(ids).unwrap_or_default();
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE emails SET lease_until = ?3
+             WHERE id IN (SELECT value FROM json_each(?1))
+               AND status = 'sending' AND lease_owner = ?2
+             RETURNING id",
+        )?;
+        let renewed = stmt
+            .query_map(params![list, lease.owner, ms(lease.until)], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(renewed)
+    }
+
     fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()> {
         self.conn.execute(
             "UPDATE emails SET status = 'sent', decided_at = ?2, last_reply = ?3,

@@ -146,6 +146,7 @@ suite!(
     decisions_are_the_final_ones_by_due_time,
     dedup_journeys_and_positions_survive_reopening,
     a_lease_is_reclaimed_by_its_owner_at_once_and_by_others_when_it_expires,
+    a_lease_is_renewed_only_by_the_worker_still_holding_it,
     every_status_change_is_logged_in_order,
     a_secret_is_made_once_and_shared,
     unsubscribing_marks_a_known_customer_only,
@@ -522,6 +523,57 @@ fn a_lease_is_reclaimed_by_its_owner_at_once_and_by_others_when_it_expires(h: &i
             .unwrap()
             .is_empty()
     );
+}
+
+fn a_lease_is_renewed_only_by_the_worker_still_holding_it(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    for key in ["a", "b", "c"] {
+        tx.schedule(&email(key, "o-1", key, "2026-01-02T00:00:00Z"), "s")
+            .unwrap();
+    }
+    let ids: Vec<i64> = tx
+        .due(t("2026-01-03T00:00:00Z"), None, 3)
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    let until = |owner: &str, at: &str| Lease {
+        owner: owner.into(),
+        until: t(at),
+    };
+    tx.approve(a, &to(), &json!({}), &lease("w1")).unwrap();
+    tx.approve(b, &to(), &json!({}), &until("w1", "2026-04-01T00:00:00Z"))
+        .unwrap();
+    tx.approve(c, &to(), &json!({}), &lease("w1")).unwrap();
+    tx.commit().unwrap();
+    let longer = |owner: &str| until(owner, "2026-09-01T00:00:00Z");
+
+    // b's lease ran out while it waited in w1's queue, and w2 took it over.
+    let mut other = s.reopen().unwrap();
+    let taken = other
+        .reclaim(&lease("w2"), t("2026-05-01T00:00:00Z"), false)
+        .unwrap();
+    assert_eq!(taken.iter().map(|e| e.id).collect::<Vec<_>>(), [b]);
+    // w1 renews a and c (their leases have run out by now too, yet nobody
+    // took them: still its own), not b.
+    let mut renewed = s.renew(&ids, &longer("w1")).unwrap();
+    renewed.sort_unstable();
+    assert_eq!(renewed, [a, c]);
+    // The renewal holds against others until it runs out...
+    let before = t("2026-08-01T00:00:00Z");
+    let mut third = s.reopen().unwrap();
+    let stolen = third.reclaim(&lease("w3"), before, false).unwrap();
+    assert!(
+        stolen.iter().all(|e| e.id == b),
+        "{:?}",
+        stolen.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    // ...and ends with the delivery: a sent email is no one's to renew.
+    s.mark_sent(a, before, "250").unwrap();
+    assert_eq!(s.renew(&[a], &longer("w1")).unwrap(), Vec::<i64>::new());
+    assert_eq!(s.renew(&[], &longer("w1")).unwrap(), Vec::<i64>::new());
 }
 
 fn every_status_change_is_logged_in_order(h: &impl Harness) {
