@@ -55,6 +55,30 @@ fn an_edit_is_picked_up_and_a_broken_one_is_refused_without_a_restart() {
         .spawn()
         .unwrap();
     let mut stdin = worker.stdin.take().unwrap();
+    // The worker's log as it comes: each step waits for the reload's word
+    // rather than for a time a loaded machine may overrun.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (log, stderr) = (std::sync::Arc::clone(&log), worker.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let line = line.unwrap();
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    let said = |words: &str| {
+        assert!(
+            common::wait_until(Duration::from_secs(30), || log
+                .lock()
+                .unwrap()
+                .contains(words)),
+            "never said {words:?}: {}",
+            log.lock().unwrap()
+        );
+    };
     let wait = |n: u32| {
         assert!(
             common::wait_until(Duration::from_secs(20), || subject(&work, n).is_some()),
@@ -70,14 +94,14 @@ fn an_edit_is_picked_up_and_a_broken_one_is_refused_without_a_restart() {
     // A good edit: the next email has it.
     let subject_file = templates.join("en/order_confirmation.subject.hbs");
     std::fs::write(&subject_file, "Fresh words for order {{order.id}}\n").unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    said("Templates reloaded.");
     writeln!(stdin, "{}", order(2)).unwrap();
     assert_eq!(wait(2), "Fresh words for order o-2");
 
     // A broken edit (a variable the data lacks): refused, the last good set
     // stays in use.
     std::fs::write(&subject_file, "Broken {{order.nope}}\n").unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    said("Templates not reloaded");
     writeln!(stdin, "{}", order(3)).unwrap();
     assert_eq!(wait(3), "Fresh words for order o-3");
 
@@ -86,12 +110,12 @@ fn an_edit_is_picked_up_and_a_broken_one_is_refused_without_a_restart() {
         .args(["-HUP", &worker.id().to_string()])
         .status()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(1));
+    said("SIGHUP: reloading the templates.");
 
     drop(stdin);
-    let out = worker.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(worker.wait().unwrap().success());
+    reader.join().unwrap();
+    let log = log.lock().unwrap();
     assert!(log.contains("Templates reloaded."), "{log}");
     assert!(log.contains("Templates not reloaded"), "{log}");
     assert!(
