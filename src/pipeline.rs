@@ -31,12 +31,12 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use crate::bounded::clip;
-use crate::config::{EmailClass, HOLDOUT_VARIANT, Trigger};
 use crate::event::{Event, EventKind, Unresolved};
 use crate::journey::insight::Counted;
 use crate::journey::late::{self, BEFORE_GO_LIVE};
 use crate::journey::{
-    Clock, Command, Due, Journey, Journeys, Lateness, Moment, ShopStats, Timing, Verdict, later,
+    Clock, Command, Due, EmailClass, HOLDOUT_VARIANT, Journey, Journeys, Lateness, Moment,
+    ShopStats, Timing, Trigger, Verdict, later,
 };
 use crate::observe::Observer;
 use crate::render::Locales;

@@ -11,9 +11,9 @@ use jiff::{SignedDuration, Timestamp};
 use lettre::message::Mailbox;
 use serde_json::Value;
 
-use crate::config::{ClockKind, Config, EmailClass, JourneyRule, RetryConfig};
+use crate::config::{ClockKind, Config, RetryConfig};
 use crate::domains::{Domains, domain_of, is_deferral};
-use crate::journey::later;
+use crate::journey::{EmailClass, JourneyRule, later};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::{backoff, outage_pause, panic_message};
 use crate::render::Templates;

@@ -19,9 +19,9 @@
 use std::sync::Arc;
 
 use aftercare::check;
-use aftercare::config::{Config, JourneyRule};
+use aftercare::config::Config;
 use aftercare::event::Event;
-use aftercare::journey::Journeys;
+use aftercare::journey::{JourneyRule, Journeys};
 use aftercare::mailer::AnyMailer;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::sender::{Outcome, Sender};
@@ -396,7 +396,7 @@ fn approved(jsonl: &str) -> Vec<EmailRow> {
     };
     let pipeline = Pipeline::new(
         SqliteStore::in_memory().unwrap(),
-        Journeys::from_config(config),
+        Journeys::from_settings(config.journey_settings()),
         context,
         100,
         LeasePolicy {

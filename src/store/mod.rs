@@ -18,9 +18,8 @@ mod suite;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::config::EmailClass;
 use crate::event::Unresolved;
-use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
 pub use postgres::{PostgresStore, PostgresTx};
 pub use sqlite::SqliteStore;
