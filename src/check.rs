@@ -21,10 +21,12 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 
 use crate::config::Config;
-use crate::journey::{HOLDOUT_VARIANT, JourneyRule, Journeys};
+use crate::journey::{HOLDOUT_VARIANT, Journeys};
 use crate::mapping::{Mapper, MappingSet, presets, samples};
 use crate::render::schema::TemplateSchema;
-use crate::render::{LoadOptions, Problem, Problems, Rendered, Templates, coverage};
+use crate::render::{
+    LoadOptions, Problem, Problems, Rendered, Templates, coverage, variant_template,
+};
 
 /// What a passing check covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,7 @@ pub fn renderable(config: &Config) -> Vec<Renderable> {
                     .collect()
             };
             variants.into_iter().map(|variant| Renderable {
-                name: JourneyRule::variant_template(&rule.template, variant.as_deref()),
+                name: variant_template(&rule.template, variant.as_deref()),
                 template: rule.template.clone(),
                 variant,
             })

@@ -21,9 +21,10 @@ use std::sync::Arc;
 use aftercare::check;
 use aftercare::config::Config;
 use aftercare::event::Event;
-use aftercare::journey::{JourneyRule, Journeys};
+use aftercare::journey::Journeys;
 use aftercare::mailer::AnyMailer;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
+use aftercare::render::variant_template;
 use aftercare::sender::{Outcome, Sender};
 use aftercare::simulate::simulate_with;
 use aftercare::source::FileSource;
@@ -452,7 +453,7 @@ proptest! {
                     prop_assert!(
                         matches!(outcome, Outcome::Sent { .. }),
                         "{} ({}) in {tag}: {outcome:?}\ndata: {:#}\nlog:\n{log}",
-                        JourneyRule::variant_template(&email.template, email.variant.as_deref()),
+                        variant_template(&email.template, email.variant.as_deref()),
                         email.key,
                         email.data
                     );

@@ -337,15 +337,6 @@ impl JourneyRule {
             EmailClass::Marketing => Self::DEFAULT_EXPIRY_MARKETING,
         }
     }
-
-    /// The template to render for `variant`: `review_request` for `a` (or
-    /// none), `review_request.b` for `b`.
-    pub fn variant_template(template: &str, variant: Option<&str>) -> String {
-        match variant {
-            None | Some(BASE_VARIANT) => template.to_owned(),
-            Some(v) => format!("{template}.{v}"),
-        }
-    }
 }
 
 /// The variant whose files are the template's own.
