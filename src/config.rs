@@ -1531,20 +1531,8 @@ impl Config {
                 format!("unknown time zone `{}`", self.default_timezone),
             ));
         }
-        if let Some(url) = &self.store.url
-            && !["sqlite:", "postgres://", "postgresql://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
-        {
-            return Err(invalid(
-                "store.url",
-                format!("`{url}`: use `sqlite:PATH` or `postgres://...`"),
-            ));
-        }
-        if let Some(url) = &self.store.url
-            && !url.starts_with("sqlite:")
-        {
-            crate::store::postgres::check_url(url).map_err(|e| invalid("store.url", e))?;
+        if let Some(url) = &self.store.url {
+            crate::store::check_url(url).map_err(|e| invalid("store.url", e))?;
         }
         for (key, addr) in [
             ("mailer.from", Some(&self.mailer.from)),

@@ -184,9 +184,8 @@ struct UrlParams {
 }
 
 /// Whether `url` is a PostgreSQL store URL that [`PostgresStore::connect`]
-/// can use, or what is wrong with it: checked with the configuration,
-/// before anything connects.
-pub fn check_url(url: &str) -> std::result::Result<(), String> {
+/// can use, or what is wrong with it (see [`super::check_url`]).
+pub(super) fn check_url(url: &str) -> std::result::Result<(), String> {
     parse_url(url).map(|_| ()).map_err(|e| match e {
         StoreError::PostgresTls(text) => text,
         other => other.to_string(),
