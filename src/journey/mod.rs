@@ -8,9 +8,12 @@
 //!
 //! [`Journeys::recheck`] is the other half: whether an email that has waited
 //! may still go out, given the state at its due time; and [`Policy`] says
-//! when it may go out (frequency cap, quiet hours).
+//! when it may go out (frequency cap, quiet hours). [`Journeys::decide`]
+//! puts them together: whether an email that fell due goes out now, waits,
+//! or ends without going out.
 
 mod data;
+pub mod decide;
 pub mod insight;
 pub mod late;
 mod policy;
@@ -18,6 +21,7 @@ mod rules;
 mod state;
 
 pub use data::Data;
+pub use decide::{DueEmail, Facts, Fate, Round};
 pub use insight::ShopStats;
 pub use late::{Clock, Lateness};
 pub use policy::{Moment, Policy, Timing};
