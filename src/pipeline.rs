@@ -487,7 +487,7 @@ impl<S: Store> Pipeline<S> {
                     Some(address) => tx.is_suppressed(address)?,
                     None => false,
                 };
-                let pending = if self.journeys.takes_turns(&this, &self.lateness) {
+                let pending = if self.journeys.needs_pending(&this, &self.lateness) {
                     tx.pending_of(&email.customer_id, now)?
                 } else {
                     Vec::new()

@@ -71,7 +71,7 @@ pub struct Facts<'a> {
     /// Whether that address is on the suppression list (it bounced).
     pub bounced: bool,
     /// The customer's pending emails falling due by now, this one among
-    /// them or not; only read when [`Journeys::takes_turns`] says so.
+    /// them or not; only read when [`Journeys::needs_pending`] says so.
     pub pending: &'a [DueEmail<'a>],
 }
 
@@ -124,11 +124,12 @@ impl Fate {
 
 impl Journeys {
     /// Whether the decision on `email` compares it with the customer's
-    /// other pending emails ([`Facts::pending`]): a marketing email on its
-    /// first attempt, under a frequency cap, on the machine's clock. In a
+    /// other pending emails, so that the caller must read them into
+    /// [`Facts::pending`]: a marketing email on its first attempt, under a
+    /// frequency cap, on the machine's clock. In a
     /// plan each email is decided at its own time (plus a lag the same for
     /// all): none is overdue together with another.
-    pub fn takes_turns(&self, email: &DueEmail<'_>, lateness: &Lateness) -> bool {
+    pub fn needs_pending(&self, email: &DueEmail<'_>, lateness: &Lateness) -> bool {
         email.class == EmailClass::Marketing
             && !email.retry
             && self.take_turns()
@@ -184,7 +185,7 @@ impl Journeys {
         // relevant goes first; then the cap and quiet hours, at the real
         // time it is decided at. A retry holds the place it took under the
         // cap already.
-        if self.takes_turns(email, &round.lateness)
+        if self.needs_pending(email, &round.lateness)
             && let Some(fate) = self.turn(email, journey, facts.pending)
         {
             return fate;
