@@ -11,8 +11,8 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
-use aftercare::config::EmailClass;
 use aftercare::event::Event;
+use aftercare::journey::EmailClass;
 use aftercare::journey::{Journey, Journeys, ShopStats};
 use aftercare::mailer;
 use aftercare::mapping::{Mapper, MappingSet, Outcome, presets, record};
@@ -40,7 +40,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn step(c: &mut Criterion) {
-    let journeys = Journeys::from_config(&support::config());
+    let journeys = Journeys::from_settings(support::config().journey_settings());
     let shop = ShopStats::default();
     let mut g = c.benchmark_group("step");
     g.throughput(Throughput::Elements(1));

@@ -46,7 +46,7 @@ fn sizes() -> Vec<u64> {
 /// The data a real pending email carries: the order of a win-back, as the
 /// journey schedules it.
 fn pending_data() -> String {
-    let journeys = Journeys::from_config(&support::config());
+    let journeys = Journeys::from_settings(support::config().journey_settings());
     let event = Event::decode(&support::order_placed(1, "en", "2026-03-01T10:00:00Z"))
         .unwrap()
         .named()

@@ -20,11 +20,13 @@ use serde_json::Value;
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::config::{Config, HOLDOUT_VARIANT, JourneyRule};
-use crate::journey::Journeys;
+use crate::config::Config;
+use crate::journey::{HOLDOUT_VARIANT, Journeys};
 use crate::mapping::{Mapper, MappingSet, presets, samples};
 use crate::render::schema::TemplateSchema;
-use crate::render::{LoadOptions, Problem, Problems, Rendered, Templates, coverage};
+use crate::render::{
+    LoadOptions, Problem, Problems, Rendered, Templates, coverage, variant_template,
+};
 
 /// What a passing check covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,7 @@ pub fn renderable(config: &Config) -> Vec<Renderable> {
                     .collect()
             };
             variants.into_iter().map(|variant| Renderable {
-                name: JourneyRule::variant_template(&rule.template, variant.as_deref()),
+                name: variant_template(&rule.template, variant.as_deref()),
                 template: rule.template.clone(),
                 variant,
             })
@@ -130,7 +132,7 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
     templates.require(&names(&renderable(config)))?;
     let shop = serde_json::to_value(&config.shop).unwrap_or(Value::Null);
     let renderable = renderable(config);
-    let journeys = Journeys::from_config(config);
+    let journeys = Journeys::from_settings(config.journey_settings());
     let mut problems = walk_templates(config, &templates, &renderable);
     // What the walk found, a render with the sample finds again where the
     // sample reaches it: say it once, as the walk does.

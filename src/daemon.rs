@@ -555,7 +555,7 @@ mod tests {
         };
         Pipeline::new(
             SqliteStore::open(&dir.join("aftercare.db")).unwrap(),
-            Journeys::from_config(&config),
+            Journeys::from_settings(config.journey_settings()),
             context,
             10,
             LeasePolicy {

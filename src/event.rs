@@ -643,15 +643,19 @@ fn customer(
     })
 }
 
-/// An address an SMTP server will take from us: `local@domain` as lettre
-/// parses it, with a plain (dot-atom) ASCII local part and a host name for
-/// a domain. Quoted local parts and address literals (`a@[127.0.0.1]`)
-/// parse but no real mailbox uses them and many servers refuse them; a
-/// non-ASCII local part needs SMTPUTF8, which this mailer does not speak.
-/// An internationalized domain is kept in its ASCII (punycode) form, which
+/// An address an SMTP server will take from us: `local@domain`, split at
+/// the last `@`, whose parts are valid as lettre's parser checks them (the
+/// `email_address` crate; a domain in its Unicode or its ASCII form), with
+/// a plain (dot-atom) ASCII local part and a host name for a domain.
+/// Quoted local parts and address literals (`a@[127.0.0.1]`) are valid but
+/// no real mailbox uses them and many servers refuse them; a non-ASCII
+/// local part needs SMTPUTF8, which this mailer does not speak. An
+/// internationalized domain is kept in its ASCII (punycode) form, which
 /// every server takes. The address itself is never in the reason: reasons
 /// are logged, and addresses only at debug.
 fn address(email: &str) -> Result<String, InvalidEvent> {
+    use email_address::EmailAddress;
+
     const NAME: &str = "customer.email";
     if email.len() > limits::EMAIL_BYTES {
         return Err(bad(
@@ -659,10 +663,18 @@ fn address(email: &str) -> Result<String, InvalidEvent> {
             format!("longer than {} bytes", limits::EMAIL_BYTES),
         ));
     }
-    let parsed = email
-        .parse::<lettre::Address>()
-        .map_err(|e| bad(NAME, format!("not an address: {e}")))?;
-    let local = parsed.user();
+    let (local, domain) = email
+        .rsplit_once('@')
+        .ok_or_else(|| bad(NAME, "not an address: no `@`"))?;
+    if !EmailAddress::is_valid_local_part(local) {
+        return Err(bad(NAME, "not an address: the local part is not valid"));
+    }
+    let ascii = idna::domain_to_ascii(domain);
+    if !EmailAddress::is_valid_domain(domain)
+        && !ascii.as_deref().is_ok_and(EmailAddress::is_valid_domain)
+    {
+        return Err(bad(NAME, "not an address: the domain is not valid"));
+    }
     if local.starts_with('"') {
         return Err(bad(NAME, "a quoted local part is not accepted"));
     }
@@ -672,12 +684,10 @@ fn address(email: &str) -> Result<String, InvalidEvent> {
             "a non-ASCII local part needs SMTPUTF8, which is not supported",
         ));
     }
-    let domain = parsed.domain();
     if domain.starts_with('[') {
         return Err(bad(NAME, "an address literal is not accepted as a domain"));
     }
-    let domain = idna::domain_to_ascii(domain)
-        .map_err(|_| bad(NAME, "the domain is not a valid host name"))?;
+    let domain = ascii.map_err(|_| bad(NAME, "the domain is not a valid host name"))?;
     let host_name = domain.contains('.')
         && domain.split('.').all(|label| {
             !label.is_empty()

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`config`]: typed configuration, validated before anything connects.
 //! - [`event`]: the event contract: decode and validate.
-//! - [`journey`]: the pure core, `step(state, event) -> (state, commands)`.
+//! - [`journey`]: the pure core, `step(state, event) -> (state, commands)`,
+//!   and its vocabulary (rules, segments, policy settings); with [`event`],
+//!   it depends on none of the adapters below.
 //! - [`store`]: persistence (SQLite; PostgreSQL for several workers), one
 //!   transaction per batch.
 //! - [`source`]: event sources (JSONL file, stdin) and the dead-letter file.

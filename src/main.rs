@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand};
 use jiff::Timestamp;
 
 use aftercare::config::ClockKind;
-use aftercare::config::{Config, EmailClass, LogFormat, MailerKind, SourceKind, StoreLocation};
+use aftercare::config::{Config, LogFormat, MailerKind, SourceKind, StoreLocation};
 use aftercare::daemon::{self, Settings, Summary};
 use aftercare::journey::late::BEFORE_GO_LIVE;
-use aftercare::journey::{Clock, Journeys, Lateness};
+use aftercare::journey::{Clock, EmailClass, Journeys, Lateness};
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
 use aftercare::mapping::Mapper;
 use aftercare::observe::{MailerProbe, Observer};
@@ -425,7 +425,7 @@ fn pipeline<S: Store>(
     };
     Ok(Pipeline::new(
         store,
-        Journeys::from_config(config),
+        Journeys::from_settings(config.journey_settings()),
         context,
         config.sender.batch_size,
         lease,
@@ -465,7 +465,7 @@ fn lateness<S: Store>(config: &Config, store: &mut S) -> Result<Lateness, Failur
         go_live: Some(go_live),
         clock: Clock::Wall,
     };
-    let journeys = Journeys::from_config(config);
+    let journeys = Journeys::from_settings(config.journey_settings());
     let overdue = store.overdue(now)?;
     if !overdue.is_empty() {
         let (mut before, mut expired) = (0, 0);
@@ -584,7 +584,7 @@ fn build_report<S: Store>(
     from: Timestamp,
     to: Timestamp,
 ) -> Result<report::Report, Failure> {
-    let journeys = Journeys::from_config(config);
+    let journeys = Journeys::from_settings(config.journey_settings());
     let customers = report::as_of::customers(store.journeys()?, &journeys, to);
     let emails: Vec<report::SentEmail> = store
         .sent_emails()?

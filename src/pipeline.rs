@@ -3,7 +3,8 @@
 //! [`Pipeline::ingest`] applies a batch of raw events in one transaction:
 //! decode (invalid ones to the dead-letter file), dedup, step the journey,
 //! write the emails and the position. [`Pipeline::fire`] claims the emails
-//! due by a given time, checks each against the journey as it is then, and
+//! due by a given time, checks each against the journey as it is then
+//! ([`Journeys::decide`], with what the store says of the customer), and
 //! approves it for delivery or ends it with a reason.
 //!
 //! Time follows the events while there is a backlog: before an event is
@@ -31,12 +32,12 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use crate::bounded::clip;
-use crate::config::{EmailClass, HOLDOUT_VARIANT, Trigger};
 use crate::event::{Event, EventKind, Unresolved};
 use crate::journey::insight::Counted;
 use crate::journey::late::{self, BEFORE_GO_LIVE};
 use crate::journey::{
-    Clock, Command, Due, Journey, Journeys, Lateness, Moment, ShopStats, Timing, Verdict, later,
+    Command, DueEmail, EmailClass, Facts, Fate, Journey, Journeys, Lateness, Round, ShopStats,
+    Trigger, Verdict, later,
 };
 use crate::observe::Observer;
 use crate::render::Locales;
@@ -478,164 +479,80 @@ impl<S: Store> Pipeline<S> {
             let shop = tx.shop_stats()?;
             let mut batch = Vec::with_capacity(due.len());
             let now = Timestamp::now();
+            let round = Round {
+                until,
+                now,
+                lateness: self.lateness,
+            };
             for mut email in due {
                 let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
                 let to = addressee(&self.context.locales, &journey);
-                // The real time it would go out at: too late for it, and
-                // nothing else matters.
-                let at = self.lateness.clock.decided_at(email.fire_at, now);
-                let expiry = self.journeys.expiry(&email.template, email.class);
-                // A retry waits on the machine's clock: on the events'
-                // clock its lateness is not the events' (and a plan has
-                // none).
-                let judged = self.lateness.clock == Clock::Wall || email.first_attempt_at.is_none();
-                if let Some(reason) = self
-                    .lateness
-                    .too_late(email.due_at, at, expiry)
-                    .filter(|_| judged)
-                {
-                    not_sent(
-                        &mut tx,
-                        (&mut self.stats, &self.observer),
-                        &email,
-                        &to,
-                        Verdict::Suppressed,
-                        &reason,
-                    )?;
-                    continue;
-                }
-                // The events of a customer come on three topics: a
-                // shipment's can be applied before the order that brings
-                // the address, or the order itself. Wait for them a while;
-                // an email about an order never seen does not go out.
-                let missing = match (&to.recipient, email.order_id.as_deref()) {
-                    (None, _) => Some(("no address yet", "no address".to_owned())),
-                    (Some(_), Some(order)) if !placed(&journey, order) => {
-                        Some(("order not seen yet", format!("order {order} never seen")))
-                    }
-                    _ => None,
+                let this = due_email(&email);
+                let bounced = match &to.recipient {
+                    Some(address) => tx.is_suppressed(address)?,
+                    None => false,
                 };
-                let verdict = match (missing, &to.recipient) {
-                    (Some((waiting, gave_up)), _) => {
-                        let retry = later(until.max(email.fire_at), ADDRESS_RETRY);
-                        if retry <= later(email.due_at, ADDRESS_WAIT) {
-                            tx.postpone(email.id, retry, waiting)?;
-                            self.stats.deferred += 1;
-                            count_email(&self.observer, &email.template, "deferred");
-                            continue;
-                        }
-                        Some((Verdict::Suppressed, gave_up))
-                    }
-                    (None, Some(address)) if tx.is_suppressed(address)? => {
-                        Some((Verdict::Suppressed, "address bounced".to_owned()))
-                    }
-                    (None, _) => guarded(|| {
-                        self.journeys
-                            .recheck(&journey, &email.template, email.order_id.as_deref())
-                    })
-                    .unwrap_or_else(|e| Some((Verdict::Suppressed, e))),
+                let pending = if self.journeys.needs_pending(&this, &self.lateness) {
+                    tx.pending_of(&email.customer_id, now)?
+                } else {
+                    Vec::new()
                 };
-                // Among the customer's marketing emails due with it, the
-                // most relevant goes first; then the cap and quiet hours,
-                // at the real time it is decided at. A retry holds the
-                // place it took under the cap already.
-                let retry = email.first_attempt_at.is_some();
-                let mut verdict = match verdict {
-                    Some(v) => Some(v),
-                    None if email.class == EmailClass::Transactional || retry => None,
-                    None => {
-                        let rules = (&self.journeys, &self.lateness);
-                        match turn(&mut tx, rules, &email, &journey, now)? {
-                            None => None,
-                            Some(Turn::Not(v, reason)) => Some((v, reason)),
-                            Some(Turn::Wait { fire_at, reason }) => {
-                                wait(
-                                    &mut tx,
-                                    (&mut self.stats, &self.observer),
-                                    &email,
-                                    fire_at,
-                                    &reason,
-                                )?;
-                                // The rest again, in time order.
-                                break;
-                            }
-                        }
-                    }
+                let pending: Vec<DueEmail<'_>> = pending.iter().map(due_email).collect();
+                let facts = Facts {
+                    journey: &journey,
+                    has_address: to.recipient.is_some(),
+                    bounced,
+                    pending: &pending,
                 };
-                if verdict.is_none() {
-                    let timing = guarded(|| {
-                        self.journeys.timing(
-                            &journey,
-                            &email.template,
-                            &email.customer_id,
-                            email.due_at,
-                            Moment {
-                                at,
-                                with_cap: !retry,
-                                hold_from: self.lateness.clock.hold_from(email.due_at, at),
-                            },
-                        )
-                    })
-                    .unwrap_or_else(|reason| Timing::Skip { reason });
-                    match timing {
-                        Timing::Now => {}
-                        Timing::Skip { reason } => verdict = Some((Verdict::Suppressed, reason)),
-                        Timing::Defer { to, reason } => {
-                            let fire_at = self.lateness.clock.fire_at_for(to);
-                            wait(
-                                &mut tx,
-                                (&mut self.stats, &self.observer),
-                                &email,
-                                fire_at,
-                                &reason,
-                            )?;
-                            // The rest of the batch may fall due after the
-                            // new time: take it again in time order, or a
-                            // later email would go first and hold this one
-                            // back under the cap.
-                            break;
-                        }
-                    }
-                }
-                // Everything a sent email passes, passed: its holdout group
-                // stops here, as though it went (the cap counts it too, so
-                // that the groups differ by this email alone).
-                if verdict.is_none() && email.variant.as_deref() == Some(HOLDOUT_VARIANT) {
-                    not_sent(
-                        &mut tx,
-                        (&mut self.stats, &self.observer),
-                        &email,
-                        &to,
-                        Verdict::HeldOut,
-                        "held out: the rule's holdout group",
-                    )?;
-                    under_cap(&mut tx, &email, journey, at)?;
-                    continue;
-                }
-                let data = match verdict {
-                    Some(_) => None,
-                    None => match guarded(|| {
-                        template_data(&self.journeys, &self.context, &email, &journey, &to, &shop)
-                    }) {
-                        Ok(data) => Some(data),
-                        Err(reason) => {
-                            verdict = Some((Verdict::Suppressed, reason));
-                            None
-                        }
+                let fate = guarded(|| self.journeys.decide(&this, &facts, &round)).unwrap_or_else(
+                    |reason| Fate::NotSent {
+                        verdict: Verdict::Suppressed,
+                        reason,
                     },
-                };
-                if let Some((verdict, reason)) = verdict {
-                    not_sent(
-                        &mut tx,
-                        (&mut self.stats, &self.observer),
-                        &email,
-                        &to,
-                        verdict,
-                        &reason,
-                    )?;
-                    continue;
+                );
+                let at = round.decided_at(&this);
+                let counts = (&mut self.stats, &self.observer);
+                match fate {
+                    Fate::Send => {}
+                    Fate::NotSent {
+                        verdict: Verdict::HeldOut,
+                        reason,
+                    } => {
+                        // The cap counts a held-out email too, so that the
+                        // groups differ by this email alone.
+                        not_sent(&mut tx, counts, &email, &to, Verdict::HeldOut, &reason)?;
+                        under_cap(&mut tx, &email, journey, at)?;
+                        continue;
+                    }
+                    Fate::NotSent { verdict, reason } => {
+                        not_sent(&mut tx, counts, &email, &to, verdict, &reason)?;
+                        continue;
+                    }
+                    Fate::Retry { fire_at, reason } => {
+                        tx.postpone(email.id, fire_at, reason)?;
+                        self.stats.deferred += 1;
+                        count_email(&self.observer, &email.template, "deferred");
+                        continue;
+                    }
+                    Fate::Defer { fire_at, reason } => {
+                        wait(&mut tx, counts, &email, fire_at, &reason)?;
+                        // The rest of the batch may fall due after the new
+                        // time: take it again in time order.
+                        break;
+                    }
                 }
-                email.data = data.unwrap_or_default();
+                let data = guarded(|| {
+                    template_data(&self.journeys, &self.context, &email, &journey, &to, &shop)
+                });
+                let data = match data {
+                    Ok(data) => data,
+                    Err(reason) => {
+                        let counts = (&mut self.stats, &self.observer);
+                        not_sent(&mut tx, counts, &email, &to, Verdict::Suppressed, &reason)?;
+                        continue;
+                    }
+                };
+                email.data = data;
                 tx.approve(email.id, &to, &email.data, &lease)?;
                 under_cap(&mut tx, &email, journey, at)?;
                 email.status = Status::Sending;
@@ -648,17 +565,6 @@ impl<S: Store> Pipeline<S> {
             approved.append(&mut batch);
         }
     }
-}
-
-/// What becomes of a marketing email among the customer's others due
-/// with it, when not its turn (see [`turn`]).
-enum Turn {
-    Not(Verdict, String),
-    /// Looked at again at `fire_at`.
-    Wait {
-        fire_at: Timestamp,
-        reason: String,
-    },
 }
 
 /// A marketing email approved (or held out) `at`: the customer's frequency
@@ -725,88 +631,20 @@ fn not_sent<T: Transaction>(
     Ok(())
 }
 
-/// Whether a marketing email that may go out by its own rules has its turn
-/// among the customer's marketing emails due with it (`None`: it has), the
-/// machine's clock reading `now`: every one overdue, even those a backlog
-/// has not reached yet (after an outage they would all go out in the same
-/// minute). A later email of the same
-/// win-back series makes it pointless; a more relevant one goes first, and
-/// this one is looked at again just after it, once the events up to it
-/// are applied: by then it went and the cap holds this one, or it did not
-/// and this one goes.
-fn turn<T: Transaction>(
-    tx: &mut T,
-    (journeys, lateness): (&Journeys, &Lateness),
-    email: &EmailRow,
-    journey: &Journey,
-    now: Timestamp,
-) -> Result<Option<Turn>, StoreError> {
-    // In a plan each email is decided at its own time (plus a lag the
-    // same for all): none is overdue together with another.
-    if !journeys.take_turns() || lateness.clock != Clock::Wall {
-        return Ok(None);
-    }
-    // Only those not decided yet: one falling due earlier and still
-    // pending is another worker's (a stream it reads, or held by its
-    // transaction), and waiting for it could wait forever.
-    let others: Vec<EmailRow> = tx
-        .pending_of(&email.customer_id, now)?
-        .into_iter()
-        .filter(|o| {
-            o.id != email.id
-                && o.class == EmailClass::Marketing
-                && (o.fire_at, o.id) > (email.fire_at, email.id)
-        })
-        .collect();
-    let me = due_of(email);
-    if let Some(later) = others.iter().find(|o| journeys.supersedes(&due_of(o), &me)) {
-        return Ok(Some(Turn::Not(
-            Verdict::Cancelled,
-            format!(
-                "superseded by {} (due {}), due with it",
-                later.template, later.due_at
-            ),
-        )));
-    }
-    let first = others
-        .iter()
-        .max_by_key(|o| journeys.relevance(journey, &due_of(o)));
-    Ok(match first {
-        Some(first)
-            if journeys.relevance(journey, &due_of(first)) > journeys.relevance(journey, &me) =>
-        {
-            Some(Turn::Wait {
-                fire_at: later(first.fire_at, SignedDuration::from_millis(1)),
-                reason: format!("{} goes first", first.template),
-            })
-        }
-        _ => None,
-    })
-}
-
-/// An email as the journey compares it with the customer's others.
-fn due_of(email: &EmailRow) -> Due<'_> {
-    Due {
+/// The email as the journey's decision sees it.
+fn due_email(email: &EmailRow) -> DueEmail<'_> {
+    DueEmail {
         id: email.id,
+        customer_id: &email.customer_id,
         template: &email.template,
+        class: email.class,
         order_id: email.order_id.as_deref(),
+        variant: email.variant.as_deref(),
         due_at: email.due_at,
+        fire_at: email.fire_at,
+        retry: email.first_attempt_at.is_some(),
     }
 }
-
-/// Whether the journey has seen `order_id` placed.
-fn placed(journey: &Journey, order_id: &str) -> bool {
-    journey
-        .orders
-        .get(order_id)
-        .is_some_and(|o| o.placed_at.is_some())
-}
-
-/// An email due for a customer whose address, or whose order, is not known
-/// yet is tried again this much later...
-const ADDRESS_RETRY: SignedDuration = SignedDuration::from_mins(1);
-/// ...until this long after it was due; then it ends suppressed.
-const ADDRESS_WAIT: SignedDuration = SignedDuration::from_hours(1);
 
 /// The most of a customer id a log line about an invalid event quotes.
 const ID_MAX_BYTES: usize = 100;
@@ -1276,6 +1114,7 @@ mod catch_up_tests;
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::journey::HOLDOUT_VARIANT;
     use crate::store::SqliteStore;
 
     fn pipeline() -> Pipeline<SqliteStore> {

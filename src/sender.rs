@@ -11,12 +11,12 @@ use jiff::{SignedDuration, Timestamp};
 use lettre::message::Mailbox;
 use serde_json::Value;
 
-use crate::config::{ClockKind, Config, EmailClass, JourneyRule, RetryConfig};
+use crate::config::{ClockKind, Config, RetryConfig};
 use crate::domains::{Domains, domain_of, is_deferral};
-use crate::journey::later;
+use crate::journey::{EmailClass, JourneyRule, later};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::{backoff, outage_pause, panic_message};
-use crate::render::Templates;
+use crate::render::{Templates, variant_template};
 use crate::store::{EmailRow, Store, StoreError};
 
 /// What became of one delivery.
@@ -134,7 +134,7 @@ impl<M: Mailer> Sender<M> {
         let locale = email.locale.as_deref().unwrap_or("en");
         let mut data = email.data.clone();
         data["shop"] = self.shop.clone();
-        let template = JourneyRule::variant_template(&email.template, email.variant.as_deref());
+        let template = variant_template(&email.template, email.variant.as_deref());
         let message_id = mailer::message_id(&email.key, &self.from);
         // A panic while rendering (a helper meeting data no bound foresaw)
         // fails this email alone, instead of the worker.

@@ -8,7 +8,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use aftercare::config::{Config, EmailClass};
+use aftercare::config::Config;
+use aftercare::journey::EmailClass;
 use common::checker::{self, planned_due};
 use common::tansu::{TOPICS, Tansu, kafka_config};
 use common::{SmtpSink, Work, stderr, stdout};

@@ -37,7 +37,14 @@ fn pipeline<S: Store>(store: S, worker: &str) -> Pipeline<S> {
         owner: worker.to_owned(),
         duration: SignedDuration::from_mins(5),
     };
-    Pipeline::new(store, Journeys::from_config(&config), context, 100, lease).unwrap()
+    Pipeline::new(
+        store,
+        Journeys::from_settings(config.journey_settings()),
+        context,
+        100,
+        lease,
+    )
+    .unwrap()
 }
 
 /// The last event's time plus 180 days: where `simulate` stops the clock.

@@ -158,7 +158,7 @@ fn plan(jsonl: &str) -> Vec<PlanLine> {
     };
     let pipeline = Pipeline::new(
         SqliteStore::in_memory().unwrap(),
-        Journeys::from_config(&config),
+        Journeys::from_settings(config.journey_settings()),
         context,
         100,
         LeasePolicy {
@@ -200,7 +200,7 @@ fn gallery() -> &'static Gallery {
         let config = Config::embedded();
         let templates = check::load(&config).unwrap();
         let shop = serde_json::to_value(&config.shop).unwrap();
-        let journeys = aftercare::journey::Journeys::from_config(&config);
+        let journeys = aftercare::journey::Journeys::from_settings(config.journey_settings());
         let mut renders = Vec::new();
         for r in check::renderable(&config) {
             for locale in templates.locales().available() {

@@ -19,11 +19,12 @@
 use std::sync::Arc;
 
 use aftercare::check;
-use aftercare::config::{Config, JourneyRule};
+use aftercare::config::Config;
 use aftercare::event::Event;
 use aftercare::journey::Journeys;
 use aftercare::mailer::AnyMailer;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
+use aftercare::render::variant_template;
 use aftercare::sender::{Outcome, Sender};
 use aftercare::simulate::simulate_with;
 use aftercare::source::FileSource;
@@ -396,7 +397,7 @@ fn approved(jsonl: &str) -> Vec<EmailRow> {
     };
     let pipeline = Pipeline::new(
         SqliteStore::in_memory().unwrap(),
-        Journeys::from_config(config),
+        Journeys::from_settings(config.journey_settings()),
         context,
         100,
         LeasePolicy {
@@ -452,7 +453,7 @@ proptest! {
                     prop_assert!(
                         matches!(outcome, Outcome::Sent { .. }),
                         "{} ({}) in {tag}: {outcome:?}\ndata: {:#}\nlog:\n{log}",
-                        JourneyRule::variant_template(&email.template, email.variant.as_deref()),
+                        variant_template(&email.template, email.variant.as_deref()),
                         email.key,
                         email.data
                     );

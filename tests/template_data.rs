@@ -6,7 +6,8 @@
 //! for more.
 
 use aftercare::check::{self, Renderable};
-use aftercare::config::{Config, JourneyRule};
+use aftercare::config::Config;
+use aftercare::journey::JourneyRule;
 use aftercare::render::schema::{ELEMENTS_IMPLY, Field, Kind, TOGETHER, TemplateSchema};
 use proptest::prelude::*;
 use proptest::test_runner::{TestError, TestRunner};

@@ -105,7 +105,7 @@ pub fn pipeline<S: Store>(config: &Config, store: S) -> Pipeline<S> {
     };
     Pipeline::new(
         store,
-        Journeys::from_config(config),
+        Journeys::from_settings(config.journey_settings()),
         context,
         config.sender.batch_size,
         lease,

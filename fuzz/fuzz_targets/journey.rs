@@ -16,7 +16,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn journeys() -> &'static Journeys {
     static JOURNEYS: OnceLock<Journeys> = OnceLock::new();
-    JOURNEYS.get_or_init(|| Journeys::from_config(&Config::embedded()))
+    JOURNEYS.get_or_init(|| Journeys::from_settings(Config::embedded().journey_settings()))
 }
 
 fuzz_target!(|data: &[u8]| {

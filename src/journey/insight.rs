@@ -18,9 +18,7 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Segment, SegmentsConfig};
-
-use super::Journey;
+use super::{Journey, Segment, SegmentsConfig};
 
 /// Bucket width of the histograms: each bucket is 2 % wider than the last.
 const GROWTH: f64 = 1.02;
@@ -301,8 +299,7 @@ pub fn segments(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
-    use crate::journey::OrderState;
+    use crate::journey::{OrderState, Settings};
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -345,7 +342,7 @@ mod tests {
     }
 
     fn config() -> SegmentsConfig {
-        Config::embedded().segments
+        Settings::shipped().segments
     }
 
     fn of(j: &Journey, now: &str) -> Vec<Segment> {

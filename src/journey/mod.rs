@@ -8,18 +8,28 @@
 //!
 //! [`Journeys::recheck`] is the other half: whether an email that has waited
 //! may still go out, given the state at its due time; and [`Policy`] says
-//! when it may go out (frequency cap, quiet hours).
+//! when it may go out (frequency cap, quiet hours). [`Journeys::decide`]
+//! puts them together: whether an email that fell due goes out now, waits,
+//! or ends without going out.
 
 mod data;
+pub mod decide;
 pub mod insight;
 pub mod late;
 mod policy;
+mod rules;
 mod state;
 
 pub use data::Data;
+pub use decide::{DueEmail, Facts, Fate, Round};
 pub use insight::ShopStats;
 pub use late::{Clock, Lateness};
 pub use policy::{Moment, Policy, Timing};
+pub use rules::{
+    AdaptiveWinBackConfig, BASE_VARIANT, EmailClass, HOLDOUT_VARIANT, JourneyRule, Only,
+    PolicyConfig, QuietHoursConfig, Segment, SegmentsConfig, Settings, TierConfig, Trigger,
+    parse_hhmm,
+};
 pub use state::{
     Journey, MAX_NOTES, OrderState, Profile, RefundNote, ReturnNote, ShipmentNote, first_name_of,
 };
@@ -28,10 +38,6 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::config::{
-    AdaptiveWinBackConfig, Config, EmailClass, JourneyRule, Only, Segment, SegmentsConfig,
-    TierConfig, Trigger,
-};
 use crate::event::{Eta, Event, EventKind, Item, Order, Shipment};
 
 /// An email the journey wants sent at `due_at`.
@@ -130,22 +136,22 @@ impl Journeys {
     /// `rules` with the shipped tiers, segments and adaptive win-back, and
     /// no timing policy: every email at its due time.
     pub fn new(rules: Vec<JourneyRule>) -> Journeys {
-        let mut journeys = Journeys::from_config(&Config::embedded());
+        let mut journeys = Journeys::from_settings(Settings::shipped());
         journeys.rules = rules;
         journeys.policy = Policy::none();
         journeys
     }
 
     /// The rules and the policies of the configuration.
-    pub fn from_config(config: &Config) -> Journeys {
-        let adaptive = &config.policy.adaptive_win_back;
+    pub fn from_settings(settings: Settings) -> Journeys {
+        let adaptive = &settings.policy.adaptive_win_back;
         Journeys {
-            rules: config.journeys.clone(),
-            policy: Policy::new(&config.policy, &config.default_timezone),
-            tiers: config.tiers.clone(),
-            segments: config.segments.clone(),
+            policy: Policy::new(&settings.policy, &settings.default_timezone),
             adaptive: adaptive.enabled.then(|| adaptive.clone()),
-            default_locale: config.default_locale.clone(),
+            rules: settings.rules,
+            tiers: settings.tiers,
+            segments: settings.segments,
+            default_locale: settings.default_locale,
         }
     }
 

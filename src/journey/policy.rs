@@ -13,9 +13,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp, Zoned};
 use sha2::{Digest, Sha256};
 
-use crate::config::{EmailClass, JourneyRule, PolicyConfig};
-
-use super::{Journey, later, signed};
+use super::{EmailClass, Journey, JourneyRule, PolicyConfig, later, signed};
 
 /// What to do with an email that fell due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,20 +223,19 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::journey::Settings;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
 
     fn policy() -> Policy {
-        let config = Config::embedded();
-        Policy::new(&config.policy, "Europe/Berlin")
+        Policy::new(&Settings::shipped().policy, "Europe/Berlin")
     }
 
     fn rule(template: &str) -> JourneyRule {
-        Config::embedded()
-            .journeys
+        Settings::shipped()
+            .rules
             .into_iter()
             .find(|r| r.template == template)
             .unwrap()
@@ -443,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_window_within_one_day_works_too() {
-        let mut config = Config::embedded().policy;
+        let mut config = Settings::shipped().policy;
         config.quiet_hours.start = "13:00".into();
         config.quiet_hours.end = "14:00".into();
         config.quiet_hours.jitter = Duration::ZERO;

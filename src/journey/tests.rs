@@ -2,11 +2,10 @@
 //! table, every cancellation, consent, duplicates and out-of-order events.
 
 use super::*;
-use crate::config::{Config, Segment};
 use crate::event::{CustomerPatch, Eta, Refund, Return};
 
 fn journeys() -> Journeys {
-    Journeys::new(Config::embedded().journeys)
+    Journeys::new(Settings::shipped().rules)
 }
 
 fn t(s: &str) -> Timestamp {
@@ -901,7 +900,7 @@ fn consent_given_later_applies_to_waiting_emails() {
 
 #[test]
 fn delays_and_templates_come_from_config() {
-    let mut rules = Config::embedded().journeys;
+    let mut rules = Settings::shipped().rules;
     let review = rules
         .iter_mut()
         .find(|r| r.template == "review_request")
@@ -924,8 +923,8 @@ fn delays_and_templates_come_from_config() {
 }
 
 fn ab_rule(variants: &[(&str, u32)]) -> JourneyRule {
-    let mut rule = Config::embedded()
-        .journeys
+    let mut rule = Settings::shipped()
+        .rules
         .into_iter()
         .find(|r| r.template == "review_request")
         .unwrap();
@@ -988,8 +987,8 @@ fn the_scheduled_review_request_carries_its_variant() {
         ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
         ev("e2", "2026-03-03T10:00:00Z", delivered("o-1", "s-1")),
     ]);
-    let rule = Config::embedded()
-        .journeys
+    let rule = Settings::shipped()
+        .rules
         .into_iter()
         .find(|r| r.template == "review_request")
         .unwrap();
@@ -1128,7 +1127,7 @@ fn a_big_spender_reaches_the_top_tier_at_once_and_is_congratulated_once() {
 }
 
 fn with_rules(edit: impl Fn(&mut JourneyRule)) -> Journeys {
-    let mut rules = Config::embedded().journeys;
+    let mut rules = Settings::shipped().rules;
     rules.iter_mut().for_each(edit);
     Journeys::new(rules)
 }

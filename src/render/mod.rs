@@ -29,6 +29,19 @@ use std::path::{Path, PathBuf};
 use handlebars::{Handlebars, RenderError, RenderErrorReason, TemplateError, TemplateErrorReason};
 use serde_json::Value;
 
+use crate::journey::BASE_VARIANT;
+
+/// The template to render for an A/B `variant` of `template`:
+/// `review_request` for `a` (or none), whose files are the template's own;
+/// `review_request.b` for `b`, whose files are
+/// `review_request.b.{subject,html,txt}.hbs`.
+pub fn variant_template(template: &str, variant: Option<&str>) -> String {
+    match variant {
+        None | Some(BASE_VARIANT) => template.to_owned(),
+        Some(v) => format!("{template}.{v}"),
+    }
+}
+
 /// The parts of every email template. The preheader is the line an inbox
 /// shows after the subject; it is written as plain text, like the subject,
 /// and put at the top of the HTML part, hidden (see [`preheader_block`]).

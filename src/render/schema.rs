@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{EmailClass, JourneyRule, Trigger};
+use crate::journey::{EmailClass, JourneyRule, Trigger};
 
 /// What a value is: for the docs and for generating data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1038,7 +1038,7 @@ mod tests {
         };
         let mut pipeline = Pipeline::new(
             SqliteStore::in_memory().unwrap(),
-            Journeys::from_config(config),
+            Journeys::from_settings(config.journey_settings()),
             context,
             100,
             LeasePolicy {

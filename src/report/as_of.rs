@@ -98,8 +98,9 @@ mod tests {
     use rust_decimal::Decimal;
 
     use super::*;
-    use crate::config::{Config, Segment};
+    use crate::config::Config;
     use crate::journey::OrderState;
+    use crate::journey::Segment;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -131,7 +132,7 @@ mod tests {
 
     #[test]
     fn a_customer_is_classified_with_the_orders_they_had_at_the_end_of_the_period() {
-        let rules = Journeys::from_config(&Config::embedded());
+        let rules = Journeys::from_settings(Config::embedded().journey_settings());
         // One order of 20 EUR before the end; 600 EUR in three orders after
         // it: new then, VIP (500 EUR of lifetime spend) now.
         let j = journey(&[
@@ -150,7 +151,7 @@ mod tests {
 
     #[test]
     fn the_shop_median_is_the_one_of_the_orders_before_the_end_of_the_period() {
-        let rules = Journeys::from_config(&Config::embedded());
+        let rules = Journeys::from_settings(Config::embedded().journey_settings());
         // At the end: orders of 40, 40 (x) and 10, 10 (y): the median is
         // 10 (the 2nd of 4), x's average of 40 is above it and x ordered
         // twice in 180 days (under 3): rare-large. Five orders of 100 by z

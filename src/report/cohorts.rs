@@ -136,7 +136,7 @@ pub fn cohorts(customers: &[Customer], s: &Settings) -> Vec<Cohort> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Segment;
+    use crate::journey::Segment;
     use crate::report::fixtures::{order_at, period, t};
 
     fn customer(id: &str, orders: &[&str]) -> Customer {

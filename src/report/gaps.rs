@@ -101,7 +101,7 @@ mod tests {
     use jiff::Timestamp;
 
     use super::*;
-    use crate::config::Segment;
+    use crate::journey::Segment;
     use crate::report::Order;
     use crate::report::fixtures::{order_at, period, t};
 

@@ -50,7 +50,7 @@ use jiff::{SignedDuration, Timestamp};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::config::Segment;
+use crate::journey::Segment;
 
 /// One order, as the report needs it.
 #[derive(Debug, Clone, PartialEq)]

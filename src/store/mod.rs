@@ -18,9 +18,8 @@ mod suite;
 use jiff::Timestamp;
 use serde_json::Value;
 
-use crate::config::EmailClass;
 use crate::event::Unresolved;
-use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
 pub use postgres::{PostgresStore, PostgresTx};
 pub use sqlite::SqliteStore;
@@ -146,6 +145,23 @@ pub async fn blocking<S: Store, T: Send + 'static>(
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Whether `url` names a store this worker can open, or what is wrong with
+/// it: `sqlite:PATH`, or a PostgreSQL URL (`postgres://...` or
+/// `postgresql://...`) that [`PostgresStore::connect`] can use. Checked
+/// with the configuration, before anything connects.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if url.starts_with("sqlite:") {
+        return Ok(());
+    }
+    if !["postgres://", "postgresql://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        return Err(format!("`{url}`: use `sqlite:PATH` or `postgres://...`"));
+    }
+    postgres::check_url(url)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -613,4 +629,25 @@ fn headers_from_json(stored: Option<String>) -> Vec<(String, Vec<u8>)> {
         .into_iter()
         .map(|(name, value)| (name, value.into_bytes()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn a_store_url_is_sqlite_or_a_postgres_url_the_store_can_use() {
+        assert_eq!(check_url("sqlite:/var/lib/aftercare/aftercare.db"), Ok(()));
+        assert_eq!(check_url("postgres://u@h/db?sslmode=require"), Ok(()));
+        assert_eq!(check_url("postgresql://u@h/db"), Ok(()));
+        assert_eq!(
+            check_url("mysql://u@h/db"),
+            Err("`mysql://u@h/db`: use `sqlite:PATH` or `postgres://...`".to_owned())
+        );
+        // The postgres crate reads `key=value` strings too; a store URL is
+        // a URL.
+        assert!(check_url("host=h user=u").is_err());
+        let err = check_url("postgres://u@h/db?sslmode=verify").unwrap_err();
+        assert!(err.contains("unknown sslmode `verify`"), "{err}");
+    }
 }

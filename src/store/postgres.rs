@@ -59,8 +59,7 @@ use super::{
     ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
     headers_json, taken_over,
 };
-use crate::config::EmailClass;
-use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
 mod tls;
 
@@ -185,9 +184,8 @@ struct UrlParams {
 }
 
 /// Whether `url` is a PostgreSQL store URL that [`PostgresStore::connect`]
-/// can use, or what is wrong with it: checked with the configuration,
-/// before anything connects.
-pub fn check_url(url: &str) -> std::result::Result<(), String> {
+/// can use, or what is wrong with it (see [`super::check_url`]).
+pub(super) fn check_url(url: &str) -> std::result::Result<(), String> {
     parse_url(url).map(|_| ()).map_err(|e| match e {
         StoreError::PostgresTls(text) => text,
         other => other.to_string(),

@@ -17,8 +17,7 @@ use super::{
     ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
     headers_json, taken_over,
 };
-use crate::config::EmailClass;
-use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
 const MIGRATIONS: &[M<'static>] = &[
     M::up(

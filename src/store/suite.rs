@@ -12,9 +12,8 @@ use super::{
     Accepted, Addressee, Backlog, IntakeRow, Lease, ParkedEvent, PostgresStore, SqliteStore,
     Status, Store, StoreError, Transaction,
 };
-use crate::config::EmailClass;
 use crate::event::Unresolved;
-use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
 /// A store implementation under test, with a place for its data.
 pub(super) trait Harness {
