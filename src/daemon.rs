@@ -634,6 +634,16 @@ mod tests {
         emails: Vec<EmailRow>,
         mailer: SlowMailer,
     ) -> Delivered {
+        deliver_until(p, emails, mailer, CancellationToken::new()).await
+    }
+
+    /// As [`deliver`], until `stop` is cancelled.
+    async fn deliver_until(
+        p: &mut Pipeline<SqliteStore>,
+        emails: Vec<EmailRow>,
+        mailer: SlowMailer,
+        stop: CancellationToken,
+    ) -> Delivered {
         let sender = Arc::new(Sender::new(&Config::embedded(), templates(), mailer));
         let (tx, rx) = mpsc::channel(16);
         for email in emails {
@@ -645,17 +655,51 @@ mod tests {
             Duration::from_secs(60),
         ));
         let store = Arc::new(Mutex::new(p.store().reopen().unwrap()));
-        deliver_all(
-            rx,
-            sender,
-            store,
-            p.lease().clone(),
-            1,
-            CancellationToken::new(),
-            observer,
-        )
-        .await
-        .unwrap()
+        deliver_all(rx, sender, store, p.lease().clone(), 1, stop, observer)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_cancellation_an_email_waiting_for_a_free_slot_is_released() {
+        templates();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w1 = worker(dir.path(), "w1", Duration::from_secs(60));
+        let (first, second) = (confirmation(&mut w1, "o-1"), confirmation(&mut w1, "o-2"));
+        let sent = Arc::<Mutex<Vec<String>>>::default();
+        // One slot, held by the first for longer than the run lasts.
+        let mailer = SlowMailer {
+            delay: Duration::from_millis(500),
+            sent: Arc::clone(&sent),
+        };
+        let stop = CancellationToken::new();
+        let cancel = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        });
+        let done = deliver_until(&mut w1, vec![first.clone(), second], mailer, stop).await;
+        assert_eq!(*lock(&sent), [first.key]);
+        assert_eq!(done.sent.get("order_confirmation"), Some(&1));
+        // Released: another worker takes it over at once, not after w1's
+        // lease.
+        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
+        assert_eq!(w2.reclaim(false).unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_between_retries_ends_once_the_run_is_cancelled() {
+        let stop = CancellationToken::new();
+        let waiting = stop.clone();
+        let pause = tokio::task::spawn_blocking(move || {
+            sleep_unless_stopped(Duration::from_secs(60), &waiting);
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), pause)
+            .await
+            .expect("still pausing after the cancellation")
+            .unwrap();
     }
 
     #[tokio::test]
