@@ -7,19 +7,21 @@
 //! approved by this worker before a crash, or by another whose lease
 //! expired, are delivered again.
 //!
-//! Shutdown: the `shutdown` future stops intake after the batch in hand
-//! (its transaction commits), the workers finish what they hold, and
-//! whatever still runs when the grace period ends is left: those emails
-//! stay `sending` and go out on the next start.
+//! Shutdown: one [`CancellationToken`] is handed to the ingest thread and
+//! the delivery workers. Once it is cancelled, the ingest loop stops after
+//! the batch in hand (its transaction commits), the workers finish what
+//! they hold and release what they had not started, and whatever still
+//! runs when the grace period ends is left: those emails stay `sending`
+//! and go out on the next start.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::journey::later;
 use crate::mailer::Mailer;
@@ -85,13 +87,16 @@ pub struct Settings {
 /// How often the loop looks for expired leases of other workers.
 const RECLAIM_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Runs until the source is finished (with `once`, caught up) and what it
+/// approved is delivered, or until `shutdown` is cancelled: then intake
+/// stops and in-flight work gets `settings.grace`.
 pub async fn run<S, M>(
     mut pipeline: Pipeline<S>,
     mut source: Box<dyn Source>,
     mut dead: DeadLetters,
     sender: Arc<Sender<M>>,
     settings: Settings,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) -> Result<Summary, DaemonError>
 where
     S: Store,
@@ -104,7 +109,6 @@ where
     }
     let resumed = pipeline.reclaim(true)?;
     let (tx, rx) = mpsc::channel::<EmailRow>(settings.batch_size.max(64));
-    let stop = Arc::new(AtomicBool::new(false));
     let mut summary = Summary {
         resumed: resumed.len() as u64,
         ..Summary::default()
@@ -116,13 +120,13 @@ where
         );
     }
 
-    let workers = tokio::spawn(deliver_all(
+    let mut workers = tokio::spawn(deliver_all(
         rx,
         Arc::clone(&sender),
         Arc::clone(&delivery_store),
         pipeline.lease().clone(),
         settings.concurrency,
-        Arc::clone(&stop),
+        shutdown.clone(),
         Arc::clone(&settings.observer),
     ));
     for email in resumed {
@@ -131,13 +135,13 @@ where
         }
     }
 
-    let ingest_stop = Arc::clone(&stop);
+    let ingest_stop = shutdown.clone();
     let (batch_size, once) = (settings.batch_size, settings.once);
     let observer = Arc::clone(&settings.observer);
     let mut ingest = tokio::task::spawn_blocking(move || -> Result<Stats, DaemonError> {
         let mut last_reclaim = Instant::now();
         let mut read = || -> Result<(), DaemonError> {
-            while !ingest_stop.load(Ordering::Relaxed) {
+            while !ingest_stop.is_cancelled() {
                 let batch = source.next_batch(batch_size)?;
                 observer.source_polled(source.health());
                 let now = Timestamp::now();
@@ -196,16 +200,14 @@ where
         read.map(|()| pipeline.stats)
     });
 
-    tokio::pin!(shutdown);
     let deadline;
     let stats = tokio::select! {
         result = &mut ingest => {
             deadline = None;
             result
         }
-        () = &mut shutdown => {
+        () = shutdown.cancelled() => {
             tracing::info!(grace = ?settings.grace, "Stopping intake.");
-            stop.store(true, Ordering::Relaxed);
             let until = tokio::time::Instant::now() + settings.grace;
             deadline = Some(until);
             match tokio::time::timeout_at(until, &mut ingest).await {
@@ -220,10 +222,18 @@ where
     };
     summary.ingest = stats.map_err(|_| DaemonError::Panicked)??;
 
-    // Without a shutdown request, the workers finish what was approved.
+    // Without a shutdown request, the workers finish what was approved; one
+    // that comes meanwhile gives them the grace period, as during intake.
     let finished = match deadline {
         Some(until) => tokio::time::timeout_at(until, workers).await.ok(),
-        None => Some(workers.await),
+        None => tokio::select! {
+            done = &mut workers => Some(done),
+            () = shutdown.cancelled() => {
+                tracing::info!(grace = ?settings.grace, "Stopping deliveries.");
+                let until = tokio::time::Instant::now() + settings.grace;
+                tokio::time::timeout_at(until, workers).await.ok()
+            }
+        },
     };
     match finished {
         Some(Ok(done)) => {
@@ -253,7 +263,7 @@ where
 /// transaction rolls back, and events of a committed one are recognised as
 /// duplicates. Once a shutdown is asked, the last error is returned.
 fn retrying<T>(
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     observer: &Observer,
     step: &str,
     mut attempt: impl FnMut() -> Result<T, DaemonError>,
@@ -261,7 +271,7 @@ fn retrying<T>(
     let mut failures = 0;
     loop {
         match attempt() {
-            Err(error) if error.is_transient() && !stop.load(Ordering::Relaxed) => {
+            Err(error) if error.is_transient() && !stop.is_cancelled() => {
                 observer.step_failed(step);
                 let pause = outage_pause(failures);
                 failures += 1;
@@ -273,12 +283,16 @@ fn retrying<T>(
     }
 }
 
-fn sleep_unless_stopped(mut left: Duration, stop: &AtomicBool) {
-    let step = Duration::from_millis(50);
-    while !left.is_zero() && !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(left.min(step));
-        left = left.saturating_sub(step);
-    }
+/// Waits `pause`, or less if `stop` is cancelled meanwhile. For the ingest
+/// thread (a blocking one of the runtime, where the runtime's handle is at
+/// hand and blocking on it is allowed).
+fn sleep_unless_stopped(pause: Duration, stop: &CancellationToken) {
+    tokio::runtime::Handle::current().block_on(async {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stop.cancelled() => {}
+        }
+    });
 }
 
 #[derive(Default)]
@@ -452,15 +466,16 @@ async fn deliver_one<S: Store, M: Mailer>(
 }
 
 /// Delivers what comes down the channel, `concurrency` at a time. Once
-/// `stop` is set, what has not started is released for other workers (or
-/// the next start) instead.
+/// `stop` is cancelled, what has not started (received, or waiting for a
+/// free delivery slot) is released for other workers (or the next start)
+/// instead.
 async fn deliver_all<S: Store, M: Mailer>(
     mut rx: mpsc::Receiver<EmailRow>,
     sender: Arc<Sender<M>>,
     store: Arc<Mutex<S>>,
     lease: LeasePolicy,
     concurrency: usize,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
     observer: Arc<Observer>,
 ) -> Result<Delivered, StoreError> {
     let heartbeat = Heartbeat::start(Arc::clone(&store), lease.clone());
@@ -484,14 +499,19 @@ async fn deliver_all<S: Store, M: Mailer>(
         let Some(email) = email else {
             break;
         };
-        if stop.load(Ordering::Relaxed) {
+        if stop.is_cancelled() {
             released.push(email.id);
             continue;
         }
-        let permit = Arc::clone(&permits)
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => {
+                permit.expect("the semaphore is never closed")
+            }
+            () = stop.cancelled() => {
+                released.push(email.id);
+                continue;
+            }
+        };
         let (sender, store) = (Arc::clone(&sender), Arc::clone(&store));
         let (lease, in_flight) = (lease.clone(), Arc::clone(&heartbeat.in_flight));
         running.spawn(async move {
@@ -614,6 +634,16 @@ mod tests {
         emails: Vec<EmailRow>,
         mailer: SlowMailer,
     ) -> Delivered {
+        deliver_until(p, emails, mailer, CancellationToken::new()).await
+    }
+
+    /// As [`deliver`], until `stop` is cancelled.
+    async fn deliver_until(
+        p: &mut Pipeline<SqliteStore>,
+        emails: Vec<EmailRow>,
+        mailer: SlowMailer,
+        stop: CancellationToken,
+    ) -> Delivered {
         let sender = Arc::new(Sender::new(&Config::embedded(), templates(), mailer));
         let (tx, rx) = mpsc::channel(16);
         for email in emails {
@@ -625,10 +655,51 @@ mod tests {
             Duration::from_secs(60),
         ));
         let store = Arc::new(Mutex::new(p.store().reopen().unwrap()));
-        let stop = Arc::new(AtomicBool::new(false));
         deliver_all(rx, sender, store, p.lease().clone(), 1, stop, observer)
             .await
             .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_cancellation_an_email_waiting_for_a_free_slot_is_released() {
+        templates();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w1 = worker(dir.path(), "w1", Duration::from_secs(60));
+        let (first, second) = (confirmation(&mut w1, "o-1"), confirmation(&mut w1, "o-2"));
+        let sent = Arc::<Mutex<Vec<String>>>::default();
+        // One slot, held by the first for longer than the run lasts.
+        let mailer = SlowMailer {
+            delay: Duration::from_millis(500),
+            sent: Arc::clone(&sent),
+        };
+        let stop = CancellationToken::new();
+        let cancel = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            cancel.cancel();
+        });
+        let done = deliver_until(&mut w1, vec![first.clone(), second], mailer, stop).await;
+        assert_eq!(*lock(&sent), [first.key]);
+        assert_eq!(done.sent.get("order_confirmation"), Some(&1));
+        // Released: another worker takes it over at once, not after w1's
+        // lease.
+        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
+        assert_eq!(w2.reclaim(false).unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_between_retries_ends_once_the_run_is_cancelled() {
+        let stop = CancellationToken::new();
+        let waiting = stop.clone();
+        let pause = tokio::task::spawn_blocking(move || {
+            sleep_unless_stopped(Duration::from_secs(60), &waiting);
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), pause)
+            .await
+            .expect("still pausing after the cancellation")
+            .unwrap();
     }
 
     #[tokio::test]

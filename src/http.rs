@@ -262,12 +262,12 @@ async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
         .into_response()
 }
 
-/// Serves until `shutdown` completes, within `limits`.
+/// Serves until `shutdown` is cancelled, within `limits`.
 pub async fn serve<S: Store>(
     listener: tokio::net::TcpListener,
     state: Arc<HttpState<S>>,
     limits: Limits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     let tally = Arc::clone(&state.tally);
     listener::serve(listener, router(state), limits, tally, shutdown).await

@@ -26,6 +26,7 @@ use aftercare::store::{PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
 use aftercare::{check, http, preview, reload, report, simulate};
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
 
 /// Exit codes, as DESIGN.md gives them (sysexits.h).
 const EX_USAGE: u8 = 64;
@@ -331,7 +332,7 @@ fn run_command(cli: Cli) -> Result<ExitCode, Failure> {
                     "Preview: http://{addr}/ (written to {}; Ctrl-C stops)",
                     out.display()
                 );
-                preview::serve(config, out, listener, shutdown()).await?;
+                preview::serve(config, out, listener, signalled()).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -748,14 +749,20 @@ async fn run_with<S: Store>(
     let observer = Arc::new(Observer::new(probe, poll_timeout));
     let templates = Arc::new(ArcSwap::from(templates));
     let sender = Arc::new(Sender::new(&config, Arc::clone(&templates), mailer));
-    let (reload_stop, reload_stopped) = tokio::sync::oneshot::channel::<()>();
+    // One shutdown request for every task of the run. A signal cancels
+    // `shutdown`: intake stops after the batch in hand and the deliveries
+    // get the grace period. `stop`, its parent, is cancelled once the run is
+    // over, however it ended: then the template watch and the HTTP server
+    // (which answers while the deliveries drain) stop too.
+    let stop = CancellationToken::new();
+    // Also when this returns early (the HTTP address taken, say).
+    let _stop_on_return = stop.clone().drop_guard();
+    let shutdown = stop.child_token();
     let reloader = tokio::spawn(reload::watch(
         config.clone(),
         templates,
         Arc::clone(&observer),
-        async {
-            let _ = reload_stopped.await;
-        },
+        stop.clone(),
     ));
     let settings = Settings {
         batch_size: config.source.batch_size,
@@ -765,7 +772,7 @@ async fn run_with<S: Store>(
         observer: Arc::clone(&observer),
     };
     let dead_place = dead.place();
-    let (http_stop, http) = match (config.http.listen, http_store) {
+    let http = match (config.http.listen, http_store) {
         (Some(addr), Some(store)) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -794,19 +801,27 @@ async fn run_with<S: Store>(
                 request_timeout = ?limits.request_timeout,
                 "HTTP server listening."
             );
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(http::serve(listener, state, limits, async {
-                let _ = stopped.await;
-            }));
-            (Some(stop), Some(server))
+            Some(tokio::spawn(http::serve(
+                listener,
+                state,
+                limits,
+                stop.clone(),
+            )))
         }
-        _ => (None, None),
+        _ => None,
     };
-    let summary = daemon::run(pipeline, source, dead, sender, settings, shutdown()).await;
-    let _ = reload_stop.send(());
+    // SIGTERM or SIGINT asks the run to stop.
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = signalled() => on_signal.cancel(),
+            () = on_signal.cancelled() => {}
+        }
+    });
+    let summary = daemon::run(pipeline, source, dead, sender, settings, shutdown).await;
+    stop.cancel();
     let _ = reloader.await;
-    if let (Some(stop), Some(server)) = (http_stop, http) {
-        let _ = stop.send(());
+    if let Some(server) = http {
         let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
     }
     let summary = summary?;
@@ -836,7 +851,8 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-async fn shutdown() {
+/// Completes at the first SIGTERM or SIGINT.
+async fn signalled() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

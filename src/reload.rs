@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::check;
 use crate::config::Config;
@@ -85,12 +86,12 @@ impl FolderWatch {
 }
 
 /// Reloads on every change in the template folder and on SIGHUP, until
-/// `shutdown` completes.
+/// `shutdown` is cancelled.
 pub async fn watch(
     config: Config,
     current: Arc<ArcSwap<Templates>>,
     observer: Arc<Observer>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) {
     let mut folder = FolderWatch::new(&config.templates_dir).unwrap_or_else(|e| {
         tracing::warn!(error = %e, dir = %config.templates_dir.display(), "Cannot watch the templates; reload with SIGHUP.");
@@ -98,7 +99,6 @@ pub async fn watch(
     });
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    tokio::pin!(shutdown);
     loop {
         let hup = async {
             #[cfg(unix)]
@@ -109,7 +109,7 @@ pub async fn watch(
             std::future::pending::<()>().await;
         };
         tokio::select! {
-            () = &mut shutdown => return,
+            () = shutdown.cancelled() => return,
             () = hup => tracing::info!("SIGHUP: reloading the templates."),
             () = folder.changed() => {}
         }

@@ -37,6 +37,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::Tally;
 use crate::config::HttpConfig;
@@ -194,14 +195,14 @@ impl Drop for Gone {
     }
 }
 
-/// Serves `app` until `shutdown` completes, then lets the connections in
-/// hand finish (each is bounded by `request_timeout`).
+/// Serves `app` until `shutdown` is cancelled, then lets the connections
+/// in hand finish (each is bounded by `request_timeout`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     tally: Arc<Tally>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut builder = http1::Builder::new();
     builder
@@ -217,7 +218,6 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut report =
         tokio::time::interval_at(tokio::time::Instant::now() + REPORT_EVERY, REPORT_EVERY);
-    tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -232,7 +232,7 @@ pub async fn serve(
                 tally.report();
                 continue;
             }
-            () = &mut shutdown => break,
+            () = shutdown.cancelled() => break,
         };
         let slot = match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => slot,
@@ -246,7 +246,7 @@ pub async fn serve(
                         Ok(slot) => slot,
                         Err(_) => break,
                     },
-                    () = &mut shutdown => break,
+                    () = shutdown.cancelled() => break,
                 }
             }
         };
