@@ -325,7 +325,7 @@ impl Delivered {
         }
         observer.email(&email.template, status);
         match outcome {
-            Outcome::Sent { reply } => {
+            Outcome::Sent { reply, .. } => {
                 observer.sent_late(jiff::Timestamp::now().duration_since(email.due_at));
                 tracing::info!(template = %email.template, customer_id = %email.customer_id, key = %email.key, "Sent email.");
                 tracing::debug!(to = ?email.recipient, %reply, "Sent email.");

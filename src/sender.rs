@@ -17,46 +17,8 @@ use crate::journey::{EmailClass, JourneyRule, later};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::{backoff, outage_pause, panic_message};
 use crate::render::{Templates, variant_template};
+pub use crate::store::Outcome;
 use crate::store::{EmailRow, Store, StoreError};
-
-/// What became of one delivery.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Sent {
-        reply: String,
-    },
-    Retry {
-        at: Timestamp,
-        reply: String,
-    },
-    Failed {
-        reason: String,
-    },
-    /// The mailbox does not exist (5.1.x): failed, and the address is
-    /// suppressed for every later email.
-    Bounced {
-        address: String,
-        reason: String,
-    },
-    /// The recipient's domain asked us to slow down (421, 4.7.x), now or
-    /// before: the email waits, without spending an attempt.
-    Deferred {
-        at: Timestamp,
-        reply: String,
-    },
-    /// May have been delivered: retried (same Message-ID), and counted
-    /// apart from the other attempts.
-    Ambiguous {
-        at: Timestamp,
-        reply: String,
-    },
-    /// Too late to go out any more (its rule's `expires_after` passed
-    /// while it waited: a crash, a queue, a slow server): `suppressed`,
-    /// nothing sent.
-    Expired {
-        reason: String,
-    },
-}
 
 /// Whether a permanent reply says the mailbox does not exist: an enhanced
 /// status code 5.1.x (RFC 3463: bad destination mailbox address).
@@ -194,7 +156,10 @@ impl<M: Mailer> Sender<M> {
         let sent = self.mailer.send(&outgoing).await;
         drop(slot);
         match sent {
-            Ok(reply) => Outcome::Sent { reply },
+            Ok(reply) => Outcome::Sent {
+                at: Timestamp::now(),
+                reply,
+            },
             Err(MailError::Transient(reply)) if is_deferral(&reply) => {
                 let reply = format!("transient: {reply}");
                 let until = self.domains.defer(&domain, now);
@@ -268,19 +233,7 @@ async fn write_outcome<S: Store>(
     store: &Arc<Mutex<S>>,
 ) -> Result<(), StoreError> {
     let outcome = outcome.clone();
-    crate::store::blocking(store, move |store| match outcome {
-        Outcome::Sent { reply } => store.mark_sent(id, Timestamp::now(), &reply),
-        Outcome::Retry { at, reply } => store.mark_retry(id, at, &reply),
-        Outcome::Deferred { at, reply } => store.mark_deferred(id, at, &reply),
-        Outcome::Ambiguous { at, reply } => store.mark_ambiguous(id, at, &reply),
-        Outcome::Failed { reason } => store.mark_failed(id, &reason),
-        Outcome::Expired { reason } => store.mark_expired(id, &reason),
-        Outcome::Bounced { address, reason } => {
-            store.mark_failed(id, &reason)?;
-            store.suppress(&address, &reason)
-        }
-    })
-    .await
+    crate::store::blocking(store, move |store| store.record_delivery(id, &outcome)).await
 }
 
 /// Jitter that differs per email and attempt but needs no random source.

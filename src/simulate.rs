@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::pipeline::{Pipeline, PipelineError, Stats};
 use crate::source::{DeadLetters, Source};
-use crate::store::{EmailRow, SqliteStore, Store, StoreError};
+use crate::store::{EmailRow, Outcome, SqliteStore, Store, StoreError};
 
 /// How far past the last event the clock runs by default.
 pub const DEFAULT_HORIZON: SignedDuration = SignedDuration::from_hours(180 * 24);
@@ -177,9 +177,13 @@ fn deliver(
 ) -> Result<(), StoreError> {
     for email in approved.drain(..) {
         on_approved(&email);
-        pipeline
-            .store()
-            .mark_sent(email.id, email.due_at, "simulated")?;
+        pipeline.store().record_delivery(
+            email.id,
+            &Outcome::Sent {
+                at: email.due_at,
+                reply: "simulated".into(),
+            },
+        )?;
     }
     Ok(())
 }

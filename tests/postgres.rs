@@ -13,7 +13,7 @@ use aftercare::config::Config;
 use aftercare::journey::Journeys;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::source::{DeadLetters, FileSource, Source};
-use aftercare::store::{EmailRow, PostgresStore, SqliteStore, Store};
+use aftercare::store::{EmailRow, Outcome, PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
 use common::postgres::{Schema, url};
 use jiff::{SignedDuration, Timestamp};
@@ -66,7 +66,13 @@ fn deliver<S: Store>(pipeline: &mut Pipeline<S>, approved: &mut Vec<EmailRow>) -
         .map(|e| {
             pipeline
                 .store()
-                .mark_sent(e.id, e.due_at, "simulated")
+                .record_delivery(
+                    e.id,
+                    &Outcome::Sent {
+                        at: e.due_at,
+                        reply: "simulated".into(),
+                    },
+                )
                 .unwrap();
             e.id
         })

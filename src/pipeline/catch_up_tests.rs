@@ -8,7 +8,7 @@ use serde_json::json;
 use super::*;
 use crate::config::Config;
 use crate::journey::late::{BEFORE_GO_LIVE, Clock};
-use crate::store::SqliteStore;
+use crate::store::{Outcome, SqliteStore};
 
 /// A pipeline on the shipped rules and policies, with `edit` made to the
 /// configuration, judging lateness by `lateness`.
@@ -369,7 +369,13 @@ fn a_retry_keeps_its_place_under_the_cap() {
         .find(|e| e.template == "welcome")
         .expect("the welcome goes");
     p.store()
-        .mark_retry(welcome.id, now, "transient: 451 try again")
+        .record_delivery(
+            welcome.id,
+            &Outcome::Retry {
+                at: now,
+                reply: "transient: 451 try again".into(),
+            },
+        )
         .unwrap();
     let again = run(&mut p, &[], later(now, SignedDuration::from_secs(1)));
     assert_eq!(keys(&again), ["c-1/welcome/o-1"]);

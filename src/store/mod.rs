@@ -10,6 +10,7 @@
 //! due time (consent and cancellations checked) and handed to the mailer; a
 //! crash there re-delivers it with the same key, hence the same Message-ID.
 
+mod outcome;
 pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use serde_json::Value;
 use crate::event::Unresolved;
 use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
+pub use outcome::Outcome;
 pub use postgres::{PostgresStore, PostgresTx};
 pub use sqlite::SqliteStore;
 
@@ -530,19 +532,11 @@ pub trait Store: Send + 'static {
     /// while it waited in this one's delivery queue: this worker must not
     /// send it.
     fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>>;
-    fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()>;
-    /// Puts an email back to wait until `fire_at` after a transient failure.
-    fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
-    /// Like `mark_retry`, after an attempt that may have been delivered:
-    /// counted apart too (`ambiguous_attempts`).
-    fn mark_ambiguous(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
-    /// Like `mark_retry`, but the wait is the domain's, not the email's
-    /// fault: no attempt is counted.
-    fn mark_deferred(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()>;
-    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()>;
-    /// An approved email that is too late to go out any more: `suppressed`
-    /// with `reason` (its rule's `expires_after` passed).
-    fn mark_expired(&mut self, id: i64, reason: &str) -> Result<()>;
+    /// Records what became of the approved email `id`: sent, back to wait,
+    /// failed or too late (see [`Outcome`]). A bounce fails the email and
+    /// suppresses its address, transactional emails included, in one
+    /// transaction.
+    fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()>;
     /// When this shop went live: recorded on the first call (`now`, or the
     /// Unix epoch for a store that holds journeys already: one that went
     /// live before this was recorded), the same ever after.
@@ -550,9 +544,6 @@ pub trait Store: Send + 'static {
     /// The pending emails whose fire time is past `now`: template and due
     /// time, for the word at start on what will become of them.
     fn overdue(&mut self, now: Timestamp) -> Result<Vec<(String, Timestamp)>>;
-    /// No email goes to `address` any more, transactional ones included
-    /// (a hard bounce: the mailbox does not exist).
-    fn suppress(&mut self, address: &str, reason: &str) -> Result<()>;
     /// Every decided email, by due time then creation.
     fn decisions(&mut self) -> Result<Vec<EmailRow>>;
     /// How many emails wait, and how many of them are overdue at `now`.

@@ -55,7 +55,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::{
-    Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER,
+    Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER, Outcome,
     ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
     headers_json, taken_over,
 };
@@ -785,77 +785,65 @@ impl Store for PostgresStore {
         })
     }
 
-    fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()> {
-        let (at, reply) = (ms(at), reply.to_owned());
+    fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()> {
+        const FAIL: &str = "UPDATE emails SET status = 'failed', reason = $2,
+                 attempts = attempts + 1 WHERE id = $1";
+        let outcome = outcome.clone();
         self.conn.call(move |s| {
-            s.execute(
-                "UPDATE emails SET status = 'sent', decided_at = $2, last_reply = $3,
-                     attempts = attempts + 1 WHERE id = $1",
-                &[&id, &at, &reply],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
-        let (fire_at, reply) = (ms(fire_at), reply.to_owned());
-        self.conn.call(move |s| {
-            s.execute(
-                "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
-                     attempts = attempts + 1 WHERE id = $1",
-                &[&id, &fire_at, &reply],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn mark_ambiguous(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
-        let (fire_at, reply) = (ms(fire_at), reply.to_owned());
-        self.conn.call(move |s| {
-            s.execute(
-                "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
-                     attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
-                 WHERE id = $1",
-                &[&id, &fire_at, &reply],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn mark_deferred(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
-        let (fire_at, reply) = (ms(fire_at), reply.to_owned());
-        self.conn.call(move |s| {
-            s.execute(
-                "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3 WHERE id = $1",
-                &[&id, &fire_at, &reply],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()> {
-        let reason = reason.to_owned();
-        self.conn.call(move |s| {
-            s.execute(
-                "UPDATE emails SET status = 'failed', reason = $2, attempts = attempts + 1
+            match outcome {
+                Outcome::Sent { at, reply } => s.execute(
+                    "UPDATE emails SET status = 'sent', decided_at = $2, last_reply = $3,
+                         attempts = attempts + 1 WHERE id = $1",
+                    &[&id, &ms(at), &reply],
+                )?,
+                Outcome::Retry { at, reply } => s.execute(
+                    "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
+                         attempts = attempts + 1 WHERE id = $1",
+                    &[&id, &ms(at), &reply],
+                )?,
+                Outcome::Ambiguous { at, reply } => s.execute(
+                    "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
+                         attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
                      WHERE id = $1",
-                &[&id, &reason],
-            )?;
-            Ok(())
-        })
-    }
-
-    fn mark_expired(&mut self, id: i64, reason: &str) -> Result<()> {
-        let reason = reason.to_owned();
-        self.conn.call(move |s| {
-            s.execute(
-                concat!(
-                    "UPDATE emails SET status = 'suppressed', reason = $2, decided_at = ",
-                    now_ms!(),
-                    " WHERE id = $1"
-                ),
-                &[&id, &reason],
-            )?;
+                    &[&id, &ms(at), &reply],
+                )?,
+                Outcome::Deferred { at, reply } => s.execute(
+                    "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3
+                     WHERE id = $1",
+                    &[&id, &ms(at), &reply],
+                )?,
+                Outcome::Failed { reason } => s.execute(FAIL, &[&id, &reason])?,
+                Outcome::Expired { reason } => s.execute(
+                    concat!(
+                        "UPDATE emails SET status = 'suppressed', reason = $2, decided_at = ",
+                        now_ms!(),
+                        " WHERE id = $1"
+                    ),
+                    &[&id, &reason],
+                )?,
+                Outcome::Bounced { address, reason } => {
+                    s.begin()?;
+                    let address = address.to_lowercase();
+                    let done = s.execute(FAIL, &[&id, &reason]).and_then(|_| {
+                        s.execute(
+                            concat!(
+                                "INSERT INTO suppressed_addresses (address, reason, at)
+                                 VALUES ($1, $2, ",
+                                now_ms!(),
+                                ") ON CONFLICT (address) DO NOTHING"
+                            ),
+                            &[&address, &reason],
+                        )
+                    });
+                    // A failed statement leaves nothing behind: rolled back.
+                    if let Err(error) = done {
+                        let _ = s.finish(false);
+                        return Err(error);
+                    }
+                    s.finish(true)?;
+                    0
+                }
+            };
             Ok(())
         })
     }
@@ -890,22 +878,6 @@ impl Store for PostgresStore {
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, from_ms(r.try_get(1)?))))
                 .collect()
-        })
-    }
-
-    fn suppress(&mut self, address: &str, reason: &str) -> Result<()> {
-        let (address, reason) = (address.to_lowercase(), reason.to_owned());
-        self.conn.call(move |s| {
-            s.execute(
-                concat!(
-                    "INSERT INTO suppressed_addresses (address, reason, at)
-                     VALUES ($1, $2, ",
-                    now_ms!(),
-                    ") ON CONFLICT (address) DO NOTHING"
-                ),
-                &[&address, &reason],
-            )?;
-            Ok(())
         })
     }
 
@@ -1685,6 +1657,16 @@ mod tests {
     use super::*;
     use crate::journey::Journey;
 
+    /// Suppresses `address` as a bounce does (with no email of id 0, only
+    /// the address changes).
+    fn suppress(s: &mut PostgresStore, address: &str) {
+        let bounce = Outcome::Bounced {
+            address: address.to_owned(),
+            reason: "550".to_owned(),
+        };
+        s.record_delivery(0, &bounce).unwrap();
+    }
+
     /// Schedules `n` emails due at once (keys `{prefix}{i}`), for
     /// `customers` stored customers in turn; their ids.
     fn schedule_many(
@@ -2256,7 +2238,7 @@ mod tests {
     fn a_handle_connects_again_after_the_server_closed_its_connection() {
         let h = PostgresHarness::new();
         let mut s = h.open();
-        s.suppress("a@example.com", "550").unwrap();
+        suppress(&mut s, "a@example.com");
         let pid: i32 = s
             .with_client(|c| Ok(c.query_one("SELECT pg_backend_pid()", &[])?.get(0)))
             .unwrap();
@@ -2347,7 +2329,7 @@ mod tests {
         let url = super::super::suite::postgres_url();
         let sep = if url.contains('?') { '&' } else { '?' };
         let mut s = PostgresStore::connect(&format!("{url}{sep}schema={}", h.schema)).unwrap();
-        s.suppress("a@example.com", "550").unwrap();
+        suppress(&mut s, "a@example.com");
         let mut other = h.open();
         assert!(
             other
@@ -2362,7 +2344,7 @@ mod tests {
     fn a_schema_can_be_chosen_with_the_search_path() {
         let h = PostgresHarness::new();
         let mut made = h.open();
-        made.suppress("a@example.com", "550").unwrap();
+        suppress(&mut made, "a@example.com");
         let url = super::super::suite::postgres_url();
         let sep = if url.contains('?') { '&' } else { '?' };
         let options = format!("options=-c%20search_path%3D{}", h.schema);

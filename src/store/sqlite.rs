@@ -13,7 +13,7 @@ use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
 use super::{
-    Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER,
+    Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER, Outcome,
     ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
     headers_json, taken_over,
 };
@@ -347,6 +347,15 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
     })
 }
 
+/// Ends email `id` as `failed` with `reason`, its attempt counted.
+fn fail(conn: &Connection, id: i64, reason: &str) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE emails SET status = 'failed', reason = ?2, attempts = attempts + 1
+             WHERE id = ?1",
+        params![id, reason],
+    )
+}
+
 impl Store for SqliteStore {
     type Tx<'a> = SqliteTx<'a>;
 
@@ -479,58 +488,50 @@ impl Store for SqliteStore {
         Ok(renewed)
     }
 
-    fn mark_sent(&mut self, id: i64, at: Timestamp, reply: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE emails SET status = 'sent', decided_at = ?2, last_reply = ?3,
-                 attempts = attempts + 1 WHERE id = ?1",
-            params![id, ms(at), reply],
-        )?;
-        Ok(())
-    }
-
-    fn mark_retry(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
-                 attempts = attempts + 1 WHERE id = ?1",
-            params![id, ms(fire_at), reply],
-        )?;
-        Ok(())
-    }
-
-    fn mark_ambiguous(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
-                 attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
-             WHERE id = ?1",
-            params![id, ms(fire_at), reply],
-        )?;
-        Ok(())
-    }
-
-    fn mark_deferred(&mut self, id: i64, fire_at: Timestamp, reply: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3 WHERE id = ?1",
-            params![id, ms(fire_at), reply],
-        )?;
-        Ok(())
-    }
-
-    fn mark_failed(&mut self, id: i64, reason: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE emails SET status = 'failed', reason = ?2, attempts = attempts + 1
+    fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()> {
+        match outcome {
+            Outcome::Sent { at, reply } => self.conn.execute(
+                "UPDATE emails SET status = 'sent', decided_at = ?2, last_reply = ?3,
+                     attempts = attempts + 1 WHERE id = ?1",
+                params![id, ms(*at), reply],
+            )?,
+            Outcome::Retry { at, reply } => self.conn.execute(
+                "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
+                     attempts = attempts + 1 WHERE id = ?1",
+                params![id, ms(*at), reply],
+            )?,
+            Outcome::Ambiguous { at, reply } => self.conn.execute(
+                "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
+                     attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
                  WHERE id = ?1",
-            params![id, reason],
-        )?;
-        Ok(())
-    }
-
-    fn mark_expired(&mut self, id: i64, reason: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE emails SET status = 'suppressed', reason = ?2,
-                 decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
-             WHERE id = ?1",
-            params![id, reason],
-        )?;
+                params![id, ms(*at), reply],
+            )?,
+            Outcome::Deferred { at, reply } => self.conn.execute(
+                "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3 WHERE id = ?1",
+                params![id, ms(*at), reply],
+            )?,
+            Outcome::Failed { reason } => fail(&self.conn, id, reason)?,
+            Outcome::Expired { reason } => self.conn.execute(
+                "UPDATE emails SET status = 'suppressed', reason = ?2,
+                     decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+                 WHERE id = ?1",
+                params![id, reason],
+            )?,
+            Outcome::Bounced { address, reason } => {
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                fail(&tx, id, reason)?;
+                tx.execute(
+                    "INSERT INTO suppressed_addresses (address, reason, at)
+                     VALUES (?1, ?2, CAST(unixepoch('subsec') * 1000 AS INTEGER))
+                     ON CONFLICT (address) DO NOTHING",
+                    params![address.to_lowercase(), reason],
+                )?;
+                tx.commit()?;
+                0
+            }
+        };
         Ok(())
     }
 
@@ -557,16 +558,6 @@ impl Store for SqliteStore {
             Ok((r.get::<_, String>(0)?, from_ms(r.get(1)?)))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    fn suppress(&mut self, address: &str, reason: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO suppressed_addresses (address, reason, at)
-             VALUES (?1, ?2, CAST(unixepoch('subsec') * 1000 AS INTEGER))
-             ON CONFLICT (address) DO NOTHING",
-            params![address.to_lowercase(), reason],
-        )?;
-        Ok(())
     }
 
     fn decisions(&mut self) -> Result<Vec<EmailRow>> {

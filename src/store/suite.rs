@@ -9,8 +9,8 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::{
-    Accepted, Addressee, Backlog, IntakeRow, Lease, ParkedEvent, PostgresStore, SqliteStore,
-    Status, Store, StoreError, Transaction,
+    Accepted, Addressee, Backlog, IntakeRow, Lease, Outcome, ParkedEvent, PostgresStore,
+    SqliteStore, Status, Store, StoreError, Transaction,
 };
 use crate::event::Unresolved;
 use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
@@ -150,6 +150,7 @@ suite!(
     a_secret_is_made_once_and_shared,
     unsubscribing_marks_a_known_customer_only,
     suppressed_addresses_match_case_insensitively,
+    a_bounce_fails_the_email_and_suppresses_its_address,
     shop_stats_round_trip_and_start_empty,
     postponed_emails_wait_with_their_reason,
     delivery_outcomes_are_recorded,
@@ -303,8 +304,14 @@ fn due_emails_come_by_fire_time_then_creation_and_retries_wait(h: &impl Harness)
     assert_eq!(in_flight[0].recipient.as_deref(), Some("anna@example.com"));
     assert_eq!(in_flight[0].status, Status::Sending);
 
-    s.mark_retry(in_flight[0].id, t("2026-01-20T00:00:00Z"), "451 try later")
-        .unwrap();
+    s.record_delivery(
+        in_flight[0].id,
+        &Outcome::Retry {
+            at: t("2026-01-20T00:00:00Z"),
+            reply: "451 try later".into(),
+        },
+    )
+    .unwrap();
     let mut tx = s.begin().unwrap();
     let due = tx.due(t("2026-01-10T00:00:00Z"), None, 10).unwrap();
     assert_eq!(
@@ -420,7 +427,14 @@ fn decisions_are_the_final_ones_by_due_time(h: &impl Harness) {
         .reclaim(&lease("w1"), t("2026-01-01T00:00:00Z"), true)
         .unwrap()[0]
         .id;
-    s.mark_sent(b, t("2026-01-05T00:00:01Z"), "250 ok").unwrap();
+    s.record_delivery(
+        b,
+        &Outcome::Sent {
+            at: t("2026-01-05T00:00:01Z"),
+            reply: "250 ok".into(),
+        },
+    )
+    .unwrap();
     let keys: Vec<String> = s.decisions().unwrap().into_iter().map(|e| e.key).collect();
     assert_eq!(keys, ["a", "c", "b"]);
 }
@@ -514,7 +528,14 @@ fn a_lease_is_reclaimed_by_its_owner_at_once_and_by_others_when_it_expires(h: &i
             .is_empty()
     );
     // Released only while on its way: a sent email stays sent.
-    s.mark_sent(id, after_expiry, "250").unwrap();
+    s.record_delivery(
+        id,
+        &Outcome::Sent {
+            at: after_expiry,
+            reply: "250".into(),
+        },
+    )
+    .unwrap();
     s.release(&[id]).unwrap();
     assert!(
         third
@@ -570,7 +591,14 @@ fn a_lease_is_renewed_only_by_the_worker_still_holding_it(h: &impl Harness) {
         stolen.iter().map(|e| e.id).collect::<Vec<_>>()
     );
     // ...and ends with the delivery: a sent email is no one's to renew.
-    s.mark_sent(a, before, "250").unwrap();
+    s.record_delivery(
+        a,
+        &Outcome::Sent {
+            at: before,
+            reply: "250".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(s.renew(&[a], &longer("w1")).unwrap(), Vec::<i64>::new());
     assert_eq!(s.renew(&[], &longer("w1")).unwrap(), Vec::<i64>::new());
 }
@@ -594,10 +622,22 @@ fn every_status_change_is_logged_in_order(h: &impl Harness) {
     .unwrap();
     tx.commit().unwrap();
     // Not a change of status: not logged.
-    s.mark_sent(due[1].id, t("2026-01-03T00:00:00Z"), "250")
-        .unwrap();
-    s.mark_sent(due[1].id, t("2026-01-03T00:00:00Z"), "250")
-        .unwrap();
+    s.record_delivery(
+        due[1].id,
+        &Outcome::Sent {
+            at: t("2026-01-03T00:00:00Z"),
+            reply: "250".into(),
+        },
+    )
+    .unwrap();
+    s.record_delivery(
+        due[1].id,
+        &Outcome::Sent {
+            at: t("2026-01-03T00:00:00Z"),
+            reply: "250".into(),
+        },
+    )
+    .unwrap();
     let (a, b) = (due[0].id, due[1].id);
     assert_eq!(
         s.email_log(),
@@ -642,11 +682,52 @@ fn unsubscribing_marks_a_known_customer_only(h: &impl Harness) {
 
 fn suppressed_addresses_match_case_insensitively(h: &impl Harness) {
     let mut s = h.open();
-    s.suppress("Anna@example.COM", "550 5.1.1").unwrap();
-    s.suppress("anna@example.com", "550 5.1.1 again").unwrap();
+    s.record_delivery(0, &bounce("Anna@example.COM", "550 5.1.1"))
+        .unwrap();
+    s.record_delivery(0, &bounce("anna@example.com", "550 5.1.1 again"))
+        .unwrap();
     let mut tx = s.begin().unwrap();
     assert!(tx.is_suppressed("Anna@Example.com").unwrap());
     assert!(!tx.is_suppressed("ben@example.com").unwrap());
+}
+
+/// A bounce from `address` (with no email of id 0, only the address is
+/// suppressed).
+fn bounce(address: &str, reason: &str) -> Outcome {
+    Outcome::Bounced {
+        address: address.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn a_bounce_fails_the_email_and_suppresses_its_address(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
+        .unwrap();
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    tx.approve(due[0].id, &to(), &json!({}), &lease("w1"))
+        .unwrap();
+    tx.commit().unwrap();
+    s.record_delivery(
+        due[0].id,
+        &bounce("Anna@example.com", "550 5.1.1 no such mailbox"),
+    )
+    .unwrap();
+    assert_eq!(
+        s.email_statuses(),
+        [(
+            "a".to_owned(),
+            "failed".to_owned(),
+            Some("550 5.1.1 no such mailbox".to_owned())
+        )]
+    );
+    assert!(
+        s.begin()
+            .unwrap()
+            .is_suppressed("anna@example.com")
+            .unwrap()
+    );
 }
 
 fn shop_stats_round_trip_and_start_empty(h: &impl Harness) {
@@ -728,11 +809,37 @@ fn delivery_outcomes_are_recorded(h: &impl Harness) {
     assert!(sending.iter().all(|e| e.first_attempt_at.is_some()));
     let id = |key: &str| due.iter().find(|e| e.key == key).unwrap().id;
     let later = t("2026-01-04T00:00:00Z");
-    s.mark_retry(id("retry"), later, "451").unwrap();
-    s.mark_ambiguous(id("ambiguous"), later, "connection reset")
-        .unwrap();
-    s.mark_deferred(id("deferred"), later, "421").unwrap();
-    s.mark_failed(id("failed"), "550 5.7.1 spam").unwrap();
+    s.record_delivery(
+        id("retry"),
+        &Outcome::Retry {
+            at: later,
+            reply: "451".into(),
+        },
+    )
+    .unwrap();
+    s.record_delivery(
+        id("ambiguous"),
+        &Outcome::Ambiguous {
+            at: later,
+            reply: "connection reset".into(),
+        },
+    )
+    .unwrap();
+    s.record_delivery(
+        id("deferred"),
+        &Outcome::Deferred {
+            at: later,
+            reply: "421".into(),
+        },
+    )
+    .unwrap();
+    s.record_delivery(
+        id("failed"),
+        &Outcome::Failed {
+            reason: "550 5.7.1 spam".into(),
+        },
+    )
+    .unwrap();
     let mut tx = s.begin().unwrap();
     let waiting = tx.due(later, None, 10).unwrap();
     let attempts: Vec<(String, u32)> = waiting
@@ -915,7 +1022,13 @@ fn an_approved_email_that_expired_ends_suppressed_with_the_reason(h: &impl Harne
         .unwrap();
     tx.commit().unwrap();
     let reason = "expired: 4days late, past its expires_after of 3days";
-    s.mark_expired(due[0].id, reason).unwrap();
+    s.record_delivery(
+        due[0].id,
+        &Outcome::Expired {
+            reason: reason.to_owned(),
+        },
+    )
+    .unwrap();
     assert_eq!(
         s.email_statuses(),
         [(
@@ -976,8 +1089,14 @@ fn the_report_reads_every_journey_and_every_sent_email(h: &impl Harness) {
     tx.commit().unwrap();
     due.retain(|e| e.template != "thank_you" && e.variant.as_deref() != Some("holdout"));
     for e in &due {
-        s.mark_sent(e.id, t("2026-01-05T00:00:00Z"), "250 ok")
-            .unwrap();
+        s.record_delivery(
+            e.id,
+            &Outcome::Sent {
+                at: t("2026-01-05T00:00:00Z"),
+                reply: "250 ok".into(),
+            },
+        )
+        .unwrap();
     }
     let customers: Vec<String> = s.journeys().unwrap().into_iter().map(|(c, _)| c).collect();
     assert_eq!(customers, ["c-1", "c-2"]);
