@@ -30,10 +30,12 @@ pub use sqlite::SqliteStore;
 /// not committed, so nothing is lost by stopping.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {}", sqlite_reason(.0))]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("migrating the store schema: {}", describe_migration(.0))]
-    Migration(#[from] rusqlite_migration::Error),
+    /// A failure of the SQLite backend.
+    #[error(transparent)]
+    Sqlite(#[from] sqlite::SqliteError),
+    /// A failure of the PostgreSQL backend.
+    #[error(transparent)]
+    Postgres(#[from] postgres::PostgresError),
     #[error("journey of customer `{customer}` cannot be read: {error}")]
     Corrupt {
         customer: String,
@@ -55,23 +57,6 @@ pub enum StoreError {
         path: String,
         error: Box<StoreError>,
     },
-    /// Its text holds the error's causes (not a `source`: printed with
-    /// its chain, they would show twice).
-    #[error("postgres: {}", postgres::describe(.0))]
-    Postgres(::postgres::Error),
-    #[error("migrating the postgres schema: {}", postgres::describe_migration(.0))]
-    PostgresMigration(#[from] refinery::Error),
-    /// The connection cannot take the call: it is closed mid-transaction,
-    /// or the transaction already failed.
-    #[error("postgres: {0}")]
-    PostgresSession(String),
-    /// The URL's `sslmode` or `sslrootcert` cannot be used.
-    #[error("postgres: {0}")]
-    PostgresTls(String),
-    /// The thread that owns the PostgreSQL connection is gone (it
-    /// panicked): this handle can do nothing more.
-    #[error("postgres: the connection's thread stopped")]
-    PostgresThreadGone,
     /// A batch marked webhook deliveries applied that another worker's
     /// batch had applied first: this worker's lease on the intake ran out
     /// while it worked and another took over. Its batch must roll back, or
@@ -80,51 +65,20 @@ pub enum StoreError {
     IntakeTakenOver { ids: Vec<i64> },
 }
 
-impl From<::postgres::Error> for StoreError {
-    fn from(error: ::postgres::Error) -> StoreError {
-        StoreError::Postgres(error)
-    }
-}
-
 impl StoreError {
     /// Whether trying again later may succeed: the database is unreachable,
     /// restarting, busy or out of disk, or a transaction lost a conflict.
     /// The daemon waits out these instead of exiting; the others (a corrupt
-    /// row, a failed migration) are errors to report.
+    /// row, a failed migration) are errors to report. Each backend tells
+    /// of its own failures.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Sqlite(e) => matches!(
-                e.sqlite_error_code(),
-                Some(
-                    rusqlite::ErrorCode::DatabaseBusy
-                        | rusqlite::ErrorCode::DatabaseLocked
-                        | rusqlite::ErrorCode::DiskFull
-                        | rusqlite::ErrorCode::SystemIoFailure
-                )
-            ),
-            Self::Postgres(e) => postgres::is_transient(e),
-            Self::PostgresSession(_) => true,
+            Self::Sqlite(e) => e.is_transient(),
+            Self::Postgres(e) => e.is_transient(),
             Self::IntakeTakenOver { .. } => true,
             Self::At { error, .. } => error.is_transient(),
             _ => false,
         }
-    }
-}
-
-/// SQLite's reason a migration failed, without the migration's SQL that
-/// the crate's message quotes whole.
-fn describe_migration(error: &rusqlite_migration::Error) -> String {
-    match error {
-        rusqlite_migration::Error::RusqliteError { err, .. } => sqlite_reason(err),
-        other => other.to_string(),
-    }
-}
-
-/// SQLite's reason, without the statement it was given (our own SQL).
-fn sqlite_reason(error: &rusqlite::Error) -> String {
-    match error {
-        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
-        other => other.to_string(),
     }
 }
 

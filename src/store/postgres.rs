@@ -69,6 +69,64 @@ mod embedded {
     refinery::embed_migrations!("src/store/migrations/postgres");
 }
 
+/// A failure of PostgreSQL, of migrating its schema, or of the connection
+/// this handle holds.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// Its text holds the error's causes (not a `source`: printed with
+    /// its chain, they would show twice).
+    #[error("postgres: {}", describe(.0))]
+    Postgres(postgres::Error),
+    #[error("migrating the postgres schema: {}", describe_migration(.0))]
+    Migration(#[from] refinery::Error),
+    /// The connection cannot take the call: it is closed mid-transaction,
+    /// or the transaction already failed.
+    #[error("postgres: {0}")]
+    Session(String),
+    /// The URL's `sslmode` or `sslrootcert` cannot be used.
+    #[error("postgres: {0}")]
+    Tls(String),
+    /// The thread that owns the PostgreSQL connection is gone (it
+    /// panicked): this handle can do nothing more.
+    #[error("postgres: the connection's thread stopped")]
+    ThreadGone,
+}
+
+impl PostgresError {
+    /// Whether trying again later may succeed: the server is unreachable or
+    /// says "later" (see [`is_transient`]), or the call found the
+    /// connection closed or its transaction failed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Postgres(e) => is_transient(e),
+            Self::Session(_) => true,
+            Self::Migration(_) | Self::Tls(_) | Self::ThreadGone => false,
+        }
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(error: postgres::Error) -> StoreError {
+        StoreError::Postgres(PostgresError::Postgres(error))
+    }
+}
+
+impl From<refinery::Error> for StoreError {
+    fn from(error: refinery::Error) -> StoreError {
+        StoreError::Postgres(error.into())
+    }
+}
+
+/// The connection cannot take the call, for the reason `text` says.
+fn session_error(text: String) -> StoreError {
+    StoreError::Postgres(PostgresError::Session(text))
+}
+
+/// The URL's TLS settings cannot be used, for the reason `text` says.
+fn tls_error(text: String) -> StoreError {
+    StoreError::Postgres(PostgresError::Tls(text))
+}
+
 /// How long connecting may take when the settings do not say
 /// (`connect_timeout`): a worker fails at start rather than hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,7 +206,7 @@ impl PostgresStore {
 
     fn open(mut config: Config, schema: Option<&str>, tls: &TlsSettings) -> Result<PostgresStore> {
         config.ssl_mode(tls.mode);
-        let tls = tls.connector().map_err(StoreError::PostgresTls)?;
+        let tls = tls.connector().map_err(tls_error)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -187,7 +245,7 @@ struct UrlParams {
 /// can use, or what is wrong with it (see [`super::check_url`]).
 pub(super) fn check_url(url: &str) -> std::result::Result<(), String> {
     parse_url(url).map(|_| ()).map_err(|e| match e {
-        StoreError::PostgresTls(text) => text,
+        StoreError::Postgres(PostgresError::Tls(text)) => text,
         other => other.to_string(),
     })
 }
@@ -196,7 +254,7 @@ pub(super) fn check_url(url: &str) -> std::result::Result<(), String> {
 fn parse_url(url: &str) -> Result<(Config, UrlParams)> {
     let (rest, params) = split_params(url);
     let tls = TlsSettings::from_params(params.sslmode.as_deref(), params.sslrootcert.as_deref())
-        .map_err(StoreError::PostgresTls)?;
+        .map_err(tls_error)?;
     let config: Config = rest.parse()?;
     let tls = TlsSettings {
         // `sslmode=require` in a key=value string, read by the crate.
@@ -259,7 +317,7 @@ pub(super) fn describe(error: &postgres::Error) -> String {
 
 /// A failed migration with its cause: refinery's own text names the
 /// migration and the crate's kind of error ("db error") only.
-pub(super) fn describe_migration(error: &refinery::Error) -> String {
+fn describe_migration(error: &refinery::Error) -> String {
     let text = match error.kind() {
         refinery::error::Kind::Connection(what, _) => what.clone(),
         _ => error.to_string(),
@@ -286,7 +344,7 @@ fn with_causes(mut text: String, mut source: Option<&(dyn std::error::Error + 's
 /// "later": connection exceptions (08), transaction rollbacks such as
 /// serialization failures and deadlocks (40), insufficient resources (53),
 /// an operator intervention such as a shutdown (57).
-pub(super) fn is_transient(error: &postgres::Error) -> bool {
+fn is_transient(error: &postgres::Error) -> bool {
     if error.is_closed() {
         return true;
     }
@@ -374,7 +432,7 @@ struct Connection {
 }
 
 fn thread_gone() -> StoreError {
-    StoreError::PostgresThreadGone
+    StoreError::Postgres(PostgresError::ThreadGone)
 }
 
 impl Connection {
@@ -401,7 +459,7 @@ impl Connection {
                     job(&mut session);
                 }
             })
-            .map_err(|e| StoreError::PostgresSession(format!("starting a thread: {e}")))?;
+            .map_err(|e| session_error(format!("starting a thread: {e}")))?;
         opened.recv().map_err(|_| thread_gone())??;
         Ok(Connection { jobs })
     }
@@ -492,7 +550,7 @@ fn migrate(client: &mut Client, schema: Option<&str>) -> Result<()> {
 }
 
 fn no_schema() -> StoreError {
-    StoreError::PostgresSession(
+    session_error(
         "none of the schemas on the search_path exists: create one, or give a schema".to_owned(),
     )
 }
@@ -526,7 +584,7 @@ impl Session {
         }
         self.client
             .as_mut()
-            .ok_or_else(|| StoreError::PostgresSession("not connected".to_owned()))
+            .ok_or_else(|| session_error("not connected".to_owned()))
     }
 
     /// The client and `sql` prepared on it (once per client).
@@ -535,7 +593,7 @@ impl Session {
         let client = self
             .client
             .as_mut()
-            .ok_or_else(|| StoreError::PostgresSession("not connected".to_owned()))?;
+            .ok_or_else(|| session_error("not connected".to_owned()))?;
         let statement = match self.statements.get(sql) {
             Some(statement) => statement.clone(),
             None => {
@@ -576,14 +634,14 @@ impl Session {
         let client = self
             .client
             .as_mut()
-            .ok_or_else(|| StoreError::PostgresSession("not connected".to_owned()))?;
+            .ok_or_else(|| session_error("not connected".to_owned()))?;
         if commit && !failed {
             client.batch_execute("COMMIT")?;
             return Ok(());
         }
         let rolled_back = client.batch_execute("ROLLBACK");
         if commit {
-            return Err(StoreError::PostgresSession(
+            return Err(session_error(
                 "the transaction was rolled back: one of its statements failed".to_owned(),
             ));
         }
@@ -744,7 +802,7 @@ impl Store for PostgresStore {
             )?;
             let row = s.query("SELECT value FROM meta WHERE key = $1", &[&key])?;
             let value = row.first().map(|r| r.try_get(0)).transpose()?;
-            value.ok_or_else(|| StoreError::PostgresSession(format!("secret `{key}` vanished")))
+            value.ok_or_else(|| session_error(format!("secret `{key}` vanished")))
         })
     }
 
@@ -1346,7 +1404,7 @@ impl Transaction for PostgresTx<'_> {
             if let Some(read) = read
                 && s.shop_stats(true)? != read
             {
-                return Err(StoreError::PostgresSession(
+                return Err(session_error(
                     "the shop figures changed after this transaction read them; \
                      not overwriting them"
                         .to_owned(),
@@ -2222,7 +2280,10 @@ mod tests {
         tx.mark_seen("e-1", "d").unwrap();
         let failed = tx.call(|s| s.query("SELECT 1 / 0", &[]));
         let err = failed.err().unwrap();
-        assert!(matches!(err, StoreError::Postgres(_)));
+        assert!(matches!(
+            err,
+            StoreError::Postgres(PostgresError::Postgres(_))
+        ));
         // The server's own words, not only "db error".
         assert!(err.to_string().contains("division by zero"), "{err}");
         assert!(tx.commit().is_err());

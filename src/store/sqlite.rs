@@ -19,6 +19,63 @@ use super::{
 };
 use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
+/// A failure of SQLite, or of migrating its schema.
+#[derive(Debug, thiserror::Error)]
+pub enum SqliteError {
+    #[error("sqlite: {}", sqlite_reason(.0))]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("migrating the store schema: {}", describe_migration(.0))]
+    Migration(#[from] rusqlite_migration::Error),
+}
+
+impl SqliteError {
+    /// Whether trying again later may succeed: the file is busy or locked
+    /// by another connection, or the disk is full or failing.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Sqlite(e) => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::SystemIoFailure
+                )
+            ),
+            Self::Migration(_) => false,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite(error.into())
+    }
+}
+
+impl From<rusqlite_migration::Error> for StoreError {
+    fn from(error: rusqlite_migration::Error) -> StoreError {
+        StoreError::Sqlite(error.into())
+    }
+}
+
+/// SQLite's reason a migration failed, without the migration's SQL that
+/// the crate's message quotes whole.
+fn describe_migration(error: &rusqlite_migration::Error) -> String {
+    match error {
+        rusqlite_migration::Error::RusqliteError { err, .. } => sqlite_reason(err),
+        other => other.to_string(),
+    }
+}
+
+/// SQLite's reason, without the statement it was given (our own SQL).
+fn sqlite_reason(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+        other => other.to_string(),
+    }
+}
+
 const MIGRATIONS: &[M<'static>] = &[
     M::up(
         "CREATE TABLE processed_events (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
