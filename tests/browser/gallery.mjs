@@ -26,6 +26,19 @@ import readline from 'node:readline';
 
 import { launch } from './chromium.mjs';
 
+// A full-page screenshot, tried again after a moment: under load Chromium
+// now and then answers "Unable to capture screenshot" for a tall page.
+async function shoot(tab, path) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await tab.screenshot({ path, fullPage: true });
+    } catch (e) {
+      if (attempt >= 3) throw e;
+      await new Promise((done) => setTimeout(done, 500 * attempt));
+    }
+  }
+}
+
 const [bin, templatesDir, workDir, artifacts] = process.argv.slice(2);
 const WIDTHS = (process.env.WIDTHS ?? '320,375,600').split(',').map(Number);
 const ONLY = process.env.ONLY ? process.env.ONLY.split(',') : null;
@@ -172,7 +185,7 @@ try {
       for (const f of found) problems.push(`${name}.html at ${width}px: overflow: ${f}`);
       const shot = join(artifacts, String(width), `${name}.png`);
       mkdirSync(dirname(shot), { recursive: true });
-      await tab.screenshot({ path: shot, fullPage: true });
+      await shoot(tab, shot);
       shots.push(`${width}/${name}.png`);
     }
     if (DARK.test(email.pathname)) {
@@ -184,7 +197,7 @@ try {
       dark.push({ email: `${name}.html`, ...colors });
       const shot = join(artifacts, `${darkWidth}-dark`, `${name}.png`);
       mkdirSync(dirname(shot), { recursive: true });
-      await darkTab.screenshot({ path: shot, fullPage: true });
+      await shoot(darkTab, shot);
     }
   }
 } finally {
