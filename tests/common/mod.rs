@@ -555,7 +555,9 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// `(status, whole response)` of one HTTP/1.1 request to a local server. A
-/// POST carries the one-click unsubscribe form body (RFC 8058).
+/// POST carries the one-click unsubscribe form body (RFC 8058). A
+/// connection the server reset mid-answer is status 0 with the error as
+/// the response: polling loops ask again, other checks fail on the status.
 pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -564,16 +566,18 @@ pub fn http_request(port: u16, method: &str, path: &str) -> (u16, String) {
     } else {
         ""
     };
-    write!(
+    let mut response = String::new();
+    let exchanged = write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    (status_of(&response), response)
+    .and_then(|()| stream.read_to_string(&mut response));
+    match exchanged {
+        Ok(_) => (status_of(&response), response),
+        Err(e) => (0, format!("no answer: {e} (after {response:?})")),
+    }
 }
 
 /// The status code of an HTTP response (0 if there is none).
