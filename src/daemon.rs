@@ -555,6 +555,18 @@ mod tests {
         sent: Arc<Mutex<Vec<String>>>,
     }
 
+    impl SlowMailer {
+        /// The mailer, and the keys it will have taken.
+        fn new(delay: Duration) -> (SlowMailer, Arc<Mutex<Vec<String>>>) {
+            let sent = Arc::<Mutex<Vec<String>>>::default();
+            let mailer = SlowMailer {
+                delay,
+                sent: Arc::clone(&sent),
+            };
+            (mailer, sent)
+        }
+    }
+
     impl Mailer for SlowMailer {
         async fn send(&self, email: &Outgoing) -> Result<String, MailError> {
             tokio::time::sleep(self.delay).await;
@@ -666,12 +678,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w1 = worker(dir.path(), "w1", Duration::from_secs(60));
         let (first, second) = (confirmation(&mut w1, "o-1"), confirmation(&mut w1, "o-2"));
-        let sent = Arc::<Mutex<Vec<String>>>::default();
         // One slot, held by the first for longer than the run lasts.
-        let mailer = SlowMailer {
-            delay: Duration::from_millis(500),
-            sent: Arc::clone(&sent),
-        };
+        let (mailer, sent) = SlowMailer::new(Duration::from_millis(500));
         let stop = CancellationToken::new();
         let cancel = stop.clone();
         tokio::spawn(async move {
@@ -714,11 +722,7 @@ mod tests {
         let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
         let taken = w2.reclaim(false).unwrap();
         assert_eq!(taken.len(), 1);
-        let sent = Arc::<Mutex<Vec<String>>>::default();
-        let mailer = SlowMailer {
-            delay: Duration::ZERO,
-            sent: Arc::clone(&sent),
-        };
+        let (mailer, sent) = SlowMailer::new(Duration::ZERO);
         let done = deliver(&mut w1, vec![email], mailer).await;
         assert!(lock(&sent).is_empty(), "sent by both: {:?}", lock(&sent));
         assert!(done.sent.is_empty());
@@ -731,11 +735,7 @@ mod tests {
         let mut w1 = worker(dir.path(), "w1", Duration::from_millis(200));
         let email = confirmation(&mut w1, "o-1");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let sent = Arc::<Mutex<Vec<String>>>::default();
-        let mailer = SlowMailer {
-            delay: Duration::ZERO,
-            sent: Arc::clone(&sent),
-        };
+        let (mailer, sent) = SlowMailer::new(Duration::ZERO);
         let done = deliver(&mut w1, vec![email.clone()], mailer).await;
         assert_eq!(*lock(&sent), [email.key]);
         assert_eq!(done.sent.get("order_confirmation"), Some(&1));
@@ -747,12 +747,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w1 = worker(dir.path(), "w1", Duration::from_millis(300));
         let email = confirmation(&mut w1, "o-1");
-        let sent = Arc::<Mutex<Vec<String>>>::default();
         // Three leases long: renewed every 100 ms meanwhile.
-        let mailer = SlowMailer {
-            delay: Duration::from_millis(900),
-            sent: Arc::clone(&sent),
-        };
+        let (mailer, sent) = SlowMailer::new(Duration::from_millis(900));
         let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
         let other = tokio::spawn(async move {
             let mut taken = 0;

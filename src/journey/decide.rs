@@ -411,6 +411,13 @@ mod tests {
         journeys.decide(&email, &facts, &round)
     }
 
+    /// The default input's journey, changed by `change`.
+    fn journey(change: impl FnOnce(&mut Journey)) -> Journey {
+        let mut j = Input::default().journey;
+        change(&mut j);
+        j
+    }
+
     fn not_sent(verdict: Verdict, reason: &str) -> Fate {
         Fate::not_sent(verdict, reason)
     }
@@ -439,11 +446,7 @@ mod tests {
                     due: "2026-02-01T10:00:00Z",
                     fire: "2026-02-01T10:00:00Z",
                     now: "2026-02-01T10:00:05Z",
-                    journey: {
-                        let mut j = Input::default().journey;
-                        j.profile.marketing_consent = false;
-                        j
-                    },
+                    journey: journey(|j| j.profile.marketing_consent = false),
                     ..Input::default()
                 },
                 Fate::Send,
@@ -555,11 +558,7 @@ mod tests {
             (
                 "marketing without consent",
                 Input {
-                    journey: {
-                        let mut j = Input::default().journey;
-                        j.profile.marketing_consent = false;
-                        j
-                    },
+                    journey: journey(|j| j.profile.marketing_consent = false),
                     ..Input::default()
                 },
                 not_sent(Suppressed, "no marketing consent"),
@@ -567,11 +566,7 @@ mod tests {
             (
                 "marketing to a customer who unsubscribed",
                 Input {
-                    journey: {
-                        let mut j = Input::default().journey;
-                        j.profile.unsubscribed = true;
-                        j
-                    },
+                    journey: journey(|j| j.profile.unsubscribed = true),
                     ..Input::default()
                 },
                 not_sent(Suppressed, "unsubscribed"),
@@ -579,11 +574,7 @@ mod tests {
             (
                 "a follow-up after a return was requested",
                 Input {
-                    journey: {
-                        let mut j = Input::default().journey;
-                        j.orders.get_mut("o-1").unwrap().return_requested = true;
-                        j
-                    },
+                    journey: journey(|j| j.orders.get_mut("o-1").unwrap().return_requested = true),
                     ..Input::default()
                 },
                 not_sent(Cancelled, "return requested for order o-1"),
@@ -595,11 +586,7 @@ mod tests {
                     due: "2026-04-02T10:00:00Z",
                     fire: "2026-04-02T10:00:00Z",
                     now: "2026-04-02T10:01:00Z",
-                    journey: {
-                        let mut j = Input::default().journey;
-                        second_order(&mut j);
-                        j
-                    },
+                    journey: journey(second_order),
                     ..Input::default()
                 },
                 not_sent(Cancelled, "new order o-2"),
@@ -617,11 +604,7 @@ mod tests {
             (
                 "under the frequency cap",
                 Input {
-                    journey: {
-                        let mut j = Input::default().journey;
-                        j.last_marketing_at = Some(t("2026-02-05T00:00:00Z"));
-                        j
-                    },
+                    journey: journey(|j| j.last_marketing_at = Some(t("2026-02-05T00:00:00Z"))),
                     ..Input::default()
                 },
                 defer(
@@ -633,11 +616,7 @@ mod tests {
                 "a retry holds its place under the cap already",
                 Input {
                     retry: true,
-                    journey: {
-                        let mut j = Input::default().journey;
-                        j.last_marketing_at = Some(t("2026-02-05T09:00:00Z"));
-                        j
-                    },
+                    journey: journey(|j| j.last_marketing_at = Some(t("2026-02-05T09:00:00Z"))),
                     ..Input::default()
                 },
                 Fate::Send,
@@ -646,11 +625,7 @@ mod tests {
                 "held by the cap and quiet hours past its expiry",
                 Input {
                     due: "2026-02-03T06:00:00Z",
-                    journey: {
-                        let mut j = Input::default().journey;
-                        j.last_marketing_at = Some(t("2026-02-05T09:00:00Z"));
-                        j
-                    },
+                    journey: journey(|j| j.last_marketing_at = Some(t("2026-02-05T09:00:00Z"))),
                     ..Input::default()
                 },
                 not_sent(
@@ -715,11 +690,7 @@ mod tests {
                 "an email about a newer order due with it goes first",
                 Input {
                     template: "thank_you",
-                    journey: {
-                        let mut j = Input::default().journey;
-                        second_order(&mut j);
-                        j
-                    },
+                    journey: journey(second_order),
                     pending: vec![Other {
                         id: 2,
                         template: "delivery_followup",
@@ -735,11 +706,7 @@ mod tests {
                 Input {
                     template: "thank_you",
                     order: Some("o-2"),
-                    journey: {
-                        let mut j = Input::default().journey;
-                        second_order(&mut j);
-                        j
-                    },
+                    journey: journey(second_order),
                     pending: vec![Other {
                         id: 2,
                         template: "delivery_followup",
@@ -756,11 +723,7 @@ mod tests {
                     template: "thank_you",
                     now: "2026-02-05T10:00:00Z",
                     clock: Clock::EVENTS,
-                    journey: {
-                        let mut j = Input::default().journey;
-                        second_order(&mut j);
-                        j
-                    },
+                    journey: journey(second_order),
                     pending: vec![Other {
                         id: 2,
                         template: "delivery_followup",

@@ -700,20 +700,22 @@ fn bounce(address: &str, reason: &str) -> Outcome {
     }
 }
 
-fn a_bounce_fails_the_email_and_suppresses_its_address(h: &impl Harness) {
-    let mut s = h.open();
+/// Schedules one welcome email in `s` and approves it for worker w1: its id.
+fn one_approved(s: &mut impl Store) -> i64 {
     let mut tx = s.begin().unwrap();
     tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
         .unwrap();
-    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
-    tx.approve(due[0].id, &to(), &json!({}), &lease("w1"))
-        .unwrap();
+    let id = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap()[0].id;
+    tx.approve(id, &to(), &json!({}), &lease("w1")).unwrap();
     tx.commit().unwrap();
-    s.record_delivery(
-        due[0].id,
-        &bounce("Anna@example.com", "550 5.1.1 no such mailbox"),
-    )
-    .unwrap();
+    id
+}
+
+fn a_bounce_fails_the_email_and_suppresses_its_address(h: &impl Harness) {
+    let mut s = h.open();
+    let id = one_approved(&mut s);
+    s.record_delivery(id, &bounce("Anna@example.com", "550 5.1.1 no such mailbox"))
+        .unwrap();
     assert_eq!(
         s.email_statuses(),
         [(
@@ -1014,16 +1016,10 @@ fn a_customers_pending_emails_and_the_overdue_ones_are_listed(h: &impl Harness) 
 
 fn an_approved_email_that_expired_ends_suppressed_with_the_reason(h: &impl Harness) {
     let mut s = h.open();
-    let mut tx = s.begin().unwrap();
-    tx.schedule(&email("a", "o-1", "welcome", "2026-01-02T00:00:00Z"), "s")
-        .unwrap();
-    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
-    tx.approve(due[0].id, &to(), &json!({}), &lease("w1"))
-        .unwrap();
-    tx.commit().unwrap();
+    let id = one_approved(&mut s);
     let reason = "expired: 4days late, past its expires_after of 3days";
     s.record_delivery(
-        due[0].id,
+        id,
         &Outcome::Expired {
             reason: reason.to_owned(),
         },
