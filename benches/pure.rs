@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use aftercare::event::Event;
 use aftercare::journey::EmailClass;
-use aftercare::journey::{Journey, Journeys, ShopStats};
+use aftercare::journey::{Journey, Rulebook, ShopStats};
 use aftercare::mailer;
 use aftercare::mapping::{Mapper, MappingSet, Outcome, presets, record};
 use aftercare::source::DeadLetters;
@@ -40,7 +40,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn step(c: &mut Criterion) {
-    let journeys = Journeys::from_settings(support::config().journey_settings());
+    let journeys = Rulebook::from_config(support::config().rulebook_config());
     let shop = ShopStats::default();
     let mut g = c.benchmark_group("step");
     g.throughput(Throughput::Elements(1));

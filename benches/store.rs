@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use aftercare::config::Config;
 use aftercare::event::Event;
-use aftercare::journey::{Clock, Command, Journeys, Lateness, ShopStats};
+use aftercare::journey::{Clock, Command, Lateness, Rulebook, ShopStats};
 use aftercare::pipeline::Stats;
 use aftercare::source::DeadLetters;
 use aftercare::store::{Lease, SqliteStore, Store, Transaction};
@@ -46,7 +46,7 @@ fn sizes() -> Vec<u64> {
 /// The data a real pending email carries: the order of a win-back, as the
 /// journey schedules it.
 fn pending_data() -> String {
-    let journeys = Journeys::from_settings(support::config().journey_settings());
+    let journeys = Rulebook::from_config(support::config().rulebook_config());
     let event = Event::decode(&support::order_placed(1, "en", "2026-03-01T10:00:00Z"))
         .unwrap()
         .named()

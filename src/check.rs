@@ -21,7 +21,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 
 use crate::config::Config;
-use crate::journey::{HOLDOUT_VARIANT, Journeys};
+use crate::journey::{HOLDOUT_VARIANT, Rulebook};
 use crate::mapping::{Mapper, MappingSet, presets, samples};
 use crate::render::schema::TemplateSchema;
 use crate::render::{
@@ -132,7 +132,7 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
     templates.require(&names(&renderable(config)))?;
     let shop = serde_json::to_value(&config.shop).unwrap_or(Value::Null);
     let renderable = renderable(config);
-    let journeys = Journeys::from_settings(config.journey_settings());
+    let journeys = Rulebook::from_config(config.rulebook_config());
     let mut problems = walk_templates(config, &templates, &renderable);
     // What the walk found, a render with the sample finds again where the
     // sample reaches it: say it once, as the walk does.
@@ -242,7 +242,7 @@ pub fn render_samples(config: &Config) -> Result<(Templates, Vec<Sample>), Probl
 /// A sample as it is rendered in `locale`: the shop from the config (a
 /// sample may override single keys, a shop without a logo), the customer's
 /// locale set to `locale`, tiers in that locale's words, as when sent.
-pub fn sample_data(sample: &Value, shop: &Value, locale: &str, journeys: &Journeys) -> Value {
+pub fn sample_data(sample: &Value, shop: &Value, locale: &str, journeys: &Rulebook) -> Value {
     let mut data = sample.clone();
     let mut shop = shop.clone();
     if let (Some(shop), Some(own)) = (shop.as_object_mut(), sample["shop"].as_object()) {

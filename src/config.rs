@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bounded::clip;
 use crate::journey::{
-    EmailClass, HOLDOUT_VARIANT, JourneyRule, Only, PolicyConfig, Segment, SegmentsConfig,
-    Settings, TierConfig, Trigger, parse_hhmm,
+    EmailClass, HOLDOUT_VARIANT, JourneyRule, Only, PolicyConfig, RulebookConfig, Segment,
+    SegmentsConfig, TierConfig, Trigger, parse_hhmm,
 };
 use crate::mapping::{MappingRule, MappingSet, presets};
 
@@ -134,10 +134,10 @@ fn journey_list(
     name: &dyn std::fmt::Display,
 ) -> Result<Option<Vec<JourneyRule>>, ConfigError> {
     #[derive(Deserialize)]
-    struct Journeys {
+    struct JourneyList {
         journey: Option<Vec<JourneyRule>>,
     }
-    toml::from_str::<Journeys>(text)
+    toml::from_str::<JourneyList>(text)
         .map(|j| j.journey)
         .map_err(|e| ConfigError::Parse(format!("{name}: {}", e.message())))
 }
@@ -1314,11 +1314,11 @@ impl Config {
         Config::load(None, std::iter::empty()).expect("the shipped config is valid")
     }
 
-    /// The journeys' part of the configuration, for [`Journeys::from_settings`].
+    /// The journeys' part of the configuration, for [`Rulebook::from_config`].
     ///
-    /// [`Journeys::from_settings`]: crate::journey::Journeys::from_settings
-    pub fn journey_settings(&self) -> Settings {
-        Settings {
+    /// [`Rulebook::from_config`]: crate::journey::Rulebook::from_config
+    pub fn rulebook_config(&self) -> RulebookConfig {
+        RulebookConfig {
             rules: self.journeys.clone(),
             policy: self.policy.clone(),
             tiers: self.tiers.clone(),
@@ -1885,11 +1885,11 @@ mod tests {
 
     #[test]
     fn the_journey_core_reads_the_shipped_settings_as_the_configuration_does() {
-        // `Settings::shipped` parses the same file without the layers: the
+        // `RulebookConfig::shipped` parses the same file without the layers: the
         // shipped file alone is the embedded configuration.
         assert_eq!(
-            format!("{:?}", Settings::shipped()),
-            format!("{:?}", Config::embedded().journey_settings())
+            format!("{:?}", RulebookConfig::shipped()),
+            format!("{:?}", Config::embedded().rulebook_config())
         );
     }
 

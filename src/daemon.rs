@@ -70,8 +70,8 @@ pub struct Summary {
     pub cut_short: bool,
 }
 
-/// Settings of one run.
-pub struct Settings {
+/// RunOptions of one run.
+pub struct RunOptions {
     pub batch_size: usize,
     /// Concurrent deliveries.
     pub concurrency: usize,
@@ -95,7 +95,7 @@ pub async fn run<S, M>(
     mut source: Box<dyn Source>,
     mut dead: DeadLetters,
     sender: Arc<Sender<M>>,
-    settings: Settings,
+    settings: RunOptions,
     shutdown: CancellationToken,
 ) -> Result<Summary, DaemonError>
 where
@@ -541,7 +541,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::journey::Journeys;
+    use crate::journey::Rulebook;
     use crate::mailer::{MailError, Outgoing};
     use crate::observe::MailerProbe;
     use crate::pipeline::Context;
@@ -587,7 +587,7 @@ mod tests {
         };
         Pipeline::new(
             SqliteStore::open(&dir.join("aftercare.db")).unwrap(),
-            Journeys::from_settings(config.journey_settings()),
+            Rulebook::from_config(config.rulebook_config()),
             context,
             10,
             LeasePolicy {

@@ -2,7 +2,7 @@
 //!
 //! Decoding is two steps: serde reads a permissive wire shape (every field
 //! optional, unknown fields ignored), then [`Event::decode`] checks it against
-//! the contract in DESIGN.md and builds a typed [`Event`]. The second step is
+//! the contract (README, "What an event may carry"; `src/event.schema.json`) and builds a typed [`Event`]. The second step is
 //! ours, so the error names the field a shop engineer has to fix.
 //!
 //! Everything the shop sends is bounded here, before any of it reaches a
@@ -138,7 +138,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The wire name of the type, as in DESIGN.md.
+    /// The wire name of the type, as in `src/event.schema.json`.
     pub fn type_name(&self) -> &'static str {
         match self {
             Self::OrderPlaced { .. } => "order.placed",

@@ -11,9 +11,9 @@ use jiff::Timestamp;
 
 use aftercare::config::ClockKind;
 use aftercare::config::{Config, LogFormat, MailerKind, SourceKind, StoreLocation};
-use aftercare::daemon::{self, Settings, Summary};
+use aftercare::daemon::{self, RunOptions, Summary};
 use aftercare::journey::late::BEFORE_GO_LIVE;
-use aftercare::journey::{Clock, EmailClass, Journeys, Lateness};
+use aftercare::journey::{Clock, EmailClass, Lateness, Rulebook};
 use aftercare::mailer::{AnyMailer, EmlMailer, SmtpMailer};
 use aftercare::mapping::Mapper;
 use aftercare::observe::{MailerProbe, Observer};
@@ -28,7 +28,7 @@ use aftercare::{check, http, preview, reload, report, simulate};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-/// Exit codes, as DESIGN.md gives them (sysexits.h).
+/// Exit codes (sysexits.h), as the README's Commands section gives them.
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 
@@ -426,7 +426,7 @@ fn pipeline<S: Store>(
     };
     Ok(Pipeline::new(
         store,
-        Journeys::from_settings(config.journey_settings()),
+        Rulebook::from_config(config.rulebook_config()),
         context,
         config.sender.batch_size,
         lease,
@@ -466,7 +466,7 @@ fn lateness<S: Store>(config: &Config, store: &mut S) -> Result<Lateness, Failur
         go_live: Some(go_live),
         clock: Clock::Wall,
     };
-    let journeys = Journeys::from_settings(config.journey_settings());
+    let journeys = Rulebook::from_config(config.rulebook_config());
     let overdue = store.overdue(now)?;
     if !overdue.is_empty() {
         let (mut before, mut expired) = (0, 0);
@@ -585,7 +585,7 @@ fn build_report<S: Store>(
     from: Timestamp,
     to: Timestamp,
 ) -> Result<report::Report, Failure> {
-    let journeys = Journeys::from_settings(config.journey_settings());
+    let journeys = Rulebook::from_config(config.rulebook_config());
     let customers = report::as_of::customers(store.journeys()?, &journeys, to);
     let emails: Vec<report::SentEmail> = store
         .sent_emails()?
@@ -599,7 +599,7 @@ fn build_report<S: Store>(
             held_out: e.held_out,
         })
         .collect();
-    let settings = report::Settings {
+    let settings = report::Scope {
         from,
         to,
         active_window: jiff::SignedDuration::try_from(config.report.active_window)?,
@@ -764,7 +764,7 @@ async fn run_with<S: Store>(
         Arc::clone(&observer),
         stop.clone(),
     ));
-    let settings = Settings {
+    let settings = RunOptions {
         batch_size: config.source.batch_size,
         concurrency,
         grace: config.shutdown_grace,

@@ -4,7 +4,7 @@
 //! decode (invalid ones to the dead-letter file), dedup, step the journey,
 //! write the emails and the position. [`Pipeline::fire`] claims the emails
 //! due by a given time, checks each against the journey as it is then
-//! ([`Journeys::decide`], with what the store says of the customer), and
+//! ([`Rulebook::decide`], with what the store says of the customer), and
 //! approves it for delivery or ends it with a reason.
 //!
 //! Time follows the events while there is a backlog: before an event is
@@ -36,7 +36,7 @@ use crate::event::{Event, EventKind, Unresolved};
 use crate::journey::insight::Counted;
 use crate::journey::late::{self, BEFORE_GO_LIVE};
 use crate::journey::{
-    Command, DueEmail, EmailClass, Facts, Fate, Journey, Journeys, Lateness, Round, ShopStats,
+    Command, DueEmail, EmailClass, Facts, Fate, Journey, Lateness, Round, Rulebook, ShopStats,
     Trigger, Verdict, later,
 };
 use crate::observe::Observer;
@@ -117,7 +117,7 @@ pub struct LeasePolicy {
 
 pub struct Pipeline<S: Store> {
     store: S,
-    journeys: Journeys,
+    journeys: Rulebook,
     context: Context,
     fire_batch: usize,
     lease: LeasePolicy,
@@ -159,7 +159,7 @@ const EXPIRE_BATCH: usize = 500;
 impl<S: Store> Pipeline<S> {
     pub fn new(
         mut store: S,
-        journeys: Journeys,
+        journeys: Rulebook,
         context: Context,
         fire_batch: usize,
         lease: LeasePolicy,
@@ -656,7 +656,7 @@ const HELD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The whole template data but `shop` (added at render time, so that a
 /// brand change applies to emails already approved).
 fn template_data(
-    journeys: &Journeys,
+    journeys: &Rulebook,
     context: &Context,
     email: &EmailRow,
     journey: &Journey,
@@ -769,7 +769,7 @@ type Arrival<'a> = (&'a str, &'a Entry, SignedDuration);
 #[allow(clippy::too_many_arguments)]
 fn apply<T: Transaction>(
     tx: &mut T,
-    journeys: &Journeys,
+    journeys: &Rulebook,
     locales: &Locales,
     (shop, shop_changed): (&mut ShopStats, &mut bool),
     observer: &Option<Arc<Observer>>,
@@ -868,7 +868,7 @@ fn redelivered(event: &Unresolved, owner: Option<&str>, before: &str) -> bool {
 /// apart from the store so that it can run within the store's transaction.
 struct Journeying<'a, T> {
     tx: &'a mut T,
-    journeys: &'a Journeys,
+    journeys: &'a Rulebook,
     locales: &'a Locales,
     shop: &'a mut ShopStats,
     shop_changed: &'a mut bool,
@@ -1126,7 +1126,7 @@ mod tests {
         };
         Pipeline::new(
             SqliteStore::in_memory().unwrap(),
-            Journeys::new(Config::embedded().journeys),
+            Rulebook::new(Config::embedded().journeys),
             context,
             10,
             LeasePolicy {
@@ -1478,7 +1478,7 @@ mod tests {
         let welcome = rules.iter_mut().find(|r| r.template == "welcome").unwrap();
         welcome.variants = [(HOLDOUT_VARIANT.to_owned(), 1)].into();
         let mut p = pipeline();
-        p.journeys = Journeys::new(rules);
+        p.journeys = Rulebook::new(rules);
         let approved = anna_orders(&mut p, "2026-01-20T10:00:00Z");
         let sent: Vec<&str> = approved.iter().map(|e| e.template.as_str()).collect();
         assert!(sent.contains(&"order_confirmation"), "{sent:?}");

@@ -12,13 +12,13 @@ use lettre::message::Mailbox;
 use serde_json::Value;
 
 use crate::config::{ClockKind, Config, RetryConfig};
-use crate::domains::{Domains, domain_of, is_deferral};
 use crate::journey::{EmailClass, JourneyRule, later};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
 use crate::pipeline::{backoff, outage_pause, panic_message};
 use crate::render::{Templates, variant_template};
 pub use crate::store::Outcome;
 use crate::store::{EmailRow, Store, StoreError};
+use crate::throttle::{Throttle, domain_of, is_deferral};
 
 /// Whether a permanent reply says the mailbox does not exist: an enhanced
 /// status code 5.1.x (RFC 3463: bad destination mailbox address).
@@ -43,7 +43,7 @@ pub struct Sender<M: Mailer> {
     /// Brand settings, `shop.*` in every template.
     shop: Value,
     retry: RetryConfig,
-    domains: Domains,
+    domains: Throttle,
     /// Each template's `expires_after`, on the machine's clock
     /// (`journeys.clock = "wall"`); `None`: nothing expires here.
     expiry: Option<HashMap<String, Duration>>,
@@ -61,7 +61,7 @@ impl<M: Mailer> Sender<M> {
             reply_to,
             shop: serde_json::to_value(&config.shop).unwrap_or(Value::Null),
             retry: config.sender.retry.clone(),
-            domains: Domains::new(config.sender.domains.clone()),
+            domains: Throttle::new(config.sender.domains.clone()),
             expiry: (config.catch_up.clock == ClockKind::Wall).then(|| {
                 config
                     .journeys

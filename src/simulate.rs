@@ -17,7 +17,7 @@ use crate::store::{EmailRow, Outcome, SqliteStore, Store, StoreError};
 /// How far past the last event the clock runs by default.
 pub const DEFAULT_HORIZON: SignedDuration = SignedDuration::from_hours(180 * 24);
 
-/// One line of the plan, keys in the order DESIGN.md gives.
+/// One line of the plan, keys in the order the README's Commands section gives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlanLine {
     pub due_at: String,

@@ -245,7 +245,7 @@ fn every_sample_renders_the_same_in_check_as_when_sent() {
     let (_, samples) = aftercare::check::render_samples(&config).unwrap();
     let sending = aftercare::check::load(&config).unwrap();
     let shop = serde_json::to_value(&config.shop).unwrap();
-    let journeys = aftercare::journey::Journeys::from_settings(config.journey_settings());
+    let journeys = aftercare::journey::Rulebook::from_config(config.rulebook_config());
     assert!(samples.len() > 45, "{} samples", samples.len());
     for s in &samples {
         let all =

@@ -1,4 +1,4 @@
-//! The CLI as DESIGN.md specifies it: `simulate`'s plan, `check`, `run` on
+//! The CLI as the README specifies it: `simulate`'s plan, `check`, `run` on
 //! embedded defaults, dead letters, config errors and exit codes.
 
 mod common;

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use aftercare::config::Config;
-use aftercare::journey::Journeys;
+use aftercare::journey::Rulebook;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::source::{DeadLetters, FileSource, Source};
 use aftercare::store::{EmailRow, Outcome, PostgresStore, SqliteStore, Store};
@@ -39,7 +39,7 @@ fn pipeline<S: Store>(store: S, worker: &str) -> Pipeline<S> {
     };
     Pipeline::new(
         store,
-        Journeys::from_settings(config.journey_settings()),
+        Rulebook::from_config(config.rulebook_config()),
         context,
         100,
         lease,

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use aftercare::check;
 use aftercare::config::Config;
 use aftercare::event::Event;
-use aftercare::journey::Journeys;
+use aftercare::journey::Rulebook;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Rendered;
 use aftercare::simulate::{PlanLine, simulate};
@@ -158,7 +158,7 @@ fn plan(jsonl: &str) -> Vec<PlanLine> {
     };
     let pipeline = Pipeline::new(
         SqliteStore::in_memory().unwrap(),
-        Journeys::from_settings(config.journey_settings()),
+        Rulebook::from_config(config.rulebook_config()),
         context,
         100,
         LeasePolicy {
@@ -200,7 +200,7 @@ fn gallery() -> &'static Gallery {
         let config = Config::embedded();
         let templates = check::load(&config).unwrap();
         let shop = serde_json::to_value(&config.shop).unwrap();
-        let journeys = aftercare::journey::Journeys::from_settings(config.journey_settings());
+        let journeys = aftercare::journey::Rulebook::from_config(config.rulebook_config());
         let mut renders = Vec::new();
         for r in check::renderable(&config) {
             for locale in templates.locales().available() {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use aftercare::check;
 use aftercare::config::Config;
 use aftercare::event::Event;
-use aftercare::journey::Journeys;
+use aftercare::journey::Rulebook;
 use aftercare::mailer::AnyMailer;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::variant_template;
@@ -397,7 +397,7 @@ fn approved(jsonl: &str) -> Vec<EmailRow> {
     };
     let pipeline = Pipeline::new(
         SqliteStore::in_memory().unwrap(),
-        Journeys::from_settings(config.journey_settings()),
+        Rulebook::from_config(config.rulebook_config()),
         context,
         100,
         LeasePolicy {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use aftercare::config::Config;
-use aftercare::journey::Journeys;
+use aftercare::journey::Rulebook;
 use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::render::Locales;
 use aftercare::source::{Entry, Position};
@@ -105,7 +105,7 @@ pub fn pipeline<S: Store>(config: &Config, store: S) -> Pipeline<S> {
     };
     Pipeline::new(
         store,
-        Journeys::from_settings(config.journey_settings()),
+        Rulebook::from_config(config.rulebook_config()),
         context,
         config.sender.batch_size,
         lease,

@@ -11,12 +11,12 @@ use std::sync::OnceLock;
 use aftercare::config::Config;
 use aftercare::event::{Event, EventKind};
 use aftercare::journey::insight::Counted;
-use aftercare::journey::{Command, Journey, Journeys, ShopStats};
+use aftercare::journey::{Command, Journey, Rulebook, ShopStats};
 use libfuzzer_sys::fuzz_target;
 
-fn journeys() -> &'static Journeys {
-    static JOURNEYS: OnceLock<Journeys> = OnceLock::new();
-    JOURNEYS.get_or_init(|| Journeys::from_settings(Config::embedded().journey_settings()))
+fn journeys() -> &'static Rulebook {
+    static JOURNEYS: OnceLock<Rulebook> = OnceLock::new();
+    JOURNEYS.get_or_init(|| Rulebook::from_config(Config::embedded().rulebook_config()))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -7,16 +7,16 @@
 //! of a table test. In order, an email is not sent when it is too late for it
 //! (before go-live, past its rule's `expires_after`); it waits a while for
 //! an address or an order not known yet; the address bounced; the journey
-//! no longer wants it ([`Journeys::recheck`]); a marketing email gives way
+//! no longer wants it ([`Rulebook::recheck`]); a marketing email gives way
 //! to a later one of its series or to a more relevant one due with it; the
-//! timing policy holds it ([`Journeys::timing`]); its customer is in the
+//! timing policy holds it ([`Rulebook::timing`]); its customer is in the
 //! rule's holdout group. Otherwise it goes out.
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::late::{Clock, Lateness};
 use super::policy::{Moment, Timing};
-use super::{Due, EmailClass, HOLDOUT_VARIANT, Journey, Journeys, Verdict, later};
+use super::{Due, EmailClass, HOLDOUT_VARIANT, Journey, Rulebook, Verdict, later};
 
 /// An email due for a customer whose address, or whose order, is not known
 /// yet is tried again this much later...
@@ -71,7 +71,7 @@ pub struct Facts<'a> {
     /// Whether that address is on the suppression list (it bounced).
     pub bounced: bool,
     /// The customer's pending emails falling due by now, this one among
-    /// them or not; only read when [`Journeys::needs_pending`] says so.
+    /// them or not; only read when [`Rulebook::needs_pending`] says so.
     pub pending: &'a [DueEmail<'a>],
 }
 
@@ -122,7 +122,7 @@ impl Fate {
     }
 }
 
-impl Journeys {
+impl Rulebook {
     /// Whether the decision on `email` compares it with the customer's
     /// other pending emails, so that the caller must read them into
     /// [`Facts::pending`]: a marketing email on its first attempt, under a
@@ -277,7 +277,7 @@ fn placed(journey: &Journey, order_id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::{OrderState, Settings};
+    use crate::journey::{OrderState, RulebookConfig};
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -285,10 +285,10 @@ mod tests {
 
     /// The shipped rules and policy (a 20h frequency cap, quiet hours
     /// 21:00-08:00), with no jitter, so that a hold ends on the hour.
-    fn journeys() -> Journeys {
-        let mut settings = Settings::shipped();
+    fn journeys() -> Rulebook {
+        let mut settings = RulebookConfig::shipped();
         settings.policy.quiet_hours.jitter = std::time::Duration::ZERO;
-        Journeys::from_settings(settings)
+        Rulebook::from_config(settings)
     }
 
     /// Another pending email of the customer.
@@ -366,7 +366,7 @@ mod tests {
         j.last_order = Some(("o-2".into(), placed));
     }
 
-    fn decide(journeys: &Journeys, input: &Input) -> Fate {
+    fn decide(journeys: &Rulebook, input: &Input) -> Fate {
         let class = |template: &str| journeys.rule(template).unwrap().class;
         let email = DueEmail {
             id: 1,

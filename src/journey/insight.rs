@@ -299,7 +299,7 @@ pub fn segments(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::{OrderState, Settings};
+    use crate::journey::{OrderState, RulebookConfig};
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -342,7 +342,7 @@ mod tests {
     }
 
     fn config() -> SegmentsConfig {
-        Settings::shipped().segments
+        RulebookConfig::shipped().segments
     }
 
     fn of(j: &Journey, now: &str) -> Vec<Segment> {

@@ -1,14 +1,14 @@
 //! The pure core: one customer's journey as a state machine.
 //!
-//! [`Journeys::step`] takes the customer's state and one event and returns
+//! [`Rulebook::step`] takes the customer's state and one event and returns
 //! the new state and the commands that follow from it: emails to schedule,
 //! pending emails to cancel, and emails decided at once. No I/O, no clock:
 //! every due time is computed from the event's `occurred_at`, so replaying
 //! the same events gives the same plan.
 //!
-//! [`Journeys::recheck`] is the other half: whether an email that has waited
+//! [`Rulebook::recheck`] is the other half: whether an email that has waited
 //! may still go out, given the state at its due time; and [`Policy`] says
-//! when it may go out (frequency cap, quiet hours). [`Journeys::decide`]
+//! when it may go out (frequency cap, quiet hours). [`Rulebook::decide`]
 //! puts them together: whether an email that fell due goes out now, waits,
 //! or ends without going out.
 
@@ -27,7 +27,7 @@ pub use late::{Clock, Lateness};
 pub use policy::{Moment, Policy, Timing};
 pub use rules::{
     AdaptiveWinBackConfig, BASE_VARIANT, EmailClass, HOLDOUT_VARIANT, JourneyRule, Only,
-    PolicyConfig, QuietHoursConfig, Segment, SegmentsConfig, Settings, TierConfig, Trigger,
+    PolicyConfig, QuietHoursConfig, RulebookConfig, Segment, SegmentsConfig, TierConfig, Trigger,
     parse_hhmm,
 };
 pub use state::{
@@ -61,7 +61,7 @@ pub struct NewEmail {
     pub variant: Option<String>,
 }
 
-/// A pending email as [`Journeys::relevance`] and [`Journeys::supersedes`]
+/// A pending email as [`Rulebook::relevance`] and [`Rulebook::supersedes`]
 /// compare it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Due<'a> {
@@ -123,7 +123,7 @@ pub struct Transition {
 
 /// The journey rules of the configuration, ready to step.
 #[derive(Debug, Clone)]
-pub struct Journeys {
+pub struct Rulebook {
     rules: Vec<JourneyRule>,
     policy: Policy,
     tiers: Vec<TierConfig>,
@@ -132,20 +132,20 @@ pub struct Journeys {
     default_locale: String,
 }
 
-impl Journeys {
+impl Rulebook {
     /// `rules` with the shipped tiers, segments and adaptive win-back, and
     /// no timing policy: every email at its due time.
-    pub fn new(rules: Vec<JourneyRule>) -> Journeys {
-        let mut journeys = Journeys::from_settings(Settings::shipped());
+    pub fn new(rules: Vec<JourneyRule>) -> Rulebook {
+        let mut journeys = Rulebook::from_config(RulebookConfig::shipped());
         journeys.rules = rules;
         journeys.policy = Policy::none();
         journeys
     }
 
     /// The rules and the policies of the configuration.
-    pub fn from_settings(settings: Settings) -> Journeys {
+    pub fn from_config(settings: RulebookConfig) -> Rulebook {
         let adaptive = &settings.policy.adaptive_win_back;
-        Journeys {
+        Rulebook {
             policy: Policy::new(&settings.policy, &settings.default_timezone),
             adaptive: adaptive.enabled.then(|| adaptive.clone()),
             rules: settings.rules,
@@ -336,7 +336,7 @@ impl Journeys {
         self.rules.iter().filter(move |r| r.on == trigger)
     }
 
-    /// [`Journeys::step_with`] an empty shop: no median order, no top
+    /// [`Rulebook::step_with`] an empty shop: no median order, no top
     /// percent (tests and a shop's very first order).
     pub fn step(&self, state: Option<Journey>, event: &Event) -> Result<Transition, Rejection> {
         self.step_with(state, event, &ShopStats::default())

@@ -223,18 +223,18 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journey::Settings;
+    use crate::journey::RulebookConfig;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
 
     fn policy() -> Policy {
-        Policy::new(&Settings::shipped().policy, "Europe/Berlin")
+        Policy::new(&RulebookConfig::shipped().policy, "Europe/Berlin")
     }
 
     fn rule(template: &str) -> JourneyRule {
-        Settings::shipped()
+        RulebookConfig::shipped()
             .rules
             .into_iter()
             .find(|r| r.template == template)
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn a_window_within_one_day_works_too() {
-        let mut config = Settings::shipped().policy;
+        let mut config = RulebookConfig::shipped().policy;
         config.quiet_hours.start = "13:00".into();
         config.quiet_hours.end = "14:00".into();
         config.quiet_hours.jitter = Duration::ZERO;

@@ -5,7 +5,7 @@
 //! The configuration file spells them (`[[journey]]`, `[[tier]]`,
 //! `[segments]`, `[policy]`), and the configuration embeds them as they
 //! are here, `#[serde]` attributes and all; the core needs nothing else of
-//! the configuration. [`Settings`] gathers them for [`super::Journeys`].
+//! the configuration. [`RulebookConfig`] gathers them for [`super::Rulebook`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 /// nothing of their locale or time zone. Read with the same names as in
 /// the configuration file, other keys ignored.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Settings {
+pub struct RulebookConfig {
     #[serde(rename = "journey")]
     pub rules: Vec<JourneyRule>,
     pub policy: PolicyConfig,
@@ -30,13 +30,13 @@ pub struct Settings {
 }
 
 /// The shipped configuration file, whose journey parts are
-/// [`Settings::shipped`].
+/// [`RulebookConfig::shipped`].
 const SHIPPED_TOML: &str = include_str!("../../config/aftercare.toml");
 
-impl Settings {
+impl RulebookConfig {
     /// The shipped configuration's settings (`config/aftercare.toml`), as
     /// they are compiled in.
-    pub fn shipped() -> Settings {
+    pub fn shipped() -> RulebookConfig {
         toml::from_str(SHIPPED_TOML).expect("the shipped config is valid")
     }
 }

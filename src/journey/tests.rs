@@ -4,8 +4,8 @@
 use super::*;
 use crate::event::{CustomerPatch, Eta, Refund, Return};
 
-fn journeys() -> Journeys {
-    Journeys::new(Settings::shipped().rules)
+fn journeys() -> Rulebook {
+    Rulebook::new(RulebookConfig::shipped().rules)
 }
 
 fn t(s: &str) -> Timestamp {
@@ -900,14 +900,14 @@ fn consent_given_later_applies_to_waiting_emails() {
 
 #[test]
 fn delays_and_templates_come_from_config() {
-    let mut rules = Settings::shipped().rules;
+    let mut rules = RulebookConfig::shipped().rules;
     let review = rules
         .iter_mut()
         .find(|r| r.template == "review_request")
         .unwrap();
     review.delay = std::time::Duration::from_secs(3 * 86_400);
     review.template = "review_request_short".into();
-    let j = Journeys::new(rules);
+    let j = Rulebook::new(rules);
     let commands = j
         .step(
             None,
@@ -923,7 +923,7 @@ fn delays_and_templates_come_from_config() {
 }
 
 fn ab_rule(variants: &[(&str, u32)]) -> JourneyRule {
-    let mut rule = Settings::shipped()
+    let mut rule = RulebookConfig::shipped()
         .rules
         .into_iter()
         .find(|r| r.template == "review_request")
@@ -987,7 +987,7 @@ fn the_scheduled_review_request_carries_its_variant() {
         ev("e1", "2026-03-01T10:00:00Z", placed("o-1")),
         ev("e2", "2026-03-03T10:00:00Z", delivered("o-1", "s-1")),
     ]);
-    let rule = Settings::shipped()
+    let rule = RulebookConfig::shipped()
         .rules
         .into_iter()
         .find(|r| r.template == "review_request")
@@ -1126,10 +1126,10 @@ fn a_big_spender_reaches_the_top_tier_at_once_and_is_congratulated_once() {
     assert_eq!(state.tiers.len(), 3);
 }
 
-fn with_rules(edit: impl Fn(&mut JourneyRule)) -> Journeys {
-    let mut rules = Settings::shipped().rules;
+fn with_rules(edit: impl Fn(&mut JourneyRule)) -> Rulebook {
+    let mut rules = RulebookConfig::shipped().rules;
     rules.iter_mut().for_each(edit);
-    Journeys::new(rules)
+    Rulebook::new(rules)
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn pipeline(edit: impl FnOnce(&mut Config), lateness: Lateness) -> Pipeline<Sqli
     };
     Pipeline::new(
         SqliteStore::in_memory().unwrap(),
-        Journeys::from_settings(config.journey_settings()),
+        Rulebook::from_config(config.rulebook_config()),
         context,
         100,
         LeasePolicy {

@@ -160,7 +160,7 @@ impl Locales {
         &self.available
     }
 
-    /// `hy-AM` -> `hy` -> the default, as DESIGN.md says.
+    /// `hy-AM` -> `hy` -> the default (README, "For marketers: templates").
     pub fn resolve(&self, wanted: Option<&str>) -> &str {
         let Some(wanted) = wanted else {
             return &self.default;

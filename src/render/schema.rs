@@ -950,7 +950,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::journey::Journeys;
+    use crate::journey::Rulebook;
     use crate::pipeline::{Context, LeasePolicy, Pipeline};
     use crate::render::Locales;
     use crate::source::{DeadLetters, FileSource, Source};
@@ -1038,7 +1038,7 @@ mod tests {
         };
         let mut pipeline = Pipeline::new(
             SqliteStore::in_memory().unwrap(),
-            Journeys::from_settings(config.journey_settings()),
+            Rulebook::from_config(config.rulebook_config()),
             context,
             100,
             LeasePolicy {

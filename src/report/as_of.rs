@@ -12,7 +12,7 @@
 use jiff::Timestamp;
 
 use crate::journey::insight::Counted;
-use crate::journey::{Journey, Journeys, ShopStats};
+use crate::journey::{Journey, Rulebook, ShopStats};
 
 use super::{Customer, Order, Refund};
 
@@ -45,7 +45,7 @@ pub fn shop_stats<'a>(journeys: impl IntoIterator<Item = &'a Journey>) -> ShopSt
 /// too: attribution looks past the period's end) and their segment at `to`.
 pub fn customers(
     journeys: Vec<(String, Journey)>,
-    rules: &Journeys,
+    rules: &Rulebook,
     to: Timestamp,
 ) -> Vec<Customer> {
     let cut: Vec<Journey> = journeys.iter().map(|(_, j)| journey_at(j, to)).collect();
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn a_customer_is_classified_with_the_orders_they_had_at_the_end_of_the_period() {
-        let rules = Journeys::from_settings(Config::embedded().journey_settings());
+        let rules = Rulebook::from_config(Config::embedded().rulebook_config());
         // One order of 20 EUR before the end; 600 EUR in three orders after
         // it: new then, VIP (500 EUR of lifetime spend) now.
         let j = journey(&[
@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn the_shop_median_is_the_one_of_the_orders_before_the_end_of_the_period() {
-        let rules = Journeys::from_settings(Config::embedded().journey_settings());
+        let rules = Rulebook::from_config(Config::embedded().rulebook_config());
         // At the end: orders of 40, 40 (x) and 10, 10 (y): the median is
         // 10 (the 2nd of 4), x's average of 40 is above it and x ordered
         // twice in 180 days (under 3): rare-large. Five orders of 100 by z

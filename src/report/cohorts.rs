@@ -14,7 +14,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use super::{Customer, Settings, counting, percent};
+use super::{Customer, Scope, counting, percent};
 
 /// How many months the table shows at least, ending with the period's last.
 const WINDOW_MONTHS: i32 = 12;
@@ -96,7 +96,7 @@ fn history(c: &Customer, to: Timestamp) -> Option<(Month, BTreeSet<Month>)> {
 /// The cohort table of `customers` over `s`: one row per month shown, the
 /// oldest first, empty months included so that the rows line up with the
 /// calendar.
-pub fn cohorts(customers: &[Customer], s: &Settings) -> Vec<Cohort> {
+pub fn cohorts(customers: &[Customer], s: &Scope) -> Vec<Cohort> {
     // The period's last instant says which month is the last one; a period
     // ending at the first instant of time has none.
     let Some(last_instant) = s.to.checked_sub(SignedDuration::from_nanos(1)).ok() else {
@@ -291,7 +291,7 @@ mod tests {
         // A period ending at the last instant a timestamp holds (its month,
         // December 9999, has no representable end: it is partial), and
         // orders at the first (January -9999, no representable start).
-        let s = Settings {
+        let s = Scope {
             from: t("9999-06-01T00:00:00Z"),
             to: Timestamp::MAX,
             ..period("2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z")
@@ -329,7 +329,7 @@ mod tests {
         );
 
         // Over the whole range: ten years shown, nothing overflows.
-        let s = Settings {
+        let s = Scope {
             from: Timestamp::MIN,
             ..s
         };
@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(table[0].month, "9990-01");
 
         // A period ending at the first instant of time has no month.
-        let s = Settings {
+        let s = Scope {
             from: Timestamp::MIN,
             to: Timestamp::MIN,
             ..s

@@ -2,7 +2,7 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::{Order, Settings};
+use super::{Order, Scope};
 
 pub fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -22,8 +22,8 @@ pub fn order_at(at: Timestamp, cancelled: bool) -> Order {
 }
 
 /// The period `[from, to)`, active for 180 days, attributed for 5.
-pub fn period(from: &str, to: &str) -> Settings {
-    Settings {
+pub fn period(from: &str, to: &str) -> Scope {
+    Scope {
         from: t(from),
         to: t(to),
         active_window: SignedDuration::from_hours(180 * 24),

@@ -13,7 +13,7 @@
 use jiff::SignedDuration;
 use serde::Serialize;
 
-use super::{Customer, Settings, counting, in_period, round2};
+use super::{Customer, Scope, counting, in_period, round2};
 
 /// The buckets of the distribution, by their lower edge in days: each
 /// holds the gaps from its edge (included) to the next one (excluded), the
@@ -43,7 +43,7 @@ pub struct Gaps {
 }
 
 /// The gaps of one customer closed by an order of the period.
-fn customer_gaps(c: &Customer, s: &Settings) -> Vec<SignedDuration> {
+fn customer_gaps(c: &Customer, s: &Scope) -> Vec<SignedDuration> {
     let mut placed: Vec<_> = counting(c)
         .map(|o| o.placed_at)
         .filter(|t| *t < s.to)
@@ -75,7 +75,7 @@ fn bucket(gap: SignedDuration) -> usize {
 }
 
 /// The gaps of `customers` closed in the period of `s`.
-pub fn gaps<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) -> Gaps {
+pub fn gaps<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Scope) -> Gaps {
     let all: Vec<SignedDuration> = customers.flat_map(|c| customer_gaps(c, s)).collect();
     let mut counts = [0_u64; EDGES.len()];
     for g in &all {
@@ -126,7 +126,7 @@ mod tests {
         }
     }
 
-    fn settings() -> Settings {
+    fn settings() -> Scope {
         period("2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z")
     }
 
@@ -211,7 +211,7 @@ mod tests {
 
     #[test]
     fn gaps_across_the_whole_range_of_time_do_not_overflow() {
-        let s = Settings {
+        let s = Scope {
             from: Timestamp::MIN,
             to: Timestamp::MAX,
             ..settings()

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{Customer, SentEmail, Settings, counting, in_period, percent, round2, wilson_bounds};
+use super::{Customer, Scope, SentEmail, counting, in_period, percent, round2, wilson_bounds};
 
 /// One template's senders against its holdout group.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -55,7 +55,7 @@ impl Holdout {
 
 /// The holdout comparison of every template with emails held out in the
 /// period.
-pub fn holdouts(customers: &[Customer], emails: &[SentEmail], s: &Settings) -> Vec<Holdout> {
+pub fn holdouts(customers: &[Customer], emails: &[SentEmail], s: &Scope) -> Vec<Holdout> {
     let by_id: BTreeMap<&str, &Customer> = customers.iter().map(|c| (c.id.as_str(), c)).collect();
     let ordered_after = |e: &SentEmail| {
         by_id.get(e.customer_id.as_str()).is_some_and(|c| {

@@ -102,7 +102,7 @@ pub struct SentEmail {
 
 /// What the report covers and how it counts.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct Scope {
     pub from: Timestamp,
     pub to: Timestamp,
     pub active_window: SignedDuration,
@@ -245,17 +245,17 @@ fn active(c: &Customer, at: Timestamp, window: SignedDuration) -> bool {
     counting(c).any(|o| o.placed_at < at && at.duration_since(o.placed_at) <= window)
 }
 
-fn in_period(t: Timestamp, s: &Settings) -> bool {
+fn in_period(t: Timestamp, s: &Scope) -> bool {
     s.from <= t && t < s.to
 }
 
 /// `to` plus the attribution window, or the end of time.
-fn attribution_until(s: &Settings) -> Timestamp {
+fn attribution_until(s: &Scope) -> Timestamp {
     s.to.checked_add(s.attribution_window)
         .unwrap_or(Timestamp::MAX)
 }
 
-fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Settings) -> Retention {
+fn retention<'a>(customers: impl Iterator<Item = &'a Customer>, s: &Scope) -> Retention {
     let mut r = Retention::default();
     let mut per_customer_orders = Vec::new();
     // Customers of each currency who ordered in the period.
@@ -371,7 +371,7 @@ fn confidence(a: &EmailResult, b: &EmailResult) -> f64 {
 type EmailKey = (String, Option<String>);
 
 /// Computes the report of `customers` and `emails` over `settings`.
-pub fn compute(customers: &[Customer], all_emails: &[SentEmail], settings: &Settings) -> Report {
+pub fn compute(customers: &[Customer], all_emails: &[SentEmail], settings: &Scope) -> Report {
     let s = settings;
     let holdouts = holdout::holdouts(customers, all_emails, s);
     // A held-out email was never in the customer's inbox: no touch, no

@@ -24,7 +24,7 @@ fn customer(id: String, orders: Vec<Order>) -> Customer {
     }
 }
 
-fn settings() -> Settings {
+fn settings() -> Scope {
     period("2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z")
 }
 

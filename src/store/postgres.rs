@@ -151,7 +151,7 @@ const SHOP_STATS: &str = "SELECT value FROM meta WHERE key = 'shop_stats'";
 const SHOP_STATS_LOCKED: &str = "SELECT value FROM meta WHERE key = 'shop_stats' FOR UPDATE";
 
 /// Where the store is: the connection settings and the schema.
-struct Settings {
+struct ConnectParams {
     config: Config,
     /// Made once from the URL's `sslmode` and `sslrootcert`.
     tls: tokio_postgres_rustls::MakeRustlsConnect,
@@ -165,7 +165,7 @@ struct Settings {
 /// ([`Store::reopen`]).
 pub struct PostgresStore {
     conn: Connection,
-    settings: Arc<Settings>,
+    settings: Arc<ConnectParams>,
 }
 
 impl PostgresStore {
@@ -213,7 +213,7 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("aftercare");
         }
-        let settings = Arc::new(Settings {
+        let settings = Arc::new(ConnectParams {
             config,
             tls,
             schema: schema.map(str::to_owned),
@@ -438,7 +438,7 @@ fn thread_gone() -> StoreError {
 impl Connection {
     /// Starts the thread and connects there (migrating first, with
     /// `migrate`).
-    fn open(settings: Arc<Settings>, migrate: bool) -> Result<Connection> {
+    fn open(settings: Arc<ConnectParams>, migrate: bool) -> Result<Connection> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready, opened) = mpsc::sync_channel::<Result<()>>(1);
         std::thread::Builder::new()
@@ -489,7 +489,7 @@ impl Connection {
 
 /// The connection's side: the client, on the thread that owns it.
 struct Session {
-    settings: Arc<Settings>,
+    settings: Arc<ConnectParams>,
     /// `None` after a reconnection failed.
     client: Option<Client>,
     /// Prepared statements of this client, by their text.
@@ -502,7 +502,7 @@ struct Session {
 }
 
 /// A new client on `settings`' schema.
-fn connect(settings: &Settings) -> Result<Client> {
+fn connect(settings: &ConnectParams) -> Result<Client> {
     let mut client = settings.config.connect(settings.tls.clone())?;
     if let Some(schema) = &settings.schema {
         client.batch_execute(&format!("SET search_path TO {}", quote_ident(schema)))?;
@@ -556,7 +556,7 @@ fn no_schema() -> StoreError {
 }
 
 impl Session {
-    fn open(settings: Arc<Settings>, migrate_first: bool) -> Result<Session> {
+    fn open(settings: Arc<ConnectParams>, migrate_first: bool) -> Result<Session> {
         let mut client = connect(&settings)?;
         if migrate_first {
             migrate(&mut client, settings.schema.as_deref())?;

@@ -1341,7 +1341,7 @@ fn parked_events_expire_by_stream_oldest_first_and_their_ids_are_forgotten(h: &i
     assert_eq!(s.backlog(t("2026-01-01T00:00:00Z")).unwrap().parked, 0);
 }
 
-/// Journeys as an earlier version stored them (customer, state), before
+/// Rulebook as an earlier version stored them (customer, state), before
 /// the order index: what its migration fills the index from.
 pub(super) fn legacy_journeys() -> Vec<(String, String)> {
     use crate::journey::OrderState;

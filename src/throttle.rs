@@ -25,7 +25,7 @@ struct Domain {
 }
 
 /// The domains seen so far and their state.
-pub struct Domains {
+pub struct Throttle {
     config: DomainsConfig,
     domains: Mutex<HashMap<String, Arc<Domain>>>,
 }
@@ -43,9 +43,9 @@ pub fn domain_of(address: &str) -> String {
         .to_ascii_lowercase()
 }
 
-impl Domains {
-    pub fn new(config: DomainsConfig) -> Domains {
-        Domains {
+impl Throttle {
+    pub fn new(config: DomainsConfig) -> Throttle {
+        Throttle {
             config,
             domains: Mutex::new(HashMap::new()),
         }
@@ -126,8 +126,8 @@ mod tests {
     use crate::config::DomainLimit;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn domains(concurrency: usize, rate: f64) -> Domains {
-        Domains::new(DomainsConfig {
+    fn domains(concurrency: usize, rate: f64) -> Throttle {
+        Throttle::new(DomainsConfig {
             concurrency,
             rate,
             defer: Duration::from_secs(300),
