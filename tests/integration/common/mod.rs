@@ -499,7 +499,6 @@ impl Drop for SmtpSink {
 /// A server that accepts connections and never says a word: a hung SMTP
 /// server. Its port closes on drop.
 pub struct Silent {
-    pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -521,7 +520,6 @@ impl Silent {
             }
         });
         Silent {
-            port,
             stop,
             thread: Some(thread),
         }
