@@ -96,6 +96,8 @@ impl<M: Mailer> Sender<M> {
         let locale = email.locale.as_deref().unwrap_or("en");
         let mut data = email.data.clone();
         data["shop"] = self.shop.clone();
+        // Wrapped once: every part renders from it without a copy.
+        let data = handlebars::Context::from(data);
         let template = variant_template(&email.template, email.variant.as_deref());
         let message_id = mailer::message_id(&email.key, &self.from);
         // A panic while rendering (a helper meeting data no bound foresaw)
@@ -104,8 +106,9 @@ impl<M: Mailer> Sender<M> {
             let rendered = self
                 .templates
                 .load()
-                .render(&template, locale, &data)
+                .render_context(&template, locale, &data)
                 .map_err(|problems| format!("render: {problems}"))?;
+            let data = data.data();
             let name = data["customer"]["name"].as_str();
             let unsubscribe = match email.class {
                 EmailClass::Marketing => data["unsubscribe_url"].as_str(),

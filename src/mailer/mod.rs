@@ -6,6 +6,7 @@
 //! the same for every mailer.
 
 mod eml;
+mod encode;
 mod smtp;
 
 pub use eml::EmlMailer;
@@ -14,7 +15,7 @@ pub use smtp::SmtpMailer;
 use jiff::Timestamp;
 use lettre::Message;
 use lettre::message::header::{self, ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use sha2::{Digest, Sha256};
 
 use crate::render::Rendered;
@@ -131,20 +132,23 @@ pub fn build(
     builder
         .multipart(
             MultiPart::alternative()
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_PLAIN)
-                        .header(header::ContentTransferEncoding::QuotedPrintable)
-                        .body(rendered.text.clone()),
-                )
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_HTML)
-                        .header(header::ContentTransferEncoding::QuotedPrintable)
-                        .body(rendered.html.clone()),
-                ),
+                .singlepart(part(ContentType::TEXT_PLAIN, &rendered.text))
+                .singlepart(part(ContentType::TEXT_HTML, &rendered.html)),
         )
         .map_err(|e| MailError::Permanent(format!("cannot build message: {e}")))
+}
+
+/// One part of the message, quoted-printable: the body encoded in one pass
+/// (see [`encode`]), the same bytes lettre makes of the `String`.
+fn part(content_type: ContentType, body: &str) -> SinglePart {
+    let qp = header::ContentTransferEncoding::QuotedPrintable;
+    SinglePart::builder()
+        .header(content_type)
+        .header(qp)
+        .body(Body::dangerous_pre_encoded(
+            encode::quoted_printable(body),
+            qp,
+        ))
 }
 
 #[cfg(test)]
@@ -202,6 +206,18 @@ mod tests {
                 Some(bad),
             );
             assert!(built.is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parts_are_the_ones_lettre_makes_of_the_text() {
+        let text = "Hi Anna,\n\n  * Oolong  \n    2 x €12.50 = €25.00\n\t\nԲարեւ ".repeat(20);
+        for content_type in [ContentType::TEXT_PLAIN, ContentType::TEXT_HTML] {
+            let lettre = SinglePart::builder()
+                .header(content_type.clone())
+                .header(header::ContentTransferEncoding::QuotedPrintable)
+                .body(text.clone());
+            assert_eq!(part(content_type, &text).formatted(), lettre.formatted());
         }
     }
 

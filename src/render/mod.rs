@@ -12,6 +12,7 @@
 //! a template against it in every branch and partial, without rendering.
 
 pub mod coverage;
+mod flatten;
 mod format;
 mod helpers;
 mod inline;
@@ -26,7 +27,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use handlebars::{Handlebars, RenderError, RenderErrorReason, TemplateError, TemplateErrorReason};
+use handlebars::{
+    Context, Handlebars, RenderError, RenderErrorReason, TemplateError, TemplateErrorReason,
+};
 use serde_json::Value;
 
 use crate::journey::BASE_VARIANT;
@@ -176,12 +179,18 @@ impl Locales {
 }
 
 struct LocaleSet {
-    /// HTML with the stylesheet inlined: what is sent.
+    /// HTML with the stylesheet inlined.
     html: Handlebars<'static>,
     /// HTML as written: rendered again only when the inlined one fails, so
     /// that the error's line and column point into the file as written.
     html_as_written: Handlebars<'static>,
+    /// Subjects, preheaders and text parts, as written.
     text: Handlebars<'static>,
+    /// What is sent: `html` and `text` with the partials written into the
+    /// templates that call them (see the `flatten` module). An error is
+    /// reported from the registries above, as written.
+    flat_html: Handlebars<'static>,
+    flat_text: Handlebars<'static>,
     /// Registered name (`welcome.html`, or a partial's name) to its file.
     files: HashMap<String, PathBuf>,
 }
@@ -192,9 +201,10 @@ pub struct Templates {
     locales: Locales,
     sets: BTreeMap<String, LocaleSet>,
     fallbacks: BTreeMap<String, String>,
-    /// The hidden preheader `<div>`, styled by the stylesheet, with
-    /// [`PREHEADER_TEXT`] where the text goes.
-    preheader: String,
+    /// The hidden preheader `<div>` styled by the stylesheet, cut where
+    /// the text goes: what comes before it, and after it (the padding and
+    /// the closing tag).
+    preheader: (String, String),
 }
 
 /// Where the preheader's text goes in [`PREHEADER_BLOCK`].
@@ -216,32 +226,57 @@ const PREHEADER_PADDING: &str = "&zwnj;&nbsp;";
 /// preview an inbox shows (about 200 characters) after a short preheader.
 const PREHEADER_PADDING_COUNT: usize = 100;
 
-/// `preheader` as the hidden block `block` (see [`PREHEADER_BLOCK`]),
-/// HTML-escaped and padded.
-fn preheader_block(block: &str, preheader: &str) -> String {
-    let text = format!(
-        "{}{}",
-        handlebars::html_escape(preheader),
-        PREHEADER_PADDING.repeat(PREHEADER_PADDING_COUNT)
-    );
-    block.replacen(PREHEADER_TEXT, &text, 1)
+/// The hidden block `block` (see [`PREHEADER_BLOCK`]) cut where the text
+/// goes, the padding added after it: the same for every email of a set.
+fn preheader_parts(block: &str) -> (String, String) {
+    match block.split_once(PREHEADER_TEXT) {
+        Some((before, after)) => (
+            before.to_owned(),
+            format!(
+                "{}{after}",
+                PREHEADER_PADDING.repeat(PREHEADER_PADDING_COUNT)
+            ),
+        ),
+        // No place for the text (a stylesheet the inliner choked on):
+        // the block alone.
+        None => (block.to_owned(), String::new()),
+    }
 }
 
-/// `html` with `block` as the first thing in its `<body>` (or at the start,
-/// for a template without one).
-fn insert_after_body_tag(html: &str, block: &str) -> String {
-    let lower = html.to_ascii_lowercase();
-    let at = lower
-        .match_indices("<body")
-        .find(|(i, _)| {
-            lower[i + 5..]
-                .chars()
-                .next()
-                .is_some_and(|c| c == '>' || c.is_ascii_whitespace())
-        })
-        .and_then(|(i, _)| lower[i..].find('>').map(|end| i + end + 1))
-        .unwrap_or(0);
-    format!("{}{block}{}", &html[..at], &html[at..])
+/// Where the first thing in `html`'s `<body>` goes: after the tag (or at
+/// the start, for a template without one).
+fn after_body_tag(html: &str) -> usize {
+    let bytes = html.as_bytes();
+    let mut from = 0;
+    while let Some(i) = html[from..].find('<').map(|i| from + i) {
+        from = i + 1;
+        let tag = bytes.get(i + 1..i + 5);
+        let next = bytes.get(i + 5);
+        if tag.is_some_and(|t| t.eq_ignore_ascii_case(b"body"))
+            && next.is_some_and(|c| *c == b'>' || c.is_ascii_whitespace())
+        {
+            return html[i..].find('>').map_or(0, |end| i + end + 1);
+        }
+    }
+    0
+}
+
+/// `html` with the hidden block `(before, after)` holding `preheader`,
+/// HTML-escaped, as the first thing in its `<body>`.
+fn with_preheader(html: &str, (before, after): &(String, String), preheader: &str) -> String {
+    let at = after_body_tag(html);
+    let text = if after.is_empty() {
+        String::new()
+    } else {
+        handlebars::html_escape(preheader)
+    };
+    let mut out = String::with_capacity(html.len() + before.len() + text.len() + after.len());
+    out.push_str(&html[..at]);
+    out.push_str(before);
+    out.push_str(&text);
+    out.push_str(after);
+    out.push_str(&html[at..]);
+    out
 }
 
 /// Folds newlines and runs of spaces into one space.
@@ -399,6 +434,8 @@ impl Templates {
                 // The walk and the branch listing read these two.
                 html_as_written: registry(true, options.record_branches),
                 text: registry(false, options.record_branches),
+                flat_html: registry(true, false),
+                flat_text: registry(false, false),
                 files: HashMap::new(),
             };
             let own_partials = hbs_files(&dir.join(locale).join("partials"));
@@ -421,6 +458,7 @@ impl Templates {
                     problems.push(p);
                 }
             }
+            set.flatten();
             sets.insert(locale.clone(), set);
         }
         if !problems.is_empty() {
@@ -431,7 +469,7 @@ impl Templates {
             locales: Locales::new(locale_names, default_locale),
             sets,
             fallbacks: options.fallbacks.clone(),
-            preheader,
+            preheader: preheader_parts(&preheader),
         })
     }
 
@@ -614,6 +652,17 @@ impl Templates {
     /// Renders one email. `locale` must be one of [`Locales::available`];
     /// a template it lacks comes from its fallback locale.
     pub fn render(&self, template: &str, locale: &str, data: &Value) -> Result<Rendered, Problems> {
+        self.render_context(template, locale, &Context::from(data.clone()))
+    }
+
+    /// [`Templates::render`] on data already wrapped for handlebars: the
+    /// four parts render from it without a copy each.
+    pub fn render_context(
+        &self,
+        template: &str,
+        locale: &str,
+        data: &Context,
+    ) -> Result<Rendered, Problems> {
         let source = self.source_locale(locale, template).unwrap_or(locale);
         let set = self.sets.get(source).ok_or_else(|| {
             Problems(vec![problem(
@@ -622,24 +671,29 @@ impl Templates {
             )])
         })?;
         let part = |hb: &Handlebars<'_>, part: &str| {
-            hb.render(&format!("{template}.{part}"), data)
+            hb.render_with_context(&format!("{template}.{part}"), data)
                 .map_err(|e| set.render_problem(&self.file(source, template, part), &e))
         };
-        let subject = part(&set.text, "subject");
+        // What is sent renders from the flattened registries; a failure is
+        // rendered again as written, for its position in the file.
+        let text_part = |name: &str| {
+            part(&set.flat_text, name).map_err(|flat| part(&set.text, name).err().unwrap_or(flat))
+        };
+        let subject = text_part("subject");
         let preheader = if set.files.contains_key(&format!("{template}.preheader")) {
-            part(&set.text, "preheader").map(|p| one_line(&p))
+            text_part("preheader").map(|p| one_line(&p))
         } else {
             // `require` (and so `check` and `run`) refuse a template without
             // one; a set loaded without it renders none.
             Ok(String::new())
         };
-        let html = part(&set.html, "html").map_err(|inlined| {
+        let html = part(&set.flat_html, "html").map_err(|inlined| {
             // Same data, same failure: take its position in the file as
             // written.
             part(&set.html_as_written, "html").err().unwrap_or(inlined)
         });
         let text = if set.files.contains_key(&format!("{template}.txt")) {
-            part(&set.text, "txt")
+            text_part("txt")
         } else {
             // No text part written: derive it from the HTML.
             match &html {
@@ -659,7 +713,7 @@ impl Templates {
                 html: if preheader.is_empty() {
                     html
                 } else {
-                    insert_after_body_tag(&html, &preheader_block(&self.preheader, &preheader))
+                    with_preheader(&html, &self.preheader, &preheader)
                 },
                 preheader,
                 text,
@@ -671,6 +725,59 @@ impl Templates {
                     .collect(),
             )),
         }
+    }
+
+    /// [`Templates::render`] with handlebars' own partials, without
+    /// [`flatten`]: what the flattened templates must render the same as.
+    #[cfg(test)]
+    fn render_nested(
+        &self,
+        template: &str,
+        locale: &str,
+        data: &Value,
+    ) -> Option<(String, String, String, String)> {
+        let source = self.source_locale(locale, template).unwrap_or(locale);
+        let set = self.sets.get(source)?;
+        let part = |hb: &Handlebars<'_>, part: &str| {
+            let name = format!("{template}.{part}");
+            if hb.get_template(&name).is_none() {
+                return Some(String::new());
+            }
+            hb.render(&name, data).ok()
+        };
+        Some((
+            part(&set.text, "subject")?,
+            part(&set.text, "preheader")?,
+            part(&set.html, "html")?,
+            part(&set.text, "txt")?,
+        ))
+    }
+
+    /// [`Templates::render`]'s parts before the preheader is put in the
+    /// HTML and lines are folded, for comparing with [`Templates::render_nested`].
+    #[cfg(test)]
+    fn render_flat(
+        &self,
+        template: &str,
+        locale: &str,
+        data: &Value,
+    ) -> Option<(String, String, String, String)> {
+        let source = self.source_locale(locale, template).unwrap_or(locale);
+        let set = self.sets.get(source)?;
+        let ctx = Context::from(data.clone());
+        let part = |hb: &Handlebars<'_>, part: &str| {
+            let name = format!("{template}.{part}");
+            if hb.get_template(&name).is_none() {
+                return Some(String::new());
+            }
+            hb.render_with_context(&name, &ctx).ok()
+        };
+        Some((
+            part(&set.flat_text, "subject")?,
+            part(&set.flat_text, "preheader")?,
+            part(&set.flat_html, "html")?,
+            part(&set.flat_text, "txt")?,
+        ))
     }
 }
 
@@ -761,6 +868,25 @@ impl LocaleSet {
             file.to_owned(),
         );
         Ok(())
+    }
+
+    /// Fills `flat_html` and `flat_text`: the registries as loaded, each
+    /// template with the partials it calls written in place.
+    fn flatten(&mut self) {
+        for (from, to) in [
+            (&self.html, &mut self.flat_html),
+            (&self.text, &mut self.flat_text),
+        ] {
+            for (name, template) in from.get_templates() {
+                let partial = !self.files.contains_key(name);
+                let flat = if partial {
+                    None
+                } else {
+                    flatten::flatten(from, template)
+                };
+                to.register_template(name, flat.unwrap_or_else(|| template.clone()));
+            }
+        }
     }
 
     /// Maps a handlebars error to the file it happened in.

@@ -503,3 +503,91 @@ fn branches_are_listed_and_reached_by_what_the_data_holds() {
     let all: HashSet<_> = reached.union(&more).copied().collect();
     assert!(coverage::unreached(&branches, &all).is_empty());
 }
+
+/// Every template, locale and sample of the shipped set, rendered with the
+/// partials written in place (what is sent) and with handlebars' own
+/// partials: the same text, part by part.
+#[test]
+fn partials_written_in_place_render_as_handlebars_renders_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = crate::config::Config::embedded();
+    let journeys = crate::journey::Rulebook::from_config(config.rulebook_config());
+    let shop = serde_json::to_value(&config.shop).unwrap();
+    let mut options = LoadOptions::new("en");
+    options.shop = shop.clone();
+    let templates = Templates::load(&root.join("templates"), &options).unwrap();
+    let mut compared = 0;
+    for name in templates.names() {
+        let id = name.split('.').next().unwrap();
+        for locale in templates.locales().available() {
+            let file = root.join(format!("templates/samples/{locale}/{id}.json"));
+            let Ok(samples) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let samples: serde_json::Map<String, Value> = serde_json::from_str(&samples).unwrap();
+            for (sample, data) in &samples {
+                let data = crate::check::sample_data(data, &shop, locale, &journeys);
+                let nested = templates.render_nested(name, locale, &data);
+                assert!(nested.is_some(), "{locale}/{name} with {sample} renders");
+                assert_eq!(
+                    templates.render_flat(name, locale, &data),
+                    nested,
+                    "{locale}/{name} with {sample}"
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 50, "{compared} renders compared");
+}
+
+/// A template's calls written in place, and the ones that stay calls.
+#[test]
+fn partials_are_written_in_place_where_that_renders_the_same() {
+    let dir = fixture(&[
+        (
+            "partials/label.html.hbs",
+            "<b>{{label}}</b>{{#if label}}[{{label}}]{{/if}}{{#each list}}{{label}}{{/each}}",
+        ),
+        (
+            "partials/href.html.hbs",
+            "<a href=\"{{href}}\">{{#each list}}{{this}}{{/each}}</a>",
+        ),
+        (
+            "partials/inside.html.hbs",
+            "{{#each list}}<i>{{href}}</i>{{/each}}",
+        ),
+        ("partials/up.html.hbs", "{{#each list}}{{../name}}{{/each}}"),
+        ("partials/block.html.hbs", "<div>{{> @partial-block}}</div>"),
+        ("en/t.subject.hbs", "s"),
+        ("en/t.preheader.hbs", "p"),
+        (
+            "en/t.html.hbs",
+            "{{> label label=\"<Tea & Co>\"}}|{{> href href=link}}|{{> inside href=link}}|\
+             {{> up}}|{{#> block}}{{name}}{{/block}}",
+        ),
+        ("en/t.txt.hbs", "t"),
+    ]);
+    let templates = load(dir.path());
+    let data = json!({"link": "https://x.example/?a=1&b=2", "list": ["1", "2"], "name": "<n>"});
+    let flat = templates.render_flat("t", "en", &data).unwrap().2;
+    assert_eq!(templates.render_nested("t", "en", &data).unwrap().2, flat);
+    assert_eq!(
+        flat,
+        "<b>&lt;Tea &amp; Co&gt;</b>[&lt;Tea &amp; Co&gt;]&lt;Tea &amp; Co&gt;&lt;Tea &amp; Co&gt;|\
+         <a href=\"https://x.example/?a&#x3D;1&amp;b&#x3D;2\">12</a>|\
+         <i>https://x.example/?a&#x3D;1&amp;b&#x3D;2</i><i>https://x.example/?a&#x3D;1&amp;b&#x3D;2</i>|\
+         &lt;n&gt;&lt;n&gt;|<div>&lt;n&gt;</div>"
+    );
+    let tree = format!(
+        "{:?}",
+        templates.sets["en"]
+            .flat_html
+            .get_template("t.html")
+            .unwrap()
+    );
+    // A path given to a partial that reads it inside `#each`, and `../` in
+    // a partial, stay calls; the rest are written in place.
+    assert_eq!(tree.matches("PartialExpression").count(), 2, "{tree}");
+    assert_eq!(tree.matches("PartialBlock").count(), 0, "{tree}");
+}
