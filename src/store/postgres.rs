@@ -843,6 +843,13 @@ impl Store for PostgresStore {
         })
     }
 
+    fn record_deliveries(&mut self, outcomes: &[(i64, Outcome)]) -> Result<()> {
+        for (id, outcome) in outcomes {
+            self.record_delivery(*id, outcome)?;
+        }
+        Ok(())
+    }
+
     fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()> {
         const FAIL: &str = "UPDATE emails SET status = 'failed', reason = $2,
                  attempts = attempts + 1 WHERE id = $1";
