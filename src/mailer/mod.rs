@@ -69,6 +69,13 @@ impl Mailer for AnyMailer {
     }
 }
 
+/// Whether `address` can head a message as its From or Reply-To: one
+/// mailbox (`Name <user@example.com>` or a bare address) as [`build`]
+/// takes it. The configuration is checked with it before anything runs.
+pub fn is_mailbox(address: &str) -> bool {
+    address.parse::<Mailbox>().is_ok()
+}
+
 /// `<hash-of-key@domain>`: the same for every attempt at one email, so a
 /// resend after a crash can be recognised as the same message downstream.
 pub fn message_id(key: &str, from: &Mailbox) -> String {

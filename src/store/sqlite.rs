@@ -76,134 +76,30 @@ fn sqlite_reason(error: &rusqlite::Error) -> String {
     }
 }
 
+/// The schema's steps, in order: the one at index `i` takes `user_version`
+/// from `i` to `i + 1`, so a step once released is never edited or moved.
 const MIGRATIONS: &[M<'static>] = &[
-    M::up(
-        "CREATE TABLE processed_events (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
-     CREATE TABLE journeys (customer_id TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
-     CREATE TABLE emails (
-         id INTEGER PRIMARY KEY AUTOINCREMENT,
-         key TEXT NOT NULL UNIQUE,
-         customer_id TEXT NOT NULL,
-         template TEXT NOT NULL,
-         class TEXT NOT NULL,
-         order_id TEXT,
-         due_at INTEGER NOT NULL,
-         fire_at INTEGER NOT NULL,
-         status TEXT NOT NULL,
-         reason TEXT,
-         data TEXT NOT NULL,
-         recipient TEXT,
-         locale TEXT,
-         attempts INTEGER NOT NULL DEFAULT 0,
-         -- Attempts that may have been delivered (the connection broke after
-         -- the message was sent): a duplicate downstream can only come from
-         -- these, and carries the same Message-ID.
-         ambiguous_attempts INTEGER NOT NULL DEFAULT 0,
-         last_reply TEXT,
-         decided_at INTEGER,
-         lease_owner TEXT,
-         lease_until INTEGER,
-         -- When it was first handed to the mailer: retries stop max_age after.
-         first_attempt_at INTEGER,
-         -- The stream (file, topic partition) whose reader fires it.
-         stream TEXT NOT NULL DEFAULT ''
-     );
-     CREATE INDEX emails_pending_fire ON emails (fire_at) WHERE status = 'pending';
-     CREATE INDEX emails_pending_stream ON emails (stream, fire_at) WHERE status = 'pending';
-     CREATE INDEX emails_pending_order ON emails (customer_id, order_id) WHERE status = 'pending';
-     CREATE INDEX emails_sending ON emails (lease_until) WHERE status = 'sending';
-     CREATE TABLE positions (source TEXT PRIMARY KEY, position TEXT NOT NULL) WITHOUT ROWID;
-     -- Every status an email takes, in order: an audit trail of what was
-     -- decided when (approved, cancelled, sent...).
-     CREATE TABLE email_log (
-         seq INTEGER PRIMARY KEY AUTOINCREMENT,
-         email_id INTEGER NOT NULL,
-         status TEXT NOT NULL,
-         at INTEGER NOT NULL
-     );
-     CREATE INDEX email_log_email ON email_log (email_id);
-     CREATE TRIGGER email_log_insert AFTER INSERT ON emails BEGIN
-         INSERT INTO email_log (email_id, status, at)
-         VALUES (NEW.id, NEW.status, CAST(unixepoch('subsec') * 1000 AS INTEGER));
-     END;
-     CREATE TRIGGER email_log_update AFTER UPDATE OF status ON emails
-     WHEN NEW.status IS NOT OLD.status BEGIN
-         INSERT INTO email_log (email_id, status, at)
-         VALUES (NEW.id, NEW.status, CAST(unixepoch('subsec') * 1000 AS INTEGER));
-     END;
-     -- Small settings the workers sharing a store must agree on.
-     CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
-     CREATE TABLE suppressed_addresses (
-         address TEXT PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL
-     ) WITHOUT ROWID;",
-    ),
+    M::up(include_str!("migrations/sqlite/V1__initial.sql")),
     // The A/B variant each email was assigned (NULL: the template has none).
-    M::up("ALTER TABLE emails ADD COLUMN variant TEXT;"),
+    M::up(include_str!("migrations/sqlite/V2__email_variants.sql")),
     // Why a pending email waits past its due time (frequency cap, quiet
     // hours): fire_at holds the new time.
-    M::up("ALTER TABLE emails ADD COLUMN deferred TEXT;"),
-    // Email keys from escaped parts (the SQL is the PostgreSQL store's).
+    M::up(include_str!("migrations/sqlite/V3__deferral_reasons.sql")),
+    // Email keys from escaped parts: the PostgreSQL store's V2, the same
+    // SQL, hence no file of its own under migrations/sqlite/.
     M::up(include_str!(
         "migrations/postgres/V2__escaped_email_keys.sql"
     )),
     // What each applied event contained, to tell a reused id from a
     // redelivery.
-    M::up("ALTER TABLE processed_events ADD COLUMN digest TEXT;"),
+    M::up(include_str!("migrations/sqlite/V5__event_digests.sql")),
     // The order -> customer index and the events waiting for their order:
     // PostgreSQL's V4, with SQLite's JSON functions for the backfill.
-    M::up(
-        "CREATE TABLE order_customers (
-         order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL
-     ) WITHOUT ROWID;
-     -- Every order placed is in its customer's journey, with a placed_at.
-     -- An order id in two journeys (a shop's mistake) goes to the first
-     -- customer by id.
-     INSERT INTO order_customers (order_id, customer_id)
-     SELECT o.key, j.customer_id
-     FROM journeys j, json_each(j.state, '$.orders') AS o
-     WHERE json_extract(o.value, '$.placed_at') IS NOT NULL
-     ORDER BY j.customer_id
-     ON CONFLICT (order_id) DO NOTHING;
-     CREATE TABLE parked_events (
-         event_id TEXT PRIMARY KEY,
-         order_id TEXT NOT NULL,
-         occurred_at INTEGER NOT NULL,
-         expires_at INTEGER NOT NULL,
-         event TEXT NOT NULL,
-         raw BLOB NOT NULL,
-         key BLOB,
-         source TEXT NOT NULL,
-         coordinates TEXT NOT NULL,
-         stream TEXT NOT NULL,
-         -- Arrival order, for events of the same time.
-         seq INTEGER NOT NULL
-     );
-     CREATE INDEX parked_events_order ON parked_events (order_id);
-     CREATE INDEX parked_events_expiry ON parked_events (expires_at);
-     CREATE INDEX parked_events_stream ON parked_events (stream, expires_at);",
-    ),
+    M::up(include_str!(
+        "migrations/sqlite/V6__order_index_and_parked_events.sql"
+    )),
     // The webhook intake and the lease on consuming it: PostgreSQL's V5.
-    M::up(
-        "CREATE TABLE intake (
-         -- AUTOINCREMENT: an id is never reused once purged.
-         id INTEGER PRIMARY KEY AUTOINCREMENT,
-         source TEXT NOT NULL,
-         delivery_id TEXT,
-         -- The request's headers: JSON [[name, value], ...].
-         headers TEXT,
-         -- NULL once applied: the row stays for the duplicates only.
-         body BLOB,
-         received_at INTEGER NOT NULL,
-         applied_at INTEGER
-     );
-     CREATE UNIQUE INDEX intake_delivery ON intake (source, delivery_id)
-         WHERE delivery_id IS NOT NULL;
-     CREATE INDEX intake_unapplied ON intake (id) WHERE applied_at IS NULL;
-     CREATE INDEX intake_applied ON intake (applied_at) WHERE applied_at IS NOT NULL;
-     CREATE TABLE leases (
-         name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at INTEGER NOT NULL
-     ) WITHOUT ROWID;",
-    ),
+    M::up(include_str!("migrations/sqlite/V7__webhook_intake.sql")),
 ];
 
 /// How long a worker waits for another's lock before it gives up.
