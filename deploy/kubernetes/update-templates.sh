@@ -3,7 +3,7 @@
 # into kustomization.yaml (between its "BEGIN templates" and "END templates"
 # lines), from the repository's templates/ folder. Run it after adding or
 # removing a template file; an edited file needs nothing (kustomize reads
-# the files when it builds). tests/deploy.rs fails while the list is stale.
+# the files when it builds). tests/integration/deploy.rs fails while the list is stale.
 #
 # Each key is the file's path under templates/ with "/" written "__"
 # (ConfigMap keys cannot hold "/"); the Deployment's init container turns

@@ -1027,7 +1027,7 @@ mod tests {
     }
 
     /// The data the pipeline really builds for every email of the example
-    /// log (every template is sent there, see tests/cli.rs), with `shop` as
+    /// log (every template is sent there, see tests/integration/cli.rs), with `shop` as
     /// the sender adds it.
     fn pipeline_data(config: &Config) -> Vec<(String, Value)> {
         let context = Context {

@@ -2,14 +2,13 @@
 //! without a restart; a broken edit is refused and the worker keeps
 //! sending with the set it has.
 
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::Work;
 use mail_parser::MessageParser;
+
+use crate::common::{self, Work};
 
 fn order(n: u32) -> String {
     format!(

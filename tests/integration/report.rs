@@ -3,12 +3,11 @@
 //! the store. JSON is compared exactly; the HTML page is opened in headless
 //! Chromium, and its charts must be there and visible.
 
-mod common;
-
 use std::process::Command;
 
-use common::{Work, repo, stderr, stdout};
 use serde_json::{Value, json};
+
+use crate::common::{self, Work, repo, stderr, stdout};
 
 fn placed(event: &str, at: &str, customer: &str, order: &str, total: &str) -> String {
     format!(

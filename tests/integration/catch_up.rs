@@ -3,17 +3,16 @@
 //! by the restart, and a first deployment that reads a week of history
 //! from Kafka.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aftercare::config::Config;
 use aftercare::journey::EmailClass;
-use common::checker::{self, planned_due};
-use common::tansu::{TOPICS, Tansu, kafka_config};
-use common::{SmtpSink, Work, stderr, stdout};
 use jiff::{SignedDuration, Timestamp};
+
+use crate::common::checker::{self, planned_due};
+use crate::common::tansu::{TOPICS, Tansu, kafka_config};
+use crate::common::{self, SmtpSink, Work, stderr, stdout};
 
 fn smtp(port: u16) -> String {
     format!(
@@ -108,6 +107,7 @@ fn stored(work: &Work) -> BTreeMap<String, (String, Option<String>, Option<Strin
 
 #[test]
 fn a_worker_stopped_two_days_sends_what_is_still_useful_once_expires_the_rest_and_keeps_the_cap() {
+    let _heavy = common::heavy();
     let started = std::time::Instant::now();
     let now = Timestamp::now();
     let at = |h: i64| now + hours(h);
@@ -277,6 +277,7 @@ fn a_worker_stopped_two_days_sends_what_is_still_useful_once_expires_the_rest_an
 
 #[test]
 fn an_email_left_in_flight_by_a_crash_is_not_sent_once_too_old() {
+    let _heavy = common::heavy();
     // Three days ago the worker handed a confirmation to a server that
     // never answered, and was killed. Started again now, it finds the
     // email still `sending`: a day past its expiry, it is not sent.
@@ -347,6 +348,7 @@ fn an_email_left_in_flight_by_a_crash_is_not_sent_once_too_old() {
 
 #[test]
 fn a_first_deployment_reading_a_week_of_history_sends_only_what_falls_due_after_go_live() {
+    let _heavy = common::heavy();
     // The shop's topics hold a week of events; a new consumer group reads
     // them from the start. The history builds the journeys and sends
     // nothing due before the first start; what falls due after it (a

@@ -8,15 +8,15 @@ use aftercare::event::Event;
 use serde_json::{Value, json};
 
 fn validator() -> jsonschema::Validator {
-    let schema: Value =
-        serde_json::from_str(include_str!("../src/event.schema.json")).expect("the schema is JSON");
+    let schema: Value = serde_json::from_str(include_str!("../../src/event.schema.json"))
+        .expect("the schema is JSON");
     jsonschema::validator_for(&schema).expect("the schema compiles")
 }
 
 #[test]
 fn every_example_event_is_valid_and_decodes_with_nothing_dropped() {
     let validator = validator();
-    let examples = include_str!("../examples/events.jsonl");
+    let examples = include_str!("../../examples/events.jsonl");
     let mut n = 0;
     for line in examples.lines().filter(|l| !l.trim().is_empty()) {
         let event: Value = serde_json::from_str(line).unwrap();

@@ -1,8 +1,6 @@
 //! Shared by the integration tests: a scratch work directory with its own
 //! config, the binary, generated event logs, and a real SMTP sink.
 
-#![allow(dead_code)]
-
 pub mod checker;
 pub mod postgres;
 pub mod proxy;
@@ -11,9 +9,23 @@ pub mod tansu;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_aftercare");
+
+/// One heavy scenario at a time: held by every test that starts a broker
+/// or several workers, or kills one, for as long as it runs. Tests of every
+/// area share one binary and run side by side; two such scenarios at once
+/// on two cores starve a consumer group's heartbeats and push deliveries
+/// past the deadlines the tests allow. A scenario that failed (and so
+/// poisoned the lock) does not fail the next one.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -487,7 +499,6 @@ impl Drop for SmtpSink {
 /// A server that accepts connections and never says a word: a hung SMTP
 /// server. Its port closes on drop.
 pub struct Silent {
-    pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -509,7 +520,6 @@ impl Silent {
             }
         });
         Silent {
-            port,
             stop,
             thread: Some(thread),
         }

@@ -12,7 +12,7 @@
 //! nothing, in every locale (`en`, `hy`, `am`, each also with a region),
 //! and must be sent, never `failed`.
 //!
-//! `tests/template_data.rs` holds the templates to data generated from
+//! `tests/integration/template_data.rs` holds the templates to data generated from
 //! the schema; this test holds the schema and the pipeline to the events.
 //! 24 logs in CI; `PROPTEST_CASES=500` runs more.
 

@@ -1,12 +1,11 @@
 //! The CLI as the README specifies it: `simulate`'s plan, `check`, `run` on
 //! embedded defaults, dead letters, config errors and exit codes.
 
-mod common;
-
-use common::{Work, repo, stderr, stdout};
 use mail_parser::MessageParser;
 
-const EXPECTED_PLAN: &str = include_str!("expected/simulate_examples.jsonl");
+use crate::common::{self, Work, repo, stderr, stdout};
+
+const EXPECTED_PLAN: &str = include_str!("../expected/simulate_examples.jsonl");
 
 #[test]
 fn simulate_prints_the_expected_plan_of_the_examples_line_by_line() {

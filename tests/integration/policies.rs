@@ -3,10 +3,9 @@
 //! a maximum delay, adaptive win-back, segments in rules, and loyalty tiers.
 //! Transactional emails are never held back by any of them.
 
-mod common;
-
-use common::{Work, stderr, stdout};
 use serde_json::Value;
+
+use crate::common::{self, Work, stderr, stdout};
 
 /// `simulate` of `events` (JSON lines) with `config`, as JSON values.
 fn plan(config: &str, events: &[String], until: &str) -> Vec<Value> {

@@ -2,13 +2,11 @@
 //! why it fails), `/metrics` in Prometheus text, and JSON logs that carry
 //! the event's coordinates and no email address.
 
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{KillOnDrop, Work, http_request};
+use crate::common::{self, KillOnDrop, Work, http_request};
 
 fn placed(event: &str, customer: &str, order: &str) -> String {
     format!(

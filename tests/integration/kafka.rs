@@ -2,14 +2,12 @@
 //! a loopback port): topics and partitions, the dead-letter topic, crashes,
 //! rebalances, replays and shutdown with the broker gone.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::checker;
-use common::tansu::{TOPICS, broker_with, kafka_config};
-use common::{SmtpSink, Work, planned, sigterm, spawn, stderr, stdout, wait_exit};
+use crate::common::checker;
+use crate::common::tansu::{TOPICS, broker_with, kafka_config};
+use crate::common::{self, SmtpSink, Work, planned, sigterm, spawn, stderr, stdout, wait_exit};
 
 const DEAD: &str = "aftercare.dead-letter";
 
@@ -57,6 +55,7 @@ fn by_customer(lines: &[String]) -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn events_over_three_topics_give_the_planned_emails_in_order_per_customer() {
+    let _heavy = common::heavy();
     let log = common::generated_events(60);
     let tansu = broker_with(&log);
     let work = Work::new(&kafka_config(&tansu, "g1", ""));
@@ -95,6 +94,7 @@ fn events_over_three_topics_give_the_planned_emails_in_order_per_customer() {
 
 #[test]
 fn invalid_events_go_to_the_dead_letter_topic_and_neighbours_are_processed() {
+    let _heavy = common::heavy();
     let mut log = common::generated_events(5);
     let bad = [
         "{not json",
@@ -213,6 +213,7 @@ fn padded(text: &str, bytes: usize) -> String {
 /// topic within the producer's limit, with their coordinates.
 #[test]
 fn a_dead_letter_too_large_for_the_producer_is_cut_to_fit_and_the_partition_moves_on() {
+    let _heavy = common::heavy();
     let long_type = format!(
         r#"{{"event_id":"bad-1","type":"{}","occurred_at":"2024-01-01T10:00:00Z","customer":{{"id":"c-1"}}}}"#,
         "x".repeat(600_000)
@@ -260,6 +261,7 @@ fn a_dead_letter_too_large_for_the_producer_is_cut_to_fit_and_the_partition_move
 /// applied.
 #[test]
 fn a_message_over_the_maximum_event_size_is_dead_lettered_in_part() {
+    let _heavy = common::heavy();
     let oversized = padded(
         r#"{"event_id":"big-1","type":"order.placed","occurred_at":"2024-01-01T10:00:00Z","customer":{"id":"c-1","email":"big@example.com"},"order":{"id":"o-big","total":"1.00","currency":"EUR","items":[]}}"#,
         300_000,
@@ -288,6 +290,7 @@ fn a_message_over_the_maximum_event_size_is_dead_lettered_in_part() {
 
 #[test]
 fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
+    let _heavy = common::heavy();
     let log = common::generated_events(600);
     let tansu = broker_with(&log);
     let work = Work::new(&kafka_config(&tansu, "g1", "[sender]\nlease = \"2s\"\n"));
@@ -335,6 +338,7 @@ fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_second_worker_joining_and_leaving_loses_and_duplicates_nothing() {
+    let _heavy = common::heavy();
     let log = common::generated_events(600);
     let tansu = broker_with(&log);
     let sink = SmtpSink::start(&[]);
@@ -427,6 +431,7 @@ fn a_second_worker_joining_and_leaving_loses_and_duplicates_nothing() {
 
 #[test]
 fn a_fresh_group_replaying_from_offset_zero_sends_nothing_new() {
+    let _heavy = common::heavy();
     let started = Instant::now();
     let customers = if checker::long() { 1_000 } else { 40 };
     let log = common::generated_events(customers);
@@ -483,6 +488,7 @@ fn a_fresh_group_replaying_from_offset_zero_sends_nothing_new() {
 
 #[test]
 fn sigterm_with_the_broker_down_exits_within_the_grace_period() {
+    let _heavy = common::heavy();
     let log = common::generated_events(20);
     let mut tansu = broker_with(&log);
     let work = Work::new(&kafka_config(&tansu, "g1", ""));
@@ -505,6 +511,7 @@ fn sigterm_with_the_broker_down_exits_within_the_grace_period() {
 
 #[test]
 fn readiness_follows_the_broker_going_away_and_coming_back() {
+    let _heavy = common::heavy();
     let log = common::generated_events(5);
     let mut tansu = broker_with(&log);
     let port = common::free_port();
@@ -577,6 +584,7 @@ fn read_source(
 /// partitions revoked, and that must not take them from the new one.
 #[test]
 fn a_recreated_consumer_reads_on_from_every_partition() {
+    let _heavy = common::heavy();
     let start = jiff::Timestamp::now();
     let log = common::live_events(120, start, Duration::from_secs(60));
     let lines: Vec<&str> = log.lines().collect();
@@ -649,6 +657,7 @@ fn a_recreated_consumer_reads_on_from_every_partition() {
 /// `simulate` plans for the record file, and dead-letters nothing.
 #[test]
 fn every_preset_fixture_read_from_the_broker_sends_its_plan() {
+    let _heavy = common::heavy();
     let tansu = common::tansu::Tansu::start();
     for (name, _) in aftercare::mapping::presets::PRESETS {
         let dir = common::repo().join("tests/presets").join(name);

@@ -2,13 +2,11 @@
 //! template changes, the last good one kept (with the problems shown) when
 //! an edit breaks `check`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{KillOnDrop, Work, http_request, repo};
+use crate::common::{self, KillOnDrop, Work, http_request, repo};
 
 fn get(port: u16, path: &str) -> (u16, String) {
     http_request(port, "GET", path)

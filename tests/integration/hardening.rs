@@ -4,15 +4,13 @@
 //! `run` alike (exit 64, naming the key), without echoing secrets or
 //! showing library internals.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, KillOnDrop, Work, repo, stderr};
+use crate::common::{self, BIN, KillOnDrop, Work, repo, stderr};
 
 /// `aftercare ARGS` in `work` under umask 022, the common default that
 /// leaves new files readable by everyone.

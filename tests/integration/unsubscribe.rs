@@ -2,15 +2,14 @@
 //! the endpoint's POST, GET and forged tokens, and the race with a marketing
 //! email already queued for the customer.
 
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
 use aftercare::unsubscribe::Signer;
-use common::{KillOnDrop, Work, http_request as request};
 use mail_parser::MessageParser;
+
+use crate::common::{self, KillOnDrop, Work, http_request as request};
 
 const SECRET: &str = "a test secret of some length";
 

@@ -2,11 +2,10 @@
 //! sends goes to the dead letters with its reason, and never stops the
 //! worker, on the first start or any later one.
 
-mod common;
-
-use common::{Work, stderr, stdout};
 use mail_parser::MessageParser;
 use serde_json::{Value, json};
+
+use crate::common::{self, Work, stderr, stdout};
 
 fn placed(id: &str, customer: &str, order: &str, total: &str, price: &str, at: &str) -> String {
     json!({

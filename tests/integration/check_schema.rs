@@ -2,9 +2,7 @@
 //! of issue 18 that rendering with the samples let through is now found,
 //! with its file, line and column.
 
-mod common;
-
-use common::{Work, repo, stderr, stdout};
+use crate::common::{self, Work, repo, stderr, stdout};
 
 /// A copy of the shipped templates with `edit` applied to one file, and a
 /// config whose `templates_dir` points there.

@@ -2,8 +2,6 @@
 //! low open-file limit they neither starve `/healthz` nor the deliveries,
 //! and a connection that takes too long is cut at its timeout.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -13,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aftercare::unsubscribe::Signer;
-use common::{BIN, KillOnDrop, Work};
+
+use crate::common::{self, BIN, KillOnDrop, Work};
 
 const SECRET: &str = "a test secret of some length";
 
@@ -170,6 +169,7 @@ impl Drop for Crowd {
 
 #[test]
 fn slow_clients_starve_neither_healthz_nor_deliveries_under_a_low_open_file_limit() {
+    let _heavy = common::heavy();
     let port = common::free_port();
     // Long timeouts: only the connection limit stands between the crowd
     // and the worker's 64 descriptors.
@@ -240,6 +240,7 @@ fn slow_clients_starve_neither_healthz_nor_deliveries_under_a_low_open_file_limi
 
 #[test]
 fn a_connection_sending_its_head_a_byte_a_second_is_cut_at_the_header_timeout() {
+    let _heavy = common::heavy();
     let port = common::free_port();
     let (_work, _child) = worker(
         port,
@@ -268,6 +269,7 @@ fn a_connection_sending_its_head_a_byte_a_second_is_cut_at_the_header_timeout() 
 
 #[test]
 fn a_dripping_body_is_cut_at_the_request_timeout() {
+    let _heavy = common::heavy();
     let port = common::free_port();
     let (_work, _child) = worker(
         port,

@@ -5,8 +5,6 @@
 //! Needs the server of `AFTERCARE_TEST_POSTGRES_URL` (by default
 //! `postgres://postgres@127.0.0.1:5432/test`); without it the tests fail.
 
-mod common;
-
 use std::time::Duration;
 
 use aftercare::config::Config;
@@ -15,8 +13,10 @@ use aftercare::pipeline::{Context, LeasePolicy, Pipeline};
 use aftercare::source::{DeadLetters, FileSource, Source};
 use aftercare::store::{EmailRow, Outcome, PostgresStore, SqliteStore, Store};
 use aftercare::unsubscribe::Signer;
-use common::postgres::{Schema, url};
 use jiff::{SignedDuration, Timestamp};
+
+use crate::common;
+use crate::common::postgres::{Schema, url};
 
 const EVENTS: &str = "examples/events.jsonl";
 

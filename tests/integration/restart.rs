@@ -1,12 +1,10 @@
 //! Crash safety: SIGKILL the worker mid-way, start it again, and every
 //! expected email is there exactly once.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Work, stderr};
+use crate::common::{self, Work, stderr};
 
 /// The planned emails, sorted: a multiset to compare with what was sent.
 fn planned(work: &Work, log: &std::path::Path) -> Vec<String> {
@@ -17,6 +15,7 @@ fn planned(work: &Work, log: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn sigkill_mid_way_and_restart_sends_every_email_exactly_once() {
+    let _heavy = common::heavy();
     // Small batches: many commits, so the kills land between and inside them.
     let work = Work::new("[source]\nbatch_size = 25\n[sender]\nbatch_size = 10\n");
     let log = work.path("events.jsonl");
@@ -99,6 +98,7 @@ fn sigkill_mid_way_and_restart_sends_every_email_exactly_once() {
 
 #[test]
 fn two_workers_on_one_store_send_each_email_once() {
+    let _heavy = common::heavy();
     let sink = common::SmtpSink::start(&[]);
     let work = Work::new(&format!(
         "[source]\nbatch_size = 20\n[mailer]\nkind = \"smtp\"\n[mailer.smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nport = {}\n",

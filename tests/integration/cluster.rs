@@ -6,26 +6,16 @@
 //! Needs the PostgreSQL server of `AFTERCARE_TEST_POSTGRES_URL` (by default
 //! the local one, database `test`); each test works in a schema of its own.
 
-mod common;
-
 use std::net::ToSocketAddrs;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::checker;
-use common::postgres::Schema;
-use common::proxy::Proxy;
-use common::tansu::{TOPICS, Tansu, kafka_config, records};
-use common::{KillOnDrop, SmtpSink, Work, sigterm, spawn, wait_exit};
+use crate::common::checker;
+use crate::common::postgres::Schema;
+use crate::common::proxy::Proxy;
+use crate::common::tansu::{TOPICS, Tansu, kafka_config, records};
+use crate::common::{self, KillOnDrop, SmtpSink, Work, sigterm, spawn, wait_exit};
 
 const WORKERS: usize = 3;
-
-/// One scenario at a time: each runs a broker and several workers, and two
-/// at once on two cores starve the group's heartbeats.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 const POOL: usize = 4;
 
 type Record = (String, String, String);
@@ -65,7 +55,7 @@ where
 
 #[test]
 fn three_workers_killed_in_turn_under_load_send_every_email_once() {
-    let _turn = one_at_a_time();
+    let _heavy = common::heavy();
     let started = Instant::now();
     // Live events: they happen as they are produced, over 36 s (long: a
     // little over 2 minutes, for 24 kills at about one each 5 s).
@@ -279,7 +269,7 @@ fn readyz_until(port: u16, status: u16, within: u64) -> (bool, String) {
 
 #[test]
 fn readiness_follows_the_store_going_away_and_the_worker_waits_it_out() {
-    let _turn = one_at_a_time();
+    let _heavy = common::heavy();
     let first = common::generated_events(10);
     let tansu = common::tansu::broker_with(&first);
     let schema = Schema::new();
@@ -380,7 +370,7 @@ fn readiness_follows_the_store_going_away_and_the_worker_waits_it_out() {
 
 #[test]
 fn broker_outages_and_a_worker_joining_and_leaving_lose_and_duplicate_nothing() {
-    let _turn = one_at_a_time();
+    let _heavy = common::heavy();
     let started = Instant::now();
     // Long: three times the load and the rounds.
     let (customers, span, min_rounds) = if checker::long() {

@@ -22,15 +22,13 @@
 //! Short by default (part of the test command); `scripts/reliability.sh`
 //! runs the long one (`RELIABILITY_LONG=1`) and writes RELIABILITY.md.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::checker::{self, Delivery};
-use common::postgres::Schema;
-use common::{KillOnDrop, Silent, SmtpSink, Work, stderr};
+use crate::common::checker::{self, Delivery};
+use crate::common::postgres::Schema;
+use crate::common::{self, KillOnDrop, Silent, SmtpSink, Work, stderr};
 
 struct Suite {
     customers: usize,
@@ -153,11 +151,13 @@ const POOL: usize = 4;
 
 #[test]
 fn kills_and_smtp_faults_lose_nothing_and_duplicate_only_in_the_gap() {
+    let _heavy = common::heavy();
     kills_and_smtp_faults("kills + SMTP faults", false);
 }
 
 #[test]
 fn poison_events_among_kills_and_smtp_faults_are_dead_lettered_and_nothing_else_is_lost() {
+    let _heavy = common::heavy();
     kills_and_smtp_faults("poison events + kills + SMTP faults", true);
 }
 
@@ -493,6 +493,7 @@ fn run_days_ago(work: &Work, days: u32, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_cancelled() {
+    let _heavy = common::heavy();
     let started = Instant::now();
     let sink = SmtpSink::start(&[]);
     let work = Work::new(&format!(
@@ -611,6 +612,7 @@ fn after_a_long_downtime_overdue_emails_go_out_once_and_cancelled_ones_stay_canc
 /// be stored once.
 #[test]
 fn webhooks_to_two_workers_killed_in_turn_lose_nothing() {
+    let _heavy = common::heavy();
     const SECRET: &str = "a reliability webhook secret";
     // Live events over 30 s (long: 2 minutes).
     let (customers, span) = if checker::long() {

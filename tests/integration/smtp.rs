@@ -2,12 +2,11 @@
 //! loopback, dumping what it receives. The messages are parsed as MIME and
 //! compared with the `.eml` files of the same run on the embedded mailer.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{SmtpSink, Work, repo, stderr};
 use mail_parser::{MessageParser, MimeHeaders};
+
+use crate::common::{self, SmtpSink, Work, repo, stderr};
 
 /// What a recipient sees of one message.
 #[derive(Debug, PartialEq)]

@@ -6,13 +6,12 @@
 //! the right edge. Screenshots of every email at each width are kept in
 //! `target/test-artifacts/preview/<width>/<locale>/`.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
 use aftercare::config::Config;
-use common::repo;
+
+use crate::common::{self, repo};
 
 /// Runs `tests/browser/gallery.mjs` on `templates` with `env`; `(exit ok,
 /// its JSON report)`.

@@ -5,16 +5,15 @@
 //! a burst beyond the intake's depth gets 503 and is taken on retry; a
 //! worker killed right after its 200s loses nothing.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{KillOnDrop, Work, repo};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+
+use crate::common::{self, KillOnDrop, Work, repo};
 
 const SECRET: &str = "a webhook test secret";
 
@@ -309,6 +308,7 @@ fn woocommerce_webhooks_and_its_unsigned_ping_are_taken() {
 
 #[test]
 fn a_burst_beyond_the_intake_gets_503_and_is_taken_on_retry_and_a_kill_loses_nothing() {
+    let _heavy = common::heavy();
     let mut worker = Worker::new("shopify", "max_depth = 3\nretry_after = \"7s\"\n");
     // Another worker holds the intake: deliveries are stored, not applied.
     worker.hold_intake_elsewhere(true);
