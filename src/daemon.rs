@@ -23,13 +23,16 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::journey::later;
 use crate::mailer::Mailer;
 use crate::observe::{Observer, redact};
 use crate::pipeline::{LeasePolicy, Pipeline, PipelineError, Stats, outage_pause};
 use crate::sender::{Outcome, Sender};
 use crate::source::{DeadLetters, Source, SourceError};
-use crate::store::{EmailRow, Lease, Store, StoreError};
+use crate::store::{EmailRow, Store, StoreError};
+
+mod ledger;
+
+use ledger::Ledger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -358,32 +361,6 @@ impl Delivered {
 /// while it waited here, and delivers it), and how long that took.
 type Delivery = (EmailRow, Result<Option<Outcome>, StoreError>, Duration);
 
-/// Renews this worker's lease on `ids` (see [`Store::renew`]), waiting out
-/// a store that is away: the ids it still holds.
-async fn renew<S: Store>(
-    store: &Arc<Mutex<S>>,
-    ids: Vec<i64>,
-    lease: &LeasePolicy,
-) -> Result<Vec<i64>, StoreError> {
-    let mut failures = 0;
-    loop {
-        let claim = Lease {
-            owner: lease.owner.clone(),
-            until: later(Timestamp::now(), lease.duration),
-        };
-        let ids = ids.clone();
-        match crate::store::blocking(store, move |s| s.renew(&ids, &claim)).await {
-            Err(error) if error.is_transient() => {
-                let pause = outage_pause(failures);
-                failures += 1;
-                tracing::error!(%error, retry_in = ?pause, "Renewing leases failed; trying again.");
-                tokio::time::sleep(pause).await;
-            }
-            renewed => return renewed,
-        }
-    }
-}
-
 /// Keeps this worker's claim on the emails it is delivering, renewed every
 /// third of the lease: a slow server or a long queue at the mailer never
 /// lets another worker take over an email this one is still sending. Only
@@ -407,7 +384,7 @@ impl Heartbeat {
                 if ids.is_empty() {
                     continue;
                 }
-                match renew(&store, ids.clone(), &lease).await {
+                match ledger::renew(&store, ids.clone(), &lease).await {
                     Ok(renewed) => {
                         // Of those not renewed, the ones still being sent
                         // (the others finished meanwhile).
@@ -445,14 +422,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Delivers `email` unless another worker took it over while it waited in
 /// this worker's queue (its lease ran out): the claim is renewed first, and
 /// kept by `heartbeat` while the delivery runs.
-async fn deliver_one<S: Store, M: Mailer>(
+async fn deliver_one<M: Mailer>(
     email: &EmailRow,
     sender: &Sender<M>,
-    store: &Arc<Mutex<S>>,
-    lease: &LeasePolicy,
+    ledger: &Ledger,
     heartbeat: &Mutex<BTreeSet<i64>>,
 ) -> Result<Option<Outcome>, StoreError> {
-    if renew(store, vec![email.id], lease).await?.is_empty() {
+    if !ledger.claim(email.id).await? {
         tracing::info!(key = %email.key, "Another worker took this email over; not sending it here.");
         return Ok(None);
     }
@@ -462,7 +438,8 @@ async fn deliver_one<S: Store, M: Mailer>(
     // heartbeat, seeing the email no longer `sending`, would take it for
     // lost).
     lock(heartbeat).remove(&email.id);
-    sender.record(email, outcome, store).await.map(Some)
+    ledger.record(email.id, outcome.clone()).await?;
+    Ok(Some(outcome))
 }
 
 /// Delivers what comes down the channel, `concurrency` at a time. Once
@@ -479,6 +456,7 @@ async fn deliver_all<S: Store, M: Mailer>(
     observer: Arc<Observer>,
 ) -> Result<Delivered, StoreError> {
     let heartbeat = Heartbeat::start(Arc::clone(&store), lease.clone());
+    let ledger = Arc::new(Ledger::start(Arc::clone(&store), lease));
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running: JoinSet<Delivery> = JoinSet::new();
     let mut done = Delivered::default();
@@ -512,12 +490,12 @@ async fn deliver_all<S: Store, M: Mailer>(
                 continue;
             }
         };
-        let (sender, store) = (Arc::clone(&sender), Arc::clone(&store));
-        let (lease, in_flight) = (lease.clone(), Arc::clone(&heartbeat.in_flight));
+        let (sender, ledger) = (Arc::clone(&sender), Arc::clone(&ledger));
+        let in_flight = Arc::clone(&heartbeat.in_flight);
         running.spawn(async move {
             let _permit = permit;
             let start = Instant::now();
-            let outcome = deliver_one(&email, &sender, &store, &lease, &in_flight).await;
+            let outcome = deliver_one(&email, &sender, &ledger, &in_flight).await;
             (email, outcome, start.elapsed())
         });
     }
@@ -762,5 +740,57 @@ mod tests {
         assert_eq!(other.await.unwrap(), 0, "taken over while being sent");
         assert_eq!(*lock(&sent), [email.key]);
         assert_eq!(done.sent.get("order_confirmation"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn the_ledger_answers_each_request_of_a_batch_for_its_own_email() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w1 = worker(dir.path(), "w1", Duration::from_millis(200));
+        let lost = confirmation(&mut w1, "o-1");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
+        assert_eq!(w2.reclaim(false).unwrap().len(), 1);
+        let [held, sent, retried] = ["o-2", "o-3", "o-4"].map(|o| confirmation(&mut w1, o));
+        let store = Arc::new(Mutex::new(w1.store().reopen().unwrap()));
+        let ledger = Ledger::start(store, w1.lease().clone());
+        let retry_at = Timestamp::now() + SignedDuration::from_mins(5);
+        // Asked together, before the ledger's task runs: one batch.
+        let (held_claim, lost_claim, sent_record, retried_record) = tokio::join!(
+            ledger.claim(held.id),
+            ledger.claim(lost.id),
+            ledger.record(
+                sent.id,
+                Outcome::Sent {
+                    at: Timestamp::now(),
+                    reply: "250 ok".into()
+                }
+            ),
+            ledger.record(
+                retried.id,
+                Outcome::Retry {
+                    at: retry_at,
+                    reply: "451 later".into()
+                }
+            ),
+        );
+        assert!(held_claim.unwrap(), "w1 still holds o-2");
+        assert!(!lost_claim.unwrap(), "w2 took o-1 over");
+        sent_record.unwrap();
+        retried_record.unwrap();
+        let db = rusqlite::Connection::open(dir.path().join("aftercare.db")).unwrap();
+        let status = |id: i64| -> (String, Option<String>) {
+            db.query_row(
+                "SELECT status, last_reply FROM emails WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(status(sent.id), ("sent".into(), Some("250 ok".into())));
+        assert_eq!(
+            status(retried.id),
+            ("pending".into(), Some("451 later".into()))
+        );
+        assert_eq!(status(held.id), ("sending".into(), None));
     }
 }

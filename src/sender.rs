@@ -2,7 +2,7 @@
 //! and the outcome written back to the store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,10 +14,10 @@ use serde_json::Value;
 use crate::config::{ClockKind, Config, RetryConfig};
 use crate::journey::{EmailClass, JourneyRule, later};
 use crate::mailer::{self, MailError, Mailer, Outgoing};
-use crate::pipeline::{backoff, outage_pause, panic_message};
+use crate::pipeline::{backoff, panic_message};
 use crate::render::{Templates, variant_template};
+use crate::store::EmailRow;
 pub use crate::store::Outcome;
-use crate::store::{EmailRow, Store, StoreError};
 use crate::throttle::{Throttle, domain_of, is_deferral};
 
 /// Whether a permanent reply says the mailbox does not exist: an enhanced
@@ -202,41 +202,6 @@ impl<M: Mailer> Sender<M> {
             },
         }
     }
-
-    /// Records what became of `email` in `store`.
-    pub async fn record<S: Store>(
-        &self,
-        email: &EmailRow,
-        outcome: Outcome,
-        store: &Arc<Mutex<S>>,
-    ) -> Result<Outcome, StoreError> {
-        // The outcome is kept until the store takes it: an email the server
-        // accepted and the store did not record would go out again once its
-        // lease expired. A shutdown cuts the wait; the email then stays
-        // `sending` and is delivered again on the next start.
-        let mut failures = 0;
-        loop {
-            match write_outcome(email.id, &outcome, store).await {
-                Err(error) if error.is_transient() => {
-                    let pause = outage_pause(failures);
-                    failures += 1;
-                    tracing::error!(%error, key = %email.key, retry_in = ?pause, "Recording a delivery failed; trying again.");
-                    tokio::time::sleep(pause).await;
-                }
-                recorded => return recorded.map(|()| outcome),
-            }
-        }
-    }
-}
-
-/// Writes what became of email `id` to the store.
-async fn write_outcome<S: Store>(
-    id: i64,
-    outcome: &Outcome,
-    store: &Arc<Mutex<S>>,
-) -> Result<(), StoreError> {
-    let outcome = outcome.clone();
-    crate::store::blocking(store, move |store| store.record_delivery(id, &outcome)).await
 }
 
 /// Jitter that differs per email and attempt but needs no random source.

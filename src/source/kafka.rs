@@ -435,6 +435,23 @@ fn merge(
     (out, last)
 }
 
+/// Whether the queues hold a whole batch of `max` that [`merge`] can hand
+/// out: `max` events queued, and as many in every partition not at its end
+/// (or enough that it is about to be paused). The merge takes events in
+/// time order and stops at a partition with nothing queued, so a batch cut
+/// as soon as `max` were queued in all is only as large as the partition
+/// furthest behind is ahead of its queue: with the others full (and
+/// paused), a partition catching up came one message per batch, one store
+/// transaction each.
+fn batch_ready(partitions: &BTreeMap<Partition, PartitionState>, max: usize) -> bool {
+    let each = max.min(QUEUE_HIGH / 2);
+    let queued: usize = partitions.values().map(|s| s.queue.len()).sum();
+    queued >= max
+        && partitions
+            .values()
+            .all(|s| s.at_end() || s.queue.len() >= each)
+}
+
 /// A partition that has unread messages (as far as we know), nothing
 /// queued, is not paused by us, and has sent nothing for `timeout`.
 fn stalled(
@@ -834,11 +851,10 @@ impl Source for KafkaSource {
             if let Some(message) = polled {
                 self.enqueue(message);
             }
-            let queued: usize = self.partitions.values().map(|s| s.queue.len()).sum();
             let bytes: usize = self.partitions.values().map(|s| s.queued_bytes).sum();
             if Instant::now() >= deadline
-                || queued >= max.saturating_mul(2)
                 || bytes >= QUEUE_HIGH_BYTES
+                || batch_ready(&self.partitions, max)
             {
                 break;
             }
@@ -952,6 +968,46 @@ mod tests {
                 .collect(),
             ..PartitionState::default()
         }
+    }
+
+    #[test]
+    fn a_batch_is_ready_once_every_partition_behind_holds_a_batch() {
+        let full: Vec<(&str, i64)> = (0..1000).map(|o| ("2030-01-01T00:00:00Z", o)).collect();
+        let partitions = |p0: &[(&str, i64)], p0_high: i64| {
+            BTreeMap::from([
+                (("t".to_owned(), 0), state(Some(100), Some(p0_high), p0)),
+                (("t".to_owned(), 1), state(Some(5000), Some(9000), &full)),
+                (("t".to_owned(), 2), state(Some(5000), Some(9000), &full)),
+            ])
+        };
+        // Partition 0 far behind, with one message queued: merging now
+        // would hand out one event.
+        let one = [("2029-01-01T00:00:00Z", 100)];
+        assert!(!batch_ready(&partitions(&one, 9000), 1000));
+        assert_eq!(
+            merge(&mut partitions(&one, 9000), &mut BTreeMap::new(), 1000)
+                .0
+                .len(),
+            1
+        );
+        // Holding a batch of its own, it is ready: the merge fills it.
+        assert!(batch_ready(&partitions(&full, 9000), 1000));
+        assert_eq!(
+            merge(&mut partitions(&full, 9000), &mut BTreeMap::new(), 1000)
+                .0
+                .len(),
+            1000
+        );
+        // A partition at its end holds nothing back.
+        assert!(batch_ready(&partitions(&[], 100), 1000));
+        // Fewer than a batch queued in all: wait (for batch_wait) to fill.
+        let few = [("2030-01-01T00:00:00Z", 1)];
+        let sparse = BTreeMap::from([
+            (("t".to_owned(), 0), state(Some(2), Some(2), &few)),
+            (("t".to_owned(), 1), state(Some(2), Some(2), &few)),
+        ]);
+        assert!(!batch_ready(&sparse, 1000));
+        assert!(batch_ready(&sparse, 2));
     }
 
     #[test]

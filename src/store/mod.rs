@@ -486,11 +486,18 @@ pub trait Store: Send + 'static {
     /// while it waited in this one's delivery queue: this worker must not
     /// send it.
     fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>>;
-    /// Records what became of the approved email `id`: sent, back to wait,
-    /// failed or too late (see [`Outcome`]). A bounce fails the email and
-    /// suppresses its address, transactional emails included, in one
-    /// transaction.
-    fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()>;
+    /// Records what became of approved emails, each `(id, outcome)`: sent,
+    /// back to wait, failed or too late (see [`Outcome`]); a bounce fails
+    /// the email and suppresses its address, transactional emails
+    /// included. One transaction for them all: the delivery side records
+    /// the outcomes that come in while the previous ones are written
+    /// together.
+    fn record_deliveries(&mut self, outcomes: &[(i64, Outcome)]) -> Result<()>;
+    /// Records what became of the approved email `id` alone (see
+    /// [`Store::record_deliveries`]).
+    fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()> {
+        self.record_deliveries(&[(id, outcome.clone())])
+    }
     /// When this shop went live: recorded on the first call (`now`, or the
     /// Unix epoch for a store that holds journeys already: one that went
     /// live before this was recorded), the same ever after.

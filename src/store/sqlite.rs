@@ -309,6 +309,51 @@ fn fail(conn: &Connection, id: i64, reason: &str) -> rusqlite::Result<usize> {
     )
 }
 
+/// Writes what became of email `id` (see [`Store::record_deliveries`]).
+fn record(conn: &Connection, id: i64, outcome: &Outcome) -> rusqlite::Result<()> {
+    let update = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
+        conn.prepare_cached(sql)?.execute(params).map(drop)
+    };
+    match outcome {
+        Outcome::Sent { at, reply } => update(
+            "UPDATE emails SET status = 'sent', decided_at = ?2, last_reply = ?3,
+                 attempts = attempts + 1 WHERE id = ?1",
+            params![id, ms(*at), reply],
+        ),
+        Outcome::Retry { at, reply } => update(
+            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
+                 attempts = attempts + 1 WHERE id = ?1",
+            params![id, ms(*at), reply],
+        ),
+        Outcome::Ambiguous { at, reply } => update(
+            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
+                 attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
+             WHERE id = ?1",
+            params![id, ms(*at), reply],
+        ),
+        Outcome::Deferred { at, reply } => update(
+            "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3 WHERE id = ?1",
+            params![id, ms(*at), reply],
+        ),
+        Outcome::Failed { reason } => fail(conn, id, reason).map(drop),
+        Outcome::Expired { reason } => update(
+            "UPDATE emails SET status = 'suppressed', reason = ?2,
+                 decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
+             WHERE id = ?1",
+            params![id, reason],
+        ),
+        Outcome::Bounced { address, reason } => {
+            fail(conn, id, reason)?;
+            update(
+                "INSERT INTO suppressed_addresses (address, reason, at)
+                 VALUES (?1, ?2, CAST(unixepoch('subsec') * 1000 AS INTEGER))
+                 ON CONFLICT (address) DO NOTHING",
+                params![address.to_lowercase(), reason],
+            )
+        }
+    }
+}
+
 impl Store for SqliteStore {
     type Tx<'a> = SqliteTx<'a>;
 
@@ -441,50 +486,14 @@ impl Store for SqliteStore {
         Ok(renewed)
     }
 
-    fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()> {
-        match outcome {
-            Outcome::Sent { at, reply } => self.conn.execute(
-                "UPDATE emails SET status = 'sent', decided_at = ?2, last_reply = ?3,
-                     attempts = attempts + 1 WHERE id = ?1",
-                params![id, ms(*at), reply],
-            )?,
-            Outcome::Retry { at, reply } => self.conn.execute(
-                "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
-                     attempts = attempts + 1 WHERE id = ?1",
-                params![id, ms(*at), reply],
-            )?,
-            Outcome::Ambiguous { at, reply } => self.conn.execute(
-                "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3,
-                     attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
-                 WHERE id = ?1",
-                params![id, ms(*at), reply],
-            )?,
-            Outcome::Deferred { at, reply } => self.conn.execute(
-                "UPDATE emails SET status = 'pending', fire_at = ?2, last_reply = ?3 WHERE id = ?1",
-                params![id, ms(*at), reply],
-            )?,
-            Outcome::Failed { reason } => fail(&self.conn, id, reason)?,
-            Outcome::Expired { reason } => self.conn.execute(
-                "UPDATE emails SET status = 'suppressed', reason = ?2,
-                     decided_at = CAST(unixepoch('subsec') * 1000 AS INTEGER)
-                 WHERE id = ?1",
-                params![id, reason],
-            )?,
-            Outcome::Bounced { address, reason } => {
-                let tx = self
-                    .conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                fail(&tx, id, reason)?;
-                tx.execute(
-                    "INSERT INTO suppressed_addresses (address, reason, at)
-                     VALUES (?1, ?2, CAST(unixepoch('subsec') * 1000 AS INTEGER))
-                     ON CONFLICT (address) DO NOTHING",
-                    params![address.to_lowercase(), reason],
-                )?;
-                tx.commit()?;
-                0
-            }
-        };
+    fn record_deliveries(&mut self, outcomes: &[(i64, Outcome)]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (id, outcome) in outcomes {
+            record(&tx, *id, outcome)?;
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -151,6 +151,7 @@ suite!(
     unsubscribing_marks_a_known_customer_only,
     suppressed_addresses_match_case_insensitively,
     a_bounce_fails_the_email_and_suppresses_its_address,
+    outcomes_recorded_together_each_take_effect,
     shop_stats_round_trip_and_start_empty,
     postponed_emails_wait_with_their_reason,
     delivery_outcomes_are_recorded,
@@ -730,6 +731,59 @@ fn a_bounce_fails_the_email_and_suppresses_its_address(h: &impl Harness) {
             .is_suppressed("anna@example.com")
             .unwrap()
     );
+}
+
+fn outcomes_recorded_together_each_take_effect(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    for (key, order) in [("a", "o-1"), ("b", "o-2"), ("c", "o-3")] {
+        tx.schedule(&email(key, order, "welcome", "2026-01-02T00:00:00Z"), "s")
+            .unwrap();
+    }
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    for e in &due {
+        tx.approve(e.id, &to(), &json!({}), &lease("w1")).unwrap();
+    }
+    tx.commit().unwrap();
+    let id = |key: &str| due.iter().find(|e| e.key == key).unwrap().id;
+    s.record_deliveries(&[
+        (
+            id("a"),
+            Outcome::Sent {
+                at: t("2026-01-03T00:00:00Z"),
+                reply: "250 ok".into(),
+            },
+        ),
+        (
+            id("b"),
+            bounce("Bob@example.com", "550 5.1.1 no such mailbox"),
+        ),
+        (
+            id("c"),
+            Outcome::Retry {
+                at: t("2026-01-04T00:00:00Z"),
+                reply: "451 later".into(),
+            },
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.email_statuses(),
+        [
+            ("a".to_owned(), "sent".to_owned(), None),
+            (
+                "b".to_owned(),
+                "failed".to_owned(),
+                Some("550 5.1.1 no such mailbox".to_owned())
+            ),
+            ("c".to_owned(), "pending".to_owned(), None),
+        ]
+    );
+    let mut tx = s.begin().unwrap();
+    assert!(tx.is_suppressed("bob@example.com").unwrap());
+    let retried = tx.due(t("2026-01-04T00:00:00Z"), None, 10).unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!((retried[0].key.as_str(), retried[0].attempts), ("c", 1));
 }
 
 fn shop_stats_round_trip_and_start_empty(h: &impl Harness) {

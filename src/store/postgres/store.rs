@@ -142,66 +142,19 @@ impl Store for PostgresStore {
         })
     }
 
-    fn record_delivery(&mut self, id: i64, outcome: &Outcome) -> Result<()> {
-        const FAIL: &str = "UPDATE emails SET status = 'failed', reason = $2,
-                 attempts = attempts + 1 WHERE id = $1";
-        let outcome = outcome.clone();
+    fn record_deliveries(&mut self, outcomes: &[(i64, Outcome)]) -> Result<()> {
+        let outcomes = outcomes.to_vec();
         self.conn.call(move |s| {
-            match outcome {
-                Outcome::Sent { at, reply } => s.execute(
-                    "UPDATE emails SET status = 'sent', decided_at = $2, last_reply = $3,
-                         attempts = attempts + 1 WHERE id = $1",
-                    &[&id, &ms(at), &reply],
-                )?,
-                Outcome::Retry { at, reply } => s.execute(
-                    "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
-                         attempts = attempts + 1 WHERE id = $1",
-                    &[&id, &ms(at), &reply],
-                )?,
-                Outcome::Ambiguous { at, reply } => s.execute(
-                    "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
-                         attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
-                     WHERE id = $1",
-                    &[&id, &ms(at), &reply],
-                )?,
-                Outcome::Deferred { at, reply } => s.execute(
-                    "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3
-                     WHERE id = $1",
-                    &[&id, &ms(at), &reply],
-                )?,
-                Outcome::Failed { reason } => s.execute(FAIL, &[&id, &reason])?,
-                Outcome::Expired { reason } => s.execute(
-                    concat!(
-                        "UPDATE emails SET status = 'suppressed', reason = $2, decided_at = ",
-                        now_ms!(),
-                        " WHERE id = $1"
-                    ),
-                    &[&id, &reason],
-                )?,
-                Outcome::Bounced { address, reason } => {
-                    s.begin()?;
-                    let address = address.to_lowercase();
-                    let done = s.execute(FAIL, &[&id, &reason]).and_then(|_| {
-                        s.execute(
-                            concat!(
-                                "INSERT INTO suppressed_addresses (address, reason, at)
-                                 VALUES ($1, $2, ",
-                                now_ms!(),
-                                ") ON CONFLICT (address) DO NOTHING"
-                            ),
-                            &[&address, &reason],
-                        )
-                    });
-                    // A failed statement leaves nothing behind: rolled back.
-                    if let Err(error) = done {
-                        let _ = s.finish(false);
-                        return Err(error);
-                    }
-                    s.finish(true)?;
-                    0
-                }
-            };
-            Ok(())
+            s.begin()?;
+            let done = outcomes
+                .iter()
+                .try_for_each(|(id, outcome)| record(s, *id, outcome));
+            // A failed statement leaves nothing behind: rolled back.
+            if let Err(error) = done {
+                let _ = s.finish(false);
+                return Err(error);
+            }
+            s.finish(true)
         })
     }
 
@@ -413,4 +366,56 @@ impl Store for PostgresStore {
             settings: Arc::clone(&self.settings),
         })
     }
+}
+
+/// Writes what became of email `id`, in the session's open transaction
+/// (see [`Store::record_deliveries`]).
+fn record(s: &mut Session, id: i64, outcome: &Outcome) -> Result<()> {
+    const FAIL: &str = "UPDATE emails SET status = 'failed', reason = $2,
+             attempts = attempts + 1 WHERE id = $1";
+    match outcome {
+        Outcome::Sent { at, reply } => s.execute(
+            "UPDATE emails SET status = 'sent', decided_at = $2, last_reply = $3,
+                 attempts = attempts + 1 WHERE id = $1",
+            &[&id, &ms(*at), reply],
+        )?,
+        Outcome::Retry { at, reply } => s.execute(
+            "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
+                 attempts = attempts + 1 WHERE id = $1",
+            &[&id, &ms(*at), reply],
+        )?,
+        Outcome::Ambiguous { at, reply } => s.execute(
+            "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3,
+                 attempts = attempts + 1, ambiguous_attempts = ambiguous_attempts + 1
+             WHERE id = $1",
+            &[&id, &ms(*at), reply],
+        )?,
+        Outcome::Deferred { at, reply } => s.execute(
+            "UPDATE emails SET status = 'pending', fire_at = $2, last_reply = $3
+             WHERE id = $1",
+            &[&id, &ms(*at), reply],
+        )?,
+        Outcome::Failed { reason } => s.execute(FAIL, &[&id, reason])?,
+        Outcome::Expired { reason } => s.execute(
+            concat!(
+                "UPDATE emails SET status = 'suppressed', reason = $2, decided_at = ",
+                now_ms!(),
+                " WHERE id = $1"
+            ),
+            &[&id, reason],
+        )?,
+        Outcome::Bounced { address, reason } => {
+            s.execute(FAIL, &[&id, reason])?;
+            s.execute(
+                concat!(
+                    "INSERT INTO suppressed_addresses (address, reason, at)
+                     VALUES ($1, $2, ",
+                    now_ms!(),
+                    ") ON CONFLICT (address) DO NOTHING"
+                ),
+                &[&address.to_lowercase(), reason],
+            )?
+        }
+    };
+    Ok(())
 }
