@@ -15,8 +15,11 @@ N=${N:-5000}
 SESSIONS=${SESSIONS:-4}
 RUNS=${RUNS:-3}
 
-cargo build --release --quiet
-bin=target/release/aftercare
+# BENCH_BIN=path runs that binary instead (to compare two builds).
+if [ -z "${BENCH_BIN:-}" ]; then
+  cargo build --release --quiet
+fi
+bin=${BENCH_BIN:-target/release/aftercare}
 work=$(mktemp -d)
 sink_pid=
 cleanup() {

@@ -4,8 +4,8 @@
 # the past; aiosmtpd from PyPI, for an SMTP server that bounces; Chromium
 # from Debian and playwright-core from npm, for the browser tests; tansu, a
 # Kafka-protocol broker, from crates.io: about ten minutes to build, once),
-# then checks formatting and lints, runs the unit and integration tests,
-# and fuzzes briefly (scripts/fuzz.sh). The servers are started by the
+# then checks formatting, lints and the API docs' links, runs the unit
+# and integration tests, and fuzzes briefly (scripts/fuzz.sh). The servers are started by the
 # tests themselves, on loopback ports, and stopped when each test ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +89,9 @@ cargo fmt --check
 
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+
+echo "==> cargo doc (links in the API docs resolve)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
 
 echo "==> cargo test"
 log=$(mktemp)

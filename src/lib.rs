@@ -8,14 +8,19 @@
 //!   it depends on none of the adapters below.
 //! - [`store`]: persistence (SQLite; PostgreSQL for several workers), one
 //!   transaction per batch.
-//! - [`source`]: event sources (JSONL file, stdin) and the dead-letter file.
+//! - [`source`]: event sources (JSONL file, stdin, Kafka, the webhook
+//!   intake) and the dead-letter places.
+//! - [`mapping`]: a shop's own messages (Shopify, WooCommerce, Segment...)
+//!   made into events by presets or jq programs.
+//! - [`webhook`]: webhook signatures (Shopify, WooCommerce, a configured
+//!   HMAC header), checked before anything of a request is stored.
 //! - [`pipeline`]: ingest batches, fire due emails, check them again.
 //! - [`render`]: the handlebars template set, helpers, locales; the schema
 //!   of the template data and the walk `check` makes of every template.
 //! - [`reload`]: hot reload of the templates (file watch, SIGHUP).
 //! - [`mailer`]: MIME building; `.eml` files and SMTP.
 //! - [`sender`]: render, send, record the outcome.
-//! - [`domains`]: limits and deferrals per recipient domain.
+//! - [`throttle`]: limits and deferrals per recipient domain.
 //! - [`daemon`]: `run`, the ingest thread and delivery workers wired.
 //! - [`simulate`]: the email plan of an event log, no side effects.
 //! - [`report`]: retention, repeat purchases, lifetime value, email conversion.

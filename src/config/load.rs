@@ -23,7 +23,7 @@ impl Config {
     }
 
     /// [`Config::load`] over `base` (the shipped file on disk, see
-    /// [`SHIPPED_FILE`]) instead of the compiled-in defaults. The
+    /// [`super::SHIPPED_FILE`]) instead of the compiled-in defaults. The
     /// `[[journey]]` lists merge by template: a rule of a later layer
     /// replaces the earlier layer's rule of the same template and leaves
     /// the others; `enabled = false` removes a rule; `default_journeys =

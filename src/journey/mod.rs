@@ -43,7 +43,7 @@ use crate::event::{Eta, Event, EventKind, Item, Order, Shipment};
 /// An email the journey wants sent at `due_at`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEmail {
-    /// `customer/template/scope` (see [`Scope`]): unique, and the same on
+    /// `customer/template/scope` (see `Scope`): unique, and the same on
     /// every replay, so
     /// that scheduling is idempotent and the `Message-ID` can derive from it.
     pub key: String,

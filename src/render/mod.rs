@@ -47,7 +47,7 @@ pub fn variant_template(template: &str, variant: Option<&str>) -> String {
 
 /// The parts of every email template. The preheader is the line an inbox
 /// shows after the subject; it is written as plain text, like the subject,
-/// and put at the top of the HTML part, hidden (see [`preheader_block`]).
+/// and put at the top of the HTML part, hidden (see `PREHEADER_BLOCK`).
 pub const PARTS: [&str; 4] = ["subject", "preheader", "html", "txt"];
 
 /// The parts a template must have; the text part, when missing, is derived

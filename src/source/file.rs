@@ -187,7 +187,7 @@ impl FileSource {
 
     /// `-` reads standard input, as a stream: a batch waits at most `wait`
     /// for its first line. A line over `max_event_bytes` is handed out as
-    /// [`Entry::oversized`], its first bytes only.
+    /// [`super::Entry::oversized`], its first bytes only.
     pub fn open(path: &str, wait: Duration, max_event_bytes: usize) -> std::io::Result<FileSource> {
         if path == "-" {
             let (lines, budget) = stdin_lines(max_event_bytes);

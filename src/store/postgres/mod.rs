@@ -104,7 +104,7 @@ pub enum PostgresError {
 
 impl PostgresError {
     /// Whether trying again later may succeed: the server is unreachable or
-    /// says "later" (see [`is_transient`]), or the call found the
+    /// says "later" (see `is_transient`), or the call found the
     /// connection closed or its transaction failed.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -171,7 +171,7 @@ struct ConnectParams {
 
 /// A handle on a PostgreSQL store. Each has its own connection: the ingest
 /// loop, the delivery workers and the HTTP server each take one
-/// ([`Store::reopen`]).
+/// ([`crate::store::Store::reopen`]).
 pub struct PostgresStore {
     conn: Connection,
     settings: Arc<ConnectParams>,
