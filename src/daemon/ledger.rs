@@ -118,22 +118,15 @@ async fn write<S: Store>(
 /// good, each alone, so that each request gets its own answer.
 async fn claim<S: Store>(store: &Arc<Mutex<S>>, lease: &LeasePolicy, claims: Claims) {
     let ids: Vec<i64> = claims.iter().map(|(id, _)| *id).collect();
-    match renew(store, ids, lease).await {
-        Ok(renewed) => {
-            for (id, reply) in claims {
-                let _ = reply.send(Ok(renewed.contains(&id)));
-            }
+    if let Ok(renewed) = renew(store, ids, lease).await {
+        for (id, reply) in claims {
+            let _ = reply.send(Ok(renewed.contains(&id)));
         }
-        Err(error) if claims.len() == 1 => {
-            let (_, reply) = claims.into_iter().next().expect("one claim");
-            let _ = reply.send(Err(error));
-        }
-        Err(_) => {
-            for (id, reply) in claims {
-                let renewed = renew(store, vec![id], lease).await;
-                let _ = reply.send(renewed.map(|renewed| !renewed.is_empty()));
-            }
-        }
+        return;
+    }
+    for (id, reply) in claims {
+        let renewed = renew(store, vec![id], lease).await;
+        let _ = reply.send(renewed.map(|renewed| !renewed.is_empty()));
     }
 }
 
@@ -147,25 +140,18 @@ async fn record<S: Store>(store: &Arc<Mutex<S>>, records: Records) {
         s.record_deliveries(&all)
     })
     .await;
-    match written {
-        Ok(()) => {
-            for reply in replies {
-                let _ = reply.send(Ok(()));
-            }
+    if written.is_ok() {
+        for reply in replies {
+            let _ = reply.send(Ok(()));
         }
-        Err(error) if replies.len() == 1 => {
-            let reply = replies.into_iter().next().expect("one record");
-            let _ = reply.send(Err(error));
-        }
-        Err(_) => {
-            for ((id, outcome), reply) in outcomes.iter().cloned().zip(replies) {
-                let written = until_stored(store, "Recording a delivery", move |s| {
-                    s.record_delivery(id, &outcome)
-                })
-                .await;
-                let _ = reply.send(written);
-            }
-        }
+        return;
+    }
+    for ((id, outcome), reply) in outcomes.iter().cloned().zip(replies) {
+        let written = until_stored(store, "Recording a delivery", move |s| {
+            s.record_delivery(id, &outcome)
+        })
+        .await;
+        let _ = reply.send(written);
     }
 }
 

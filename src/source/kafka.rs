@@ -1008,6 +1008,17 @@ mod tests {
         ]);
         assert!(!batch_ready(&sparse, 1000));
         assert!(batch_ready(&sparse, 2));
+        // A batch larger than a partition's queue may grow (it is paused
+        // at QUEUE_HIGH): half of that in each partition behind will do.
+        let half: Vec<(&str, i64)> = (0..QUEUE_HIGH as i64 / 2)
+            .map(|o| ("2030-01-01T00:00:00Z", o))
+            .collect();
+        let behind = BTreeMap::from([
+            (("t".to_owned(), 0), state(Some(0), Some(50_000), &half)),
+            (("t".to_owned(), 1), state(Some(0), Some(50_000), &half)),
+            (("t".to_owned(), 2), state(Some(0), Some(50_000), &half)),
+        ]);
+        assert!(batch_ready(&behind, 5_000));
     }
 
     #[test]
