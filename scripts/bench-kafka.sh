@@ -48,6 +48,8 @@ done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 bare=()
 ours=()
+cpus=()
+writes=()
 for run in $(seq "$RUNS"); do
   result=$("$load" count "$brokers" orders "$N")
   rate=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["per_s_after_first"])' "$result")
@@ -63,14 +65,18 @@ batch_size = 1000
 brokers = "$brokers"
 group_id = "aftercare-bench-$run"
 TOML
-  start=$(date +%s.%N)
-  summary=$(RUST_LOG=warn "$bin" --config "$work/aftercare-$run.toml" run --once)
-  end=$(date +%s.%N)
-  read_line=$(echo "$summary" | grep -m1 '^Read ')
-  seconds=$(python3 -c "print(f'{$end - $start:.3f}')")
-  rate=$(python3 -c "print(f'{$N / ($end - $start):.0f}')")
-  echo "run $run: aftercare $seconds s, $rate events/s ($read_line)"
+  cost=$(RUST_LOG=warn scripts/measure.py "$bin" --config "$work/aftercare-$run.toml" run --once 2>"$work/summary-$run")
+  read_line=$(grep -m1 '^Read ' "$work/summary-$run" || true)
+  read -r rate seconds cpu written < <(python3 -c '
+import json, sys
+n, cost = int(sys.argv[1]), json.loads(sys.argv[2])
+s, cpu, written = cost["seconds"], cost["cpu_seconds"], cost["written_bytes"]
+print(f"{n / s:.0f} {s:.3f} {1e6 * cpu / n:.0f} {written / n:.0f}")
+' "$N" "$cost")
+  echo "run $run: aftercare $seconds s, $rate events/s, $cpu µs CPU and $written bytes written per event ($read_line)"
   ours+=("$rate")
+  cpus+=("$cpu")
+  writes+=("$written")
 done
 
 b=$(printf '%s\n' "${bare[@]}" | median)
@@ -79,3 +85,4 @@ echo
 echo "events: $N order.placed on orders (3 partitions), tansu in memory"
 echo "bare rdkafka consumer, median: $b messages/s"
 echo "aftercare ingest into SQLite, median: $o events/s ($(python3 -c "print(f'{100 * $o / $b:.0f}')") % of bare)"
+echo "aftercare per event, medians: $(printf '%s\n' "${cpus[@]}" | median) µs CPU, $(printf '%s\n' "${writes[@]}" | median) bytes written"

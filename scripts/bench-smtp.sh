@@ -81,23 +81,28 @@ sample=$(ls "$work"/data-sample/outbox/*.eml)
 size=$(wc -c < "$sample")
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-seconds() { python3 -c 'import sys, time; t = time.monotonic(); import subprocess; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); print(f"{time.monotonic() - t:.3f}")' "$@"; }
 
+# One JSON line per run: wall time, CPU time, bytes written (measure.py).
 ours=()
 theirs=()
 for run in $(seq "$RUNS"); do
   config "$run" smtp > "$work/run-$run.toml"
-  ours+=("$(RUST_LOG=warn seconds "$bin" --config "$work/run-$run.toml" run --input "$work/events.jsonl")")
-  theirs+=("$(seconds smtp-source -d -s "$SESSIONS" -m "$N" -F "$sample" "127.0.0.1:$port")")
+  ours+=("$(RUST_LOG=warn scripts/measure.py "$bin" --config "$work/run-$run.toml" run --input "$work/events.jsonl" 2>/dev/null)")
+  theirs+=("$(scripts/measure.py smtp-source -d -s "$SESSIONS" -m "$N" -F "$sample" "127.0.0.1:$port" 2>/dev/null)")
 done
-ours_s=$(printf '%s\n' "${ours[@]}" | median)
-theirs_s=$(printf '%s\n' "${theirs[@]}" | median)
-python3 - "$N" "$SESSIONS" "$size" "$ours_s" "$theirs_s" "${ours[*]}" "${theirs[*]}" <<'PY'
-import sys
-n, sessions, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-ours, theirs = float(sys.argv[4]), float(sys.argv[5])
+python3 - "$N" "$SESSIONS" "$size" "${#ours[@]}" "${ours[@]}" "${theirs[@]}" <<'PY'
+import json, statistics, sys
+n, sessions, size, runs = (int(a) for a in sys.argv[1:5])
+ours = [json.loads(r) for r in sys.argv[5:5 + runs]]
+theirs = [json.loads(r) for r in sys.argv[5 + runs:]]
+def med(rs, key): return statistics.median(r[key] for r in rs)
+def times(rs): return ", ".join(f"{r['seconds']:.2f}" for r in rs)
+o, t = med(ours, "seconds"), med(theirs, "seconds")
 print(f"messages: {n}, concurrency: {sessions}, message size: {size} bytes")
-print(f"aftercare (end to end):  {n / ours:8.0f} emails/s  (median {ours:.2f} s; runs {sys.argv[6]})")
-print(f"smtp-source (send only): {n / theirs:8.0f} emails/s  (median {theirs:.2f} s; runs {sys.argv[7]})")
-print(f"ratio: {theirs / ours:.0%} of smtp-source")
+print(f"aftercare (end to end):  {n / o:8.0f} emails/s  (median {o:.2f} s; runs {times(ours)})")
+print(f"smtp-source (send only): {n / t:8.0f} emails/s  (median {t:.2f} s; runs {times(theirs)})")
+print(f"ratio: {t / o:.0%} of smtp-source")
+print(f"CPU per email (medians): aftercare {1e6 * med(ours, 'cpu_seconds') / n:.0f} µs, "
+      f"smtp-source {1e6 * med(theirs, 'cpu_seconds') / n:.0f} µs")
+print(f"written per email (aftercare, median): {med(ours, 'written_bytes') / n:,.0f} bytes")
 PY

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -367,6 +367,7 @@ type Delivery = (EmailRow, Result<Option<Outcome>, StoreError>, Duration);
 /// a worker that stops (killed, frozen for a whole lease) loses its claim.
 struct Heartbeat {
     in_flight: Arc<Mutex<BTreeSet<i64>>>,
+    lease: LeasePolicy,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -375,6 +376,7 @@ impl Heartbeat {
         let in_flight: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
         let beating = Arc::clone(&in_flight);
         let every = (lease.duration.unsigned_abs() / 3).max(Duration::from_millis(100));
+        let policy = lease.clone();
         let task = tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -405,7 +407,11 @@ impl Heartbeat {
                 }
             }
         });
-        Heartbeat { in_flight, task }
+        Heartbeat {
+            in_flight,
+            lease: policy,
+            task,
+        }
     }
 }
 
@@ -420,27 +426,55 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Delivers `email` unless another worker took it over while it waited in
-/// this worker's queue (its lease ran out): the claim is renewed first, and
-/// kept by `heartbeat` while the delivery runs.
+/// this worker's queue (its lease ran out: a slow server, a long queue).
+/// An email still held for more than half a lease is known to be this
+/// worker's without asking the store (no worker takes over a claim before
+/// it expires); any other is claimed again first. The heartbeat keeps the
+/// claim while the delivery runs.
+///
+/// The delivery's slot is given back once the server has answered, before
+/// the outcome is written: a store busy with another write holds up the
+/// record of what was sent, not the next delivery. `unrecorded` is held
+/// until the outcome is written, so at most [`UNRECORDED_MAX`] emails are
+/// ever sent and not yet recorded.
 async fn deliver_one<M: Mailer>(
     email: &EmailRow,
+    (slot, unrecorded): (OwnedSemaphorePermit, OwnedSemaphorePermit),
     sender: &Sender<M>,
     ledger: &Ledger,
-    heartbeat: &Mutex<BTreeSet<i64>>,
+    heartbeat: &Heartbeat,
 ) -> Result<Option<Outcome>, StoreError> {
-    if !ledger.claim(email.id).await? {
+    let held = held_for_long(email, &heartbeat.lease, Timestamp::now());
+    if !held && !ledger.claim(email.id).await? {
         tracing::info!(key = %email.key, "Another worker took this email over; not sending it here.");
         return Ok(None);
     }
-    lock(heartbeat).insert(email.id);
+    lock(&heartbeat.in_flight).insert(email.id);
     let outcome = sender.deliver(email, Timestamp::now()).await;
     // Once the outcome is known the claim has done its work (and the
     // heartbeat, seeing the email no longer `sending`, would take it for
     // lost).
-    lock(heartbeat).remove(&email.id);
+    lock(&heartbeat.in_flight).remove(&email.id);
+    drop(slot);
     ledger.record(email.id, outcome.clone()).await?;
+    drop(unrecorded);
     Ok(Some(outcome))
 }
+
+/// Whether this worker's claim on `email`, as read with it, lasts more
+/// than half a lease from `now`: long enough for its delivery to start and
+/// the heartbeat to renew it, so no store write is needed to start.
+fn held_for_long(email: &EmailRow, lease: &LeasePolicy, now: Timestamp) -> bool {
+    email
+        .lease_until
+        .is_some_and(|until| until.duration_since(now) > lease.duration / 2)
+}
+
+/// The most emails sent whose outcome the store does not have yet. Should
+/// the worker die then, they go out again once their lease runs out (the
+/// same Message-ID: the delivery promise's ambiguous case), so the number
+/// is kept to what one write of the ledger takes.
+const UNRECORDED_MAX: usize = 256;
 
 /// Delivers what comes down the channel, `concurrency` at a time. Once
 /// `stop` is cancelled, what has not started (received, or waiting for a
@@ -455,9 +489,10 @@ async fn deliver_all<S: Store, M: Mailer>(
     stop: CancellationToken,
     observer: Arc<Observer>,
 ) -> Result<Delivered, StoreError> {
-    let heartbeat = Heartbeat::start(Arc::clone(&store), lease.clone());
+    let heartbeat = Arc::new(Heartbeat::start(Arc::clone(&store), lease.clone()));
     let ledger = Arc::new(Ledger::start(Arc::clone(&store), lease));
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+    let unrecorded = Arc::new(Semaphore::new(UNRECORDED_MAX.max(concurrency)));
     let mut running: JoinSet<Delivery> = JoinSet::new();
     let mut done = Delivered::default();
     let unwrap = |r: Result<Delivery, tokio::task::JoinError>| {
@@ -481,21 +516,18 @@ async fn deliver_all<S: Store, M: Mailer>(
             released.push(email.id);
             continue;
         }
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => {
-                permit.expect("the semaphore is never closed")
-            }
+        let permits = tokio::select! {
+            permits = permits(&slots, &unrecorded) => permits,
             () = stop.cancelled() => {
                 released.push(email.id);
                 continue;
             }
         };
         let (sender, ledger) = (Arc::clone(&sender), Arc::clone(&ledger));
-        let in_flight = Arc::clone(&heartbeat.in_flight);
+        let heartbeat = Arc::clone(&heartbeat);
         running.spawn(async move {
-            let _permit = permit;
             let start = Instant::now();
-            let outcome = deliver_one(&email, &sender, &ledger, &in_flight).await;
+            let outcome = deliver_one(&email, permits, &sender, &ledger, &heartbeat).await;
             (email, outcome, start.elapsed())
         });
     }
@@ -510,6 +542,20 @@ async fn deliver_all<S: Store, M: Mailer>(
         done.record(unwrap(result), &observer)?;
     }
     Ok(done)
+}
+
+/// A delivery slot, and a place among the emails not yet recorded.
+async fn permits(
+    slots: &Arc<Semaphore>,
+    unrecorded: &Arc<Semaphore>,
+) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    let never_closed = "the semaphores are never closed";
+    let unrecorded = Arc::clone(unrecorded)
+        .acquire_owned()
+        .await
+        .expect(never_closed);
+    let slot = Arc::clone(slots).acquire_owned().await.expect(never_closed);
+    (slot, unrecorded)
 }
 
 #[cfg(test)]
@@ -717,6 +763,40 @@ mod tests {
         let done = deliver(&mut w1, vec![email.clone()], mailer).await;
         assert_eq!(*lock(&sent), [email.key]);
         assert_eq!(done.sent.get("order_confirmation"), Some(&1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliveries_go_on_while_the_store_is_busy_and_their_outcomes_follow() {
+        templates();
+        let dir = tempfile::tempdir().unwrap();
+        let mut w1 = worker(dir.path(), "w1", Duration::from_secs(60));
+        let emails = vec![confirmation(&mut w1, "o-1"), confirmation(&mut w1, "o-2")];
+        let ids: Vec<i64> = emails.iter().map(|e| e.id).collect();
+        // Another connection holds the store's write lock: no claim, no
+        // outcome can be written meanwhile.
+        let db = rusqlite::Connection::open(dir.path().join("aftercare.db")).unwrap();
+        db.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let (mailer, sent) = SlowMailer::new(Duration::ZERO);
+        // One slot: the second email goes once the first is answered, not
+        // once its outcome is written.
+        let delivering = tokio::spawn(async move { deliver(&mut w1, emails, mailer).await });
+        let started = Instant::now();
+        while lock(&sent).len() < 2 && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(lock(&sent).len(), 2, "held up by the store's lock");
+        assert!(!delivering.is_finished(), "outcomes written under the lock");
+        db.execute_batch("COMMIT").unwrap();
+        let done = delivering.await.unwrap();
+        assert_eq!(done.sent.get("order_confirmation"), Some(&2));
+        for id in ids {
+            let status: String = db
+                .query_row("SELECT status FROM emails WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(status, "sent");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -558,6 +558,7 @@ impl<S: Store> Pipeline<S> {
                 email.status = Status::Sending;
                 email.recipient = to.recipient;
                 email.locale = Some(to.locale);
+                email.lease_until = Some(lease.until);
                 self.stats.approved += 1;
                 batch.push(email);
             }

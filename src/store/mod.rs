@@ -199,6 +199,9 @@ pub struct EmailRow {
     pub fire_at: Timestamp,
     /// Why it was deferred past its due time (frequency cap, quiet hours).
     pub deferred: Option<String>,
+    /// Until when the worker that claimed it (`sending`) holds it, as
+    /// stored when it was read: no other worker takes it over before then.
+    pub lease_until: Option<Timestamp>,
 }
 
 /// A claim on approved emails: whoever holds it delivers them. A worker

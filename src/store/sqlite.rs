@@ -106,7 +106,8 @@ const MIGRATIONS: &[M<'static>] = &[
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const EMAIL_COLUMNS: &str = "id, key, customer_id, template, class, order_id, due_at, status, \
-                             reason, data, recipient, locale, attempts, first_attempt_at, variant, fire_at, deferred";
+                             reason, data, recipient, locale, attempts, first_attempt_at, variant, fire_at, deferred, \
+                             lease_until";
 
 pub struct SqliteStore {
     conn: Connection,
@@ -297,6 +298,7 @@ fn email_row(r: &Row<'_>) -> rusqlite::Result<EmailRow> {
         variant: r.get(14)?,
         fire_at: from_ms(r.get(15)?),
         deferred: r.get(16)?,
+        lease_until: r.get::<_, Option<i64>>(17)?.map(from_ms),
     })
 }
 

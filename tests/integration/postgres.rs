@@ -112,6 +112,7 @@ fn comparable(rows: Vec<EmailRow>) -> Vec<EmailRow> {
         .map(|e| EmailRow {
             id: 0,
             first_attempt_at: None,
+            lease_until: None,
             ..e
         })
         .collect()

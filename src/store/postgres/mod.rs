@@ -145,7 +145,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 macro_rules! email_columns {
     () => {
         "id, key, customer_id, template, class, order_id, due_at, status, reason, data, \
-         recipient, locale, attempts, first_attempt_at, variant, fire_at, deferred"
+         recipient, locale, attempts, first_attempt_at, variant, fire_at, deferred, lease_until"
     };
 }
 use email_columns;
@@ -327,6 +327,7 @@ fn email_row(r: &Row) -> Result<EmailRow, postgres::Error> {
         variant: r.try_get(14)?,
         fire_at: from_ms(r.try_get(15)?),
         deferred: r.try_get(16)?,
+        lease_until: r.try_get::<_, Option<i64>>(17)?.map(from_ms),
     })
 }
 
