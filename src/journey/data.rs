@@ -33,6 +33,11 @@ impl Data {
         })
     }
 
+    /// Whether `other` is this very data (a clone of it), not merely equal.
+    pub fn is_shared_with(&self, other: &Data) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// A copy of its own with `change` made to it (shared with no one).
     pub fn with(&self, change: impl FnOnce(&mut Value)) -> Data {
         let mut value = self.0.value.clone();
@@ -79,6 +84,11 @@ mod tests {
         let clone = data.clone();
         assert_eq!(data.json(), r#"{"order":{"id":"o-1","total":"9.90"}}"#);
         assert!(std::ptr::eq(data.json(), clone.json()), "serialized once");
+        assert!(data.is_shared_with(&clone));
+        assert!(
+            !data.is_shared_with(&Data::new(data.0.value.clone())),
+            "equal, not shared"
+        );
         let changed = data.with(|d| d["tier"] = json!({"id": "gold"}));
         assert_eq!(changed["tier"]["id"], "gold");
         assert_eq!(data.get("tier"), None, "the shared data is unchanged");

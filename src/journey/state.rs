@@ -9,26 +9,36 @@ use serde::{Deserialize, Serialize};
 use crate::event::{CustomerPatch, Eta, Item, Shipment};
 
 /// One customer's journey. Stored as one row per customer; every field has a
-/// default so that rows written by an older version still load.
+/// default so that rows written by an older version still load, and a field
+/// at its default is not written (the row is read and written with every
+/// event of the customer: most of an order's fields stay empty).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Journey {
+    #[serde(skip_serializing_if = "is_default")]
     pub profile: Profile,
+    #[serde(skip_serializing_if = "is_default")]
     pub orders: BTreeMap<String, OrderState>,
     /// Any order was ever placed (for `only = "first_order"`).
+    #[serde(skip_serializing_if = "is_default")]
     pub ordered_before: bool,
     /// Any shipment was ever delivered (for `only = "first_delivery"`).
+    #[serde(skip_serializing_if = "is_default")]
     pub delivered_before: bool,
     /// Milestones (order counts) already congratulated.
+    #[serde(skip_serializing_if = "is_default")]
     pub milestones: BTreeSet<u32>,
     /// Loyalty tiers reached (ids).
+    #[serde(skip_serializing_if = "is_default")]
     pub tiers: BTreeSet<String>,
     /// The order inactivity timers count from, and when it was placed.
+    #[serde(skip_serializing_if = "is_default")]
     pub last_order: Option<(String, Timestamp)>,
     /// When the last marketing email went out: the frequency cap counts
     /// from it. The time it was approved at: on the machine's clock, the
     /// real time, so that a backlog does not send a customer several
     /// marketing emails at once; in a plan, its fire time.
+    #[serde(skip_serializing_if = "is_default")]
     pub last_marketing_at: Option<Timestamp>,
 }
 
@@ -36,16 +46,23 @@ pub struct Journey {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Profile {
+    #[serde(skip_serializing_if = "is_default")]
     pub email: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub name: Option<String>,
     /// The given name as an event gave it; `None` when events gave only
     /// the full name (see [`Profile::first_name`]). Absent in rows written
     /// before it existed.
+    #[serde(skip_serializing_if = "is_default")]
     pub first_name: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub locale: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub timezone: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub marketing_consent: bool,
     /// Set by the unsubscribe link; never cleared by an event.
+    #[serde(skip_serializing_if = "is_default")]
     pub unsubscribed: bool,
 }
 
@@ -112,26 +129,38 @@ pub fn first_name_of(name: &str) -> Option<String> {
 #[serde(default)]
 pub struct OrderState {
     /// `None` while only later events of the order were seen.
+    #[serde(skip_serializing_if = "is_default")]
     pub placed_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "is_default")]
     pub total: Option<Decimal>,
+    #[serde(skip_serializing_if = "is_default")]
     pub currency: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub items: Vec<Item>,
+    #[serde(skip_serializing_if = "is_default")]
     pub cancelled: bool,
+    #[serde(skip_serializing_if = "is_default")]
     pub return_requested: bool,
+    #[serde(skip_serializing_if = "is_default")]
     pub delivered_shipments: BTreeSet<String>,
     /// What the order's shipment events said of each parcel, so that a
     /// later email (a delay, a delivery follow-up) knows the carrier and
     /// tracking its dispatch gave.
+    #[serde(skip_serializing_if = "is_default")]
     pub shipments: BTreeMap<String, ShipmentNote>,
     /// The milestone this order reached, if any.
+    #[serde(skip_serializing_if = "is_default")]
     pub milestone: Option<u32>,
     /// The tiers this order reached, the highest last.
+    #[serde(skip_serializing_if = "is_default")]
     pub tiers_reached: Vec<String>,
     /// Returns requested for this order, for the retention report; at most
     /// [`MAX_NOTES`].
+    #[serde(skip_serializing_if = "is_default")]
     pub returns: Vec<ReturnNote>,
     /// Refunds issued on this order, for the retention report's refunds and
     /// net revenue; at most [`MAX_NOTES`].
+    #[serde(skip_serializing_if = "is_default")]
     pub refunds: Vec<RefundNote>,
 }
 
@@ -145,9 +174,13 @@ pub const MAX_NOTES: usize = 100;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ShipmentNote {
+    #[serde(skip_serializing_if = "is_default")]
     pub carrier: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub tracking_number: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub tracking_url: Option<String>,
+    #[serde(skip_serializing_if = "is_default")]
     pub estimated_delivery: Option<Eta>,
 }
 
@@ -187,6 +220,12 @@ pub struct RefundNote {
     pub currency: String,
     /// The event's time.
     pub issued_at: Option<Timestamp>,
+}
+
+/// Whether `value` is its type's default: such a field is left out of the
+/// stored JSON and read back as the default.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl OrderState {
@@ -266,5 +305,27 @@ mod tests {
         assert_eq!(p.first_name().as_deref(), Some("Anna"));
         let again: Profile = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
         assert_eq!(again, p);
+    }
+
+    #[test]
+    fn fields_at_their_default_are_not_stored_and_load_as_defaults() {
+        let mut journey = Journey::default();
+        journey.profile.email = Some("anna@example.com".into());
+        journey.orders.insert(
+            "o-1".into(),
+            OrderState {
+                total: Some(Decimal::new(995, 2)),
+                ..OrderState::default()
+            },
+        );
+        let stored = serde_json::to_string(&journey).unwrap();
+        assert_eq!(
+            stored,
+            r#"{"profile":{"email":"anna@example.com"},"orders":{"o-1":{"total":"9.95"}}}"#
+        );
+        assert_eq!(serde_json::from_str::<Journey>(&stored).unwrap(), journey);
+        // As rows written with every field still read.
+        let full = r#"{"profile":{"email":"anna@example.com","name":null,"first_name":null,"locale":null,"timezone":null,"marketing_consent":false,"unsubscribed":false},"orders":{"o-1":{"placed_at":null,"total":"9.95","currency":null,"items":[],"cancelled":false,"return_requested":false,"delivered_shipments":[],"shipments":{},"milestone":null,"tiers_reached":[],"returns":[],"refunds":[]}},"ordered_before":false,"delivered_before":false,"milestones":[],"tiers":[],"last_order":null,"last_marketing_at":null}"#;
+        assert_eq!(serde_json::from_str::<Journey>(full).unwrap(), journey);
     }
 }

@@ -17,7 +17,7 @@ use super::{
     ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
     headers_json, taken_over,
 };
-use crate::journey::{EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
+use crate::journey::{Data, EmailClass, Journey, NewEmail, Selector, ShopStats, Verdict};
 
 /// A failure of SQLite, or of migrating its schema.
 #[derive(Debug, thiserror::Error)]
@@ -100,14 +100,21 @@ const MIGRATIONS: &[M<'static>] = &[
     )),
     // The webhook intake and the lease on consuming it: PostgreSQL's V5.
     M::up(include_str!("migrations/sqlite/V7__webhook_intake.sql")),
+    // The data scheduled emails share, once per event: PostgreSQL's V6.
+    M::up(include_str!("migrations/sqlite/V8__shared_email_data.sql")),
 ];
 
 /// How long a worker waits for another's lock before it gives up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-const EMAIL_COLUMNS: &str = "id, key, customer_id, template, class, order_id, due_at, status, \
-                             reason, data, recipient, locale, attempts, first_attempt_at, variant, fire_at, deferred, \
-                             lease_until";
+/// An email's columns as [`email_row`] reads them, from [`EMAILS`].
+const EMAIL_COLUMNS: &str = "emails.id, key, customer_id, template, class, order_id, due_at, \
+                             status, reason, coalesce(shared.data, emails.data), recipient, locale, \
+                             attempts, first_attempt_at, variant, fire_at, deferred, lease_until";
+
+/// The emails, each with the data it shares with the others its event
+/// scheduled (until it is approved).
+const EMAILS: &str = "emails LEFT JOIN email_data shared ON shared.id = emails.data_id";
 
 pub struct SqliteStore {
     conn: Connection,
@@ -160,7 +167,7 @@ impl SqliteStore {
     }
 
     fn emails_where(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<EmailRow>> {
-        let sql = format!("SELECT {EMAIL_COLUMNS} FROM emails WHERE {filter}");
+        let sql = format!("SELECT {EMAIL_COLUMNS} FROM {EMAILS} WHERE {filter}");
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(args, email_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -364,6 +371,7 @@ impl Store for SqliteStore {
             tx: self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
+            shared: None,
         })
     }
 
@@ -416,23 +424,30 @@ impl Store for SqliteStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let sql = format!(
-            "UPDATE emails SET lease_owner = ?1, lease_until = ?2
-             WHERE status = 'sending'
-               AND ((?4 AND lease_owner = ?1)
-                    OR (lease_until <= ?3 AND lease_owner IS NOT ?1))
-             RETURNING {EMAIL_COLUMNS}"
-        );
-        let mut rows: Vec<EmailRow> = {
-            let mut stmt = tx.prepare_cached(&sql)?;
-            let rows = stmt.query_map(
-                params![lease.owner, ms(lease.until), ms(now), own],
-                email_row,
+        let ids: Vec<i64> = {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE emails SET lease_owner = ?1, lease_until = ?2
+                 WHERE status = 'sending'
+                   AND ((?4 AND lease_owner = ?1)
+                        OR (lease_until <= ?3 AND lease_owner IS NOT ?1))
+                 RETURNING id",
             )?;
-            rows.collect::<Result<_, _>>()?
+            let ids = stmt.query_map(params![lease.owner, ms(lease.until), ms(now), own], |r| {
+                r.get(0)
+            })?;
+            ids.collect::<Result<_, _>>()?
+        };
+        let rows = {
+            let sql = format!(
+                "SELECT {EMAIL_COLUMNS} FROM {EMAILS}
+                 WHERE emails.id IN (SELECT value FROM json_each(?1)) ORDER BY emails.id"
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let rows =
+                stmt.query_map([serde_json::to_string(&ids).unwrap_or_default()], email_row)?;
+            rows.collect::<Result<Vec<_>, _>>()?
         };
         tx.commit()?;
-        rows.sort_by_key(|e| e.id);
         Ok(rows)
     }
 
@@ -526,7 +541,7 @@ impl Store for SqliteStore {
 
     fn decisions(&mut self) -> Result<Vec<EmailRow>> {
         self.emails_where(
-            "status IN ('sent', 'cancelled', 'suppressed', 'held_out') ORDER BY due_at, id",
+            "status IN ('sent', 'cancelled', 'suppressed', 'held_out') ORDER BY due_at, emails.id",
             [],
         )
     }
@@ -710,9 +725,27 @@ impl Store for SqliteStore {
 
 pub struct SqliteTx<'a> {
     tx: rusqlite::Transaction<'a>,
+    /// The data last stored in `email_data` and its row: the emails one
+    /// event schedules come one after the other with the same data.
+    shared: Option<(Data, i64)>,
 }
 
 impl SqliteTx<'_> {
+    /// The `email_data` row holding `data`, and whether it was just made.
+    fn shared_data(&mut self, data: &Data) -> Result<(i64, bool)> {
+        if let Some((last, id)) = &self.shared
+            && last.is_shared_with(data)
+        {
+            return Ok((*id, false));
+        }
+        let id = self
+            .tx
+            .prepare_cached("INSERT INTO email_data (data) VALUES (?1) RETURNING id")?
+            .query_row([data.json()], |r| r.get(0))?;
+        self.shared = Some((data.clone(), id));
+        Ok((id, true))
+    }
+
     fn insert(
         &mut self,
         e: &NewEmail,
@@ -721,10 +754,11 @@ impl SqliteTx<'_> {
         reason: Option<&str>,
         to: Option<&Addressee>,
     ) -> Result<bool> {
+        let (data_id, made) = self.shared_data(&e.data)?;
         let mut stmt = self.tx.prepare_cached(
             "INSERT INTO emails (key, customer_id, template, class, order_id, due_at, fire_at,
-                 status, reason, data, recipient, locale, stream, variant, decided_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+                 status, reason, data, data_id, recipient, locale, stream, variant, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, '', ?9, ?10, ?11, ?12, ?13,
                  CASE WHEN ?7 = 'pending' THEN NULL
                       ELSE CAST(unixepoch('subsec') * 1000 AS INTEGER) END)
              ON CONFLICT (key) DO NOTHING",
@@ -738,12 +772,19 @@ impl SqliteTx<'_> {
             ms(e.due_at),
             status.as_str(),
             reason,
-            e.data.json(),
+            data_id,
             to.and_then(|t| t.recipient.as_deref()),
             to.map(|t| t.locale.as_str()),
             stream,
             e.variant,
         ])?;
+        if n == 0 && made {
+            // Already scheduled: the row made for it serves no email.
+            self.tx
+                .prepare_cached("DELETE FROM email_data WHERE id = ?1")?
+                .execute([data_id])?;
+            self.shared = None;
+        }
         Ok(n == 1)
     }
 }
@@ -841,8 +882,8 @@ impl Transaction for SqliteTx<'_> {
         let rows = match streams {
             None => {
                 let sql = format!(
-                    "SELECT {EMAIL_COLUMNS} FROM emails WHERE status = 'pending' AND fire_at <= ?1
-                     ORDER BY fire_at, id LIMIT ?2"
+                    "SELECT {EMAIL_COLUMNS} FROM {EMAILS} WHERE status = 'pending' AND fire_at <= ?1
+                     ORDER BY fire_at, emails.id LIMIT ?2"
                 );
                 let mut stmt = self.tx.prepare_cached(&sql)?;
                 stmt.query_map(params![ms(until), limit as i64], email_row)?
@@ -850,10 +891,10 @@ impl Transaction for SqliteTx<'_> {
             }
             Some(streams) => {
                 let sql = format!(
-                    "SELECT {EMAIL_COLUMNS} FROM emails
+                    "SELECT {EMAIL_COLUMNS} FROM {EMAILS}
                      WHERE status = 'pending' AND fire_at <= ?1
                        AND stream IN (SELECT value FROM json_each(?3))
-                     ORDER BY fire_at, id LIMIT ?2"
+                     ORDER BY fire_at, emails.id LIMIT ?2"
                 );
                 let mut stmt = self.tx.prepare_cached(&sql)?;
                 stmt.query_map(
@@ -869,7 +910,7 @@ impl Transaction for SqliteTx<'_> {
     fn approve(&mut self, id: i64, to: &Addressee, data: &Value, lease: &Lease) -> Result<()> {
         let mut stmt = self.tx.prepare_cached(
             "UPDATE emails SET status = 'sending', recipient = ?2, locale = ?3, data = ?4,
-                 lease_owner = ?5, lease_until = ?6,
+                 data_id = NULL, lease_owner = ?5, lease_until = ?6,
                  first_attempt_at = coalesce(first_attempt_at,
                      CAST(unixepoch('subsec') * 1000 AS INTEGER))
              WHERE id = ?1",
@@ -922,9 +963,9 @@ impl Transaction for SqliteTx<'_> {
 
     fn pending_of(&mut self, customer_id: &str, until: Timestamp) -> Result<Vec<EmailRow>> {
         let sql = format!(
-            "SELECT {EMAIL_COLUMNS} FROM emails
+            "SELECT {EMAIL_COLUMNS} FROM {EMAILS}
              WHERE status = 'pending' AND customer_id = ?1 AND fire_at <= ?2
-             ORDER BY fire_at, id"
+             ORDER BY fire_at, emails.id"
         );
         let mut stmt = self.tx.prepare_cached(&sql)?;
         let rows = stmt
@@ -1114,6 +1155,17 @@ impl super::suite::Inspect for SqliteStore {
             .unwrap()
             .map(Result::unwrap)
             .collect()
+    }
+
+    fn stored_data(&mut self) -> (i64, i64) {
+        self.conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM email_data),
+                        (SELECT count(*) FROM emails WHERE data != '')",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
     }
 
     fn email_statuses(&mut self) -> Vec<(String, String, Option<String>)> {

@@ -28,6 +28,9 @@ pub(super) trait Inspect {
     fn email_log(&mut self) -> Vec<(i64, String)>;
     /// Every email as (key, status, reason), by key.
     fn email_statuses(&mut self) -> Vec<(String, String, Option<String>)>;
+    /// Rows of data shared by scheduled emails, and emails holding data
+    /// of their own.
+    fn stored_data(&mut self) -> (i64, i64);
 }
 
 pub(super) struct SqliteHarness {
@@ -176,6 +179,7 @@ suite!(
     the_intake_lease_has_one_holder_until_it_expires,
     workers_racing_for_the_intake_lease_get_it_once,
     a_delivery_retried_to_several_workers_at_once_is_stored_once,
+    the_emails_one_event_schedules_store_its_data_once,
 );
 
 pub(super) fn t(s: &str) -> Timestamp {
@@ -222,6 +226,62 @@ fn scheduling_is_idempotent_by_key(h: &impl Harness) {
     );
     tx.commit().unwrap();
     assert_eq!(s.next_fire(None).unwrap(), Some(t("2026-01-02T00:00:00Z")));
+}
+
+fn the_emails_one_event_schedules_store_its_data_once(h: &impl Harness) {
+    let mut s = h.open();
+    let mut tx = s.begin().unwrap();
+    let first = email("a", "o-1", "welcome", "2026-01-02T00:00:00Z");
+    for (key, template) in [("a", "welcome"), ("b", "win_back"), ("c", "review_request")] {
+        let email = NewEmail {
+            key: key.into(),
+            template: template.into(),
+            data: first.data.clone(),
+            ..first.clone()
+        };
+        assert!(tx.schedule(&email, "s").unwrap());
+    }
+    // Scheduled already: the row made for its data is taken back.
+    assert!(
+        !tx.schedule(&email("a", "o-9", "welcome", "2026-01-02T00:00:00Z"), "s")
+            .unwrap()
+    );
+    // Equal data of another event is not shared.
+    assert!(
+        tx.schedule(&email("d", "o-1", "thank_you", "2026-01-02T00:00:00Z"), "s")
+            .unwrap()
+    );
+    tx.commit().unwrap();
+    assert_eq!(
+        s.stored_data(),
+        (2, 0),
+        "(shared rows, emails with their own)"
+    );
+
+    let mut tx = s.begin().unwrap();
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    let keys: Vec<&str> = due.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c", "d"]);
+    for e in &due {
+        assert_eq!(e.data, json!({"order": {"id": "o-1"}}), "{}", e.key);
+    }
+    let whole = json!({"order": {"id": "o-1"}, "customer": {"id": "c-1"}});
+    tx.approve(due[0].id, &to(), &whole, &lease("w1")).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(s.stored_data(), (2, 1));
+    // Approved, it is read with data of its own: the others keep theirs.
+    let resumed = s
+        .reclaim(&lease("w1"), t("2026-01-03T00:00:00Z"), true)
+        .unwrap();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!((resumed[0].key.as_str(), &resumed[0].data), ("a", &whole));
+    let mut tx = s.begin().unwrap();
+    let due = tx.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
+    assert_eq!(due.len(), 3);
+    assert!(
+        due.iter()
+            .all(|e| e.data == json!({"order": {"id": "o-1"}}))
+    );
 }
 
 fn cancel_touches_only_pending_emails_of_the_selected_order_and_templates(h: &impl Harness) {

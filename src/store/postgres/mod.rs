@@ -144,11 +144,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The columns [`email_row`] reads, in its order.
 macro_rules! email_columns {
     () => {
-        "id, key, customer_id, template, class, order_id, due_at, status, reason, data, \
-         recipient, locale, attempts, first_attempt_at, variant, fire_at, deferred, lease_until"
+        "emails.id, key, customer_id, template, class, order_id, due_at, status, reason, \
+         coalesce(shared.data, emails.data), recipient, locale, attempts, first_attempt_at, \
+         variant, fire_at, deferred, lease_until"
     };
 }
 use email_columns;
+
+/// The emails, each with the data it shares with the others its event
+/// scheduled (until it is approved): what [`email_columns`] reads from.
+macro_rules! emails {
+    () => {
+        "emails LEFT JOIN email_data shared ON shared.id = emails.data_id"
+    };
+}
+use emails;
 
 /// The statement's time in milliseconds, like SQLite's
 /// `CAST(unixepoch('subsec') * 1000 AS INTEGER)`.
@@ -345,6 +355,18 @@ impl super::suite::Inspect for PostgresStore {
                     .map(|r| (r.get(0), r.get(1)))
                     .collect(),
             )
+        })
+        .unwrap()
+    }
+
+    fn stored_data(&mut self) -> (i64, i64) {
+        self.with_client(|c| {
+            let row = c.query_one(
+                "SELECT (SELECT count(*) FROM email_data),
+                        (SELECT count(*) FROM emails WHERE data != '')",
+                &[],
+            )?;
+            Ok((row.get(0), row.get(1)))
         })
         .unwrap()
     }

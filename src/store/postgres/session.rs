@@ -223,6 +223,12 @@ impl Session {
         Ok(client.query(&statement, params)?)
     }
 
+    /// The one row `sql` returns (an error if it returns none or more).
+    pub(super) fn query_one(&mut self, sql: &'static str, params: Params<'_>) -> Result<Row> {
+        let (client, statement) = self.prepared(sql)?;
+        Ok(client.query_one(&statement, params)?)
+    }
+
     pub(super) fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64> {
         let (client, statement) = self.prepared(sql)?;
         Ok(client.execute(&statement, params)?)

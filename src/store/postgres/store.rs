@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use super::session::{Connection, Session};
 use super::transaction::PostgresTx;
-use super::{PostgresStore, email_columns, email_rows, from_ms, ms, now_ms, session_error};
+use super::{PostgresStore, email_columns, email_rows, emails, from_ms, ms, now_ms, session_error};
 use crate::journey::{EmailClass, Journey};
 use crate::store::{
     Accepted, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER, Outcome, Result,
@@ -68,9 +68,9 @@ impl Store for PostgresStore {
 
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>> {
         let (owner, until, now) = (lease.owner.clone(), ms(lease.until), ms(now));
-        let mut rows = self.conn.call(move |s| {
-            let rows = s.query(
-                concat!(
+        self.conn.call(move |s| {
+            let taken: Vec<i64> = s
+                .query(
                     "UPDATE emails SET lease_owner = $1, lease_until = $2
                      WHERE id IN (
                          SELECT id FROM emails
@@ -78,15 +78,25 @@ impl Store for PostgresStore {
                            AND (($4 AND lease_owner = $1)
                                 OR (lease_until <= $3 AND lease_owner IS DISTINCT FROM $1))
                          FOR UPDATE SKIP LOCKED)
-                     RETURNING ",
-                    email_columns!()
+                     RETURNING id",
+                    &[&owner, &until, &now, &own],
+                )?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            // Now this worker's: read as they are, the new lease included.
+            let rows = s.query(
+                concat!(
+                    "SELECT ",
+                    email_columns!(),
+                    " FROM ",
+                    emails!(),
+                    " WHERE emails.id = ANY($1) ORDER BY emails.id"
                 ),
-                &[&owner, &until, &now, &own],
+                &[&taken],
             )?;
             email_rows(&rows)
-        })?;
-        rows.sort_by_key(|e| e.id);
-        Ok(rows)
+        })
     }
 
     fn secret(&mut self, name: &str) -> Result<Vec<u8>> {
@@ -197,8 +207,10 @@ impl Store for PostgresStore {
                 concat!(
                     "SELECT ",
                     email_columns!(),
-                    " FROM emails WHERE status IN ('sent', 'cancelled', 'suppressed', 'held_out')
-                      ORDER BY due_at, id"
+                    " FROM ",
+                    emails!(),
+                    " WHERE status IN ('sent', 'cancelled', 'suppressed', 'held_out')
+                      ORDER BY due_at, emails.id"
                 ),
                 &[],
             )?;

@@ -5,8 +5,8 @@ use postgres::Row;
 use serde_json::Value;
 
 use super::session::{Session, lock_key};
-use super::{PostgresStore, email_columns, email_rows, from_ms, ms, now_ms, session_error};
-use crate::journey::{Journey, NewEmail, Selector, ShopStats, Verdict};
+use super::{PostgresStore, email_columns, email_rows, emails, from_ms, ms, now_ms, session_error};
+use crate::journey::{Data, Journey, NewEmail, Selector, ShopStats, Verdict};
 use crate::store::{
     Addressee, EmailRow, Lease, ParkedEvent, Result, Status, StoreError, Transaction, taken_over,
 };
@@ -27,6 +27,9 @@ pub struct PostgresTx<'a> {
     /// `due()` claimed emails: the shop figures are read without a lock.
     claimed: bool,
     stats_read: Option<StatsRead>,
+    /// The data last stored in `email_data` and its row: the emails one
+    /// event schedules come one after the other with the same data.
+    shared: Option<(Data, i64)>,
 }
 
 impl<'a> PostgresTx<'a> {
@@ -37,6 +40,7 @@ impl<'a> PostgresTx<'a> {
             open: true,
             claimed: false,
             stats_read: None,
+            shared: None,
         }
     }
 
@@ -63,18 +67,32 @@ impl<'a> PostgresTx<'a> {
         let due_at = ms(e.due_at);
         let status = status.as_str();
         let reason = reason.map(str::to_owned);
-        let data = e.data.json().to_owned();
         let recipient = to.and_then(|t| t.recipient.clone());
         let locale = to.map(|t| t.locale.clone());
         let stream = stream.to_owned();
         let variant = e.variant.clone();
-        self.call(move |s| {
+        // The data's row: the one stored for the email before if it is the
+        // same data, else a new one (taken back if no email uses it).
+        let shared = match &self.shared {
+            Some((last, id)) if last.is_shared_with(&e.data) => Ok(*id),
+            _ => Err(e.data.json().to_owned()),
+        };
+        let (inserted, data_id) = self.call(move |s| {
+            let data_id = match &shared {
+                Ok(id) => *id,
+                Err(data) => s
+                    .query_one(
+                        "INSERT INTO email_data (data) VALUES ($1) RETURNING id",
+                        &[data],
+                    )?
+                    .try_get(0)?,
+            };
             let n = s.execute(
                 concat!(
                     "INSERT INTO emails (key, customer_id, template, class, order_id, due_at,
-                         fire_at, status, reason, data, recipient, locale, stream, variant,
-                         decided_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9, $10, $11, $12, $13,
+                         fire_at, status, reason, data, data_id, recipient, locale, stream,
+                         variant, decided_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, '', $9, $10, $11, $12, $13,
                          CASE WHEN $7 = 'pending' THEN NULL ELSE ",
                     now_ms!(),
                     " END)
@@ -89,15 +107,22 @@ impl<'a> PostgresTx<'a> {
                     &due_at,
                     &status,
                     &reason,
-                    &data,
+                    &data_id,
                     &recipient,
                     &locale,
                     &stream,
                     &variant,
                 ],
             )?;
-            Ok(n == 1)
-        })
+            if n == 0 && shared.is_err() {
+                // Already scheduled: the row made for it serves no email.
+                s.execute("DELETE FROM email_data WHERE id = $1", &[&data_id])?;
+                return Ok((false, None));
+            }
+            Ok((n == 1, Some(data_id)))
+        })?;
+        self.shared = data_id.map(|id| (e.data.clone(), id));
+        Ok(inserted)
     }
 }
 
@@ -240,9 +265,11 @@ impl Transaction for PostgresTx<'_> {
                     concat!(
                         "SELECT ",
                         email_columns!(),
-                        " FROM emails WHERE status = 'pending' AND fire_at <= $1
-                          ORDER BY fire_at, id LIMIT $2
-                          FOR UPDATE SKIP LOCKED"
+                        " FROM ",
+                        emails!(),
+                        " WHERE status = 'pending' AND fire_at <= $1
+                          ORDER BY fire_at, emails.id LIMIT $2
+                          FOR UPDATE OF emails SKIP LOCKED"
                     ),
                     &[&until, &limit],
                 )?,
@@ -250,10 +277,12 @@ impl Transaction for PostgresTx<'_> {
                     concat!(
                         "SELECT ",
                         email_columns!(),
-                        " FROM emails WHERE status = 'pending' AND fire_at <= $1
+                        " FROM ",
+                        emails!(),
+                        " WHERE status = 'pending' AND fire_at <= $1
                             AND stream = ANY($3)
-                          ORDER BY fire_at, id LIMIT $2
-                          FOR UPDATE SKIP LOCKED"
+                          ORDER BY fire_at, emails.id LIMIT $2
+                          FOR UPDATE OF emails SKIP LOCKED"
                     ),
                     &[&until, &limit, streams],
                 )?,
@@ -275,7 +304,7 @@ impl Transaction for PostgresTx<'_> {
             s.execute(
                 concat!(
                     "UPDATE emails SET status = 'sending', recipient = $2, locale = $3,
-                         data = $4, lease_owner = $5, lease_until = $6,
+                         data = $4, data_id = NULL, lease_owner = $5, lease_until = $6,
                          first_attempt_at = coalesce(first_attempt_at, ",
                     now_ms!(),
                     ") WHERE id = $1"
@@ -335,8 +364,10 @@ impl Transaction for PostgresTx<'_> {
                 concat!(
                     "SELECT ",
                     email_columns!(),
-                    " FROM emails WHERE status = 'pending' AND customer_id = $1 AND fire_at <= $2
-                      ORDER BY fire_at, id"
+                    " FROM ",
+                    emails!(),
+                    " WHERE status = 'pending' AND customer_id = $1 AND fire_at <= $2
+                      ORDER BY fire_at, emails.id"
                 ),
                 &[&customer_id, &until],
             )?;
