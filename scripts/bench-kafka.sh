@@ -5,6 +5,8 @@
 #
 #   scripts/bench-kafka.sh            # N=200000 RUNS=3
 #   BENCH_BIN=path/to/aftercare scripts/bench-kafka.sh   # another build
+#   STORE_URL=postgres://postgres@127.0.0.1:5432/test WORKERS=3 scripts/bench-kafka.sh
+#       # the PostgreSQL store (a new schema a run), three workers in the group
 #
 # tansu (in memory, on a loopback port) holds N `order.placed` events (new
 # customers, 5 items, dated 2030: nothing falls due, so this is ingest
@@ -17,10 +19,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-200000}
 RUNS=${RUNS:-3}
+STORE_URL=${STORE_URL:-}
+WORKERS=${WORKERS:-1}
 
 cargo build --release --quiet --bin aftercare --example kafka_load
-bin=${BENCH_BIN:-target/release/aftercare}
-load=target/release/examples/kafka_load
+target=${CARGO_TARGET_DIR:-target}
+bin=${BENCH_BIN:-$target/release/aftercare}
+load=$target/release/examples/kafka_load
 tansu=$(command -v tansu || echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu")
 work=$(mktemp -d)
 tansu_pid=
@@ -56,8 +61,19 @@ for run in $(seq "$RUNS"); do
   echo "run $run: bare consumer $result"
   bare+=("$rate")
 
-  cat > "$work/aftercare-$run.toml" <<TOML
-data_dir = "$work/data-$run"
+  # One store for the workers of a run: PostgreSQL (a new schema), or one
+  # SQLite file they share.
+  if [ -n "$STORE_URL" ]; then
+    store_url="$STORE_URL?schema=bench_kafka_$$_$run"
+  else
+    store_url="sqlite:$work/store-$run.db"
+  fi
+  for w in $(seq "$WORKERS"); do
+    cat > "$work/aftercare-$run-$w.toml" <<TOML
+data_dir = "$work/data-$run-$w"
+worker_id = "bench-$w"
+[store]
+url = "$store_url"
 [source]
 kind = "kafka"
 batch_size = 1000
@@ -65,7 +81,17 @@ batch_size = 1000
 brokers = "$brokers"
 group_id = "aftercare-bench-$run"
 TOML
-  cost=$(RUST_LOG=warn scripts/measure.py "$bin" --config "$work/aftercare-$run.toml" run --once 2>"$work/summary-$run")
+  done
+  # The workers of a run together: measure.py counts what all of them used.
+  cost=$(RUST_LOG=warn scripts/measure.py bash -c '
+    bin=$1 work=$2 run=$3 workers=$4
+    pids=()
+    for w in $(seq "$workers"); do
+      "$bin" --config "$work/aftercare-$run-$w.toml" run --once >"$work/summary-$run-$w" 2>&1 &
+      pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done' _ "$bin" "$work" "$run" "$WORKERS")
+  cat "$work"/summary-$run-* > "$work/summary-$run"
   read_line=$(grep -m1 '^Read ' "$work/summary-$run" || true)
   read -r rate seconds cpu written < <(python3 -c '
 import json, sys
@@ -82,7 +108,7 @@ done
 b=$(printf '%s\n' "${bare[@]}" | median)
 o=$(printf '%s\n' "${ours[@]}" | median)
 echo
-echo "events: $N order.placed on orders (3 partitions), tansu in memory"
+echo "events: $N order.placed on orders (3 partitions), tansu in memory; $WORKERS worker(s), store ${STORE_URL:-SQLite}"
 echo "bare rdkafka consumer, median: $b messages/s"
-echo "aftercare ingest into SQLite, median: $o events/s ($(python3 -c "print(f'{100 * $o / $b:.0f}')") % of bare)"
+echo "aftercare ingest, median: $o events/s ($(python3 -c "print(f'{100 * $o / $b:.0f}')") % of bare)"
 echo "aftercare per event, medians: $(printf '%s\n' "${cpus[@]}" | median) µs CPU, $(printf '%s\n' "${writes[@]}" | median) bytes written"

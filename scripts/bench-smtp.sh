@@ -6,6 +6,8 @@
 #
 #   scripts/bench-smtp.sh            # N=5000 SESSIONS=4 RUNS=3
 #   N=20000 SESSIONS=8 scripts/bench-smtp.sh
+#   STORE_URL=postgres://postgres@127.0.0.1:5432/test scripts/bench-smtp.sh
+#                                    # the PostgreSQL store (a new schema a run)
 #
 # aftercare's figure is end to end: reading the events, the SQLite store,
 # rendering, MIME building and SMTP. smtp-source only sends.
@@ -14,12 +16,14 @@ cd "$(dirname "$0")/.."
 N=${N:-5000}
 SESSIONS=${SESSIONS:-4}
 RUNS=${RUNS:-3}
+STORE_URL=${STORE_URL:-}
 
 # BENCH_BIN=path runs that binary instead (to compare two builds).
 if [ -z "${BENCH_BIN:-}" ]; then
   cargo build --release --quiet
 fi
-bin=${BENCH_BIN:-target/release/aftercare}
+target=${CARGO_TARGET_DIR:-target}
+bin=${BENCH_BIN:-$target/release/aftercare}
 work=$(mktemp -d)
 sink_pid=
 cleanup() {
@@ -53,8 +57,14 @@ PY
 # One journey: each event makes exactly one email. The events are from
 # 2024: replayed on their own clock, or they would all be before go-live.
 config() {
+  store=""
+  if [ -n "$STORE_URL" ] && [ "$2" = smtp ]; then
+    store="url = \"$STORE_URL?schema=bench_smtp_$$_$1\""
+  fi
   cat <<TOML
 data_dir = "$work/data-$1"
+[store]
+$store
 [journeys]
 clock = "events"
 [mailer]
