@@ -83,7 +83,7 @@ group_id = "aftercare-bench-$run"
 TOML
   done
   # The workers of a run together: measure.py counts what all of them used.
-  cost=$(RUST_LOG=warn scripts/measure.py bash -c '
+  cost=$(RUST_LOG=warn scripts/measure.py bash -c 'set -e
     bin=$1 work=$2 run=$3 workers=$4
     pids=()
     for w in $(seq "$workers"); do
