@@ -156,6 +156,23 @@ pub const UNKNOWN_ORDER_WAIT: SignedDuration = SignedDuration::from_hours(24);
 /// Parked events dead-lettered per transaction, at most.
 const EXPIRE_BATCH: usize = 500;
 
+/// The [`Deciding`] parts of pipeline `$p`, borrowed field by field so
+/// that its store's transaction may be open meanwhile.
+macro_rules! deciding {
+    ($p:ident) => {
+        Deciding {
+            journeys: &$p.journeys,
+            context: &$p.context,
+            lateness: $p.lateness,
+            lease: &$p.lease,
+            streams: $p.streams.as_deref(),
+            batch: $p.fire_batch,
+            stats: &mut $p.stats,
+            observer: &$p.observer,
+        }
+    };
+}
+
 impl<S: Store> Pipeline<S> {
     pub fn new(
         mut store: S,
@@ -240,7 +257,7 @@ impl<S: Store> Pipeline<S> {
             // Counted again if the transaction fails and is tried again.
             let counted = self.stats;
             let fire_until = self
-                .ingest_some(source, entries, &mut i, now, dead)
+                .ingest_some(source, entries, &mut i, now, dead, approved)
                 .inspect_err(|_| self.stats = counted)?;
             if let Some(until) = fire_until {
                 self.expire(until, dead)?;
@@ -251,8 +268,11 @@ impl<S: Store> Pipeline<S> {
     }
 
     /// Applies entries from `*i` on in one transaction, up to the end or to
-    /// the first event that must wait for a timer to fire first: then the
-    /// time to fire up to is returned.
+    /// the first event that must wait for timers that cannot be decided in
+    /// it (parked events to expire, due emails another worker's transaction
+    /// holds): then the time to fire up to is returned. Emails due before
+    /// an event are decided in the transaction, before the event; those
+    /// approved are appended to `approved` once it commits.
     fn ingest_some(
         &mut self,
         source: &str,
@@ -260,8 +280,10 @@ impl<S: Store> Pipeline<S> {
         i: &mut usize,
         now: Option<Timestamp>,
         dead: &mut DeadLetters,
+        approved: &mut Vec<EmailRow>,
     ) -> Result<Option<Timestamp>, PipelineError> {
         let mut fire_until = None;
+        let mut fired = Vec::new();
         let start = *i;
         let mut positions: Vec<&Position> = Vec::new();
         let mut tx = self.store.begin()?;
@@ -300,6 +322,16 @@ impl<S: Store> Pipeline<S> {
                 }
                 Ok(event) => {
                     let bound = now.map_or(event.occurred_at, |n| n.min(event.occurred_at));
+                    if self.next_fire.is_some_and(|t| t <= bound)
+                        && self.next_expiry.is_none_or(|t| t > bound)
+                    {
+                        // An order confirmation is due as its event is
+                        // applied: firing in a transaction of its own would
+                        // make one of every event.
+                        let mut d = deciding!(self);
+                        while decide_due(&mut d, &mut tx, bound, &shop, &mut fired)? {}
+                        self.next_fire = tx.next_fire(self.streams.as_deref())?;
+                    }
                     if [self.next_fire, self.next_expiry]
                         .into_iter()
                         .any(|t| t.is_some_and(|t| t <= bound))
@@ -377,6 +409,7 @@ impl<S: Store> Pipeline<S> {
             error,
         })?;
         tx.commit()?;
+        approved.append(&mut fired);
         Ok(fire_until)
     }
 
@@ -454,14 +487,11 @@ impl<S: Store> Pipeline<S> {
     ) -> Result<(), StoreError> {
         let mut held_since: Option<std::time::Instant> = None;
         loop {
-            // Leases run on the wall clock, whatever time the events are at.
-            let lease = Lease {
-                owner: self.lease.owner.clone(),
-                until: later(Timestamp::now(), self.lease.duration),
-            };
             let mut tx = self.store.begin()?;
-            let due = tx.due(until, self.streams.as_deref(), self.fire_batch)?;
-            if due.is_empty() {
+            let shop = tx.shop_stats()?;
+            let mut batch = Vec::new();
+            let mut d = deciding!(self);
+            if !decide_due(&mut d, &mut tx, until, &shop, &mut batch)? {
                 drop(tx);
                 // Nothing left, or what is left is held for a moment by
                 // another worker's transaction (a shared store): wait for
@@ -476,96 +506,128 @@ impl<S: Store> Pipeline<S> {
                 return Ok(());
             }
             held_since = None;
-            let shop = tx.shop_stats()?;
-            let mut batch = Vec::with_capacity(due.len());
-            let now = Timestamp::now();
-            let round = Round {
-                until,
-                now,
-                lateness: self.lateness,
-            };
-            for mut email in due {
-                let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
-                let to = addressee(&self.context.locales, &journey);
-                let this = due_email(&email);
-                let bounced = match &to.recipient {
-                    Some(address) => tx.is_suppressed(address)?,
-                    None => false,
-                };
-                let pending = if self.journeys.needs_pending(&this, &self.lateness) {
-                    tx.pending_of(&email.customer_id, now)?
-                } else {
-                    Vec::new()
-                };
-                let pending: Vec<DueEmail<'_>> = pending.iter().map(due_email).collect();
-                let facts = Facts {
-                    journey: &journey,
-                    has_address: to.recipient.is_some(),
-                    bounced,
-                    pending: &pending,
-                };
-                let fate = guarded(|| self.journeys.decide(&this, &facts, &round)).unwrap_or_else(
-                    |reason| Fate::NotSent {
-                        verdict: Verdict::Suppressed,
-                        reason,
-                    },
-                );
-                let at = round.decided_at(&this);
-                let counts = (&mut self.stats, &self.observer);
-                match fate {
-                    Fate::Send => {}
-                    Fate::NotSent {
-                        verdict: Verdict::HeldOut,
-                        reason,
-                    } => {
-                        // The cap counts a held-out email too, so that the
-                        // groups differ by this email alone.
-                        not_sent(&mut tx, counts, &email, &to, Verdict::HeldOut, &reason)?;
-                        under_cap(&mut tx, &email, journey, at)?;
-                        continue;
-                    }
-                    Fate::NotSent { verdict, reason } => {
-                        not_sent(&mut tx, counts, &email, &to, verdict, &reason)?;
-                        continue;
-                    }
-                    Fate::Retry { fire_at, reason } => {
-                        tx.postpone(email.id, fire_at, reason)?;
-                        self.stats.deferred += 1;
-                        count_email(&self.observer, &email.template, "deferred");
-                        continue;
-                    }
-                    Fate::Defer { fire_at, reason } => {
-                        wait(&mut tx, counts, &email, fire_at, &reason)?;
-                        // The rest of the batch may fall due after the new
-                        // time: take it again in time order.
-                        break;
-                    }
-                }
-                let data = guarded(|| {
-                    template_data(&self.journeys, &self.context, &email, &journey, &to, &shop)
-                });
-                let data = match data {
-                    Ok(data) => data,
-                    Err(reason) => {
-                        let counts = (&mut self.stats, &self.observer);
-                        not_sent(&mut tx, counts, &email, &to, Verdict::Suppressed, &reason)?;
-                        continue;
-                    }
-                };
-                email.data = data;
-                tx.approve(email.id, &to, &email.data, &lease)?;
-                under_cap(&mut tx, &email, journey, at)?;
-                email.status = Status::Sending;
-                email.recipient = to.recipient;
-                email.locale = Some(to.locale);
-                email.lease_until = Some(lease.until);
-                self.stats.approved += 1;
-                batch.push(email);
-            }
             tx.commit()?;
             approved.append(&mut batch);
         }
     }
+}
+
+/// What deciding due emails needs of a pipeline, borrowed beside its
+/// store's open transaction.
+struct Deciding<'a> {
+    journeys: &'a Rulebook,
+    context: &'a Context,
+    lateness: Lateness,
+    lease: &'a LeasePolicy,
+    streams: Option<&'a [String]>,
+    batch: usize,
+    stats: &'a mut Stats,
+    observer: &'a Option<Arc<Observer>>,
+}
+
+/// Decides the next batch (at most `d.batch`) of emails due by `until`,
+/// in `tx`: approved ones are appended to `approved` (to deliver once `tx`
+/// commits), the others end cancelled, suppressed or deferred. `false`
+/// when nothing was due.
+fn decide_due<T: Transaction>(
+    d: &mut Deciding<'_>,
+    tx: &mut T,
+    until: Timestamp,
+    shop: &ShopStats,
+    approved: &mut Vec<EmailRow>,
+) -> Result<bool, StoreError> {
+    // Leases run on the wall clock, whatever time the events are at.
+    let lease = Lease {
+        owner: d.lease.owner.clone(),
+        until: later(Timestamp::now(), d.lease.duration),
+    };
+    let due = tx.due(until, d.streams, d.batch)?;
+    if due.is_empty() {
+        return Ok(false);
+    }
+    let now = Timestamp::now();
+    let round = Round {
+        until,
+        now,
+        lateness: d.lateness,
+    };
+    for mut email in due {
+        let journey = tx.journey(&email.customer_id)?.unwrap_or_default();
+        let to = addressee(&d.context.locales, &journey);
+        let this = due_email(&email);
+        let bounced = match &to.recipient {
+            Some(address) => tx.is_suppressed(address)?,
+            None => false,
+        };
+        let pending = if d.journeys.needs_pending(&this, &d.lateness) {
+            tx.pending_of(&email.customer_id, now)?
+        } else {
+            Vec::new()
+        };
+        let pending: Vec<DueEmail<'_>> = pending.iter().map(due_email).collect();
+        let facts = Facts {
+            journey: &journey,
+            has_address: to.recipient.is_some(),
+            bounced,
+            pending: &pending,
+        };
+        let fate = guarded(|| d.journeys.decide(&this, &facts, &round)).unwrap_or_else(|reason| {
+            Fate::NotSent {
+                verdict: Verdict::Suppressed,
+                reason,
+            }
+        });
+        let at = round.decided_at(&this);
+        let counts = (&mut *d.stats, d.observer);
+        match fate {
+            Fate::Send => {}
+            Fate::NotSent {
+                verdict: Verdict::HeldOut,
+                reason,
+            } => {
+                // The cap counts a held-out email too, so that the
+                // groups differ by this email alone.
+                not_sent(tx, counts, &email, &to, Verdict::HeldOut, &reason)?;
+                under_cap(tx, &email, journey, at)?;
+                continue;
+            }
+            Fate::NotSent { verdict, reason } => {
+                not_sent(tx, counts, &email, &to, verdict, &reason)?;
+                continue;
+            }
+            Fate::Retry { fire_at, reason } => {
+                tx.postpone(email.id, fire_at, reason)?;
+                d.stats.deferred += 1;
+                count_email(d.observer, &email.template, "deferred");
+                continue;
+            }
+            Fate::Defer { fire_at, reason } => {
+                wait(tx, counts, &email, fire_at, &reason)?;
+                // The rest of the batch may fall due after the new
+                // time: take it again in time order.
+                break;
+            }
+        }
+        let data = guarded(|| template_data(d.journeys, d.context, &email, &journey, &to, shop));
+        let data = match data {
+            Ok(data) => data,
+            Err(reason) => {
+                let counts = (&mut *d.stats, d.observer);
+                not_sent(tx, counts, &email, &to, Verdict::Suppressed, &reason)?;
+                continue;
+            }
+        };
+        email.data = data;
+        tx.approve(email.id, &to, &email.data, &lease)?;
+        under_cap(tx, &email, journey, at)?;
+        email.status = Status::Sending;
+        email.recipient = to.recipient;
+        email.locale = Some(to.locale);
+        email.lease_until = Some(lease.until);
+        d.stats.approved += 1;
+        approved.push(email);
+    }
+    Ok(true)
 }
 
 /// A marketing email approved (or held out) `at`: the customer's frequency

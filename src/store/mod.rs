@@ -383,6 +383,9 @@ pub trait Transaction {
     /// Cancels the pending emails `selector` names; returns their
     /// templates (for the metrics).
     fn cancel(&mut self, selector: &Selector, reason: &str, to: &Addressee) -> Result<Vec<String>>;
+    /// The earliest fire time of a pending email (of `streams`, if given),
+    /// as this transaction sees it.
+    fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>>;
     /// Pending emails whose fire time is at or before `until`, oldest
     /// first; of `streams` only, when given.
     fn due(

@@ -258,6 +258,22 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     outcome
 }
 
+/// The earliest fire time of a pending email (of `streams`, if given).
+fn next_fire(conn: &Connection, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
+    let next: Option<i64> = match streams {
+        None => conn
+            .prepare_cached("SELECT min(fire_at) FROM emails WHERE status = 'pending'")?
+            .query_row([], |r| r.get(0))?,
+        Some(streams) => conn
+            .prepare_cached(
+                "SELECT min(fire_at) FROM emails
+                 WHERE status = 'pending' AND stream IN (SELECT value FROM json_each(?1))",
+            )?
+            .query_row([json_list(streams)], |r| r.get(0))?,
+    };
+    Ok(next.map(from_ms))
+}
+
 fn schema_version(conn: &Connection) -> Result<i64> {
     Ok(conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
 }
@@ -387,20 +403,7 @@ impl Store for SqliteStore {
     }
 
     fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
-        let next: Option<i64> = match streams {
-            None => self.conn.query_row(
-                "SELECT min(fire_at) FROM emails WHERE status = 'pending'",
-                [],
-                |r| r.get(0),
-            )?,
-            Some(streams) => self.conn.query_row(
-                "SELECT min(fire_at) FROM emails
-                 WHERE status = 'pending' AND stream IN (SELECT value FROM json_each(?1))",
-                [json_list(streams)],
-                |r| r.get(0),
-            )?,
-        };
-        Ok(next.map(from_ms))
+        next_fire(&self.conn, streams)
     }
 
     fn next_expiry(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
@@ -871,6 +874,10 @@ impl Transaction for SqliteTx<'_> {
             |r| r.get(0),
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
+        next_fire(&self.tx, streams)
     }
 
     fn due(

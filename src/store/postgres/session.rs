@@ -223,6 +223,26 @@ impl Session {
         Ok(client.query(&statement, params)?)
     }
 
+    /// The earliest fire time of a pending email (of `streams`, if given).
+    pub(super) fn next_fire(
+        &mut self,
+        streams: Option<&[String]>,
+    ) -> Result<Option<jiff::Timestamp>> {
+        let rows = match streams {
+            None => self.query(
+                "SELECT min(fire_at) FROM emails WHERE status = 'pending'",
+                &[],
+            )?,
+            Some(streams) => self.query(
+                "SELECT min(fire_at) FROM emails
+                 WHERE status = 'pending' AND stream = ANY($1)",
+                &[&streams],
+            )?,
+        };
+        let next: Option<i64> = rows.first().map(|r| r.try_get(0)).transpose()?.flatten();
+        Ok(next.map(super::from_ms))
+    }
+
     /// The one row `sql` returns (an error if it returns none or more).
     pub(super) fn query_one(&mut self, sql: &'static str, params: Params<'_>) -> Result<Row> {
         let (client, statement) = self.prepared(sql)?;

@@ -34,21 +34,7 @@ impl Store for PostgresStore {
 
     fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
         let streams = streams.map(<[String]>::to_vec);
-        let next: Option<i64> = self.conn.call(move |s| {
-            let rows = match &streams {
-                None => s.query(
-                    "SELECT min(fire_at) FROM emails WHERE status = 'pending'",
-                    &[],
-                )?,
-                Some(streams) => s.query(
-                    "SELECT min(fire_at) FROM emails
-                     WHERE status = 'pending' AND stream = ANY($1)",
-                    &[streams],
-                )?,
-            };
-            Ok(rows.first().map(|r| r.try_get(0)).transpose()?.flatten())
-        })?;
-        Ok(next.map(from_ms))
+        self.conn.call(move |s| s.next_fire(streams.as_deref()))
     }
 
     fn next_expiry(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {

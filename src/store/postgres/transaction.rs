@@ -248,6 +248,11 @@ impl Transaction for PostgresTx<'_> {
         })
     }
 
+    fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
+        let streams = streams.map(<[String]>::to_vec);
+        self.call(move |s| s.next_fire(streams.as_deref()))
+    }
+
     fn due(
         &mut self,
         until: Timestamp,
