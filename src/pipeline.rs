@@ -325,13 +325,19 @@ impl<S: Store> Pipeline<S> {
                     if self.next_fire.is_some_and(|t| t <= bound)
                         && self.next_expiry.is_none_or(|t| t > bound)
                     {
-                        // An order confirmation is due as its event is
-                        // applied: firing in a transaction of its own would
-                        // make one of every event.
+                        // Emails due before the event are decided before
+                        // it, in this transaction: an order confirmation is
+                        // due as its order is applied, and transactions of
+                        // their own would make two of every event.
                         let mut d = deciding!(self);
-                        while decide_due(&mut d, &mut tx, bound, &shop, &mut fired)? {}
+                        while decide_due(&mut d, &mut tx, bound, &shop, &mut fired)?
+                            == Decided::Batch
+                        {}
                         self.next_fire = tx.next_fire(self.streams.as_deref())?;
                     }
+                    // Still due (held by another worker's transaction, a
+                    // retry put back within the time), or events to
+                    // expire: decided in transactions of their own first.
                     if [self.next_fire, self.next_expiry]
                         .into_iter()
                         .any(|t| t.is_some_and(|t| t <= bound))
@@ -491,7 +497,7 @@ impl<S: Store> Pipeline<S> {
             let shop = tx.shop_stats()?;
             let mut batch = Vec::new();
             let mut d = deciding!(self);
-            if !decide_due(&mut d, &mut tx, until, &shop, &mut batch)? {
+            if decide_due(&mut d, &mut tx, until, &shop, &mut batch)? == Decided::Nothing {
                 drop(tx);
                 // Nothing left, or what is left is held for a moment by
                 // another worker's transaction (a shared store): wait for
@@ -525,17 +531,28 @@ struct Deciding<'a> {
     observer: &'a Option<Arc<Observer>>,
 }
 
+/// What [`decide_due`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Decided {
+    /// Nothing was due.
+    Nothing,
+    /// Less than a batch was due, and all of it was decided: nothing more
+    /// is due unless a decision put an email back within the time (a retry).
+    All,
+    /// A whole batch, or one cut short by a deferral: more may be due.
+    Batch,
+}
+
 /// Decides the next batch (at most `d.batch`) of emails due by `until`,
 /// in `tx`: approved ones are appended to `approved` (to deliver once `tx`
-/// commits), the others end cancelled, suppressed or deferred. `false`
-/// when nothing was due.
+/// commits), the others end cancelled, suppressed or deferred.
 fn decide_due<T: Transaction>(
     d: &mut Deciding<'_>,
     tx: &mut T,
     until: Timestamp,
     shop: &ShopStats,
     approved: &mut Vec<EmailRow>,
-) -> Result<bool, StoreError> {
+) -> Result<Decided, StoreError> {
     // Leases run on the wall clock, whatever time the events are at.
     let lease = Lease {
         owner: d.lease.owner.clone(),
@@ -543,8 +560,13 @@ fn decide_due<T: Transaction>(
     };
     let due = tx.due(until, d.streams, d.batch)?;
     if due.is_empty() {
-        return Ok(false);
+        return Ok(Decided::Nothing);
     }
+    let mut decided = if due.len() < d.batch {
+        Decided::All
+    } else {
+        Decided::Batch
+    };
     let now = Timestamp::now();
     let round = Round {
         until,
@@ -605,6 +627,7 @@ fn decide_due<T: Transaction>(
                 wait(tx, counts, &email, fire_at, &reason)?;
                 // The rest of the batch may fall due after the new
                 // time: take it again in time order.
+                decided = Decided::Batch;
                 break;
             }
         }
@@ -627,7 +650,7 @@ fn decide_due<T: Transaction>(
         d.stats.approved += 1;
         approved.push(email);
     }
-    Ok(true)
+    Ok(decided)
 }
 
 /// A marketing email approved (or held out) `at`: the customer's frequency
