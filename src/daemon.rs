@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -432,14 +432,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// it expires); any other is claimed again first. The heartbeat keeps the
 /// claim while the delivery runs.
 ///
-/// The delivery's slot is given back once the server has answered, before
-/// the outcome is written: a store busy with another write holds up the
-/// record of what was sent, not the next delivery. `unrecorded` is held
-/// until the outcome is written, so at most [`UNRECORDED_MAX`] emails are
-/// ever sent and not yet recorded.
+/// The delivery holds its slot until its outcome is written: an email
+/// sent and not yet recorded is sent again if the worker dies, so there
+/// are never more of those than deliveries running.
 async fn deliver_one<M: Mailer>(
     email: &EmailRow,
-    (slot, unrecorded): (OwnedSemaphorePermit, OwnedSemaphorePermit),
     sender: &Sender<M>,
     ledger: &Ledger,
     heartbeat: &Heartbeat,
@@ -455,9 +452,7 @@ async fn deliver_one<M: Mailer>(
     // heartbeat, seeing the email no longer `sending`, would take it for
     // lost).
     lock(&heartbeat.in_flight).remove(&email.id);
-    drop(slot);
     ledger.record(email.id, outcome.clone()).await?;
-    drop(unrecorded);
     Ok(Some(outcome))
 }
 
@@ -469,12 +464,6 @@ fn held_for_long(email: &EmailRow, lease: &LeasePolicy, now: Timestamp) -> bool 
         .lease_until
         .is_some_and(|until| until.duration_since(now) > lease.duration / 2)
 }
-
-/// The most emails sent whose outcome the store does not have yet. Should
-/// the worker die then, they go out again once their lease runs out (the
-/// same Message-ID: the delivery promise's ambiguous case), so the number
-/// is kept to what one write of the ledger takes.
-const UNRECORDED_MAX: usize = 256;
 
 /// Delivers what comes down the channel, `concurrency` at a time. Once
 /// `stop` is cancelled, what has not started (received, or waiting for a
@@ -491,8 +480,7 @@ async fn deliver_all<S: Store, M: Mailer>(
 ) -> Result<Delivered, StoreError> {
     let heartbeat = Arc::new(Heartbeat::start(Arc::clone(&store), lease.clone()));
     let ledger = Arc::new(Ledger::start(Arc::clone(&store), lease));
-    let slots = Arc::new(Semaphore::new(concurrency.max(1)));
-    let unrecorded = Arc::new(Semaphore::new(UNRECORDED_MAX.max(concurrency)));
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running: JoinSet<Delivery> = JoinSet::new();
     let mut done = Delivered::default();
     let unwrap = |r: Result<Delivery, tokio::task::JoinError>| {
@@ -516,8 +504,10 @@ async fn deliver_all<S: Store, M: Mailer>(
             released.push(email.id);
             continue;
         }
-        let permits = tokio::select! {
-            permits = permits(&slots, &unrecorded) => permits,
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => {
+                permit.expect("the semaphore is never closed")
+            }
             () = stop.cancelled() => {
                 released.push(email.id);
                 continue;
@@ -526,8 +516,9 @@ async fn deliver_all<S: Store, M: Mailer>(
         let (sender, ledger) = (Arc::clone(&sender), Arc::clone(&ledger));
         let heartbeat = Arc::clone(&heartbeat);
         running.spawn(async move {
+            let _permit = permit;
             let start = Instant::now();
-            let outcome = deliver_one(&email, permits, &sender, &ledger, &heartbeat).await;
+            let outcome = deliver_one(&email, &sender, &ledger, &heartbeat).await;
             (email, outcome, start.elapsed())
         });
     }
@@ -542,20 +533,6 @@ async fn deliver_all<S: Store, M: Mailer>(
         done.record(unwrap(result), &observer)?;
     }
     Ok(done)
-}
-
-/// A delivery slot, and a place among the emails not yet recorded.
-async fn permits(
-    slots: &Arc<Semaphore>,
-    unrecorded: &Arc<Semaphore>,
-) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
-    let never_closed = "the semaphores are never closed";
-    let unrecorded = Arc::clone(unrecorded)
-        .acquire_owned()
-        .await
-        .expect(never_closed);
-    let slot = Arc::clone(slots).acquire_owned().await.expect(never_closed);
-    (slot, unrecorded)
 }
 
 #[cfg(test)]
@@ -766,29 +743,27 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn deliveries_go_on_while_the_store_is_busy_and_their_outcomes_follow() {
+    async fn an_email_held_for_long_goes_while_the_store_is_busy_and_its_outcome_follows() {
         templates();
         let dir = tempfile::tempdir().unwrap();
         let mut w1 = worker(dir.path(), "w1", Duration::from_secs(60));
-        let emails = vec![confirmation(&mut w1, "o-1"), confirmation(&mut w1, "o-2")];
+        let emails = vec![confirmation(&mut w1, "o-1")];
         let ids: Vec<i64> = emails.iter().map(|e| e.id).collect();
         // Another connection holds the store's write lock: no claim, no
         // outcome can be written meanwhile.
         let db = rusqlite::Connection::open(dir.path().join("aftercare.db")).unwrap();
         db.execute_batch("BEGIN IMMEDIATE").unwrap();
         let (mailer, sent) = SlowMailer::new(Duration::ZERO);
-        // One slot: the second email goes once the first is answered, not
-        // once its outcome is written.
         let delivering = tokio::spawn(async move { deliver(&mut w1, emails, mailer).await });
         let started = Instant::now();
-        while lock(&sent).len() < 2 && started.elapsed() < Duration::from_secs(10) {
+        while lock(&sent).is_empty() && started.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(lock(&sent).len(), 2, "held up by the store's lock");
-        assert!(!delivering.is_finished(), "outcomes written under the lock");
+        assert_eq!(lock(&sent).len(), 1, "held up by the store's lock");
+        assert!(!delivering.is_finished(), "outcome written under the lock");
         db.execute_batch("COMMIT").unwrap();
         let done = delivering.await.unwrap();
-        assert_eq!(done.sent.get("order_confirmation"), Some(&2));
+        assert_eq!(done.sent.get("order_confirmation"), Some(&1));
         for id in ids {
             let status: String = db
                 .query_row("SELECT status FROM emails WHERE id = ?1", [id], |r| {

@@ -210,10 +210,6 @@ impl DeadLetters {
                 file,
                 max_raw,
             } => {
-                let file = match file {
-                    Some(file) => file,
-                    None => file.insert(BufWriter::new(open_private(path)?)),
-                };
                 let raw = prefix(&entry.raw, *max_raw);
                 let mut record = json!({
                     "raw": String::from_utf8_lossy(raw),
@@ -225,8 +221,16 @@ impl DeadLetters {
                     record["truncated"] = json!(true);
                     record["event_bytes"] = json!(event_bytes);
                 }
-                serde_json::to_writer(&mut *file, &record)?;
-                file.write_all(b"\n")?;
+                let mut line = serde_json::to_vec(&record)?;
+                line.push(b'\n');
+                let writer = match file {
+                    Some(writer) => writer,
+                    None => file.insert(BufWriter::new(open_private(path)?)),
+                };
+                if let Err(error) = writer.write_all(&line) {
+                    discard(file);
+                    return Err(error);
+                }
             }
             Sink::Kafka {
                 producer,
@@ -263,9 +267,12 @@ impl DeadLetters {
         match &mut self.sink {
             Sink::Discard => {}
             Sink::File { file, .. } => {
-                if let Some(file) = file.as_mut() {
-                    file.flush()?;
-                    file.get_ref().sync_data()?;
+                if let Some(writer) = file.as_mut() {
+                    let synced = writer.flush().and_then(|()| writer.get_ref().sync_data());
+                    if let Err(error) = synced {
+                        discard(file);
+                        return Err(error);
+                    }
                 }
             }
             Sink::Kafka {
@@ -304,16 +311,52 @@ impl DeadLetters {
 }
 
 /// Opens the dead-letter file for appending, creating it (and its folder)
-/// if need be: readable by the service user only, whatever the umask.
+/// if need be: readable by the service user only, whatever the umask. A
+/// last record left half written (the process killed, or a write failed,
+/// before its batch was synced, so the batch did not commit and writes it
+/// again) is cut off, so that every line stays one whole record.
 fn open_private(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    let whole = whole_records(&file)?;
+    if whole < file.metadata()?.len() {
+        tracing::warn!(path = %path.display(), kept_bytes = whole, "Cut a dead letter left half written by an earlier run; its batch was not committed and writes it again.");
+        file.set_len(whole)?;
+    }
+    Ok(file)
+}
+
+/// How many bytes of `file` are whole lines: up to its last newline.
+fn whole_records(file: &File) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut end = file.metadata()?.len();
+    let mut block = vec![0; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let read = &mut block[..(end - start) as usize];
+        file.read_exact_at(read, start)?;
+        if let Some(i) = memchr::memrchr(b'\n', read) {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+/// Drops the writer without writing what it still holds: after a failed
+/// write or sync, the file may end inside a record, and the next write
+/// opens it again (cutting that record off).
+fn discard(file: &mut Option<BufWriter<File>>) {
+    if let Some(writer) = file.take() {
+        drop(writer.into_parts());
+    }
 }
 
 /// A dead-letter record cut to `max_record` bytes.
@@ -566,5 +609,36 @@ mod tests {
         assert_eq!(record["truncated"], true);
         assert_eq!(record["event_bytes"], 5000);
         assert_eq!(record["coordinates"]["line"], 7);
+    }
+
+    #[test]
+    fn a_record_left_half_written_is_cut_before_the_next_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead.jsonl");
+        let whole = r#"{"raw":"a","reason":"bad","source":"-","coordinates":{"line":1}}"#;
+        // A big record, killed mid-write: its first 100 KB reached the file.
+        let torn = format!(r#"{{"raw":"{}"#, "x".repeat(100_000));
+        std::fs::write(&path, format!("{whole}\n{torn}")).unwrap();
+        let mut dead = DeadLetters::new(&path, 2048);
+        let mut again = entry(b"y".to_vec(), None);
+        again.coordinates = json!({"line": 2});
+        dead.write("-", &again, "bad again").unwrap();
+        dead.sync().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text:.200}");
+        assert_eq!(lines[0]["coordinates"]["line"], 1);
+        assert_eq!(lines[1]["coordinates"]["line"], 2);
+        // A file holding only a torn record is emptied the same way.
+        std::fs::write(&path, &torn).unwrap();
+        let mut dead = DeadLetters::new(&path, 2048);
+        dead.write("-", &again, "bad again").unwrap();
+        dead.sync().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let record: Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(record["raw"], "y");
     }
 }

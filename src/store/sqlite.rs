@@ -104,6 +104,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/sqlite/V8__shared_email_data.sql")),
 ];
 
+/// Prepared statements kept per connection: more than the store has.
+const STATEMENT_CACHE: usize = 128;
+
 /// How long a worker waits for another's lock before it gives up.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -143,6 +146,7 @@ impl SqliteStore {
     /// tests.
     pub fn in_memory() -> Result<SqliteStore> {
         let mut conn = Connection::open_in_memory()?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
         Ok(SqliteStore { conn, path: None })
     }
@@ -163,6 +167,10 @@ impl SqliteStore {
         }
         // Durable at commit without an fsync per transaction of the WAL.
         conn.pragma_update(None, "synchronous", "normal")?;
+        // Every statement of the hot paths stays prepared (rusqlite keeps
+        // 16 by default: fewer than ingest and firing use in turn, so each
+        // was prepared again on most uses).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
     }
 
@@ -886,29 +894,29 @@ impl Transaction for SqliteTx<'_> {
         streams: Option<&[String]>,
         limit: usize,
     ) -> Result<Vec<EmailRow>> {
+        // The limit written into the statement, not bound: SQLite reads a
+        // bound LIMIT while planning, and so prepares the statement again
+        // each time it is bound (one cached statement per limit instead).
         let rows = match streams {
             None => {
                 let sql = format!(
                     "SELECT {EMAIL_COLUMNS} FROM {EMAILS} WHERE status = 'pending' AND fire_at <= ?1
-                     ORDER BY fire_at, emails.id LIMIT ?2"
+                     ORDER BY fire_at, emails.id LIMIT {limit}"
                 );
                 let mut stmt = self.tx.prepare_cached(&sql)?;
-                stmt.query_map(params![ms(until), limit as i64], email_row)?
+                stmt.query_map(params![ms(until)], email_row)?
                     .collect::<Result<_, _>>()?
             }
             Some(streams) => {
                 let sql = format!(
                     "SELECT {EMAIL_COLUMNS} FROM {EMAILS}
                      WHERE status = 'pending' AND fire_at <= ?1
-                       AND stream IN (SELECT value FROM json_each(?3))
-                     ORDER BY fire_at, emails.id LIMIT ?2"
+                       AND stream IN (SELECT value FROM json_each(?2))
+                     ORDER BY fire_at, emails.id LIMIT {limit}"
                 );
                 let mut stmt = self.tx.prepare_cached(&sql)?;
-                stmt.query_map(
-                    params![ms(until), limit as i64, json_list(streams)],
-                    email_row,
-                )?
-                .collect::<Result<_, _>>()?
+                stmt.query_map(params![ms(until), json_list(streams)], email_row)?
+                    .collect::<Result<_, _>>()?
             }
         };
         Ok(rows)
