@@ -328,16 +328,17 @@ impl<S: Store> Pipeline<S> {
                         // Emails due before the event are decided before
                         // it, in this transaction: an order confirmation is
                         // due as its order is applied, and transactions of
-                        // their own would make two of every event.
+                        // their own would make two of every event. One
+                        // batch at most: a backlog is decided in
+                        // transactions of its own, below.
                         let mut d = deciding!(self);
-                        while decide_due(&mut d, &mut tx, bound, &shop, &mut fired)?
-                            == Decided::Batch
-                        {}
+                        decide_due(&mut d, &mut tx, bound, Some(&shop), &mut fired)?;
                         self.next_fire = tx.next_fire(self.streams.as_deref())?;
                     }
-                    // Still due (held by another worker's transaction, a
-                    // retry put back within the time), or events to
-                    // expire: decided in transactions of their own first.
+                    // Still due (more than a batch, held by another
+                    // worker's transaction, a retry put back within the
+                    // time), or events to expire: decided in transactions
+                    // of their own first.
                     if [self.next_fire, self.next_expiry]
                         .into_iter()
                         .any(|t| t.is_some_and(|t| t <= bound))
@@ -494,10 +495,9 @@ impl<S: Store> Pipeline<S> {
         let mut held_since: Option<std::time::Instant> = None;
         loop {
             let mut tx = self.store.begin()?;
-            let shop = tx.shop_stats()?;
             let mut batch = Vec::new();
             let mut d = deciding!(self);
-            if decide_due(&mut d, &mut tx, until, &shop, &mut batch)? == Decided::Nothing {
+            if !decide_due(&mut d, &mut tx, until, None, &mut batch)? {
                 drop(tx);
                 // Nothing left, or what is left is held for a moment by
                 // another worker's transaction (a shared store): wait for
@@ -531,28 +531,19 @@ struct Deciding<'a> {
     observer: &'a Option<Arc<Observer>>,
 }
 
-/// What [`decide_due`] found.
-#[derive(Debug, PartialEq, Eq)]
-enum Decided {
-    /// Nothing was due.
-    Nothing,
-    /// Less than a batch was due, and all of it was decided: nothing more
-    /// is due unless a decision put an email back within the time (a retry).
-    All,
-    /// A whole batch, or one cut short by a deferral: more may be due.
-    Batch,
-}
-
 /// Decides the next batch (at most `d.batch`) of emails due by `until`,
 /// in `tx`: approved ones are appended to `approved` (to deliver once `tx`
-/// commits), the others end cancelled, suppressed or deferred.
+/// commits), the others end cancelled, suppressed or deferred. `shop`: the
+/// shop's figures as the transaction has them, or `None` to read them once
+/// the due emails are claimed (PostgreSQL then reads them without a lock).
+/// `false` when nothing was due.
 fn decide_due<T: Transaction>(
     d: &mut Deciding<'_>,
     tx: &mut T,
     until: Timestamp,
-    shop: &ShopStats,
+    shop: Option<&ShopStats>,
     approved: &mut Vec<EmailRow>,
-) -> Result<Decided, StoreError> {
+) -> Result<bool, StoreError> {
     // Leases run on the wall clock, whatever time the events are at.
     let lease = Lease {
         owner: d.lease.owner.clone(),
@@ -560,12 +551,15 @@ fn decide_due<T: Transaction>(
     };
     let due = tx.due(until, d.streams, d.batch)?;
     if due.is_empty() {
-        return Ok(Decided::Nothing);
+        return Ok(false);
     }
-    let mut decided = if due.len() < d.batch {
-        Decided::All
-    } else {
-        Decided::Batch
+    let read;
+    let shop = match shop {
+        Some(shop) => shop,
+        None => {
+            read = tx.shop_stats()?;
+            &read
+        }
     };
     let now = Timestamp::now();
     let round = Round {
@@ -627,7 +621,6 @@ fn decide_due<T: Transaction>(
                 wait(tx, counts, &email, fire_at, &reason)?;
                 // The rest of the batch may fall due after the new
                 // time: take it again in time order.
-                decided = Decided::Batch;
                 break;
             }
         }
@@ -650,7 +643,7 @@ fn decide_due<T: Transaction>(
         d.stats.approved += 1;
         approved.push(email);
     }
-    Ok(decided)
+    Ok(true)
 }
 
 /// A marketing email approved (or held out) `at`: the customer's frequency

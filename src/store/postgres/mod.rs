@@ -151,14 +151,20 @@ macro_rules! email_columns {
 }
 use email_columns;
 
-/// The emails, each with the data it shares with the others its event
-/// scheduled (until it is approved): what [`email_columns`] reads from.
-macro_rules! emails {
-    () => {
-        "emails LEFT JOIN email_data shared ON shared.id = emails.data_id"
+/// `SELECT` of [`email_columns`] from the emails, each with the data it
+/// shares with the others its event scheduled (until it is approved),
+/// followed by `$rest` (`WHERE ...`).
+macro_rules! select_emails {
+    ($rest:literal) => {
+        concat!(
+            "SELECT ",
+            $crate::store::postgres::email_columns!(),
+            " FROM emails LEFT JOIN email_data shared ON shared.id = emails.data_id ",
+            $rest
+        )
     };
 }
-use emails;
+use select_emails;
 
 /// The statement's time in milliseconds, like SQLite's
 /// `CAST(unixepoch('subsec') * 1000 AS INTEGER)`.

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use super::session::{Connection, Session};
 use super::transaction::PostgresTx;
-use super::{PostgresStore, email_columns, email_rows, emails, from_ms, ms, now_ms, session_error};
+use super::{PostgresStore, email_rows, from_ms, ms, now_ms, select_emails, session_error};
 use crate::journey::{EmailClass, Journey};
 use crate::store::{
     Accepted, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER, Outcome, Result,
@@ -72,13 +72,7 @@ impl Store for PostgresStore {
                 .collect::<Result<_, _>>()?;
             // Now this worker's: read as they are, the new lease included.
             let rows = s.query(
-                concat!(
-                    "SELECT ",
-                    email_columns!(),
-                    " FROM ",
-                    emails!(),
-                    " WHERE emails.id = ANY($1) ORDER BY emails.id"
-                ),
+                select_emails!("WHERE emails.id = ANY($1) ORDER BY emails.id"),
                 &[&taken],
             )?;
             email_rows(&rows)
@@ -190,12 +184,8 @@ impl Store for PostgresStore {
     fn decisions(&mut self) -> Result<Vec<EmailRow>> {
         self.conn.call(|s| {
             let rows = s.query(
-                concat!(
-                    "SELECT ",
-                    email_columns!(),
-                    " FROM ",
-                    emails!(),
-                    " WHERE status IN ('sent', 'cancelled', 'suppressed', 'held_out')
+                select_emails!(
+                    "WHERE status IN ('sent', 'cancelled', 'suppressed', 'held_out')
                       ORDER BY due_at, emails.id"
                 ),
                 &[],

@@ -5,7 +5,7 @@ use postgres::Row;
 use serde_json::Value;
 
 use super::session::{Session, lock_key};
-use super::{PostgresStore, email_columns, email_rows, emails, from_ms, ms, now_ms, session_error};
+use super::{PostgresStore, email_rows, from_ms, ms, now_ms, select_emails, session_error};
 use crate::journey::{Data, Journey, NewEmail, Selector, ShopStats, Verdict};
 use crate::store::{
     Addressee, EmailRow, Lease, ParkedEvent, Result, Status, StoreError, Transaction, taken_over,
@@ -267,24 +267,16 @@ impl Transaction for PostgresTx<'_> {
         self.call(move |s| {
             let rows = match &streams {
                 None => s.query(
-                    concat!(
-                        "SELECT ",
-                        email_columns!(),
-                        " FROM ",
-                        emails!(),
-                        " WHERE status = 'pending' AND fire_at <= $1
+                    select_emails!(
+                        "WHERE status = 'pending' AND fire_at <= $1
                           ORDER BY fire_at, emails.id LIMIT $2
                           FOR UPDATE OF emails SKIP LOCKED"
                     ),
                     &[&until, &limit],
                 )?,
                 Some(streams) => s.query(
-                    concat!(
-                        "SELECT ",
-                        email_columns!(),
-                        " FROM ",
-                        emails!(),
-                        " WHERE status = 'pending' AND fire_at <= $1
+                    select_emails!(
+                        "WHERE status = 'pending' AND fire_at <= $1
                             AND stream = ANY($3)
                           ORDER BY fire_at, emails.id LIMIT $2
                           FOR UPDATE OF emails SKIP LOCKED"
@@ -366,12 +358,8 @@ impl Transaction for PostgresTx<'_> {
         let (customer_id, until) = (customer_id.to_owned(), ms(until));
         self.call(move |s| {
             let rows = s.query(
-                concat!(
-                    "SELECT ",
-                    email_columns!(),
-                    " FROM ",
-                    emails!(),
-                    " WHERE status = 'pending' AND customer_id = $1 AND fire_at <= $2
+                select_emails!(
+                    "WHERE status = 'pending' AND customer_id = $1 AND fire_at <= $2
                       ORDER BY fire_at, emails.id"
                 ),
                 &[&customer_id, &until],
