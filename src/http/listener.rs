@@ -12,7 +12,12 @@
 //! connection that has not sent a whole head yet is closed to make room: a
 //! client that has said nothing useful is the one to lose, and hyper hands
 //! a request to the router only once its head is complete, which tells
-//! the two kinds apart. When every open connection is being answered, the
+//! the two kinds apart. A connection is only judged once it has been read:
+//! one accepted but not yet polled (its task still queued behind others on
+//! a busy runtime) may well hold a whole head in its socket, and closing it
+//! for being "half open" would close a `/healthz` probe under a crowd. So
+//! the oldest half-open connection that has been read goes first, and one
+//! never read only when no other is half open. When every open connection is being answered, the
 //! oldest of all is closed (answers take milliseconds; one that has lasted
 //! longest is most likely a dripping body). Either way the newcomer is
 //! served as soon as the closed one's socket is released, before anything
@@ -116,6 +121,9 @@ struct Open {
 struct Entry {
     /// Set once hyper hands the request to the router: its head is whole.
     answering: Arc<AtomicBool>,
+    /// Set once the connection has been polled (its socket read) at least
+    /// once.
+    read: Arc<AtomicBool>,
     /// Dropping it closes the connection.
     _close: oneshot::Sender<()>,
 }
@@ -133,6 +141,7 @@ enum Evicted {
 struct Admitted {
     id: u64,
     answering: Arc<AtomicBool>,
+    read: Arc<AtomicBool>,
     /// Completes (with an error) when the connection is to be closed.
     close: oneshot::Receiver<()>,
 }
@@ -143,28 +152,33 @@ impl Open {
         let id = self.next_id;
         self.next_id += 1;
         let answering = Arc::new(AtomicBool::new(false));
+        let read = Arc::new(AtomicBool::new(false));
         let (close_tx, close) = oneshot::channel();
         self.by_age.insert(
             id,
             Entry {
                 answering: Arc::clone(&answering),
+                read: Arc::clone(&read),
                 _close: close_tx,
             },
         );
         Admitted {
             id,
             answering,
+            read,
             close,
         }
     }
 
-    /// Tells the oldest half-open connection, or else the oldest of all, to
-    /// close.
+    /// Tells the oldest half-open connection that has been read (else the
+    /// oldest half-open one, else the oldest of all) to close.
     fn evict(&mut self) -> Option<Evicted> {
+        let half_open = |e: &&Entry| !e.answering.load(Ordering::Relaxed);
         let half_open = self
             .by_age
             .iter()
-            .find(|(_, e)| !e.answering.load(Ordering::Relaxed))
+            .find(|(_, e)| half_open(e) && e.read.load(Ordering::Relaxed))
+            .or_else(|| self.by_age.iter().find(|(_, e)| half_open(e)))
             .map(|(id, _)| *id);
         let (id, kind) = match half_open {
             Some(id) => (id, Evicted::HalfOpen),
@@ -266,13 +280,22 @@ pub async fn serve(
             open: Arc::clone(&open),
             id: admitted.id,
         };
-        let (tally, close) = (Arc::clone(&tally), admitted.close);
+        let (tally, close, read) = (Arc::clone(&tally), admitted.close, admitted.read);
         tokio::spawn(async move {
             // Dropped last, after the connection (and its socket).
             let _slot = slot;
             let _gone = gone;
+            let mut connection =
+                std::pin::pin!(tokio::time::timeout(limits.request_timeout, connection));
+            // Marked read after a poll, not before: a head already in the
+            // socket reaches the router (marking it answering) in that poll.
+            let served = std::future::poll_fn(|cx| {
+                let polled = connection.as_mut().poll(cx);
+                read.store(true, Ordering::Relaxed);
+                polled
+            });
             tokio::select! {
-                served = tokio::time::timeout(limits.request_timeout, connection) => match served {
+                served = served => match served {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) if error.is_timeout() => tally.timed_out(),
                     Ok(Err(error)) => tracing::debug!(%error, "HTTP connection ended with an error."),
@@ -317,6 +340,9 @@ mod tests {
         let ids = |open: &Open| open.by_age.keys().copied().collect::<Vec<_>>();
         // `a` sent its request; `b` is the oldest still sending its head.
         a.answering.store(true, Ordering::Relaxed);
+        for conn in [&a, &b, &c] {
+            conn.read.store(true, Ordering::Relaxed);
+        }
         let mut b_close = b.close;
         assert_eq!(open.evict(), Some(Evicted::HalfOpen));
         assert!(
@@ -339,6 +365,21 @@ mod tests {
         ));
         assert_eq!(open.evict(), Some(Evicted::Answering));
         assert_eq!(open.evict(), None);
+    }
+
+    #[test]
+    fn a_connection_not_read_yet_goes_after_every_half_open_one_that_was() {
+        let mut open = Open::default();
+        // `probe` was accepted first but its task has not run yet; `crowd`
+        // came after and has been read: it goes first.
+        let (probe, crowd, late) = (open.admit(), open.admit(), open.admit());
+        crowd.read.store(true, Ordering::Relaxed);
+        assert_eq!(open.evict(), Some(Evicted::HalfOpen));
+        let ids = |open: &Open| open.by_age.keys().copied().collect::<Vec<_>>();
+        assert_eq!(ids(&open), [probe.id, late.id]);
+        // None read: the oldest half-open one goes after all.
+        assert_eq!(open.evict(), Some(Evicted::HalfOpen));
+        assert_eq!(ids(&open), [late.id]);
     }
 
     #[test]
