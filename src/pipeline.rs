@@ -270,8 +270,9 @@ impl<S: Store> Pipeline<S> {
     /// Applies entries from `*i` on in one transaction, up to the end or to
     /// the first event that must wait for timers that cannot be decided in
     /// it (parked events to expire, due emails another worker's transaction
-    /// holds): then the time to fire up to is returned. Emails due before
-    /// an event are decided in the transaction, before the event; those
+    /// holds): then the time to fire up to is returned. Where the store
+    /// allows it ([`Store::DECIDES_DUE_IN_INGEST`]), emails due before an
+    /// event are decided in the transaction, before the event; those
     /// approved are appended to `approved` once it commits.
     fn ingest_some(
         &mut self,
@@ -322,7 +323,8 @@ impl<S: Store> Pipeline<S> {
                 }
                 Ok(event) => {
                     let bound = now.map_or(event.occurred_at, |n| n.min(event.occurred_at));
-                    if self.next_fire.is_some_and(|t| t <= bound)
+                    if S::DECIDES_DUE_IN_INGEST
+                        && self.next_fire.is_some_and(|t| t <= bound)
                         && self.next_expiry.is_none_or(|t| t > bound)
                     {
                         // Emails due before the event are decided before
@@ -330,7 +332,10 @@ impl<S: Store> Pipeline<S> {
                         // due as its order is applied, and transactions of
                         // their own would make two of every event. One
                         // batch at most: a backlog is decided in
-                        // transactions of its own, below.
+                        // transactions of its own, below. Only where the
+                        // store allows it (SQLite, one writer): elsewhere
+                        // a transaction holding claimed emails must not go
+                        // on to wait for the locks the events take.
                         let mut d = deciding!(self);
                         decide_due(&mut d, &mut tx, bound, Some(&shop), &mut fired)?;
                         self.next_fire = tx.next_fire(self.streams.as_deref())?;

@@ -56,6 +56,35 @@ impl Histogram {
         }
     }
 
+    /// What `self` has that `before` had not, bucket by bucket.
+    fn since(&self, before: &Histogram) -> BTreeMap<i32, i64> {
+        let mut delta = BTreeMap::new();
+        for bucket in self.buckets.keys().chain(before.buckets.keys()) {
+            let n = |h: &Histogram| h.buckets.get(bucket).map_or(0, |n| *n as i128);
+            let d = n(self) - n(before);
+            if d != 0 {
+                delta.insert(*bucket, i64::try_from(d).unwrap_or(i64::MAX));
+            }
+        }
+        delta
+    }
+
+    /// Adds `delta` (a count below zero, from figures that drifted, is
+    /// taken as none).
+    fn apply(&mut self, delta: &BTreeMap<i32, i64>) {
+        for (bucket, d) in delta {
+            let n = i128::from(self.buckets.get(bucket).copied().unwrap_or(0)) + i128::from(*d);
+            match u64::try_from(n) {
+                Ok(n) if n > 0 => self.buckets.insert(*bucket, n),
+                _ => self.buckets.remove(bucket),
+            };
+        }
+        self.count = self
+            .buckets
+            .values()
+            .fold(0, |sum, n| sum.saturating_add(*n));
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -91,7 +120,60 @@ pub struct ShopStats {
     pub customer_spend: BTreeMap<String, Histogram>,
 }
 
+/// A change of the shop's figures, bucket by bucket: what one transaction
+/// added and took away. Changes commute, so the transactions of several
+/// workers can each write theirs, with no lock between them, and the
+/// figures are the sum.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShopDelta {
+    order_totals: BTreeMap<String, BTreeMap<i32, i64>>,
+    customer_spend: BTreeMap<String, BTreeMap<i32, i64>>,
+}
+
+impl ShopDelta {
+    pub fn is_empty(&self) -> bool {
+        self.order_totals.is_empty() && self.customer_spend.is_empty()
+    }
+}
+
 impl ShopStats {
+    /// What changed from `before` to `self`.
+    pub fn since(&self, before: &ShopStats) -> ShopDelta {
+        fn each(
+            now: &BTreeMap<String, Histogram>,
+            before: &BTreeMap<String, Histogram>,
+        ) -> BTreeMap<String, BTreeMap<i32, i64>> {
+            let empty = Histogram::default();
+            now.keys()
+                .chain(before.keys())
+                .filter_map(|currency| {
+                    let (n, b) = (now.get(currency), before.get(currency));
+                    let d = n.unwrap_or(&empty).since(b.unwrap_or(&empty));
+                    (!d.is_empty()).then(|| (currency.clone(), d))
+                })
+                .collect()
+        }
+        ShopDelta {
+            order_totals: each(&self.order_totals, &before.order_totals),
+            customer_spend: each(&self.customer_spend, &before.customer_spend),
+        }
+    }
+
+    /// Adds `delta`.
+    pub fn apply(&mut self, delta: &ShopDelta) {
+        fn each(
+            figures: &mut BTreeMap<String, Histogram>,
+            delta: &BTreeMap<String, BTreeMap<i32, i64>>,
+        ) {
+            for (currency, d) in delta {
+                figures.entry(currency.clone()).or_default().apply(d);
+            }
+        }
+        each(&mut self.order_totals, &delta.order_totals);
+        each(&mut self.customer_spend, &delta.customer_spend);
+    }
+
     /// Takes in what one event changed in one customer's orders; `true`
     /// when that changed the figures.
     pub fn record(&mut self, before: &Counted, after: &Counted) -> bool {
@@ -300,6 +382,66 @@ pub fn segments(
 mod tests {
     use super::*;
     use crate::journey::{OrderState, RulebookConfig};
+    use proptest::prelude::*;
+
+    /// Adds (`true`) or removes an amount in one of three currencies.
+    fn changes() -> impl Strategy<Value = Vec<(bool, bool, u8, u32)>> {
+        proptest::collection::vec((any::<bool>(), any::<bool>(), 0..3u8, 1..100_000u32), 0..40)
+    }
+
+    fn changed(mut stats: ShopStats, changes: &[(bool, bool, u8, u32)]) -> ShopStats {
+        for (add, spend, currency, cents) in changes {
+            let figures = if *spend {
+                &mut stats.customer_spend
+            } else {
+                &mut stats.order_totals
+            };
+            let h = figures
+                .entry(["EUR", "AMD", "ETB"][*currency as usize].into())
+                .or_default();
+            let amount = Decimal::new(i64::from(*cents), 2);
+            if *add {
+                h.add(amount)
+            } else {
+                h.remove(amount)
+            }
+        }
+        stats
+    }
+
+    /// The figures without the currencies left with nothing counted.
+    fn counted(mut stats: ShopStats) -> ShopStats {
+        stats.order_totals.retain(|_, h| h.count() > 0);
+        stats.customer_spend.retain(|_, h| h.count() > 0);
+        stats
+    }
+
+    proptest! {
+        /// Two transactions read the same figures and each writes what it
+        /// changed: in either order, the figures end the same, and the
+        /// same as one transaction making both changes (where the second
+        /// only adds: a removal depends on what the first left).
+        #[test]
+        fn changes_written_as_deltas_add_up_in_any_order(
+            base in changes(), a in changes(), b in changes()
+        ) {
+            let base = changed(ShopStats::default(), &base);
+            let (after_a, after_b) = (changed(base.clone(), &a), changed(base.clone(), &b));
+            let (da, db) = (after_a.since(&base), after_b.since(&base));
+            let mut ab = base.clone();
+            ab.apply(&da);
+            prop_assert_eq!(counted(ab.clone()), counted(after_a.clone()));
+            ab.apply(&db);
+            let mut ba = base.clone();
+            ba.apply(&db);
+            ba.apply(&da);
+            prop_assert_eq!(counted(ab.clone()), counted(ba));
+            if b.iter().all(|(add, ..)| *add) {
+                prop_assert_eq!(counted(ab), counted(changed(after_a.clone(), &b)));
+            }
+            prop_assert!(after_a.since(&after_a).is_empty());
+        }
+    }
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -22,7 +22,7 @@ mod state;
 
 pub use data::Data;
 pub use decide::{DueEmail, Facts, Fate, Round};
-pub use insight::ShopStats;
+pub use insight::{ShopDelta, ShopStats};
 pub use late::{Clock, Lateness};
 pub use policy::{Moment, Policy, Timing};
 pub use rules::{

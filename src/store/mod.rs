@@ -63,6 +63,12 @@ pub enum StoreError {
     /// they would take effect twice; read the intake again.
     #[error("webhook deliveries {ids:?} were applied by another worker meanwhile")]
     IntakeTakenOver { ids: Vec<i64> },
+    /// Another worker's transaction applied an event of this id after this
+    /// one found it not applied yet (on PostgreSQL, an id reused for two
+    /// orders, whose locks do not order them). The batch must roll back;
+    /// applied again, it finds the event applied.
+    #[error("event `{event_id}` was applied by another worker meanwhile")]
+    SeenMeanwhile { event_id: String },
 }
 
 impl StoreError {
@@ -75,7 +81,7 @@ impl StoreError {
         match self {
             Self::Sqlite(e) => e.is_transient(),
             Self::Postgres(e) => e.is_transient(),
-            Self::IntakeTakenOver { .. } => true,
+            Self::IntakeTakenOver { .. } | Self::SeenMeanwhile { .. } => true,
             Self::At { error, .. } => error.is_transient(),
             _ => false,
         }
@@ -450,6 +456,14 @@ pub trait Store: Send + 'static {
     type Tx<'a>: Transaction
     where
         Self: 'a;
+
+    /// Whether an ingest transaction may also decide the emails due before
+    /// its events (claiming them). Only where nothing can wait on those
+    /// claims: SQLite has one writer at a time. PostgreSQL's workers share
+    /// the store, and a transaction holding claimed emails must never wait
+    /// for another's locks (two workers would deadlock, see
+    /// `Session::claim_customers`), which applying events does.
+    const DECIDES_DUE_IN_INGEST: bool;
 
     fn begin(&mut self) -> Result<Self::Tx<'_>>;
     fn position(&mut self, source: &str) -> Result<Option<String>>;

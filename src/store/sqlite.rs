@@ -390,6 +390,8 @@ fn record(conn: &Connection, id: i64, outcome: &Outcome) -> rusqlite::Result<()>
 impl Store for SqliteStore {
     type Tx<'a> = SqliteTx<'a>;
 
+    const DECIDES_DUE_IN_INGEST: bool = true;
+
     fn begin(&mut self) -> Result<SqliteTx<'_>> {
         Ok(SqliteTx {
             tx: self

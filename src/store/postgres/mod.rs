@@ -15,12 +15,16 @@
 //! - `journey()` locks the customer's row (or, for a customer not stored
 //!   yet, an advisory lock on their id) until the commit: a journey is never
 //!   changed by two transactions at once (the frequency cap relies on it).
-//! - `shop_stats()` locks the shop figures, which every batch of events
-//!   reads first and writes back: batches from several workers apply one
-//!   after the other, as with SQLite, and no update of the figures (nor of
-//!   the event dedup) is lost. A transaction that claimed emails first (the
-//!   firing of timers, which only reads the figures) reads them without the
-//!   lock; should it write them, it checks nobody changed them meanwhile.
+//! - The shop figures, which every batch of events reads first and
+//!   updates, take no lock: `shop_stats()` reads a base and the changes
+//!   written since, `save_shop_stats()` writes this transaction's change
+//!   as a row of its own. Changes commute (histogram counts), so batches of
+//!   several workers apply side by side and none is lost. A reader that
+//!   finds many changes folds them into the base, with the base's row
+//!   claimed `SKIP LOCKED`. The event dedup needs no lock of its own:
+//!   every event names an order, and `order_customer()` locks the order
+//!   before `seen()` is read, so two transactions applying the same event
+//!   take turns and the second finds it seen.
 //! - `intake_lease()` is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE`:
 //!   the lease's row is locked and its holder checked on its latest
 //!   version, so of workers racing for it exactly one gets it.

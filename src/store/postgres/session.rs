@@ -10,8 +10,15 @@ use sha2::{Digest, Sha256};
 
 use super::{ConnectParams, EmailRow, PostgresError, Result, StoreError, embedded, session_error};
 
-const SHOP_STATS: &str = "SELECT value FROM meta WHERE key = 'shop_stats'";
-const SHOP_STATS_LOCKED: &str = "SELECT value FROM meta WHERE key = 'shop_stats' FOR UPDATE";
+/// The shop figures' base, then every change since, oldest first.
+const SHOP_STATS: &str = "SELECT part, value FROM (
+        SELECT 0 AS part, 0::BIGINT AS id, value FROM meta WHERE key = 'shop_stats'
+        UNION ALL SELECT 1, id, value FROM shop_stats_changes
+    ) figures ORDER BY part, id";
+
+/// The shop figures as stored: the base's JSON (if any), then each
+/// change's, oldest first.
+pub(super) type StoredFigures = (Option<Vec<u8>>, Vec<Vec<u8>>);
 
 /// `name` as an SQL identifier.
 pub(super) fn quote_ident(name: &str) -> String {
@@ -341,9 +348,43 @@ impl Session {
         Ok(ready)
     }
 
-    pub(super) fn shop_stats(&mut self, lock: bool) -> Result<Option<Vec<u8>>> {
-        let sql = if lock { SHOP_STATS_LOCKED } else { SHOP_STATS };
-        let rows = self.query(sql, &[])?;
-        Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+    /// The shop figures' base (if stored) and the changes made since.
+    pub(super) fn shop_stats(&mut self) -> Result<StoredFigures> {
+        let (mut base, mut changes) = (None, Vec::new());
+        for row in self.query(SHOP_STATS, &[])? {
+            match row.try_get::<_, i32>(0)? {
+                0 => base = Some(row.try_get(1)?),
+                _ => changes.push(row.try_get(1)?),
+            }
+        }
+        Ok((base, changes))
+    }
+
+    /// Folds the changes committed so far into the base, unless another
+    /// transaction is folding them (its lock is skipped, not waited for):
+    /// `fold` makes the new base from the old and the changes taken.
+    pub(super) fn fold_shop_stats(
+        &mut self,
+        fold: impl FnOnce(Option<Vec<u8>>, Vec<Vec<u8>>) -> Vec<u8>,
+    ) -> Result<bool> {
+        let base = self.query(
+            "SELECT value FROM meta WHERE key = 'shop_stats' FOR UPDATE SKIP LOCKED",
+            &[],
+        )?;
+        let Some(base) = base.first() else {
+            return Ok(false);
+        };
+        let base: Vec<u8> = base.try_get(0)?;
+        let changes = self
+            .query("DELETE FROM shop_stats_changes RETURNING id, value", &[])?
+            .iter()
+            .map(|r| Ok((r.try_get::<_, i64>(0)?, r.try_get(1)?)))
+            .collect::<Result<std::collections::BTreeMap<i64, Vec<u8>>, postgres::Error>>()?;
+        let folded = fold(Some(base), changes.into_values().collect());
+        self.execute(
+            "UPDATE meta SET value = $1 WHERE key = 'shop_stats'",
+            &[&folded],
+        )?;
+        Ok(true)
     }
 }

@@ -16,6 +16,8 @@ use crate::store::{
 impl Store for PostgresStore {
     type Tx<'a> = PostgresTx<'a>;
 
+    const DECIDES_DUE_IN_INGEST: bool = false;
+
     fn begin(&mut self) -> Result<PostgresTx<'_>> {
         self.conn.call(Session::begin)?;
         Ok(PostgresTx::new(self))

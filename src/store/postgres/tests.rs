@@ -10,7 +10,7 @@ use serde_json::json;
 use super::super::suite::{Harness, Inspect, PostgresHarness, email, lease, t, to};
 use super::session::quote_ident;
 use super::*;
-use crate::journey::{Journey, NewEmail, ShopStats};
+use crate::journey::{Journey, NewEmail};
 use crate::store::{Accepted, Lease, Outcome, Store, Transaction};
 
 /// Suppresses `address` as a bounce does (with no email of id 0, only
@@ -495,31 +495,121 @@ fn batches_of_two_workers_lose_no_update_of_the_shop_figures() {
     assert_eq!(tx.shop_stats().unwrap().order_totals["EUR"].count(), 40);
 }
 
-#[test]
-fn firing_reads_the_shop_figures_without_waiting_and_never_overwrites_newer_ones() {
-    let h = PostgresHarness::new();
-    let (mut ingest, mut fire) = (h.open(), h.open());
-    let mut batch = ingest.begin().unwrap();
-    let mut stats = batch.shop_stats().unwrap();
-    // Another worker fires timers meanwhile: no wait for the batch.
-    let started = Instant::now();
-    let mut firing = fire.begin().unwrap();
-    firing.due(t("2026-01-03T00:00:00Z"), None, 10).unwrap();
-    assert_eq!(firing.shop_stats().unwrap(), ShopStats::default());
-    assert!(started.elapsed() < Duration::from_secs(5));
-    stats
+/// Adds `n` order totals of 10 EUR to the figures `tx` read, and saves them.
+fn add_orders(tx: &mut impl Transaction, n: usize) {
+    let mut stats = tx.shop_stats().unwrap();
+    for _ in 0..n {
+        stats
+            .order_totals
+            .entry("EUR".into())
+            .or_default()
+            .add("10".parse().unwrap());
+    }
+    tx.save_shop_stats(&stats).unwrap();
+}
+
+fn orders_counted(s: &mut PostgresStore) -> u64 {
+    let mut tx = s.begin().unwrap();
+    tx.shop_stats()
+        .unwrap()
         .order_totals
-        .entry("EUR".into())
-        .or_default()
-        .add("10".parse().unwrap());
-    batch.save_shop_stats(&stats).unwrap();
-    batch.commit().unwrap();
-    // Writing what it read without the lock would lose the batch's.
-    let err = firing.save_shop_stats(&ShopStats::default()).unwrap_err();
-    assert!(err.to_string().contains("changed"), "{err}");
-    assert!(firing.commit().is_err());
-    let mut tx = ingest.begin().unwrap();
-    assert_eq!(tx.shop_stats().unwrap(), stats);
+        .get("EUR")
+        .map_or(0, |h| h.count())
+}
+
+fn changes_stored(s: &PostgresStore) -> i64 {
+    s.with_client(|c| {
+        Ok(c.query_one("SELECT count(*) FROM shop_stats_changes", &[])?
+            .get(0))
+    })
+    .unwrap()
+}
+
+#[test]
+fn two_batches_change_the_shop_figures_side_by_side_and_both_count() {
+    let h = PostgresHarness::new();
+    let (mut a, mut b) = (h.open(), h.open());
+    let mut first = a.begin().unwrap();
+    add_orders(&mut first, 1);
+    // Another worker's batch meanwhile: it reads, writes and commits while
+    // the first is open, without waiting for it.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut second = b.begin().unwrap();
+            add_orders(&mut second, 2);
+            second.commit().unwrap();
+            done.send(()).unwrap();
+        });
+        let waited = finished.recv_timeout(Duration::from_secs(10));
+        assert!(waited.is_ok(), "the second batch waited for the first");
+    });
+    first.commit().unwrap();
+    assert_eq!(orders_counted(&mut a), 3);
+    // An empty change writes nothing.
+    let mut tx = a.begin().unwrap();
+    let stats = tx.shop_stats().unwrap();
+    tx.save_shop_stats(&stats).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(changes_stored(&a), 2);
+}
+
+#[test]
+fn many_changes_are_folded_into_the_base_without_waiting_and_still_add_up() {
+    let h = PostgresHarness::new();
+    let (mut a, mut b) = (h.open(), h.open());
+    // Each reads fewer than 64 changes: none folds.
+    for _ in 0..64 {
+        let mut tx = a.begin().unwrap();
+        add_orders(&mut tx, 1);
+        tx.commit().unwrap();
+    }
+    assert_eq!(changes_stored(&a), 64);
+    // The next reader folds them; until it commits, another reader finds
+    // the base held and goes on without folding, or waiting.
+    let mut folding = a.begin().unwrap();
+    assert_eq!(
+        folding.shop_stats().unwrap().order_totals["EUR"].count(),
+        64
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut other = b.begin().unwrap();
+            add_orders(&mut other, 1);
+            other.commit().unwrap();
+            done.send(()).unwrap();
+        });
+        let waited = finished.recv_timeout(Duration::from_secs(10));
+        assert!(waited.is_ok(), "a reader waited for the fold");
+    });
+    folding.commit().unwrap();
+    assert_eq!(changes_stored(&a), 1, "the 64 folded, the one after kept");
+    assert_eq!(orders_counted(&mut b), 65);
+}
+
+#[test]
+fn an_event_applied_by_another_worker_meanwhile_rolls_the_batch_back() {
+    let h = PostgresHarness::new();
+    let (mut a, mut b) = (h.open(), h.open());
+    let mut first = a.begin().unwrap();
+    assert_eq!(first.seen("e-1").unwrap(), None);
+    first.mark_seen("e-1", "d1").unwrap();
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| {
+            let mut second = b.begin().unwrap();
+            assert_eq!(second.seen("e-1").unwrap(), None, "not committed yet");
+            // Waits for the first to commit, then finds the id taken.
+            second.mark_seen("e-1", "d2")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        first.commit().unwrap();
+        let err = second.join().unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::SeenMeanwhile { ref event_id } if event_id == "e-1"));
+        assert!(err.is_transient(), "the batch is tried again");
+    });
+    let mut tx = b.begin().unwrap();
+    assert_eq!(tx.seen("e-1").unwrap().as_deref(), Some("d1"));
 }
 
 #[test]

@@ -1,21 +1,36 @@
 //! One batch's transaction.
 
+use std::collections::HashSet;
+
 use jiff::Timestamp;
 use postgres::Row;
 use serde_json::Value;
 
 use super::session::{Session, lock_key};
-use super::{PostgresStore, email_rows, from_ms, ms, now_ms, select_emails, session_error};
-use crate::journey::{Data, Journey, NewEmail, Selector, ShopStats, Verdict};
+use super::{PostgresStore, email_rows, from_ms, ms, now_ms, select_emails};
+use crate::journey::{Data, Journey, NewEmail, Selector, ShopDelta, ShopStats, Verdict};
 use crate::store::{
     Addressee, EmailRow, Lease, ParkedEvent, Result, Status, StoreError, Transaction, taken_over,
 };
 
-/// The shop figures as a transaction read them.
-struct StatsRead {
-    /// Read `FOR UPDATE`: nobody else can change them before the commit.
-    locked: bool,
-    raw: Option<Vec<u8>>,
+/// Changes to the shop figures a reader may find before it folds them into
+/// the base: enough that folding is rare, few enough that reading them
+/// (every batch does) stays cheap.
+const FOLD_AT: usize = 64;
+
+/// The shop figures from their base and the changes since, in order.
+fn shop_figures(base: Option<&[u8]>, changes: &[Vec<u8>]) -> ShopStats {
+    let mut stats: ShopStats = base
+        .and_then(|raw| serde_json::from_slice(raw).ok())
+        .unwrap_or_default();
+    for change in changes {
+        // A change that does not read (written by a later version, say)
+        // is left out rather than stopping every batch.
+        if let Ok(delta) = serde_json::from_slice::<ShopDelta>(change) {
+            stats.apply(&delta);
+        }
+    }
+    stats
 }
 
 /// One batch's transaction. Dropped without [`Transaction::commit`], it
@@ -24,12 +39,14 @@ pub struct PostgresTx<'a> {
     store: &'a mut PostgresStore,
     /// Not yet committed or rolled back.
     open: bool,
-    /// `due()` claimed emails: the shop figures are read without a lock.
-    claimed: bool,
-    stats_read: Option<StatsRead>,
+    /// The shop figures as this transaction read them: what it writes is
+    /// its change from these.
+    stats_read: Option<ShopStats>,
     /// The data last stored in `email_data` and its row: the emails one
     /// event schedules come one after the other with the same data.
     shared: Option<(Data, i64)>,
+    /// The event ids this transaction marked seen.
+    marked: HashSet<String>,
 }
 
 impl<'a> PostgresTx<'a> {
@@ -38,9 +55,9 @@ impl<'a> PostgresTx<'a> {
         PostgresTx {
             store,
             open: true,
-            claimed: false,
             stats_read: None,
             shared: None,
+            marked: HashSet::new(),
         }
     }
 
@@ -150,13 +167,23 @@ impl Transaction for PostgresTx<'_> {
     }
 
     fn mark_seen(&mut self, event_id: &str, digest: &str) -> Result<()> {
+        if !self.marked.insert(event_id.to_owned()) {
+            return Ok(());
+        }
         let (event_id, digest) = (event_id.to_owned(), digest.to_owned());
         self.call(move |s| {
-            s.execute(
+            // Marked already, not by this transaction: another one applied
+            // the event after `seen()` (the conflict waits for it to
+            // commit). Events of one order take turns on its lock; this is
+            // an id reused across orders, which the lock does not order.
+            let marked = s.execute(
                 "INSERT INTO processed_events (event_id, digest) VALUES ($1, $2) \
                  ON CONFLICT DO NOTHING",
                 &[&event_id, &digest],
             )?;
+            if marked == 0 {
+                return Err(StoreError::SeenMeanwhile { event_id });
+            }
             Ok(())
         })
     }
@@ -263,7 +290,6 @@ impl Transaction for PostgresTx<'_> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let streams = streams.map(<[String]>::to_vec);
         // Claimed until the commit; another worker's due() skips them.
-        self.claimed = true;
         self.call(move |s| {
             let rows = match &streams {
                 None => s.query(
@@ -313,45 +339,41 @@ impl Transaction for PostgresTx<'_> {
     }
 
     fn shop_stats(&mut self) -> Result<ShopStats> {
-        let lock = !self.claimed;
-        let raw = self.call(move |s| s.shop_stats(lock))?;
-        let stats = raw
-            .as_deref()
-            .and_then(|raw| serde_json::from_slice(raw).ok())
-            .unwrap_or_default();
-        self.stats_read = Some(StatsRead { locked: lock, raw });
+        let (base, changes) = self.call(|s| s.shop_stats())?;
+        let stats = shop_figures(base.as_deref(), &changes);
+        if changes.len() >= FOLD_AT {
+            // Never waits: another transaction folding holds the base.
+            self.call(|s| {
+                s.fold_shop_stats(|base, changes| {
+                    serde_json::to_vec(&shop_figures(base.as_deref(), &changes)).unwrap_or_default()
+                })
+            })?;
+        }
+        self.stats_read = Some(stats.clone());
         Ok(stats)
     }
 
     fn save_shop_stats(&mut self, stats: &ShopStats) -> Result<()> {
-        let value = serde_json::to_vec(stats).unwrap_or_default();
-        // Read without the lock: write only if nobody changed them since,
-        // or an update would be lost.
-        let read = match &self.stats_read {
-            Some(read) if !read.locked => Some(read.raw.clone()),
-            _ => None,
+        // Only the change is written: another worker's batch, reading the
+        // same figures meanwhile, writes its own, and both count. Not read
+        // first: the change is from the figures as they are.
+        let read = match self.stats_read.take() {
+            Some(read) => read,
+            None => self.shop_stats()?,
         };
+        let delta = stats.since(&read);
+        self.stats_read = Some(stats.clone());
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let value = serde_json::to_vec(&delta).unwrap_or_default();
         self.call(move |s| {
-            if let Some(read) = read
-                && s.shop_stats(true)? != read
-            {
-                return Err(session_error(
-                    "the shop figures changed after this transaction read them; \
-                     not overwriting them"
-                        .to_owned(),
-                ));
-            }
             s.execute(
-                "INSERT INTO meta (key, value) VALUES ('shop_stats', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                "INSERT INTO shop_stats_changes (value) VALUES ($1)",
                 &[&value],
             )?;
             Ok(())
-        })?;
-        if let Some(read) = &mut self.stats_read {
-            read.locked = true;
-        }
-        Ok(())
+        })
     }
 
     fn pending_of(&mut self, customer_id: &str, until: Timestamp) -> Result<Vec<EmailRow>> {
