@@ -14,7 +14,7 @@
 //! runs when the grace period ends is left: those emails stay `sending`
 //! and go out on the next start.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -361,19 +361,31 @@ impl Delivered {
 /// while it waited here, and delivers it), and how long that took.
 type Delivery = (EmailRow, Result<Option<Outcome>, StoreError>, Duration);
 
+/// Where a delivery the heartbeat keeps the claim of stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Being sent: a claim not renewed was taken over.
+    Sending,
+    /// The server answered; the outcome is on its way to the store, where
+    /// it ends the claim (so a claim not renewed is expected).
+    Recording,
+}
+
 /// Keeps this worker's claim on the emails it is delivering, renewed every
-/// third of the lease: a slow server or a long queue at the mailer never
-/// lets another worker take over an email this one is still sending. Only
-/// a worker that stops (killed, frozen for a whole lease) loses its claim.
+/// third of the lease, from the delivery's start until its outcome is
+/// stored: a slow server, a long queue at the mailer or a slow store never
+/// lets another worker take over an email this one is still sending or
+/// has sent. Only a worker that stops (killed, frozen for a whole lease)
+/// loses its claim.
 struct Heartbeat {
-    in_flight: Arc<Mutex<BTreeSet<i64>>>,
+    in_flight: Arc<Mutex<BTreeMap<i64, Phase>>>,
     lease: LeasePolicy,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Heartbeat {
     fn start<S: Store>(store: Arc<Mutex<S>>, lease: LeasePolicy) -> Heartbeat {
-        let in_flight: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+        let in_flight: Arc<Mutex<BTreeMap<i64, Phase>>> = Arc::default();
         let beating = Arc::clone(&in_flight);
         let every = (lease.duration.unsigned_abs() / 3).max(Duration::from_millis(100));
         let policy = lease.clone();
@@ -382,18 +394,20 @@ impl Heartbeat {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                let ids: Vec<i64> = lock(&beating).iter().copied().collect();
+                let ids: Vec<i64> = lock(&beating).keys().copied().collect();
                 if ids.is_empty() {
                     continue;
                 }
                 match ledger::renew(&store, ids.clone(), &lease).await {
                     Ok(renewed) => {
                         // Of those not renewed, the ones still being sent
-                        // (the others finished meanwhile).
+                        // (the others' outcomes were stored meanwhile).
                         let in_flight = lock(&beating);
                         let lost = ids
                             .iter()
-                            .filter(|id| !renewed.contains(id) && in_flight.contains(id))
+                            .filter(|id| {
+                                !renewed.contains(id) && in_flight.get(id) == Some(&Phase::Sending)
+                            })
                             .count();
                         if lost > 0 {
                             tracing::warn!(
@@ -446,13 +460,15 @@ async fn deliver_one<M: Mailer>(
         tracing::info!(key = %email.key, "Another worker took this email over; not sending it here.");
         return Ok(None);
     }
-    lock(&heartbeat.in_flight).insert(email.id);
+    lock(&heartbeat.in_flight).insert(email.id, Phase::Sending);
     let outcome = sender.deliver(email, Timestamp::now()).await;
-    // Once the outcome is known the claim has done its work (and the
-    // heartbeat, seeing the email no longer `sending`, would take it for
-    // lost).
+    // Claimed until the store has the outcome: an email the server took,
+    // its claim run out while the outcome waited for the store, would be
+    // taken over and sent again by another worker.
+    lock(&heartbeat.in_flight).insert(email.id, Phase::Recording);
+    let recorded = ledger.record(email.id, outcome.clone()).await;
     lock(&heartbeat.in_flight).remove(&email.id);
-    ledger.record(email.id, outcome.clone()).await?;
+    recorded?;
     Ok(Some(outcome))
 }
 
@@ -795,6 +811,54 @@ mod tests {
         assert_eq!(other.await.unwrap(), 0, "taken over while being sent");
         assert_eq!(*lock(&sent), [email.key]);
         assert_eq!(done.sent.get("order_confirmation"), Some(&1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_email_sent_keeps_its_claim_until_its_outcome_is_stored() {
+        templates();
+        let dir = tempfile::tempdir().unwrap();
+        let lease = Duration::from_secs(1);
+        let mut w1 = worker(dir.path(), "w1", lease);
+        let email = confirmation(&mut w1, "o-1");
+        // The outcome's writer held up for two and a half leases (its
+        // connection busy); the heartbeat writes on a connection of its own.
+        let recording = Arc::new(Mutex::new(w1.store().reopen().unwrap()));
+        let beating = Arc::new(Mutex::new(w1.store().reopen().unwrap()));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let recording = Arc::clone(&recording);
+            std::thread::spawn(move || {
+                let _busy = lock(&recording);
+                held_tx.send(()).unwrap();
+                std::thread::sleep(lease * 5 / 2);
+            })
+        };
+        held_rx.recv().unwrap();
+        let heartbeat = Heartbeat::start(beating, w1.lease().clone());
+        let ledger = Ledger::start(Arc::clone(&recording), w1.lease().clone());
+        let (mailer, sent) = SlowMailer::new(Duration::ZERO);
+        let sender = Sender::new(&Config::embedded(), templates(), mailer);
+        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
+        let other = tokio::spawn(async move {
+            let mut taken = 0;
+            for _ in 0..15 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                taken += tokio::task::block_in_place(|| w2.reclaim(false).unwrap().len());
+            }
+            taken
+        });
+        let outcome = deliver_one(&email, &sender, &ledger, &heartbeat).await;
+        assert!(
+            matches!(outcome, Ok(Some(Outcome::Sent { .. }))),
+            "{outcome:?}"
+        );
+        assert_eq!(*lock(&sent), [email.key]);
+        assert_eq!(
+            other.await.unwrap(),
+            0,
+            "taken over before its outcome was stored"
+        );
+        holder.join().unwrap();
     }
 
     #[tokio::test]
