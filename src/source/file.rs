@@ -26,6 +26,10 @@ pub struct FileSource {
     input: Input,
     offset: u64,
     line: u64,
+    /// What tells this file from another put at its path since: a digest
+    /// of its first line, kept in its positions (`offset:line:digest`).
+    /// `None` until the first line is read (and for standard input).
+    fingerprint: Option<String>,
     /// `source.max_event_bytes`: the most of one line held in memory.
     limit: usize,
     /// Maps each line (or record) to native events (`source.format`).
@@ -51,6 +55,35 @@ struct Line {
     /// Bytes it took in the input, line end included (0: the end).
     consumed: u64,
     oversized: Option<Oversized>,
+}
+
+/// The digest a file's positions carry: of its first line as handed out
+/// (line end and trailing blanks cut; of an oversized line, the prefix
+/// kept), so that appending to the file never changes it.
+fn digest(first_line: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(first_line)[..8])
+}
+
+/// The [`digest`] of `file`'s first line; `None` while it has no whole
+/// line (nothing of it was handed out yet).
+fn first_line_digest(file: &mut File, limit: usize) -> std::io::Result<Option<String>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut line = read_line(&mut BufReader::new(&mut *file), limit)?;
+    while line.raw.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        line.raw.pop();
+    }
+    Ok((line.consumed > 0).then(|| digest(&line.raw)))
+}
+
+/// Whether the byte before `offset` ends a line: a position is always at a
+/// line's start.
+fn follows_a_line_end(file: &mut File, offset: u64) -> std::io::Result<bool> {
+    use std::io::Read;
+    file.seek(SeekFrom::Start(offset - 1))?;
+    let mut byte = [0u8];
+    file.read_exact(&mut byte)?;
+    Ok(byte[0] == b'\n')
 }
 
 /// Reads one line, holding at most about `limit` bytes of it: the rest of
@@ -161,23 +194,42 @@ impl FileSource {
         &self.name
     }
 
-    /// Resumes after a committed position (`offset:line`). Standard input
-    /// cannot seek; a file shorter than the position was replaced and is
-    /// read from the start (the dedup of event ids sorts that out).
+    /// Resumes after a committed position (`offset:line:digest`).
+    /// Standard input cannot seek. A file put at the path since the
+    /// position was stored (its first line's digest differs, it is shorter
+    /// than the position, or, for a position stored without a digest, the
+    /// position is not at a line's start) is read from the start: the
+    /// dedup of event ids sorts that out, where seeking would skip the new
+    /// file's events up to the old offset.
     pub fn seek(&mut self, position: &str) -> std::io::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let Some((offset, line)) = position
-            .split_once(':')
-            .and_then(|(o, l)| Some((o.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
-        else {
+        let mut parts = position.splitn(3, ':');
+        let (Some(offset), Some(line)) = (
+            parts.next().and_then(|o| o.parse::<u64>().ok()),
+            parts.next().and_then(|l| l.parse::<u64>().ok()),
+        ) else {
             return Ok(());
         };
+        let stored = parts.next();
         let mut file = File::open(path)?;
-        if file.metadata()?.len() < offset {
+        let current = first_line_digest(&mut file, self.limit)?;
+        let same = file.metadata()?.len() >= offset
+            && match stored {
+                Some(stored) => current.as_deref() == Some(stored),
+                None => offset == 0 || follows_a_line_end(&mut file, offset)?,
+            };
+        if !same {
+            tracing::warn!(
+                source = %self.name,
+                position,
+                "The file at this path is not the one the stored position is in (replaced \
+                 since); reading it from the start: events applied before count as duplicates."
+            );
             return Ok(());
         }
+        self.fingerprint = current;
         file.seek(SeekFrom::Start(offset))?;
         self.input = Input::File(Box::new(BufReader::new(file)));
         self.offset = offset;
@@ -201,6 +253,7 @@ impl FileSource {
                 },
                 offset: 0,
                 line: 0,
+                fingerprint: None,
                 limit: max_event_bytes,
                 mapper: None,
             });
@@ -213,6 +266,7 @@ impl FileSource {
             input: Input::File(Box::new(BufReader::new(file))),
             offset: 0,
             line: 0,
+            fingerprint: None,
             limit: max_event_bytes,
             mapper: None,
         })
@@ -287,6 +341,9 @@ impl Source for FileSource {
             while raw.last().is_some_and(|b| b.is_ascii_whitespace()) {
                 raw.pop();
             }
+            if start == 0 && self.path.is_some() {
+                self.fingerprint = Some(digest(&raw));
+            }
             if oversized.is_none() && raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -316,7 +373,10 @@ impl Source for FileSource {
                 coordinates,
                 position: Position {
                     key: self.name.clone(),
-                    value: format!("{}:{}", self.offset, self.line),
+                    value: match &self.fingerprint {
+                        Some(digest) => format!("{}:{}:{digest}", self.offset, self.line),
+                        None => format!("{}:{}", self.offset, self.line),
+                    },
                 },
                 oversized,
             });
@@ -352,6 +412,77 @@ mod tests {
         assert!(rest.finished);
     }
 
+    /// The lines `src` hands out from here to the end.
+    fn rest(src: &mut FileSource) -> Vec<String> {
+        let batch = src.next_batch(100).unwrap();
+        assert!(batch.finished);
+        batch
+            .entries
+            .iter()
+            .map(|e| String::from_utf8(e.raw.clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn lines_appended_after_a_position_are_read_on_from_it() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "{{\"a\":1}}\n{{\"a\":2}}").unwrap();
+        let path = f.path().to_str().unwrap().to_owned();
+        let path = path.as_str();
+        let mut src = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let read = src.next_batch(10).unwrap();
+        let position = read.entries[1].position.value.clone();
+        assert_eq!(position.split(':').count(), 3, "{position}");
+        writeln!(f, "{{\"a\":3}}").unwrap();
+        let mut again = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        again.seek(&position).unwrap();
+        assert_eq!(rest(&mut again), ["{\"a\":3}"]);
+        // The position of what follows still names the same file.
+        let mut third = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        third.seek(&position).unwrap();
+        let batch = third.next_batch(10).unwrap();
+        assert_eq!(
+            batch.entries[0].position.value.rsplit(':').next(),
+            position.rsplit(':').next()
+        );
+    }
+
+    #[test]
+    fn a_file_put_at_the_path_since_its_position_is_read_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n").unwrap();
+        let path = path.to_str().unwrap();
+        let mut src = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let position = src.next_batch(10).unwrap().entries[1]
+            .position
+            .value
+            .clone();
+        // Another file, longer than the position: seeking to it would skip
+        // its first events and cut a line in two.
+        std::fs::write(path, "{\"b\":1}\n{\"b\":22}\n{\"b\":3}\n").unwrap();
+        let mut again = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        again.seek(&position).unwrap();
+        assert_eq!(rest(&mut again), ["{\"b\":1}", "{\"b\":22}", "{\"b\":3}"]);
+    }
+
+    #[test]
+    fn a_position_stored_without_a_digest_is_trusted_only_at_a_line_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"b\":1}\n{\"b\":22}\n{\"b\":3}\n").unwrap();
+        let path = path.to_str().unwrap();
+        // Stored by an earlier version: `offset:line`. 8 is the start of
+        // the second line...
+        let mut at_start = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        at_start.seek("8:1").unwrap();
+        assert_eq!(rest(&mut at_start), ["{\"b\":22}", "{\"b\":3}"]);
+        // ...9 is inside it: another file was there.
+        let mut inside = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        inside.seek("9:1").unwrap();
+        assert_eq!(rest(&mut inside), ["{\"b\":1}", "{\"b\":22}", "{\"b\":3}"]);
+    }
+
     /// A source over any reader, as `open` makes one over a file.
     fn over(reader: impl std::io::Read + Send + 'static, limit: usize) -> FileSource {
         FileSource {
@@ -360,6 +491,7 @@ mod tests {
             input: Input::File(Box::new(BufReader::new(reader))),
             offset: 0,
             line: 0,
+            fingerprint: None,
             limit,
             mapper: None,
         }
