@@ -21,64 +21,52 @@ pub fn quoted_printable(text: &str) -> Vec<u8> {
         on_line: 0,
         backup: 0,
     };
-    let mut was_cr = false;
     let mut i = 0;
     while i < input.len() {
         let byte = input[i];
-        i += 1;
-        if was_cr {
-            was_cr = false;
-            if byte == b'\n' {
-                qp.line_break();
-                continue;
-            }
-            qp.append(b"=0D");
-        }
-        match byte {
-            b'\r' => {
-                was_cr = true;
-                continue;
-            }
-            // A bare line feed: lettre makes it CRLF first.
-            b'\n' => {
-                qp.line_break();
-                continue;
-            }
-            _ => {}
-        }
-        if LIMIT - qp.on_line >= 3 && is_plain(byte) {
+        if PLAIN[usize::from(byte)] && LIMIT - qp.on_line >= 3 {
             // A run of bytes written as they are, up to where a soft line
-            // break may be needed.
-            let start = i - 1;
-            let max = LIMIT - qp.on_line - 2;
-            let mut end = i;
-            while end < input.len() && end - start < max && is_plain(input[end]) {
-                end += 1;
-            }
-            qp.out.extend_from_slice(&input[start..end]);
-            qp.on_line += end - start;
+            // break may be needed: most of an HTML or English part.
+            let rest = &input[i..input.len().min(i + LIMIT - qp.on_line - 2)];
+            let run = rest
+                .iter()
+                .position(|&b| !PLAIN[usize::from(b)])
+                .unwrap_or(rest.len());
+            qp.out.extend_from_slice(&rest[..run]);
+            qp.on_line += run;
             qp.backup = qp.out.len();
-            i = end;
+            i += run;
             continue;
         }
+        i += 1;
         match byte {
+            // A CRLF, or a bare line feed (lettre makes it CRLF first).
+            b'\r' if input.get(i) == Some(&b'\n') => {
+                i += 1;
+                qp.line_break();
+            }
+            b'\n' => qp.line_break(),
             b'=' => qp.append(b"=3D"),
-            _ if is_plain(byte) => qp.append(&[byte]),
+            _ if PLAIN[usize::from(byte)] => qp.append(&[byte]),
+            // A lone CR among them.
             _ => qp.append(&hex(byte)),
         }
     }
-    if was_cr {
-        qp.append(b"=0D");
-    } else {
-        qp.trailing_space_tab();
-    }
+    qp.trailing_space_tab();
     qp.out
 }
 
 /// Written as it is: printable ASCII and tab, but `=`.
-fn is_plain(byte: u8) -> bool {
-    matches!(byte, b'\t' | b' '..=b'~') && byte != b'='
-}
+const PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut byte = b' ';
+    while byte <= b'~' {
+        plain[byte as usize] = byte != b'=';
+        byte += 1;
+    }
+    plain[b'\t' as usize] = true;
+    plain
+};
 
 fn hex(byte: u8) -> [u8; 3] {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";

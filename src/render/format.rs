@@ -13,8 +13,8 @@
 //! Only two things are not CLDR's, each because CLDR lacks it (see
 //! [`MONEY_OVERRIDES`] and [`DATE_OVERRIDES`]).
 //!
-//! Formatters are built once per thread and locale (and currency), and
-//! kept: building one costs more than formatting with it.
+//! Formatters are built once per thread and locale tag as given (and
+//! currency), and kept: building one costs more than formatting with it.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -174,10 +174,12 @@ fn fixed(amount: Decimal) -> Option<FixedDecimal> {
 /// currency whose cash has fewer (the dram) shows those when the amount
 /// has no more (`18 500 դր.`, but `18 500,50 դր.`).
 pub fn format_money(amount: Decimal, currency: &str, tag: &str) -> String {
-    let locale = locale(tag);
-    let key = format!("{locale}/{currency}");
-    let Some(money) = cached(&MONEY, key, || money_format(&locale, currency)) else {
-        return fallback_money(amount, currency, &locale);
+    // Keyed by the tag as given, parsed only to build: parsing and
+    // writing out the locale cost more than the formatting. The tag's
+    // length first keeps two pairs from making one key.
+    let key = format!("{}:{tag}{currency}", tag.len());
+    let Some(money) = cached(&MONEY, key, || money_format(&locale(tag), currency)) else {
+        return fallback_money(amount, currency, &locale(tag));
     };
     let rounded =
         amount.round_dp_with_strategy(money.digits, RoundingStrategy::MidpointAwayFromZero);
@@ -187,7 +189,7 @@ pub fn format_money(amount: Decimal, currency: &str, tag: &str) -> String {
         money.digits
     };
     let Some(mut value) = fixed(rounded) else {
-        return fallback_money(amount, currency, &locale);
+        return fallback_money(amount, currency, &locale(tag));
     };
     value.pad_end(-(money.digits as i16));
     let mut number = value.clone();
@@ -270,8 +272,7 @@ pub fn format_day(day: jiff::civil::Date, tag: &str) -> String {
     else {
         return iso();
     };
-    let locale = locale(tag);
-    let Some(format) = cached(&DATES, locale.to_string(), || date_format(&locale)) else {
+    let Some(format) = cached(&DATES, tag.to_owned(), || date_format(&locale(tag))) else {
         return iso();
     };
     match &*format {
@@ -287,9 +288,8 @@ pub fn format_day(day: jiff::civil::Date, tag: &str) -> String {
 /// Whether `n` takes the "one" form in the locale `tag` (CLDR cardinal
 /// rules: in Armenian and Amharic 0 and 1 both do).
 pub fn is_one(n: u64, tag: &str) -> bool {
-    let locale = locale(tag);
-    match cached(&PLURALS, locale.to_string(), || {
-        PluralRules::try_new_cardinal((&locale).into()).ok()
+    match cached(&PLURALS, tag.to_owned(), || {
+        PluralRules::try_new_cardinal((&locale(tag)).into()).ok()
     }) {
         Some(rules) => rules.category_for(n) == PluralCategory::One,
         None => n == 1,

@@ -74,16 +74,19 @@ pub fn safe_url(base: &str, params: &[(&str, String)]) -> String {
     }
 }
 
-fn root_str<'a>(ctx: &'a Context, pointer: &str) -> Option<&'a str> {
-    ctx.data().pointer(pointer).and_then(Value::as_str)
+/// `customer.<field>` of the email's data, if a string. (Not
+/// `Value::pointer`: it allocates for every segment, and the helpers run
+/// dozens of times per email.)
+fn customer_str<'a>(ctx: &'a Context, field: &str) -> Option<&'a str> {
+    ctx.data().get("customer")?.get(field)?.as_str()
 }
 
 /// The locale to format in: the email's (`customer.locale`) with the
 /// customer's region (`customer.region`) when known, `en-US` say.
 fn locale(ctx: &Context) -> String {
     formatting_tag(
-        root_str(ctx, "/customer/locale").unwrap_or("en"),
-        root_str(ctx, "/customer/region"),
+        customer_str(ctx, "locale").unwrap_or("en"),
+        customer_str(ctx, "region"),
     )
 }
 
@@ -136,7 +139,7 @@ fn date(
     // every time zone; a moment is the day it is in the customer's.
     let day = match text.parse::<Timestamp>() {
         Ok(ts) => {
-            let tz = root_str(ctx, "/customer/timezone")
+            let tz = customer_str(ctx, "timezone")
                 .and_then(|name| TimeZone::get(name).ok())
                 .unwrap_or(TimeZone::UTC);
             ts.to_zoned(tz).date()
