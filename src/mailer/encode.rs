@@ -28,10 +28,7 @@ pub fn quoted_printable(text: &str) -> Vec<u8> {
             // A run of bytes written as they are, up to where a soft line
             // break may be needed: most of an HTML or English part.
             let rest = &input[i..input.len().min(i + LIMIT - qp.on_line - 2)];
-            let run = rest
-                .iter()
-                .position(|&b| !PLAIN[usize::from(b)])
-                .unwrap_or(rest.len());
+            let run = plain_prefix(rest);
             qp.out.extend_from_slice(&rest[..run]);
             qp.on_line += run;
             qp.backup = qp.out.len();
@@ -68,6 +65,33 @@ const PLAIN: [bool; 256] = {
     plain
 };
 
+/// How many of the first bytes of `bytes` are [`PLAIN`]: eight at a time
+/// while all eight are printable ASCII other than `=` (a tab ends that and
+/// is looked up), then one at a time.
+fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Bit 7 of some byte set when `x` has a byte below `n` (n <= 128; the
+    // bit may not be that byte's, but one is set exactly when one is below).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let mut n = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        let not_plain = (x & HIGH)
+            | below(x, b' ')
+            | below(x ^ (ONES * 0x7f), 1)
+            | below(x ^ (ONES * u64::from(b'=')), 1);
+        if not_plain != 0 {
+            break;
+        }
+        n += 8;
+    }
+    n + bytes[n..]
+        .iter()
+        .position(|&b| !PLAIN[usize::from(b)])
+        .unwrap_or(bytes.len() - n)
+}
+
 fn hex(byte: u8) -> [u8; 3] {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     [
@@ -90,8 +114,15 @@ impl Encoder {
     fn append(&mut self, bytes: &[u8]) {
         if self.on_line + bytes.len() > LIMIT {
             if self.on_line == LIMIT {
-                self.on_line = self.out.len() - self.backup;
-                self.out.splice(self.backup..self.backup, *b"=\r\n");
+                // The last thing appended (at most three bytes: a run never
+                // fills a line) moves to the next line.
+                let mut last = [0; 3];
+                let len = self.out.len() - self.backup;
+                last[..len].copy_from_slice(&self.out[self.backup..]);
+                self.out.truncate(self.backup);
+                self.out.extend_from_slice(b"=\r\n");
+                self.out.extend_from_slice(&last[..len]);
+                self.on_line = len;
             } else {
                 self.out.extend_from_slice(b"=\r\n");
                 self.on_line = 0;
@@ -151,6 +182,22 @@ mod tests {
         ] {
             assert_eq!(quoted_printable(text), lettre(text), "{text:?}");
         }
+    }
+
+    #[test]
+    fn plain_prefix_stops_at_the_first_byte_written_encoded() {
+        let plain: Vec<u8> = (0..=255u8).filter(|&b| PLAIN[usize::from(b)]).collect();
+        assert_eq!(plain.len(), 95, "printable ASCII but `=`, and tab");
+        for stop in (0..=255u8).filter(|&b| !PLAIN[usize::from(b)]) {
+            for at in 0..20 {
+                let mut bytes = vec![b'a'; 20];
+                bytes[at] = stop;
+                assert_eq!(plain_prefix(&bytes), at, "{stop:#x} at {at}");
+            }
+        }
+        // A tab is plain, looked up one at a time.
+        assert_eq!(plain_prefix(b"abc\tdefghijk=x"), 12);
+        assert_eq!(plain_prefix(b"~ ~ ~ ~ ~ ~ ~ ~ ~"), 17);
     }
 
     fn text() -> impl Strategy<Value = String> {
