@@ -14,6 +14,7 @@ pub use smtp::SmtpMailer;
 
 use jiff::Timestamp;
 use lettre::Message;
+use lettre::address::Envelope;
 use lettre::message::header::{self, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use sha2::{Digest, Sha256};
@@ -106,7 +107,12 @@ pub fn build(
         .parse::<lettre::Address>()
         .map_err(|e| MailError::Permanent(format!("bad recipient address: {e}")))?;
     let name = to_name.map(|n| n.replace(|c: char| c.is_control(), " "));
+    // Given, so that lettre does not parse it back out of the From and To
+    // headers it has just written (a tenth of building the message).
+    let envelope = Envelope::new(Some(from.email.clone()), vec![address.clone()])
+        .map_err(|e| MailError::Permanent(format!("cannot build message: {e}")))?;
     let mut builder = Message::builder()
+        .envelope(envelope)
         .from(from.clone())
         .to(Mailbox::new(name, address))
         .subject(rendered.subject.replace(|c: char| c.is_control(), " "))
@@ -219,6 +225,28 @@ mod tests {
                 .body(text.clone());
             assert_eq!(part(content_type, &text).formatted(), lettre.formatted());
         }
+    }
+
+    #[test]
+    fn the_envelope_is_the_one_the_headers_give() {
+        let msg = build(
+            &from(),
+            Some(&"Help <help@shop.example.com>".parse().unwrap()),
+            "anna@example.com",
+            Some("Anna"),
+            &rendered("Hi"),
+            "<id@shop.example.com>",
+            Timestamp::UNIX_EPOCH,
+            None,
+        )
+        .unwrap();
+        let derived = Envelope::try_from(msg.headers()).unwrap();
+        assert_eq!(msg.envelope(), &derived);
+        assert_eq!(
+            msg.envelope().from().map(ToString::to_string).as_deref(),
+            Some("hello@shop.example.com")
+        );
+        assert_eq!(msg.envelope().to(), ["anna@example.com".parse().unwrap()]);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! currency), and kept: building one costs more than formatting with it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::str::FromStr;
 
@@ -125,6 +125,8 @@ thread_local! {
     static MONEY: RefCell<HashMap<String, Rc<Money>>> = RefCell::new(HashMap::new());
     static DATES: RefCell<HashMap<String, Rc<DateFormat>>> = RefCell::new(HashMap::new());
     static PLURALS: RefCell<HashMap<String, Rc<PluralRules>>> = RefCell::new(HashMap::new());
+    static RECENT_MONEY: RefCell<VecDeque<RecentMoney>> =
+        RefCell::new(VecDeque::with_capacity(RECENT_MAX));
 }
 
 /// CLDR's (decimals, cash decimals) for `currency`; 2 for a code CLDR does
@@ -174,6 +176,46 @@ fn fixed(amount: Decimal) -> Option<FixedDecimal> {
 /// currency whose cash has fewer (the dram) shows those when the amount
 /// has no more (`18 500 դր.`, but `18 500,50 դր.`).
 pub fn format_money(amount: Decimal, currency: &str, tag: &str) -> String {
+    // An email's amounts come twice, in its HTML and its text part: the
+    // last ones formatted on this thread are kept, looked up in order.
+    let recent = RECENT_MONEY.with(|r| {
+        r.borrow()
+            .iter()
+            // Equal amounts format the same (59.9 and 59.90, -0 and 0: the
+            // amount is rounded to the currency's decimals first).
+            .find(|m| m.amount == amount && m.currency == currency && m.tag == tag)
+            .map(|m| m.text.clone())
+    });
+    if let Some(text) = recent {
+        return text;
+    }
+    let text = money_text(amount, currency, tag);
+    RECENT_MONEY.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.len() == RECENT_MAX {
+            r.pop_front();
+        }
+        r.push_back(RecentMoney {
+            amount,
+            currency: currency.to_owned(),
+            tag: tag.to_owned(),
+            text: text.clone(),
+        });
+    });
+    text
+}
+
+/// Amounts kept formatted per thread: more than an email's distinct ones.
+const RECENT_MAX: usize = 32;
+
+struct RecentMoney {
+    amount: Decimal,
+    currency: String,
+    tag: String,
+    text: String,
+}
+
+fn money_text(amount: Decimal, currency: &str, tag: &str) -> String {
     // Keyed by the tag as given, parsed only to build: parsing and
     // writing out the locale cost more than the formatting. The tag's
     // length first keeps two pairs from making one key.
@@ -303,6 +345,38 @@ mod tests {
 
     fn d(s: &str) -> Decimal {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn amounts_formatted_again_come_out_the_same() {
+        let cases = [
+            ("0", "EUR", "en"),
+            ("-0", "EUR", "en"),
+            ("-0.00", "EUR", "en"),
+            ("59.9", "EUR", "en-US"),
+            ("59.90", "EUR", "en-US"),
+            ("59.9", "EUR", "en-DE"),
+            ("59.9", "USD", "en-US"),
+            ("18500", "AMD", "hy"),
+        ];
+        let first: Vec<String> = cases
+            .iter()
+            .map(|(a, c, t)| money_text(d(a), c, t))
+            .collect();
+        for _ in 0..2 {
+            for ((a, c, t), want) in cases.iter().zip(&first) {
+                assert_eq!(&format_money(d(a), c, t), want, "{a} {c} {t}");
+            }
+        }
+        // More distinct amounts than are kept: the oldest go, none wrong.
+        for n in 0..(RECENT_MAX as i64 * 3) {
+            let amount = Decimal::new(n * 7, 1);
+            assert_eq!(
+                format_money(amount, "EUR", "en"),
+                money_text(amount, "EUR", "en")
+            );
+        }
+        assert_eq!(RECENT_MONEY.with(|r| r.borrow().len()), RECENT_MAX);
     }
 
     #[test]
