@@ -33,6 +33,18 @@ pub fn quoted_printable(text: &str) -> Vec<u8> {
             qp.on_line += run;
             qp.backup = qp.out.len();
             i += run;
+            // The line is two short of full and three plain bytes follow:
+            // what appending them one by one comes to, a soft line break
+            // after the first (the most common way a long line ends).
+            if qp.on_line == LIMIT - 2
+                && let Some(&[a, b, c]) = input.get(i..i + 3)
+                && [a, b, c].iter().all(|&x| PLAIN[usize::from(x)])
+            {
+                qp.out.extend_from_slice(&[a, b'=', b'\r', b'\n', b, c]);
+                qp.on_line = 2;
+                qp.backup = qp.out.len() - 1;
+                i += 3;
+            }
             continue;
         }
         i += 1;
