@@ -616,6 +616,24 @@ mod tests {
     }
 
     /// An order placed now: its confirmation, approved by `p`.
+    /// Another worker on the store in `dir` trying `times` times, `every`
+    /// apart, to take over claims that ran out: how many it took.
+    fn taking_over(
+        dir: &std::path::Path,
+        times: u32,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<usize> {
+        let mut other = worker(dir, "w2", Duration::from_secs(60));
+        tokio::spawn(async move {
+            let mut taken = 0;
+            for _ in 0..times {
+                tokio::time::sleep(every).await;
+                taken += tokio::task::block_in_place(|| other.reclaim(false).unwrap().len());
+            }
+            taken
+        })
+    }
+
     fn confirmation(p: &mut Pipeline<SqliteStore>, order: &str) -> EmailRow {
         let at = Timestamp::now();
         let raw = json!({
@@ -798,15 +816,7 @@ mod tests {
         let email = confirmation(&mut w1, "o-1");
         // Three leases long: renewed every 100 ms meanwhile.
         let (mailer, sent) = SlowMailer::new(Duration::from_millis(900));
-        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
-        let other = tokio::spawn(async move {
-            let mut taken = 0;
-            for _ in 0..8 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                taken += tokio::task::block_in_place(|| w2.reclaim(false).unwrap().len());
-            }
-            taken
-        });
+        let other = taking_over(dir.path(), 8, Duration::from_millis(100));
         let done = deliver(&mut w1, vec![email.clone()], mailer).await;
         assert_eq!(other.await.unwrap(), 0, "taken over while being sent");
         assert_eq!(*lock(&sent), [email.key]);
@@ -838,15 +848,7 @@ mod tests {
         let ledger = Ledger::start(Arc::clone(&recording), w1.lease().clone());
         let (mailer, sent) = SlowMailer::new(Duration::ZERO);
         let sender = Sender::new(&Config::embedded(), templates(), mailer);
-        let mut w2 = worker(dir.path(), "w2", Duration::from_secs(60));
-        let other = tokio::spawn(async move {
-            let mut taken = 0;
-            for _ in 0..15 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                taken += tokio::task::block_in_place(|| w2.reclaim(false).unwrap().len());
-            }
-            taken
-        });
+        let other = taking_over(dir.path(), 15, Duration::from_millis(200));
         let outcome = deliver_one(&email, &sender, &ledger, &heartbeat).await;
         assert!(
             matches!(outcome, Ok(Some(Outcome::Sent { .. }))),

@@ -215,6 +215,7 @@ struct RecentMoney {
     text: String,
 }
 
+/// [`format_money`] without the recent amounts: formats every time.
 fn money_text(amount: Decimal, currency: &str, tag: &str) -> String {
     // Keyed by the tag as given, parsed only to build: parsing and
     // writing out the locale cost more than the formatting. The tag's

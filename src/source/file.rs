@@ -70,10 +70,15 @@ fn digest(first_line: &[u8]) -> String {
 fn first_line_digest(file: &mut File, limit: usize) -> std::io::Result<Option<String>> {
     file.seek(SeekFrom::Start(0))?;
     let mut line = read_line(&mut BufReader::new(&mut *file), limit)?;
-    while line.raw.last().is_some_and(|b| b.is_ascii_whitespace()) {
-        line.raw.pop();
-    }
+    trim_end(&mut line.raw);
     Ok((line.consumed > 0).then(|| digest(&line.raw)))
+}
+
+/// A line as handed out: its line end and trailing blanks cut.
+fn trim_end(raw: &mut Vec<u8>) {
+    while raw.last().is_some_and(|b| b.is_ascii_whitespace()) {
+        raw.pop();
+    }
 }
 
 /// Whether the byte before `offset` ends a line: a position is always at a
@@ -338,9 +343,7 @@ impl Source for FileSource {
             let start = self.offset;
             self.offset += consumed;
             self.line += 1;
-            while raw.last().is_some_and(|b| b.is_ascii_whitespace()) {
-                raw.pop();
-            }
+            trim_end(&mut raw);
             if start == 0 && self.path.is_some() {
                 self.fingerprint = Some(digest(&raw));
             }
@@ -396,20 +399,25 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "{{\"a\":1}}\n\n{{\"a\":2}}\r\n{{\"a\":3}}").unwrap();
         let path = f.path().to_str().unwrap();
-        let mut src = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut src = open(path);
         let first = src.next_batch(2).unwrap();
         assert_eq!(first.entries.len(), 2);
         assert_eq!(first.entries[1].raw, b"{\"a\":2}");
         assert_eq!(first.entries[1].coordinates["line"], 3);
         assert!(!first.finished);
 
-        let mut again = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut again = open(path);
         again.seek(&first.entries[1].position.value).unwrap();
         let rest = again.next_batch(10).unwrap();
         assert_eq!(rest.entries.len(), 1);
         assert_eq!(rest.entries[0].raw, b"{\"a\":3}");
         assert_eq!(rest.entries[0].coordinates["line"], 4);
         assert!(rest.finished);
+    }
+
+    /// `path` as `run` opens it, events up to 1 MiB.
+    fn open(path: &str) -> FileSource {
+        FileSource::open(path, Duration::ZERO, 1 << 20).unwrap()
     }
 
     /// The lines `src` hands out from here to the end.
@@ -429,16 +437,16 @@ mod tests {
         writeln!(f, "{{\"a\":1}}\n{{\"a\":2}}").unwrap();
         let path = f.path().to_str().unwrap().to_owned();
         let path = path.as_str();
-        let mut src = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut src = open(path);
         let read = src.next_batch(10).unwrap();
         let position = read.entries[1].position.value.clone();
         assert_eq!(position.split(':').count(), 3, "{position}");
         writeln!(f, "{{\"a\":3}}").unwrap();
-        let mut again = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut again = open(path);
         again.seek(&position).unwrap();
         assert_eq!(rest(&mut again), ["{\"a\":3}"]);
         // The position of what follows still names the same file.
-        let mut third = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut third = open(path);
         third.seek(&position).unwrap();
         let batch = third.next_batch(10).unwrap();
         assert_eq!(
@@ -453,7 +461,7 @@ mod tests {
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n").unwrap();
         let path = path.to_str().unwrap();
-        let mut src = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut src = open(path);
         let position = src.next_batch(10).unwrap().entries[1]
             .position
             .value
@@ -461,7 +469,7 @@ mod tests {
         // Another file, longer than the position: seeking to it would skip
         // its first events and cut a line in two.
         std::fs::write(path, "{\"b\":1}\n{\"b\":22}\n{\"b\":3}\n").unwrap();
-        let mut again = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut again = open(path);
         again.seek(&position).unwrap();
         assert_eq!(rest(&mut again), ["{\"b\":1}", "{\"b\":22}", "{\"b\":3}"]);
     }
@@ -474,11 +482,11 @@ mod tests {
         let path = path.to_str().unwrap();
         // Stored by an earlier version: `offset:line`. 8 is the start of
         // the second line...
-        let mut at_start = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut at_start = open(path);
         at_start.seek("8:1").unwrap();
         assert_eq!(rest(&mut at_start), ["{\"b\":22}", "{\"b\":3}"]);
         // ...9 is inside it: another file was there.
-        let mut inside = FileSource::open(path, Duration::ZERO, 1 << 20).unwrap();
+        let mut inside = open(path);
         inside.seek("9:1").unwrap();
         assert_eq!(rest(&mut inside), ["{\"b\":1}", "{\"b\":22}", "{\"b\":3}"]);
     }
