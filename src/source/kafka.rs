@@ -221,6 +221,7 @@ impl ConsumerContext for GroupContext {
                 tracing::info!(?partitions, "Partitions revoked.");
                 lock(&self.shared.rebalances)
                     .extend(partitions.into_iter().map(Rebalance::Revoked));
+                resume_before_losing(consumer, tpl);
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -234,12 +235,27 @@ impl ConsumerContext for GroupContext {
                 tracing::error!(error = %code, "Rebalance failed.");
                 lock(&self.shared.rebalances).push(Rebalance::RevokedAll);
                 *lock(&self.shared.waiting_since) = Some(Instant::now());
+                if let Ok(assigned) = consumer.assignment() {
+                    resume_before_losing(consumer, &assigned);
+                }
                 consumer.unassign()
             }
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "Applying the rebalance failed.");
         }
+    }
+}
+
+/// Resumes `partitions` as they are taken from this consumer. Flow control
+/// pauses a partition with a long queue, and librdkafka keeps that pause on
+/// the partition after it is revoked (it resets only its own pause at an
+/// assignment): assigned here again, it would stay paused while its state
+/// here starts afresh, unpaused, so nothing would ever resume it, and it
+/// would go unread until the watchdog's `stall_timeout`.
+fn resume_before_losing(consumer: &BaseConsumer<GroupContext>, partitions: &TopicPartitionList) {
+    if let Err(e) = consumer.resume(partitions) {
+        tracing::warn!(error = %e, "Resuming revoked partitions failed.");
     }
 }
 

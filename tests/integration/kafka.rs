@@ -651,6 +651,128 @@ fn a_recreated_consumer_reads_on_from_every_partition() {
     );
 }
 
+/// A partition paused for its long queue, then revoked and assigned back
+/// to the same consumer by a rebalance, reads on at once. librdkafka keeps
+/// its pause on a partition across a rebalance, while the source starts an
+/// assigned partition afresh, unpaused: without the partitions resumed as
+/// they are revoked, nothing resumed it, and it sent nothing until the
+/// watchdog recreated the consumer after `stall_timeout` (ten minutes here,
+/// so only the fix reads on within the test's two minutes).
+#[test]
+fn a_paused_partition_assigned_back_after_a_rebalance_reads_on() {
+    use aftercare::source::Source;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let _heavy = common::heavy();
+    let tansu = common::tansu::Tansu::start();
+    tansu.create_topics(&["orders"], 2);
+    tansu.create_topics(&["shipments", "returns", "other"], 1);
+    // Partition 0's events all come before partition 1's: the merge hands
+    // out partition 0 first, and partition 1's queue grows until paused.
+    let events = |partition: i32, count: usize, year: i32| -> Vec<String> {
+        (0..count)
+            .map(|i| {
+                let at = jiff::civil::date(year as i16, 1, 1)
+                    .at(0, 0, 0, 0)
+                    .in_tz("UTC")
+                    .unwrap()
+                    .timestamp()
+                    + Duration::from_secs(i as u64);
+                format!(r#"{{"event_id":"p{partition}-{i}","occurred_at":"{at}"}}"#)
+            })
+            .collect()
+    };
+    let (early, late) = (events(0, 9_000, 2030), events(1, 7_000, 2031));
+    tansu.produce_to("orders", 0, &early);
+    tansu.produce_to("orders", 1, &late);
+
+    let work = Work::new(&kafka_config(&tansu, "paused", ""));
+    let mut config = aftercare::config::Config::load(Some(&work.config()), []).unwrap();
+    config.source.kafka.stall_timeout = Duration::from_secs(600);
+    let positions = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let lookup = {
+        let positions = std::sync::Arc::clone(&positions);
+        Box::new(move |key: &str| positions.lock().unwrap().get(key).cloned())
+    };
+    let mut source = aftercare::source::kafka::KafkaSource::new(
+        &config.source.kafka,
+        config.source.batch_wait,
+        config.source.max_event_bytes,
+        lookup,
+    )
+    .unwrap();
+    let mut read: Vec<String> = Vec::new();
+    let take =
+        |source: &mut aftercare::source::kafka::KafkaSource, read: &mut Vec<String>, max: usize| {
+            let batch = source.next_batch(max).unwrap();
+            for entry in &batch.entries {
+                let event: serde_json::Value = serde_json::from_slice(&entry.raw).unwrap();
+                read.push(event["event_id"].as_str().unwrap().to_owned());
+                positions
+                    .lock()
+                    .unwrap()
+                    .insert(entry.position.key.clone(), entry.position.value.clone());
+            }
+            source.committed();
+            batch.entries.len()
+        };
+    // Partition 0 handed out first, meanwhile partition 1's queue past the
+    // 5,000 events that pause it.
+    let started = Instant::now();
+    let mut handed = 0;
+    while handed < 5_000 && started.elapsed() < Duration::from_secs(60) {
+        handed += take(&mut source, &mut read, 2_500);
+    }
+    assert!(handed >= 5_000, "only {handed} read in a minute");
+    let paused_before = source.health();
+    // Another member joins the group (for another topic: the range
+    // assignor gives "orders" back to the source), so every partition is
+    // revoked and assigned again.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let (brokers, stop) = (tansu.brokers(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("group.id", "paused")
+                .set("session.timeout.ms", "6000")
+                .set("heartbeat.interval.ms", "500")
+                .create()
+                .unwrap();
+            consumer.subscribe(&["other"]).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = consumer.poll(Duration::from_millis(100));
+            }
+        })
+    };
+    // Until every event is in (an event may come twice: a partition
+    // assigned again is read on from the positions stored).
+    let distinct = |read: &[String]| read.iter().collect::<BTreeSet<_>>().len();
+    while distinct(&read) < early.len() + late.len() && started.elapsed() < Duration::from_secs(120)
+    {
+        take(&mut source, &mut read, 500);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    other.join().unwrap();
+
+    let got: BTreeSet<&String> = read.iter().collect();
+    let never: Vec<String> = early
+        .iter()
+        .chain(&late)
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["event_id"].to_string())
+        .filter(|id| !got.contains(&id.trim_matches('"').to_owned()))
+        .collect();
+    assert!(
+        never.is_empty(),
+        "{} never read (first {:?}, last {:?}); the source before the rebalance: {:?}, \
+         after: {:?}",
+        never.len(),
+        never.first(),
+        never.last(),
+        paused_before,
+        source.health()
+    );
+}
+
 /// Every preset's fixture (tests/presets/NAME: a topic dumped with
 /// `kcat -J`, headers and keys included) produced onto the broker and read
 /// by the Kafka source with the fixture's config: the worker sends what

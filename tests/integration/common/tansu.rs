@@ -181,6 +181,37 @@ impl Tansu {
         producer.flush(Duration::from_secs(10)).unwrap();
     }
 
+    /// Produces `payloads` onto partition `partition` of `topic`, all sent
+    /// at once, one record per batch, and waits for every ack. (tansu 0.6.0
+    /// answers a fetch from an offset inside a batch of several records
+    /// with the batches after it: the rest of that batch is never read, so
+    /// these records go one per batch.)
+    pub fn produce_to(&self, topic: &str, partition: i32, payloads: &[String]) {
+        let producer: FutureProducer = self
+            .client()
+            .set("message.timeout.ms", "20000")
+            .set("batch.num.messages", "1")
+            .create()
+            .unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let sent: Vec<_> = payloads
+                .iter()
+                .map(|payload| {
+                    producer.send(
+                        FutureRecord::<(), _>::to(topic)
+                            .partition(partition)
+                            .payload(payload),
+                        Duration::from_secs(20),
+                    )
+                })
+                .collect();
+            for ack in futures::future::join_all(sent).await {
+                ack.unwrap_or_else(|(e, _)| panic!("produce to {topic}:{partition}: {e}"));
+            }
+        });
+    }
+
     /// Produces records as `kcat -J` prints them (a dump of a topic: its
     /// topic, key, headers and payload; the partition is the broker's
     /// choice) in order, and waits for every ack.
@@ -244,6 +275,23 @@ impl Tansu {
                 .join("; "),
             Err(e) => format!("group {group}: not described: {e}"),
         }
+    }
+
+    /// Whether consumer group `group` is stable with exactly `members`
+    /// members: no rebalance under way, and no member the broker kept
+    /// after its worker died. (tansu 0.6.0 describes no member's
+    /// assignment, so that cannot be asked too.)
+    pub fn group_settled(&self, group: &str, members: usize) -> bool {
+        let Ok(consumer) = self.client().create::<BaseConsumer>() else {
+            return false;
+        };
+        consumer
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .is_ok_and(|list| {
+                list.groups().iter().any(|g| {
+                    g.name() == group && g.state() == "Stable" && g.members().len() == members
+                })
+            })
     }
 
     /// Every message of `topic` as `(partition, offset, payload)`: for a
