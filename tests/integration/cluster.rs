@@ -91,12 +91,19 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
 
     let store_url = schema.store_url(None);
     let ports: Vec<u16> = (0..WORKERS).map(|_| common::free_port()).collect();
+    // Each run of a worker logs to a file of its own (`w1.3.log`: the
+    // fourth run of w1), read back if the promise breaks.
+    let runs = std::cell::Cell::new(0);
     let start_worker = |n: usize| {
+        let log = std::fs::File::create(work.path(&format!("w{n}.{}.log", runs.get()))).unwrap();
+        runs.set(runs.get() + 1);
         spawn(
             work.command(&["run"])
                 .env("AFTERCARE_STORE__URL", &store_url)
                 .env("AFTERCARE_WORKER_ID", format!("w{n}"))
-                .env("AFTERCARE_HTTP__LISTEN", format!("127.0.0.1:{}", ports[n])),
+                .env("AFTERCARE_HTTP__LISTEN", format!("127.0.0.1:{}", ports[n]))
+                .env("RUST_LOG", "info")
+                .stderr(log),
         )
     };
     // Ready: in the group with its partitions (see `/readyz`).
@@ -118,12 +125,29 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
         // can keep a member killed while it joins in the group for good,
         // with the partitions it was given, where Kafka expires it after
         // the session timeout.)
+        //
+        // A worker is ready once it holds its partitions, but the group may
+        // still be rebalancing for the others: each kill also waits for the
+        // broker to call the group stable, three members each with an
+        // assignment (up to 30 s; a kill mid-rebalance is what the loaded
+        // CI machine made of a fixed pause).
+        let settled = || {
+            common::wait_until(Duration::from_secs(30), || {
+                tansu.group_settled("g1", WORKERS)
+            })
+        };
         let mut kills = Vec::new();
         for n in 0..WORKERS {
             assert!(ready(n), "worker {n} never ready");
         }
         std::thread::sleep(Duration::from_millis(1_500));
         for round in 0..rounds {
+            if !settled() {
+                eprintln!(
+                    "cluster: group not settled before kill {round}: {}",
+                    tansu.describe_group("g1")
+                );
+            }
             let n = round % WORKERS;
             let at = SystemTime::now();
             workers[n].0.kill().unwrap();
@@ -145,6 +169,8 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
     let complete = common::wait_until(Duration::from_secs(240), || {
         sink.distinct_message_ids() >= expected.len()
     });
+    // Who the broker thinks reads what, while they all still run.
+    let group_before_stop = (!complete).then(|| tansu.describe_group("g1"));
     // A little longer, for any late duplicate to arrive.
     std::thread::sleep(Duration::from_secs(3));
     for worker in &mut workers {
@@ -155,7 +181,8 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
         assert!(status.success(), "{status:?}");
     }
 
-    let checked = checker::check(&expected, &sink.deliveries(), &kills, |key| {
+    let deliveries = sink.deliveries();
+    let checked = checker::check(&expected, &deliveries, &kills, |key| {
         schema.email_status(key)
     });
     eprintln!(
@@ -188,10 +215,45 @@ fn three_workers_killed_in_turn_under_load_send_every_email_once() {
             &schema,
             "SELECT source, position FROM {}.positions ORDER BY 1",
         );
+        // What broke comes last: a log cut in the middle keeps its tail.
+        let keys: Vec<&str> = checked
+            .lost
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .chain(
+                checked
+                    .duplicated_outside
+                    .iter()
+                    .filter_map(|id| expected.get(id).map(String::as_str)),
+            )
+            .collect();
+        let copies: Vec<(&str, Vec<jiff::Timestamp>)> = checked
+            .duplicated_outside
+            .iter()
+            .map(|id| {
+                let mut at: Vec<jiff::Timestamp> = deliveries
+                    .iter()
+                    .filter(|d| d.message_id.as_deref() == Some(id))
+                    .map(|d| jiff::Timestamp::try_from(d.at).unwrap())
+                    .collect();
+                at.sort();
+                (expected.get(id).map_or("?", String::as_str), at)
+            })
+            .collect();
+        let logs = worker_logs(work.dir.path(), &keys);
+        // The workers' whole logs stay for a look by hand.
+        let kept = work.dir.keep();
         panic!(
-            "{broken}\nstored positions: {positions:?}\n{}\nnever applied: {}\nkills at: {kills:?}",
-            tansu.describe_group("g1"),
-            unapplied(&tansu, &records, &schema)
+            "stored positions: {positions:?}\n{}\nnever applied: {}\nkills at: {:?}\n\
+             the workers' logs on those emails, then their warnings ({}/w*.log):\n{logs}\n\
+             copies received: {copies:?}\n{broken}",
+            group_before_stop.unwrap_or_else(|| tansu.describe_group("g1")),
+            unapplied(&tansu, &records, &schema),
+            kills
+                .iter()
+                .map(|k| jiff::Timestamp::try_from(*k).unwrap())
+                .collect::<Vec<_>>(),
+            kept.display()
         );
     }
     // No SMTP outage here: nothing is retried, so nothing is withdrawn.
@@ -252,6 +314,49 @@ fn unapplied(tansu: &Tansu, records: &[Record], schema: &Schema) -> String {
         ));
     }
     out.join("; ")
+}
+
+/// The lines of the worker logs in `dir` (`w*.log`) that name one of
+/// `keys` (at most 40), then their warnings and errors (at most 30), each
+/// after its file's name, by time: bounded, since a take-over storm would
+/// bury the message.
+fn worker_logs(dir: &std::path::Path, keys: &[&str]) -> String {
+    let (mut naming, mut warnings) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with('w') && name.ends_with(".log")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines() {
+            let line = format!("{name}: {line}");
+            if keys.iter().any(|key| line.contains(key)) {
+                naming.push(line);
+            } else if (line.contains(" WARN ") || line.contains(" ERROR "))
+                // Not librdkafka's reconnect chatter after each kill.
+                && !line.contains("rdkafka")
+                && !line.contains("Kafka consumer error")
+            {
+                warnings.push(line);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (mut lines, most) in [(naming, 40), (warnings, 30)] {
+        // By time: the timestamp follows the file's name.
+        lines.sort_by(|a, b| {
+            a.split_once(": ")
+                .map(|x| x.1)
+                .cmp(&b.split_once(": ").map(|x| x.1))
+        });
+        let total = lines.len();
+        out.extend(lines.into_iter().take(most));
+        if total > most {
+            out.push(format!("... {} more", total - most));
+        }
+    }
+    out.join("\n")
 }
 
 /// Waits up to `within` seconds for `/readyz` to answer `status`: whether
