@@ -552,29 +552,63 @@ fn readiness_follows_the_broker_going_away_and_coming_back() {
     assert!(back, "not ready again after the broker came back: {last}");
 }
 
-/// Reads `source` until `want` events are in (or `within` passes),
-/// committing each batch's positions to `positions` as the store would:
-/// the ids of the events read, in order.
+type Positions = std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+/// The Kafka source of `config`, its positions looked up in the map
+/// returned with it (where [`take_batch`] stores them, as the store would).
+fn source_with_positions(
+    config: &aftercare::config::Config,
+) -> (aftercare::source::kafka::KafkaSource, Positions) {
+    let positions = Positions::default();
+    let lookup = {
+        let positions = std::sync::Arc::clone(&positions);
+        Box::new(move |key: &str| positions.lock().unwrap().get(key).cloned())
+    };
+    let source = aftercare::source::kafka::KafkaSource::new(
+        &config.source.kafka,
+        config.source.batch_wait,
+        config.source.max_event_bytes,
+        lookup,
+    )
+    .unwrap();
+    (source, positions)
+}
+
+/// Takes one batch of up to `max` events from `source`, committing its
+/// positions to `positions` as the store would: the ids of its events go
+/// to `ids`; how many there were.
+fn take_batch(
+    source: &mut aftercare::source::kafka::KafkaSource,
+    positions: &Positions,
+    max: usize,
+    ids: &mut impl Extend<String>,
+) -> usize {
+    use aftercare::source::Source;
+    let batch = source.next_batch(max).unwrap();
+    for entry in &batch.entries {
+        let event: serde_json::Value = serde_json::from_slice(&entry.raw).unwrap();
+        ids.extend([event["event_id"].as_str().unwrap().to_owned()]);
+        positions
+            .lock()
+            .unwrap()
+            .insert(entry.position.key.clone(), entry.position.value.clone());
+    }
+    source.committed();
+    batch.entries.len()
+}
+
+/// Reads `source` until `want` events are in (or `within` passes), in
+/// batches of 50: the ids of the events read, in order.
 fn read_source(
     source: &mut aftercare::source::kafka::KafkaSource,
-    positions: &std::sync::Mutex<BTreeMap<String, String>>,
+    positions: &Positions,
     want: usize,
     within: Duration,
 ) -> Vec<String> {
-    use aftercare::source::Source;
     let mut ids = Vec::new();
     let start = Instant::now();
     while ids.len() < want && start.elapsed() < within {
-        let batch = source.next_batch(50).unwrap();
-        for entry in &batch.entries {
-            let event: serde_json::Value = serde_json::from_slice(&entry.raw).unwrap();
-            ids.push(event["event_id"].as_str().unwrap().to_owned());
-            positions
-                .lock()
-                .unwrap()
-                .insert(entry.position.key.clone(), entry.position.value.clone());
-        }
-        source.committed();
+        take_batch(source, positions, 50, &mut ids);
     }
     ids
 }
@@ -592,18 +626,7 @@ fn a_recreated_consumer_reads_on_from_every_partition() {
     let tansu = broker_with(&first.join("\n"));
     let work = Work::new(&kafka_config(&tansu, "recreated", ""));
     let config = aftercare::config::Config::load(Some(&work.config()), []).unwrap();
-    let positions = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-    let lookup = {
-        let positions = std::sync::Arc::clone(&positions);
-        Box::new(move |key: &str| positions.lock().unwrap().get(key).cloned())
-    };
-    let mut source = aftercare::source::kafka::KafkaSource::new(
-        &config.source.kafka,
-        config.source.batch_wait,
-        config.source.max_event_bytes,
-        lookup,
-    )
-    .unwrap();
+    let (mut source, positions) = source_with_positions(&config);
     let id = |line: &&str| {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         v["event_id"].as_str().unwrap().to_owned()
@@ -668,7 +691,7 @@ fn a_paused_partition_assigned_back_after_a_rebalance_reads_on() {
     tansu.create_topics(&["shipments", "returns", "other"], 1);
     // Partition 0's events all come before partition 1's: the merge hands
     // out partition 0 first, and partition 1's queue grows until paused.
-    let events = |partition: i32, count: usize, year: i32| -> Vec<String> {
+    let events = |partition: i32, count: usize, year: i32| -> (Vec<String>, Vec<String>) {
         (0..count)
             .map(|i| {
                 let at = jiff::civil::date(year as i16, 1, 1)
@@ -677,50 +700,31 @@ fn a_paused_partition_assigned_back_after_a_rebalance_reads_on() {
                     .unwrap()
                     .timestamp()
                     + Duration::from_secs(i as u64);
-                format!(r#"{{"event_id":"p{partition}-{i}","occurred_at":"{at}"}}"#)
+                let id = format!("p{partition}-{i}");
+                let payload = format!(r#"{{"event_id":"{id}","occurred_at":"{at}"}}"#);
+                (id, payload)
             })
-            .collect()
+            .unzip()
     };
-    let (early, late) = (events(0, 9_000, 2030), events(1, 7_000, 2031));
+    let (mut want, early) = events(0, 9_000, 2030);
+    let (late_ids, late) = events(1, 7_000, 2031);
+    want.extend(late_ids);
     tansu.produce_to("orders", 0, &early);
     tansu.produce_to("orders", 1, &late);
 
     let work = Work::new(&kafka_config(&tansu, "paused", ""));
     let mut config = aftercare::config::Config::load(Some(&work.config()), []).unwrap();
     config.source.kafka.stall_timeout = Duration::from_secs(600);
-    let positions = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-    let lookup = {
-        let positions = std::sync::Arc::clone(&positions);
-        Box::new(move |key: &str| positions.lock().unwrap().get(key).cloned())
-    };
-    let mut source = aftercare::source::kafka::KafkaSource::new(
-        &config.source.kafka,
-        config.source.batch_wait,
-        config.source.max_event_bytes,
-        lookup,
-    )
-    .unwrap();
-    let mut read: Vec<String> = Vec::new();
-    let take =
-        |source: &mut aftercare::source::kafka::KafkaSource, read: &mut Vec<String>, max: usize| {
-            let batch = source.next_batch(max).unwrap();
-            for entry in &batch.entries {
-                let event: serde_json::Value = serde_json::from_slice(&entry.raw).unwrap();
-                read.push(event["event_id"].as_str().unwrap().to_owned());
-                positions
-                    .lock()
-                    .unwrap()
-                    .insert(entry.position.key.clone(), entry.position.value.clone());
-            }
-            source.committed();
-            batch.entries.len()
-        };
+    let (mut source, positions) = source_with_positions(&config);
+    // The ids read (an event may come twice: a partition assigned again is
+    // read on from the positions stored).
+    let mut read: BTreeSet<String> = BTreeSet::new();
     // Partition 0 handed out first, meanwhile partition 1's queue past the
     // 5,000 events that pause it.
     let started = Instant::now();
     let mut handed = 0;
     while handed < 5_000 && started.elapsed() < Duration::from_secs(60) {
-        handed += take(&mut source, &mut read, 2_500);
+        handed += take_batch(&mut source, &positions, 2_500, &mut read);
     }
     assert!(handed >= 5_000, "only {handed} read in a minute");
     let paused_before = source.health();
@@ -744,23 +748,13 @@ fn a_paused_partition_assigned_back_after_a_rebalance_reads_on() {
             }
         })
     };
-    // Until every event is in (an event may come twice: a partition
-    // assigned again is read on from the positions stored).
-    let distinct = |read: &[String]| read.iter().collect::<BTreeSet<_>>().len();
-    while distinct(&read) < early.len() + late.len() && started.elapsed() < Duration::from_secs(120)
-    {
-        take(&mut source, &mut read, 500);
+    while read.len() < want.len() && started.elapsed() < Duration::from_secs(120) {
+        take_batch(&mut source, &positions, 500, &mut read);
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     other.join().unwrap();
 
-    let got: BTreeSet<&String> = read.iter().collect();
-    let never: Vec<String> = early
-        .iter()
-        .chain(&late)
-        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["event_id"].to_string())
-        .filter(|id| !got.contains(&id.trim_matches('"').to_owned()))
-        .collect();
+    let never: Vec<&String> = want.iter().filter(|id| !read.contains(*id)).collect();
     assert!(
         never.is_empty(),
         "{} never read (first {:?}, last {:?}); the source before the rebalance: {:?}, \
