@@ -10,7 +10,11 @@
 #                                    # the PostgreSQL store (a new schema a run)
 #
 # aftercare's figure is end to end: reading the events, the SQLite store,
-# rendering, MIME building and SMTP. smtp-source only sends.
+# rendering, MIME building and SMTP. smtp-source only sends. A third
+# figure, aftercare's SMTP client alone (examples/smtp_load.rs), says how
+# much of the gap is the client's: it sends each message command by
+# command (MAIL, RCPT, DATA, the message: four round trips), where
+# smtp-source pipelines them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-5000}
@@ -22,8 +26,12 @@ STORE_URL=${STORE_URL:-}
 if [ -z "${BENCH_BIN:-}" ]; then
   cargo build --release --quiet
 fi
+# aftercare's SMTP client alone (examples/smtp_load.rs): the same mailer
+# code with no store and no rendering, a third figure to set beside the two.
+cargo build --release --quiet --example smtp_load
 target=${CARGO_TARGET_DIR:-target}
 bin=${BENCH_BIN:-$target/release/aftercare}
+load=$target/release/examples/smtp_load
 work=$(mktemp -d)
 sink_pid=
 cleanup() {
@@ -98,23 +106,29 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # One JSON line per run: wall time, CPU time, bytes written (measure.py).
 ours=()
 theirs=()
+client=()
 for run in $(seq "$RUNS"); do
   config "$run" smtp > "$work/run-$run.toml"
   ours+=("$(RUST_LOG=warn scripts/measure.py "$bin" --config "$work/run-$run.toml" run --input "$work/events.jsonl" 2>/dev/null)")
   theirs+=("$(scripts/measure.py smtp-source -d -s "$SESSIONS" -m "$N" -F "$sample" "127.0.0.1:$port" 2>/dev/null)")
+  client+=("$(scripts/measure.py "$load" "127.0.0.1:$port" "$N" "$SESSIONS" "$sample" 2>/dev/null)")
 done
-python3 - "$N" "$SESSIONS" "$size" "${#ours[@]}" "${ours[@]}" "${theirs[@]}" <<'PY'
+python3 - "$N" "$SESSIONS" "$size" "${#ours[@]}" "${ours[@]}" "${theirs[@]}" "${client[@]}" <<'PY'
 import json, statistics, sys
 n, sessions, size, runs = (int(a) for a in sys.argv[1:5])
 ours = [json.loads(r) for r in sys.argv[5:5 + runs]]
-theirs = [json.loads(r) for r in sys.argv[5 + runs:]]
+theirs = [json.loads(r) for r in sys.argv[5 + runs:5 + 2 * runs]]
+client = [json.loads(r) for r in sys.argv[5 + 2 * runs:]]
 def med(rs, key): return statistics.median(r[key] for r in rs)
 def times(rs): return ", ".join(f"{r['seconds']:.2f}" for r in rs)
 o, t = med(ours, "seconds"), med(theirs, "seconds")
 print(f"messages: {n}, concurrency: {sessions}, message size: {size} bytes")
 print(f"aftercare (end to end):  {n / o:8.0f} emails/s  (median {o:.2f} s; runs {times(ours)})")
 print(f"smtp-source (send only): {n / t:8.0f} emails/s  (median {t:.2f} s; runs {times(theirs)})")
-print(f"ratio: {t / o:.0%} of smtp-source")
+c = med(client, "seconds")
+print(f"SMTP client alone:       {n / c:8.0f} emails/s  (median {c:.2f} s; runs {times(client)}; "
+      f"examples/smtp_load.rs: aftercare's mailer, no store, no rendering)")
+print(f"ratio: {t / o:.0%} of smtp-source; the client alone {t / c:.0%} of it")
 print(f"CPU per email (medians): aftercare {1e6 * med(ours, 'cpu_seconds') / n:.0f} µs, "
       f"smtp-source {1e6 * med(theirs, 'cpu_seconds') / n:.0f} µs")
 print(f"written per email (aftercare, median): {med(ours, 'written_bytes') / n:,.0f} bytes")

@@ -6,12 +6,14 @@
 //! an email is claimed by exactly one of them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
+use super::turns::{Turn, WriteTurns};
 use super::{
     Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER, Outcome,
     ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
@@ -123,6 +125,9 @@ pub struct SqliteStore {
     conn: Connection,
     /// `None` for an in-memory store.
     path: Option<PathBuf>,
+    /// The writers' queue for the file's write lock, shared with the
+    /// connections [`Store::reopen`] makes.
+    turns: Arc<WriteTurns>,
 }
 
 impl SqliteStore {
@@ -137,6 +142,7 @@ impl SqliteStore {
         let mut store = SqliteStore {
             conn: Self::connect(path).map_err(at)?,
             path: Some(path.to_owned()),
+            turns: Arc::default(),
         };
         migrate(&mut store.conn).map_err(at)?;
         Ok(store)
@@ -148,7 +154,11 @@ impl SqliteStore {
         let mut conn = Connection::open_in_memory()?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
-        Ok(SqliteStore { conn, path: None })
+        Ok(SqliteStore {
+            conn,
+            path: None,
+            turns: Arc::default(),
+        })
     }
 
     fn connect(path: &Path) -> Result<Connection> {
@@ -167,11 +177,31 @@ impl SqliteStore {
         }
         // Durable at commit without an fsync per transaction of the WAL.
         conn.pragma_update(None, "synchronous", "normal")?;
+        // Statement journals (the pages a statement changes inside a longer
+        // transaction, kept to undo that statement alone) in memory: past
+        // 64 KiB SQLite moves one to a file for the rest of the
+        // transaction, and an ingest batch then wrote ~28 pages per event
+        // to that file, every one a system call.
+        conn.pragma_update(None, "temp_store", "memory")?;
         // Every statement of the hot paths stays prepared (rusqlite keeps
         // 16 by default: fewer than ingest and firing use in turn, so each
         // was prepared again on most uses).
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
+    }
+
+    /// How many turns at the write lock the connections sharing this
+    /// one's queue have asked for so far.
+    #[cfg(test)]
+    pub(crate) fn turns_asked(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let turns = Arc::clone(&self.turns);
+        move || turns.asked()
+    }
+
+    /// Waits for this connection's turn at the write lock (see
+    /// [`WriteTurns`]); a write holds it until it commits.
+    fn turn(&self) -> Turn {
+        self.turns.take(BUSY_TIMEOUT)
     }
 
     fn emails_where(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<EmailRow>> {
@@ -393,11 +423,13 @@ impl Store for SqliteStore {
     const DECIDES_DUE_IN_INGEST: bool = true;
 
     fn begin(&mut self) -> Result<SqliteTx<'_>> {
+        let turn = self.turn();
         Ok(SqliteTx {
             tx: self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
             shared: None,
+            turn,
         })
     }
 
@@ -434,6 +466,7 @@ impl Store for SqliteStore {
     }
 
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>> {
+        let _turn = self.turn();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -492,6 +525,7 @@ impl Store for SqliteStore {
 
     fn release(&mut self, ids: &[i64]) -> Result<()> {
         let ids = serde_json::to_string(ids).unwrap_or_default();
+        let _turn = self.turn();
         self.conn.execute(
             "UPDATE emails SET lease_until = 0
              WHERE status = 'sending' AND id IN (SELECT value FROM json_each(?1))",
@@ -502,6 +536,7 @@ impl Store for SqliteStore {
 
     fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>> {
         let list = serde_json::to_string(ids).unwrap_or_default();
+        let _turn = self.turn();
         let mut stmt = self.conn.prepare_cached(
             "UPDATE emails SET lease_until = ?3
              WHERE id IN (SELECT value FROM json_each(?1))
@@ -517,6 +552,7 @@ impl Store for SqliteStore {
     }
 
     fn record_deliveries(&mut self, outcomes: &[(i64, Outcome)]) -> Result<()> {
+        let _turn = self.turn();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -732,6 +768,7 @@ impl Store for SqliteStore {
                 error: Box::new(error),
             })?,
             path: Some(path.clone()),
+            turns: Arc::clone(&self.turns),
         })
     }
 }
@@ -741,6 +778,8 @@ pub struct SqliteTx<'a> {
     /// The data last stored in `email_data` and its row: the emails one
     /// event schedules come one after the other with the same data.
     shared: Option<(Data, i64)>,
+    /// Let go after `tx` ends (fields drop in order).
+    turn: Turn,
 }
 
 impl SqliteTx<'_> {
@@ -1114,6 +1153,10 @@ impl Transaction for SqliteTx<'_> {
         taken_over(ids, &marked)
     }
 
+    fn others_waiting(&self) -> bool {
+        self.turn.others_waiting()
+    }
+
     fn commit(self) -> Result<()> {
         Ok(self.tx.commit()?)
     }
@@ -1310,6 +1353,20 @@ mod tests {
         s.conn.execute_batch("DROP TABLE intake").unwrap();
         assert!(s.intake_put("shop", None, &[], b"{}", at).is_err());
         assert_eq!(synchronous(&s), 1);
+    }
+
+    #[test]
+    fn statement_journals_stay_in_memory_on_every_connection() {
+        // 2 is MEMORY; the default (0) let a long ingest transaction move
+        // its statement journal to a temporary file, page by page.
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
+        for conn in [&s.conn, &s.reopen().unwrap().conn] {
+            let temp_store: i64 = conn
+                .pragma_query_value(None, "temp_store", |r| r.get(0))
+                .unwrap();
+            assert_eq!(temp_store, 2);
+        }
     }
 
     #[test]
