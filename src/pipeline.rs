@@ -399,12 +399,6 @@ impl<S: Store> Pipeline<S> {
             }
             advance(&mut positions, entry);
             *i += 1;
-            // Another writer of this process waits (the deliveries, to
-            // record what the server answered, their SMTP slots held
-            // meanwhile): let it in between two events.
-            if tx.others_waiting() {
-                break;
-            }
         }
         for position in positions {
             tx.set_position(&position.key, &position.value)?;
@@ -1208,10 +1202,6 @@ mod tests {
     use crate::store::SqliteStore;
 
     fn pipeline() -> Pipeline<SqliteStore> {
-        pipeline_on(SqliteStore::in_memory().unwrap())
-    }
-
-    fn pipeline_on(store: SqliteStore) -> Pipeline<SqliteStore> {
         let context = Context {
             locales: Locales::new(vec!["en".into(), "hy".into()], "en"),
             default_timezone: "UTC".into(),
@@ -1219,7 +1209,7 @@ mod tests {
             signer: Signer::new(b"test secret"),
         };
         Pipeline::new(
-            store,
+            SqliteStore::in_memory().unwrap(),
             Rulebook::new(Config::embedded().journeys),
             context,
             10,
@@ -1278,71 +1268,6 @@ mod tests {
                 .find(|e| e.key == key)
                 .map(|e| (e.status, e.reason))
         })
-    }
-
-    /// Waits (at most 10 s) until `done`.
-    fn wait_until(what: &str, done: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !done() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "waited 10 s for {what}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn an_ingest_batch_lets_a_writer_of_this_process_waiting_for_the_lock_in_between_events() {
-        // The deliveries record outcomes on a connection of their own,
-        // each holding its SMTP slot until then: a batch being applied
-        // commits early for them, and goes on after.
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
-        let (mut holder, mut waiter) = (store.reopen().unwrap(), store.reopen().unwrap());
-        let asked = store.turns_asked();
-        let mut p = pipeline_on(store);
-        let ids: Vec<String> = (0..20).map(|n| format!("e{n}")).collect();
-        let batch: Vec<Entry> = ids
-            .iter()
-            .map(|id| {
-                let order = format!("o-{id}");
-                placed(id, "2026-01-01T10:00:00Z", &order, Some("anna@example.com"))
-            })
-            .collect();
-        let applied = |s: &mut SqliteStore| {
-            let mut tx = s.begin().unwrap();
-            ids.iter()
-                .filter(|id| tx.seen(id).unwrap().is_some())
-                .count()
-        };
-        // The batch waits behind a writer; a second one asks after it.
-        let held = holder.begin().unwrap();
-        let before = asked();
-        let seen_between = std::thread::scope(|s| {
-            let ingest = s.spawn(|| {
-                p.ingest(
-                    "test",
-                    &batch,
-                    Some(t("2026-11-01T00:00:00Z")),
-                    &mut DeadLetters::discard(),
-                    &mut Vec::new(),
-                )
-            });
-            wait_until("the batch to ask for the lock", || asked() == before + 1);
-            let waiting = s.spawn(|| applied(&mut waiter));
-            wait_until("the second writer to ask", || asked() == before + 2);
-            drop(held);
-            let seen = waiting.join().unwrap();
-            ingest.join().unwrap().unwrap();
-            seen
-        });
-        assert_eq!(
-            seen_between, 1,
-            "the waiting writer came in after one event"
-        );
-        assert_eq!(applied(&mut holder), ids.len(), "and the batch went on");
-        assert_eq!(p.stats.events, ids.len() as u64);
     }
 
     #[test]

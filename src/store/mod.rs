@@ -15,7 +15,6 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod suite;
-mod turns;
 
 use jiff::Timestamp;
 use serde_json::Value;
@@ -448,12 +447,6 @@ pub trait Transaction {
     /// applied already, by a worker that took the intake over when this
     /// one's lease ran out: the batch must not commit.
     fn intake_applied(&mut self, ids: &[i64], at: Timestamp) -> Result<()>;
-    /// Whether another writer of this process waits for this transaction
-    /// to end (SQLite, one writer at a time: the deliveries' outcomes wait
-    /// behind an ingest batch); a long transaction commits early then.
-    fn others_waiting(&self) -> bool {
-        false
-    }
     fn commit(self) -> Result<()>;
 }
 

@@ -6,14 +6,12 @@
 //! an email is claimed by exactly one of them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use rusqlite_migration::{M, Migrations};
 use serde_json::Value;
 
-use super::turns::{Turn, WriteTurns};
 use super::{
     Accepted, Addressee, Backlog, EmailRow, INTAKE_LEASE, IntakeRow, Lease, OVERDUE_AFTER, Outcome,
     ParkedEvent, Result, SentEmail, Status, Store, StoreError, Transaction, headers_from_json,
@@ -125,9 +123,6 @@ pub struct SqliteStore {
     conn: Connection,
     /// `None` for an in-memory store.
     path: Option<PathBuf>,
-    /// The writers' queue for the file's write lock, shared with the
-    /// connections [`Store::reopen`] makes.
-    turns: Arc<WriteTurns>,
 }
 
 impl SqliteStore {
@@ -142,7 +137,6 @@ impl SqliteStore {
         let mut store = SqliteStore {
             conn: Self::connect(path).map_err(at)?,
             path: Some(path.to_owned()),
-            turns: Arc::default(),
         };
         migrate(&mut store.conn).map_err(at)?;
         Ok(store)
@@ -154,11 +148,7 @@ impl SqliteStore {
         let mut conn = Connection::open_in_memory()?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
-        Ok(SqliteStore {
-            conn,
-            path: None,
-            turns: Arc::default(),
-        })
+        Ok(SqliteStore { conn, path: None })
     }
 
     fn connect(path: &Path) -> Result<Connection> {
@@ -180,28 +170,14 @@ impl SqliteStore {
         // Statement journals (the pages a statement changes inside a longer
         // transaction, kept to undo that statement alone) in memory: past
         // 64 KiB SQLite moves one to a file for the rest of the
-        // transaction, and an ingest batch then wrote ~28 pages per event
-        // to that file, every one a system call.
+        // transaction, and an ingest batch then made about 28 writes per
+        // event to that file, each a system call.
         conn.pragma_update(None, "temp_store", "memory")?;
         // Every statement of the hot paths stays prepared (rusqlite keeps
         // 16 by default: fewer than ingest and firing use in turn, so each
         // was prepared again on most uses).
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(conn)
-    }
-
-    /// How many turns at the write lock the connections sharing this
-    /// one's queue have asked for so far.
-    #[cfg(test)]
-    pub(crate) fn turns_asked(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
-        let turns = Arc::clone(&self.turns);
-        move || turns.asked()
-    }
-
-    /// Waits for this connection's turn at the write lock (see
-    /// [`WriteTurns`]); a write holds it until it commits.
-    fn turn(&self) -> Turn {
-        self.turns.take(BUSY_TIMEOUT)
     }
 
     fn emails_where(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<EmailRow>> {
@@ -423,13 +399,11 @@ impl Store for SqliteStore {
     const DECIDES_DUE_IN_INGEST: bool = true;
 
     fn begin(&mut self) -> Result<SqliteTx<'_>> {
-        let turn = self.turn();
         Ok(SqliteTx {
             tx: self
                 .conn
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
             shared: None,
-            turn,
         })
     }
 
@@ -466,7 +440,6 @@ impl Store for SqliteStore {
     }
 
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>> {
-        let _turn = self.turn();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -525,7 +498,6 @@ impl Store for SqliteStore {
 
     fn release(&mut self, ids: &[i64]) -> Result<()> {
         let ids = serde_json::to_string(ids).unwrap_or_default();
-        let _turn = self.turn();
         self.conn.execute(
             "UPDATE emails SET lease_until = 0
              WHERE status = 'sending' AND id IN (SELECT value FROM json_each(?1))",
@@ -536,7 +508,6 @@ impl Store for SqliteStore {
 
     fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>> {
         let list = serde_json::to_string(ids).unwrap_or_default();
-        let _turn = self.turn();
         let mut stmt = self.conn.prepare_cached(
             "UPDATE emails SET lease_until = ?3
              WHERE id IN (SELECT value FROM json_each(?1))
@@ -552,7 +523,6 @@ impl Store for SqliteStore {
     }
 
     fn record_deliveries(&mut self, outcomes: &[(i64, Outcome)]) -> Result<()> {
-        let _turn = self.turn();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -768,7 +738,6 @@ impl Store for SqliteStore {
                 error: Box::new(error),
             })?,
             path: Some(path.clone()),
-            turns: Arc::clone(&self.turns),
         })
     }
 }
@@ -778,8 +747,6 @@ pub struct SqliteTx<'a> {
     /// The data last stored in `email_data` and its row: the emails one
     /// event schedules come one after the other with the same data.
     shared: Option<(Data, i64)>,
-    /// Let go after `tx` ends (fields drop in order).
-    turn: Turn,
 }
 
 impl SqliteTx<'_> {
@@ -1151,10 +1118,6 @@ impl Transaction for SqliteTx<'_> {
             .query_map(params![list, ms(at)], |r| r.get::<_, i64>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         taken_over(ids, &marked)
-    }
-
-    fn others_waiting(&self) -> bool {
-        self.turn.others_waiting()
     }
 
     fn commit(self) -> Result<()> {
