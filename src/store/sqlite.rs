@@ -102,6 +102,10 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/sqlite/V7__webhook_intake.sql")),
     // The data scheduled emails share, once per event: PostgreSQL's V6.
     M::up(include_str!("migrations/sqlite/V8__shared_email_data.sql")),
+    // The email log from an email's first decision: PostgreSQL's V8.
+    M::up(include_str!(
+        "migrations/sqlite/V9__email_log_from_first_decision.sql"
+    )),
 ];
 
 /// Prepared statements kept per connection: more than the store has.
@@ -797,6 +801,17 @@ impl SqliteTx<'_> {
             stream,
             e.variant,
         ])?;
+        if n == 1 && status != Status::Pending {
+            // Decided as it is inserted: its first entry in the log (an
+            // email scheduled, pending, gets one at its first decision).
+            self.tx
+                .prepare_cached(
+                    "INSERT INTO email_log (email_id, status, at)
+                     VALUES (last_insert_rowid(), ?1,
+                             CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+                )?
+                .execute([status.as_str()])?;
+        }
         if n == 0 && made {
             // Already scheduled: the row made for it serves no email.
             self.tx
