@@ -150,6 +150,7 @@ impl SqliteStore {
     /// tests.
     pub fn in_memory() -> Result<SqliteStore> {
         let mut conn = Connection::open_in_memory()?;
+        conn.pragma_update(None, "temp_store", "memory")?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
         Ok(SqliteStore { conn, path: None })
@@ -1339,7 +1340,8 @@ mod tests {
         // its statement journal to a temporary file, page by page.
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
-        for conn in [&s.conn, &s.reopen().unwrap().conn] {
+        let private = SqliteStore::in_memory().unwrap();
+        for conn in [&s.conn, &s.reopen().unwrap().conn, &private.conn] {
             let temp_store: i64 = conn
                 .pragma_query_value(None, "temp_store", |r| r.get(0))
                 .unwrap();

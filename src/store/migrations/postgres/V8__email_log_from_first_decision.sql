@@ -2,7 +2,7 @@
 -- is its scheduling, and a 'pending' row for every email scheduled (four a
 -- first order) was written for nothing. SQLite's V9, which drops its
 -- trigger on insert and logs an email inserted already decided in code.
-DROP TRIGGER email_log_insert ON emails;
+DROP TRIGGER IF EXISTS email_log_insert ON emails;
 CREATE TRIGGER email_log_insert AFTER INSERT ON emails
     FOR EACH ROW WHEN (NEW.status <> 'pending')
     EXECUTE FUNCTION email_log_status();

@@ -3,4 +3,4 @@
 -- email scheduled (four a first order), and any trigger on an insert makes
 -- SQLite keep a statement journal for it; an email inserted already
 -- decided (a cap, a holdout) is logged by the store's code instead.
-DROP TRIGGER email_log_insert;
+DROP TRIGGER IF EXISTS email_log_insert;
