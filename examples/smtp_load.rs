@@ -28,6 +28,7 @@ async fn main() {
     let (host, port) = address.rsplit_once(':').expect("HOST:PORT");
     let n: usize = n.parse().expect("N, a count");
     let sessions: usize = sessions.parse().expect("SESSIONS, a count");
+    assert!(sessions > 0, "SESSIONS: at least one");
     let mailer = Arc::new(
         SmtpMailer::new(&SmtpConfig {
             host: host.to_owned(),

@@ -150,8 +150,7 @@ impl SqliteStore {
     /// tests.
     pub fn in_memory() -> Result<SqliteStore> {
         let mut conn = Connection::open_in_memory()?;
-        conn.pragma_update(None, "temp_store", "memory")?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        tune(&conn)?;
         Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
         Ok(SqliteStore { conn, path: None })
     }
@@ -172,16 +171,7 @@ impl SqliteStore {
         }
         // Durable at commit without an fsync per transaction of the WAL.
         conn.pragma_update(None, "synchronous", "normal")?;
-        // Statement journals (the pages a statement changes inside a longer
-        // transaction, kept to undo that statement alone) in memory: past
-        // 64 KiB SQLite moves one to a file for the rest of the
-        // transaction, and an ingest batch then made about 28 writes per
-        // event to that file, each a system call.
-        conn.pragma_update(None, "temp_store", "memory")?;
-        // Every statement of the hot paths stays prepared (rusqlite keeps
-        // 16 by default: fewer than ingest and firing use in turn, so each
-        // was prepared again on most uses).
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        tune(&conn)?;
         Ok(conn)
     }
 
@@ -193,14 +183,21 @@ impl SqliteStore {
     }
 }
 
-/// Brings the schema to the latest version, safely when several workers
-/// open the same new file at once.
-///
-/// The migration library reads the schema version before it takes the write
-/// lock, so two workers can both see version 0 and the second then fails on
-/// `CREATE TABLE`. Its transactions start `IMMEDIATE` here, so the second
-/// waits for the first to commit; an attempt that fails after the version
-/// moved under it is read again, and finds nothing left to do.
+/// What every connection of the store sets, on a file or in memory.
+fn tune(conn: &Connection) -> Result<()> {
+    // Statement journals (the pages a statement changes inside a longer
+    // transaction, kept to undo that statement alone) in memory: past 64 KiB
+    // SQLite moves one to a file for the rest of the transaction, and an
+    // ingest batch then made about 28 writes per event to that file, each a
+    // system call.
+    conn.pragma_update(None, "temp_store", "memory")?;
+    // Every statement of the hot paths stays prepared (rusqlite keeps 16 by
+    // default: fewer than ingest and firing use in turn, so each was
+    // prepared again on most uses).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
+}
+
 /// Makes the store's folders (0700) and file (0600) before SQLite opens
 /// it, whatever the umask: the file holds customers' addresses and orders,
 /// and the unsubscribe key when none is configured. SQLite gives the `-wal`
@@ -262,6 +259,14 @@ fn private_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Brings the schema to the latest version, safely when several workers
+/// open the same new file at once.
+///
+/// The migration library reads the schema version before it takes the write
+/// lock, so two workers can both see version 0 and the second then fails on
+/// `CREATE TABLE`. Its transactions start `IMMEDIATE` here, so the second
+/// waits for the first to commit; an attempt that fails after the version
+/// moved under it is read again, and finds nothing left to do.
 fn migrate(conn: &mut Connection) -> Result<()> {
     let migrations = Migrations::from_slice(MIGRATIONS);
     conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
