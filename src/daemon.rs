@@ -105,7 +105,7 @@ where
     S: Store,
     M: Mailer,
 {
-    let delivery_store = Arc::new(Mutex::new(pipeline.store().share()?));
+    let delivery_store = Arc::new(Mutex::new(pipeline.store().reopen()?));
     pipeline.observe(Arc::clone(&settings.observer));
     if let Some(flag) = source.broker_up() {
         settings.observer.watch_broker(flag);

@@ -577,22 +577,10 @@ pub trait Store: Send + 'static {
     /// kept until then so that a late retry is still a duplicate (Shopify
     /// retries for 48 hours).
     fn intake_purge(&mut self, before: Timestamp) -> Result<u64>;
-    /// A second handle on the same store, with a connection of its own
-    /// (the HTTP side's reads and webhook intake, which must not wait for
-    /// the ingest loop's transactions).
+    /// A second handle on the same store, for the delivery workers.
     fn reopen(&self) -> Result<Self>
     where
         Self: Sized;
-    /// A second handle for this process's deliveries, which write between
-    /// the ingest loop's transactions. By default [`Store::reopen`]; the
-    /// SQLite store shares the connection instead, so that one process's
-    /// writers take turns without the file's locks.
-    fn share(&self) -> Result<Self>
-    where
-        Self: Sized,
-    {
-        self.reopen()
-    }
 }
 
 /// A delivery's headers as the intake keeps them: JSON `[[name, value]]`,

@@ -1,20 +1,11 @@
 //! The embedded store: one SQLite file under the data directory.
 //!
-//! WAL mode, so that readers (the HTTP side, the report) never wait for a
-//! writer, and several workers on one host may share the file: every write
-//! transaction starts `IMMEDIATE`, so SQLite serializes them and an email
-//! is claimed by exactly one of them.
-//!
-//! Within one worker, the ingest loop and the deliveries write through one
-//! connection ([`Store::share`]), taking turns at an in-process lock: two
-//! connections of one process writing in turn waited for each other in
-//! SQLite's busy handler (which polls, sleeping up to 100 ms), threw away
-//! each other's page cache at every commit and locked the file each time.
+//! WAL mode, so the delivery workers' connection can write while the ingest
+//! loop holds its own, and several workers on one host may share the file:
+//! every write transaction starts `IMMEDIATE`, so SQLite serializes them and
+//! an email is claimed by exactly one of them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use parking_lot::{Mutex, MutexGuard};
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -133,8 +124,7 @@ const EMAIL_COLUMNS: &str = "emails.id, key, customer_id, template, class, order
 const EMAILS: &str = "emails LEFT JOIN email_data shared ON shared.id = emails.data_id";
 
 pub struct SqliteStore {
-    /// The connection, shared by the handles [`Store::share`] made.
-    conn: Arc<Mutex<Connection>>,
+    conn: Connection,
     /// `None` for an in-memory store.
     path: Option<PathBuf>,
 }
@@ -148,9 +138,12 @@ impl SqliteStore {
             path: path.display().to_string(),
             error: Box::new(error),
         };
-        let mut conn = Self::connect(path).map_err(at)?;
-        migrate(&mut conn).map_err(at)?;
-        Ok(SqliteStore::of(conn, Some(path.to_owned())))
+        let mut store = SqliteStore {
+            conn: Self::connect(path).map_err(at)?,
+            path: Some(path.to_owned()),
+        };
+        migrate(&mut store.conn).map_err(at)?;
+        Ok(store)
     }
 
     /// A private store that lives as long as the value: for `simulate` and
@@ -159,25 +152,7 @@ impl SqliteStore {
         let mut conn = Connection::open_in_memory()?;
         tune(&conn)?;
         Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
-        Ok(SqliteStore::of(conn, None))
-    }
-
-    fn of(conn: Connection, path: Option<PathBuf>) -> SqliteStore {
-        SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-        }
-    }
-
-    /// The connection, once no other handle of it is using it.
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock()
-    }
-
-    /// The connection in a write transaction (`BEGIN IMMEDIATE`), held
-    /// until it ends.
-    fn write(&self) -> Result<Held<'_>> {
-        Held::begin(self.conn())
+        Ok(SqliteStore { conn, path: None })
     }
 
     fn connect(path: &Path) -> Result<Connection> {
@@ -202,8 +177,7 @@ impl SqliteStore {
 
     fn emails_where(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<EmailRow>> {
         let sql = format!("SELECT {EMAIL_COLUMNS} FROM {EMAILS} WHERE {filter}");
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(args, email_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -436,14 +410,16 @@ impl Store for SqliteStore {
 
     fn begin(&mut self) -> Result<SqliteTx<'_>> {
         Ok(SqliteTx {
-            tx: self.write()?,
+            tx: self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
             shared: None,
         })
     }
 
     fn position(&mut self, source: &str) -> Result<Option<String>> {
         Ok(self
-            .conn()
+            .conn
             .query_row(
                 "SELECT position FROM positions WHERE source = ?1",
                 [source],
@@ -453,16 +429,17 @@ impl Store for SqliteStore {
     }
 
     fn next_fire(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
-        next_fire(&self.conn(), streams)
+        next_fire(&self.conn, streams)
     }
 
     fn next_expiry(&mut self, streams: Option<&[String]>) -> Result<Option<Timestamp>> {
-        let conn = self.conn();
         let next: Option<i64> = match streams {
-            None => conn.query_row("SELECT min(expires_at) FROM parked_events", [], |r| {
-                r.get(0)
-            })?,
-            Some(streams) => conn.query_row(
+            None => self
+                .conn
+                .query_row("SELECT min(expires_at) FROM parked_events", [], |r| {
+                    r.get(0)
+                })?,
+            Some(streams) => self.conn.query_row(
                 "SELECT min(expires_at) FROM parked_events
                  WHERE stream IN (SELECT value FROM json_each(?1))",
                 [json_list(streams)],
@@ -473,7 +450,9 @@ impl Store for SqliteStore {
     }
 
     fn reclaim(&mut self, lease: &Lease, now: Timestamp, own: bool) -> Result<Vec<EmailRow>> {
-        let tx = self.write()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let ids: Vec<i64> = {
             let mut stmt = tx.prepare_cached(
                 "UPDATE emails SET lease_owner = ?1, lease_until = ?2
@@ -505,12 +484,11 @@ impl Store for SqliteStore {
         let mut fresh = [0u8; 32];
         getrandom::fill(&mut fresh).map_err(|e| StoreError::Random(e.to_string()))?;
         // The first worker to ask makes it; everyone reads the same.
-        let conn = self.conn();
-        conn.execute(
+        self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
             params![format!("secret:{name}"), fresh.to_vec()],
         )?;
-        Ok(conn.query_row(
+        Ok(self.conn.query_row(
             "SELECT value FROM meta WHERE key = ?1",
             [format!("secret:{name}")],
             |r| r.get(0),
@@ -519,7 +497,7 @@ impl Store for SqliteStore {
 
     fn stored_secret(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
-            .conn()
+            .conn
             .query_row(
                 "SELECT value FROM meta WHERE key = ?1",
                 [format!("secret:{name}")],
@@ -530,7 +508,7 @@ impl Store for SqliteStore {
 
     fn release(&mut self, ids: &[i64]) -> Result<()> {
         let ids = serde_json::to_string(ids).unwrap_or_default();
-        self.conn().execute(
+        self.conn.execute(
             "UPDATE emails SET lease_until = 0
              WHERE status = 'sending' AND id IN (SELECT value FROM json_each(?1))",
             [ids],
@@ -540,8 +518,7 @@ impl Store for SqliteStore {
 
     fn renew(&mut self, ids: &[i64], lease: &Lease) -> Result<Vec<i64>> {
         let list = serde_json::to_string(ids).unwrap_or_default();
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = self.conn.prepare_cached(
             "UPDATE emails SET lease_until = ?3
              WHERE id IN (SELECT value FROM json_each(?1))
                AND status = 'sending' AND lease_owner = ?2
@@ -556,7 +533,9 @@ impl Store for SqliteStore {
     }
 
     fn record_deliveries(&mut self, outcomes: &[(i64, Outcome)]) -> Result<()> {
-        let tx = self.write()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (id, outcome) in outcomes {
             record(&tx, *id, outcome)?;
         }
@@ -565,23 +544,22 @@ impl Store for SqliteStore {
     }
 
     fn go_live(&mut self, now: Timestamp) -> Result<Timestamp> {
-        let conn = self.conn();
-        conn.execute(
+        self.conn.execute(
             "INSERT INTO meta (key, value)
              SELECT 'go_live', CAST(CASE WHEN EXISTS (SELECT 1 FROM journeys) THEN 0 ELSE ?1 END AS BLOB)
              ON CONFLICT DO NOTHING",
             [ms(now)],
         )?;
         let value: Vec<u8> =
-            conn.query_row("SELECT value FROM meta WHERE key = 'go_live'", [], |r| {
-                r.get(0)
-            })?;
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = 'go_live'", [], |r| {
+                    r.get(0)
+                })?;
         Ok(from_ms(meta_ms(&value)))
     }
 
     fn overdue(&mut self, now: Timestamp) -> Result<Vec<(String, Timestamp)>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = self.conn.prepare(
             "SELECT template, due_at FROM emails WHERE status = 'pending' AND fire_at <= ?1",
         )?;
         let rows = stmt.query_map([ms(now)], |r| {
@@ -598,13 +576,14 @@ impl Store for SqliteStore {
     }
 
     fn backlog(&mut self, now: Timestamp) -> Result<Backlog> {
-        let (pending, overdue, parked): (i64, i64, i64) = self.conn().query_row(
-            "SELECT count(*), coalesce(sum(fire_at < ?1), 0),
-                    (SELECT count(*) FROM parked_events)
-             FROM emails WHERE status = 'pending'",
+        let (pending, overdue): (i64, i64) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(fire_at < ?1), 0) FROM emails WHERE status = 'pending'",
             [ms(now - OVERDUE_AFTER)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
+        let parked: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM parked_events", [], |r| r.get(0))?;
         Ok(Backlog {
             pending: pending as u64,
             overdue: overdue as u64,
@@ -614,9 +593,9 @@ impl Store for SqliteStore {
     }
 
     fn journeys(&mut self) -> Result<Vec<(String, Journey)>> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT customer_id, state FROM journeys ORDER BY customer_id")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT customer_id, state FROM journeys ORDER BY customer_id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
@@ -631,8 +610,7 @@ impl Store for SqliteStore {
     }
 
     fn sent_emails(&mut self) -> Result<Vec<SentEmail>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = self.conn.prepare(
             "SELECT customer_id, template, variant, fire_at, class, status FROM emails
              WHERE status IN ('sent', 'held_out') ORDER BY fire_at, id",
         )?;
@@ -663,15 +641,11 @@ impl Store for SqliteStore {
         body: &[u8],
         received_at: Timestamp,
     ) -> Result<Accepted> {
-        // The connection held throughout: a transaction of another handle
-        // sharing it must not commit in between with the setting changed.
-        let conn = self.conn();
-        conn.pragma_update(None, "synchronous", "full")?;
+        self.conn.pragma_update(None, "synchronous", "full")?;
         let stored = (|| -> Result<Option<i64>> {
-            let tx = rusqlite::Transaction::new_unchecked(
-                &conn,
-                rusqlite::TransactionBehavior::Immediate,
-            )?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let id = tx
                 .prepare_cached(
                     "INSERT INTO intake (source, delivery_id, headers, body, received_at)
@@ -693,14 +667,14 @@ impl Store for SqliteStore {
             tx.commit()?;
             Ok(id)
         })();
-        let restored = conn.pragma_update(None, "synchronous", "normal");
+        let restored = self.conn.pragma_update(None, "synchronous", "normal");
         let stored = stored?;
         restored?;
         Ok(stored.map_or(Accepted::Duplicate, Accepted::Stored))
     }
 
     fn intake_depth(&mut self) -> Result<u64> {
-        let n: i64 = self.conn().query_row(
+        let n: i64 = self.conn.query_row(
             "SELECT count(*) FROM intake WHERE applied_at IS NULL",
             [],
             |r| r.get(0),
@@ -711,7 +685,9 @@ impl Store for SqliteStore {
     fn intake_lease(&mut self, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool> {
         // One statement under the write lock (IMMEDIATE, waiting out other
         // workers' writes): the holder is read and replaced at once.
-        let tx = self.write()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let held = tx
             .prepare_cached(
                 "INSERT INTO leases (name, holder, expires_at) VALUES (?1, ?2, ?4)
@@ -729,8 +705,7 @@ impl Store for SqliteStore {
     }
 
     fn intake_next(&mut self, max: usize) -> Result<Vec<IntakeRow>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id, source, delivery_id, headers, body, received_at FROM intake
              WHERE applied_at IS NULL ORDER BY id LIMIT ?1",
         )?;
@@ -748,7 +723,9 @@ impl Store for SqliteStore {
     }
 
     fn intake_purge(&mut self, before: Timestamp) -> Result<u64> {
-        let tx = self.write()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let n = tx.execute(
             "DELETE FROM intake WHERE applied_at IS NOT NULL AND applied_at < ?1",
             [ms(before)],
@@ -765,64 +742,18 @@ impl Store for SqliteStore {
                 error: std::io::Error::other("an in-memory store cannot be reopened"),
             });
         };
-        let conn = Self::connect(path).map_err(|error| StoreError::At {
-            path: path.display().to_string(),
-            error: Box::new(error),
-        })?;
-        Ok(SqliteStore::of(conn, Some(path.clone())))
-    }
-
-    /// The same connection: this process's writers take turns at its lock
-    /// instead of SQLite's.
-    fn share(&self) -> Result<SqliteStore> {
         Ok(SqliteStore {
-            conn: Arc::clone(&self.conn),
-            path: self.path.clone(),
+            conn: Self::connect(path).map_err(|error| StoreError::At {
+                path: path.display().to_string(),
+                error: Box::new(error),
+            })?,
+            path: Some(path.clone()),
         })
     }
 }
 
-/// The connection, held in a write transaction until this is dropped:
-/// committed by [`Held::commit`], rolled back otherwise (an error, a
-/// panic). Handed on fairly: the handle that waited longest goes next, so
-/// the ingest loop's back-to-back transactions cannot starve the
-/// deliveries' writes.
-struct Held<'a>(Option<MutexGuard<'a, Connection>>);
-
-impl<'a> Held<'a> {
-    fn begin(conn: MutexGuard<'a, Connection>) -> Result<Held<'a>> {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Held(Some(conn)))
-    }
-
-    fn commit(self) -> Result<()> {
-        Ok(self.execute_batch("COMMIT")?)
-    }
-}
-
-impl std::ops::Deref for Held<'_> {
-    type Target = Connection;
-
-    fn deref(&self) -> &Connection {
-        self.0.as_ref().expect("held until dropped")
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            if !conn.is_autocommit() {
-                // Nothing to do about a failed rollback: SQLite rolls back
-                // by itself what the connection cannot.
-                let _ = conn.execute_batch("ROLLBACK");
-            }
-            MutexGuard::unlock_fair(conn);
-        }
-    }
-}
-
 pub struct SqliteTx<'a> {
-    tx: Held<'a>,
+    tx: rusqlite::Transaction<'a>,
     /// The data last stored in `email_data` and its row: the emails one
     /// event schedules come one after the other with the same data.
     shared: Option<(Data, i64)>,
@@ -1211,7 +1142,7 @@ impl Transaction for SqliteTx<'_> {
     }
 
     fn commit(self) -> Result<()> {
-        self.tx.commit()
+        Ok(self.tx.commit()?)
     }
 }
 
@@ -1261,7 +1192,7 @@ fn parked_event(
 #[cfg(test)]
 impl super::suite::Inspect for SqliteStore {
     fn email_log(&mut self) -> Vec<(i64, String)> {
-        self.conn()
+        self.conn
             .prepare("SELECT email_id, status FROM email_log ORDER BY seq")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -1271,7 +1202,7 @@ impl super::suite::Inspect for SqliteStore {
     }
 
     fn stored_data(&mut self) -> (i64, i64) {
-        self.conn()
+        self.conn
             .query_row(
                 "SELECT (SELECT count(*) FROM email_data),
                         (SELECT count(*) FROM emails WHERE data != '')",
@@ -1282,7 +1213,7 @@ impl super::suite::Inspect for SqliteStore {
     }
 
     fn email_statuses(&mut self) -> Vec<(String, String, Option<String>)> {
-        self.conn()
+        self.conn
             .prepare("SELECT key, status, reason FROM emails ORDER BY key")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -1320,7 +1251,7 @@ mod tests {
                 }
             });
             let s = SqliteStore::open(&path).unwrap();
-            assert_eq!(schema_version(&s.conn()).unwrap(), MIGRATIONS.len() as i64);
+            assert_eq!(schema_version(&s.conn).unwrap(), MIGRATIONS.len() as i64);
         }
     }
 
@@ -1392,7 +1323,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
         let synchronous = |s: &SqliteStore| -> i64 {
-            s.conn()
+            s.conn
                 .pragma_query_value(None, "synchronous", |r| r.get(0))
                 .unwrap()
         };
@@ -1403,7 +1334,7 @@ mod tests {
         // A duplicate too, and a put that fails.
         s.intake_put("shop", Some("d-1"), &[], b"{}", at).unwrap();
         assert_eq!(synchronous(&s), 1);
-        s.conn().execute_batch("DROP TABLE intake").unwrap();
+        s.conn.execute_batch("DROP TABLE intake").unwrap();
         assert!(s.intake_put("shop", None, &[], b"{}", at).is_err());
         assert_eq!(synchronous(&s), 1);
     }
@@ -1415,59 +1346,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
         let private = SqliteStore::in_memory().unwrap();
-        for store in [&s, &s.reopen().unwrap(), &private] {
-            let temp_store: i64 = store
-                .conn()
+        for conn in [&s.conn, &s.reopen().unwrap().conn, &private.conn] {
+            let temp_store: i64 = conn
                 .pragma_query_value(None, "temp_store", |r| r.get(0))
                 .unwrap();
             assert_eq!(temp_store, 2);
         }
-    }
-
-    #[test]
-    fn a_shared_handle_writes_once_the_transaction_in_hand_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ingest = SqliteStore::open(&dir.path().join("aftercare.db")).unwrap();
-        let mut deliveries = ingest.share().unwrap();
-        let (began, waiting) = std::sync::mpsc::channel();
-        std::thread::scope(|scope| {
-            let mut tx = ingest.begin().unwrap();
-            tx.mark_seen("e-1", "d").unwrap();
-            let writer = scope.spawn(move || {
-                began.send(()).unwrap();
-                // Waits for the ingest transaction, then sees its commit.
-                let mut tx = deliveries.begin().unwrap();
-                let seen = tx.seen("e-1").unwrap().is_some();
-                tx.mark_seen("e-2", "d").unwrap();
-                tx.commit().unwrap();
-                seen
-            });
-            waiting.recv().unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            assert!(!writer.is_finished(), "wrote inside another's transaction");
-            tx.commit().unwrap();
-            assert!(
-                writer.join().unwrap(),
-                "the first transaction's commit unseen"
-            );
-        });
-        assert!(ingest.begin().unwrap().seen("e-2").unwrap().is_some());
-    }
-
-    #[test]
-    fn a_transaction_dropped_uncommitted_is_undone_and_hands_the_connection_on() {
-        let mut s = SqliteStore::in_memory().unwrap();
-        let mut shared = s.share().unwrap();
-        {
-            let mut tx = s.begin().unwrap();
-            tx.mark_seen("e-1", "d").unwrap();
-        }
-        let mut tx = shared.begin().unwrap();
-        assert!(tx.seen("e-1").unwrap().is_none());
-        tx.mark_seen("e-2", "d").unwrap();
-        tx.commit().unwrap();
-        // The in-memory store too: sharing is the same connection.
-        assert!(s.begin().unwrap().seen("e-2").unwrap().is_some());
     }
 
     #[test]
