@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mailer::Mailer;
 use crate::observe::{Observer, redact};
 use crate::pipeline::{LeasePolicy, Pipeline, PipelineError, Stats, outage_pause};
-use crate::sender::{Outcome, Sender};
+use crate::sender::{Outcome, Phases, Sender};
 use crate::source::{DeadLetters, Source, SourceError};
 use crate::store::{EmailRow, Store, StoreError};
 
@@ -312,6 +312,9 @@ impl Delivered {
         (email, outcome, took): Delivery,
         observer: &Observer,
     ) -> Result<(), StoreError> {
+        for (phase, spent) in took.phases() {
+            observer.delivery_phase(phase, spent);
+        }
         let Some(outcome) = outcome? else {
             return Ok(());
         };
@@ -324,7 +327,7 @@ impl Delivered {
             Outcome::Expired { .. } => (None, crate::journey::late::EXPIRED),
         };
         if let Some(class) = class {
-            observer.delivery(class, took);
+            observer.delivery(class, took.total);
         }
         observer.email(&email.template, status);
         match outcome {
@@ -359,7 +362,34 @@ impl Delivered {
 
 /// An email, what became of it (`None`: another worker took it over
 /// while it waited here, and delivers it), and how long that took.
-type Delivery = (EmailRow, Result<Option<Outcome>, StoreError>, Duration);
+type Delivery = (EmailRow, Result<Option<Outcome>, StoreError>, Took);
+
+/// How long one delivery took, in all and in each phase (`None`: not
+/// reached; for the claim, not needed).
+#[derive(Debug, Default)]
+struct Took {
+    total: Duration,
+    /// Renewing the claim in the store as the delivery starts.
+    claim: Option<Duration>,
+    sender: Phases,
+    /// Storing the outcome (the ledger's queue and transaction).
+    record: Option<Duration>,
+}
+
+impl Took {
+    /// Each phase reached, by its metric label.
+    fn phases(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+        [
+            ("claim", self.claim),
+            ("render", self.sender.render),
+            ("throttle", self.sender.throttle),
+            ("mail", self.sender.mail),
+            ("record", self.record),
+        ]
+        .into_iter()
+        .filter_map(|(phase, spent)| Some((phase, spent?)))
+    }
+}
 
 /// Where a delivery the heartbeat keeps the claim of stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,19 +484,29 @@ async fn deliver_one<M: Mailer>(
     sender: &Sender<M>,
     ledger: &Ledger,
     heartbeat: &Heartbeat,
+    took: &mut Took,
 ) -> Result<Option<Outcome>, StoreError> {
     let held = held_for_long(email, &heartbeat.lease, Timestamp::now());
-    if !held && !ledger.claim(email.id).await? {
-        tracing::info!(key = %email.key, "Another worker took this email over; not sending it here.");
-        return Ok(None);
+    if !held {
+        let claiming = Instant::now();
+        let claimed = ledger.claim(email.id).await;
+        took.claim = Some(claiming.elapsed());
+        if !claimed? {
+            tracing::info!(key = %email.key, "Another worker took this email over; not sending it here.");
+            return Ok(None);
+        }
     }
     lock(&heartbeat.in_flight).insert(email.id, Phase::Sending);
-    let outcome = sender.deliver(email, Timestamp::now()).await;
+    let outcome = sender
+        .deliver_timed(email, Timestamp::now(), &mut took.sender)
+        .await;
     // Claimed until the store has the outcome: an email the server took,
     // its claim run out while the outcome waited for the store, would be
     // taken over and sent again by another worker.
     lock(&heartbeat.in_flight).insert(email.id, Phase::Recording);
+    let recording = Instant::now();
     let recorded = ledger.record(email.id, outcome.clone()).await;
+    took.record = Some(recording.elapsed());
     lock(&heartbeat.in_flight).remove(&email.id);
     recorded?;
     Ok(Some(outcome))
@@ -534,8 +574,10 @@ async fn deliver_all<S: Store, M: Mailer>(
         running.spawn(async move {
             let _permit = permit;
             let start = Instant::now();
-            let outcome = deliver_one(&email, &sender, &ledger, &heartbeat).await;
-            (email, outcome, start.elapsed())
+            let mut took = Took::default();
+            let outcome = deliver_one(&email, &sender, &ledger, &heartbeat, &mut took).await;
+            took.total = start.elapsed();
+            (email, outcome, took)
         });
     }
     if !released.is_empty() {
@@ -849,11 +891,15 @@ mod tests {
         let (mailer, sent) = SlowMailer::new(Duration::ZERO);
         let sender = Sender::new(&Config::embedded(), templates(), mailer);
         let other = taking_over(dir.path(), 15, Duration::from_millis(200));
-        let outcome = deliver_one(&email, &sender, &ledger, &heartbeat).await;
+        let mut took = Took::default();
+        let outcome = deliver_one(&email, &sender, &ledger, &heartbeat, &mut took).await;
         assert!(
             matches!(outcome, Ok(Some(Outcome::Sent { .. }))),
             "{outcome:?}"
         );
+        // The wait for the store shows as the outcome's phase.
+        assert!(took.record.unwrap() >= lease, "{took:?}");
+        assert!(took.sender.mail.is_some() && took.sender.render.is_some());
         assert_eq!(*lock(&sent), [email.key]);
         assert_eq!(
             other.await.unwrap(),

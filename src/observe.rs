@@ -73,6 +73,7 @@ pub struct Observer {
     emails: Family<Labels, Counter>,
     smtp: Family<Labels, Counter>,
     send_seconds: Histogram,
+    delivery_phases: Family<Labels, Histogram, fn() -> Histogram>,
     send_lag: Histogram,
     reloads: Family<Labels, Counter>,
     retried_steps: Family<Labels, Counter>,
@@ -153,6 +154,16 @@ impl Observer {
             "Time to render, build and hand one email to the mailer",
             send_seconds.clone(),
         );
+        // From 100 µs to about 13 s, each bucket twice the last.
+        let delivery_phases =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            });
+        registry.register(
+            "delivery_phase_seconds",
+            "Time deliveries spent in each phase: claim (renewing the claim in the store), render (templates and MIME), throttle (waiting for the recipient domain's turn), mail (the SMTP transaction or the .eml file), record (storing the outcome)",
+            delivery_phases.clone(),
+        );
         // From a second to about 48 days, each bucket four times the last.
         let send_lag = Histogram::new(exponential_buckets(1.0, 4.0, 13));
         registry.register(
@@ -219,6 +230,7 @@ impl Observer {
             emails,
             smtp,
             send_seconds,
+            delivery_phases,
             send_lag,
             reloads,
             retried_steps,
@@ -304,6 +316,13 @@ impl Observer {
     pub fn delivery(&self, class: &str, took: Duration) {
         self.smtp.get_or_create(&labels(&[("class", class)])).inc();
         self.send_seconds.observe(took.as_secs_f64());
+    }
+
+    /// One delivery spent `spent` in `phase` (see `delivery_phase_seconds`).
+    pub fn delivery_phase(&self, phase: &str, spent: Duration) {
+        self.delivery_phases
+            .get_or_create(&labels(&[("phase", phase)]))
+            .observe(spent.as_secs_f64());
     }
 
     /// An email went out this long after its due time.
@@ -513,6 +532,7 @@ mod tests {
         o.event_skipped("orders/updated");
         o.email("welcome", "sent");
         o.delivery("delivered", Duration::from_millis(12));
+        o.delivery_phase("record", Duration::from_micros(150));
         o.reload(false);
         o.backlog(7, 2);
         o.parked_event("parked");
@@ -532,6 +552,9 @@ mod tests {
             "aftercare_emails_total{template=\"welcome\",status=\"sent\"} 1",
             "aftercare_smtp_outcomes_total{class=\"delivered\"} 1",
             "aftercare_send_duration_seconds_count 1",
+            "aftercare_delivery_phase_seconds_count{phase=\"record\"} 1",
+            "aftercare_delivery_phase_seconds_bucket{le=\"0.0002\",phase=\"record\"} 1",
+            "aftercare_delivery_phase_seconds_bucket{le=\"0.0001\",phase=\"record\"} 0",
             "aftercare_template_reloads_total{result=\"failed\"} 1",
             "aftercare_emails_pending 7",
             "aftercare_emails_overdue 2",

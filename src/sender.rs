@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -32,6 +32,19 @@ pub fn is_bounce(reply: &str) -> bool {
                 (Some("5"), Some("1"), Some(d), None) if !d.is_empty()
             )
         })
+}
+
+/// How long one delivery spent in each phase the sender runs; `None`: a
+/// phase not reached (an email expired, one that failed to render).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Phases {
+    /// Rendering the templates and building the MIME message.
+    pub render: Option<Duration>,
+    /// Waiting for the recipient domain's turn (its concurrency, its rate).
+    pub throttle: Option<Duration>,
+    /// Handing the message to the mailer: the SMTP transaction, with the
+    /// wait for a pooled session, or writing the `.eml` file.
+    pub mail: Option<Duration>,
 }
 
 pub struct Sender<M: Mailer> {
@@ -85,6 +98,16 @@ impl<M: Mailer> Sender<M> {
     /// Renders and sends one approved email. Never panics, never loses the
     /// email: every path ends in an [`Outcome`].
     pub async fn deliver(&self, email: &EmailRow, now: Timestamp) -> Outcome {
+        self.deliver_timed(email, now, &mut Phases::default()).await
+    }
+
+    /// [`Sender::deliver`], noting in `phases` how long each phase took.
+    pub async fn deliver_timed(
+        &self,
+        email: &EmailRow,
+        now: Timestamp,
+        phases: &mut Phases,
+    ) -> Outcome {
         if let Some(reason) = self.expired(email, now) {
             return Outcome::Expired { reason };
         }
@@ -100,6 +123,7 @@ impl<M: Mailer> Sender<M> {
         let data = handlebars::Context::from(data);
         let template = variant_template(&email.template, email.variant.as_deref());
         let message_id = mailer::message_id(&email.key, &self.from);
+        let rendering = Instant::now();
         // A panic while rendering (a helper meeting data no bound foresaw)
         // fails this email alone, instead of the worker.
         let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -127,6 +151,7 @@ impl<M: Mailer> Sender<M> {
             .map_err(|e| e.to_string())
         }))
         .unwrap_or_else(|panic| Err(format!("internal error: {}", panic_message(panic.as_ref()))));
+        phases.render = Some(rendering.elapsed());
         let message = match built {
             Ok(m) => m,
             Err(reason) => return Outcome::Failed { reason },
@@ -150,13 +175,17 @@ impl<M: Mailer> Sender<M> {
                 Outcome::Deferred { at, reply }
             }
         };
+        let waiting = Instant::now();
         let slot = self.domains.slot(&domain).await;
+        phases.throttle = Some(waiting.elapsed());
         // Checked with the slot in hand: a delivery queued behind the one
         // that was deferred must not go out.
         if let Some(until) = self.domains.deferred(&domain, Timestamp::now()) {
             return wait(until, format!("{domain} deferred delivery"));
         }
+        let mailing = Instant::now();
         let sent = self.mailer.send(&outgoing).await;
+        phases.mail = Some(mailing.elapsed());
         drop(slot);
         match sent {
             Ok(reply) => Outcome::Sent {

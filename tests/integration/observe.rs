@@ -115,6 +115,23 @@ fn health_readiness_and_metrics_of_a_running_worker() {
         "{text}"
     );
     assert!(metric(&text, "aftercare_send_duration_seconds_count").is_some_and(|n| n >= 2.0));
+    // Each delivery's phases; no claim: an email approved by this worker
+    // goes out under the lease it was approved with.
+    for phase in ["render", "throttle", "mail", "record"] {
+        let count = format!("aftercare_delivery_phase_seconds_count{{phase=\"{phase}\"}}");
+        assert!(
+            metric(&text, &count).is_some_and(|n| n >= 2.0),
+            "{phase}: {text}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            "aftercare_delivery_phase_seconds_count{phase=\"claim\"}"
+        ),
+        None,
+        "{text}"
+    );
     // The 2024 orders' emails are all due: nothing left waiting.
     assert_eq!(
         metric(&text, "aftercare_emails_pending"),
