@@ -12,6 +12,11 @@
 //! Sockets are opened with `TCP_NODELAY`: lettre writes the final `.` of a
 //! message on its own, which Nagle's algorithm would otherwise hold back for
 //! a delayed ACK (some 40 ms per message).
+//!
+//! The message itself is dot-stuffed here, once per email and in one pass
+//! ([`Content`]), and written with its final dot at once: lettre's
+//! `message` stuffs byte by byte (a `Vec::push` each, 6 % of the worker's
+//! CPU end to end) and again for every attempt.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,7 +173,7 @@ impl SmtpMailer {
     async fn transact(
         conn: &mut AsyncSmtpConnection,
         envelope: &Envelope,
-        body: &[u8],
+        body: &Content<'_>,
         sent: &AtomicBool,
     ) -> Result<String, Failure> {
         let before = |e: lettre::transport::smtp::Error| match by_code(&e) {
@@ -185,7 +190,11 @@ impl SmtpMailer {
         }
         conn.command(Data).await.map_err(before)?;
         sent.store(true, Ordering::SeqCst);
-        match conn.message(body).await {
+        let reply = match body {
+            Content::Stuffed(text) => conn.command(text).await,
+            Content::Raw(bytes) => conn.message(bytes).await,
+        };
+        match reply {
             Ok(reply) => Ok(format!(
                 "{} {}",
                 reply.code(),
@@ -198,6 +207,54 @@ impl SmtpMailer {
             }),
         }
     }
+}
+
+/// A message as it goes after `DATA`.
+enum Content<'a> {
+    /// Dot-stuffed, with the final `CRLF . CRLF`: written as it is.
+    Stuffed(Stuffed),
+    /// Not UTF-8 (lettre's messages are 7-bit, so never in practice):
+    /// lettre stuffs it.
+    Raw(&'a [u8]),
+}
+
+impl Content<'_> {
+    fn of(message: &[u8]) -> Content<'_> {
+        match String::from_utf8(dot_stuffed(message)) {
+            Ok(text) => Content::Stuffed(Stuffed(text)),
+            Err(_) => Content::Raw(message),
+        }
+    }
+}
+
+/// A stuffed message, for lettre's `command`, which writes what it is
+/// given as it is and reads the reply: what its `message` does after
+/// stuffing.
+struct Stuffed(String);
+
+impl std::fmt::Display for Stuffed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `message` made transparent (RFC 5321, 4.5.2): a dot that starts a line
+/// doubled, a line being what follows `CRLF` or the start; then the final
+/// `CRLF . CRLF`. The same bytes as lettre's codec and final write.
+fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 256 + 8);
+    if message.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    let mut rest = message;
+    while let Some(at) = memchr::memmem::find(rest, b"\r\n.") {
+        out.extend_from_slice(&rest[..at + 3]);
+        out.push(b'.');
+        rest = &rest[at + 3..];
+    }
+    out.extend_from_slice(rest);
+    out.extend_from_slice(b"\r\n.\r\n");
+    out
 }
 
 /// How a transaction failed.
@@ -223,7 +280,8 @@ impl Mailer for SmtpMailer {
     async fn send(&self, email: &Outgoing) -> Result<String, MailError> {
         let _slot = self.slots.acquire().await.expect("never closed");
         let envelope = email.message.envelope().clone();
-        let body = email.message.formatted();
+        let formatted = email.message.formatted();
+        let body = Content::of(&formatted);
         let sent = AtomicBool::new(false);
         let attempt = async {
             // A pooled session the server dropped fails before the message
@@ -269,5 +327,80 @@ impl Mailer for SmtpMailer {
                 self.transaction_timeout
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// lettre's codec (`ClientCodec::encode`, private), byte by byte, and
+    /// the final dot its `message` writes after it.
+    fn lettre_stuffed(message: &[u8]) -> Vec<u8> {
+        #[derive(Clone, Copy)]
+        enum At {
+            Middle,
+            Cr,
+            Start,
+        }
+        let mut out = Vec::new();
+        let mut at = At::Start;
+        for &b in message {
+            out.push(b);
+            at = match (b, at) {
+                (b'\r', _) => At::Cr,
+                (b'\n', At::Cr) => At::Start,
+                (b'.', At::Start) => {
+                    out.push(b'.');
+                    At::Middle
+                }
+                (_, At::Cr | At::Start) => At::Middle,
+                (_, at) => at,
+            };
+        }
+        out.extend_from_slice(b"\r\n.\r\n");
+        out
+    }
+
+    #[test]
+    fn dots_that_start_a_line_are_doubled() {
+        let cases: [(&[u8], &[u8]); 6] = [
+            (b"", b"\r\n.\r\n"),
+            (b".", b"..\r\n.\r\n"),
+            (b"a\r\n.b", b"a\r\n..b\r\n.\r\n"),
+            (b"a\r\n.\r\n.", b"a\r\n..\r\n..\r\n.\r\n"),
+            // Only after CRLF: a bare LF or CR does not start a line.
+            (b"a\n.b\r.c", b"a\n.b\r.c\r\n.\r\n"),
+            (b"a.b\r\n..", b"a.b\r\n...\r\n.\r\n"),
+        ];
+        for (message, sent) in cases {
+            assert_eq!(
+                dot_stuffed(message),
+                sent,
+                "{:?}",
+                String::from_utf8_lossy(message)
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn stuffing_in_one_pass_sends_what_lettre_sends(
+            message in proptest::collection::vec(
+                prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a'), any::<u8>()],
+                0..200,
+            )
+        ) {
+            prop_assert_eq!(dot_stuffed(&message), lettre_stuffed(&message));
+        }
+    }
+
+    #[test]
+    fn a_message_that_is_not_utf8_is_left_to_lettre() {
+        assert!(matches!(Content::of(b"\xff\r\n."), Content::Raw(_)));
+        assert!(
+            matches!(Content::of(b"ok\r\n."), Content::Stuffed(Stuffed(ref s)) if s == "ok\r\n..\r\n.\r\n")
+        );
     }
 }
