@@ -9,9 +9,10 @@
 //! - *ambiguous*: the connection broke or timed out while the message was
 //!   being sent or its reply awaited: the server may have it.
 //!
-//! Sockets are opened with `TCP_NODELAY`: lettre writes the final `.` of a
-//! message on its own, which Nagle's algorithm would otherwise hold back for
-//! a delayed ACK (some 40 ms per message).
+//! Sockets are opened with `TCP_NODELAY`: each command goes in a small
+//! write of its own (and lettre's `message`, the fallback below, writes a
+//! message's final `.` apart), which Nagle's algorithm would otherwise hold
+//! back for a delayed ACK (some 40 ms per message).
 //!
 //! The message itself is dot-stuffed here, once per email and in one pass
 //! ([`Content`]), and written with its final dot at once: lettre's
