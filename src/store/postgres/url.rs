@@ -11,7 +11,7 @@ pub(super) struct UrlParams {
     pub(super) tls: TlsSettings,
 }
 
-/// Whether `url` is a PostgreSQL store URL that [`PostgresStore::connect`]
+/// Whether `url` is a PostgreSQL store URL that [`super::PostgresStore::connect`]
 /// can use, or what is wrong with it (see [`super::check_url`]).
 pub(in crate::store) fn check_url(url: &str) -> std::result::Result<(), String> {
     parse_url(url).map(|_| ()).map_err(|e| match e {
