@@ -212,8 +212,10 @@ impl SmtpMailer {
 
 /// A message as it goes after `DATA`.
 enum Content<'a> {
-    /// Dot-stuffed, with the final `CRLF . CRLF`: written as it is.
-    Stuffed(Stuffed),
+    /// Dot-stuffed, with the final `CRLF . CRLF`: given to lettre's
+    /// `command`, which writes what it is given as it is and reads the
+    /// reply (what its `message` does after stuffing).
+    Stuffed(String),
     /// Not UTF-8 (lettre's messages are 7-bit, so never in practice):
     /// lettre stuffs it.
     Raw(&'a [u8]),
@@ -222,20 +224,9 @@ enum Content<'a> {
 impl Content<'_> {
     fn of(message: &[u8]) -> Content<'_> {
         match String::from_utf8(dot_stuffed(message)) {
-            Ok(text) => Content::Stuffed(Stuffed(text)),
+            Ok(text) => Content::Stuffed(text),
             Err(_) => Content::Raw(message),
         }
-    }
-}
-
-/// A stuffed message, for lettre's `command`, which writes what it is
-/// given as it is and reads the reply: what its `message` does after
-/// stuffing.
-struct Stuffed(String);
-
-impl std::fmt::Display for Stuffed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -401,7 +392,7 @@ mod tests {
     fn a_message_that_is_not_utf8_is_left_to_lettre() {
         assert!(matches!(Content::of(b"\xff\r\n."), Content::Raw(_)));
         assert!(
-            matches!(Content::of(b"ok\r\n."), Content::Stuffed(Stuffed(ref s)) if s == "ok\r\n..\r\n.\r\n")
+            matches!(Content::of(b"ok\r\n."), Content::Stuffed(ref s) if s == "ok\r\n..\r\n.\r\n")
         );
     }
 }
